@@ -1,0 +1,220 @@
+"""Graph level of the `adamk` dialect: whole-tensor decoder ops.
+
+Activations are rank-2 tensors ``[batch, features]``; weights are `adamk.weight` ops
+named after the source model's parameters; the KV caches are function arguments of
+shape ``[batch, kv_heads, max_seq_len, head_dim]`` that `adamk.attention` appends to.
+After fusion, `adamk.linear` carries its prologue (rmsnorm or silu_mul of its inputs),
+bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k.
+"""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import DenseArrayBase, FloatAttr, IntegerAttr, StringAttr, TensorType, f32, i64
+from xdsl.irdl import (
+    AttrSizedOperandSegments, IRDLOperation, irdl_op_definition, operand_def, opt_operand_def,
+    opt_prop_def, prop_def, result_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+PROLOGUES = ("none", "rmsnorm", "silu_mul")
+
+
+def shape_of(value) -> tuple[int, ...]:
+    return tuple(value.type.get_shape())
+
+
+def _features(op, value, what: str) -> int:
+    shape = shape_of(value)
+    if len(shape) != 2:
+        raise VerifyException(f"{op.name}: {what} must be [batch, features], got {list(shape)}")
+    return shape[1]
+
+
+@irdl_op_definition
+class WeightOp(IRDLOperation):
+    """A model parameter bound at load time; `weight_name` is its state_dict key."""
+    name = "adamk.weight"
+    weight_name = prop_def(StringAttr)
+    result = result_def(TensorType)
+
+    def __init__(self, weight_name: str, type: TensorType):
+        super().__init__(properties={"weight_name": StringAttr(weight_name)}, result_types=[type])
+
+
+@irdl_op_definition
+class RMSNormOp(IRDLOperation):
+    """y = x * rsqrt(mean(x^2) + eps) * weight, over the feature axis."""
+    name = "adamk.rmsnorm"
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    eps = prop_def(FloatAttr)
+    result = result_def(TensorType)
+
+    def __init__(self, input, weight, eps: float):
+        super().__init__(operands=[input, weight], properties={"eps": FloatAttr(eps, f32)},
+                         result_types=[input.type])
+
+    def verify_(self):
+        n = _features(self, self.input, "input")
+        if shape_of(self.weight) != (n,):
+            raise VerifyException(f"adamk.rmsnorm: weight has shape {list(shape_of(self.weight))}, "
+                                  f"expected [{n}] to match input features")
+
+
+@irdl_op_definition
+class LinearOp(IRDLOperation):
+    """y = prologue(input[, input2]) @ weight^T (+ bias) (+ residual).
+
+    prologue "rmsnorm" normalises `input` with `norm_weight` (eps); "silu_mul" feeds
+    silu(input) * input2. Both are fused by the `fuse` pass.
+    """
+    name = "adamk.linear"
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    input2 = opt_operand_def(TensorType)
+    norm_weight = opt_operand_def(TensorType)
+    bias = opt_operand_def(TensorType)
+    residual = opt_operand_def(TensorType)
+    prologue = prop_def(StringAttr)
+    eps = opt_prop_def(FloatAttr)
+    result = result_def(TensorType)
+
+    def __init__(self, input, weight, *, bias=None, input2=None, norm_weight=None, residual=None,
+                 prologue: str = "none", eps: float | None = None):
+        batch = shape_of(input)[0]
+        out = TensorType(input.type.get_element_type(), [batch, shape_of(weight)[0]])
+        props = {"prologue": StringAttr(prologue)}
+        if eps is not None:
+            props["eps"] = FloatAttr(eps, f32)
+        opt = lambda v: [v] if v is not None else []
+        super().__init__(operands=[input, weight, opt(input2), opt(norm_weight), opt(bias), opt(residual)],
+                         properties=props, result_types=[out])
+
+    def verify_(self):
+        k = _features(self, self.input, "input")
+        w = shape_of(self.weight)
+        if len(w) != 2 or w[1] != k:
+            raise VerifyException(f"adamk.linear: weight has shape {list(w)}, expected [N, {k}] "
+                                  f"to match input features {k}")
+        out = shape_of(self.result)
+        if out != (shape_of(self.input)[0], w[0]):
+            raise VerifyException(f"adamk.linear: result shape {list(out)} != [batch, {w[0]}]")
+        p = self.prologue.data
+        if p not in PROLOGUES:
+            raise VerifyException(f"adamk.linear: unknown prologue '{p}', expected one of {PROLOGUES}")
+        if (p == "rmsnorm") != (self.norm_weight is not None) or (p == "rmsnorm") != (self.eps is not None):
+            raise VerifyException("adamk.linear: prologue 'rmsnorm' needs norm_weight and eps, and only it")
+        if (p == "silu_mul") != (self.input2 is not None):
+            raise VerifyException("adamk.linear: prologue 'silu_mul' needs input2, and only it")
+        if self.input2 is not None and shape_of(self.input2) != shape_of(self.input):
+            raise VerifyException(f"adamk.linear: input2 shape {list(shape_of(self.input2))} != input shape")
+        if self.norm_weight is not None and shape_of(self.norm_weight) != (k,):
+            raise VerifyException(f"adamk.linear: norm_weight shape {list(shape_of(self.norm_weight))} != [{k}]")
+        if self.bias is not None and shape_of(self.bias) != (w[0],):
+            raise VerifyException(f"adamk.linear: bias shape {list(shape_of(self.bias))} != [{w[0]}]")
+        if self.residual is not None and shape_of(self.residual) != out:
+            raise VerifyException(f"adamk.linear: residual shape {list(shape_of(self.residual))} != result {list(out)}")
+
+
+@irdl_op_definition
+class RopeOp(IRDLOperation):
+    """Rotary embedding (rotate-half form) of every head of `input` at position `pos`."""
+    name = "adamk.rope"
+    input = operand_def(TensorType)
+    pos = operand_def(TensorType)
+    head_dim = prop_def(IntegerAttr)
+    inv_freq = prop_def(DenseArrayBase)
+    result = result_def(TensorType)
+
+    def __init__(self, input, pos, head_dim: int, inv_freq):
+        super().__init__(operands=[input, pos], result_types=[input.type], properties={
+            "head_dim": IntegerAttr(head_dim, i64),
+            "inv_freq": DenseArrayBase.from_list(f32, [float(f) for f in inv_freq])})
+
+    def verify_(self):
+        n, hd = _features(self, self.input, "input"), self.head_dim.value.data
+        if hd <= 0 or hd % 2 or n % hd:
+            raise VerifyException(f"adamk.rope: head_dim {hd} must be even and divide input features {n}")
+        if len(self.inv_freq.get_values()) != hd // 2:
+            raise VerifyException(f"adamk.rope: inv_freq has {len(self.inv_freq.get_values())} entries, expected {hd // 2}")
+
+
+@irdl_op_definition
+class AttentionOp(IRDLOperation):
+    """GQA decode attention for the token at `pos`: appends k, v at `pos` to the caches,
+    then attends q over cache positions 0..pos. With `rope_inv_freq` set, q and k are
+    rotated first (fused RoPE)."""
+    name = "adamk.attention"
+    q = operand_def(TensorType)
+    k = operand_def(TensorType)
+    v = operand_def(TensorType)
+    k_cache = operand_def(TensorType)
+    v_cache = operand_def(TensorType)
+    pos = operand_def(TensorType)
+    num_heads = prop_def(IntegerAttr)
+    num_kv_heads = prop_def(IntegerAttr)
+    head_dim = prop_def(IntegerAttr)
+    scale = prop_def(FloatAttr)
+    rope_inv_freq = opt_prop_def(DenseArrayBase)
+    result = result_def(TensorType)
+
+    def __init__(self, q, k, v, k_cache, v_cache, pos, *, num_heads, num_kv_heads, head_dim, scale,
+                 rope_inv_freq=None):
+        props = {"num_heads": IntegerAttr(num_heads, i64), "num_kv_heads": IntegerAttr(num_kv_heads, i64),
+                 "head_dim": IntegerAttr(head_dim, i64), "scale": FloatAttr(scale, f32)}
+        if rope_inv_freq is not None:
+            props["rope_inv_freq"] = DenseArrayBase.from_list(f32, [float(f) for f in rope_inv_freq])
+        super().__init__(operands=[q, k, v, k_cache, v_cache, pos], properties=props, result_types=[q.type])
+
+    def verify_(self):
+        nh, nkv, hd = (a.value.data for a in (self.num_heads, self.num_kv_heads, self.head_dim))
+        if nkv <= 0 or nh % nkv:
+            raise VerifyException(f"adamk.attention: num_heads {nh} is not a multiple of num_kv_heads {nkv}")
+        for value, name, heads in ((self.q, "q", nh), (self.k, "k", nkv), (self.v, "v", nkv)):
+            if _features(self, value, name) != heads * hd:
+                raise VerifyException(f"adamk.attention: {name} has {shape_of(value)[1]} features, "
+                                      f"expected {heads} heads x {hd}")
+        for value, name in ((self.k_cache, "k_cache"), (self.v_cache, "v_cache")):
+            s = shape_of(value)
+            if len(s) != 4 or s[1] != nkv or s[3] != hd:
+                raise VerifyException(f"adamk.attention: {name} has shape {list(s)}, "
+                                      f"expected [batch, {nkv}, max_seq_len, {hd}]")
+        if self.rope_inv_freq is not None and len(self.rope_inv_freq.get_values()) != hd // 2:
+            raise VerifyException(f"adamk.attention: rope_inv_freq needs {hd // 2} entries")
+
+
+@irdl_op_definition
+class SiluMulOp(IRDLOperation):
+    """silu(gate) * up, elementwise (the SwiGLU activation)."""
+    name = "adamk.silu_mul"
+    gate = operand_def(TensorType)
+    up = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, gate, up):
+        super().__init__(operands=[gate, up], result_types=[gate.type])
+
+    def verify_(self):
+        if shape_of(self.gate) != shape_of(self.up):
+            raise VerifyException(f"adamk.silu_mul: gate {list(shape_of(self.gate))} and up "
+                                  f"{list(shape_of(self.up))} differ in shape")
+
+
+@irdl_op_definition
+class AddOp(IRDLOperation):
+    """Elementwise sum (the residual connections before fusion)."""
+    name = "adamk.add"
+    lhs = operand_def(TensorType)
+    rhs = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, lhs, rhs):
+        super().__init__(operands=[lhs, rhs], result_types=[lhs.type])
+
+    def verify_(self):
+        if shape_of(self.lhs) != shape_of(self.rhs):
+            raise VerifyException(f"adamk.add: lhs {list(shape_of(self.lhs))} and rhs "
+                                  f"{list(shape_of(self.rhs))} differ in shape")
+
+
+GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, AttentionOp, SiluMulOp, AddOp]

@@ -1,0 +1,134 @@
+"""Task level of the `adamk` dialect: one `adamk.task` per tile of work.
+
+`adamk.buffer` declares every tensor the kernel touches (its role, shape and storage
+dtype). An `adamk.task` names the buffers it reads and writes by role, its tile (output
+rows of a linear, KV heads of an attention), its K-split part and its shared-memory
+footprint. Dependencies are `!adamk.token` SSA values: the task DAG is the use-def
+graph, so a task can only name producers that come before it.
+"""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import (
+    DenseArrayBase, DictionaryAttr, IntegerAttr, StringAttr, i64,
+)
+from xdsl.ir import ParametrizedAttribute, TypeAttribute
+from xdsl.irdl import (
+    IRDLOperation, irdl_attr_definition, irdl_op_definition, prop_def, result_def, var_operand_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
+TASK_KINDS = {
+    # kind -> buffer roles it must name
+    "linear": {"input", "weight", "out"},
+    "attention": {"q", "k", "v", "k_cache", "v_cache", "out"},
+}
+DTYPES = ("bf16", "f32")
+BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "smem_bytes",
+                   "buffers", "params")
+
+
+@irdl_attr_definition
+class TokenType(ParametrizedAttribute, TypeAttribute):
+    """Completion of one task; consuming it is a dependency edge."""
+    name = "adamk.token"
+
+
+@irdl_op_definition
+class BufferOp(IRDLOperation):
+    """A tensor in device memory: the kernel's inputs, outputs, weights, KV caches and
+    the activations passed between tasks."""
+    name = "adamk.buffer"
+    sym_name = prop_def(StringAttr)
+    role = prop_def(StringAttr)
+    shape = prop_def(DenseArrayBase)
+    dtype = prop_def(StringAttr)
+
+    def __init__(self, sym_name: str, role: str, shape, dtype: str):
+        super().__init__(properties={"sym_name": StringAttr(sym_name), "role": StringAttr(role),
+                                     "shape": DenseArrayBase.from_list(i64, list(shape)),
+                                     "dtype": StringAttr(dtype)})
+
+    def verify_(self):
+        if self.role.data not in BUFFER_ROLES:
+            raise VerifyException(f"adamk.buffer @{self.sym_name.data}: unknown role '{self.role.data}'")
+        if self.dtype.data not in DTYPES:
+            raise VerifyException(f"adamk.buffer @{self.sym_name.data}: unknown dtype '{self.dtype.data}'")
+        if any(d <= 0 for d in self.shape.get_values()):
+            raise VerifyException(f"adamk.buffer @{self.sym_name.data}: shape {list(self.shape.get_values())} "
+                                  "has a non-positive extent")
+
+
+class TaskBody(IRDLOperation):
+    """Properties shared by `adamk.task` (task level) and `adamk.exec` (schedule level)."""
+    sym_name = prop_def(StringAttr)
+    kind = prop_def(StringAttr)
+    source = prop_def(StringAttr)
+    tile = prop_def(DenseArrayBase)
+    k_index = prop_def(IntegerAttr)
+    k_split = prop_def(IntegerAttr)
+    smem_bytes = prop_def(IntegerAttr)
+    buffers = prop_def(DictionaryAttr)
+    params = prop_def(DictionaryAttr)
+
+    @staticmethod
+    def body_properties(sym_name, kind, source, tile, buffers: dict[str, str], params: dict,
+                        smem_bytes: int, k_index: int = 0, k_split: int = 1):
+        return {"sym_name": StringAttr(sym_name), "kind": StringAttr(kind), "source": StringAttr(source),
+                "tile": DenseArrayBase.from_list(i64, list(tile)),
+                "k_index": IntegerAttr(k_index, i64), "k_split": IntegerAttr(k_split, i64),
+                "smem_bytes": IntegerAttr(smem_bytes, i64),
+                "buffers": DictionaryAttr({k: StringAttr(v) for k, v in sorted(buffers.items())}),
+                "params": DictionaryAttr(dict(sorted(params.items())))}
+
+    def copy_body_properties(self):
+        return {k: v for k, v in self.properties.items() if k in BODY_PROPERTIES}
+
+    # --- readers used by the simulator and codegen ---
+    @property
+    def tile_range(self) -> tuple[int, int]:
+        b, e = self.tile.get_values()
+        return b, e
+
+    def buffer(self, role: str) -> str | None:
+        a = self.buffers.data.get(role)
+        return a.data if a is not None else None
+
+    def param(self, key: str):
+        a = self.params.data.get(key)
+        if a is None:
+            return None
+        v = a.value if hasattr(a, "value") else a
+        return v.data if hasattr(v, "data") else v
+
+    def verify_(self):
+        name, kind = self.sym_name.data, self.kind.data
+        if kind not in TASK_KINDS:
+            raise VerifyException(f"{self.name} @{name}: unknown kind '{kind}', expected one of {sorted(TASK_KINDS)}")
+        missing = TASK_KINDS[kind] - set(self.buffers.data)
+        if missing:
+            raise VerifyException(f"{self.name} @{name}: {kind} task lacks buffers {sorted(missing)}")
+        tile = self.tile.get_values()
+        if len(tile) != 2 or not 0 <= tile[0] < tile[1]:
+            raise VerifyException(f"{self.name} @{name}: tile {list(tile)} is not a non-empty [begin, end)")
+        ki, ks = self.k_index.value.data, self.k_split.value.data
+        if not 0 <= ki < ks:
+            raise VerifyException(f"{self.name} @{name}: k_index {ki} outside k_split {ks}")
+        if self.smem_bytes.value.data < 0:
+            raise VerifyException(f"{self.name} @{name}: negative smem_bytes")
+
+
+
+
+@irdl_op_definition
+class TaskOp(TaskBody):
+    """One tile of work; `deps` are the tokens of the tasks it must follow."""
+    name = "adamk.task"
+    deps = var_operand_def(TokenType)
+    done = result_def(TokenType)
+
+    def __init__(self, deps, properties):
+        super().__init__(operands=[list(deps)], properties=properties, result_types=[TokenType()])
+
+
+TASK_OPS = [BufferOp, TaskOp]

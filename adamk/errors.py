@@ -1,0 +1,29 @@
+"""User-facing errors: each prints as one line naming what is wrong."""
+
+
+class AdamkError(Exception):
+    """A problem with the user's input or configuration (the CLI prints it as one line)."""
+
+
+class FrontendError(AdamkError):
+    """The frontend met an op or pattern it cannot place."""
+
+
+class UnsupportedShapeError(AdamkError):
+    """A shape the kernel cannot take."""
+
+
+class UnknownGPUError(AdamkError):
+    """A GPU name not in the spec table."""
+
+
+class ScheduleError(AdamkError):
+    """A schedule that deadlocks or does not fit."""
+
+
+class ToolchainError(AdamkError):
+    """NVRTC or the driver refused the generated code."""
+
+
+class KernelTimeoutError(RuntimeError):
+    """A spin-wait in the megakernel ran past its timeout (a schedule or runtime bug)."""

@@ -1,0 +1,340 @@
+"""Pattern recogniser shared by the torch and ONNX frontends.
+
+A frontend walks its graph in order and calls one method per primitive (`mul`, `pow`,
+`linear`, ...). Each call returns a symbolic value: either a tensor already placed in
+the graph IR (`act`), or a partial pattern (`normed`, `rot`, `scores`, ...) that only
+becomes IR once it completes. RMSNorm, RoPE, GQA attention with a KV cache and SwiGLU
+are recognised in their decomposed forms; anything else stops with the op and node
+named. Both frontends share this code, so they build the same IR for the same model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from xdsl.dialects import func
+from xdsl.dialects.builtin import ModuleOp, TensorType, bf16, f32, i64
+from xdsl.ir import Block, Region
+
+from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp
+from ..errors import FrontendError
+
+ELEMENT_TYPES = {"float32": f32, "bfloat16": bf16}
+
+
+@dataclasses.dataclass
+class Sym:
+    """A symbolic value: `kind` says what pattern it is; `ssa` is set for placed tensors."""
+    kind: str
+    shape: tuple[int, ...] = ()
+    ssa: object = None
+    f: dict = dataclasses.field(default_factory=dict)
+
+    def __getattr__(self, key):
+        try:
+            return self.__dict__["f"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _is(v, *kinds):
+    return isinstance(v, Sym) and v.kind in kinds
+
+
+class GraphBuilder:
+    """Accumulates graph-level ops; `where` names the current source node for errors."""
+
+    def __init__(self, dtype: str):
+        if dtype not in ELEMENT_TYPES:
+            raise FrontendError(f"unsupported model dtype {dtype}; expected one of {sorted(ELEMENT_TYPES)}")
+        self.elem = ELEMENT_TYPES[dtype]
+        self.ops: list = []
+        self.args: list = []
+        self.weights: dict[str, Sym] = {}
+        self.where = "?"
+        self.block = Block()
+
+    # ---- leaves ------------------------------------------------------------------------
+    def _arg(self, type):
+        return self.block.insert_arg(type, len(self.block.args))
+
+    def input(self, shape) -> Sym:
+        if len(shape) != 2:
+            raise FrontendError(f"hidden-state input must be [batch, hidden], got {list(shape)} ({self.where})")
+        return Sym("act", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
+
+    def position(self) -> Sym:
+        return Sym("pos", (), self._arg(TensorType(i64, [])))
+
+    def kv_cache(self, shape) -> Sym:
+        if len(shape) != 4:
+            raise FrontendError(f"KV cache must be [batch, kv_heads, max_seq_len, head_dim], got {list(shape)} ({self.where})")
+        return Sym("cache", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
+
+    def weight(self, name: str, shape) -> Sym:
+        return Sym("weight", tuple(shape), None, {"name": name})
+
+    def const(self, value) -> Sym:
+        a = np.asarray(value, dtype=np.float64)
+        return Sym("const", a.shape, None, {"value": a})
+
+    def _placed_weight(self, w: Sym):
+        if w.name not in self.weights:
+            op = WeightOp(w.name, TensorType(self.elem, list(w.shape)))
+            self.ops.append(op)
+            self.weights[w.name] = op.result
+        return self.weights[w.name]
+
+    def _emit(self, op, shape):
+        self.ops.append(op)
+        return Sym("act", tuple(shape), op.result)
+
+    def fail(self, what: str):
+        raise FrontendError(f"cannot place {what} at node {self.where}")
+
+    # ---- shape-only ops ----------------------------------------------------------------
+    def cast(self, a):
+        if _is(a, "pos"):
+            return Sym("posf", (), a.ssa)
+        return a
+
+    def reshape(self, a, shape):
+        shape = tuple(int(s) for s in shape)
+        if _is(a, "act") and math.prod(shape) == math.prod(a.shape):
+            return Sym("act", shape, a.ssa)
+        if _is(a, "pos") and math.prod(shape) == 1:
+            return a
+        self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
+
+    def transpose(self, a, d0, d1):
+        nd = len(a.shape) if isinstance(a, Sym) else 0
+        if _is(a, "repeated") and {d0 % nd, d1 % nd} == {nd - 1, nd - 2}:
+            return Sym("keys_t", a.shape, None, dict(a.f))
+        if _is(a, "act"):
+            perm = list(range(nd))
+            perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
+            return self.permute(a, perm)
+        self.fail("transpose")
+
+    def permute(self, a, perm):
+        """Only moves of size-1 dims: they keep the memory order, so the value is a view."""
+        if _is(a, "act"):
+            kept = [d for d in perm if a.shape[d] != 1]
+            if kept == sorted(kept):
+                return Sym("act", tuple(a.shape[d] for d in perm), a.ssa, dict(a.f))
+        self.fail(f"permute {list(perm)} of {_kind(a)}")
+
+    # ---- arithmetic --------------------------------------------------------------------
+    def pow(self, a, exponent):
+        if _is(a, "act") and float(exponent) == 2.0:
+            return Sym("sq", a.shape, None, {"x": a})
+        self.fail(f"pow(**{exponent})")
+
+    def mean(self, a, dims, keepdim):
+        if _is(a, "sq") and [d % len(a.shape) for d in dims] == [len(a.shape) - 1] and keepdim:
+            return Sym("meansq", a.shape[:-1] + (1,), None, dict(a.f))
+        self.fail("mean")
+
+    def rsqrt(self, a):
+        if _is(a, "meansq_eps"):
+            return Sym("invrms", a.shape, None, dict(a.f))
+        self.fail("rsqrt")
+
+    def sqrt(self, a):
+        if _is(a, "meansq_eps"):
+            return Sym("rms", a.shape, None, dict(a.f))
+        self.fail("sqrt")
+
+    def reciprocal(self, a):
+        if _is(a, "rms"):
+            return Sym("invrms", a.shape, None, dict(a.f))
+        self.fail("reciprocal")
+
+    def neg(self, a):
+        if _is(a, "half") and a.upper:
+            return Sym("neghi", a.shape, None, dict(a.f))
+        self.fail("neg")
+
+    def cos(self, a):
+        if _is(a, "emb"):
+            return Sym("cos", a.shape, None, dict(a.f))
+        self.fail("cos")
+
+    def sin(self, a):
+        if _is(a, "emb"):
+            return Sym("sin", a.shape, None, dict(a.f))
+        self.fail("sin")
+
+    def sigmoid(self, a):
+        if _is(a, "act"):
+            return Sym("sigmoid", a.shape, None, {"x": a})
+        self.fail("sigmoid")
+
+    def silu(self, a):
+        if _is(a, "act"):
+            return Sym("silu", a.shape, None, {"x": a})
+        self.fail("silu")
+
+    def add(self, a, b):
+        for x, y in ((a, b), (b, a)):
+            if _is(x, "meansq") and _is(y, "const") and y.value.size == 1:
+                return Sym("meansq_eps", x.shape, None, {**x.f, "eps": float(y.value)})
+            if _is(x, "rope_cos") and _is(y, "rot_sin") and x.x.ssa is y.x.ssa and x.inv_freq is y.inv_freq:
+                hd = 2 * len(x.inv_freq)
+                return self._emit(RopeOp(_flat(self, x.x), self._pos, hd, x.inv_freq), x.x.shape)
+            if _is(x, "scaled") and _is(y, "causal_bias"):
+                return Sym("masked", x.shape, None, dict(x.f))
+        if _is(a, "act") and _is(b, "act"):
+            if math.prod(a.shape) != math.prod(b.shape):
+                self.fail(f"add of shapes {list(a.shape)} and {list(b.shape)}")
+            return self._emit(AddOp(a.ssa, b.ssa), _shape2(a))
+        self.fail(f"add({_kind(a)}, {_kind(b)})")
+
+    def sub(self, a, b):
+        self.fail(f"sub({_kind(a)}, {_kind(b)})")
+
+    def mul(self, a, b):
+        for x, y in ((a, b), (b, a)):
+            if _is(x, "act") and _is(y, "invrms") and y.x.ssa is x.ssa:
+                return Sym("normed", x.shape, None, dict(y.f))
+            if _is(x, "weight") and _is(y, "normed") and len(x.shape) == 1:
+                return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x), y.eps), y.x.shape)
+            if _is(x, "posf") and _is(y, "const") and y.value.ndim == 1:
+                self._pos = x.ssa
+                return Sym("freqs", y.shape, None, {"inv_freq": tuple(float(v) for v in y.value)})
+            if _is(x, "act") and _is(y, "cos"):
+                return Sym("rope_cos", x.shape, None, {"x": _with_flat(x), "inv_freq": y.inv_freq})
+            if _is(x, "rot") and _is(y, "sin") and x.inv_len == len(y.inv_freq):
+                return Sym("rot_sin", x.shape, None, {"x": x.x, "inv_freq": y.inv_freq})
+            if _is(x, "scores") and _is(y, "const") and y.value.size == 1:
+                return Sym("scaled", x.shape, None, {**x.f, "scale": float(y.value)})
+            if _is(x, "silu") and _is(y, "act"):
+                return self._emit(SiluMulOp(x.x.ssa, y.ssa), _shape2(x.x))
+            if _is(x, "sigmoid") and _is(y, "act") and x.x.ssa is y.ssa:
+                return Sym("silu", y.shape, None, {"x": y})
+        self.fail(f"mul({_kind(a)}, {_kind(b)})")
+
+    def div(self, a, b):
+        if _is(b, "const") and b.value.size == 1:
+            return self.mul(a, Sym("const", (), None, {"value": 1.0 / b.value}))
+        if _is(a, "const") and a.value.size == 1 and float(a.value) == 1.0 and _is(b, "rms"):
+            return Sym("invrms", b.shape, None, dict(b.f))
+        self.fail(f"div({_kind(a)}, {_kind(b)})")
+
+    # ---- structure ---------------------------------------------------------------------
+    def slice(self, a, dim, start, end):
+        if _is(a, "act"):
+            nd, last = len(a.shape), a.shape[-1]
+            end = min(end, last)
+            if dim % nd == nd - 1 and 2 * (end - start) == last and start in (0, last // 2):
+                return Sym("half", a.shape[:-1] + (last // 2,), None,
+                           {"x": _with_flat(a), "upper": start != 0})
+        self.fail(f"slice(dim={dim}, {start}:{end}) of {_kind(a)}")
+
+    def cat(self, parts, dim):
+        if len(parts) == 2:
+            x, y = parts
+            if _is(x, "freqs") and _is(y, "freqs") and x.inv_freq == y.inv_freq:
+                return Sym("emb", (2 * x.shape[0],), None, dict(x.f))
+            if _is(x, "neghi") and _is(y, "half") and not y.upper and x.x.ssa is y.x.ssa:
+                return Sym("rot", x.x.shape, None, {"x": x.x, "inv_len": x.x.shape[-1] // 2})
+        self.fail(f"cat of {[_kind(p) for p in parts]}")
+
+    def linear(self, a, w, bias=None):
+        if not (_is(a, "act") and _is(w, "weight") and len(w.shape) == 2):
+            self.fail(f"linear({_kind(a)}, {_kind(w)})")
+        if a.shape[-1] != w.shape[1]:
+            self.fail(f"linear with input features {a.shape[-1]} and weight {list(w.shape)}")
+        b = None
+        if bias is not None:
+            if not _is(bias, "weight"):
+                self.fail(f"linear bias that is a {_kind(bias)}")
+            b = self._placed_weight(bias)
+        batch = math.prod(a.shape[:-1])
+        return self._emit(LinearOp(_flat(self, a), self._placed_weight(w), bias=b), (batch, w.shape[0]))
+
+    def index_copy(self, cache, dim, index, value):
+        if _is(cache, "cache") and _is(index, "pos") and _is(value, "act") and dim % 4 == 2:
+            self._pos = index.ssa
+            return Sym("appended", cache.shape, None, {"cache": cache, "new": _with_flat(value)})
+        self.fail(f"index_copy into {_kind(cache)} at {_kind(index)}")
+
+    def repeat_interleave(self, a, repeats, dim):
+        if _is(a, "appended") and dim % 4 == 1:
+            return Sym("repeated", a.shape, None, {**a.f, "group": int(repeats)})
+        self.fail(f"repeat_interleave of {_kind(a)}")
+
+    def arange(self, n):
+        return Sym("arange", (int(n),), None, {"n": int(n)})
+
+    def gt(self, a, b):
+        if _is(a, "arange") and _is(b, "pos", "posf"):
+            return Sym("future", a.shape, None, {"n": a.n})
+        self.fail(f"gt({_kind(a)}, {_kind(b)})")
+
+    def masked_fill(self, a, mask, value):
+        if _is(a, "scaled") and _is(mask, "future") and value == -math.inf and mask.n == a.keys.cache.shape[2]:
+            return Sym("masked", a.shape, None, dict(a.f))
+        self.fail(f"masked_fill of {_kind(a)} with {_kind(mask)}")
+
+    def softmax(self, a, dim):
+        if _is(a, "masked") and dim % len(a.shape) == len(a.shape) - 1:
+            return Sym("probs", a.shape, None, dict(a.f))
+        if _is(a, "scaled"):
+            self.fail("softmax over the KV cache without a causal mask")
+        self.fail(f"softmax of {_kind(a)}")
+
+    def matmul(self, a, b):
+        if _is(a, "act") and _is(b, "keys_t") and len(a.shape) == 4:
+            return Sym("scores", a.shape[:-1] + (b.shape[2],), None, {"q": _with_flat(a), "keys": b})
+        if _is(a, "probs") and _is(b, "repeated"):
+            return self._attention(a, b)
+        self.fail(f"matmul({_kind(a)}, {_kind(b)})")
+
+    def _attention(self, probs, values):
+        keys = probs.keys
+        kcache, vcache = keys.cache, values.cache
+        q = probs.q
+        _, nkv, _, hd = kcache.shape
+        nh = nkv * keys.group
+        if q.shape_flat[-1] != nh * hd or keys.group != values.group:
+            self.fail(f"attention with q of {q.shape_flat[-1]} features for {nh} heads x {hd}")
+        op = AttentionOp(_flat(self, q), _flat(self, keys.new), _flat(self, values.new), kcache.ssa, vcache.ssa,
+                         self._pos, num_heads=nh, num_kv_heads=nkv, head_dim=hd, scale=probs.scale)
+        self.ops.append(op)
+        return Sym("act", (1, nh, 1, hd), op.result)
+
+    # ---- result ------------------------------------------------------------------------
+    def finish(self, output: Sym, mutated: list[Sym]) -> ModuleOp:
+        if not _is(output, "act"):
+            self.fail(f"graph output that is a {_kind(output)}")
+        if any(not _is(m, "appended") for m in mutated):
+            self.fail("a mutated input that is not a KV cache append")
+        ret = func.ReturnOp(_flat(self, output))
+        self.block.add_ops([*self.ops, ret])
+        fn = func.FuncOp("decode_step", ([a.type for a in self.block.args], [ret.operands[0].type]),
+                         Region(self.block))
+        module = ModuleOp([fn])
+        module.verify()
+        return module
+
+
+def _kind(v):
+    return v.kind if isinstance(v, Sym) else type(v).__name__
+
+
+def _shape2(a: Sym):
+    return (a.shape[0], math.prod(a.shape[1:]))
+
+
+def _with_flat(a: Sym) -> Sym:
+    a.f.setdefault("shape_flat", _shape2(a))
+    return a
+
+
+def _flat(builder: GraphBuilder, a: Sym):
+    """The rank-2 IR value of an activation (views are free at the graph level)."""
+    if a.kind != "act":
+        builder.fail(f"use of a {a.kind} as a tensor")
+    return a.ssa

@@ -1,0 +1,138 @@
+"""torch frontend: `torch.export` a decoder module, then feed its functional aten graph,
+node by node, to the shared pattern recogniser (`patterns.GraphBuilder`)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import FrontendError
+from .patterns import GraphBuilder, Sym
+
+aten = torch.ops.aten
+
+_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
+
+
+def _passthrough(b, a, *rest, **kw):
+    return b.cast(a)
+
+
+# aten op -> how it becomes recogniser calls. Arguments arrive already mapped to Syms.
+_ATEN = {
+    aten._assert_tensor_metadata.default: None,
+    aten.to.dtype: _passthrough,
+    aten._to_copy.default: _passthrough,
+    aten.clone.default: _passthrough,
+    aten.contiguous.default: _passthrough,
+    aten.alias.default: _passthrough,
+    aten.view.default: lambda b, a, shape: b.reshape(a, shape),
+    aten.reshape.default: lambda b, a, shape: b.reshape(a, shape),
+    aten._unsafe_view.default: lambda b, a, shape: b.reshape(a, shape),
+    aten.unsqueeze.default: lambda b, a, d: b.reshape(a, _unsqueezed(a.shape, d)),
+    aten.transpose.int: lambda b, a, d0, d1: b.transpose(a, d0, d1),
+    aten.permute.default: lambda b, a, perm: b.permute(a, perm),
+    aten.pow.Tensor_Scalar: lambda b, a, e: b.pow(a, e),
+    aten.mean.dim: lambda b, a, dims, keepdim=False, **kw: b.mean(a, dims, keepdim),
+    aten.add.Tensor: lambda b, x, y, alpha=1: b.add(_c(b, x), _c(b, y)),
+    aten.sub.Tensor: lambda b, x, y, alpha=1: b.sub(_c(b, x), _c(b, y)),
+    aten.mul.Tensor: lambda b, x, y: b.mul(_c(b, x), _c(b, y)),
+    aten.div.Tensor: lambda b, x, y: b.div(_c(b, x), _c(b, y)),
+    aten.rsqrt.default: lambda b, a: b.rsqrt(a),
+    aten.sqrt.default: lambda b, a: b.sqrt(a),
+    aten.reciprocal.default: lambda b, a: b.reciprocal(a),
+    aten.neg.default: lambda b, a: b.neg(a),
+    aten.cos.default: lambda b, a: b.cos(a),
+    aten.sin.default: lambda b, a: b.sin(a),
+    aten.sigmoid.default: lambda b, a: b.sigmoid(a),
+    aten.silu.default: lambda b, a: b.silu(a),
+    aten.slice.Tensor: lambda b, a, dim=0, start=0, end=None, step=1: b.slice(
+        a, dim, start or 0, end if end is not None else 2**62),
+    aten.cat.default: lambda b, parts, dim=0: b.cat(parts, dim),
+    aten.linear.default: lambda b, a, w, bias=None: b.linear(a, w, bias),
+    aten.matmul.default: lambda b, x, y: b.matmul(x, y),
+    aten.softmax.int: lambda b, a, dim, dtype=None: b.softmax(a, dim),
+    aten._softmax.default: lambda b, a, dim, half_to_float: b.softmax(a, dim),
+    aten.index_copy.default: lambda b, c, dim, idx, v: b.index_copy(c, dim, idx, v),
+    aten.repeat_interleave.self_int: lambda b, a, r, dim=None, **kw: b.repeat_interleave(a, r, dim),
+    aten.arange.default: lambda b, n, **kw: b.arange(n),
+    aten.gt.Tensor: lambda b, x, y: b.gt(x, y),
+    aten.gt.Scalar: lambda b, x, y: b.gt(x, y),
+    aten.masked_fill.Scalar: lambda b, a, m, v: b.masked_fill(a, m, v),
+}
+
+
+def _unsqueezed(shape, d):
+    shape = list(shape)
+    shape.insert(d % (len(shape) + 1), 1)
+    return shape
+
+
+def export(module: torch.nn.Module, example_inputs) -> torch.export.ExportedProgram:
+    try:
+        ep = torch.export.export(module, tuple(example_inputs))
+    except Exception as e:  # torch's own message says what failed to trace
+        raise FrontendError(f"torch.export failed: {str(e).splitlines()[0]}") from e
+    return ep.run_decompositions({})
+
+
+def import_module(module: torch.nn.Module, example_inputs):
+    """torch module -> graph-level IR (builtin.module with one func.func @decode_step)."""
+    ep = export(module, example_inputs)
+    sig = ep.graph_signature
+    params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
+    state = {**dict(ep.named_parameters()), **dict(ep.named_buffers()), **ep.constants}
+    user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
+    if len(user_inputs) != 4:
+        raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache), got {len(user_inputs)} "
+                            f"inputs {[n.name for n in user_inputs]}")
+    dtype = _DTYPES.get(user_inputs[0].meta["val"].dtype)
+    if dtype is None:
+        raise FrontendError(f"unsupported input dtype {user_inputs[0].meta['val'].dtype}")
+    b = GraphBuilder(dtype)
+    env: dict = {}
+    roles = ["input", "position", "kv_cache", "kv_cache"]
+    for node, role in zip(user_inputs, roles):
+        b.where = f"'{node.name}' (placeholder)"
+        shape = tuple(node.meta["val"].shape)
+        env[node.name] = b.input(shape) if role == "input" else b.position() if role == "position" else b.kv_cache(shape)
+    for node in ep.graph.nodes:
+        b.where = f"'{node.name}' ({node.target})"
+        if node.op == "placeholder":
+            if node.name in params:
+                target = params[node.name]
+                val = state[target]
+                if target in sig.inputs_to_parameters.values() or len(val.shape) >= 1 and val.requires_grad:
+                    env[node.name] = b.weight(target, tuple(val.shape))
+                elif target in dict(ep.named_parameters()):
+                    env[node.name] = b.weight(target, tuple(val.shape))
+                else:
+                    env[node.name] = b.const(val.detach().float().numpy())
+            elif node.name in sig.inputs_to_lifted_tensor_constants:
+                env[node.name] = b.const(state[sig.inputs_to_lifted_tensor_constants[node.name]].float().numpy())
+            continue
+        if node.op == "output":
+            outs = [env.get(a.name) if hasattr(a, "name") else a for a in node.args[0]]
+            mutated = outs[:len(sig.buffers_to_mutate) + len(sig.user_inputs_to_mutate)]
+            return b.finish(outs[-1], mutated), ep
+        if node.target not in _ATEN:
+            raise FrontendError(f"cannot place op {node.target} at node '{node.name}'")
+        fn = _ATEN[node.target]
+        if fn is None:
+            continue
+        args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory", "layout", "dtype", "memory_format")}
+        env[node.name] = fn(b, *args, **kwargs)
+    raise FrontendError("exported graph has no output node")
+
+
+def _c(b: GraphBuilder, a):
+    """A Python number in a tensor position (add(x, eps)) becomes a constant."""
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        return b.const(a)
+    return a
+
+
+def weight_specs(module: torch.nn.Module) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}

@@ -1,0 +1,158 @@
+"""Reference PyTorch decoder: what the tests compare against, and a valid compiler input.
+
+`DecoderLayer.forward(x, pos, k_cache, v_cache) -> y` runs ONE decode step of ONE
+Llama-family layer for batch 1:
+
+- ``x``: ``[1, hidden_size]``, the hidden state of the new token;
+- ``pos``: an int64 scalar tensor, the new token's position (0-based);
+- ``k_cache``, ``v_cache``: ``[1, num_kv_heads, max_seq_len, head_dim]``; positions
+  ``< pos`` hold earlier keys/values (post-RoPE keys). The layer writes the new key and
+  value at ``pos`` in place and attends over positions ``0..pos``;
+- returns ``y``: ``[1, hidden_size]``.
+
+Everything is written out the way Hugging Face writes it (RMSNorm as
+pow/mean/rsqrt/mul, RoPE as slice/neg/cat, SwiGLU, GQA by repeating K/V heads), so the
+frontends see the decomposed patterns real models export.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    num_layers: int
+    vocab_size: int
+    rms_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    qkv_bias: bool = False
+    max_seq_len: int = 4096
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+
+
+PRESETS: dict[str, LlamaConfig] = {
+    # Deliberately odd: nothing is a power of two, GQA group of 3, K not a multiple of 256,
+    # row counts that leave partial tiles.
+    "tiny": LlamaConfig(hidden_size=136, num_heads=6, num_kv_heads=2, head_dim=24,
+                        intermediate_size=344, num_layers=2, vocab_size=331,
+                        rms_eps=1e-5, rope_theta=10000.0, qkv_bias=False, max_seq_len=80),
+    "llama-3.2-1b": LlamaConfig(hidden_size=2048, num_heads=32, num_kv_heads=8, head_dim=64,
+                                intermediate_size=8192, num_layers=16, vocab_size=128256,
+                                rms_eps=1e-5, rope_theta=500000.0, qkv_bias=False,
+                                max_seq_len=4096),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    """One Llama decoder layer, decode step, batch 1 (see the module docstring)."""
+
+    def __init__(self, cfg: LlamaConfig, seed: int | None = 0, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        H, hd = cfg.hidden_size, cfg.head_dim
+        self.input_layernorm = RMSNorm(H, cfg.rms_eps)
+        self.q_proj = nn.Linear(H, cfg.num_heads * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(H, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(H, cfg.num_kv_heads * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(cfg.num_heads * hd, H, bias=False)
+        self.post_attention_layernorm = RMSNorm(H, cfg.rms_eps)
+        self.gate_proj = nn.Linear(H, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(H, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, H, bias=False)
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        if seed is not None:
+            self.init_random(seed)
+        self.to(dtype)
+
+    @torch.no_grad()
+    def init_random(self, seed: int):
+        """Weights with the spread of a trained model: linear ~ N(0, 1/fan_in), norms ~ 1."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in sorted(self.named_parameters()):
+            if "layernorm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+
+    def new_kv_cache(self, dtype=None, device=None):
+        c = self.cfg
+        shape = (1, c.num_kv_heads, c.max_seq_len, c.head_dim)
+        dtype = dtype or self.q_proj.weight.dtype
+        return torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device)
+
+    def forward(self, x, pos, k_cache, v_cache):
+        c = self.cfg
+        nh, nkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
+        residual = x
+        h = self.input_layernorm(x)
+        q = self.q_proj(h).view(1, nh, 1, hd)
+        k = self.k_proj(h).view(1, nkv, 1, hd)
+        v = self.v_proj(h).view(1, nkv, 1, hd)
+
+        freqs = pos.float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+
+        k_cache.index_copy_(2, pos.view(1), k)
+        v_cache.index_copy_(2, pos.view(1), v)
+
+        group = nh // nkv
+        keys = k_cache.repeat_interleave(group, dim=1)      # [1, nh, S, hd]
+        values = v_cache.repeat_interleave(group, dim=1)
+        scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(hd)   # [1, nh, 1, S]
+        future = torch.arange(c.max_seq_len, device=x.device) > pos
+        scores = scores.masked_fill(future, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1).to(x.dtype)
+        attn = torch.matmul(probs, values).reshape(1, nh * hd)
+        x = residual + self.o_proj(attn)
+
+        residual = x
+        h = self.post_attention_layernorm(x)
+        x = residual + self.down_proj(nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        return x
+
+    def example_inputs(self, pos: int = 0, seed: int = 0, device=None):
+        """Random inputs for one step: (x, pos, k_cache, v_cache) with random history."""
+        g = torch.Generator().manual_seed(seed)
+        dtype = self.q_proj.weight.dtype
+        x = torch.randn(1, self.cfg.hidden_size, generator=g).to(dtype)
+        k_cache, v_cache = self.new_kv_cache(dtype)
+        k_cache.copy_(torch.randn(k_cache.shape, generator=g))
+        v_cache.copy_(torch.randn(v_cache.shape, generator=g))
+        t = lambda a: a.to(device) if device is not None else a
+        return t(x), t(torch.tensor(pos, dtype=torch.int64)), t(k_cache), t(v_cache)
