@@ -1,0 +1,1 @@
+"""Passes over the adamk dialect, one per file (see each module's docstring)."""

@@ -1,0 +1,148 @@
+"""tile: fused graph IR -> task-level IR.
+
+Reads the fused `adamk.linear` / `adamk.attention` ops of `@decode_step`; writes one
+`adamk.buffer` per tensor the kernel touches and one `adamk.task` per tile: `tile_rows`
+output rows of a linear, one KV head (with its whole GQA group of query heads) of the
+attention. A task's tokens are the producer tasks whose output ranges it reads, so the
+DAG is exact at tile granularity.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects import func
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, f32, i64, DenseArrayBase
+from xdsl.ir import Block, Region
+from xdsl.passes import ModulePass
+
+from .. import smem
+from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
+from ..dialects.task import BufferOp, TaskOp
+from ..errors import FrontendError, UnsupportedShapeError
+
+
+def _ivalue(v: int):
+    return IntegerAttr(v, i64)
+
+
+@dataclass(frozen=True)
+class TilePass(ModulePass):
+    name = "tile"
+    tile_rows: int = 16
+    dtype: str = "bf16"
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        fn = next((o for o in op.ops if isinstance(o, func.FuncOp)), None)
+        if fn is None:
+            raise FrontendError("graph IR has no func.func @decode_step")
+        builder = _TaskBuilder(self.tile_rows, self.dtype)
+        builder.build(fn)
+        op.body.detach_block(0)
+        op.body.add_block(Block([*builder.buffers, *builder.tasks]))
+
+
+class _TaskBuilder:
+    def __init__(self, tile_rows: int, dtype: str):
+        self.tile_rows, self.dtype = tile_rows, dtype
+        self.buffers: list[BufferOp] = []
+        self.tasks: list[TaskOp] = []
+        self.name_of: dict = {}            # SSA value -> buffer name
+        self.producers: dict[str, list[tuple[TaskOp, int, int]]] = {}   # buffer -> (task, begin, end) of rows
+
+    def buffer(self, value, name: str, role: str, dtype: str, shape=None):
+        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype))
+        self.name_of[value] = name
+
+    def build(self, fn: func.FuncOp):
+        args = fn.body.block.args
+        if len(args) != 4:
+            raise FrontendError(f"@decode_step takes {len(args)} arguments, expected (x, pos, k_cache, v_cache)")
+        self.buffer(args[0], "x", "input", self.dtype)
+        self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
+        self.buffer(args[3], "v_cache", "kv_cache", self.dtype)
+        self.pos = args[1]
+        returned = fn.body.block.last_op.operands[0]
+        used = set()
+        for op in fn.body.block.ops:
+            if isinstance(op, WeightOp):
+                self.buffer(op.result, op.weight_name.data, "weight", self.dtype)
+            elif isinstance(op, LinearOp):
+                base = re.sub(r"\.weight$", "", self.name_of[op.weight])
+                name = "y" if op.result == returned else _unique(base, used)
+                role, dtype = ("output", self.dtype) if op.result == returned else ("activation", "f32")
+                self.buffer(op.result, name, role, dtype)
+                self.linear(op, name)
+            elif isinstance(op, AttentionOp):
+                name = _unique("attention", used)
+                self.buffer(op.result, name, "activation", "f32")
+                self.attention(op, name)
+            elif isinstance(op, func.ReturnOp):
+                if op.operands[0] not in self.name_of or self.name_of[op.operands[0]] != "y":
+                    raise FrontendError("the graph's result must come from a linear (the last projection)")
+            else:
+                raise FrontendError(f"cannot tile '{op.name}': after fusion every op must be a linear or the "
+                                    "attention (this elementwise op has no consumer to fuse into)")
+
+    def deps(self, buffer: str, begin: int | None = None, end: int | None = None):
+        """Tokens of the tasks that write rows [begin, end) of `buffer` (all rows if None)."""
+        return [t.done for t, b, e in self.producers.get(buffer, [])
+                if begin is None or (b < end and begin < e)]
+
+    def linear(self, op: LinearOp, out: str):
+        n, k = shape_of(op.weight)
+        if k % 8:
+            raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
+        roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
+                 "bias": op.bias, "residual": op.residual}
+        buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
+        buffers["out"] = out
+        params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue,
+                  "tile_rows": _ivalue(self.tile_rows)}
+        if op.eps is not None:
+            params["eps"] = op.eps
+        deps = [d for role in ("input", "input2", "residual") if role in buffers for d in self.deps(buffers[role])]
+        for r in range(0, n, self.tile_rows):
+            end = min(r + self.tile_rows, n)
+            task = TaskOp(_dedup(deps), TaskOp.body_properties(
+                f"{out}.r{r}", "linear", out, (r, end), buffers, params, smem.linear_task(k)))
+            self.tasks.append(task)
+            self.producers.setdefault(out, []).append((task, r, end))
+
+    def attention(self, op: AttentionOp, out: str):
+        nh, nkv, hd = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim))
+        group, max_seq = nh // nkv, shape_of(op.k_cache)[2]
+        if hd % 8 or hd > 256:
+            raise UnsupportedShapeError(f"attention '{out}': head_dim={hd} must be a multiple of 8 and at most 256")
+        buffers = {"q": self.name_of[op.q], "k": self.name_of[op.k], "v": self.name_of[op.v],
+                   "k_cache": self.name_of[op.k_cache], "v_cache": self.name_of[op.v_cache], "out": out}
+        params = {"head_dim": _ivalue(hd), "group": _ivalue(group), "num_kv_heads": _ivalue(nkv),
+                  "max_seq_len": _ivalue(max_seq), "scale": op.scale}
+        if op.rope_inv_freq is not None:
+            params["rope_inv_freq"] = op.rope_inv_freq
+        for g in range(nkv):
+            deps = (self.deps(buffers["q"], g * group * hd, (g + 1) * group * hd)
+                    + self.deps(buffers["k"], g * hd, (g + 1) * hd) + self.deps(buffers["v"], g * hd, (g + 1) * hd))
+            task = TaskOp(_dedup(deps), TaskOp.body_properties(
+                f"{out}.h{g}", "attention", out, (g, g + 1), buffers, params, smem.attention_task(hd, group)))
+            self.tasks.append(task)
+            self.producers.setdefault(out, []).append((task, g * group * hd, (g + 1) * group * hd))
+
+
+def _unique(base: str, used: set) -> str:
+    name, i = base, 1
+    while name in used:
+        i += 1
+        name = f"{base}_{i}"
+    used.add(name)
+    return name
+
+
+def _dedup(values):
+    seen, out = set(), []
+    for v in values:
+        if v not in seen:
+            seen.add(v)
+            out.append(v)
+    return out

@@ -1,0 +1,1 @@
+"""Scheduling: task-level IR -> schedule-level IR, and the schedule validator."""

@@ -1,0 +1,66 @@
+"""schedule-round-robin: task-level IR -> schedule-level IR.
+
+Reads the `adamk.task` DAG (in program order, which is topological); writes an
+`adamk.schedule` with task i on SM i mod num_sms, one `adamk.counter` per source op that
+some task waits on, and on every SM, before each task, an `adamk.wait` for each producer
+op it depends on that this SM has not already waited for this step. Because every SM
+runs its tasks in the global topological order, every wait is on work that comes earlier
+everywhere, so the schedule cannot deadlock. (The DAG search replaces this placement.)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xdsl.context import Context
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block
+from xdsl.passes import ModulePass
+
+from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from ..dialects.task import BufferOp, TaskOp
+from ..errors import ScheduleError
+
+
+def counter_name(source: str) -> str:
+    return f"{source}.done"
+
+
+@dataclass(frozen=True)
+class RoundRobinSchedulePass(ModulePass):
+    name = "schedule-round-robin"
+    num_sms: int = 1
+    block_threads: int = 256
+    smem_budget: int = 99 * 1024
+
+    def apply(self, ctx: Context, op: ModuleOp) -> None:
+        buffers = [o for o in op.ops if isinstance(o, BufferOp)]
+        tasks = [o for o in op.ops if isinstance(o, TaskOp)]
+        tasks_per_source: dict[str, int] = {}
+        for t in tasks:
+            tasks_per_source[t.source.data] = tasks_per_source.get(t.source.data, 0) + 1
+        waited_on = sorted({d.owner.source.data for t in tasks for d in t.deps},
+                           key=list(tasks_per_source).index)
+        counters = {s: CounterOp(counter_name(s), i, tasks_per_source[s]) for i, s in enumerate(waited_on)}
+
+        programs: list[list] = [[] for _ in range(self.num_sms)]
+        seen: list[set] = [set() for _ in range(self.num_sms)]
+        for task_id, t in enumerate(tasks):
+            if t.smem_bytes.value.data > self.smem_budget:
+                raise ScheduleError(f"task {t.sym_name.data} of '{t.source.data}' needs {t.smem_bytes.value.data} B "
+                                    f"of shared memory; the per-block budget is {self.smem_budget} B")
+            sm = task_id % self.num_sms
+            for src in sorted({d.owner.source.data for d in t.deps}, key=list(tasks_per_source).index):
+                if src not in seen[sm]:
+                    seen[sm].add(src)
+                    programs[sm].append(WaitOp(counter_name(src), tasks_per_source[src]))
+            programs[sm].append(ExecOp(task_id, t.copy_body_properties()))
+            if t.source.data in counters:
+                programs[sm].append(SignalOp(counter_name(t.source.data)))
+
+        smem_bytes = max((t.smem_bytes.value.data for t in tasks), default=0)
+        schedule = ScheduleOp(self.num_sms, self.block_threads, smem_bytes,
+                              [SmOp(i, p) for i, p in enumerate(programs)])
+        for b in buffers:
+            b.detach()
+        op.body.detach_block(0)
+        op.body.add_block(Block([*buffers, *counters.values(), schedule]))

@@ -1,0 +1,98 @@
+"""CPU simulator: executes schedule-level IR task by task in numpy (float32).
+
+It walks the SMs' programs with the schedule validator's interleaving (so a deadlock is
+found the same way), and runs each `adamk.exec` with the same tiling as the GPU: a linear
+task computes only its rows from the prologue-applied input vector, an attention task
+handles one KV head with its whole query group, rotating and appending k/v at `pos`
+first. Activations start as NaN, so a read of something no task wrote shows up in the
+result. It is the first oracle for the passes, before any GPU.
+"""
+from __future__ import annotations
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from .dialects.schedule import ExecOp
+from .dialects.task import BufferOp
+from .search.validate import walk
+
+
+def _silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+def _rope(x: np.ndarray, inv_freq: np.ndarray, pos: int) -> np.ndarray:
+    """Rotate-half RoPE of one head vector x[head_dim]."""
+    half = x.shape[-1] // 2
+    angle = np.float32(pos) * inv_freq.astype(np.float32)
+    cos = np.concatenate([np.cos(angle)] * 2).astype(np.float32)
+    sin = np.concatenate([np.sin(angle)] * 2).astype(np.float32)
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+class Simulator:
+    def __init__(self, module: ModuleOp, weights: dict[str, np.ndarray]):
+        self.module = module
+        self.decls = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
+        self.mem: dict[str, np.ndarray] = {}
+        for name, b in self.decls.items():
+            shape = tuple(b.shape.get_values())
+            if b.role.data == "weight":
+                w = np.asarray(weights[name], dtype=np.float32)
+                if w.shape != shape:
+                    raise ValueError(f"weight '{name}' has shape {w.shape}, the schedule expects {shape}")
+                self.mem[name] = w
+            elif b.role.data == "kv_cache":
+                self.mem[name] = np.zeros(shape, np.float32)
+        self.counters = None
+        self.epoch = 0
+
+    def step(self, x: np.ndarray, pos: int) -> np.ndarray:
+        for name, b in self.decls.items():
+            if b.role.data in ("activation", "output"):
+                self.mem[name] = np.full(tuple(b.shape.get_values()), np.nan, np.float32)
+        self.mem["x"] = np.asarray(x, np.float32).reshape(tuple(self.decls["x"].shape.get_values()))
+        self.pos = int(pos)
+        self.epoch += 1
+        self.counters = walk(self.module, self.exec, epoch=self.epoch, counters=self.counters)
+        return self.mem["y"].copy()
+
+    def exec(self, op: ExecOp):
+        getattr(self, f"_{op.kind.data}")(op)
+
+    def _vec(self, op: ExecOp, role: str) -> np.ndarray:
+        return self.mem[op.buffer(role)].reshape(-1)
+
+    def _linear(self, op: ExecOp):
+        begin, end = op.tile_range
+        xs = self._vec(op, "input").astype(np.float32)
+        prologue = op.param("prologue")
+        if prologue == "silu_mul":
+            xs = _silu(xs) * self._vec(op, "input2")
+        elif prologue == "rmsnorm":
+            eps = np.float32(op.param("eps"))
+            xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * self._vec(op, "norm_weight")
+        w = self.mem[op.buffer("weight")][begin:end]
+        acc = (w @ xs).astype(np.float32)
+        if op.buffer("bias"):
+            acc = acc + self._vec(op, "bias")[begin:end]
+        if op.buffer("residual"):
+            acc = acc + self._vec(op, "residual")[begin:end]
+        self._vec(op, "out")[begin:end] = acc
+
+    def _attention(self, op: ExecOp):
+        g, _ = op.tile_range
+        hd, group = op.param("head_dim"), op.param("group")
+        scale = np.float32(op.param("scale"))
+        inv_freq = op.params.data.get("rope_inv_freq")
+        rope = (lambda v: _rope(v, np.array(inv_freq.get_values(), np.float32), self.pos)) if inv_freq else (lambda v: v)
+        k_cache, v_cache = self.mem[op.buffer("k_cache")][0, g], self.mem[op.buffer("v_cache")][0, g]
+        k_cache[self.pos] = rope(self._vec(op, "k")[g * hd:(g + 1) * hd])
+        v_cache[self.pos] = self._vec(op, "v")[g * hd:(g + 1) * hd]
+        q = self._vec(op, "q")[g * group * hd:(g + 1) * group * hd].reshape(group, hd)
+        q = np.stack([rope(h) for h in q]) * scale
+        scores = q @ k_cache[: self.pos + 1].T                       # [group, pos + 1]
+        p = np.exp(scores - scores.max(axis=1, keepdims=True))
+        out = (p @ v_cache[: self.pos + 1]) / p.sum(axis=1, keepdims=True)
+        self._vec(op, "out")[g * group * hd:(g + 1) * group * hd] = out.reshape(-1)

@@ -1,0 +1,42 @@
+"""GPU spec table: the facts the compiler plans against (DESIGN.md, "GPU facts")."""
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import UnknownGPUError
+
+KB = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class GPU:
+    name: str
+    arch: int                 # compute capability as an integer: 89 = sm_89
+    num_sms: int
+    smem_per_sm: int          # bytes
+    smem_per_block: int       # largest opt-in dynamic shared memory of one block, bytes
+    l2_bytes: int
+    dram_gbps: float          # datasheet DRAM bandwidth, GB/s
+
+    @property
+    def sm(self) -> str:
+        return f"sm_{self.arch}"
+
+
+GPUS: dict[str, GPU] = {g.name: g for g in [
+    GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0),
+    GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0),
+    GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0),
+    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0),
+    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0),
+]}
+
+_ALIASES = {"RTX 4090": "RTX4090", "4090": "RTX4090", "H100 SXM": "H100", "H100-SXM": "H100"}
+
+
+def get_gpu(name: str) -> GPU:
+    key = _ALIASES.get(name, name)
+    for g in GPUS.values():
+        if g.name.lower() == key.lower():
+            return g
+    raise UnknownGPUError(f"unknown GPU '{name}'; known GPUs: {', '.join(GPUS)}")
