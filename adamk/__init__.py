@@ -1,0 +1,22 @@
+"""adamk: an ahead-of-time megakernel compiler for LLM decoding.
+
+    cfg = adamk.CompileConfig(gpu="L20")
+    art = adamk.compile(module_or_onnx_path, cfg)
+    art.save("out/")
+    step = adamk.load("out/", weights)      # on a GPU machine
+"""
+__version__ = "0.1.0"
+
+from .artifact import Artifact  # noqa: E402
+from .compiler import compile  # noqa: E402
+from .config import CompileConfig  # noqa: E402
+from .errors import AdamkError  # noqa: E402
+
+
+def load(path, weights, device=None, timeout_s: float = 2.0):
+    """Load an artifact on a GPU; see `adamk.runtime.DecodeStep`."""
+    from .runtime import load as _load
+    return _load(path, weights, device=device, timeout_s=timeout_s)
+
+
+__all__ = ["Artifact", "AdamkError", "CompileConfig", "compile", "load", "__version__"]

@@ -1,0 +1,1 @@
+"""Codegen: schedule-level IR -> CUDA C++ (cuda.py) -> cubin/PTX with NVRTC (nvrtc.py)."""

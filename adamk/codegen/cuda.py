@@ -1,0 +1,154 @@
+"""Emit the persistent kernel's CUDA C++ from schedule-level IR.
+
+The output is one self-contained, readable `.cu`: the device library headers it uses
+(csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
+generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
+the host fills it in the same order), one enumerator per counter, RoPE tables, and one
+function per SM that is a straight line of waits, task calls and signals. The kernel
+entry only dispatches on blockIdx.x.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from xdsl.dialects.builtin import ModuleOp
+
+from .. import __version__
+from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
+from ..dialects.task import BufferOp
+from ..paths import KERNELS_DIR
+from ..search.validate import schedule_of
+
+KERNEL_NAME = "adamk_decode_step"
+HEADERS = ("common.cuh", "sync.cuh", "linear.cuh", "attention.cuh")
+CTYPES = {"bf16": "bf16_t", "f32": "float"}
+PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
+
+
+def c_name(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def f32_literal(v: float) -> str:
+    s = str(np.float32(v))
+    return s + ("f" if any(c in s for c in ".e") else ".f")
+
+
+class _Emitter:
+    def __init__(self, module: ModuleOp):
+        self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
+        self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
+        self.schedule = schedule_of(module)
+        self.tables: dict[tuple, str] = {}     # rope inv_freq values -> __constant__ name
+        names = [c_name(n) for n in self.buffers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"buffer names collide once made C identifiers: {sorted(names)}")
+
+    def ptr(self, name: str | None, ctype_if_none: str = "float") -> str:
+        if name is None:
+            return f"(const {ctype_if_none}*)nullptr"
+        return f"b.{c_name(name)}"
+
+    def buffer_fields(self) -> list[str]:
+        lines = []
+        for name, b in self.buffers.items():
+            const = "const " if b.role.data in ("weight", "input") else ""
+            shape = list(b.shape.get_values())
+            lines.append(f"  {const}{CTYPES[b.dtype.data]}* {c_name(name)};  // {b.role.data} '{name}' {shape}")
+        return lines
+
+    def rope_table(self, values) -> str:
+        key = tuple(values)
+        if key not in self.tables:
+            self.tables[key] = f"rope_inv_freq_{len(self.tables)}"
+        return self.tables[key]
+
+    def task_call(self, op: ExecOp) -> list[str]:
+        begin, end = op.tile_range
+        head = f"  // task {op.task_id.value.data}: {op.sym_name.data}"
+        if op.kind.data == "linear":
+            k = op.param("K")
+            eps = op.param("eps")
+            args = [self.ptr(op.buffer("out")), self.ptr(op.buffer("weight")), self.ptr(op.buffer("input")),
+                    self.ptr(op.buffer("input2")), self.ptr(op.buffer("norm_weight"), "bf16_t"),
+                    f32_literal(eps if eps is not None else 0.0), self.ptr(op.buffer("bias"), "bf16_t"),
+                    self.ptr(op.buffer("residual")), str(begin), str(end), "s.smem"]
+            tmpl = f"{k}, {op.param('tile_rows')}, {PROLOGUES[op.param('prologue')]}"
+            return [f"{head}, rows [{begin}, {end}) of {op.source.data}",
+                    f"  linear_task<{tmpl}>({', '.join(args)});"]
+        if op.kind.data == "attention":
+            inv = op.params.data.get("rope_inv_freq")
+            table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
+            args = [self.ptr(op.buffer(r)) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
+            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("max_seq_len")), "s.pos", "s.smem"]
+            return [f"{head}, KV head {begin} of {op.source.data}",
+                    f"  attention_task<{op.param('head_dim')}, {op.param('group')}>({', '.join(args)});"]
+        raise ValueError(f"no task body for kind '{op.kind.data}'")
+
+    def sm_function(self, sm) -> list[str]:
+        ops = list(sm.body.block.ops)
+        lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s) {{"]
+        if ops:
+            lines.append("  const Buffers& b = *s.b;")
+        for i, op in enumerate(ops):
+            if isinstance(op, WaitOp):
+                if i == 0 or not isinstance(ops[i - 1], WaitOp):
+                    lines += self.prefetch_before_waits(ops[i:])
+                nxt = next(o for o in ops[i:] if isinstance(o, ExecOp))
+                lines.append(f"  wait_counter(s.counters, {c_name(op.counter.data)}, {op.count.value.data}u * s.epoch, "
+                             f"{nxt.task_id.value.data}, s.err, s.timeout_ns);")
+            elif isinstance(op, ExecOp):
+                lines += self.task_call(op)
+            elif isinstance(op, SignalOp):
+                lines.append(f"  signal_counter(s.counters, {c_name(op.counter.data)});")
+        return lines + ["}"]
+
+    def prefetch_before_waits(self, rest) -> list[str]:
+        """The weights of the task behind a run of waits stream into L2 while it waits."""
+        task = next(o for o in rest if isinstance(o, ExecOp))
+        if task.kind.data != "linear":
+            return []
+        b, e = task.tile_range
+        return [f"  prefetch_tile_l2<{task.param('K')}>({self.ptr(task.buffer('weight'))}, {b}, {e});"]
+
+    def emit(self, target_name: str, arch: int) -> str:
+        sched = self.schedule
+        n_sms, threads, smem = (sched.num_sms.value.data, sched.block_threads.value.data, sched.smem_bytes.value.data)
+        n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.body.block.ops)
+        sm_bodies = [line for sm in sched.sms for line in self.sm_function(sm) + [""]]
+        out = [f"// kernel.cu - generated by adamk {__version__}; regenerate with `adamk compile`, do not edit.",
+               f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem} B dynamic shared memory, "
+               f"{n_tasks} tasks.",
+               "// The device library follows, then the schedule: one straight-line function per SM.", ""]
+        for h in HEADERS:
+            text = (KERNELS_DIR / h).read_text()
+            text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
+            out += [f"// ===== csrc/kernels/{h} =====", text.rstrip(), ""]
+        out += ["// ===== generated schedule =====", "namespace adamk {", "",
+                "// Device pointers, in the order of the adamk.buffer ops (the host fills them in that order).",
+                "struct Buffers {", *self.buffer_fields(), "};", "",
+                "enum Counter : int {",
+                *[f"  {c_name(n)} = {c.index.value.data},  // {c.per_step.value.data} signals per step"
+                  for n, c in self.counters.items()], "};", "",
+                "struct Step {", "  const Buffers* b;", "  u32* counters;", "  ErrorRecord* err;", "  int pos;",
+                "  u32 epoch;", "  u64 timeout_ns;", "  float* smem;", "};", ""]
+        tables_at = len(out)
+        out += sm_bodies
+        out += ["}  // namespace adamk", "",
+                f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
+                f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err, int pos,",
+                "                  u32 epoch, u64 timeout_ns) {",
+                "  extern __shared__ __align__(16) float smem[];",
+                "  const adamk::Step s{b, counters, err, pos, epoch, timeout_ns, smem};",
+                "  switch (blockIdx.x) {",
+                *[f"    case {i}: adamk::sm_{i}(s); break;" for i in range(n_sms)],
+                "  }", "}", ""]
+        tables = [f"__constant__ float {name}[{len(vals)}] = {{{', '.join(f32_literal(v) for v in vals)}}};"
+                  for vals, name in self.tables.items()]
+        out[tables_at:tables_at] = tables + ([""] if tables else [])
+        return "\n".join(out)
+
+
+def emit_cuda(module: ModuleOp, target_name: str, arch: int) -> str:
+    return _Emitter(module).emit(target_name, arch)

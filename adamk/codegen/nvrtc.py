@@ -1,0 +1,107 @@
+"""Compile generated CUDA C++ in-process with NVRTC: sm_XX cubin (with the ptxas report) and PTX.
+
+The device library includes no CUDA headers, so NVRTC needs no include paths. We pin
+NVRTC 13.0: it writes PTX ISA 9.0, which a CUDA 13.0 driver loads (newer NVRTC writes a
+newer ISA that such drivers refuse).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from ..errors import ToolchainError
+
+MAX_PTX_ISA = (9, 0)
+OPTIONS = ["-std=c++17", "-lineinfo", "--extra-device-vectorization"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    cubin: bytes
+    ptx: str
+    ptxas_log: str
+    nvrtc_version: tuple[int, int]
+
+    @property
+    def report(self) -> dict:
+        return parse_ptxas_log(self.ptxas_log)
+
+
+def _nvrtc():
+    try:
+        from cuda.bindings import nvrtc
+    except ImportError as e:   # pragma: no cover - a broken install
+        raise ToolchainError("cuda-bindings is not installed; `pip install cuda-bindings nvidia-cuda-nvrtc`") from e
+    return nvrtc
+
+
+def _check(result, what):
+    err = result[0]
+    if int(err) != 0:
+        raise ToolchainError(f"NVRTC {what} failed: {err}")
+    return result[1:] if len(result) > 2 else (result[1] if len(result) == 2 else None)
+
+
+def _compile(source: str, name: str, options: list[str]) -> tuple[object, str]:
+    nvrtc = _nvrtc()
+    prog = _check(nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], []), "create")
+    opts = [o.encode() for o in options]
+    (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    log = log.rstrip(b"\x00 ").decode(errors="replace")
+    if int(err) != 0:
+        first = next((line for line in log.splitlines() if "error" in line), log.splitlines()[0] if log else "")
+        raise ToolchainError(f"NVRTC could not compile {name}: {first.strip()} (full log: save the artifact's "
+                             f"kernel.cu and run `nvcc -arch=sm_89 -std=c++17 -c {name}`)")
+    return prog, log
+
+
+def nvrtc_version() -> tuple[int, int]:
+    return tuple(_check(_nvrtc().nvrtcVersion(), "version"))
+
+
+def compile_cuda(source: str, arch: int, name: str = "kernel.cu") -> Binaries:
+    nvrtc = _nvrtc()
+    # One compile for a real arch yields both the cubin and the PTX it was assembled from.
+    prog, log = _compile(source, name, OPTIONS + [f"--gpu-architecture=sm_{arch}", "--ptxas-options=-v"])
+    size = _check(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
+    cubin = b" " * size
+    nvrtc.nvrtcGetCUBIN(prog, cubin)
+    size = _check(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    nvrtc.nvrtcDestroyProgram(prog)
+    ptx = ptx.rstrip(b"\x00").decode()
+    isa = ptx_isa(ptx)
+    if isa > MAX_PTX_ISA:
+        raise ToolchainError(f"NVRTC {nvrtc_version()} wrote PTX ISA {isa[0]}.{isa[1]}; a CUDA 13.0 driver loads at most "
+                             f"{MAX_PTX_ISA[0]}.{MAX_PTX_ISA[1]}: install nvidia-cuda-nvrtc==13.0.*")
+    return Binaries(bytes(cubin), ptx, log.strip() + "\n", nvrtc_version())
+
+
+def ptx_isa(ptx: str) -> tuple[int, int]:
+    m = re.search(r"^\.version (\d+)\.(\d+)", ptx, re.M)
+    if not m:
+        raise ToolchainError("PTX has no .version line")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_ptxas_log(log: str, kernel: str = "adamk_decode_step") -> dict:
+    """Registers, spills and static shared memory of `kernel` from a `ptxas -v` report."""
+    report = {"registers": None, "spill_stores": 0, "spill_loads": 0, "static_smem": 0, "stack_frame": 0}
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if "Compiling entry function" in line and kernel in line:
+            for info in lines[i + 1:i + 6]:
+                if m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", info):
+                    report["stack_frame"], report["spill_stores"], report["spill_loads"] = map(int, m.groups())
+                if m := re.search(r"Used (\d+) registers", info):
+                    report["registers"] = int(m.group(1))
+                if m := re.search(r"(\d+) bytes smem", info):
+                    report["static_smem"] = int(m.group(1))
+    # spills anywhere (callee task bodies are separate functions) count too
+    report["spill_stores_total"] = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", log))
+    report["spill_loads_total"] = sum(int(x) for x in re.findall(r"(\d+) bytes spill loads", log))
+    return report

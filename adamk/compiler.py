@@ -1,0 +1,127 @@
+"""The whole pipeline, top to bottom (DESIGN.md, "The pipeline")."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+from xdsl.dialects.builtin import ModuleOp
+
+from . import __version__
+from .artifact import Artifact, sha256
+from .codegen.cuda import KERNEL_NAME, emit_cuda
+from .codegen.nvrtc import compile_cuda
+from .config import BLOCK_THREADS, CompileConfig
+from .dialects import make_context, print_module
+from .dialects.graph import WeightOp
+from .dialects.schedule import CounterOp, ExecOp
+from .dialects.task import BufferOp
+from .errors import AdamkError
+from .passes.fuse import FusePass
+from .passes.tile import TilePass
+from .search.round_robin import RoundRobinSchedulePass
+from .search.validate import schedule_of, walk
+
+
+def compile(model, config: CompileConfig | None = None, example_inputs=None, *, dump_dir=None,
+            progress=None) -> Artifact:
+    """Compile a decoder (torch.nn.Module or ONNX path) into a megakernel artifact."""
+    config = config or CompileConfig()
+    target, ctx = config.target, make_context()
+    step = progress or (lambda name: contextlib.nullcontext())
+    dumps: dict[str, str] = {}
+
+    def run(pass_, module):                                     # one pass, optionally dumped
+        pass_.apply(ctx, module)
+        module.verify()
+        if dump_dir is not None:
+            dumps[f"{len(dumps):02d}-{pass_.name}.mlir"] = print_module(module)
+
+    with step("frontend: trace and recognise the decoder"):
+        graph = import_model(model, example_inputs)           # graph IR (adamk.linear, adamk.attention, ...)
+        if config.max_seq_len is not None:
+            _check_max_seq_len(graph, config.max_seq_len)
+        graph_text = print_module(graph)
+    with step("passes: fuse and tile into tasks"):
+        run(FusePass(), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
+        run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: one adamk.task per tile
+        tasks_text = print_module(graph)
+    with step("schedule: place tasks on SMs and validate"):
+        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block), graph)
+        walk(graph)                                            # every wait satisfiable, counters balanced
+        schedule_text = print_module(graph)
+    with step("codegen: emit CUDA C++ and compile with NVRTC"):
+        source = emit_cuda(graph, target.name, target.arch)    # straight-line program per SM
+        binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
+
+    files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
+             "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
+             f"kernel.{target.sm}.cubin": binaries.cubin, "kernel.ptx": binaries.ptx.encode(),
+             "ptxas.log": binaries.ptxas_log.encode()}
+    if dump_dir is not None:
+        os.makedirs(dump_dir, exist_ok=True)
+        for name, text in dumps.items():
+            with open(os.path.join(dump_dir, name), "w") as f:
+                f.write(text)
+    return Artifact(files, _manifest(graph, graph_text, config, binaries))
+
+
+def import_model(model, example_inputs=None) -> ModuleOp:
+    """Frontend dispatch: a torch module through torch.export, a path through ONNX."""
+    if isinstance(model, (str, os.PathLike)):
+        from .frontend.onnx_frontend import import_onnx
+        return import_onnx(model)
+    from .frontend.torch_frontend import import_module
+    if example_inputs is None:
+        if not hasattr(model, "example_inputs"):
+            raise AdamkError(f"{type(model).__name__} has no example_inputs(); pass example_inputs=(x, pos, k_cache, v_cache)")
+        example_inputs = model.example_inputs()
+    module, _ = import_module(model, example_inputs)
+    return module
+
+
+def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):
+    fn = next(iter(graph.ops))
+    traced = list(fn.body.block.args[2].type.get_shape())[2]
+    if traced != max_seq_len:
+        raise AdamkError(f"max_seq_len={max_seq_len} but the traced KV cache holds {traced} positions")
+
+
+def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binaries) -> dict:
+    target = config.target
+    sched = schedule_of(schedule)
+    buffers = [b for b in schedule.ops if isinstance(b, BufferOp)]
+    execs = sorted((o for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
+                   key=lambda o: o.task_id.value.data)
+    elem = {"bf16": 2, "f32": 4}
+    weight_bytes = sum(_numel(b) * elem[b.dtype.data] for b in buffers if b.role.data == "weight")
+    report = binaries.report
+    return {
+        "adamk_version": __version__,
+        "target": {"gpu": target.name, "arch": target.sm, "num_sms": target.num_sms,
+                   "smem_per_block": target.smem_per_block, "dram_gbps": target.dram_gbps},
+        "config": config.to_json(),
+        "model_signature": sha256(graph_text.encode()),
+        "kernel": {"name": KERNEL_NAME, "grid": sched.num_sms.value.data,
+                   "block_threads": sched.block_threads.value.data,
+                   "smem_bytes": sched.smem_bytes.value.data, "registers": report["registers"],
+                   "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
+                   "nvrtc": ".".join(map(str, binaries.nvrtc_version)),
+                   "args": ["buffers", "counters", "error_record", "pos", "epoch", "timeout_ns"]},
+        "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
+                     "dtype": b.dtype.data} for b in buffers],
+        "weights": [{"name": b.sym_name.data, "shape": list(b.shape.get_values()), "dtype": b.dtype.data,
+                     "layout": "row-major"} for b in buffers if b.role.data == "weight"],
+        "counters": [{"name": c.sym_name.data, "index": c.index.value.data, "per_step": c.per_step.value.data}
+                     for c in schedule.ops if isinstance(c, CounterOp)],
+        "tasks": [o.sym_name.data for o in execs],
+        "smem_peak_bytes": sched.smem_bytes.value.data,
+        "weight_bytes": weight_bytes,
+        "weight_read_floor_us": round(weight_bytes / (target.dram_gbps * 1e3), 3),
+    }
+
+
+def _numel(b: BufferOp) -> int:
+    n = 1
+    for d in b.shape.get_values():
+        n *= d
+    return n

@@ -1,0 +1,141 @@
+"""`adamk.load(dir, weights)`: a callable decode step backed by the megakernel.
+
+The loader checks the artifact's sha256s, checks the weights against the manifest
+(names, shapes), converts them to the storage dtype on the GPU, allocates the KV caches
+and activations, fills the kernel's `Buffers` pointer table in manifest order, loads the
+cubin (or JIT-compiles the PTX when the GPU is a newer arch than the target) and
+launches cooperatively, so all blocks are co-resident or the launch fails with a clear
+error. Dependency counters only grow; each step passes a new epoch, and the counters are
+zeroed before the 32-bit targets would wrap.
+"""
+from __future__ import annotations
+
+import ctypes
+
+from ..artifact import load_files
+from ..errors import AdamkError, KernelTimeoutError
+from . import driver as cu
+
+TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
+
+
+class DecodeStep:
+    """One layer's decode step: `y = step(x, pos)`; `k_cache` / `v_cache` persist across calls."""
+
+    def __init__(self, path, weights, device=None, timeout_s: float = 2.0):
+        import torch
+        self.torch = torch
+        if not torch.cuda.is_available():
+            raise AdamkError("adamk.load needs a CUDA GPU (torch.cuda.is_available() is False)")
+        self.manifest, files = load_files(path)
+        self.device = torch.device(device or "cuda")
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_device(index)
+        torch.empty(1, device=self.device)            # let torch create the primary context first
+        cu.ensure_context(index)
+        k = self.manifest["kernel"]
+        self.grid, self.threads, self.smem = k["grid"], k["block_threads"], k["smem_bytes"]
+        self.timeout_ns = int(timeout_s * 1e9)
+
+        self.buffers = self._bind(weights)
+        names = [b["name"] for b in self.manifest["buffers"]]
+        self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
+                                          device=self.device)
+        self.counters = torch.zeros(max(1, len(self.manifest["counters"])), dtype=torch.int32, device=self.device)
+        self.error = torch.zeros(8, dtype=torch.int32, device=self.device)
+        self.epoch = 0
+        self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] + [1])
+
+        arch = int(self.manifest["target"]["arch"].removeprefix("sm_"))
+        major, minor = torch.cuda.get_device_capability(index)
+        device_arch = 10 * major + minor
+        if device_arch == arch:
+            image, self.loaded_from = files[f"kernel.sm_{arch}.cubin"], "cubin"
+        elif device_arch > arch:
+            image, self.loaded_from = files["kernel.ptx"] + b"\0", "ptx"     # driver JIT for the newer arch
+        else:
+            raise AdamkError(f"artifact targets sm_{arch}; this GPU is sm_{device_arch}")
+        self.module, self.fn = cu.load_function(image, k["name"])
+        cu.set_dynamic_smem(self.fn, self.smem)
+        fit = cu.max_blocks_per_sm(self.fn, self.threads, self.smem) * cu.sm_count(index)
+        if fit < self.grid:
+            raise AdamkError(f"the megakernel needs {self.grid} co-resident blocks of {self.threads} threads and "
+                             f"{self.smem} B shared memory; this GPU holds {fit}")
+
+    def _bind(self, weights) -> dict:
+        torch = self.torch
+        if isinstance(weights, torch.nn.Module):
+            weights = weights.state_dict()
+        weights = dict(weights)
+        expected = {w["name"]: w for w in self.manifest["weights"]}
+        missing = sorted(set(expected) - set(weights))
+        if missing:
+            raise AdamkError(f"weights are missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        out = {}
+        for b in self.manifest["buffers"]:
+            dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
+            if b["role"] == "weight":
+                w = weights[b["name"]]
+                if list(w.shape) != b["shape"]:
+                    raise AdamkError(f"weight '{b['name']}' has shape {list(w.shape)}, the artifact expects {b['shape']}")
+                out[b["name"]] = w.detach().to(device=self.device, dtype=dtype).contiguous()
+            elif b["role"] == "kv_cache":
+                out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)
+            else:
+                out[b["name"]] = torch.full(b["shape"], float("nan"), dtype=dtype, device=self.device)
+        return out
+
+    @property
+    def k_cache(self):
+        return self.buffers["k_cache"]
+
+    @property
+    def v_cache(self):
+        return self.buffers["v_cache"]
+
+    def launch(self, pos: int, epoch: int | None = None, stream=None):
+        """Enqueue one step on `stream` without waiting; `epoch` is for tests of the timeout path."""
+        max_seq = next(b["shape"][2] for b in self.manifest["buffers"] if b["name"] == "k_cache")
+        if not 0 <= pos < max_seq:
+            raise AdamkError(f"position {pos} outside the KV cache's 0..{max_seq - 1}")
+        if epoch is None:
+            if self.epoch == self.max_epoch:
+                self.counters.zero_()
+                self.epoch = 0
+            self.epoch += 1
+            epoch = self.epoch
+        stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
+        self._args = cu.KernelArgs(ctypes.c_uint64(self.pointer_table.data_ptr()),
+                                   ctypes.c_uint64(self.counters.data_ptr()),
+                                   ctypes.c_uint64(self.error.data_ptr()), ctypes.c_int32(pos),
+                                   ctypes.c_uint32(epoch), ctypes.c_uint64(self.timeout_ns))
+        cu.launch_cooperative(self.fn, self.grid, self.threads, self.smem, stream, self._args)
+
+    def check(self):
+        """Wait for the GPU and raise if a spin-wait timed out (names the task and counter)."""
+        self.torch.cuda.synchronize(self.device)
+        err = self.error.tolist()
+        if err[0]:
+            flag, task, counter, expected, observed, block = (e & 0xffffffff for e in err[:6])
+            tasks = self.manifest["tasks"]
+            counters = {c["index"]: c["name"] for c in self.manifest["counters"]}
+            raise KernelTimeoutError(
+                f"megakernel wait timed out: block {block} running task '{tasks[task] if task < len(tasks) else task}' "
+                f"waited on counter '{counters.get(counter, counter)}' for {expected}, saw {observed}")
+
+    def reset(self):
+        """Zero the counters and the error record (after a timed-out launch)."""
+        self.torch.cuda.synchronize(self.device)
+        self.counters.zero_()
+        self.error.zero_()
+        self.epoch = 0
+
+    def __call__(self, x, pos: int):
+        self.buffers["x"].copy_(x.reshape(self.buffers["x"].shape))
+        self.launch(int(pos))
+        self.check()
+        return self.buffers["y"].clone()
+
+
+def load(path, weights, device=None, timeout_s: float = 2.0) -> DecodeStep:
+    return DecodeStep(path, weights, device=device, timeout_s=timeout_s)

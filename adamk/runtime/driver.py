@@ -1,0 +1,73 @@
+"""Thin helpers over cuda-bindings' driver API: checked calls, module load, cooperative launch."""
+from __future__ import annotations
+
+import ctypes
+
+from ..errors import AdamkError
+
+
+def _driver():
+    from cuda.bindings import driver
+    return driver
+
+
+def check(result, what: str):
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        driver = _driver()
+        _, name = driver.cuGetErrorName(err)
+        raise AdamkError(f"CUDA {what} failed: {name.decode() if name else err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+def ensure_context(device_index: int):
+    """Make the primary context of `device_index` (the one torch uses) current on this thread."""
+    driver = _driver()
+    check(driver.cuInit(0), "cuInit")
+    ctx = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if int(ctx) == 0:
+        dev = check(driver.cuDeviceGet(device_index), "cuDeviceGet")
+        ctx = check(driver.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
+def load_function(image: bytes, name: str):
+    driver = _driver()
+    module = check(driver.cuModuleLoadData(image), "cuModuleLoadData (loading the kernel image)")
+    return module, check(driver.cuModuleGetFunction(module, name.encode()), "cuModuleGetFunction")
+
+
+def set_dynamic_smem(fn, nbytes: int):
+    driver = _driver()
+    check(driver.cuFuncSetAttribute(
+        fn, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, nbytes),
+        f"setting {nbytes} B of dynamic shared memory")
+
+
+def max_blocks_per_sm(fn, threads: int, smem: int) -> int:
+    return check(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, threads, smem), "occupancy query")
+
+
+def sm_count(device_index: int) -> int:
+    driver = _driver()
+    dev = check(driver.cuDeviceGet(device_index), "cuDeviceGet")
+    return check(driver.cuDeviceGetAttribute(
+        driver.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev), "SM count")
+
+
+class KernelArgs:
+    """ctypes storage for the kernel's arguments, kept alive across the launch."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+        self.array = (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+    @property
+    def pointer(self) -> int:
+        return ctypes.addressof(self.array)
+
+
+def launch_cooperative(fn, grid: int, threads: int, smem: int, stream: int, args: KernelArgs):
+    driver = _driver()
+    check(driver.cuLaunchCooperativeKernel(fn, grid, 1, 1, threads, 1, 1, smem, driver.CUstream(stream),
+                                           args.pointer), "cooperative launch of the megakernel")

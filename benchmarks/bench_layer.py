@@ -1,0 +1,96 @@
+"""Time one decoder layer's decode step: megakernel (H100 and L20 targets) vs PyTorch eager,
+side by side in one run, against the weight-read floor (weights + KV bytes / measured copy BW).
+
+    python benchmarks/bench_layer.py --preset llama-3.2-1b --pos 512 [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+
+import torch
+
+import adamk
+from adamk.models import PRESETS, DecoderLayer
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy, bytes read + written per second (median)."""
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(reps + 3):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); b.copy_(a); e.record(); e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return 2 * nbytes / statistics.median(times[3:])
+
+
+def time_launches(fn, iters: int, warmup: int = 10) -> tuple[float, float]:
+    """(median of per-launch event times, back-to-back mean) in microseconds."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    each = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); fn(); e.record(); e.synchronize()
+        each.append(s.elapsed_time(e) * 1e3)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(iters):
+        fn()
+    e.record(); e.synchronize()
+    return statistics.median(each), s.elapsed_time(e) * 1e3 / iters
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--pos", type=int, default=512)
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--gpus", default="H100,L20")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    cfg = PRESETS[args.preset]
+    layer = DecoderLayer(cfg, seed=0)
+    bw = copy_bandwidth()
+    weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
+    kv_bytes = 2 * 2 * (args.pos + 1) * cfg.num_kv_heads * cfg.head_dim
+    floor_us = (weight_bytes + kv_bytes) / bw * 1e6
+    rows = []
+    x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
+    for gpu in args.gpus.split(","):
+        art = adamk.compile(layer, adamk.CompileConfig(gpu=gpu))
+        path = art.save(tempfile.mkdtemp() + "/art")
+        step = adamk.load(path, layer)
+        step.k_cache.normal_()
+        step.v_cache.normal_()
+        step.buffers["x"].copy_(x)
+        med, b2b = time_launches(lambda: step.launch(args.pos), args.iters)
+        step.check()
+        rows.append((f"megakernel ({gpu} target, {step.grid} blocks, {step.loaded_from})", med, b2b))
+    eager = layer.to(device="cuda", dtype=torch.bfloat16)
+    kc, vc = eager.new_kv_cache(device="cuda")
+    kc.normal_(); vc.normal_()
+    pos_t = torch.tensor(args.pos, device="cuda")
+    with torch.no_grad():
+        med, b2b = time_launches(lambda: eager(x, pos_t, kc, vc), args.iters)
+    rows.append(("PyTorch eager (bf16)", med, b2b))
+
+    print(f"\n{args.preset} layer, pos {args.pos}, {torch.cuda.get_device_name()}")
+    print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e6:.1f} MB + KV {kv_bytes / 1e6:.2f} MB "
+          f"-> floor {floor_us:.1f} us")
+    print(f"{'variant':58s} {'median us':>10s} {'b2b us':>9s} {'floor/b2b':>9s}")
+    for name, med, b2b in rows:
+        print(f"{name:58s} {med:10.1f} {b2b:9.1f} {floor_us / b2b:9.1%}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"preset": args.preset, "pos": args.pos, "copy_bw": bw, "floor_us": floor_us,
+                       "rows": [{"name": n, "median_us": m, "b2b_us": b} for n, m, b in rows]}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

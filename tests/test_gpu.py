@@ -1,0 +1,88 @@
+"""GPU tests: the megakernel against the float32 PyTorch reference (marker `gpu`)."""
+import random
+
+import pytest
+import torch
+
+import adamk
+from adamk.errors import KernelTimeoutError
+from adamk.models import PRESETS, DecoderLayer
+
+pytestmark = pytest.mark.gpu
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def bf16_layer(preset: str) -> DecoderLayer:
+    """A random layer whose float32 weights are exactly representable in bf16."""
+    layer = DecoderLayer(PRESETS[preset], seed=random.randrange(2**31))
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(p.bfloat16().float())
+    return layer
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    cache = {}
+
+    def get(preset, gpu):
+        if (preset, gpu) not in cache:
+            layer = bf16_layer(preset)
+            art = adamk.compile(layer, adamk.CompileConfig(gpu=gpu))
+            path = art.save(tmp_path_factory.mktemp(f"{preset}-{gpu}"))
+            cache[preset, gpu] = (layer, path)
+        return cache[preset, gpu]
+    return get
+
+
+def positions(cfg):
+    return sorted({p for p in (0, 1, 511, cfg.max_seq_len - 1) if p < cfg.max_seq_len})
+
+
+@pytest.mark.parametrize("gpu", ["L20", "H100"])
+@pytest.mark.parametrize("preset", ["tiny", "llama-3.2-1b"])
+def test_layer_matches_float32_reference(compiled, preset, gpu):
+    layer, path = compiled(preset, gpu)
+    cfg = layer.cfg
+    step = adamk.load(path, layer)
+    ref_layer = layer.cuda()
+    for pos in positions(cfg):
+        x = torch.randn(1, cfg.hidden_size).bfloat16().cuda()
+        kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim).bfloat16().cuda()
+        vc = torch.randn_like(kc)
+        step.k_cache.copy_(kc)
+        step.v_cache.copy_(vc)
+        y = step(x, pos)
+        ref_k, ref_v = kc.float().clone(), vc.float().clone()
+        with torch.no_grad():
+            ref = ref_layer(x.float(), torch.tensor(pos, device="cuda"), ref_k, ref_v)
+        assert torch.isfinite(y.float()).all()
+        assert rel(y, ref) <= 1e-2, (preset, gpu, pos, rel(y, ref))
+        assert rel(step.k_cache[:, :, pos], ref_k[:, :, pos]) <= 1e-2
+        assert rel(step.v_cache[:, :, pos], ref_v[:, :, pos]) <= 1e-2
+        others = [t for t in range(cfg.max_seq_len) if t != pos]
+        assert torch.equal(step.k_cache[:, :, others], kc[:, :, others]), "a task wrote outside its cache row"
+        assert torch.equal(step.v_cache[:, :, others], vc[:, :, others])
+
+
+def test_kernel_shape_matches_target(compiled):
+    for gpu, blocks in (("L20", 92), ("H100", 132)):
+        layer, path = compiled("tiny", gpu)
+        step = adamk.load(path, layer)
+        assert step.grid == blocks
+        assert step.loaded_from == ("ptx" if gpu == "L20" else "cubin")
+
+
+def test_wait_timeout_names_task_and_counter(compiled):
+    layer, path = compiled("tiny", "H100")
+    step = adamk.load(path, layer, timeout_s=0.05)
+    step.buffers["x"].copy_(torch.randn(1, layer.cfg.hidden_size))
+    step.launch(3, epoch=7)     # counters are at 0: every wait for 7 * count must time out
+    with pytest.raises(KernelTimeoutError, match=r"task '.*' waited on counter '.*\.done' for \d+, saw \d+"):
+        step.check()
+    step.reset()
+    x = torch.randn(1, layer.cfg.hidden_size).bfloat16().cuda()
+    assert torch.isfinite(step(x, 3).float()).all()   # usable again after a reset
