@@ -78,6 +78,8 @@ def compile_cuda(source: str, arch: int, name: str = "kernel.cu") -> Binaries:
     if isa > MAX_PTX_ISA:
         raise ToolchainError(f"NVRTC {nvrtc_version()} wrote PTX ISA {isa[0]}.{isa[1]}; a CUDA 13.0 driver loads at most "
                              f"{MAX_PTX_ISA[0]}.{MAX_PTX_ISA[1]}: install nvidia-cuda-nvrtc==13.0.*")
+    # ptxas prints its wall time; drop it so the same input gives the same artifact bytes
+    log = "\n".join(line for line in log.splitlines() if "Compile time =" not in line)
     return Binaries(bytes(cubin), ptx, log.strip() + "\n", nvrtc_version())
 
 

@@ -1,0 +1,47 @@
+"""Shared helpers for the CPU tests."""
+import numpy as np
+import torch
+
+from adamk.dialects import make_context
+from adamk.frontend.torch_frontend import import_module
+from adamk.models import PRESETS, DecoderLayer
+from adamk.passes.fuse import FusePass
+from adamk.passes.tile import TilePass
+from adamk.search.round_robin import RoundRobinSchedulePass
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def random_layer(preset="tiny", seed=None) -> DecoderLayer:
+    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
+    return DecoderLayer(PRESETS[preset], seed=seed)
+
+
+def graph_of(layer):
+    module, _ = import_module(layer, layer.example_inputs())
+    return module
+
+
+def lower(layer, num_sms=7, tile_rows=16):
+    """graph -> fused -> tasks -> schedule, returning the module at each level."""
+    ctx = make_context()
+    graph = graph_of(layer)
+    fused = graph.clone()
+    FusePass().apply(ctx, fused)
+    tasks = fused.clone()
+    TilePass(tile_rows=tile_rows).apply(ctx, tasks)
+    schedule = tasks.clone()
+    RoundRobinSchedulePass(num_sms=num_sms).apply(ctx, schedule)
+    return graph, fused, tasks, schedule
+
+
+def fresh_inputs(layer, pos):
+    """Random x and a random KV history (fresh every call; never zeros)."""
+    cfg = layer.cfg
+    x = torch.randn(1, cfg.hidden_size)
+    kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
+    vc = torch.randn_like(kc)
+    return x, torch.tensor(pos), kc, vc

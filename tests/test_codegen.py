@@ -1,0 +1,93 @@
+"""Codegen + NVRTC: the artifact's files, the ptxas report, determinism, and the machine code."""
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import adamk
+from adamk.artifact import verify
+from adamk.codegen.nvrtc import compile_cuda, parse_ptxas_log, ptx_isa
+from adamk.models import PRESETS, DecoderLayer
+
+ARTIFACT_FILES = {"manifest.json", "graph.mlir", "tasks.mlir", "schedule.mlir", "kernel.cu", "kernel.sm_89.cubin",
+                  "kernel.ptx", "ptxas.log"}
+
+
+@pytest.fixture(scope="module")
+def tiny_l20(tmp_path_factory):
+    layer = DecoderLayer(PRESETS["tiny"], seed=5)
+    art = adamk.compile(layer, adamk.CompileConfig(gpu="L20"))
+    return art, art.save(tmp_path_factory.mktemp("tiny") / "out")
+
+
+def test_artifact_has_every_file_with_checked_sha256(tiny_l20):
+    _, path = tiny_l20
+    assert {p.name for p in path.iterdir()} == ARTIFACT_FILES
+    assert set(verify(path).values()) == {"ok"}
+    (path / "kernel.cu").write_text("// edited\n")
+    assert verify(path)["kernel.cu"] == "modified"
+
+
+def test_manifest_describes_kernel_and_weights(tiny_l20):
+    art, path = tiny_l20
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["target"]["gpu"] == "L20" and m["target"]["arch"] == "sm_89"
+    assert m["kernel"]["grid"] == 92 and m["kernel"]["block_threads"] == 256
+    assert 0 < m["kernel"]["smem_bytes"] <= 99 * 1024
+    names = {w["name"]: w for w in m["weights"]}
+    assert names["q_proj.weight"] == {"name": "q_proj.weight", "shape": [144, 136], "dtype": "bf16",
+                                      "layout": "row-major"}
+    assert set(names) == set(DecoderLayer(PRESETS["tiny"], seed=None).state_dict())
+    assert len(m["tasks"]) == sum(1 for line in art.files["schedule.mlir"].decode().splitlines()
+                                  if '"adamk.exec"' in line)
+
+
+def test_ptxas_reports_no_spills_and_ptx_loads_on_cuda_13_0(tiny_l20):
+    art, _ = tiny_l20
+    report = parse_ptxas_log(art.files["ptxas.log"].decode())
+    assert report["registers"] is not None and report["registers"] <= 255
+    assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0
+    ptx = art.files["kernel.ptx"].decode()
+    assert ptx_isa(ptx) <= (9, 0)
+    assert re.search(r"^\.target sm_89", ptx, re.M)
+
+
+def test_compiling_twice_gives_identical_bytes(tiny_l20, tmp_path):
+    art, path = tiny_l20
+    again = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="L20"))
+    assert again.files == art.files
+    assert again.manifest_bytes() == art.manifest_bytes()
+
+
+def test_kernel_cu_is_self_contained(tiny_l20):
+    art, _ = tiny_l20
+    source = art.files["kernel.cu"].decode()
+    assert "#include" not in source
+    assert compile_cuda(source, 89).cubin == art.files["kernel.sm_89.cubin"]
+
+
+def test_weights_are_read_16_bytes_at_a_time(tiny_l20, tmp_path):
+    nvdisasm = shutil.which("nvdisasm") or next(
+        (str(p) for p in Path(__import__("nvidia").__path__[0]).rglob("nvdisasm") if p.is_file()), None)
+    if nvdisasm is None:
+        pytest.skip("nvdisasm (nvidia-cuda-nvdisasm) not installed")
+    art, _ = tiny_l20
+    cubin = tmp_path / "k.cubin"
+    cubin.write_bytes(art.files["kernel.sm_89.cubin"])
+    sass = subprocess.run([nvdisasm, "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+    weight_loads = re.findall(r"LDG\.E\.NA\.128\.CONSTANT", sass)
+    assert len(weight_loads) >= 8
+    narrow_nc = re.findall(r"LDG\.E\.NA\.(?:U16|U8|S16)?\.?CONSTANT", sass)
+    assert narrow_nc == [], "weights must not be read in narrower than 16-byte loads"
+
+
+def test_llama_1b_layer_compiles_for_l20_without_spills():
+    layer = DecoderLayer(PRESETS["llama-3.2-1b"], seed=0)
+    art = adamk.compile(layer, adamk.CompileConfig(gpu="L20"))
+    report = parse_ptxas_log(art.files["ptxas.log"].decode())
+    assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0
+    assert art.manifest["kernel"]["grid"] == 92
+    assert art.manifest["weight_bytes"] == 2 * sum(p.numel() for p in layer.parameters())

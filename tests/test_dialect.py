@@ -1,0 +1,69 @@
+"""Dialect verifiers and MLIR round trips at all three levels."""
+import pytest
+from xdsl.dialects.builtin import ModuleOp, TensorType, f32
+from xdsl.utils.exceptions import VerifyException
+from xdsl.utils.test_value import create_ssa_value
+
+from adamk.dialects import parse_module, print_module
+from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
+from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from adamk.dialects.task import BufferOp, TaskOp
+from helpers import lower, random_layer
+
+
+def t(*shape):
+    return create_ssa_value(TensorType(f32, list(shape)))
+
+
+def verify_fails(op, match):
+    with pytest.raises(VerifyException, match=match):
+        op.verify()
+
+
+def test_graph_verifiers_name_the_value_at_fault():
+    verify_fails(LinearOp(t(1, 64), t(32, 48)), r"weight has shape \[32, 48\], expected \[N, 64\]")
+    verify_fails(RMSNormOp(t(1, 64), t(63), 1e-5), r"weight has shape \[63\], expected \[64\]")
+    verify_fails(LinearOp(t(1, 64), t(32, 64), residual=t(1, 31)), r"residual shape \[1, 31\]")
+    verify_fails(LinearOp(t(1, 64), t(32, 64), prologue="gelu"), r"unknown prologue 'gelu'")
+    verify_fails(LinearOp(t(1, 64), t(32, 64), prologue="rmsnorm"), "needs norm_weight and eps")
+    verify_fails(SiluMulOp(t(1, 8), t(1, 9)), r"gate \[1, 8\] and up \[1, 9\]")
+    verify_fails(RopeOp(t(1, 48), t(), 10, [1.0] * 5), r"head_dim 10 must be even and divide input features 48")
+    verify_fails(RopeOp(t(1, 48), t(), 8, [1.0] * 3), "inv_freq has 3 entries, expected 4")
+    q, kv, cache = t(1, 6 * 8), t(1, 2 * 8), t(1, 2, 16, 8)
+    verify_fails(AttentionOp(q, kv, kv, cache, cache, t(), num_heads=6, num_kv_heads=4, head_dim=8, scale=0.3),
+                 "num_heads 6 is not a multiple of num_kv_heads 4")
+    verify_fails(AttentionOp(q, t(1, 24), kv, cache, cache, t(), num_heads=6, num_kv_heads=2, head_dim=8, scale=0.3),
+                 "k has 24 features, expected 2 heads x 8")
+    verify_fails(AttentionOp(q, kv, kv, t(1, 2, 16, 4), cache, t(), num_heads=6, num_kv_heads=2, head_dim=8,
+                             scale=0.3), r"k_cache has shape \[1, 2, 16, 4\]")
+
+
+def test_task_and_schedule_verifiers():
+    verify_fails(BufferOp("w", "scratch", [4], "bf16"), "@w: unknown role 'scratch'")
+    verify_fails(BufferOp("w", "weight", [4, 0], "bf16"), "non-positive extent")
+    props = TaskOp.body_properties("q.r0", "linear", "q", (0, 16), {"input": "x", "out": "q"}, {}, 64)
+    verify_fails(TaskOp([], props), r"@q.r0: linear task lacks buffers \['weight'\]")
+    props = TaskOp.body_properties("q.r0", "linear", "q", (16, 16), {"input": "x", "weight": "w", "out": "q"}, {}, 64)
+    verify_fails(TaskOp([], props), r"tile \[16, 16\] is not a non-empty")
+    props = TaskOp.body_properties("q.r0", "gemm", "q", (0, 16), {}, {}, 64)
+    verify_fails(TaskOp([], props), "unknown kind 'gemm'")
+    verify_fails(ScheduleOp(2, 256, 0, [SmOp(1), SmOp(0)]), r"expected adamk.sm 0..1 in order, got \[1, 0\]")
+    verify_fails(WaitOp("c", 0), "count must be positive")
+    verify_fails(CounterOp("c", 0, 0), "per_step must be positive")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2, 3])
+def test_every_level_round_trips(level):
+    module = lower(random_layer("tiny"), num_sms=5)[level]
+    text = print_module(module)
+    again = parse_module(text)
+    assert again.is_structurally_equivalent(module)
+    assert print_module(again) == text
+
+
+def test_schedule_level_holds_straight_line_programs():
+    schedule = lower(random_layer("tiny"), num_sms=3)[3]
+    sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
+    kinds = {type(o) for sm in sched.sms for o in sm.body.block.ops}
+    assert kinds == {WaitOp, ExecOp, SignalOp}
+    assert isinstance(schedule, ModuleOp)

@@ -1,0 +1,105 @@
+"""fuse, tile and schedule-round-robin: IR in, IR out; the validator's deadlock diagnosis."""
+import pytest
+from xdsl.dialects.builtin import ModuleOp
+
+from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp
+from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from adamk.dialects.task import BufferOp, TaskOp
+from adamk.errors import ScheduleError, UnsupportedShapeError
+from adamk.models import PRESETS, DecoderLayer, LlamaConfig
+from adamk.search.validate import walk
+from helpers import lower, random_layer
+
+
+def ops_of(module):
+    first = next(iter(module.ops))
+    return list(first.body.block.ops) if hasattr(first, "body") and not isinstance(first, BufferOp) else list(module.ops)
+
+
+def test_fuse_leaves_only_linears_and_attention():
+    _, fused, _, _ = lower(random_layer())
+    ops = [o for o in ops_of(fused) if o.name not in ("adamk.weight", "func.return")]
+    assert [o.name for o in ops] == ["adamk.linear"] * 3 + ["adamk.attention"] + ["adamk.linear"] * 4
+    lin = [o for o in ops if isinstance(o, LinearOp)]
+    assert [o.prologue.data for o in lin] == ["rmsnorm"] * 3 + ["none", "rmsnorm", "rmsnorm", "silu_mul"]
+    assert [o.residual is not None for o in lin] == [False] * 3 + [True, False, False, True]
+    attn = next(o for o in ops if isinstance(o, AttentionOp))
+    assert attn.rope_inv_freq is not None
+    assert not any(isinstance(o, (RMSNormOp, RopeOp)) for o in ops)
+
+
+def test_tile_covers_every_row_once_with_exact_dependencies():
+    layer = random_layer()
+    cfg = layer.cfg
+    _, _, tasks, _ = lower(layer, tile_rows=16)
+    task_ops = [o for o in tasks.ops if isinstance(o, TaskOp)]
+    rows: dict[str, list] = {}
+    for t in task_ops:
+        rows.setdefault(t.source.data, []).append(t.tile_range)
+    for source, n in (("q_proj", cfg.num_heads * cfg.head_dim), ("gate_proj", cfg.intermediate_size),
+                      ("y", cfg.hidden_size)):
+        covered = sorted(r for b, e in rows[source] for r in range(b, e))
+        assert covered == list(range(n)), source
+    assert rows["attention"] == [(g, g + 1) for g in range(cfg.num_kv_heads)]
+    # attention on KV head g reads only the q rows of its group and the k/v rows of its head
+    group, hd = cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
+    for t in task_ops:
+        if t.kind.data != "attention":
+            continue
+        g = t.tile_range[0]
+        for dep in t.deps:
+            p = dep.owner
+            b, e = p.tile_range
+            lo, hi = (g * group * hd, (g + 1) * group * hd) if p.source.data == "q_proj" else (g * hd, (g + 1) * hd)
+            assert b < hi and lo < e, (t.sym_name.data, p.sym_name.data)
+    down = [t for t in task_ops if t.source.data == "y"][0]
+    assert {d.owner.source.data for d in down.deps} == {"gate_proj", "up_proj", "o_proj"}
+
+
+def test_tile_refuses_shapes_the_kernel_cannot_take():
+    cfg = LlamaConfig(hidden_size=100, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64,
+                      num_layers=1, vocab_size=10, max_seq_len=8)
+    with pytest.raises(UnsupportedShapeError, match="K=100 is not a multiple of 8"):
+        lower(DecoderLayer(cfg, seed=0))
+
+
+def test_round_robin_schedule_waits_once_per_producer_and_signals_consumed_counters():
+    _, _, _, schedule = lower(random_layer(), num_sms=4)
+    sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
+    counters = {c.sym_name.data: c.per_step.value.data for c in schedule.ops if isinstance(c, CounterOp)}
+    assert "y.done" not in counters     # nobody waits on the last projection
+    for sm in sched.sms:
+        waits = [o.counter.data for o in sm.body.block.ops if isinstance(o, WaitOp)]
+        assert len(waits) == len(set(waits))
+    signals = sum(isinstance(o, SignalOp) for sm in sched.sms for o in sm.body.block.ops)
+    assert signals == sum(counters.values())
+    task_ids = sorted(o.task_id.value.data for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp))
+    assert task_ids == list(range(len(task_ids)))
+    assert walk(schedule) == counters
+
+
+def test_smem_budget_error_names_the_op():
+    from adamk.dialects import make_context
+    from adamk.search.round_robin import RoundRobinSchedulePass
+    _, _, tasks, _ = lower(random_layer())
+    with pytest.raises(ScheduleError, match=r"task q_proj\.r0 of 'q_proj' needs \d+ B .* budget is 100 B"):
+        RoundRobinSchedulePass(num_sms=2, smem_budget=100).apply(make_context(), tasks)
+
+
+def test_validator_names_a_deadlock_cycle():
+    props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
+                                                {}, 0)
+    sm0 = SmOp(0, [WaitOp("b.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
+    sm1 = SmOp(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
+    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 0, [sm0, sm1])])
+    module.verify()
+    with pytest.raises(ScheduleError, match=r"deadlocks: SM 0 at 'b.done' \(0/1\), SM 1 at 'a.done' \(0/1\)"):
+        walk(module)
+
+
+def test_validator_catches_unbalanced_counters():
+    props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {}, 0)
+    sm0 = SmOp(0, [ExecOp(0, props), SignalOp("a.done"), SignalOp("a.done")])
+    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 0, [sm0])])
+    with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
+        walk(module)
