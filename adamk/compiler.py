@@ -12,12 +12,12 @@ from .codegen.cuda import KERNEL_NAME, emit_cuda
 from .codegen.nvrtc import compile_cuda
 from .config import BLOCK_THREADS, CompileConfig
 from .dialects import make_context, print_module
-from .dialects.graph import WeightOp
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError
 from .passes.fuse import FusePass
 from .passes.tile import TilePass
+from .search.cost import CostModel, predict_step_us
 from .search.round_robin import RoundRobinSchedulePass
 from .search.validate import schedule_of, walk
 
@@ -41,6 +41,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         if config.max_seq_len is not None:
             _check_max_seq_len(graph, config.max_seq_len)
         graph_text = print_module(graph)
+        model_dims = _model_dims(graph)
     with step("passes: fuse and tile into tasks"):
         run(FusePass(), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
         run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: one adamk.task per tile
@@ -62,7 +63,11 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         for name, text in dumps.items():
             with open(os.path.join(dump_dir, name), "w") as f:
                 f.write(text)
-    return Artifact(files, _manifest(graph, graph_text, config, binaries))
+    manifest = _manifest(graph, graph_text, config, binaries)
+    manifest["model"] = model_dims
+    manifest["predicted_at_pos"] = pos = min(512, model_dims["max_seq_len"] - 1)
+    manifest["predicted_step_us"] = round(predict_step_us(graph, CostModel.for_gpu(target), pos), 1)
+    return Artifact(files, manifest)
 
 
 def import_model(model, example_inputs=None) -> ModuleOp:
@@ -77,6 +82,20 @@ def import_model(model, example_inputs=None) -> ModuleOp:
         example_inputs = model.example_inputs()
     module, _ = import_module(model, example_inputs)
     return module
+
+
+def _model_dims(graph: ModuleOp) -> dict:
+    from .dialects.graph import AttentionOp, LinearOp, shape_of
+    ops = list(next(iter(graph.ops)).body.block.ops)
+    attn = [o for o in ops if isinstance(o, AttentionOp)]
+    linears = [shape_of(o.weight) for o in ops if isinstance(o, LinearOp)]
+    if not attn:
+        raise AdamkError("the model has no attention: adamk compiles decoder layers")
+    a = attn[0]
+    hidden = shape_of(next(iter(graph.ops)).body.block.args[0])[1]
+    return {"hidden_size": hidden, "num_heads": a.num_heads.value.data, "num_kv_heads": a.num_kv_heads.value.data,
+            "head_dim": a.head_dim.value.data, "max_seq_len": shape_of(a.k_cache)[2], "layers": len(attn),
+            "intermediate_size": max((n for n, k in linears if k == hidden), default=0)}
 
 
 def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):

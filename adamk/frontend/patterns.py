@@ -39,7 +39,22 @@ class Sym:
 
 
 def _is(v, *kinds):
-    return isinstance(v, Sym) and v.kind in kinds
+    """An ONNX initializer ("init") can serve as a weight or as a constant, by use."""
+    if not isinstance(v, Sym):
+        return False
+    return v.kind in kinds or (v.kind == "init" and bool({"const", "weight"} & set(kinds)))
+
+
+def _scalar(v) -> float | None:
+    if _is(v, "const") and v.f.get("value") is not None and v.value.size == 1:
+        return float(v.value.reshape(()))
+    return None
+
+
+def _vector(v) -> tuple | None:
+    if _is(v, "const") and v.f.get("value") is not None and v.value.ndim == 1:
+        return tuple(float(x) for x in v.value)
+    return None
 
 
 class GraphBuilder:
@@ -79,6 +94,12 @@ class GraphBuilder:
         a = np.asarray(value, dtype=np.float64)
         return Sym("const", a.shape, None, {"value": a})
 
+    def initializer(self, name: str, shape, value=None) -> Sym:
+        """A named tensor that is a weight or a constant depending on its use (ONNX).
+        `value` is given for small tensors only; weights are never read at compile time."""
+        value = None if value is None else np.asarray(value, dtype=np.float64)
+        return Sym("init", tuple(shape), None, {"name": name, "value": value})
+
     def _placed_weight(self, w: Sym):
         if w.name not in self.weights:
             op = WeightOp(w.name, TensorType(self.elem, list(w.shape)))
@@ -100,9 +121,15 @@ class GraphBuilder:
         return a
 
     def reshape(self, a, shape):
-        shape = tuple(int(s) for s in shape)
+        shape = [int(s) for s in shape]
+        if -1 in shape and isinstance(a, Sym):          # ONNX and torch both allow one inferred extent
+            known = math.prod(s for s in shape if s != -1)
+            shape[shape.index(-1)] = math.prod(a.shape) // max(known, 1)
+        shape = tuple(shape)
         if _is(a, "act") and math.prod(shape) == math.prod(a.shape):
             return Sym("act", shape, a.ssa)
+        if _is(a, "expanded") and len(shape) == 4 and shape[1] == a.cache.shape[1] * a.group:
+            return Sym("repeated", shape, None, {"cache": a.cache, "new": a.new, "group": a.group})
         if _is(a, "pos") and math.prod(shape) == 1:
             return a
         self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
@@ -118,7 +145,15 @@ class GraphBuilder:
         self.fail("transpose")
 
     def permute(self, a, perm):
-        """Only moves of size-1 dims: they keep the memory order, so the value is a view."""
+        """Only moves of size-1 dims: they keep the memory order, so the value is a view.
+        A KV cache may be permuted around a scatter (ONNX writes index_copy that way)."""
+        perm = [int(p) % len(a.shape) for p in perm] if isinstance(a, Sym) else perm
+        if _is(a, "cache"):
+            return Sym("cache_t", tuple(a.shape[d] for d in perm), None, {"cache": a, "perm": perm})
+        if _is(a, "appended_t") and [a.perm[d] for d in perm] == list(range(len(perm))):
+            return Sym("appended", a.cache.shape, None, {"cache": a.cache, "new": a.new})
+        if _is(a, "repeated") and perm == [0, 1, 3, 2]:
+            return Sym("keys_t", a.shape, None, dict(a.f))
         if _is(a, "act"):
             kept = [d for d in perm if a.shape[d] != 1]
             if kept == sorted(kept):
@@ -127,7 +162,8 @@ class GraphBuilder:
 
     # ---- arithmetic --------------------------------------------------------------------
     def pow(self, a, exponent):
-        if _is(a, "act") and float(exponent) == 2.0:
+        exponent = _scalar(exponent) if isinstance(exponent, Sym) else exponent
+        if _is(a, "act") and exponent == 2.0:
             return Sym("sq", a.shape, None, {"x": a})
         self.fail(f"pow(**{exponent})")
 
@@ -178,8 +214,8 @@ class GraphBuilder:
 
     def add(self, a, b):
         for x, y in ((a, b), (b, a)):
-            if _is(x, "meansq") and _is(y, "const") and y.value.size == 1:
-                return Sym("meansq_eps", x.shape, None, {**x.f, "eps": float(y.value)})
+            if _is(x, "meansq") and _scalar(y) is not None:
+                return Sym("meansq_eps", x.shape, None, {**x.f, "eps": _scalar(y)})
             if _is(x, "rope_cos") and _is(y, "rot_sin") and x.x.ssa is y.x.ssa and x.inv_freq is y.inv_freq:
                 hd = 2 * len(x.inv_freq)
                 return self._emit(RopeOp(_flat(self, x.x), self._pos, hd, x.inv_freq), x.x.shape)
@@ -198,17 +234,17 @@ class GraphBuilder:
         for x, y in ((a, b), (b, a)):
             if _is(x, "act") and _is(y, "invrms") and y.x.ssa is x.ssa:
                 return Sym("normed", x.shape, None, dict(y.f))
-            if _is(x, "weight") and _is(y, "normed") and len(x.shape) == 1:
+            if _is(x, "weight") and _is(y, "normed") and x.shape == y.x.shape[-1:]:
                 return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x), y.eps), y.x.shape)
-            if _is(x, "posf") and _is(y, "const") and y.value.ndim == 1:
+            if _is(x, "posf") and _vector(y) is not None:
                 self._pos = x.ssa
-                return Sym("freqs", y.shape, None, {"inv_freq": tuple(float(v) for v in y.value)})
+                return Sym("freqs", y.shape, None, {"inv_freq": _vector(y)})
             if _is(x, "act") and _is(y, "cos"):
                 return Sym("rope_cos", x.shape, None, {"x": _with_flat(x), "inv_freq": y.inv_freq})
             if _is(x, "rot") and _is(y, "sin") and x.inv_len == len(y.inv_freq):
                 return Sym("rot_sin", x.shape, None, {"x": x.x, "inv_freq": y.inv_freq})
-            if _is(x, "scores") and _is(y, "const") and y.value.size == 1:
-                return Sym("scaled", x.shape, None, {**x.f, "scale": float(y.value)})
+            if _is(x, "scores") and _scalar(y) is not None:
+                return Sym("scaled", x.shape, None, {**x.f, "scale": _scalar(y)})
             if _is(x, "silu") and _is(y, "act"):
                 return self._emit(SiluMulOp(x.x.ssa, y.ssa), _shape2(x.x))
             if _is(x, "sigmoid") and _is(y, "act") and x.x.ssa is y.ssa:
@@ -216,9 +252,9 @@ class GraphBuilder:
         self.fail(f"mul({_kind(a)}, {_kind(b)})")
 
     def div(self, a, b):
-        if _is(b, "const") and b.value.size == 1:
-            return self.mul(a, Sym("const", (), None, {"value": 1.0 / b.value}))
-        if _is(a, "const") and a.value.size == 1 and float(a.value) == 1.0 and _is(b, "rms"):
+        if _scalar(b) is not None:    # x / d runs in float32 whatever d's source precision: round d first
+            return self.mul(a, self.const(1.0 / float(np.float32(_scalar(b)))))
+        if _scalar(a) == 1.0 and _is(b, "rms"):
             return Sym("invrms", b.shape, None, dict(b.f))
         self.fail(f"div({_kind(a)}, {_kind(b)})")
 
@@ -242,6 +278,7 @@ class GraphBuilder:
         self.fail(f"cat of {[_kind(p) for p in parts]}")
 
     def linear(self, a, w, bias=None):
+        """y = a @ w^T (+ bias); w is [out_features, in_features] as torch stores it."""
         if not (_is(a, "act") and _is(w, "weight") and len(w.shape) == 2):
             self.fail(f"linear({_kind(a)}, {_kind(w)})")
         if a.shape[-1] != w.shape[1]:
@@ -265,12 +302,46 @@ class GraphBuilder:
             return Sym("repeated", a.shape, None, {**a.f, "group": int(repeats)})
         self.fail(f"repeat_interleave of {_kind(a)}")
 
+    def scatter_nd(self, data, indices, updates):
+        """ONNX's index_copy: the cache permuted to put the sequence axis first, row `pos` replaced."""
+        if _is(data, "cache_t") and data.perm[0] == 2 and _is(indices, "pos") and _is(updates, "act"):
+            self._pos = indices.ssa
+            return Sym("appended_t", data.shape, None, {"cache": data.cache, "perm": data.perm,
+                                                        "new": _with_flat(updates)})
+        self.fail(f"scatter into {_kind(data)} at {_kind(indices)}")
+
+    def unsqueeze(self, a, axis: int):
+        if _is(a, "pos"):
+            return a
+        if _is(a, "appended") and axis % 5 == 2:
+            return Sym("appended_unsq", a.shape[:2] + (1,) + a.shape[2:], None, dict(a.f))
+        if _is(a, "act"):
+            shape = list(a.shape)
+            shape.insert(axis % (len(shape) + 1), 1)
+            return self.reshape(a, shape)
+        self.fail(f"unsqueeze of {_kind(a)}")
+
+    def expand(self, a, shape):
+        """GQA as ONNX writes repeat_interleave: unsqueeze, expand the new axis, merge it."""
+        if _is(a, "appended_unsq") and len(shape) == 5:
+            shape = np.broadcast_shapes(a.shape, tuple(int(s) for s in shape))   # Expand broadcasts
+            return Sym("expanded", tuple(shape), None, {**a.f, "group": int(shape[2])})
+        self.fail(f"expand of {_kind(a)}")
+
+    def select(self, cond, x, y):
+        if _is(cond, "future") and _scalar(x) == -math.inf:
+            return self.masked_fill(y, cond, -math.inf)
+        self.fail(f"where({_kind(cond)}, {_kind(x)}, {_kind(y)})")
+
     def arange(self, n):
         return Sym("arange", (int(n),), None, {"n": int(n)})
 
     def gt(self, a, b):
         if _is(a, "arange") and _is(b, "pos", "posf"):
             return Sym("future", a.shape, None, {"n": a.n})
+        v = _vector(a)
+        if v is not None and v == tuple(float(i) for i in range(len(v))) and _is(b, "pos", "posf"):
+            return Sym("future", a.shape, None, {"n": len(v)})
         self.fail(f"gt({_kind(a)}, {_kind(b)})")
 
     def masked_fill(self, a, mask, value):

@@ -21,8 +21,9 @@ def schedule_of(module: ModuleOp) -> ScheduleOp:
     raise ScheduleError("module has no adamk.schedule")
 
 
-def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None) -> dict:
-    """Run one step; returns the counters. `counters` carries state across steps."""
+def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None, on_op=None) -> dict:
+    """Run one step; returns the counters. `counters` carries state across steps.
+    `on_exec(op)` runs each task; `on_op(sm, op)` sees every op as its SM passes it."""
     declared = {c.sym_name.data: c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)}
     counters = counters if counters is not None else {name: 0 for name in declared}
     programs = [list(sm.body.block.ops) for sm in schedule_of(module).sms]
@@ -45,6 +46,8 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                     on_exec(op)
                 elif isinstance(op, SignalOp):
                     counters[op.counter.data] += 1
+                if on_op is not None:
+                    on_op(sm, op)
                 pcs[sm] += 1
                 progress = True
         if all(pc == len(p) for pc, p in zip(pcs, programs)):

@@ -1,0 +1,118 @@
+"""The `adamk` command line: compile, inspect, gpus.
+
+User mistakes (bad paths, unsupported models, unknown GPUs, ...) end with one line on
+stderr and exit status 1; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .errors import AdamkError
+
+err_console = Console(stderr=True, highlight=False)
+
+
+def _fail(message: str):
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    sys.exit(1)
+
+
+class _Cli(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (AdamkError, NotImplementedError) as e:
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="adamk")
+def main():
+    """adamk: compile an LLM decode step into one persistent CUDA kernel."""
+
+
+@contextlib.contextmanager
+def _progress(name: str):
+    """Show a spinner while a step runs, then its time; steps over a second get a line either way."""
+    start = time.perf_counter()
+    with err_console.status(f"{name} ..."):
+        yield
+    seconds = time.perf_counter() - start
+    err_console.print(f"[green]done[/] {name} [dim]({seconds:.1f} s)[/]")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--gpu", default="L20", show_default=True, help="Target GPU (see `adamk gpus`).")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--max-seq-len", default=None, type=int, help="KV cache length (default: the model's).")
+@click.option("--tile-rows", default=16, show_default=True, type=int, help="Output rows per linear task.")
+@click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path),
+              help="Artifact directory to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
+              help="Also write the IR after every pass into this directory.")
+def compile(model, gpu, batch_size, max_seq_len, tile_rows, output, force, dump_ir):
+    """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
+    from . import compiler
+    from .config import CompileConfig
+    config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
+        raise AdamkError(f"output directory {output} exists and is not empty (use --force to replace it)")
+    if not model.exists():
+        raise AdamkError(f"{model}: no such file")
+    artifact = compiler.compile(str(model), config, dump_dir=dump_ir, progress=_progress)
+    artifact.save(output, force=force)
+    m = artifact.manifest
+    err_console.print(f"wrote {output}/ for {m['target']['gpu']} ({m['target']['arch']}): "
+                      f"{len(m['tasks'])} tasks on {m['kernel']['grid']} SMs, "
+                      f"{m['smem_peak_bytes']} B shared memory per block", soft_wrap=True)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+def inspect(artifact):
+    """Summarise an artifact and check every file against its manifest."""
+    from .artifact import read_manifest, verify
+    m = read_manifest(artifact)
+    status = verify(artifact)
+    model, k = m["model"], m["kernel"]
+    lines = [
+        f"artifact      {artifact}  (adamk {m['adamk_version']})",
+        f"model         hidden {model['hidden_size']}, heads {model['num_heads']} (kv {model['num_kv_heads']}) x "
+        f"{model['head_dim']}, intermediate {model['intermediate_size']}, max_seq_len {model['max_seq_len']}, "
+        f"{model['layers']} layer(s)",
+        f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
+        f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
+        f"shared mem    {m['smem_peak_bytes']} B per block (budget {m['target']['smem_per_block']} B)",
+        f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
+        f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
+        f"{m['target']['dram_gbps']:.0f} GB/s",
+        f"predicted     {m['predicted_step_us']} us per step",
+        "files",
+    ]
+    lines += [f"  {'ok' if s == 'ok' else s.upper():8s} {name}" for name, s in sorted(status.items())]
+    click.echo("\n".join(lines))
+    if any(s != "ok" for s in status.values()):
+        _fail(f"{artifact}: " + ", ".join(f"{n} {s}" for n, s in status.items() if s != "ok"))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def gpus(as_json):
+    """List the GPUs adamk can target and the specs it plans with."""
+    from .targets import GPUS
+    if as_json:
+        click.echo(json.dumps({n: g.__dict__ for n, g in GPUS.items()}, indent=2))
+        return
+    click.echo(f"{'gpu':8s} {'arch':6s} {'SMs':>4s} {'smem/SM':>8s} {'smem/block':>10s} {'L2':>6s} {'DRAM GB/s':>9s}")
+    for g in GPUS.values():
+        click.echo(f"{g.name:8s} {g.sm:6s} {g.num_sms:4d} {g.smem_per_sm // 1024:6d}KB {g.smem_per_block // 1024:8d}KB "
+                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f}")

@@ -1,0 +1,62 @@
+"""Cost model: predicted time of one step of a schedule.
+
+Each SM runs its program on its own clock. A task costs its bytes (weights, KV rows,
+staged inputs) over the bandwidth one SM gets when all pull at once, plus a fixed
+per-task overhead; a wait ends one sync latency after the last signal it needs. The
+parameters come from the spec table; calibration against measured kernels comes with the
+DAG search.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from xdsl.dialects.builtin import ModuleOp
+
+from ..dialects.schedule import ExecOp, SignalOp, WaitOp
+from ..targets import GPU
+from .validate import walk
+
+BYTES = {"bf16": 2, "f32": 4}
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    sm_bytes_per_us: float        # one SM's share of DRAM bandwidth
+    task_overhead_us: float = 1.0
+    sync_latency_us: float = 1.0
+
+    @classmethod
+    def for_gpu(cls, gpu: GPU) -> "CostModel":
+        return cls(sm_bytes_per_us=gpu.dram_gbps * 1e3 / gpu.num_sms)
+
+    def task_bytes(self, op: ExecOp, pos: int) -> int:
+        begin, end = op.tile_range
+        if op.kind.data == "linear":
+            k = op.param("K")
+            return (end - begin) * k * BYTES["bf16"] + k * BYTES["f32"]
+        if op.kind.data == "attention":
+            return 2 * (pos + 1) * op.param("head_dim") * BYTES["bf16"]
+        return 0
+
+    def task_us(self, op: ExecOp, pos: int) -> float:
+        return self.task_overhead_us + self.task_bytes(op, pos) / self.sm_bytes_per_us
+
+
+def predict_step_us(schedule: ModuleOp, model: CostModel, pos: int) -> float:
+    """Makespan of one step at position `pos`, replaying the schedule on per-SM clocks."""
+    clock: dict[int, float] = {}
+    signals: dict[str, list[float]] = {}
+
+    def on_op(sm: int, op):
+        t = clock.get(sm, 0.0)
+        if isinstance(op, WaitOp):
+            times = sorted(signals[op.counter.data])
+            t = max(t, times[op.count.value.data - 1] + model.sync_latency_us)
+        elif isinstance(op, ExecOp):
+            t += model.task_us(op, pos)
+        elif isinstance(op, SignalOp):
+            signals.setdefault(op.counter.data, []).append(t)
+        clock[sm] = t
+
+    walk(schedule, on_op=on_op)
+    return max(clock.values(), default=0.0)
