@@ -156,3 +156,53 @@ class DecoderLayer(nn.Module):
         v_cache.copy_(torch.randn(v_cache.shape, generator=g))
         t = lambda a: a.to(device) if device is not None else a
         return t(x), t(torch.tensor(pos, dtype=torch.int64)), t(k_cache), t(v_cache)
+
+
+class _StaticKV:
+    """Duck-typed Hugging Face cache over adamk's static caches: update() appends at `pos`."""
+
+    def __init__(self, k_cache, v_cache, pos):
+        self.k_cache, self.v_cache, self.pos = k_cache, v_cache, pos
+
+    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
+        self.k_cache.index_copy_(2, self.pos.view(1), key_states)
+        self.v_cache.index_copy_(2, self.pos.view(1), value_states)
+        return self.k_cache, self.v_cache
+
+
+class HFDecodeStep(nn.Module):
+    """A Hugging Face decoder layer (Llama, Qwen2, ...) behind adamk's decode-step signature
+    `forward(x, pos, k_cache, v_cache) -> y` (see the module docstring).
+
+    `layer` is e.g. `LlamaDecoderLayer`, `rotary_emb` the model's rotary embedding. The
+    layer's attention is switched to the eager implementation (the decomposed form the
+    frontends recognise); the causal mask is additive, as HF builds it.
+    """
+
+    def __init__(self, layer: nn.Module, rotary_emb: nn.Module, max_seq_len: int):
+        super().__init__()
+        self.layer, self.rotary_emb, self.max_seq_len = layer, rotary_emb, max_seq_len
+        layer.self_attn.config._attn_implementation = "eager"
+        attn = layer.self_attn
+        self.num_kv_heads = attn.config.num_key_value_heads
+        self.head_dim = attn.head_dim
+
+    def forward(self, x, pos, k_cache, v_cache):
+        hidden = x.view(1, 1, -1)
+        position_ids = pos.view(1, 1)
+        cos, sin = self.rotary_emb(hidden, position_ids)
+        span = torch.arange(self.max_seq_len, device=x.device)
+        mask = torch.zeros(self.max_seq_len, device=x.device, dtype=x.dtype).masked_fill(span > pos, float("-inf"))
+        y = self.layer(hidden, attention_mask=mask.view(1, 1, 1, -1), position_ids=position_ids,
+                       past_key_values=_StaticKV(k_cache, v_cache, pos), position_embeddings=(cos, sin))
+        return y.view(1, -1)
+
+    def example_inputs(self, pos: int = 0, seed: int = 0, device=None):
+        g = torch.Generator().manual_seed(seed)
+        dtype = next(self.parameters()).dtype
+        x = torch.randn(1, self.layer.hidden_size if hasattr(self.layer, "hidden_size") else
+                        self.layer.input_layernorm.weight.shape[0], generator=g).to(dtype)
+        shape = (1, self.num_kv_heads, self.max_seq_len, self.head_dim)
+        k = torch.randn(shape, generator=g).to(dtype)
+        v = torch.randn(shape, generator=g).to(dtype)
+        return x, torch.tensor(pos, dtype=torch.int64), k, v

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import adamk
+import adamk.frontend.onnx_frontend
 from adamk.errors import KernelTimeoutError
 from adamk.models import PRESETS, DecoderLayer
 
@@ -86,3 +87,29 @@ def test_wait_timeout_names_task_and_counter(compiled):
     step.reset()
     x = torch.randn(1, layer.cfg.hidden_size).bfloat16().cuda()
     assert torch.isfinite(step(x, 3).float()).all()   # usable again after a reset
+
+
+def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from export_onnx import export, hf_layer
+    path = export(str(tmp_path / "hf.onnx"), "tiny", seed=random.randrange(2**31), hf="qwen2")
+    art = adamk.compile(path, adamk.CompileConfig(gpu="H100")).save(tmp_path / "out")
+    step = adamk.load(art, path)
+    ref = hf_layer("qwen2", PRESETS["tiny"], seed=0)          # structure only: weights come from the file
+    ref.load_state_dict({k: v for k, v in adamk.frontend.onnx_frontend.weights_from_onnx(path).items()
+                         if k in ref.state_dict()})
+    ref = ref.cuda()
+    cfg = PRESETS["tiny"]
+    for pos in (0, 5, cfg.max_seq_len - 1):
+        x = torch.randn(1, cfg.hidden_size).bfloat16().cuda()
+        kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim).bfloat16().cuda()
+        vc = torch.randn_like(kc)
+        step.k_cache.copy_(kc)
+        step.v_cache.copy_(vc)
+        y = step(x, pos)
+        with torch.no_grad():
+            want = ref(x.float(), torch.tensor(pos, device="cuda"), kc.float(), vc.float())
+        assert rel(y, want) <= 1e-2, (pos, rel(y, want))

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import FrontendError
 from .patterns import GraphBuilder, Sym
 
-SMALL = 1 << 16   # elements: initializers up to this size are read (constants); larger ones never are
+SMALL = 1 << 16      # elements: initializers up to this size are read (constants); larger ones never are
+FOLD_LIMIT = 4096    # elements: nodes whose inputs are all constants this small are evaluated here
 
 _ELEM = {1: "float32", 16: "bfloat16"}
 
@@ -82,10 +83,18 @@ def import_onnx(path):
         if ext is not None and not ext.is_file():
             raise FrontendError(f"initializer '{name}' lives in external file {ext.name}, which is missing next to {path}")
         n = int(np.prod(t.dims)) if t.dims else 1
-        value = _array(t, base).astype(np.float64) if n <= SMALL and t.data_type in (1, 6, 7, 10, 11, 16) else None
+        value = _array(t, base) if n <= SMALL else None
         env[name] = b.initializer(name, tuple(t.dims), value)
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for x in node.input:
+            consumers.setdefault(x, []).append(node)
+    aliases: dict[str, str] = {}      # Add-of-bias outputs folded into their MatMul's linear
     for node in g.node:
         b.where = f"'{node.name or node.output[0]}' ({node.op_type})"
+        if node.output[0] in aliases:
+            env[node.output[0]] = env[aliases[node.output[0]]]
+            continue
         args = []
         for x in node.input:
             if x == "":
@@ -95,6 +104,19 @@ def import_onnx(path):
                                     "provides (missing initializer?)")
             else:
                 args.append(env[x])
+        if node.op_type == "MatMul" and _is_weight_t(args[1]):
+            bias = _bias_add(node, consumers, env)
+            if bias is not None:
+                aliases[bias[0].output[0]] = node.output[0]
+            env[node.output[0]] = b.linear(args[0], args[1].f["of"], bias[1] if bias else None)
+            continue
+        if node.op_type == "Shape":
+            env[node.output[0]] = b.const(np.array(args[0].shape, dtype=np.int64))
+            continue
+        if node.op_type == "Constant" or (args and all(_known(a) for a in args)):
+            for name, value in zip(node.output, _fold(node, args)):
+                env[name] = b.const(value)
+            continue
         handler = _OPS.get(node.op_type)
         if handler is None:
             raise FrontendError(f"cannot place op {node.op_type} at node {b.where}")
@@ -103,6 +125,38 @@ def import_onnx(path):
             env[name] = value
     outputs = [env[o.name] for o in g.output]
     return b.finish(outputs[-1], [o for o in outputs[:-1]])
+
+
+def _known(v) -> bool:
+    """A constant small enough to fold through: shapes, indices, scalars, RoPE tables; never a weight."""
+    return (isinstance(v, Sym) and v.kind in ("const", "init") and v.f.get("value") is not None
+            and v.value.size <= FOLD_LIMIT)
+
+
+def _fold(node, args) -> list:
+    """Evaluate a node whose inputs are all constants (shape arithmetic of unoptimised exports)."""
+    from onnx import helper
+    from onnx.reference import ReferenceEvaluator
+    names = [f"in{i}" for i in range(len(args))]
+    n = helper.make_node(node.op_type, names, list(node.output), domain=node.domain, **_attrs(node))
+    feeds = {name: np.asarray(a.value) for name, a in zip(names, args)}
+    return ReferenceEvaluator(n).run(None, feeds)
+
+
+def _is_weight_t(v) -> bool:
+    return isinstance(v, Sym) and v.kind == "weight_t"
+
+
+def _bias_add(matmul, consumers, env):
+    """(Add node, bias) when the MatMul's only consumer adds a 1-D initializer to it."""
+    users = consumers.get(matmul.output[0], [])
+    if len(users) != 1 or users[0].op_type != "Add":
+        return None
+    other = [x for x in users[0].input if x != matmul.output[0]]
+    bias = env.get(other[0]) if len(other) == 1 else None
+    if isinstance(bias, Sym) and bias.kind == "init" and len(bias.shape) == 1:
+        return users[0], bias
+    return None
 
 
 def _ints(b: GraphBuilder, v) -> list[int]:

@@ -91,13 +91,14 @@ class GraphBuilder:
         return Sym("weight", tuple(shape), None, {"name": name})
 
     def const(self, value) -> Sym:
-        a = np.asarray(value, dtype=np.float64)
+        a = np.asarray(value)
+        a = a if a.dtype.kind in "iub" else a.astype(np.float64)     # shapes and indices stay integers
         return Sym("const", a.shape, None, {"value": a})
 
     def initializer(self, name: str, shape, value=None) -> Sym:
         """A named tensor that is a weight or a constant depending on its use (ONNX).
         `value` is given for small tensors only; weights are never read at compile time."""
-        value = None if value is None else np.asarray(value, dtype=np.float64)
+        value = None if value is None else np.asarray(value)
         return Sym("init", tuple(shape), None, {"name": name, "value": value})
 
     def _placed_weight(self, w: Sym):
@@ -128,10 +129,12 @@ class GraphBuilder:
         shape = tuple(shape)
         if _is(a, "act") and math.prod(shape) == math.prod(a.shape):
             return Sym("act", shape, a.ssa)
+        if _is(a, "cos", "sin", "causal_bias") and math.prod(shape) == math.prod(a.shape):
+            return Sym(a.kind, shape, None, dict(a.f))        # broadcast views of RoPE tables / the mask
         if _is(a, "expanded") and len(shape) == 4 and shape[1] == a.cache.shape[1] * a.group:
             return Sym("repeated", shape, None, {"cache": a.cache, "new": a.new, "group": a.group})
-        if _is(a, "pos") and math.prod(shape) == 1:
-            return a
+        if _is(a, "pos", "posf") and math.prod(shape) == 1:
+            return Sym(a.kind, shape, a.ssa, dict(a.f))
         self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
 
     def transpose(self, a, d0, d1):
@@ -148,6 +151,8 @@ class GraphBuilder:
         """Only moves of size-1 dims: they keep the memory order, so the value is a view.
         A KV cache may be permuted around a scatter (ONNX writes index_copy that way)."""
         perm = [int(p) % len(a.shape) for p in perm] if isinstance(a, Sym) else perm
+        if a.kind in ("init", "weight") and perm == [1, 0]:
+            return Sym("weight_t", tuple(reversed(a.shape)), None, {"of": a})   # W^T feeding a MatMul
         if _is(a, "cache"):
             return Sym("cache_t", tuple(a.shape[d] for d in perm), None, {"cache": a, "perm": perm})
         if _is(a, "appended_t") and [a.perm[d] for d in perm] == list(range(len(perm))):
@@ -219,7 +224,7 @@ class GraphBuilder:
             if _is(x, "rope_cos") and _is(y, "rot_sin") and x.x.ssa is y.x.ssa and x.inv_freq is y.inv_freq:
                 hd = 2 * len(x.inv_freq)
                 return self._emit(RopeOp(_flat(self, x.x), self._pos, hd, x.inv_freq), x.x.shape)
-            if _is(x, "scaled") and _is(y, "causal_bias"):
+            if _is(x, "scaled") and _is(y, "causal_bias") and y.n == x.keys.cache.shape[2]:
                 return Sym("masked", x.shape, None, dict(x.f))
         if _is(a, "act") and _is(b, "act"):
             if math.prod(a.shape) != math.prod(b.shape):
@@ -232,6 +237,8 @@ class GraphBuilder:
 
     def mul(self, a, b):
         for x, y in ((a, b), (b, a)):
+            if _scalar(y) == 1.0 and isinstance(x, Sym) and x.kind != "const":
+                return x                                     # HF's attention_scaling of 1.0
             if _is(x, "act") and _is(y, "invrms") and y.x.ssa is x.ssa:
                 return Sym("normed", x.shape, None, dict(y.f))
             if _is(x, "weight") and _is(y, "normed") and x.shape == y.x.shape[-1:]:
@@ -269,6 +276,8 @@ class GraphBuilder:
         self.fail(f"slice(dim={dim}, {start}:{end}) of {_kind(a)}")
 
     def cat(self, parts, dim):
+        if len(parts) == 1:
+            return parts[0]
         if len(parts) == 2:
             x, y = parts
             if _is(x, "freqs") and _is(y, "freqs") and x.inv_freq == y.inv_freq:
@@ -311,18 +320,20 @@ class GraphBuilder:
         self.fail(f"scatter into {_kind(data)} at {_kind(indices)}")
 
     def unsqueeze(self, a, axis: int):
-        if _is(a, "pos"):
-            return a
+        if _is(a, "pos", "posf"):
+            return Sym(a.kind, tuple(_unsqueezed(a.shape, axis)), a.ssa, dict(a.f))
+        if _is(a, "cos", "sin", "causal_bias"):
+            return self.reshape(a, _unsqueezed(a.shape, axis))
         if _is(a, "appended") and axis % 5 == 2:
             return Sym("appended_unsq", a.shape[:2] + (1,) + a.shape[2:], None, dict(a.f))
         if _is(a, "act"):
-            shape = list(a.shape)
-            shape.insert(axis % (len(shape) + 1), 1)
-            return self.reshape(a, shape)
+            return self.reshape(a, _unsqueezed(a.shape, axis))
         self.fail(f"unsqueeze of {_kind(a)}")
 
     def expand(self, a, shape):
         """GQA as ONNX writes repeat_interleave: unsqueeze, expand the new axis, merge it."""
+        if _is(a, "act") and math.prod(np.broadcast_shapes(a.shape, tuple(shape))) == math.prod(a.shape):
+            return self.reshape(a, np.broadcast_shapes(a.shape, tuple(shape)))      # a no-op broadcast
         if _is(a, "appended_unsq") and len(shape) == 5:
             shape = np.broadcast_shapes(a.shape, tuple(int(s) for s in shape))   # Expand broadcasts
             return Sym("expanded", tuple(shape), None, {**a.f, "group": int(shape[2])})
@@ -345,6 +356,9 @@ class GraphBuilder:
         self.fail(f"gt({_kind(a)}, {_kind(b)})")
 
     def masked_fill(self, a, mask, value):
+        if _is(a, "const") and _is(mask, "future") and value == -math.inf and a.f.get("value") is not None \
+                and not np.any(a.value):
+            return Sym("causal_bias", a.shape, None, {"n": mask.n})     # HF's additive mask: 0 / -inf
         if _is(a, "scaled") and _is(mask, "future") and value == -math.inf and mask.n == a.keys.cache.shape[2]:
             return Sym("masked", a.shape, None, dict(a.f))
         self.fail(f"masked_fill of {_kind(a)} with {_kind(mask)}")
@@ -389,6 +403,12 @@ class GraphBuilder:
         module = ModuleOp([fn])
         module.verify()
         return module
+
+
+def _unsqueezed(shape, axis: int) -> list:
+    shape = list(shape)
+    shape.insert(axis % (len(shape) + 1), 1)
+    return shape
 
 
 def _kind(v):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import FrontendError
@@ -29,7 +30,10 @@ _ATEN = {
     aten.view.default: lambda b, a, shape: b.reshape(a, shape),
     aten.reshape.default: lambda b, a, shape: b.reshape(a, shape),
     aten._unsafe_view.default: lambda b, a, shape: b.reshape(a, shape),
-    aten.unsqueeze.default: lambda b, a, d: b.reshape(a, _unsqueezed(a.shape, d)),
+    aten.unsqueeze.default: lambda b, a, d: b.unsqueeze(a, d),
+    aten.expand.default: lambda b, a, shape, implicit=False: b.expand(a, shape),
+    aten.dropout.default: lambda b, a, p, train: b.cast(a) if not train or p == 0 else b.fail("dropout in training mode"),
+    aten.zeros.default: lambda b, shape, **kw: b.const(np.zeros(shape)),
     aten.transpose.int: lambda b, a, d0, d1: b.transpose(a, d0, d1),
     aten.permute.default: lambda b, a, perm: b.permute(a, perm),
     aten.pow.Tensor_Scalar: lambda b, a, e: b.pow(a, e),
@@ -60,12 +64,6 @@ _ATEN = {
     aten.gt.Scalar: lambda b, x, y: b.gt(x, y),
     aten.masked_fill.Scalar: lambda b, a, m, v: b.masked_fill(a, m, v),
 }
-
-
-def _unsqueezed(shape, d):
-    shape = list(shape)
-    shape.insert(d % (len(shape) + 1), 1)
-    return shape
 
 
 def export(module: torch.nn.Module, example_inputs) -> torch.export.ExportedProgram:

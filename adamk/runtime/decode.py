@@ -11,6 +11,7 @@ zeroed before the 32-bit targets would wrap.
 from __future__ import annotations
 
 import ctypes
+import os
 
 from ..artifact import load_files
 from ..errors import AdamkError, KernelTimeoutError
@@ -20,7 +21,10 @@ TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
 
 
 class DecodeStep:
-    """One layer's decode step: `y = step(x, pos)`; `k_cache` / `v_cache` persist across calls."""
+    """One layer's decode step: `y = step(x, pos)`; `k_cache` / `v_cache` persist across calls.
+
+    `weights`: a torch module, a state_dict-like mapping, or the path of the ONNX file the
+    artifact was compiled from (its initializers)."""
 
     def __init__(self, path, weights, device=None, timeout_s: float = 2.0):
         import torch
@@ -66,6 +70,9 @@ class DecodeStep:
         torch = self.torch
         if isinstance(weights, torch.nn.Module):
             weights = weights.state_dict()
+        elif isinstance(weights, (str, os.PathLike)):          # an ONNX file: its initializers
+            from ..frontend.onnx_frontend import weights_from_onnx
+            weights = weights_from_onnx(weights)
         weights = dict(weights)
         expected = {w["name"]: w for w in self.manifest["weights"]}
         missing = sorted(set(expected) - set(weights))

@@ -1,0 +1,77 @@
+"""Hugging Face decoder layers (Llama, Qwen2) through both frontends, checked in the simulator."""
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
+from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding  # noqa: E402
+
+from adamk.dialects import make_context  # noqa: E402
+from adamk.frontend.onnx_frontend import import_onnx  # noqa: E402
+from adamk.frontend.torch_frontend import import_module  # noqa: E402
+from adamk.models import HFDecodeStep  # noqa: E402
+from adamk.passes.fuse import FusePass  # noqa: E402
+from adamk.passes.tile import TilePass  # noqa: E402
+from adamk.search.round_robin import RoundRobinSchedulePass  # noqa: E402
+from adamk.simulator import Simulator  # noqa: E402
+from helpers import rel  # noqa: E402
+
+MAX_SEQ = 48
+DIMS = dict(hidden_size=144, intermediate_size=344, num_attention_heads=6, num_key_value_heads=2, head_dim=24,
+            rms_norm_eps=1e-6, max_position_embeddings=MAX_SEQ, attn_implementation="eager")
+
+
+def hf_step(kind: str) -> HFDecodeStep:
+    torch.manual_seed(int(np.random.randint(2**31)))
+    if kind == "llama":
+        cfg = transformers.LlamaConfig(**DIMS, rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                                "factor": 32.0, "low_freq_factor": 1.0,
+                                                                "high_freq_factor": 4.0,
+                                                                "original_max_position_embeddings": 8})
+        layer, rope = LlamaDecoderLayer(cfg, layer_idx=0), LlamaRotaryEmbedding(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**DIMS)
+        layer, rope = Qwen2DecoderLayer(cfg, layer_idx=0), Qwen2RotaryEmbedding(cfg)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.copy_(torch.randn_like(p) * (1.0 if "norm" in name else 0.2) + (1.0 if "norm" in name else 0.0))
+    return HFDecodeStep(layer, rope, MAX_SEQ).eval()
+
+
+def simulate(step, module, pos):
+    ctx = make_context()
+    FusePass().apply(ctx, module)
+    TilePass().apply(ctx, module)
+    RoundRobinSchedulePass(num_sms=5).apply(ctx, module)
+    x, p, kc, vc = step.example_inputs(pos, seed=int(np.random.randint(2**31)))
+    sim = Simulator(module, {k: v.detach().numpy() for k, v in step.state_dict().items()})
+    sim.mem["k_cache"][:] = kc.numpy()
+    sim.mem["v_cache"][:] = vc.numpy()
+    y = sim.step(x.numpy(), pos)
+    with torch.no_grad():
+        ref = step(x, p, kc, vc)
+    return y, ref.numpy(), sim.mem["k_cache"], kc.numpy()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_layer_through_torch_frontend_matches_transformers(kind):
+    step = hf_step(kind)
+    module, _ = import_module(step, step.example_inputs(1))
+    y, ref, k_sim, k_ref = simulate(step, module, 17)
+    assert rel(y, ref) < 1e-5
+    assert rel(k_sim, k_ref) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_layer_onnx_export_gives_the_same_ir(kind, tmp_path):
+    step = hf_step(kind)
+    args = step.example_inputs(1)
+    path = tmp_path / f"{kind}.onnx"
+    # optimize=False keeps Transpose(weight) nodes: the optimiser folds small ones into unnamed constants
+    torch.onnx.export(step, args, dynamo=True, opset_version=18, verbose=False, optimize=False).save(str(path))
+    from_onnx = import_onnx(path)
+    from_torch, _ = import_module(step, args)
+    assert from_onnx.is_structurally_equivalent(from_torch)
+    y, ref, *_ = simulate(step, from_onnx, MAX_SEQ - 1)
+    assert rel(y, ref) < 1e-5
