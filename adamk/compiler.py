@@ -8,7 +8,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from . import __version__
 from .artifact import Artifact, sha256
-from .codegen.cuda import KERNEL_NAME, emit_cuda
+from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
 from .codegen.nvrtc import compile_cuda
 from .config import BLOCK_THREADS, CompileConfig
 from .dialects import make_context, print_module
@@ -51,7 +51,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         walk(graph)                                            # every wait satisfiable, counters balanced
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
-        source = emit_cuda(graph, target.name, target.arch)    # straight-line program per SM
+        source = emit_cuda(graph, target.name, target.arch, config.profile)   # straight-line program per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
@@ -125,7 +125,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    "smem_bytes": sched.smem_bytes.value.data, "registers": report["registers"],
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),
-                   "args": ["buffers", "counters", "error_record", "pos", "epoch", "timeout_ns"]},
+                   "profile": config.profile, "args": list(KERNEL_ARGS)},
         "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
                      "dtype": b.dtype.data} for b in buffers],
         "weights": [{"name": b.sym_name.data, "shape": list(b.shape.get_values()), "dtype": b.dtype.data,

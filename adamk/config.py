@@ -17,6 +17,7 @@ class CompileConfig:
     dtype: str = "bf16"               # storage of weights, KV cache, input and output
     tile_rows: int = 16               # output rows of one linear task
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
+    profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
 
     def __post_init__(self):
         target = get_gpu(self.gpu)   # raises on an unknown name

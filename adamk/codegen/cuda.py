@@ -24,6 +24,8 @@ KERNEL_NAME = "adamk_decode_step"
 HEADERS = ("common.cuh", "sync.cuh", "linear.cuh", "attention.cuh")
 CTYPES = {"bf16": "bf16_t", "f32": "float"}
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
+MAX_WAITS = 4   # sync.cuh's kMaxWaits
+KERNEL_ARGS = ("buffers", "counters", "error_record", "trace", "pos", "epoch", "timeout_ns")
 
 
 def c_name(name: str) -> str:
@@ -36,7 +38,8 @@ def f32_literal(v: float) -> str:
 
 
 class _Emitter:
-    def __init__(self, module: ModuleOp):
+    def __init__(self, module: ModuleOp, profile: bool = False):
+        self.profile = profile
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
         self.schedule = schedule_of(module)
@@ -64,53 +67,54 @@ class _Emitter:
             self.tables[key] = f"rope_inv_freq_{len(self.tables)}"
         return self.tables[key]
 
-    def task_call(self, op: ExecOp) -> list[str]:
+    def waits_literal(self, waits: list[WaitOp], task_id: int) -> str:
+        if len(waits) > MAX_WAITS:
+            raise ValueError(f"task {task_id} waits on {len(waits)} counters; the device library takes {MAX_WAITS}")
+        counters = ", ".join(c_name(w.counter.data) for w in waits)
+        counts = ", ".join(f"{w.count.value.data}u" for w in waits)
+        return f"Waits{{{len(waits)}, {{{counters}}}, {{{counts}}}, {task_id}}}"
+
+    def task_call(self, op: ExecOp, waits: list[WaitOp]) -> list[str]:
         begin, end = op.tile_range
-        head = f"  // task {op.task_id.value.data}: {op.sym_name.data}"
+        task_id = op.task_id.value.data
+        head = f"  // task {task_id}: {op.sym_name.data}"
+        w = self.waits_literal(waits, task_id)
         if op.kind.data == "linear":
             k = op.param("K")
             eps = op.param("eps")
-            args = [self.ptr(op.buffer("out")), self.ptr(op.buffer("weight")), self.ptr(op.buffer("input")),
+            args = ["s", w, self.ptr(op.buffer("out")), self.ptr(op.buffer("weight")), self.ptr(op.buffer("input")),
                     self.ptr(op.buffer("input2")), self.ptr(op.buffer("norm_weight"), "bf16_t"),
                     f32_literal(eps if eps is not None else 0.0), self.ptr(op.buffer("bias"), "bf16_t"),
-                    self.ptr(op.buffer("residual")), str(begin), str(end), "s.smem"]
+                    self.ptr(op.buffer("residual")), str(begin), str(end)]
             tmpl = f"{k}, {op.param('tile_rows')}, {PROLOGUES[op.param('prologue')]}"
-            return [f"{head}, rows [{begin}, {end}) of {op.source.data}",
+            call = [f"{head}, rows [{begin}, {end}) of {op.source.data}",
                     f"  linear_task<{tmpl}>({', '.join(args)});"]
-        if op.kind.data == "attention":
+        elif op.kind.data == "attention":
             inv = op.params.data.get("rope_inv_freq")
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
-            args = [self.ptr(op.buffer(r)) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
-            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("max_seq_len")), "s.pos", "s.smem"]
-            return [f"{head}, KV head {begin} of {op.source.data}",
+            args = ["s", w] + [self.ptr(op.buffer(r)) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
+            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("max_seq_len"))]
+            call = [f"{head}, KV head {begin} of {op.source.data}",
                     f"  attention_task<{op.param('head_dim')}, {op.param('group')}>({', '.join(args)});"]
-        raise ValueError(f"no task body for kind '{op.kind.data}'")
+        else:
+            raise ValueError(f"no task body for kind '{op.kind.data}'")
+        if self.profile:
+            marks = [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"] if not waits else []
+            call = call[:1] + marks + call[1:] + [f"  trace_mark(s, {task_id}, 2);"]
+        return call
 
     def sm_function(self, sm) -> list[str]:
-        ops = list(sm.body.block.ops)
-        lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s) {{"]
-        if ops:
-            lines.append("  const Buffers& b = *s.b;")
-        for i, op in enumerate(ops):
+        lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
+        waits: list[WaitOp] = []
+        for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
-                if i == 0 or not isinstance(ops[i - 1], WaitOp):
-                    lines += self.prefetch_before_waits(ops[i:])
-                nxt = next(o for o in ops[i:] if isinstance(o, ExecOp))
-                lines.append(f"  wait_counter(s.counters, {c_name(op.counter.data)}, {op.count.value.data}u * s.epoch, "
-                             f"{nxt.task_id.value.data}, s.err, s.timeout_ns);")
+                waits.append(op)          # a task's waits run inside its body, after its weight loads
             elif isinstance(op, ExecOp):
-                lines += self.task_call(op)
+                lines += self.task_call(op, waits)
+                waits = []
             elif isinstance(op, SignalOp):
-                lines.append(f"  signal_counter(s.counters, {c_name(op.counter.data)});")
+                lines.append(f"  signal_counter(s, {c_name(op.counter.data)});")
         return lines + ["}"]
-
-    def prefetch_before_waits(self, rest) -> list[str]:
-        """The weights of the task behind a run of waits stream into L2 while it waits."""
-        task = next(o for o in rest if isinstance(o, ExecOp))
-        if task.kind.data != "linear":
-            return []
-        b, e = task.tile_range
-        return [f"  prefetch_tile_l2<{task.param('K')}>({self.ptr(task.buffer('weight'))}, {b}, {e});"]
 
     def emit(self, target_name: str, arch: int) -> str:
         sched = self.schedule
@@ -120,7 +124,8 @@ class _Emitter:
         out = [f"// kernel.cu - generated by adamk {__version__}; regenerate with `adamk compile`, do not edit.",
                f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem} B dynamic shared memory, "
                f"{n_tasks} tasks.",
-               "// The device library follows, then the schedule: one straight-line function per SM.", ""]
+               "// The device library follows, then the schedule: one straight-line function per SM.", "",
+               f"#define ADAMK_PROFILE {int(self.profile)}", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
@@ -131,18 +136,17 @@ class _Emitter:
                 "enum Counter : int {",
                 *[f"  {c_name(n)} = {c.index.value.data},  // {c.per_step.value.data} signals per step"
                   for n, c in self.counters.items()], "};", "",
-                "struct Step {", "  const Buffers* b;", "  u32* counters;", "  ErrorRecord* err;", "  int pos;",
-                "  u32 epoch;", "  u64 timeout_ns;", "  float* smem;", "};", ""]
+                ]
         tables_at = len(out)
         out += sm_bodies
         out += ["}  // namespace adamk", "",
                 f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
-                f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err, int pos,",
-                "                  u32 epoch, u64 timeout_ns) {",
+                f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err,",
+                "                  u64* trace, int pos, u32 epoch, u64 timeout_ns) {",
                 "  extern __shared__ __align__(16) float smem[];",
-                "  const adamk::Step s{b, counters, err, pos, epoch, timeout_ns, smem};",
+                "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
                 "  switch (blockIdx.x) {",
-                *[f"    case {i}: adamk::sm_{i}(s); break;" for i in range(n_sms)],
+                *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],
                 "  }", "}", ""]
         tables = [f"__constant__ float {name}[{len(vals)}] = {{{', '.join(f32_literal(v) for v in vals)}}};"
                   for vals, name in self.tables.items()]
@@ -150,5 +154,5 @@ class _Emitter:
         return "\n".join(out)
 
 
-def emit_cuda(module: ModuleOp, target_name: str, arch: int) -> str:
-    return _Emitter(module).emit(target_name, arch)
+def emit_cuda(module: ModuleOp, target_name: str, arch: int, profile: bool = False) -> str:
+    return _Emitter(module, profile).emit(target_name, arch)

@@ -47,6 +47,9 @@ class DecodeStep:
                                           device=self.device)
         self.counters = torch.zeros(max(1, len(self.manifest["counters"])), dtype=torch.int32, device=self.device)
         self.error = torch.zeros(8, dtype=torch.int32, device=self.device)
+        n_tasks = len(self.manifest["tasks"])
+        self.trace_buffer = (torch.zeros(3 * n_tasks, dtype=torch.int64, device=self.device)
+                             if k.get("profile") else None)
         self.epoch = 0
         self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] + [1])
 
@@ -114,7 +117,9 @@ class DecodeStep:
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
         self._args = cu.KernelArgs(ctypes.c_uint64(self.pointer_table.data_ptr()),
                                    ctypes.c_uint64(self.counters.data_ptr()),
-                                   ctypes.c_uint64(self.error.data_ptr()), ctypes.c_int32(pos),
+                                   ctypes.c_uint64(self.error.data_ptr()),
+                                   ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
+                                   ctypes.c_int32(pos),
                                    ctypes.c_uint32(epoch), ctypes.c_uint64(self.timeout_ns))
         cu.launch_cooperative(self.fn, self.grid, self.threads, self.smem, stream, self._args)
 
@@ -129,6 +134,15 @@ class DecodeStep:
             raise KernelTimeoutError(
                 f"megakernel wait timed out: block {block} running task '{tasks[task] if task < len(tasks) else task}' "
                 f"waited on counter '{counters.get(counter, counter)}' for {expected}, saw {observed}")
+
+    def trace(self):
+        """Per-task globaltimer stamps of the last launch of a profiling build:
+        a list of (task name, before waits, after waits, end) in ns."""
+        if self.trace_buffer is None:
+            raise AdamkError("this artifact was not compiled with CompileConfig(profile=True)")
+        self.check()
+        stamps = self.trace_buffer.view(-1, 3).tolist()
+        return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
     def reset(self):
         """Zero the counters and the error record (after a timed-out launch)."""

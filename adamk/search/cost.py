@@ -42,10 +42,12 @@ class CostModel:
         return self.task_overhead_us + self.task_bytes(op, pos) / self.sm_bytes_per_us
 
 
-def predict_step_us(schedule: ModuleOp, model: CostModel, pos: int) -> float:
-    """Makespan of one step at position `pos`, replaying the schedule on per-SM clocks."""
+def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int, tuple[int, float, float]]:
+    """Predicted (sm, start, end) in us of every task_id for one step at position `pos`,
+    replaying the schedule on per-SM clocks."""
     clock: dict[int, float] = {}
     signals: dict[str, list[float]] = {}
+    tasks: dict[int, tuple[int, float, float]] = {}
 
     def on_op(sm: int, op):
         t = clock.get(sm, 0.0)
@@ -53,10 +55,16 @@ def predict_step_us(schedule: ModuleOp, model: CostModel, pos: int) -> float:
             times = sorted(signals[op.counter.data])
             t = max(t, times[op.count.value.data - 1] + model.sync_latency_us)
         elif isinstance(op, ExecOp):
-            t += model.task_us(op, pos)
+            tasks[op.task_id.value.data] = (sm, t, t + model.task_us(op, pos))
+            t = tasks[op.task_id.value.data][2]
         elif isinstance(op, SignalOp):
             signals.setdefault(op.counter.data, []).append(t)
         clock[sm] = t
 
     walk(schedule, on_op=on_op)
-    return max(clock.values(), default=0.0)
+    return tasks
+
+
+def predict_step_us(schedule: ModuleOp, model: CostModel, pos: int) -> float:
+    """Makespan of one step at position `pos`."""
+    return max((end for _, _, end in predict_timeline(schedule, model, pos).values()), default=0.0)

@@ -3,6 +3,7 @@
 // with an online softmax per (lane group, query head), merged across lanes and warps.
 #pragma once
 #include "common.cuh"
+#include "sync.cuh"
 
 namespace adamk {
 
@@ -28,20 +29,28 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float* a, float 
 }
 
 template <int HD, int GROUP>
-__device__ __noinline__ void attention_task(float* out, const float* q, const float* k, const float* v,
-                                            bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq,
-                                            float scale, int kv_head, int max_seq, int pos, float* smem) {
+__device__ __noinline__ void attention_task(const Step& s, const Waits& waits, float* out, const float* q,
+                                            const float* k, const float* v, bf16_t* k_cache, bf16_t* v_cache,
+                                            const float* inv_freq, float scale, int kv_head, int max_seq) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kStride = HD + 2;                       // per-warp partial: acc[HD], m, l
   constexpr float kEmpty = -1e30f;                      // finite, so merging two empty states stays finite
 
-  float* qs = smem;                 // [GROUP][HD]             (smem.attention_task)
-  float* part = smem + GROUP * HD;  // [kWarps][GROUP][HD + 2]
+  const int pos = s.pos;
+  float* qs = s.smem;                 // [GROUP][HD]             (smem.attention_task)
+  float* part = s.smem + GROUP * HD;  // [kWarps][GROUP][HD + 2]
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
   bf16_t* vc = v_cache + (size_t)kv_head * max_seq * HD;
   const int tid = threadIdx.x, half = HD / 2;
+
+  // The cached rows before `pos` do not depend on this step: stream them into L2 while waiting.
+  if (waits.n > 0) {
+    prefetch_l2(kc, (size_t)pos * HD * sizeof(bf16_t));
+    prefetch_l2(vc, (size_t)pos * HD * sizeof(bf16_t));
+    wait_all(s, waits);
+  }
 
   for (int d = tid; d < HD; d += kThreads) {
     kc[(size_t)pos * HD + d] = to_bf16(rope_at(k + kv_head * HD, d, half, inv_freq, pos));

@@ -1,6 +1,7 @@
 // linear.cuh — one linear task: rows [row_begin, row_end) of out = prologue(in) @ W^T (+bias) (+residual).
 #pragma once
 #include "common.cuh"
+#include "sync.cuh"
 
 namespace adamk {
 
@@ -24,44 +25,55 @@ __device__ __forceinline__ void stage_input(float* xs, float* scratch, const InT
   __syncthreads();
 }
 
-// Warp w owns rows row_begin + w + j * kWarps. Each lane reads 16 bytes (8 weights) per
-// 256-column chunk; kUnroll chunks of every owned row are in flight before any math, so a
-// warp keeps kUnroll * kRowsPerWarp * 512 bytes of loads outstanding.
+// Warp w owns rows row_begin + w + j * kWarps; each lane reads 16 bytes (8 weights) per
+// 256-column chunk. The first kUnroll chunks of every owned row are requested before the
+// task waits on its inputs (the weights never depend on them), then each batch of chunks
+// is multiplied while the next one is in flight.
 template <int K, int TILE_ROWS, int PROLOGUE, typename InT, typename ResT, typename OutT>
-__device__ __noinline__ void linear_task(OutT* out, const bf16_t* w, const InT* in, const float* in2,
-                                         const bf16_t* norm_w, float eps, const bf16_t* bias,
-                                         const ResT* residual, int row_begin, int row_end, float* smem) {
+__device__ __noinline__ void linear_task(const Step& s, const Waits& waits, OutT* out, const bf16_t* w,
+                                         const InT* in, const float* in2, const bf16_t* norm_w, float eps,
+                                         const bf16_t* bias, const ResT* residual, int row_begin, int row_end) {
   static_assert(K % 8 == 0, "rows are read 16 bytes (8 bf16) at a time");
   static_assert(TILE_ROWS % kWarps == 0, "every warp owns the same number of rows");
   constexpr int kRowsPerWarp = TILE_ROWS / kWarps;
   constexpr int kChunks = (K + 255) / 256;
-  constexpr int kUnroll = kChunks < 8 ? kChunks : 8;
-
-  float* xs = smem;            // [K]       (smem.linear_task)
-  float* scratch = smem + K;   // [32]
-  stage_input<K, PROLOGUE>(xs, scratch, in, in2, norm_w, eps);
+  constexpr int kUnroll = kChunks <= 8 ? kChunks : 4;   // double-buffered when K needs several batches
+  constexpr int kBatches = (kChunks + kUnroll - 1) / kUnroll;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float acc[kRowsPerWarp];
   int rows[kRowsPerWarp];
+  float acc[kRowsPerWarp];
 #pragma unroll
   for (int j = 0; j < kRowsPerWarp; ++j) {
-    acc[j] = 0.f;
     rows[j] = row_begin + warp + j * kWarps;
+    acc[j] = 0.f;
   }
-  for (int c0 = 0; c0 < kChunks; c0 += kUnroll) {
-    uint4 wv[kUnroll][kRowsPerWarp];
+  uint4 wv[2][kUnroll][kRowsPerWarp];
+  auto load_batch = [&](int buf, int batch) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int col = (c0 + u) * 256 + lane * 8;
+      const int col = (batch * kUnroll + u) * 256 + lane * 8;
 #pragma unroll
       for (int j = 0; j < kRowsPerWarp; ++j)
-        wv[u][j] = (col < K && rows[j] < row_end) ? load_weights16(w + (size_t)rows[j] * K + col)
-                                                   : make_uint4(0u, 0u, 0u, 0u);
+        wv[buf][u][j] = (col < K && rows[j] < row_end) ? load_weights16(w + (size_t)rows[j] * K + col)
+                                                       : make_uint4(0u, 0u, 0u, 0u);
     }
+  };
+  load_batch(0, 0);
+  if (kBatches > 1 && waits.n > 0)
+    prefetch_l2(w + (size_t)row_begin * K, (size_t)(row_end - row_begin) * K * sizeof(bf16_t));
+  if (waits.n > 0) wait_all(s, waits);
+
+  float* xs = s.smem;            // [K]       (smem.linear_task)
+  float* scratch = s.smem + K;   // [32]
+  stage_input<K, PROLOGUE>(xs, scratch, in, in2, norm_w, eps);
+
+#pragma unroll
+  for (int b = 0; b < kBatches; ++b) {
+    if (b + 1 < kBatches) load_batch((b + 1) % 2, b + 1);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int col = (c0 + u) * 256 + lane * 8;
+      const int col = (b * kUnroll + u) * 256 + lane * 8;
       if (col >= K) continue;
       const float4 xa = *reinterpret_cast<const float4*>(xs + col);
       const float4 xb = *reinterpret_cast<const float4*>(xs + col + 4);
@@ -69,7 +81,7 @@ __device__ __noinline__ void linear_task(OutT* out, const bf16_t* w, const InT* 
 #pragma unroll
       for (int j = 0; j < kRowsPerWarp; ++j) {
         float wf[8];
-        unpack8(wv[u][j], wf);
+        unpack8(wv[b % 2][u][j], wf);
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
       }
@@ -86,15 +98,6 @@ __device__ __noinline__ void linear_task(OutT* out, const bf16_t* w, const InT* 
     }
   }
   __syncthreads();   // xs is reused by the next task on this block
-}
-
-// Pull a task's weight rows into L2 while the block still waits on its inputs.
-template <int K>
-__device__ __noinline__ void prefetch_tile_l2(const bf16_t* w, int row_begin, int row_end) {
-  const char* first = reinterpret_cast<const char*>(w + (size_t)row_begin * K);
-  const size_t bytes = (size_t)(row_end - row_begin) * K * sizeof(bf16_t);
-  for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)kThreads * 128)
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(first + off));
 }
 
 }  // namespace adamk

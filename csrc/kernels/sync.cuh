@@ -1,6 +1,10 @@
-// sync.cuh — dependency counters in global memory: release signals, bounded acquire waits.
+// sync.cuh — dependency counters in global memory: release signals, bounded acquire waits, tracing.
 #pragma once
 #include "common.cuh"
+
+#ifndef ADAMK_PROFILE
+#define ADAMK_PROFILE 0   // 1: record globaltimer stamps per task (a profiling build)
+#endif
 
 namespace adamk {
 
@@ -12,6 +16,29 @@ struct ErrorRecord {
   u32 expected;   // value it needed
   u32 observed;   // value it last saw
   u32 block;      // blockIdx.x of the waiter
+};
+
+// What every task body gets besides its buffers: where the counters live, this launch's
+// epoch and position, the shared memory, and the trace buffer of a profiling build.
+struct Step {
+  u32* counters;
+  ErrorRecord* err;
+  u64* trace;        // [num_tasks][3]: before waits, after waits, end (profiling builds)
+  int pos;
+  u32 epoch;
+  u64 timeout_ns;
+  float* smem;
+};
+
+constexpr int kMaxWaits = 4;
+
+// The waits of one task: counter i must reach count[i] * epoch. Passed by value so one
+// instantiation of a task body serves every call site.
+struct Waits {
+  int n;
+  int counter[kMaxWaits];
+  u32 count[kMaxWaits];
+  int task;
 };
 
 __device__ __forceinline__ u32 load_acquire(const u32* p) {
@@ -26,45 +53,61 @@ __device__ __forceinline__ u64 global_ns() {
   return t;
 }
 
-// Not inlined: call sites are many (one per wait in every SM's program) and ptxas time grows
-// with inlined copies; a call costs nanoseconds next to a task.
-// Block until counters[counter] >= target. Thread 0 spins; the barrier then passes the
-// acquired view to the whole block. Past `timeout_ns` (or once another block reported a
-// timeout) the block records what it waited on and exits, so a schedule bug ends the
-// launch with a diagnosis instead of hanging the GPU.
-__device__ __noinline__ void wait_counter(u32* counters, int counter, u32 target, int task,
-                                             ErrorRecord* err, u64 timeout_ns) {
+__device__ __forceinline__ void trace_mark(const Step& s, int task, int slot) {
+  if constexpr (ADAMK_PROFILE) {
+    if (threadIdx.x == 0) s.trace[3 * task + slot] = global_ns();
+  }
+}
+
+// Block until every counter of `w` reaches its target. Thread 0 spins; the barrier then
+// passes the acquired view to the whole block. Past `timeout_ns` (or once another block
+// reported a timeout) the block records what it waited on and exits, so a schedule bug
+// ends the launch with a diagnosis instead of hanging the GPU. Not inlined: there is one
+// call per task, and inlined copies of the spin loop make ptxas slow.
+__device__ __noinline__ void wait_all(const Step& s, const Waits& w) {
+  trace_mark(s, w.task, 0);
   int give_up = 0;
   if (threadIdx.x == 0) {
-    u32 seen = load_acquire(counters + counter);
-    if (seen < target) {
+    for (int i = 0; i < w.n && !give_up; ++i) {
+      const u32* c = s.counters + w.counter[i];
+      const u32 target = w.count[i] * s.epoch;
+      u32 seen = load_acquire(c);
+      if (seen >= target) continue;
       const u64 start = global_ns();
-      while ((seen = load_acquire(counters + counter)) < target) {
-        if (*(volatile u32*)&err->flag) { give_up = 1; break; }
-        if (global_ns() - start > timeout_ns) {
-          if (atomicCAS(&err->flag, 0u, 2u) == 0u) {
-            err->task = task; err->counter = counter; err->expected = target;
-            err->observed = seen; err->block = blockIdx.x;
+      while ((seen = load_acquire(c)) < target) {
+        if (*(volatile u32*)&s.err->flag) { give_up = 1; break; }
+        if (global_ns() - start > s.timeout_ns) {
+          if (atomicCAS(&s.err->flag, 0u, 2u) == 0u) {
+            s.err->task = w.task; s.err->counter = w.counter[i]; s.err->expected = target;
+            s.err->observed = seen; s.err->block = blockIdx.x;
             __threadfence();
-            atomicExch(&err->flag, 1u);
+            atomicExch(&s.err->flag, 1u);
           }
           give_up = 1;
           break;
         }
-        __nanosleep(64);
+        __nanosleep(32);
       }
     }
   }
   if (__syncthreads_or(give_up)) asm volatile("exit;");
+  trace_mark(s, w.task, 1);
 }
 
 // Publish this task's writes: every thread has finished (barrier), then one release add.
-__device__ __noinline__ void signal_counter(u32* counters, int counter) {
+__device__ __noinline__ void signal_counter(const Step& s, int counter) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(counters + counter) : "memory");
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(s.counters + counter) : "memory");
   }
+}
+
+// Pull [bytes) at p into L2 while the block still waits on its inputs.
+__device__ __forceinline__ void prefetch_l2(const void* p, size_t bytes) {
+  const char* base = reinterpret_cast<const char*>(p);
+  for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)kThreads * 128)
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(base + off));
 }
 
 }  // namespace adamk

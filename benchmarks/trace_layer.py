@@ -1,0 +1,99 @@
+"""Profile one decode step: compile with CompileConfig(profile=True), run, and write what each SM
+did as a Chrome/Perfetto trace (JSON) and a Gantt chart (PNG) of measured against predicted,
+plus a per-op summary (time waiting on inputs, time computing).
+
+    python benchmarks/trace_layer.py --preset llama-3.2-1b --gpu H100 --pos 512 --out trace/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+import adamk
+from adamk.dialects import parse_module
+from adamk.models import PRESETS, DecoderLayer
+from adamk.search.cost import CostModel, predict_timeline
+from adamk.targets import get_gpu
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--gpu", default="H100")
+    ap.add_argument("--pos", type=int, default=512)
+    ap.add_argument("--out", default="trace")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    layer = DecoderLayer(PRESETS[args.preset], seed=0)
+    path = adamk.compile(layer, adamk.CompileConfig(gpu=args.gpu, profile=True)).save(tempfile.mkdtemp() + "/a")
+    step = adamk.load(path, layer)
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    step.buffers["x"].normal_()
+    for _ in range(20):                      # warm up; keep the last step's stamps
+        step.launch(args.pos)
+    rows = step.trace()
+    t0 = min(r[1] for r in rows)
+    schedule = parse_module((path / "schedule.mlir").read_text())
+    predicted = predict_timeline(schedule, CostModel.for_gpu(get_gpu(args.gpu)), args.pos)
+    sm_of = {tid: sm for tid, (sm, _, _) in predicted.items()}
+
+    events, per_op = [], defaultdict(lambda: {"wait": [], "work": []})
+    for tid, (name, before, after, end) in enumerate(rows):
+        sm, op = sm_of[tid], name.rsplit(".", 1)[0]
+        if after > before:
+            events.append({"name": f"wait {name}", "ph": "X", "pid": 0, "tid": sm, "ts": (before - t0) / 1e3,
+                           "dur": (after - before) / 1e3, "cat": "wait"})
+        events.append({"name": name, "ph": "X", "pid": 0, "tid": sm, "ts": (after - t0) / 1e3,
+                       "dur": (end - after) / 1e3, "cat": op})
+        per_op[op]["wait"].append((after - before) / 1e3)
+        per_op[op]["work"].append((end - after) / 1e3)
+    (out / "trace.json").write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
+    measured = (max(r[3] for r in rows) - t0) / 1e3
+    pred = max(e for _, _, e in predicted.values())
+    summary = {"measured_us": measured, "predicted_us": pred,
+               "ops": {op: {"tasks": len(v["work"]), "work_median_us": statistics.median(v["work"]),
+                            "wait_median_us": statistics.median(v["wait"]), "work_max_us": max(v["work"])}
+                       for op, v in per_op.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"{args.preset} on {args.gpu} target, pos {args.pos}: measured {measured:.1f} us, predicted {pred:.1f} us")
+    print(f"{'op':14s} {'tasks':>5s} {'work med':>9s} {'work max':>9s} {'wait med':>9s}")
+    for op, v in summary["ops"].items():
+        print(f"{op:14s} {v['tasks']:5d} {v['work_median_us']:9.2f} {v['work_max_us']:9.2f} {v['wait_median_us']:9.2f}")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no PNG")
+        return
+    ops = sorted(per_op)
+    colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 10), sharex=True)
+    for tid, (name, before, after, end) in enumerate(rows):
+        op = name.rsplit(".", 1)[0]
+        ax1.barh(sm_of[tid], (after - before) / 1e3, left=(before - t0) / 1e3, color="0.85", height=0.8)
+        ax1.barh(sm_of[tid], (end - after) / 1e3, left=(after - t0) / 1e3, color=colors[op], height=0.8)
+    for tid, (sm, s, e) in predicted.items():
+        ax2.barh(sm, e - s, left=s, color=colors[rows[tid][0].rsplit(".", 1)[0]], height=0.8)
+    ax1.set_title(f"measured ({measured:.1f} us; grey = waiting)")
+    ax2.set_title(f"predicted ({pred:.1f} us)")
+    for ax in (ax1, ax2):
+        ax.set_ylabel("SM")
+    ax2.set_xlabel("us")
+    ax1.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=colors[o]) for o in ops], labels=ops, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "gantt.png", dpi=80)
+    print(f"wrote {out}/trace.json, {out}/gantt.png, {out}/summary.json")
+
+
+if __name__ == "__main__":
+    main()
