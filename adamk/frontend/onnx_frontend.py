@@ -111,7 +111,9 @@ def import_onnx(path):
             env[node.output[0]] = b.linear(args[0], args[1].f["of"], bias[1] if bias else None)
             continue
         if node.op_type == "Shape":
-            env[node.output[0]] = b.const(np.array(args[0].shape, dtype=np.int64))
+            at = _attrs(node)
+            shape = np.array(args[0].shape, dtype=np.int64)[at.get("start", 0):at.get("end", None)]
+            env[node.output[0]] = b.const(shape)
             continue
         if node.op_type == "Constant" or (args and all(_known(a) for a in args)):
             for name, value in zip(node.output, _fold(node, args)):
@@ -195,10 +197,13 @@ def _cast(b, args, at):
 _OPS = {
     "Identity": lambda b, a, at: a[0],
     "Cast": _cast,
+    "CastLike": _cast,
     "Reshape": lambda b, a, at: b.reshape(a[0], _ints(b, a[1])),
     "Unsqueeze": _unsqueeze,
     "Transpose": lambda b, a, at: b.permute(a[0], at["perm"]),
     "Expand": lambda b, a, at: b.expand(a[0], _ints(b, a[1])),
+    "Range": lambda b, a, at: b.arange(_ints(b, a[1])[0]) if _ints(b, a[0]) == [0] and _ints(b, a[2]) == [1]
+    else b.fail("Range not starting at 0 with step 1"),
     "Pow": lambda b, a, at: b.pow(a[0], a[1]),
     "ReduceMean": lambda b, a, at: b.mean(a[0], _ints(b, a[1]) if len(a) > 1 else at["axes"], at.get("keepdims", 1)),
     "Add": lambda b, a, at: b.add(a[0], a[1]),

@@ -45,6 +45,10 @@ def _is(v, *kinds):
     return v.kind in kinds or (v.kind == "init" and bool({"const", "weight"} & set(kinds)))
 
 
+def _known_const(v) -> bool:
+    return _is(v, "const") and v.f.get("value") is not None
+
+
 def _scalar(v) -> float | None:
     if _is(v, "const") and v.f.get("value") is not None and v.value.size == 1:
         return float(v.value.reshape(()))
@@ -123,6 +127,8 @@ class GraphBuilder:
 
     def reshape(self, a, shape):
         shape = [int(s) for s in shape]
+        if _known_const(a):
+            return self.const(a.value.reshape(shape))
         if -1 in shape and isinstance(a, Sym):          # ONNX and torch both allow one inferred extent
             known = math.prod(s for s in shape if s != -1)
             shape[shape.index(-1)] = math.prod(a.shape) // max(known, 1)
@@ -138,19 +144,20 @@ class GraphBuilder:
         self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
 
     def transpose(self, a, d0, d1):
-        nd = len(a.shape) if isinstance(a, Sym) else 0
-        if _is(a, "repeated") and {d0 % nd, d1 % nd} == {nd - 1, nd - 2}:
-            return Sym("keys_t", a.shape, None, dict(a.f))
-        if _is(a, "act"):
-            perm = list(range(nd))
-            perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
-            return self.permute(a, perm)
-        self.fail("transpose")
+        if not isinstance(a, Sym):
+            self.fail("transpose")
+        perm = list(range(len(a.shape)))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+        return self.permute(a, perm)
 
     def permute(self, a, perm):
         """Only moves of size-1 dims: they keep the memory order, so the value is a view.
         A KV cache may be permuted around a scatter (ONNX writes index_copy that way)."""
         perm = [int(p) % len(a.shape) for p in perm] if isinstance(a, Sym) else perm
+        if _known_const(a) and a.kind == "const":
+            return self.const(np.transpose(a.value, perm))
+        if _is(a, "freqs"):
+            return Sym("freqs", tuple(a.shape[d] for d in perm), None, dict(a.f))
         if a.kind in ("init", "weight") and perm == [1, 0]:
             return Sym("weight_t", tuple(reversed(a.shape)), None, {"of": a})   # W^T feeding a MatMul
         if _is(a, "cache"):
@@ -267,6 +274,10 @@ class GraphBuilder:
 
     # ---- structure ---------------------------------------------------------------------
     def slice(self, a, dim, start, end):
+        if _known_const(a) and a.kind == "const":
+            index = [slice(None)] * a.value.ndim
+            index[dim] = slice(start, min(end, a.value.shape[dim]))
+            return self.const(a.value[tuple(index)])
         if _is(a, "act"):
             nd, last = len(a.shape), a.shape[-1]
             end = min(end, last)
@@ -320,6 +331,8 @@ class GraphBuilder:
         self.fail(f"scatter into {_kind(data)} at {_kind(indices)}")
 
     def unsqueeze(self, a, axis: int):
+        if _known_const(a) and a.kind == "const":
+            return self.const(np.expand_dims(a.value, axis))
         if _is(a, "pos", "posf"):
             return Sym(a.kind, tuple(_unsqueezed(a.shape, axis)), a.ssa, dict(a.f))
         if _is(a, "cos", "sin", "causal_bias"):
@@ -332,6 +345,9 @@ class GraphBuilder:
 
     def expand(self, a, shape):
         """GQA as ONNX writes repeat_interleave: unsqueeze, expand the new axis, merge it."""
+        if _known_const(a) and a.kind == "const":
+            shape = [d if d != -1 else a.shape[i - len(shape) + a.value.ndim] for i, d in enumerate(shape)]
+            return self.const(np.broadcast_to(a.value, np.broadcast_shapes(a.value.shape, tuple(shape))))
         if _is(a, "act") and math.prod(np.broadcast_shapes(a.shape, tuple(shape))) == math.prod(a.shape):
             return self.reshape(a, np.broadcast_shapes(a.shape, tuple(shape)))      # a no-op broadcast
         if _is(a, "appended_unsq") and len(shape) == 5:
@@ -371,6 +387,10 @@ class GraphBuilder:
         self.fail(f"softmax of {_kind(a)}")
 
     def matmul(self, a, b):
+        if _known_const(a) and a.value.shape[-1] == 1 and _is(b, "posf") and math.prod(b.shape) == 1:
+            self._pos = b.ssa           # HF's rotary: inv_freq[None, :, None] @ position_ids[:, None, :]
+            inv = tuple(float(v) for v in a.value.reshape(-1))
+            return Sym("freqs", a.value.shape[:-1] + (1,), None, {"inv_freq": inv})
         if _is(a, "act") and _is(b, "keys_t") and len(a.shape) == 4:
             return Sym("scores", a.shape[:-1] + (b.shape[2],), None, {"q": _with_flat(a), "keys": b})
         if _is(a, "probs") and _is(b, "repeated"):
