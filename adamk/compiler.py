@@ -51,7 +51,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         walk(graph)                                            # every wait satisfiable, counters balanced
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
-        source = emit_cuda(graph, target.name, target.arch, config.profile)   # straight-line program per SM
+        source = emit_cuda(graph, target, config.profile)      # straight-line program per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),

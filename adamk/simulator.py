@@ -82,17 +82,19 @@ class Simulator:
         self._vec(op, "out")[begin:end] = acc
 
     def _attention(self, op: ExecOp):
-        g, _ = op.tile_range
+        h, _ = op.tile_range
         hd, group = op.param("head_dim"), op.param("group")
+        g = h // group
         scale = np.float32(op.param("scale"))
         inv_freq = op.params.data.get("rope_inv_freq")
         rope = (lambda v: _rope(v, np.array(inv_freq.get_values(), np.float32), self.pos)) if inv_freq else (lambda v: v)
         k_cache, v_cache = self.mem[op.buffer("k_cache")][0, g], self.mem[op.buffer("v_cache")][0, g]
-        k_cache[self.pos] = rope(self._vec(op, "k")[g * hd:(g + 1) * hd])
-        v_cache[self.pos] = self._vec(op, "v")[g * hd:(g + 1) * hd]
-        q = self._vec(op, "q")[g * group * hd:(g + 1) * group * hd].reshape(group, hd)
-        q = np.stack([rope(h) for h in q]) * scale
-        scores = q @ k_cache[: self.pos + 1].T                       # [group, pos + 1]
-        p = np.exp(scores - scores.max(axis=1, keepdims=True))
-        out = (p @ v_cache[: self.pos + 1]) / p.sum(axis=1, keepdims=True)
-        self._vec(op, "out")[g * group * hd:(g + 1) * group * hd] = out.reshape(-1)
+        k_new, v_new = rope(self._vec(op, "k")[g * hd:(g + 1) * hd]), self._vec(op, "v")[g * hd:(g + 1) * hd]
+        if h % group == 0:           # the group's first query head appends the new row
+            k_cache[self.pos], v_cache[self.pos] = k_new, v_new
+        keys = np.concatenate([k_cache[: self.pos], k_new[None]])       # row pos from the task itself
+        values = np.concatenate([v_cache[: self.pos], v_new[None]])
+        q = rope(self._vec(op, "q")[h * hd:(h + 1) * hd]) * scale
+        scores = keys @ q
+        p = np.exp(scores - scores.max())
+        self._vec(op, "out")[h * hd:(h + 1) * hd] = (p @ values) / p.sum()

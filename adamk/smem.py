@@ -19,6 +19,7 @@ def linear_task(k: int) -> int:
     return k * F32 + REDUCE_SCRATCH
 
 
-def attention_task(head_dim: int, group: int) -> int:
-    """qs[group][head_dim] (rotated, scaled queries) + per-warp partials [warps][group][head_dim + 2]."""
-    return (group * head_dim + WARPS * group * (head_dim + 2)) * F32
+def attention_task(head_dim: int) -> int:
+    """qs, knew, vnew [head_dim] each (the rotated query, the new key and value rows)
+    + per-warp partials [warps][head_dim + 2]."""
+    return (3 * head_dim + WARPS * (head_dim + 2)) * F32

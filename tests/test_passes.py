@@ -40,17 +40,18 @@ def test_tile_covers_every_row_once_with_exact_dependencies():
                       ("y", cfg.hidden_size)):
         covered = sorted(r for b, e in rows[source] for r in range(b, e))
         assert covered == list(range(n)), source
-    assert rows["attention"] == [(g, g + 1) for g in range(cfg.num_kv_heads)]
-    # attention on KV head g reads only the q rows of its group and the k/v rows of its head
+    assert rows["attention"] == [(h, h + 1) for h in range(cfg.num_heads)]
+    # attention for query head h reads only its q rows and the k/v rows of its KV head
     group, hd = cfg.num_heads // cfg.num_kv_heads, cfg.head_dim
     for t in task_ops:
         if t.kind.data != "attention":
             continue
-        g = t.tile_range[0]
+        h = t.tile_range[0]
+        g = h // group
         for dep in t.deps:
             p = dep.owner
             b, e = p.tile_range
-            lo, hi = (g * group * hd, (g + 1) * group * hd) if p.source.data == "q_proj" else (g * hd, (g + 1) * hd)
+            lo, hi = (h * hd, (h + 1) * hd) if p.source.data == "q_proj" else (g * hd, (g + 1) * hd)
             assert b < hi and lo < e, (t.sym_name.data, p.sym_name.data)
     down = [t for t in task_ops if t.source.data == "y"][0]
     assert {d.owner.source.data for d in down.deps} == {"gate_proj", "up_proj", "o_proj"}

@@ -19,6 +19,7 @@ from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
+from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
 HEADERS = ("common.cuh", "sync.cuh", "linear.cuh", "attention.cuh")
@@ -38,8 +39,11 @@ def f32_literal(v: float) -> str:
 
 
 class _Emitter:
-    def __init__(self, module: ModuleOp, profile: bool = False):
+    def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False):
         self.profile = profile
+        # bytes of upcoming weights each SM keeps in flight into L2: its share of a quarter of L2
+        self.prefetch_budget = min(256 * 1024, gpu.l2_bytes // 4 // gpu.num_sms)
+        self.gpu = gpu
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
         self.schedule = schedule_of(module)
@@ -93,9 +97,10 @@ class _Emitter:
             inv = op.params.data.get("rope_inv_freq")
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
             args = ["s", w] + [self.ptr(op.buffer(r)) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
-            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("max_seq_len"))]
-            call = [f"{head}, KV head {begin} of {op.source.data}",
-                    f"  attention_task<{op.param('head_dim')}, {op.param('group')}>({', '.join(args)});"]
+            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("group")),
+                     str(op.param("max_seq_len"))]
+            call = [f"{head}, query head {begin} of {op.source.data}",
+                    f"  attention_task<{op.param('head_dim')}>({', '.join(args)});"]
         else:
             raise ValueError(f"no task body for kind '{op.kind.data}'")
         if self.profile:
@@ -103,20 +108,41 @@ class _Emitter:
             call = call[:1] + marks + call[1:] + [f"  trace_mark(s, {task_id}, 2);"]
         return call
 
+    def weight_bytes(self, op: ExecOp) -> int:
+        begin, end = op.tile_range
+        return (end - begin) * op.param("K") * 2 if op.kind.data == "linear" else 0
+
+    def prefetch(self, op: ExecOp) -> str:
+        begin, end = op.tile_range
+        k = op.param("K")
+        return (f"  prefetch_l2({self.ptr(op.buffer('weight'))} + {begin * k}, {(end - begin) * k * 2});"
+                f"  // L2 <- weights of task {op.task_id.value.data}")
+
     def sm_function(self, sm) -> list[str]:
         lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
         waits: list[WaitOp] = []
+        execs = [op for op in sm.body.block.ops if isinstance(op, ExecOp)]
+        ahead = 1           # execs[:ahead] have their weights requested already (the first loads its own)
         for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
                 waits.append(op)          # a task's waits run inside its body, after its weight loads
             elif isinstance(op, ExecOp):
+                # Keep the weights of the next tasks streaming into L2 while this one runs, up
+                # to this SM's share of the prefetch budget: DRAM never idles at task boundaries.
+                i = execs.index(op)
+                while ahead < len(execs) and (ahead == i + 1 or sum(
+                        self.weight_bytes(t) for t in execs[i + 1:ahead + 1]) <= self.prefetch_budget):
+                    if self.weight_bytes(execs[ahead]):
+                        lines.append(self.prefetch(execs[ahead]))
+                    ahead += 1
                 lines += self.task_call(op, waits)
                 waits = []
             elif isinstance(op, SignalOp):
                 lines.append(f"  signal_counter(s, {c_name(op.counter.data)});")
         return lines + ["}"]
 
-    def emit(self, target_name: str, arch: int) -> str:
+    def emit(self) -> str:
+        target_name, arch = self.gpu.name, self.gpu.arch
         sched = self.schedule
         n_sms, threads, smem = (sched.num_sms.value.data, sched.block_threads.value.data, sched.smem_bytes.value.data)
         n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.body.block.ops)
@@ -154,5 +180,5 @@ class _Emitter:
         return "\n".join(out)
 
 
-def emit_cuda(module: ModuleOp, target_name: str, arch: int, profile: bool = False) -> str:
-    return _Emitter(module, profile).emit(target_name, arch)
+def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False) -> str:
+    return _Emitter(module, gpu, profile).emit()

@@ -2,9 +2,9 @@
 
 Reads the fused `adamk.linear` / `adamk.attention` ops of `@decode_step`; writes one
 `adamk.buffer` per tensor the kernel touches and one `adamk.task` per tile: `tile_rows`
-output rows of a linear, one KV head (with its whole GQA group of query heads) of the
-attention. A task's tokens are the producer tasks whose output ranges it reads, so the
-DAG is exact at tile granularity.
+output rows of a linear, one query head of the attention (its KV head's rows are read by
+the whole GQA group; the group's first task appends the new k/v). A task's tokens are the
+producer tasks whose output ranges it reads, so the DAG is exact at tile granularity.
 """
 from __future__ import annotations
 
@@ -121,13 +121,14 @@ class _TaskBuilder:
                   "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
-        for g in range(nkv):
-            deps = (self.deps(buffers["q"], g * group * hd, (g + 1) * group * hd)
+        for h in range(nh):
+            g = h // group
+            deps = (self.deps(buffers["q"], h * hd, (h + 1) * hd)
                     + self.deps(buffers["k"], g * hd, (g + 1) * hd) + self.deps(buffers["v"], g * hd, (g + 1) * hd))
             task = TaskOp(_dedup(deps), TaskOp.body_properties(
-                f"{out}.h{g}", "attention", out, (g, g + 1), buffers, params, smem.attention_task(hd, group)))
+                f"{out}.h{h}", "attention", out, (h, h + 1), buffers, params, smem.attention_task(hd)))
             self.tasks.append(task)
-            self.producers.setdefault(out, []).append((task, g * group * hd, (g + 1) * group * hd))
+            self.producers.setdefault(out, []).append((task, h * hd, (h + 1) * hd))
 
 
 def _unique(base: str, used: set) -> str:

@@ -44,10 +44,24 @@ __device__ __forceinline__ void unpack8(const uint4& w, float out[8]) {
   }
 }
 
+// Butterfly shuffle as one instruction (NVRTC's __shfl_xor_sync became a call in task bodies).
+__device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
+  float r;
+  asm volatile("shfl.sync.bfly.b32 %0, %1, %2, 0x1f, 0xffffffff;" : "=f"(r) : "f"(v), "r"(lane_mask));
+  return r;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  for (int off = 16; off > 0; off >>= 1) v += shfl_xor(v, off);
   return v;
+}
+
+// 2^x in one MUFU instruction; attention works in base 2 (q is pre-scaled by log2 e).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
 }
 
 // Sum over the block; `scratch` holds kWarps floats. Every thread gets the total.
