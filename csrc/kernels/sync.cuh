@@ -27,7 +27,8 @@ struct Step {
   int pos;
   u32 epoch;
   u64 timeout_ns;
-  float* smem;
+  float* smem;       // task scratch: after the weight ring in dynamic shared memory
+  bf16_t* ring;      // the weight stream's ring (stream.cuh)
 };
 
 constexpr int kMaxWaits = 4;
