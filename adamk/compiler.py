@@ -47,7 +47,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: one adamk.task per tile
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
-        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.tile_rows), graph)
+        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block), graph)
         walk(graph)                                            # every wait satisfiable, counters balanced
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):

@@ -1,15 +1,9 @@
-"""Shared-memory footprint of the kernel, in bytes.
+"""Shared-memory footprint of each task body, in bytes.
 
-This is the one place that knows how shared memory is laid out; the tiling pass stamps
-each task's scratch on it, the scheduler sizes the kernel as the weight ring plus the
-largest scratch of the tasks it places, and csrc/kernels/*.cuh carve the same buffers in
-the same order:
-
-    [ weight ring: stream_slots x tile_rows x 256 bf16 ][ task scratch (reused by every task) ]
-
-The ring's depth is the temporal axis (weight chunks in flight ahead of the task that
-consumes them); the tile rows are the spatial axis; the scratch holds the reduction input
-(K floats). K-splitting, which shrinks the scratch, comes with the 3D model.
+This is the one place that knows how a task body lays out its shared memory; the tiling
+pass stamps it on every task, the scheduler sizes the kernel's dynamic shared memory as
+the maximum over the tasks it places, and csrc/kernels/*.cuh carve the same buffers in
+the same order. (The 3D model with K-splitting and prefetch depth replaces this.)
 """
 from __future__ import annotations
 
@@ -29,16 +23,3 @@ def attention_task(head_dim: int) -> int:
     """qs, knew, vnew [head_dim] each (the rotated query, the new key and value rows)
     + per-warp partials [warps][head_dim + 2]."""
     return (3 * head_dim + WARPS * (head_dim + 2)) * F32
-
-
-CHUNK_COLS = 256      # columns of one streamed weight chunk (stream.cuh kChunkCols)
-BF16 = 2
-
-
-def stream_ring(slots: int, tile_rows: int) -> int:
-    """The weight ring: `slots` chunks of tile_rows x 256 bf16."""
-    return slots * tile_rows * CHUNK_COLS * BF16
-
-
-def kernel(slots: int, tile_rows: int, task_scratch: int) -> int:
-    return stream_ring(slots, tile_rows) + task_scratch

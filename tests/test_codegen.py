@@ -69,7 +69,7 @@ def test_kernel_cu_is_self_contained(tiny_l20):
     assert compile_cuda(source, 89).cubin == art.files["kernel.sm_89.cubin"]
 
 
-def test_weights_stream_in_16_byte_async_copies(tiny_l20, tmp_path):
+def test_weights_are_read_16_bytes_at_a_time(tiny_l20, tmp_path):
     nvdisasm = shutil.which("nvdisasm") or next(
         (str(p) for p in Path(__import__("nvidia").__path__[0]).rglob("nvdisasm") if p.is_file()), None)
     if nvdisasm is None:
@@ -78,9 +78,10 @@ def test_weights_stream_in_16_byte_async_copies(tiny_l20, tmp_path):
     cubin = tmp_path / "k.cubin"
     cubin.write_bytes(art.files["kernel.sm_89.cubin"])
     sass = subprocess.run([nvdisasm, "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
-    # weights stream global -> shared with 16-byte cp.async that bypasses L1 (stream.cuh)
-    assert re.findall(r"LDGSTS\.E\.BYPASS(?:\.LTC128B)?\.128", sass)
-    assert not re.findall(r"LDGSTS\.E(?:\.BYPASS)?(?:\.LTC128B)?\.(?:64|32)\b", sass), "narrower cp.async"
+    weight_loads = re.findall(r"LDG\.E\.NA\.128\.CONSTANT", sass)
+    assert len(weight_loads) >= 8
+    narrow_nc = re.findall(r"LDG\.E\.NA\.(?:U16|U8|S16)?\.?CONSTANT", sass)
+    assert narrow_nc == [], "weights must not be read in narrower than 16-byte loads"
 
 
 def test_llama_1b_layer_compiles_for_l20_without_spills():

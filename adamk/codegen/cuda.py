@@ -15,7 +15,6 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from .. import __version__
-from .. import smem as smem_model
 from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
 from ..paths import KERNELS_DIR
@@ -23,7 +22,7 @@ from ..search.validate import schedule_of
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "sync.cuh", "stream.cuh", "linear.cuh", "attention.cuh")
+HEADERS = ("common.cuh", "sync.cuh", "linear.cuh", "attention.cuh")
 CTYPES = {"bf16": "bf16_t", "f32": "float"}
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
 MAX_WAITS = 4   # sync.cuh's kMaxWaits
@@ -42,6 +41,8 @@ def f32_literal(v: float) -> str:
 class _Emitter:
     def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False):
         self.profile = profile
+        # bytes of upcoming weights each SM keeps in flight into L2: its share of a quarter of L2
+        self.prefetch_budget = min(256 * 1024, gpu.l2_bytes // 4 // gpu.num_sms)
         self.gpu = gpu
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
@@ -85,11 +86,11 @@ class _Emitter:
         if op.kind.data == "linear":
             k = op.param("K")
             eps = op.param("eps")
-            args = ["s", "st", w, self.ptr(op.buffer("out")), self.ptr(op.buffer("input")),
+            args = ["s", w, self.ptr(op.buffer("out")), self.ptr(op.buffer("weight")), self.ptr(op.buffer("input")),
                     self.ptr(op.buffer("input2")), self.ptr(op.buffer("norm_weight"), "bf16_t"),
                     f32_literal(eps if eps is not None else 0.0), self.ptr(op.buffer("bias"), "bf16_t"),
                     self.ptr(op.buffer("residual")), str(begin), str(end)]
-            tmpl = f"{k}, {PROLOGUES[op.param('prologue')]}"
+            tmpl = f"{k}, {op.param('tile_rows')}, {PROLOGUES[op.param('prologue')]}"
             call = [f"{head}, rows [{begin}, {end}) of {op.source.data}",
                     f"  linear_task<{tmpl}>({', '.join(args)});"]
         elif op.kind.data == "attention":
@@ -107,21 +108,33 @@ class _Emitter:
             call = call[:1] + marks + call[1:] + [f"  trace_mark(s, {task_id}, 2);"]
         return call
 
+    def weight_bytes(self, op: ExecOp) -> int:
+        begin, end = op.tile_range
+        return (end - begin) * op.param("K") * 2 if op.kind.data == "linear" else 0
+
+    def prefetch(self, op: ExecOp) -> str:
+        begin, end = op.tile_range
+        k = op.param("K")
+        return (f"  prefetch_l2({self.ptr(op.buffer('weight'))} + {begin * k}, {(end - begin) * k * 2});"
+                f"  // L2 <- weights of task {op.task_id.value.data}")
+
     def sm_function(self, sm) -> list[str]:
         lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
         waits: list[WaitOp] = []
-        linears = [op for op in sm.body.block.ops if isinstance(op, ExecOp) and op.kind.data == "linear"]
-        if linears:       # this SM's weight tiles, in the order its tasks consume them (stream.cuh)
-            lines.append("  const StreamTile tiles[] = {")
-            for op in linears:
-                b, e = op.tile_range
-                lines.append(f"      {{{self.ptr(op.buffer('weight'))} + {b * op.param('K')}, {op.param('K')}, {e - b}}},"
-                             f"  // task {op.task_id.value.data}")
-            lines += ["  };", f"  Stream st{{tiles, {len(linears)}, 0, 0, 0u, 0u, s.ring}};", "  stream_start(st);"]
+        execs = [op for op in sm.body.block.ops if isinstance(op, ExecOp)]
+        ahead = 1           # execs[:ahead] have their weights requested already (the first loads its own)
         for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
-                waits.append(op)          # a task's waits run inside its body, while its weights stream in
+                waits.append(op)          # a task's waits run inside its body, after its weight loads
             elif isinstance(op, ExecOp):
+                # Keep the weights of the next tasks streaming into L2 while this one runs, up
+                # to this SM's share of the prefetch budget: DRAM never idles at task boundaries.
+                i = execs.index(op)
+                while ahead < len(execs) and (ahead == i + 1 or sum(
+                        self.weight_bytes(t) for t in execs[i + 1:ahead + 1]) <= self.prefetch_budget):
+                    if self.weight_bytes(execs[ahead]):
+                        lines.append(self.prefetch(execs[ahead]))
+                    ahead += 1
                 lines += self.task_call(op, waits)
                 waits = []
             elif isinstance(op, SignalOp):
@@ -132,16 +145,13 @@ class _Emitter:
         target_name, arch = self.gpu.name, self.gpu.arch
         sched = self.schedule
         n_sms, threads, smem = (sched.num_sms.value.data, sched.block_threads.value.data, sched.smem_bytes.value.data)
-        ring = smem_model.stream_ring(sched.stream_slots.value.data, sched.tile_rows.value.data)
         n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.body.block.ops)
         sm_bodies = [line for sm in sched.sms for line in self.sm_function(sm) + [""]]
         out = [f"// kernel.cu - generated by adamk {__version__}; regenerate with `adamk compile`, do not edit.",
                f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem} B dynamic shared memory, "
                f"{n_tasks} tasks.",
                "// The device library follows, then the schedule: one straight-line function per SM.", "",
-               f"#define ADAMK_PROFILE {int(self.profile)}",
-               f"#define ADAMK_STREAM_SLOTS {sched.stream_slots.value.data}",
-               f"#define ADAMK_TILE_ROWS {sched.tile_rows.value.data}", ""]
+               f"#define ADAMK_PROFILE {int(self.profile)}", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
@@ -160,8 +170,7 @@ class _Emitter:
                 f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err,",
                 "                  u64* trace, int pos, u32 epoch, u64 timeout_ns) {",
                 "  extern __shared__ __align__(16) float smem[];",
-                f"  bf16_t* ring = reinterpret_cast<bf16_t*>(smem);   // {ring} B weight ring, then task scratch",
-                f"  const adamk::Step s{{counters, err, trace, pos, epoch, timeout_ns, smem + {ring // 4}, ring}};",
+                "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
                 "  switch (blockIdx.x) {",
                 *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],
                 "  }", "}", ""]

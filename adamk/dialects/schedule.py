@@ -89,24 +89,18 @@ class SmOp(IRDLOperation):
 
 @irdl_op_definition
 class ScheduleOp(IRDLOperation):
-    """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` of shared
-    memory each, of which a ring of `stream_slots` weight chunks of `tile_rows` rows."""
+    """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` each."""
     name = "adamk.schedule"
     traits = traits_def(NoTerminator())
     num_sms = prop_def(IntegerAttr)
     block_threads = prop_def(IntegerAttr)
     smem_bytes = prop_def(IntegerAttr)
-    stream_slots = prop_def(IntegerAttr)
-    tile_rows = prop_def(IntegerAttr)
     body = region_def("single_block")
 
-    def __init__(self, num_sms: int, block_threads: int, smem_bytes: int, sms, stream_slots: int = 2,
-                 tile_rows: int = 16):
+    def __init__(self, num_sms: int, block_threads: int, smem_bytes: int, sms):
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
-                                     "smem_bytes": IntegerAttr(smem_bytes, i64),
-                                     "stream_slots": IntegerAttr(stream_slots, i64),
-                                     "tile_rows": IntegerAttr(tile_rows, i64)},
+                                     "smem_bytes": IntegerAttr(smem_bytes, i64)},
                          regions=[Region(Block(sms))])
 
     @property
@@ -114,8 +108,6 @@ class ScheduleOp(IRDLOperation):
         return list(self.body.block.ops)
 
     def verify_(self):
-        if self.stream_slots.value.data < 1:
-            raise VerifyException("adamk.schedule: stream_slots must be at least 1")
         sms = self.sms
         if not all(isinstance(s, SmOp) for s in sms):
             raise VerifyException("adamk.schedule: its body may only hold adamk.sm regions")

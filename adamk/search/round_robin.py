@@ -16,7 +16,6 @@ from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 from xdsl.passes import ModulePass
 
-from .. import smem
 from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
@@ -32,8 +31,6 @@ class RoundRobinSchedulePass(ModulePass):
     num_sms: int = 1
     block_threads: int = 256
     smem_budget: int = 99 * 1024
-    tile_rows: int = 16
-    max_stream_slots: int = 8       # weight chunks in flight per SM (8 x 8 KB = 64 KB)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         buffers = [o for o in op.ops if isinstance(o, BufferOp)]
@@ -60,16 +57,9 @@ class RoundRobinSchedulePass(ModulePass):
             if t.source.data in counters:
                 programs[sm].append(SignalOp(counter_name(t.source.data)))
 
-        scratch = max((t.smem_bytes.value.data for t in tasks), default=0)
-        slots = min(self.max_stream_slots,
-                    (self.smem_budget - scratch) // smem.stream_ring(1, self.tile_rows))
-        if slots < 2:
-            worst = max(tasks, key=lambda t: t.smem_bytes.value.data)
-            raise ScheduleError(f"task {worst.sym_name.data} of '{worst.source.data}' needs {scratch} B of scratch; "
-                                f"with a 2-slot weight ring ({smem.stream_ring(2, self.tile_rows)} B) that exceeds "
-                                f"the per-block budget of {self.smem_budget} B")
-        schedule = ScheduleOp(self.num_sms, self.block_threads, smem.kernel(slots, self.tile_rows, scratch),
-                              [SmOp(i, p) for i, p in enumerate(programs)], slots, self.tile_rows)
+        smem_bytes = max((t.smem_bytes.value.data for t in tasks), default=0)
+        schedule = ScheduleOp(self.num_sms, self.block_threads, smem_bytes,
+                              [SmOp(i, p) for i, p in enumerate(programs)])
         for b in buffers:
             b.detach()
         op.body.detach_block(0)

@@ -27,8 +27,7 @@ struct Step {
   int pos;
   u32 epoch;
   u64 timeout_ns;
-  float* smem;       // task scratch: after the weight ring in dynamic shared memory
-  bf16_t* ring;      // the weight stream's ring (stream.cuh)
+  float* smem;
 };
 
 constexpr int kMaxWaits = 4;
