@@ -72,8 +72,13 @@ def test_round_robin_schedule_waits_once_per_producer_and_signals_consumed_count
     for sm in sched.sms:
         waits = [o.counter.data for o in sm.body.block.ops if isinstance(o, WaitOp)]
         assert len(waits) == len(set(waits))
-    signals = sum(isinstance(o, SignalOp) for sm in sched.sms for o in sm.body.block.ops)
+    signals = sum(o.count.value.data for sm in sched.sms for o in sm.body.block.ops if isinstance(o, SignalOp))
     assert signals == sum(counters.values())
+    # a run of same-op tasks publishes once: no two signals of one counter back to back
+    for sm in sched.sms:
+        ops = [o for o in sm.body.block.ops if not isinstance(o, ExecOp)]
+        assert not any(isinstance(a, SignalOp) and isinstance(b, SignalOp) and a.counter == b.counter
+                       for a, b in zip(ops, ops[1:]))
     task_ids = sorted(o.task_id.value.data for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp))
     assert task_ids == list(range(len(task_ids)))
     assert walk(schedule) == counters
@@ -100,7 +105,7 @@ def test_validator_names_a_deadlock_cycle():
 
 def test_validator_catches_unbalanced_counters():
     props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {}, 0)
-    sm0 = SmOp(0, [ExecOp(0, props), SignalOp("a.done"), SignalOp("a.done")])
+    sm0 = SmOp(0, [ExecOp(0, props), SignalOp("a.done", 2)])
     module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 0, [sm0])])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
         walk(module)

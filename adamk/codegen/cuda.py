@@ -138,7 +138,7 @@ class _Emitter:
                 lines += self.task_call(op, waits)
                 waits = []
             elif isinstance(op, SignalOp):
-                lines.append(f"  signal_counter(s, {c_name(op.counter.data)});")
+                lines.append(f"  signal_counter(s, {c_name(op.counter.data)}, {op.count.value.data}u);")
         return lines + ["}"]
 
     def emit(self) -> str:

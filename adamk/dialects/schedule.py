@@ -52,12 +52,18 @@ class WaitOp(IRDLOperation):
 
 @irdl_op_definition
 class SignalOp(IRDLOperation):
-    """Add one to `counter` after every thread of the block finished the task (release)."""
+    """Add `count` to `counter` once every thread of the block finished the tasks before it
+    (release); one signal may publish a run of tasks of the same op."""
     name = "adamk.signal"
     counter = prop_def(StringAttr)
+    count = prop_def(IntegerAttr)
 
-    def __init__(self, counter: str):
-        super().__init__(properties={"counter": StringAttr(counter)})
+    def __init__(self, counter: str, count: int = 1):
+        super().__init__(properties={"counter": StringAttr(counter), "count": IntegerAttr(count, i64)})
+
+    def verify_(self):
+        if self.count.value.data <= 0:
+            raise VerifyException(f"adamk.signal on @{self.counter.data}: count must be positive")
 
 
 @irdl_op_definition

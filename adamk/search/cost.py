@@ -58,7 +58,7 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int
             tasks[op.task_id.value.data] = (sm, t, t + model.task_us(op, pos))
             t = tasks[op.task_id.value.data][2]
         elif isinstance(op, SignalOp):
-            signals.setdefault(op.counter.data, []).append(t)
+            signals.setdefault(op.counter.data, []).extend([t] * op.count.value.data)
         clock[sm] = t
 
     walk(schedule, on_op=on_op)

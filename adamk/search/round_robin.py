@@ -5,7 +5,9 @@ Reads the `adamk.task` DAG (in program order, which is topological); writes an
 some task waits on, and on every SM, before each task, an `adamk.wait` for each producer
 op it depends on that this SM has not already waited for this step. Because every SM
 runs its tasks in the global topological order, every wait is on work that comes earlier
-everywhere, so the schedule cannot deadlock. (The DAG search replaces this placement.)
+everywhere, so the schedule cannot deadlock. A run of tasks of one op with no wait between
+them publishes with one signal of the run's length: consumers wait for the whole op
+anyway, and each signal costs a memory fence. (The DAG search replaces this placement.)
 """
 from __future__ import annotations
 
@@ -53,9 +55,15 @@ class RoundRobinSchedulePass(ModulePass):
                 if src not in seen[sm]:
                     seen[sm].add(src)
                     programs[sm].append(WaitOp(counter_name(src), tasks_per_source[src]))
-            programs[sm].append(ExecOp(task_id, t.copy_body_properties()))
+            program = programs[sm]
+            if program and isinstance(program[-1], SignalOp) and program[-1].counter.data == counter_name(
+                    t.source.data):
+                pending = program.pop().count.value.data        # extend the run's signal past this task
+            else:
+                pending = 0
+            program.append(ExecOp(task_id, t.copy_body_properties()))
             if t.source.data in counters:
-                programs[sm].append(SignalOp(counter_name(t.source.data)))
+                program.append(SignalOp(counter_name(t.source.data), pending + 1))
 
         smem_bytes = max((t.smem_bytes.value.data for t in tasks), default=0)
         schedule = ScheduleOp(self.num_sms, self.block_threads, smem_bytes,

@@ -45,7 +45,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                 elif isinstance(op, ExecOp) and on_exec is not None:
                     on_exec(op)
                 elif isinstance(op, SignalOp):
-                    counters[op.counter.data] += 1
+                    counters[op.counter.data] += op.count.value.data
                 if on_op is not None:
                     on_op(sm, op)
                 pcs[sm] += 1

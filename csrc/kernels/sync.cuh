@@ -94,12 +94,13 @@ __device__ __noinline__ void wait_all(const Step& s, const Waits& w) {
   trace_mark(s, w.task, 1);
 }
 
-// Publish this task's writes: every thread has finished (barrier), then one release add.
-__device__ __noinline__ void signal_counter(const Step& s, int counter) {
+// Publish the writes of the last `n` tasks: every thread has finished (barrier), then one
+// release add of n.
+__device__ __noinline__ void signal_counter(const Step& s, int counter, u32 n) {
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(s.counters + counter) : "memory");
+    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(s.counters + counter), "r"(n) : "memory");
   }
 }
 
