@@ -13,7 +13,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 
 import adamk
 from adamk.dialects import parse_module

@@ -90,7 +90,7 @@ def test_wait_timeout_names_task_and_counter(compiled):
 
 
 def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))

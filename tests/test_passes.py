@@ -6,7 +6,7 @@ from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp
 from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
 from adamk.dialects.task import BufferOp, TaskOp
 from adamk.errors import ScheduleError, UnsupportedShapeError
-from adamk.models import PRESETS, DecoderLayer, LlamaConfig
+from adamk.models import DecoderLayer, LlamaConfig
 from adamk.search.validate import walk
 from helpers import lower, random_layer
 

@@ -21,7 +21,7 @@ FOLD_LIMIT = 4096    # elements: nodes whose inputs are all constants this small
 _ELEM = {1: "float32", 16: "bfloat16"}
 
 
-def _load(path) -> "onnx.ModelProto":
+def _load(path):
     import onnx
     from google.protobuf.message import DecodeError
     p = Path(path)

@@ -2,13 +2,12 @@
 node by node, to the shared pattern recogniser (`patterns.GraphBuilder`)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
 
 from ..errors import FrontendError
-from .patterns import GraphBuilder, Sym
+from .patterns import GraphBuilder
 
 aten = torch.ops.aten
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp, StringAttr, f32, i64, DenseArrayBase
-from xdsl.ir import Block, Region
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
+from xdsl.ir import Block
 from xdsl.passes import ModulePass
 
 from .. import smem
