@@ -206,3 +206,47 @@ class HFDecodeStep(nn.Module):
         k = torch.randn(shape, generator=g).to(dtype)
         v = torch.randn(shape, generator=g).to(dtype)
         return x, torch.tensor(pos, dtype=torch.int64), k, v
+
+
+class LlamaModel(nn.Module):
+    """A whole decoder for one decode step: embedding, `num_layers` DecoderLayers, final
+    RMSNorm and LM head. `forward(token, pos, k_caches, v_caches) -> logits [1, vocab]`,
+    with `token` an int64 [1] tensor and the caches stacked per layer
+    (`[num_layers, 1, num_kv_heads, max_seq_len, head_dim]`).
+
+    A reference and an export source: the compiler takes one DecoderLayer for now and
+    refuses a whole model with a clear error.
+    """
+
+    def __init__(self, cfg: LlamaConfig, seed: int | None = 0, dtype=torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, seed=None) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if seed is not None:
+            g = torch.Generator().manual_seed(seed)
+            with torch.no_grad():
+                self.embed_tokens.weight.copy_(torch.randn(self.embed_tokens.weight.shape, generator=g))
+                for i, layer in enumerate(self.layers):
+                    layer.init_random(seed + 1 + i)
+                self.lm_head.weight.copy_(torch.randn(self.lm_head.weight.shape, generator=g) / math.sqrt(cfg.hidden_size))
+        self.to(dtype)
+
+    def forward(self, token, pos, k_caches, v_caches):
+        x = self.embed_tokens(token)                       # [1, hidden]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, k_caches[i], v_caches[i])
+        return self.lm_head(self.norm(x))
+
+    def example_inputs(self, pos: int = 0, seed: int = 0, device=None):
+        c = self.cfg
+        g = torch.Generator().manual_seed(seed)
+        dtype = self.lm_head.weight.dtype
+        shape = (c.num_layers, 1, c.num_kv_heads, c.max_seq_len, c.head_dim)
+        k = torch.randn(shape, generator=g).to(dtype)
+        v = torch.randn(shape, generator=g).to(dtype)
+        token = torch.randint(0, c.vocab_size, (1,), generator=g)
+        t = lambda a: a.to(device) if device is not None else a
+        return t(token), t(torch.tensor(pos, dtype=torch.int64)), t(k), t(v)

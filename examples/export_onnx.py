@@ -4,10 +4,12 @@
     python examples/export_onnx.py -o tiny.onnx --preset tiny --seed 3
     python examples/export_onnx.py -o model.onnx --external-data       # weights in model.onnx.data
     python examples/export_onnx.py -o qwen.onnx --hf qwen2 --preset tiny  # a transformers Qwen2DecoderLayer
+    python examples/export_onnx.py -o whole.onnx --whole-model --preset tiny   # embedding, layers, LM head
 
 Uses the dynamo exporter (opset 18): RMSNorm, RoPE, GQA attention and SwiGLU come out
-decomposed, weights as initializers. Whole models (embedding, N layers, LM head) are not
-exported yet: adamk compiles one decoder layer (see README, "Status").
+decomposed, weights as initializers. `--whole-model` writes embedding + all layers + LM head
+(adamk.models.LlamaModel); `adamk compile` refuses those for now with a clear error, since it
+compiles one decoder layer (README, "Status").
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import warnings
 
 import torch
 
-from adamk.models import PRESETS, DecoderLayer
+from adamk.models import PRESETS, DecoderLayer, LlamaModel
 
 
 def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
@@ -43,18 +45,21 @@ def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
 
 
 def export(path: str, preset: str = "llama-3.2-1b", seed: int = 0, external_data: bool = False,
-           max_seq_len: int | None = None, hf: str | None = None) -> str:
+           max_seq_len: int | None = None, hf: str | None = None, whole_model: bool = False) -> str:
     cfg = PRESETS[preset]
     if max_seq_len is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "max_seq_len": max_seq_len})
-    layer = hf_layer(hf, cfg, seed) if hf else DecoderLayer(cfg, seed=seed)
+    if whole_model and hf:
+        raise SystemExit("--whole-model and --hf cannot be combined")
+    layer = LlamaModel(cfg, seed=seed) if whole_model else hf_layer(hf, cfg, seed) if hf else DecoderLayer(cfg, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
         # optimize=False keeps `Transpose(weight)` nodes that the optimiser would fold into
         # unnamed constants (HF layers feed 3-D activations, exported as MatMul on W^T).
         program = torch.onnx.export(layer, layer.example_inputs(pos=1), dynamo=True, opset_version=18,
-                                    input_names=["x", "pos", "k_cache", "v_cache"], output_names=["y"],
+                                    input_names=["token" if whole_model else "x", "pos", "k_cache", "v_cache"],
+                                    output_names=["logits" if whole_model else "y"],
                                     verbose=False, optimize=hf is None)
     program.save(path, external_data=external_data)
     return path
@@ -68,9 +73,11 @@ def main():
     ap.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the preset's)")
     ap.add_argument("--external-data", action="store_true", help="store weights in a .data file next to the model")
     ap.add_argument("--hf", choices=["llama", "qwen2"], help="export a transformers decoder layer of that family")
+    ap.add_argument("--whole-model", action="store_true", help="embedding, all layers, final norm and LM head")
     args = ap.parse_args()
-    export(args.output, args.preset, args.seed, args.external_data, args.max_seq_len, args.hf)
-    print(f"wrote {args.output} ({args.hf or 'adamk'} layer, {args.preset} dims, seed {args.seed})")
+    export(args.output, args.preset, args.seed, args.external_data, args.max_seq_len, args.hf, args.whole_model)
+    what = "whole model" if args.whole_model else f"{args.hf or 'adamk'} layer"
+    print(f"wrote {args.output} ({what}, {args.preset} dims, seed {args.seed})")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,9 @@ def import_onnx(path):
     if len(inputs) != 4:
         raise FrontendError(f"expected a decode step with inputs (x, pos, k_cache, v_cache), got {[i.name for i in inputs]}")
     elem = inputs[0].type.tensor_type.elem_type
+    if elem in (6, 7):     # int32 / int64 first input: token ids, i.e. a whole model
+        raise FrontendError(f"'{inputs[0].name}' is an integer input (token ids): this is a whole model; adamk "
+                            "compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
     if elem not in _ELEM:
         raise FrontendError(f"unsupported input element type {elem} for '{inputs[0].name}'")
     b = GraphBuilder(_ELEM[elem])

@@ -83,6 +83,9 @@ def import_module(module: torch.nn.Module, example_inputs):
     if len(user_inputs) != 4:
         raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache), got {len(user_inputs)} "
                             f"inputs {[n.name for n in user_inputs]}")
+    if not user_inputs[0].meta["val"].dtype.is_floating_point:
+        raise FrontendError(f"'{user_inputs[0].name}' is an integer input (token ids): this is a whole model; adamk "
+                            "compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
     dtype = _DTYPES.get(user_inputs[0].meta["val"].dtype)
     if dtype is None:
         raise FrontendError(f"unsupported input dtype {user_inputs[0].meta['val'].dtype}")
