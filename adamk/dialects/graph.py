@@ -8,6 +8,8 @@ bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 from xdsl.dialects.builtin import DenseArrayBase, FloatAttr, IntegerAttr, StringAttr, TensorType, f32, i64
 from xdsl.irdl import (
     AttrSizedOperandSegments, IRDLOperation, irdl_op_definition, operand_def, opt_operand_def,
@@ -183,38 +185,37 @@ class AttentionOp(IRDLOperation):
             raise VerifyException(f"adamk.attention: rope_inv_freq needs {hd // 2} entries")
 
 
+class _SameShapeBinary(IRDLOperation):
+    """Two tensors of one shape in, one of that shape out; NAMES name the operands in errors."""
+    NAMES: ClassVar[tuple[str, str]] = ("lhs", "rhs")
+
+    def __init__(self, a, b):
+        super().__init__(operands=[a, b], result_types=[a.type])
+
+    def verify_(self):
+        a, b = self.operands
+        if shape_of(a) != shape_of(b):
+            raise VerifyException(f"{self.name}: {self.NAMES[0]} {list(shape_of(a))} and {self.NAMES[1]} "
+                                  f"{list(shape_of(b))} differ in shape")
+
+
 @irdl_op_definition
-class SiluMulOp(IRDLOperation):
+class SiluMulOp(_SameShapeBinary):
     """silu(gate) * up, elementwise (the SwiGLU activation)."""
     name = "adamk.silu_mul"
+    NAMES: ClassVar[tuple[str, str]] = ("gate", "up")
     gate = operand_def(TensorType)
     up = operand_def(TensorType)
     result = result_def(TensorType)
 
-    def __init__(self, gate, up):
-        super().__init__(operands=[gate, up], result_types=[gate.type])
-
-    def verify_(self):
-        if shape_of(self.gate) != shape_of(self.up):
-            raise VerifyException(f"adamk.silu_mul: gate {list(shape_of(self.gate))} and up "
-                                  f"{list(shape_of(self.up))} differ in shape")
-
 
 @irdl_op_definition
-class AddOp(IRDLOperation):
+class AddOp(_SameShapeBinary):
     """Elementwise sum (the residual connections before fusion)."""
     name = "adamk.add"
     lhs = operand_def(TensorType)
     rhs = operand_def(TensorType)
     result = result_def(TensorType)
-
-    def __init__(self, lhs, rhs):
-        super().__init__(operands=[lhs, rhs], result_types=[lhs.type])
-
-    def verify_(self):
-        if shape_of(self.lhs) != shape_of(self.rhs):
-            raise VerifyException(f"adamk.add: lhs {list(shape_of(self.lhs))} and rhs "
-                                  f"{list(shape_of(self.rhs))} differ in shape")
 
 
 GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, AttentionOp, SiluMulOp, AddOp]
