@@ -76,40 +76,38 @@ __device__ __noinline__ void attention_task(const Step& s, const Waits& waits, f
     qr[e] = has_chunk ? qs[chunk * 8 + e] : 0.f;
     acc[e] = 0.f;
   }
-  // Row t < pos comes from the cache, row pos from smem. Rows are loaded kAhead at a time
-  // before any is used, so a block pays one memory latency per kAhead rows; the trip count
-  // is uniform across the warp, so the shuffles see every lane.
+  // Row t < pos comes from the cache, row pos from smem. Loads run one iteration ahead; the
+  // trip count is uniform across the warp, so the shuffles see every lane.
   auto load_row = [&](int t, uint4& kr, uint4& vr) {
     const bool cached = t < pos && has_chunk;
     kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
     vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
   };
   constexpr int kStep = kWarps * kPosPerWarp;
-  constexpr int kAhead = 4;
-  for (int t0 = warp * kPosPerWarp; t0 <= pos; t0 += kAhead * kStep) {
-    uint4 kr[kAhead], vr[kAhead];
+  uint4 kr, vr;
+  load_row(warp * kPosPerWarp + sub, kr, vr);
+  for (int t0 = warp * kPosPerWarp; t0 <= pos; t0 += kStep) {
+    const int t = t0 + sub;
+    uint4 kn, vn;
+    load_row(t + kStep, kn, vn);
+    float kf[8], vf[8];
+    unpack8(kr, kf);
+    unpack8(vr, vf);
+    if (t == pos && has_chunk) {
 #pragma unroll
-    for (int u = 0; u < kAhead; ++u) load_row(t0 + u * kStep + sub, kr[u], vr[u]);
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      const int t = t0 + u * kStep + sub;
-      float kf[8], vf[8];
-      unpack8(kr[u], kf);
-      unpack8(vr[u], vf);
-      if (t == pos && has_chunk) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          kf[e] = knew[chunk * 8 + e];
-          vf[e] = vnew[chunk * 8 + e];
-        }
+      for (int e = 0; e < 8; ++e) {
+        kf[e] = knew[chunk * 8 + e];
+        vf[e] = vnew[chunk * 8 + e];
       }
-      float score = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
-#pragma unroll
-      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-      if (t <= pos) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
     }
+    float score = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
+#pragma unroll
+    for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+    if (t <= pos) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+    kr = kn;
+    vr = vn;
   }
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
