@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 
 from xdsl.dialects.builtin import ModuleOp
@@ -112,7 +113,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     execs = sorted((o for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
                    key=lambda o: o.task_id.value.data)
     elem = {"bf16": 2, "f32": 4}
-    weight_bytes = sum(_numel(b) * elem[b.dtype.data] for b in buffers if b.role.data == "weight")
+    weight_bytes = sum(math.prod(b.shape.get_values()) * elem[b.dtype.data] for b in buffers if b.role.data == "weight")
     report = binaries.report
     return {
         "adamk_version": __version__,
@@ -137,10 +138,3 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "weight_bytes": weight_bytes,
         "weight_read_floor_us": round(weight_bytes / (target.dram_gbps * 1e3), 3),
     }
-
-
-def _numel(b: BufferOp) -> int:
-    n = 1
-    for d in b.shape.get_values():
-        n *= d
-    return n

@@ -154,7 +154,7 @@ class GraphBuilder:
         """Only moves of size-1 dims: they keep the memory order, so the value is a view.
         A KV cache may be permuted around a scatter (ONNX writes index_copy that way)."""
         perm = [int(p) % len(a.shape) for p in perm] if isinstance(a, Sym) else perm
-        if _known_const(a) and a.kind == "const":
+        if _known_const(a) and a.kind == "const":    # not an initializer: its transpose may be W^T of a MatMul
             return self.const(np.transpose(a.value, perm))
         if _is(a, "freqs"):
             return Sym("freqs", tuple(a.shape[d] for d in perm), None, dict(a.f))
@@ -274,7 +274,7 @@ class GraphBuilder:
 
     # ---- structure ---------------------------------------------------------------------
     def slice(self, a, dim, start, end):
-        if _known_const(a) and a.kind == "const":
+        if _known_const(a):
             index = [slice(None)] * a.value.ndim
             index[dim] = slice(start, min(end, a.value.shape[dim]))
             return self.const(a.value[tuple(index)])
@@ -331,7 +331,7 @@ class GraphBuilder:
         self.fail(f"scatter into {_kind(data)} at {_kind(indices)}")
 
     def unsqueeze(self, a, axis: int):
-        if _known_const(a) and a.kind == "const":
+        if _known_const(a):
             return self.const(np.expand_dims(a.value, axis))
         if _is(a, "pos", "posf"):
             return Sym(a.kind, tuple(_unsqueezed(a.shape, axis)), a.ssa, dict(a.f))
@@ -345,7 +345,7 @@ class GraphBuilder:
 
     def expand(self, a, shape):
         """GQA as ONNX writes repeat_interleave: unsqueeze, expand the new axis, merge it."""
-        if _known_const(a) and a.kind == "const":
+        if _known_const(a):
             shape = [d if d != -1 else a.shape[i - len(shape) + a.value.ndim] for i, d in enumerate(shape)]
             return self.const(np.broadcast_to(a.value, np.broadcast_shapes(a.value.shape, tuple(shape))))
         if _is(a, "act") and math.prod(np.broadcast_shapes(a.shape, tuple(shape))) == math.prod(a.shape):

@@ -77,8 +77,8 @@ def import_module(module: torch.nn.Module, example_inputs):
     """torch module -> graph-level IR (builtin.module with one func.func @decode_step)."""
     ep = export(module, example_inputs)
     sig = ep.graph_signature
-    params = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
     state = {**dict(ep.named_parameters()), **dict(ep.named_buffers()), **ep.constants}
+    tensors = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
     user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
     if len(user_inputs) != 4:
         raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache), got {len(user_inputs)} "
@@ -99,17 +99,13 @@ def import_module(module: torch.nn.Module, example_inputs):
     for node in ep.graph.nodes:
         b.where = f"'{node.name}' ({node.target})"
         if node.op == "placeholder":
-            if node.name in params:
-                target = params[node.name]
-                val = state[target]
-                if target in sig.inputs_to_parameters.values() or len(val.shape) >= 1 and val.requires_grad:
-                    env[node.name] = b.weight(target, tuple(val.shape))
-                elif target in dict(ep.named_parameters()):
-                    env[node.name] = b.weight(target, tuple(val.shape))
-                else:
-                    env[node.name] = b.const(val.detach().float().numpy())
-            elif node.name in sig.inputs_to_lifted_tensor_constants:
-                env[node.name] = b.const(state[sig.inputs_to_lifted_tensor_constants[node.name]].float().numpy())
+            if node.name in sig.inputs_to_parameters:         # bound at load time, never read here
+                target = sig.inputs_to_parameters[node.name]
+                env[node.name] = b.weight(target, tuple(state[target].shape))
+            elif node.name in tensors:                         # buffers and constants: a weight or a constant by use
+                target = tensors[node.name]
+                val = state[target].detach()
+                env[node.name] = b.initializer(target, tuple(val.shape), val.float().numpy() if val.numel() <= 1 << 16 else None)
             continue
         if node.op == "output":
             outs = [env.get(a.name) if hasattr(a, "name") else a for a in node.args[0]]
@@ -132,7 +128,3 @@ def _c(b: GraphBuilder, a):
     if isinstance(a, (int, float)) and not isinstance(a, bool):
         return b.const(a)
     return a
-
-
-def weight_specs(module: torch.nn.Module) -> dict[str, tuple]:
-    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
