@@ -62,6 +62,13 @@ def test_compiling_twice_gives_identical_bytes(tiny_l20, tmp_path):
     assert again.manifest_bytes() == art.manifest_bytes()
 
 
+def test_bytes_do_not_depend_on_the_working_directory(tiny_l20, tmp_path, monkeypatch):
+    art, _ = tiny_l20
+    monkeypatch.chdir(tmp_path)
+    again = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="L20"))
+    assert again.files == art.files
+
+
 def test_kernel_cu_is_self_contained(tiny_l20):
     art, _ = tiny_l20
     source = art.files["kernel.cu"].decode()

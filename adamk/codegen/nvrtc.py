@@ -12,7 +12,9 @@ import re
 from ..errors import ToolchainError
 
 MAX_PTX_ISA = (9, 0)
-OPTIONS = ["-std=c++17", "-lineinfo", "--extra-device-vectorization"]
+# No -lineinfo: it records the working directory, so the same input compiled from another
+# directory would give other bytes. Recompile the artifact's kernel.cu with it to profile lines.
+OPTIONS = ["-std=c++17", "--extra-device-vectorization"]
 
 
 @dataclasses.dataclass(frozen=True)
