@@ -34,9 +34,7 @@ class Artifact:
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
         dest = Path(path)
-        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-            if not force:
-                raise AdamkError(f"output directory {dest} exists and is not empty (use --force to replace it)")
+        check_output_dir(dest, force)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
         try:
@@ -56,6 +54,12 @@ class Artifact:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return dest
+
+
+def check_output_dir(dest: Path, force: bool):
+    """Refuse to replace anything but an empty directory unless forced."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
+        raise AdamkError(f"output directory {dest} exists and is not empty (use --force to replace it)")
 
 
 def read_manifest(path: str | os.PathLike) -> dict:

@@ -62,10 +62,10 @@ def _progress(name: str):
 def compile(model, gpu, batch_size, max_seq_len, tile_rows, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
     from . import compiler
+    from .artifact import check_output_dir
     from .config import CompileConfig
     config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not force:
-        raise AdamkError(f"output directory {output} exists and is not empty (use --force to replace it)")
+    check_output_dir(output, force)          # before a long compile, not after it
     if not model.exists():
         raise AdamkError(f"{model}: no such file")
     artifact = compiler.compile(str(model), config, dump_dir=dump_ir, progress=_progress)

@@ -49,6 +49,11 @@ class HFStyleLayer(DecoderLayer):
     """Same function, written the other common way: x * sigmoid(x) SiLU, scores * scale,
     weight * normed with the cast after, attention output through transpose."""
 
+    def rope_tables(self, pos):
+        freqs = pos.float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos(), emb.sin()
+
     def forward(self, x, pos, k_cache, v_cache):
         c = self.cfg
         nh, nkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
@@ -56,9 +61,7 @@ class HFStyleLayer(DecoderLayer):
         q = self.q_proj(h).view(1, 1, nh, hd).transpose(1, 2)
         k = self.k_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
         v = self.v_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
-        freqs = pos.float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos(), emb.sin()
+        cos, sin = self.rope_tables(pos)
         half = hd // 2
         q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
         k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
@@ -120,41 +123,21 @@ def test_random_layer_helper_is_seeded_freshly():
     assert not torch.equal(random_layer().q_proj.weight, random_layer().q_proj.weight)
 
 
-class MatmulRopeLayer(DecoderLayer):
+class MatmulRopeLayer(HFStyleLayer):
     """RoPE angles as an outer product, the way transformers <= 5.17 writes its rotary embedding."""
 
-    def forward(self, x, pos, k_cache, v_cache):
+    def rope_tables(self, pos):
         position_ids = pos.view(1, 1)
         inv = self.inv_freq[None, :, None].expand(position_ids.shape[0], -1, 1).to(dtype=torch.float)
         freqs = (inv @ position_ids[:, None, :].float()).transpose(1, 2)
         emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos() * 1.0, emb.sin() * 1.0
-        c = self.cfg
-        nh, nkv, hd = c.num_heads, c.num_kv_heads, c.head_dim
-        h = self.input_layernorm(x)
-        q = self.q_proj(h).view(1, 1, nh, hd).transpose(1, 2)
-        k = self.k_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
-        v = self.v_proj(h).view(1, 1, nkv, hd).transpose(1, 2)
-        half = hd // 2
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q = q * cos + torch.cat((-q[..., half:], q[..., :half]), dim=-1) * sin
-        k = k * cos + torch.cat((-k[..., half:], k[..., :half]), dim=-1) * sin
-        k_cache.index_copy_(2, pos.view(1), k)
-        v_cache.index_copy_(2, pos.view(1), v)
-        keys = k_cache.repeat_interleave(nh // nkv, dim=1)
-        values = v_cache.repeat_interleave(nh // nkv, dim=1)
-        scores = torch.matmul(q, keys.transpose(2, 3)) / math.sqrt(hd)
-        scores = scores.masked_fill(torch.arange(c.max_seq_len) > pos, float("-inf"))
-        attn = torch.matmul(torch.softmax(scores, dim=-1), values).transpose(1, 2).reshape(1, nh * hd)
-        x = x + self.o_proj(attn)
-        h = self.post_attention_layernorm(x)
-        return x + self.down_proj(torch.nn.functional.silu(self.gate_proj(h)) * self.up_proj(h))
+        return (emb.cos() * 1.0).unsqueeze(1), (emb.sin() * 1.0).unsqueeze(1)
 
 
 def test_outer_product_rope_is_recognised_by_both_frontends(tmp_path):
     from adamk.frontend.onnx_frontend import import_onnx
     layer = MatmulRopeLayer(PRESETS["tiny"], seed=4)
-    ref = graph_of(DecoderLayer(PRESETS["tiny"], seed=4))
+    ref = graph_of(HFStyleLayer(PRESETS["tiny"], seed=4))     # the same layer with elementwise RoPE
     assert graph_of(layer).is_structurally_equivalent(ref)
     path = tmp_path / "m.onnx"
     torch.onnx.export(layer, layer.example_inputs(), dynamo=True, opset_version=18, verbose=False,
