@@ -54,17 +54,23 @@ def _progress(name: str):
 @click.option("--batch-size", default=1, show_default=True, type=int)
 @click.option("--max-seq-len", default=None, type=int, help="KV cache length (default: the model's).")
 @click.option("--tile-rows", default=16, show_default=True, type=int, help="Output rows per linear task.")
+@click.option("--stages", default=None, type=int,
+              help="Weight stages in flight per SM (default: the GPU's, see `adamk gpus`).")
+@click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
+              help="Bytes of one weight stage; reductions are K-split to fit it.")
+@click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
 @click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
               help="Also write the IR after every pass into this directory.")
-def compile(model, gpu, batch_size, max_seq_len, tile_rows, output, force, dump_ir):
+def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes, no_ksplit, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
     from . import compiler
     from .artifact import check_output_dir
     from .config import CompileConfig
-    config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows)
+    config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows,
+                           stages=stages, stage_bytes=stage_bytes, ksplit=not no_ksplit)
     check_output_dir(output, force)          # before a long compile, not after it
     if not model.exists():
         raise AdamkError(f"{model}: no such file")
@@ -73,7 +79,8 @@ def compile(model, gpu, batch_size, max_seq_len, tile_rows, output, force, dump_
     m = artifact.manifest
     err_console.print(f"wrote {output}/ for {m['target']['gpu']} ({m['target']['arch']}): "
                       f"{len(m['tasks'])} tasks on {m['kernel']['grid']} SMs, "
-                      f"{m['smem_peak_bytes']} B shared memory per block", soft_wrap=True)
+                      f"{m['smem_peak_bytes']} B shared memory per block "
+                      f"({m['smem_peak_bytes_without_ksplit']} B without K-splitting)", soft_wrap=True)
 
 
 @main.command()
@@ -91,7 +98,9 @@ def inspect(artifact):
         f"{model['layers']} layer(s)",
         f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
         f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
-        f"shared mem    {m['smem_peak_bytes']} B per block (budget {m['target']['smem_per_block']} B)",
+        f"shared mem    {m['smem_peak_bytes']} B per block with {k['stages']} weight stages in flight "
+        f"(budget {m['target']['smem_per_block']} B); best plan without K-splitting: "
+        f"{m['smem_peak_bytes_without_ksplit']} B",
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
         f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
         f"{m['target']['dram_gbps']:.0f} GB/s",
@@ -112,7 +121,8 @@ def gpus(as_json):
     if as_json:
         click.echo(json.dumps({n: g.__dict__ for n, g in GPUS.items()}, indent=2))
         return
-    click.echo(f"{'gpu':8s} {'arch':6s} {'SMs':>4s} {'smem/SM':>8s} {'smem/block':>10s} {'L2':>6s} {'DRAM GB/s':>9s}")
+    click.echo(f"{'gpu':8s} {'arch':6s} {'SMs':>4s} {'smem/SM':>8s} {'smem/block':>10s} {'L2':>6s} {'DRAM GB/s':>9s} "
+               f"{'stages':>6s}")
     for g in GPUS.values():
         click.echo(f"{g.name:8s} {g.sm:6s} {g.num_sms:4d} {g.smem_per_sm // 1024:6d}KB {g.smem_per_block // 1024:8d}KB "
-                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f}")
+                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d}")

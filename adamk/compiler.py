@@ -7,7 +7,7 @@ import os
 
 from xdsl.dialects.builtin import ModuleOp
 
-from . import __version__
+from . import __version__, smem
 from .artifact import Artifact, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
 from .codegen.nvrtc import compile_cuda
@@ -17,6 +17,7 @@ from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError
 from .passes.fuse import FusePass
+from .passes.ksplit import KSplitPass
 from .passes.tile import TilePass
 from .search.cost import CostModel, predict_step_us
 from .search.round_robin import RoundRobinSchedulePass
@@ -43,17 +44,23 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             _check_max_seq_len(graph, config.max_seq_len)
         graph_text = print_module(graph)
         model_dims = _model_dims(graph)
-    with step("passes: fuse and tile into tasks"):
+    with step("passes: fuse, K-split and tile into tasks"):
         run(FusePass(), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
-        run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: one adamk.task per tile
+        smem_without_ksplit = _peak_without_ksplit(graph, config)
+        run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
+                       config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model
+        run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: parts, combines, one task per tile
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
-        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block), graph)
+        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth), graph)
         walk(graph)                                            # every wait satisfiable, counters balanced
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
         source = emit_cuda(graph, target, config.profile)      # straight-line program per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
+        if binaries.report["static_smem"]:                     # all shared memory must come from the model
+            raise AdamkError(f"internal: the kernel declares {binaries.report['static_smem']} B of static shared "
+                             "memory outside the shared-memory model")
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
              "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
@@ -65,6 +72,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             with open(os.path.join(dump_dir, name), "w") as f:
                 f.write(text)
     manifest = _manifest(graph, graph_text, config, binaries)
+    manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
     manifest["model"] = model_dims
     manifest["predicted_at_pos"] = pos = min(512, model_dims["max_seq_len"] - 1)
     manifest["predicted_step_us"] = round(predict_step_us(graph, CostModel.for_gpu(target), pos), 1)
@@ -99,6 +107,15 @@ def _model_dims(graph: ModuleOp) -> dict:
             "intermediate_size": max((n for n, k in linears if k == hidden), default=0)}
 
 
+def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
+    """The smem figure of the best plan without K-splitting at the same bytes in flight (smem.py)."""
+    from .dialects.graph import AttentionOp, LinearOp, shape_of
+    ops = list(next(iter(graph.ops)).body.block.ops)
+    return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in ops if isinstance(o, LinearOp)],
+                                    [o.head_dim.value.data for o in ops if isinstance(o, AttentionOp)],
+                                    config.depth, config.stage_bytes, config.tile_rows)
+
+
 def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):
     fn = next(iter(graph.ops))
     traced = list(fn.body.block.args[2].type.get_shape())[2]
@@ -123,7 +140,8 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "model_signature": sha256(graph_text.encode()),
         "kernel": {"name": KERNEL_NAME, "grid": sched.num_sms.value.data,
                    "block_threads": sched.block_threads.value.data,
-                   "smem_bytes": sched.smem_bytes.value.data, "registers": report["registers"],
+                   "smem_bytes": sched.smem_bytes.value.data, "stages": sched.stages.value.data,
+                   "registers": report["registers"],
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),
                    "profile": config.profile, "args": list(KERNEL_ARGS)},

@@ -15,7 +15,10 @@ class CompileConfig:
     batch_size: int = 1
     max_seq_len: int | None = None    # None: take it from the traced KV cache
     dtype: str = "bf16"               # storage of weights, KV cache, input and output
-    tile_rows: int = 16               # output rows of one linear task
+    tile_rows: int = 16               # output rows of one linear task (the spatial axis of the smem model)
+    stages: int | None = None         # weight stages in flight per SM (temporal axis); None: the GPU's default
+    stage_bytes: int = 32 * 1024      # bytes of one weight stage the K-split pass aims for
+    ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
 
@@ -25,14 +28,24 @@ class CompileConfig:
             raise NotImplementedError(f"batch_size={self.batch_size}: only batch 1 decode is implemented")
         if self.dtype != "bf16":
             raise NotImplementedError(f"dtype={self.dtype}: only bf16 storage is implemented")
-        if self.tile_rows <= 0 or self.tile_rows % (BLOCK_THREADS // 32):
-            raise AdamkError(f"tile_rows={self.tile_rows} must be a positive multiple of {BLOCK_THREADS // 32} (warps per block)")
+        warps = BLOCK_THREADS // 32
+        if self.tile_rows <= 0 or (self.tile_rows % warps and warps % self.tile_rows):
+            raise AdamkError(f"tile_rows={self.tile_rows} must be a multiple of {warps} (warps per block) "
+                             f"or divide it")
+        if self.stages is not None and not 1 <= self.stages <= 8:
+            raise AdamkError(f"stages={self.stages} outside 1..8")
+        if self.stage_bytes < 256 or self.stage_bytes % 16:
+            raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
         if self.num_sms is not None and not 0 < self.num_sms <= target.num_sms:
             raise AdamkError(f"num_sms={self.num_sms} outside 1..{target.num_sms} for {target.name}")
 
     @property
     def target(self):
         return get_gpu(self.gpu)
+
+    @property
+    def depth(self) -> int:
+        return self.stages or self.target.weight_stages
 
     @property
     def blocks(self) -> int:

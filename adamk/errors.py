@@ -25,5 +25,13 @@ class ToolchainError(AdamkError):
     """NVRTC or the driver refused the generated code."""
 
 
-class KernelTimeoutError(RuntimeError):
+class KernelError(RuntimeError):
+    """The megakernel stopped itself and left a diagnosis in its error record."""
+
+
+class KernelTimeoutError(KernelError):
     """A spin-wait in the megakernel ran past its timeout (a schedule or runtime bug)."""
+
+
+class KernelSharedMemoryError(KernelError):
+    """A task needed more dynamic shared memory than the launch gave (a model or runtime bug)."""

@@ -2,9 +2,9 @@
 
 It walks the SMs' programs with the schedule validator's interleaving (so a deadlock is
 found the same way), and runs each `adamk.exec` with the same tiling as the GPU: a linear
-task computes only its rows from the prologue-applied input vector, an attention task
-handles one KV head with its whole query group, rotating and appending k/v at `pos`
-first. Activations start as NaN, so a read of something no task wrote shows up in the
+task computes only its rows (and its K-part's columns) from the prologue-applied input
+vector, an attention task handles one query head (or its part of the sequence), the
+group's first rotating and appending k/v at `pos`; combine tasks add the parts in order. Activations start as NaN, so a read of something no task wrote shows up in the
 result. It is the first oracle for the passes, before any GPU.
 """
 from __future__ import annotations
@@ -15,6 +15,9 @@ from xdsl.dialects.builtin import ModuleOp
 from .dialects.schedule import ExecOp
 from .dialects.task import BufferOp
 from .search.validate import walk
+
+
+EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
 
 
 def _silu(x):
@@ -66,6 +69,7 @@ class Simulator:
 
     def _linear(self, op: ExecOp):
         begin, end = op.tile_range
+        k0, k_len = op.k_range
         xs = self._vec(op, "input").astype(np.float32)
         prologue = op.param("prologue")
         if prologue == "silu_mul":
@@ -73,13 +77,26 @@ class Simulator:
         elif prologue == "rmsnorm":
             eps = np.float32(op.param("eps"))
             xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * self._vec(op, "norm_weight")
-        w = self.mem[op.buffer("weight")][begin:end]
-        acc = (w @ xs).astype(np.float32)
+        w = self.mem[op.buffer("weight")][begin:end, k0:k0 + k_len]
+        acc = (w @ xs[k0:k0 + k_len]).astype(np.float32)
+        if op.k_split.value.data > 1:                 # a part: its row of the partial sums
+            self.mem[op.buffer("out")][op.k_index.value.data, begin:end] = acc
+            return
+        self._finish(op, begin, end, acc)
+
+    def _finish(self, op: ExecOp, begin: int, end: int, acc: np.ndarray):
         if op.buffer("bias"):
             acc = acc + self._vec(op, "bias")[begin:end]
         if op.buffer("residual"):
             acc = acc + self._vec(op, "residual")[begin:end]
         self._vec(op, "out")[begin:end] = acc
+
+    def _linear_combine(self, op: ExecOp):
+        begin, end = op.tile_range
+        acc = np.zeros(end - begin, np.float32)
+        for part in self.mem[op.buffer("partial")][:, begin:end]:   # in part order, as the kernel
+            acc = acc + part
+        self._finish(op, begin, end, acc)
 
     def _attention(self, op: ExecOp):
         h, _ = op.tile_range
@@ -90,11 +107,38 @@ class Simulator:
         rope = (lambda v: _rope(v, np.array(inv_freq.get_values(), np.float32), self.pos)) if inv_freq else (lambda v: v)
         k_cache, v_cache = self.mem[op.buffer("k_cache")][0, g], self.mem[op.buffer("v_cache")][0, g]
         k_new, v_new = rope(self._vec(op, "k")[g * hd:(g + 1) * hd]), self._vec(op, "v")[g * hd:(g + 1) * hd]
-        if h % group == 0:           # the group's first query head appends the new row
+        if h % group == 0 and op.k_index.value.data == 0:   # part 0 of the group's first head appends the row
             k_cache[self.pos], v_cache[self.pos] = k_new, v_new
         keys = np.concatenate([k_cache[: self.pos], k_new[None]])       # row pos from the task itself
         values = np.concatenate([v_cache[: self.pos], v_new[None]])
         q = rope(self._vec(op, "q")[h * hd:(h + 1) * hd]) * scale
-        scores = keys @ q
-        p = np.exp(scores - scores.max())
-        self._vec(op, "out")[h * hd:(h + 1) * hd] = (p @ values) / p.sum()
+        parts, j = op.k_split.value.data, op.k_index.value.data
+        if parts == 1:
+            scores = keys @ q
+            p = np.exp(scores - scores.max())
+            self._vec(op, "out")[h * hd:(h + 1) * hd] = (p @ values) / p.sum()
+            return
+        share = (self.pos + parts) // parts                 # this part's positions, as attention.cuh
+        t0 = min(j * share, self.pos + 1)
+        t1 = min(t0 + share, self.pos + 1)
+        state = self.mem[op.buffer("out")][j, h]             # (acc[hd], max, sum), unnormalised
+        if t0 == t1:
+            state[:hd], state[hd], state[hd + 1] = 0.0, EMPTY, 0.0
+            return
+        scores = keys[t0:t1] @ q
+        m = scores.max()
+        p = np.exp(scores - m)
+        state[:hd], state[hd], state[hd + 1] = p @ values[t0:t1], m, p.sum()
+
+    def _attention_combine(self, op: ExecOp):
+        h0, h1 = op.tile_range
+        hd = op.param("head_dim")
+        state = self.mem[op.buffer("partial")][:, h0:h1]   # [parts, heads, hd + 2]
+        m = state[:, :, hd].max(axis=0)
+        c = np.exp(state[:, :, hd] - m)                    # [parts, heads]
+        num = np.zeros((h1 - h0, hd), np.float32)
+        den = np.zeros(h1 - h0, np.float32)
+        for j in range(state.shape[0]):                    # in part order, as the kernel
+            num = num + state[j, :, :hd] * c[j, :, None]
+            den = den + state[j, :, hd + 1] * c[j]
+        self._vec(op, "out")[h0 * hd:h1 * hd] = (num / den[:, None]).reshape(-1)

@@ -1,25 +1,129 @@
-"""Shared-memory footprint of each task body, in bytes.
+"""The shared-memory model: how many bytes every task and every SM's program need.
 
-This is the one place that knows how a task body lays out its shared memory; the tiling
-pass stamps it on every task, the scheduler sizes the kernel's dynamic shared memory as
-the maximum over the tasks it places, and csrc/kernels/*.cuh carve the same buffers in
-the same order. (The 3D model with K-splitting and prefetch depth replaces this.)
+It is the one source of truth for the passes, the schedule and codegen (docs/smem.md).
+A task's footprint has three axes:
+
+- spatial: the tile, `tile_rows` output rows of a linear;
+- reduction: `k_chunk`, the columns of one K-split part (K itself when k_split = 1);
+- temporal: `depth`, the weight stages an SM keeps in flight. A linear task's weights
+  (tile_rows x k_chunk bf16) are copied into a stage with cp.async; the stages form a
+  ring, so while one task computes from its stage the next depth - 1 linear tasks of the
+  SM already stream into theirs, before their inputs are ready.
+
+A task's *work area* holds what it computes with besides weights (the prologue-applied
+input slice of a linear, the query / new key and value / per-warp partials of an
+attention part). An SM's dynamic shared memory is laid out as
+
+    [ stage 0 | stage 1 | ... | stage depth-1 ][ work area ]
+      slot_bytes each (its largest stage)        its largest work area
+
+and every byte of it is live for the whole program (the ring is always full), so the
+live-buffer constraint at every point of the program is `SmPlan.peak <= budget`. The
+kernel's size is the largest peak over its SMs. csrc/kernels/*.cuh carve the same
+buffers through `WeightStage` / `LinearWork` / `AttentionWork`, and the generated kernel
+static_asserts those equal the figures here.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from .config import BLOCK_THREADS
 
-F32 = 4
+BF16, F32 = 2, 4
 WARPS = BLOCK_THREADS // 32
-REDUCE_SCRATCH = 32 * F32   # one float per warp for block-wide reductions, padded to 32
+REDUCE_SCRATCH = 32 * F32   # one float per warp for block reductions, padded to 32
 
 
-def linear_task(k: int) -> int:
-    """xs[K] (the prologue-applied input vector, float) + reduction scratch."""
-    return k * F32 + REDUCE_SCRATCH
+def k_chunk(k: int, k_split: int) -> int:
+    """Columns of one K-split part: K / k_split rounded up to 8 (rows move 16 bytes at a time)."""
+    if k_split == 1:
+        return k
+    return -(-k // k_split) + 7 & ~7
 
 
-def attention_task(head_dim: int) -> int:
-    """qs, knew, vnew [head_dim] each (the rotated query, the new key and value rows)
-    + per-warp partials [warps][head_dim + 2]."""
+def k_parts(k: int, k_split: int) -> list[tuple[int, int]]:
+    """(k0, k_len) of every part; the last may be shorter. Only non-empty parts exist."""
+    c = k_chunk(k, k_split)
+    return [(k0, min(c, k - k0)) for k0 in range(0, k, c)]
+
+
+def linear_stage_bytes(tile_rows: int, k_chunk: int) -> int:
+    """One weight stage: tile_rows x k_chunk bf16 (`WeightStage` in linear.cuh)."""
+    return tile_rows * k_chunk * BF16
+
+
+def linear_work_bytes(k_chunk: int) -> int:
+    """xs[k_chunk] floats (the prologue-applied input slice) + reduction scratch (`LinearWork`)."""
+    return k_chunk * F32 + REDUCE_SCRATCH
+
+
+def attention_work_bytes(head_dim: int) -> int:
+    """qs, knew, vnew [head_dim] floats + per-warp partials [warps][head_dim + 2] (`AttentionWork`)."""
     return (3 * head_dim + WARPS * (head_dim + 2)) * F32
+
+
+@dataclasses.dataclass(frozen=True)
+class Footprint:
+    """A task's shared memory: its weight stage (0: none) and its work area."""
+    stage: int
+    work: int
+
+    def alone(self, depth: int) -> int:
+        """Bytes an SM needs to run this task with `depth` stages of its size in flight."""
+        return (depth * self.stage if self.stage else 0) + self.work
+
+
+@dataclasses.dataclass(frozen=True)
+class SmPlan:
+    """One SM's layout: `depth` slots of `slot_bytes`, then the work area."""
+    depth: int
+    slot_bytes: int
+    work_bytes: int
+
+    def stage_offset(self, i: int) -> int:
+        """Offset of the stage of the SM's i-th linear task (the ring wraps every `depth`)."""
+        return (i % self.depth) * self.slot_bytes
+
+    @property
+    def work_offset(self) -> int:
+        return self.depth * self.slot_bytes
+
+    @property
+    def peak(self) -> int:
+        return self.work_offset + self.work_bytes
+
+
+def sm_plan(footprints, depth: int) -> SmPlan:
+    footprints = list(footprints)
+    slot = max((f.stage for f in footprints), default=0)
+    return SmPlan(depth if slot else 0, slot, max((f.work for f in footprints), default=0))
+
+
+def bytes_in_flight(depth: int, stage_bytes: int) -> int:
+    return depth * stage_bytes
+
+
+def unsplit_rows(k: int, stage_bytes: int, tile_rows: int) -> int:
+    """Rows of the best tile without K-splitting whose stage fits `stage_bytes`
+    (at least one row; at most `tile_rows`)."""
+    return fitting_tile_rows(min(tile_rows, stage_bytes // linear_stage_bytes(1, k)))
+
+
+def fitting_tile_rows(rows: int) -> int:
+    """The largest tile the device code takes that is <= rows: a multiple of the warps
+    (a warp per row or more rows per warp) or a power of two below it (warps share a row)."""
+    if rows >= WARPS:
+        return rows // WARPS * WARPS
+    return 1 << max(0, rows.bit_length() - 1)
+
+
+def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, stage_bytes: int,
+                        tile_rows: int) -> int:
+    """Peak of an SM that runs a task of every op under the best plan without K-splitting at
+    the same bytes in flight: every linear keeps its whole K per stage, so it takes the most
+    rows whose stage fits `stage_bytes`, and its work area holds all K inputs."""
+    fps = [Footprint(linear_stage_bytes(unsplit_rows(k, stage_bytes, tile_rows), k), linear_work_bytes(k))
+           for k in linear_ks]
+    fps += [Footprint(0, attention_work_bytes(hd)) for hd in head_dims]
+    return sm_plan(fps, depth).peak
+

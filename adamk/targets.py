@@ -17,6 +17,8 @@ class GPU:
     smem_per_block: int       # largest opt-in dynamic shared memory of one block, bytes
     l2_bytes: int
     dram_gbps: float          # datasheet DRAM bandwidth, GB/s
+    weight_stages: int        # default weight stages in flight per SM: enough bytes in flight to cover
+                              # the DRAM latency at this SM's share of the bandwidth, within smem_per_block
 
     @property
     def sm(self) -> str:
@@ -24,11 +26,11 @@ class GPU:
 
 
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0),
-    GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0),
-    GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0),
-    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0),
-    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0),
+    GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2),
+    GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2),
+    GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0, 2),
+    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0, 4),
+    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0, 4),
 ]}
 
 _ALIASES = {"RTX 4090": "RTX4090", "4090": "RTX4090", "H100 SXM": "H100", "H100-SXM": "H100"}

@@ -41,13 +41,13 @@ def test_graph_verifiers_name_the_value_at_fault():
 def test_task_and_schedule_verifiers():
     verify_fails(BufferOp("w", "scratch", [4], "bf16"), "@w: unknown role 'scratch'")
     verify_fails(BufferOp("w", "weight", [4, 0], "bf16"), "non-positive extent")
-    props = TaskOp.body_properties("q.r0", "linear", "q", (0, 16), {"input": "x", "out": "q"}, {}, 64)
+    props = TaskOp.body_properties("q.r0", "linear", "q", (0, 16), {"input": "x", "out": "q"}, {})
     verify_fails(TaskOp([], props), r"@q.r0: linear task lacks buffers \['weight'\]")
-    props = TaskOp.body_properties("q.r0", "linear", "q", (16, 16), {"input": "x", "weight": "w", "out": "q"}, {}, 64)
+    props = TaskOp.body_properties("q.r0", "linear", "q", (16, 16), {"input": "x", "weight": "w", "out": "q"}, {})
     verify_fails(TaskOp([], props), r"tile \[16, 16\] is not a non-empty")
-    props = TaskOp.body_properties("q.r0", "gemm", "q", (0, 16), {}, {}, 64)
+    props = TaskOp.body_properties("q.r0", "gemm", "q", (0, 16), {}, {})
     verify_fails(TaskOp([], props), "unknown kind 'gemm'")
-    verify_fails(ScheduleOp(2, 256, 0, [SmOp(1), SmOp(0)]), r"expected adamk.sm 0..1 in order, got \[1, 0\]")
+    verify_fails(ScheduleOp(2, 256, 1, [SmOp(1), SmOp(0)]), r"expected adamk.sm 0..1 in order, got \[1, 0\]")
     verify_fails(WaitOp("c", 0), "count must be positive")
     verify_fails(CounterOp("c", 0, 0), "per_step must be positive")
 

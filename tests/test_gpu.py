@@ -6,7 +6,8 @@ import torch
 
 import adamk
 import adamk.frontend.onnx_frontend
-from adamk.errors import KernelTimeoutError
+from adamk.errors import KernelSharedMemoryError, KernelTimeoutError
+from adamk.runtime import driver as cu
 from adamk.models import PRESETS, DecoderLayer
 
 pytestmark = pytest.mark.gpu
@@ -29,39 +30,57 @@ def bf16_layer(preset: str) -> DecoderLayer:
 def compiled(tmp_path_factory):
     cache = {}
 
-    def get(preset, gpu):
-        if (preset, gpu) not in cache:
+    def get(preset, gpu, **options):
+        key = (preset, gpu, tuple(sorted(options.items())))
+        if key not in cache:
             layer = bf16_layer(preset)
-            art = adamk.compile(layer, adamk.CompileConfig(gpu=gpu))
+            art = adamk.compile(layer, adamk.CompileConfig(gpu=gpu, **options))
             path = art.save(tmp_path_factory.mktemp(f"{preset}-{gpu}"))
-            cache[preset, gpu] = (layer, path)
-        return cache[preset, gpu]
+            cache[key] = (layer, path)
+        return cache[key]
     return get
+
+
+def draw_inputs(step, cfg):
+    """Fresh random x and KV history, loaded into the step's cache; returns x and the history."""
+    x = torch.randn(1, cfg.hidden_size).bfloat16().cuda()
+    kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim).bfloat16().cuda()
+    vc = torch.randn_like(kc)
+    step.k_cache.copy_(kc)
+    step.v_cache.copy_(vc)
+    return x, kc, vc
+
+
+# (preset, gpu, options): both targets with the default plan (on the 1B layer: linears split over
+# K, attention over the sequence), every reduction of the tiny layer split (512 B stages), and
+# plans without K-splitting.
+PLANS = [("tiny", "L20", {}), ("tiny", "H100", {}), ("tiny", "H100", {"stage_bytes": 512}),
+         ("tiny", "L20", {"ksplit": False}), ("llama-3.2-1b", "L20", {}), ("llama-3.2-1b", "H100", {}),
+         ("llama-3.2-1b", "H100", {"ksplit": False})]
 
 
 def positions(cfg):
     return sorted({p for p in (0, 1, 511, cfg.max_seq_len - 1) if p < cfg.max_seq_len})
 
 
-@pytest.mark.parametrize("gpu", ["L20", "H100"])
-@pytest.mark.parametrize("preset", ["tiny", "llama-3.2-1b"])
-def test_layer_matches_float32_reference(compiled, preset, gpu):
-    layer, path = compiled(preset, gpu)
+@pytest.mark.parametrize("preset,gpu,options", PLANS)
+def test_layer_matches_float32_reference(compiled, preset, gpu, options):
+    layer, path = compiled(preset, gpu, **options)
     cfg = layer.cfg
     step = adamk.load(path, layer)
+    split = options.get("ksplit", True)
+    suffixes = {t.rsplit(".", 1)[-1][0] for t in step.manifest["tasks"]}   # .k<j>: K-part, .s<j>: sequence part
+    assert ("k" in suffixes) == (split and (preset != "tiny" or "stage_bytes" in options))
+    assert ("s" in suffixes) == split
     ref_layer = layer.cuda()
     for pos in positions(cfg):
-        x = torch.randn(1, cfg.hidden_size).bfloat16().cuda()
-        kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim).bfloat16().cuda()
-        vc = torch.randn_like(kc)
-        step.k_cache.copy_(kc)
-        step.v_cache.copy_(vc)
+        x, kc, vc = draw_inputs(step, cfg)
         y = step(x, pos)
         ref_k, ref_v = kc.float().clone(), vc.float().clone()
         with torch.no_grad():
             ref = ref_layer(x.float(), torch.tensor(pos, device="cuda"), ref_k, ref_v)
         assert torch.isfinite(y.float()).all()
-        assert rel(y, ref) <= 1e-2, (preset, gpu, pos, rel(y, ref))
+        assert rel(y, ref) <= 1e-2, (preset, gpu, options, pos, rel(y, ref))
         assert rel(step.k_cache[:, :, pos], ref_k[:, :, pos]) <= 1e-2
         assert rel(step.v_cache[:, :, pos], ref_v[:, :, pos]) <= 1e-2
         others = [t for t in range(cfg.max_seq_len) if t != pos]
@@ -75,6 +94,21 @@ def test_kernel_shape_matches_target(compiled):
         step = adamk.load(path, layer)
         assert step.grid == blocks
         assert step.loaded_from == ("ptx" if gpu == "L20" else "cubin")
+
+
+def test_shared_memory_is_the_models_to_the_byte(compiled):
+    """The kernel has no static shared memory, the launch gives exactly the model's figure, and a
+    launch one byte short is caught by the task whose buffers pass the end."""
+    layer, path = compiled("tiny", "H100", stage_bytes=512)
+    step = adamk.load(path, layer, timeout_s=0.2)
+    assert cu.function_attribute(step.fn, "SHARED_SIZE_BYTES") == 0
+    assert cu.function_attribute(step.fn, "MAX_DYNAMIC_SHARED_SIZE_BYTES") == step.manifest["smem_peak_bytes"]
+    x, _, _ = draw_inputs(step, layer.cfg)
+    assert torch.isfinite(step(x, 5).float()).all()
+    step.smem -= 1
+    with pytest.raises(KernelSharedMemoryError, match=rf"task '.*' on block \d+ needs {step.smem + 1} B of shared "
+                                                      rf"memory; the launch gave {step.smem} B"):
+        step(x, 5)
 
 
 def test_wait_timeout_names_task_and_counter(compiled):

@@ -1,5 +1,6 @@
 """ONNX frontend, the `adamk` CLI, and the artifact contract for CI pipelines."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,7 +96,8 @@ def test_dump_ir_writes_ir_after_each_pass(tiny_onnx, tmp_path):
     code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--dump-ir", tmp_path / "ir")
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
-    assert names == ["00-fuse.mlir", "01-tile.mlir", "02-schedule-round-robin.mlir"]
+    assert names == ["00-fuse.mlir", "01-ksplit.mlir", "02-tile.mlir", "03-schedule-round-robin.mlir"]
+    assert "k_split = 15" in (tmp_path / "ir" / "01-ksplit.mlir").read_text()    # attention: 92 SMs // 6 heads
 
 
 # ---- bad input: one line on stderr, exit 1, no traceback, no output directory ----------------
@@ -141,6 +143,14 @@ def test_missing_initializer(tiny_onnx, tmp_path):
     onnx.save(model, str(path))
     code, _, err = cli("compile", path, "-o", tmp_path / "out")
     assert_user_error(code, err, "reads 'up_proj.weight', which no node, graph input or initializer provides")
+
+
+def test_plan_that_cannot_fit_names_op_footprint_and_budget(tiny_onnx, tmp_path):
+    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--stages", "8", "--tile-rows", "64")
+    assert_user_error(code, err, "of shared memory per block")
+    assert re.search(r"error: linear '[\w.]+' \(64 rows x \d+ of K=\d+\) needs 8 weight stages x \d+ B \+ a \d+ B "
+                     r"work area = \d+ B of shared memory per block; L20 allows 101376 B", err), err
+    assert not (tmp_path / "o").exists()
 
 
 def test_shape_the_kernel_cannot_take(tmp_path):

@@ -7,6 +7,7 @@ from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmO
 from adamk.dialects.task import BufferOp, TaskOp
 from adamk.errors import ScheduleError, UnsupportedShapeError
 from adamk.models import DecoderLayer, LlamaConfig
+from adamk.passes.fuse import FusePass
 from adamk.search.validate import walk
 from helpers import lower, random_layer
 
@@ -84,28 +85,35 @@ def test_round_robin_schedule_waits_once_per_producer_and_signals_consumed_count
     assert walk(schedule) == counters
 
 
-def test_smem_budget_error_names_the_op():
+def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
     from adamk.dialects import make_context
+    from adamk.passes.ksplit import KSplitPass
     from adamk.search.round_robin import RoundRobinSchedulePass
-    _, _, tasks, _ = lower(random_layer())
-    with pytest.raises(ScheduleError, match=r"task q_proj\.r0 of 'q_proj' needs \d+ B .* budget is 100 B"):
+    graph, _, tasks, _ = lower(random_layer())
+    FusePass().apply(make_context(), graph)
+    # q_proj: 16 rows x 136 columns of bf16 = 4352 B a stage; 3 stages + 136 floats + 128 B scratch
+    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 136 of K=136\) needs 3 weight "
+                                            r"stages x 4352 B \+ a 672 B work area = 13728 B .* L20 allows 9000 B"):
+        KSplitPass(16, 3, 32 * 1024, 9000, 7, "L20").apply(make_context(), graph)
+    # the schedule checks every SM's mix of tasks the same way
+    with pytest.raises(ScheduleError, match=r"SM 0 needs \d+ B .*the per-block budget is 100 B"):
         RoundRobinSchedulePass(num_sms=2, smem_budget=100).apply(make_context(), tasks)
 
 
 def test_validator_names_a_deadlock_cycle():
     props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
-                                                {}, 0)
+                                                {})
     sm0 = SmOp(0, [WaitOp("b.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
     sm1 = SmOp(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
-    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 0, [sm0, sm1])])
+    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 1, [sm0, sm1])])
     module.verify()
     with pytest.raises(ScheduleError, match=r"deadlocks: SM 0 at 'b.done' \(0/1\), SM 1 at 'a.done' \(0/1\)"):
         walk(module)
 
 
 def test_validator_catches_unbalanced_counters():
-    props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {}, 0)
+    props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {})
     sm0 = SmOp(0, [ExecOp(0, props), SignalOp("a.done", 2)])
-    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 0, [sm0])])
+    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, [sm0])])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
         walk(module)

@@ -3,9 +3,11 @@
 The output is one self-contained, readable `.cu`: the device library headers it uses
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
-the host fills it in the same order), one enumerator per counter, RoPE tables, and one
-function per SM that is a straight line of waits, task calls and signals. The kernel
-entry only dispatches on blockIdx.x.
+the host fills it in the same order), one enumerator per counter, static_asserts that the
+device library's shared-memory layouts are the model's (smem.py), RoPE tables, and one
+function per SM that is a straight line of weight staging, waits, task calls and signals,
+with the shared-memory offsets of the SM's plan. The kernel entry only dispatches on
+blockIdx.x.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from xdsl.dialects.builtin import ModuleOp
 from .. import __version__
 from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
+from .. import smem
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from ..targets import GPU
@@ -41,13 +44,14 @@ def f32_literal(v: float) -> str:
 class _Emitter:
     def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False):
         self.profile = profile
-        # bytes of upcoming weights each SM keeps in flight into L2: its share of a quarter of L2
-        self.prefetch_budget = min(256 * 1024, gpu.l2_bytes // 4 // gpu.num_sms)
         self.gpu = gpu
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
         self.schedule = schedule_of(module)
         self.tables: dict[tuple, str] = {}     # rope inv_freq values -> __constant__ name
+        self.asserts: set[str] = set()         # the device layouts agree with smem.py, per instantiation
+        self.waits: dict[str, int] = {"{0, {}, {}}": 0}   # Waits literal -> index in kWaits
+        self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (function name, first task, lines)
         names = [c_name(n) for n in self.buffers]
         if len(set(names)) != len(names):
             raise ValueError(f"buffer names collide once made C identifiers: {sorted(names)}")
@@ -71,71 +75,133 @@ class _Emitter:
             self.tables[key] = f"rope_inv_freq_{len(self.tables)}"
         return self.tables[key]
 
-    def waits_literal(self, waits: list[WaitOp], task_id: int) -> str:
+    def waits_ref(self, waits: list[WaitOp], task_id: int) -> str:
+        """kWaits[i], the table entry of this set of waits (entry 0: none)."""
         if len(waits) > MAX_WAITS:
             raise ValueError(f"task {task_id} waits on {len(waits)} counters; the device library takes {MAX_WAITS}")
         counters = ", ".join(c_name(w.counter.data) for w in waits)
         counts = ", ".join(f"{w.count.value.data}u" for w in waits)
-        return f"Waits{{{len(waits)}, {{{counters}}}, {{{counts}}}, {task_id}}}"
+        literal = f"{{{len(waits)}, {{{counters}}}, {{{counts}}}}}"
+        index = self.waits.setdefault(literal, len(self.waits))
+        return f"kWaits[{index}]"
 
-    def task_call(self, op: ExecOp, waits: list[WaitOp]) -> list[str]:
-        begin, end = op.tile_range
-        task_id = op.task_id.value.data
-        head = f"  // task {task_id}: {op.sym_name.data}"
-        w = self.waits_literal(waits, task_id)
-        if op.kind.data == "linear":
-            k = op.param("K")
+    def op_function(self, op: ExecOp) -> str:
+        """The name of the function that runs `op`'s kind of task for its op. Every task of one op
+        shares the op's constants (buffers, K, tiling), so they live in one small generated
+        function per op and a call site passes only what varies: the task's tile and part and
+        its plan's shared-memory offsets."""
+        kind, source = op.kind.data, op.source.data
+        key = (kind, source)
+        if key in self.functions:
+            first = self.functions[key][1]
+            if (first.buffers, first.params, first.k_split) != (op.buffers, op.params, op.k_split):
+                raise ValueError(f"tasks {first.sym_name.data} and {op.sym_name.data} of one op differ in constants")
+            return self.functions[key][0]
+        name = f"{kind}_{c_name(source)}"
+        buf = lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
+        split = op.k_split.value.data
+        if kind == "linear":
+            k, n, rows, chunk = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk"))
             eps = op.param("eps")
-            args = ["s", w, self.ptr(op.buffer("out")), self.ptr(op.buffer("weight")), self.ptr(op.buffer("input")),
-                    self.ptr(op.buffer("input2")), self.ptr(op.buffer("norm_weight"), "bf16_t"),
-                    f32_literal(eps if eps is not None else 0.0), self.ptr(op.buffer("bias"), "bf16_t"),
-                    self.ptr(op.buffer("residual")), str(begin), str(end)]
-            tmpl = f"{k}, {op.param('tile_rows')}, {PROLOGUES[op.param('prologue')]}"
-            call = [f"{head}, rows [{begin}, {end}) of {op.source.data}",
-                    f"  linear_task<{tmpl}>({', '.join(args)});"]
-        elif op.kind.data == "attention":
+            out = buf("out") + (f" + k_index * {n}" if split > 1 else "")
+            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
+                    "int stage_offset, int work_offset, int row_begin, int row_end, int k_index) {",
+                    f"  const int k0 = k_index * {chunk};",
+                    f"  linear_task<{chunk}, {rows}, {PROLOGUES[op.param('prologue')]}, "
+                    f"{self.schedule.stages.value.data}>(s, w, task, stage_offset, work_offset, {out}, {buf('input')}, "
+                    f"{buf('input2')}, {buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, "
+                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, {k}, k0, min({chunk}, {k} - k0), row_begin, row_end);",
+                    "}",
+                    f"__device__ __noinline__ void stage_{c_name(source)}(const Step& s, const Buffers& b, int task, "
+                    "int stage_offset, int row_begin, int row_end, int k_index) {",
+                    f"  const int k0 = k_index * {chunk};",
+                    f"  stage_weights<{rows}, {chunk}>(s, stage_offset, {buf('weight', 'bf16_t')}, {k}, row_begin, "
+                    f"row_end, k0, min({chunk}, {k} - k0), task);",
+                    "}"]
+            self.asserts.add(f"static_assert(WeightStage<{rows}, {chunk}>::kBytes == "
+                             f"{smem.linear_stage_bytes(rows, chunk)}, \"smem model: linear stage\");")
+            self.asserts.add(f"static_assert(LinearWork<{chunk}>::kBytes == {smem.linear_work_bytes(chunk)}, "
+                             "\"smem model: linear work area\");")
+        elif kind == "linear_combine":
+            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
+                    "int row_begin, int row_end) {",
+                    f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {split}, "
+                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
+                    "}"]
+        elif kind == "attention":
+            hd = op.param("head_dim")
             inv = op.params.data.get("rope_inv_freq")
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
-            args = ["s", w] + [self.ptr(op.buffer(r)) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
-            args += [table, f32_literal(op.param("scale")), str(begin), str(op.param("group")),
-                     str(op.param("max_seq_len"))]
-            call = [f"{head}, query head {begin} of {op.source.data}",
-                    f"  attention_task<{op.param('head_dim')}>({', '.join(args)});"]
+            args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
+                             + [table, f32_literal(op.param("scale"))])
+            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
+                    "int work_offset, int q_head, int split) {",
+                    f"  attention_task<{hd}>(s, w, task, work_offset, {args}, q_head, {op.param('group')}, "
+                    f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {split});",
+                    "}"]
+            self.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
+                             "\"smem model: attention work area\");")
+        elif kind == "attention_combine":
+            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
+                    "int head_begin, int head_end) {",
+                    f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
+                    f"{op.param('num_heads')}, {split}, head_begin, head_end);",
+                    "}"]
         else:
-            raise ValueError(f"no task body for kind '{op.kind.data}'")
+            raise ValueError(f"no task body for kind '{kind}'")
+        self.functions[key] = (name, op, body)
+        return name
+
+    def task_call(self, op: ExecOp, waits: list[WaitOp], plan: smem.SmPlan, stage: int | None) -> list[str]:
+        begin, end = op.tile_range
+        task_id, kind = op.task_id.value.data, op.kind.data
+        fn, w = self.op_function(op), self.waits_ref(waits, task_id)
+        part = op.k_index.value.data
+        if kind == "linear":
+            k0, k_len = op.k_range
+            args = [plan.stage_offset(stage), plan.work_offset, begin, end, part]
+            what = f"rows [{begin}, {end}) x K [{k0}, {k0 + k_len})"
+        elif kind == "attention":
+            args, what = [plan.work_offset, begin, part], f"query head {begin}, part {part}"
+        else:
+            args, what = [begin, end], f"[{begin}, {end}), sum of parts"
+        call = [f"  {fn}(s, b, {w}, {task_id}, {', '.join(map(str, args))});  // {op.sym_name.data}: {what}"]
         if self.profile:
             marks = [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"] if not waits else []
-            call = call[:1] + marks + call[1:] + [f"  trace_mark(s, {task_id}, 2);"]
+            call = marks + call + [f"  trace_mark(s, {task_id}, 2);"]
         return call
 
-    def weight_bytes(self, op: ExecOp) -> int:
+    def stage_weights(self, op: ExecOp | None, plan: smem.SmPlan, stage: int) -> str:
+        """Start the copy of a linear task's weights into its stage; one cp.async group either way."""
+        if op is None:
+            return "  commit_group();  // nothing left to stage: one group per linear task all the same"
+        self.op_function(op)
         begin, end = op.tile_range
-        return (end - begin) * op.param("K") * 2 if op.kind.data == "linear" else 0
-
-    def prefetch(self, op: ExecOp) -> str:
-        begin, end = op.tile_range
-        k = op.param("K")
-        return (f"  prefetch_l2({self.ptr(op.buffer('weight'))} + {begin * k}, {(end - begin) * k * 2});"
-                f"  // L2 <- weights of task {op.task_id.value.data}")
+        args = [op.task_id.value.data, plan.stage_offset(stage), begin, end, op.k_index.value.data]
+        return (f"  stage_{c_name(op.source.data)}(s, b, {', '.join(map(str, args))});"
+                f"  // -> stage {stage % plan.depth}: weights of task {op.task_id.value.data}")
 
     def sm_function(self, sm) -> list[str]:
+        plan = self.schedule.plan(sm)
+        linears = [op for op in sm.body.block.ops if isinstance(op, ExecOp) and op.kind.data == "linear"]
+        ahead = plan.depth - 1    # stages in flight beyond the running task's
         lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
+        if linears:
+            lines.append(f"  // shared memory: {plan.depth} weight stages x {plan.slot_bytes} B, work area at "
+                         f"{plan.work_offset} ({plan.work_bytes} B)")
+            lines += [self.stage_weights(linears[i] if i < len(linears) else None, plan, i) for i in range(ahead)]
         waits: list[WaitOp] = []
-        execs = [op for op in sm.body.block.ops if isinstance(op, ExecOp)]
-        ahead = 1           # execs[:ahead] have their weights requested already (the first loads its own)
         for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
-                waits.append(op)          # a task's waits run inside its body, after its weight loads
+                waits.append(op)          # a task's waits run inside its body, after the next stage is issued
             elif isinstance(op, ExecOp):
-                # Keep the weights of the next tasks streaming into L2 while this one runs, up
-                # to this SM's share of the prefetch budget: DRAM never idles at task boundaries.
-                i = execs.index(op)
-                while ahead < len(execs) and (ahead == i + 1 or sum(
-                        self.weight_bytes(t) for t in execs[i + 1:ahead + 1]) <= self.prefetch_budget):
-                    if self.weight_bytes(execs[ahead]):
-                        lines.append(self.prefetch(execs[ahead]))
-                    ahead += 1
-                lines += self.task_call(op, waits)
+                stage = None
+                if op.kind.data == "linear":
+                    stage = linears.index(op)
+                    nxt = stage + ahead
+                    if ahead:
+                        lines.append(self.stage_weights(linears[nxt] if nxt < len(linears) else None, plan, nxt))
+                lines += self.task_call(op, waits, plan, stage)
                 waits = []
             elif isinstance(op, SignalOp):
                 lines.append(f"  signal_counter(s, {c_name(op.counter.data)}, {op.count.value.data}u);")
@@ -144,11 +210,12 @@ class _Emitter:
     def emit(self) -> str:
         target_name, arch = self.gpu.name, self.gpu.arch
         sched = self.schedule
-        n_sms, threads, smem = (sched.num_sms.value.data, sched.block_threads.value.data, sched.smem_bytes.value.data)
+        n_sms, threads, smem_bytes = (sched.num_sms.value.data, sched.block_threads.value.data,
+                                     sched.smem_bytes.value.data)
         n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.body.block.ops)
         sm_bodies = [line for sm in sched.sms for line in self.sm_function(sm) + [""]]
         out = [f"// kernel.cu - generated by adamk {__version__}; regenerate with `adamk compile`, do not edit.",
-               f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem} B dynamic shared memory, "
+               f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem_bytes} B dynamic shared memory, "
                f"{n_tasks} tasks.",
                "// The device library follows, then the schedule: one straight-line function per SM.", "",
                f"#define ADAMK_PROFILE {int(self.profile)}", ""]
@@ -164,19 +231,26 @@ class _Emitter:
                   for n, c in self.counters.items()], "};", "",
                 ]
         tables_at = len(out)
+        out += ["// One function per op and kind of task: the op's constants filled in.",
+                *[line for _, _, body in self.functions.values() for line in body + [""]]]
+        out += ["// The distinct sets of waits of the schedule's tasks.",
+                f"__device__ const Waits kWaits[{len(self.waits)}] = {{",
+                *[f"  {literal}," for literal in self.waits], "};", ""]
         out += sm_bodies
         out += ["}  // namespace adamk", "",
                 f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
                 f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err,",
                 "                  u64* trace, int pos, u32 epoch, u64 timeout_ns) {",
-                "  extern __shared__ __align__(16) float smem[];",
+                "  extern __shared__ __align__(16) unsigned char smem[];",
                 "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
                 "  switch (blockIdx.x) {",
                 *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],
                 "  }", "}", ""]
         tables = [f"__constant__ float {name}[{len(vals)}] = {{{', '.join(f32_literal(v) for v in vals)}}};"
                   for vals, name in self.tables.items()]
-        out[tables_at:tables_at] = tables + ([""] if tables else [])
+        asserts = ["// The device library's shared-memory layouts are the model's (adamk/smem.py):",
+                   *sorted(self.asserts), ""] if self.asserts else []
+        out[tables_at:tables_at] = asserts + tables + ([""] if tables else [])
         return "\n".join(out)
 
 

@@ -79,6 +79,8 @@ class LinearOp(IRDLOperation):
     residual = opt_operand_def(TensorType)
     prologue = prop_def(StringAttr)
     eps = opt_prop_def(FloatAttr)
+    tile_rows = opt_prop_def(IntegerAttr)   # set by the ksplit pass: output rows of one task
+    k_split = opt_prop_def(IntegerAttr)     # set by the ksplit pass: parts of the reduction over K
     result = result_def(TensorType)
 
     def __init__(self, input, weight, *, bias=None, input2=None, norm_weight=None, residual=None,
@@ -108,6 +110,7 @@ class LinearOp(IRDLOperation):
             raise VerifyException("adamk.linear: prologue 'rmsnorm' needs norm_weight and eps, and only it")
         if (p == "silu_mul") != (self.input2 is not None):
             raise VerifyException("adamk.linear: prologue 'silu_mul' needs input2, and only it")
+        _verify_tiling(self, k)
         if self.input2 is not None and shape_of(self.input2) != shape_of(self.input):
             raise VerifyException(f"adamk.linear: input2 shape {list(shape_of(self.input2))} != input shape")
         if self.norm_weight is not None and shape_of(self.norm_weight) != (k,):
@@ -158,6 +161,7 @@ class AttentionOp(IRDLOperation):
     head_dim = prop_def(IntegerAttr)
     scale = prop_def(FloatAttr)
     rope_inv_freq = opt_prop_def(DenseArrayBase)
+    k_split = opt_prop_def(IntegerAttr)     # set by the ksplit pass: parts of the sequence (flash-decoding)
     result = result_def(TensorType)
 
     def __init__(self, q, k, v, k_cache, v_cache, pos, *, num_heads, num_kv_heads, head_dim, scale,
@@ -183,6 +187,17 @@ class AttentionOp(IRDLOperation):
                                       f"expected [batch, {nkv}, max_seq_len, {hd}]")
         if self.rope_inv_freq is not None and len(self.rope_inv_freq.get_values()) != hd // 2:
             raise VerifyException(f"adamk.attention: rope_inv_freq needs {hd // 2} entries")
+        _verify_tiling(self, shape_of(self.k_cache)[2])
+
+
+def _verify_tiling(op, reduction: int):
+    """tile_rows / k_split, where the ksplit pass set them, name a tiling the tasks can take."""
+    rows = getattr(op, "tile_rows", None)
+    if rows is not None and rows.value.data <= 0:
+        raise VerifyException(f"{op.name}: tile_rows {rows.value.data} is not positive")
+    if op.k_split is not None and not 1 <= op.k_split.value.data <= reduction:
+        raise VerifyException(f"{op.name}: k_split {op.k_split.value.data} outside 1..{reduction} "
+                              "(the extent of the reduction)")
 
 
 class _SameShapeBinary(IRDLOperation):

@@ -15,6 +15,8 @@ from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def, region_def, t
 from xdsl.traits import NoTerminator
 from xdsl.utils.exceptions import VerifyException
 
+from .. import smem
+
 from .task import TaskBody
 
 
@@ -95,23 +97,37 @@ class SmOp(IRDLOperation):
 
 @irdl_op_definition
 class ScheduleOp(IRDLOperation):
-    """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` each."""
+    """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` of dynamic
+    shared memory each: the largest of its SMs' plans with `stages` weight stages in flight
+    (smem.py)."""
     name = "adamk.schedule"
     traits = traits_def(NoTerminator())
     num_sms = prop_def(IntegerAttr)
     block_threads = prop_def(IntegerAttr)
+    stages = prop_def(IntegerAttr)
     smem_bytes = prop_def(IntegerAttr)
     body = region_def("single_block")
 
-    def __init__(self, num_sms: int, block_threads: int, smem_bytes: int, sms):
+    def __init__(self, num_sms: int, block_threads: int, stages: int, sms, smem_bytes: int | None = None):
+        """`smem_bytes` defaults to what the SMs' plans need."""
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
-                                     "smem_bytes": IntegerAttr(smem_bytes, i64)},
+                                     "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(0, i64)},
                          regions=[Region(Block(sms))])
+        need = self.plans_peak() if smem_bytes is None else smem_bytes
+        self.properties["smem_bytes"] = IntegerAttr(need, i64)
 
     @property
     def sms(self) -> list[SmOp]:
         return list(self.body.block.ops)
+
+    def plan(self, sm: SmOp) -> smem.SmPlan:
+        """The shared-memory layout of one SM's program."""
+        return smem.sm_plan((o.footprint for o in sm.body.block.ops if isinstance(o, ExecOp)),
+                            self.stages.value.data)
+
+    def plans_peak(self) -> int:
+        return max((self.plan(sm).peak for sm in self.sms), default=0)
 
     def verify_(self):
         sms = self.sms
@@ -120,6 +136,12 @@ class ScheduleOp(IRDLOperation):
         if [s.index.value.data for s in sms] != list(range(self.num_sms.value.data)):
             raise VerifyException(f"adamk.schedule: expected adamk.sm 0..{self.num_sms.value.data - 1} in order, "
                                   f"got {[s.index.value.data for s in sms]}")
+        if self.stages.value.data < 1:
+            raise VerifyException(f"adamk.schedule: stages {self.stages.value.data} must be at least 1")
+        need = self.plans_peak()
+        if self.smem_bytes.value.data != need:
+            raise VerifyException(f"adamk.schedule: smem_bytes {self.smem_bytes.value.data} != {need} B, "
+                                  "the largest shared-memory plan of its SMs")
 
 
 SCHEDULE_OPS = [CounterOp, WaitOp, SignalOp, ExecOp, SmOp, ScheduleOp]

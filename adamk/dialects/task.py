@@ -2,8 +2,11 @@
 
 `adamk.buffer` declares every tensor the kernel touches (its role, shape and storage
 dtype). An `adamk.task` names the buffers it reads and writes by role, its tile (output
-rows of a linear, KV heads of an attention), its K-split part and its shared-memory
-footprint. Dependencies are `!adamk.token` SSA values: the task DAG is the use-def
+rows of a linear, query heads of an attention), its K-split part (`k_index` of
+`k_split`: columns of K, or positions of the sequence) and its shared-memory footprint
+(`stage_bytes` of weights staged through the SM's ring, `work_bytes` of work area; see
+smem.py). A split op's parts write float partials; its `*_combine` tasks add them up in
+part order. Dependencies are `!adamk.token` SSA values: the task DAG is the use-def
 graph, so a task can only name producers that come before it.
 """
 from __future__ import annotations
@@ -17,15 +20,19 @@ from xdsl.irdl import (
 )
 from xdsl.utils.exceptions import VerifyException
 
+from ..smem import Footprint
+
 BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
 TASK_KINDS = {
     # kind -> buffer roles it must name
     "linear": {"input", "weight", "out"},
     "attention": {"q", "k", "v", "k_cache", "v_cache", "out"},
+    "linear_combine": {"partial", "out"},
+    "attention_combine": {"partial", "out"},
 }
 DTYPES = ("bf16", "f32")
-BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "smem_bytes",
-                   "buffers", "params")
+BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "stage_bytes",
+                   "work_bytes", "buffers", "params")
 
 
 @irdl_attr_definition
@@ -67,17 +74,19 @@ class TaskBody(IRDLOperation):
     tile = prop_def(DenseArrayBase)
     k_index = prop_def(IntegerAttr)
     k_split = prop_def(IntegerAttr)
-    smem_bytes = prop_def(IntegerAttr)
+    stage_bytes = prop_def(IntegerAttr)
+    work_bytes = prop_def(IntegerAttr)
     buffers = prop_def(DictionaryAttr)
     params = prop_def(DictionaryAttr)
 
     @staticmethod
     def body_properties(sym_name, kind, source, tile, buffers: dict[str, str], params: dict,
-                        smem_bytes: int, k_index: int = 0, k_split: int = 1):
+                        footprint=None, k_index: int = 0, k_split: int = 1):
         return {"sym_name": StringAttr(sym_name), "kind": StringAttr(kind), "source": StringAttr(source),
                 "tile": DenseArrayBase.from_list(i64, list(tile)),
                 "k_index": IntegerAttr(k_index, i64), "k_split": IntegerAttr(k_split, i64),
-                "smem_bytes": IntegerAttr(smem_bytes, i64),
+                "stage_bytes": IntegerAttr(footprint.stage if footprint else 0, i64),
+                "work_bytes": IntegerAttr(footprint.work if footprint else 0, i64),
                 "buffers": DictionaryAttr({k: StringAttr(v) for k, v in sorted(buffers.items())}),
                 "params": DictionaryAttr(dict(sorted(params.items())))}
 
@@ -89,6 +98,17 @@ class TaskBody(IRDLOperation):
     def tile_range(self) -> tuple[int, int]:
         b, e = self.tile.get_values()
         return b, e
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        """(k0, k_len): the columns of K a linear part reduces over."""
+        chunk, k = self.param("k_chunk"), self.param("K")
+        k0 = self.k_index.value.data * chunk
+        return k0, min(chunk, k - k0)
+
+    @property
+    def footprint(self):
+        return Footprint(self.stage_bytes.value.data, self.work_bytes.value.data)
 
     def buffer(self, role: str) -> str | None:
         a = self.buffers.data.get(role)
@@ -114,8 +134,9 @@ class TaskBody(IRDLOperation):
         ki, ks = self.k_index.value.data, self.k_split.value.data
         if not 0 <= ki < ks:
             raise VerifyException(f"{self.name} @{name}: k_index {ki} outside k_split {ks}")
-        if self.smem_bytes.value.data < 0:
-            raise VerifyException(f"{self.name} @{name}: negative smem_bytes")
+        for prop in ("stage_bytes", "work_bytes"):
+            if getattr(self, prop).value.data < 0:
+                raise VerifyException(f"{self.name} @{name}: negative {prop}")
 
 
 

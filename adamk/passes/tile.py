@@ -3,8 +3,11 @@
 Reads the fused `adamk.linear` / `adamk.attention` ops of `@decode_step`; writes one
 `adamk.buffer` per tensor the kernel touches and one `adamk.task` per tile: `tile_rows`
 output rows of a linear, one query head of the attention (its KV head's rows are read by
-the whole GQA group; the group's first task appends the new k/v). A task's tokens are the
-producer tasks whose output ranges it reads, so the DAG is exact at tile granularity.
+the whole GQA group; the group's first task appends the new k/v). An op the ksplit pass
+split (`k_split` > 1) becomes k_split parts per tile, writing float partials to a
+`<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`. A
+task's tokens are the producer tasks whose output ranges it reads, so the DAG is exact at
+tile granularity.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import FrontendError, UnsupportedShapeError
+
+
+COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats)
 
 
 def _ivalue(v: int):
@@ -94,41 +100,91 @@ class _TaskBuilder:
         n, k = shape_of(op.weight)
         if k % 8:
             raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
+        rows = op.tile_rows.value.data if op.tile_rows is not None else self.tile_rows
+        k_split = op.k_split.value.data if op.k_split is not None else 1
+        chunk = smem.k_chunk(k, k_split)
+        footprint = smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk))
         roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
                  "bias": op.bias, "residual": op.residual}
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
-        buffers["out"] = out
-        params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue,
-                  "tile_rows": _ivalue(self.tile_rows)}
+        params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue, "tile_rows": _ivalue(rows),
+                  "k_chunk": _ivalue(chunk)}
         if op.eps is not None:
             params["eps"] = op.eps
-        deps = [d for role in ("input", "input2", "residual") if role in buffers for d in self.deps(buffers[role])]
-        for r in range(0, n, self.tile_rows):
-            end = min(r + self.tile_rows, n)
-            task = TaskOp(_dedup(deps), TaskOp.body_properties(
-                f"{out}.r{r}", "linear", out, (r, end), buffers, params, smem.linear_task(k)))
-            self.tasks.append(task)
-            self.producers.setdefault(out, []).append((task, r, end))
+        input_deps = [d for role in ("input", "input2") if role in buffers for d in self.deps(buffers[role])]
+        residual_deps = self.deps(buffers["residual"]) if "residual" in buffers else []
+        if k_split == 1:
+            buffers["out"] = out
+            for r in range(0, n, rows):
+                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), input_deps + residual_deps,
+                          buffers, params, footprint)
+            return
+        # K-split: every part writes float partial sums of its columns; the combine tasks add
+        # the parts in order and apply the bias and residual once.
+        partial = f"{out}.partial"
+        self.buffers.append(BufferOp(partial, "activation", [k_split, n], "f32"))
+        part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
+        for r in range(0, n, rows):
+            end = min(r + rows, n)
+            for j in range(k_split):
+                self.task(partial, f"{out}.r{r}.k{j}", "linear", (r, end), input_deps, part_buffers, params,
+                          footprint, k_index=j, k_split=k_split, written=(j * n + r, j * n + end))
+        combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
+                                                                                           "out": out}
+        for r in range(0, n, COMBINE_ROWS):
+            end = min(r + COMBINE_ROWS, n)
+            parts = [d for j in range(k_split) for d in self.deps(partial, j * n + r, j * n + end)]
+            self.task(out, f"{out}.r{r}", "linear_combine", (r, end), parts + residual_deps, combine_buffers,
+                      {"N": _ivalue(n), "k_split": _ivalue(k_split)}, k_split=k_split)
 
     def attention(self, op: AttentionOp, out: str):
         nh, nkv, hd = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim))
         group, max_seq = nh // nkv, shape_of(op.k_cache)[2]
         if hd % 8 or hd > 256:
             raise UnsupportedShapeError(f"attention '{out}': head_dim={hd} must be a multiple of 8 and at most 256")
+        k_split = op.k_split.value.data if op.k_split is not None else 1
         buffers = {"q": self.name_of[op.q], "k": self.name_of[op.k], "v": self.name_of[op.v],
                    "k_cache": self.name_of[op.k_cache], "v_cache": self.name_of[op.v_cache], "out": out}
-        params = {"head_dim": _ivalue(hd), "group": _ivalue(group), "num_kv_heads": _ivalue(nkv),
-                  "max_seq_len": _ivalue(max_seq), "scale": op.scale}
+        params = {"head_dim": _ivalue(hd), "group": _ivalue(group), "num_heads": _ivalue(nh),
+                  "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
-        for h in range(nh):
+        footprint = smem.Footprint(0, smem.attention_work_bytes(hd))
+
+        def head_deps(h):
             g = h // group
-            deps = (self.deps(buffers["q"], h * hd, (h + 1) * hd)
+            return (self.deps(buffers["q"], h * hd, (h + 1) * hd)
                     + self.deps(buffers["k"], g * hd, (g + 1) * hd) + self.deps(buffers["v"], g * hd, (g + 1) * hd))
-            task = TaskOp(_dedup(deps), TaskOp.body_properties(
-                f"{out}.h{h}", "attention", out, (h, h + 1), buffers, params, smem.attention_task(hd)))
-            self.tasks.append(task)
-            self.producers.setdefault(out, []).append((task, h * hd, (h + 1) * hd))
+
+        if k_split == 1:
+            for h in range(nh):
+                self.task(out, f"{out}.h{h}", "attention", (h, h + 1), head_deps(h), buffers, params, footprint,
+                          written=(h * hd, (h + 1) * hd))
+            return
+        # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
+        # writes (acc[hd], max, sum) unnormalised; one combine task per KV group merges them.
+        partial, stride = f"{out}.partial", hd + 2
+        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, stride], "f32"))
+        for h in range(nh):
+            for j in range(k_split):
+                at = (j * nh + h) * stride
+                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + 1), head_deps(h),
+                          buffers | {"out": partial}, params, footprint, k_index=j, k_split=k_split,
+                          written=(at, at + stride))
+        for g in range(nkv):
+            h0, h1 = g * group, (g + 1) * group
+            parts = [d for j in range(k_split) for d in self.deps(partial, (j * nh + h0) * stride, (j * nh + h1) * stride)]
+            self.task(out, f"{out}.g{g}", "attention_combine", (h0, h1), parts, {"partial": partial, "out": out},
+                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh), "k_split": _ivalue(k_split)},
+                      k_split=k_split, written=(h0 * hd, h1 * hd))
+
+    def task(self, source: str, name: str, kind: str, tile, deps, buffers, params, footprint=None, *,
+             k_index: int = 0, k_split: int = 1, written=None):
+        """Append one task writing rows `written` (default: its tile) of buffer `source`."""
+        task = TaskOp(_dedup(deps), TaskOp.body_properties(name, kind, source, tile, buffers, params, footprint,
+                                                           k_index, k_split))
+        self.tasks.append(task)
+        self.producers.setdefault(source, []).append((task, *(written or tile)))
 
 
 def _unique(base: str, used: set) -> str:

@@ -14,10 +14,11 @@ import ctypes
 import os
 
 from ..artifact import load_files
-from ..errors import AdamkError, KernelTimeoutError
+from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
 from . import driver as cu
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
+SMEM_OVERFLOW = 1   # sync.cuh ErrorReason kSmemOverflow
 
 
 class DecodeStep:
@@ -128,11 +129,16 @@ class DecodeStep:
         self.torch.cuda.synchronize(self.device)
         err = self.error.tolist()
         if err[0]:
-            flag, task, counter, expected, observed, block = (e & 0xffffffff for e in err[:6])
+            flag, task, counter, expected, observed, block, reason = (e & 0xffffffff for e in err[:7])
             tasks = self.manifest["tasks"]
+            name = tasks[task] if task < len(tasks) else task
+            if reason == SMEM_OVERFLOW:
+                raise KernelSharedMemoryError(
+                    f"megakernel task '{name}' on block {block} needs {expected} B of shared memory; "
+                    f"the launch gave {observed} B")
             counters = {c["index"]: c["name"] for c in self.manifest["counters"]}
             raise KernelTimeoutError(
-                f"megakernel wait timed out: block {block} running task '{tasks[task] if task < len(tasks) else task}' "
+                f"megakernel wait timed out: block {block} running task '{name}' "
                 f"waited on counter '{counters.get(counter, counter)}' for {expected}, saw {observed}")
 
     def trace(self):

@@ -44,6 +44,13 @@ def set_dynamic_smem(fn, nbytes: int):
         f"setting {nbytes} B of dynamic shared memory")
 
 
+def function_attribute(fn, name: str) -> int:
+    """A CU_FUNC_ATTRIBUTE_<name> of a loaded kernel, e.g. SHARED_SIZE_BYTES (its static shared memory)."""
+    driver = _driver()
+    return check(driver.cuFuncGetAttribute(getattr(driver.CUfunction_attribute, f"CU_FUNC_ATTRIBUTE_{name}"), fn),
+                 f"reading the kernel's {name}")
+
+
 def max_blocks_per_sm(fn, threads: int, smem: int) -> int:
     return check(_driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(fn, threads, smem), "occupancy query")
 

@@ -31,12 +31,17 @@ class CostModel:
 
     def task_bytes(self, op: ExecOp, pos: int) -> int:
         begin, end = op.tile_range
-        if op.kind.data == "linear":
-            k = op.param("K")
-            return (end - begin) * k * BYTES["bf16"] + k * BYTES["f32"]
-        if op.kind.data == "attention":
-            return 2 * (pos + 1) * op.param("head_dim") * BYTES["bf16"]
-        return 0
+        kind, parts = op.kind.data, op.k_split.value.data
+        if kind == "linear":
+            k_len = op.k_range[1]
+            return (end - begin) * k_len * BYTES["bf16"] + k_len * BYTES["f32"]
+        if kind == "attention":
+            return 2 * -(-(pos + 1) // parts) * op.param("head_dim") * BYTES["bf16"]
+        if kind == "linear_combine":
+            return (end - begin) * parts * BYTES["f32"]
+        if kind == "attention_combine":
+            return (end - begin) * (op.param("head_dim") + 2) * parts * BYTES["f32"]
+        raise ValueError(f"no cost for task kind '{kind}'")
 
     def task_us(self, op: ExecOp, pos: int) -> float:
         return self.task_overhead_us + self.task_bytes(op, pos) / self.sm_bytes_per_us

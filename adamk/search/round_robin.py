@@ -23,6 +23,19 @@ from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
 
 
+def check_smem(schedule: ScheduleOp, budget: int):
+    """Every SM's plan fits the per-block budget, or an error naming the SM and its biggest tasks."""
+    for sm in schedule.sms:
+        plan = schedule.plan(sm)
+        if plan.peak > budget:
+            execs = [o for o in sm.body.block.ops if isinstance(o, ExecOp)]
+            stage = max(execs, key=lambda o: o.stage_bytes.value.data)
+            work = max(execs, key=lambda o: o.work_bytes.value.data)
+            raise ScheduleError(f"SM {sm.index.value.data} needs {plan.peak} B of shared memory ({plan.depth} stages "
+                                f"x {plan.slot_bytes} B for task {stage.sym_name.data} + {plan.work_bytes} B work "
+                                f"area for task {work.sym_name.data}); the per-block budget is {budget} B")
+
+
 def counter_name(source: str) -> str:
     return f"{source}.done"
 
@@ -33,6 +46,7 @@ class RoundRobinSchedulePass(ModulePass):
     num_sms: int = 1
     block_threads: int = 256
     smem_budget: int = 99 * 1024
+    stages: int = 2
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         buffers = [o for o in op.ops if isinstance(o, BufferOp)]
@@ -47,9 +61,6 @@ class RoundRobinSchedulePass(ModulePass):
         programs: list[list] = [[] for _ in range(self.num_sms)]
         seen: list[set] = [set() for _ in range(self.num_sms)]
         for task_id, t in enumerate(tasks):
-            if t.smem_bytes.value.data > self.smem_budget:
-                raise ScheduleError(f"task {t.sym_name.data} of '{t.source.data}' needs {t.smem_bytes.value.data} B "
-                                    f"of shared memory; the per-block budget is {self.smem_budget} B")
             sm = task_id % self.num_sms
             for src in sorted({d.owner.source.data for d in t.deps}, key=list(tasks_per_source).index):
                 if src not in seen[sm]:
@@ -65,9 +76,9 @@ class RoundRobinSchedulePass(ModulePass):
             if t.source.data in counters:
                 program.append(SignalOp(counter_name(t.source.data), pending + 1))
 
-        smem_bytes = max((t.smem_bytes.value.data for t in tasks), default=0)
-        schedule = ScheduleOp(self.num_sms, self.block_threads, smem_bytes,
+        schedule = ScheduleOp(self.num_sms, self.block_threads, self.stages,
                               [SmOp(i, p) for i, p in enumerate(programs)])
+        check_smem(schedule, self.smem_budget)
         for b in buffers:
             b.detach()
         op.body.detach_block(0)

@@ -1,5 +1,6 @@
-// attention.cuh — one decode-attention task: query head `q_head` over positions 0..pos of its KV head.
-// The task of the group's first query head also appends the new (rotated) k and v at `pos`;
+// attention.cuh — decode attention: query head `q_head` over positions 0..pos of its KV head, or,
+// split over the sequence (flash-decoding), over part `split` of them, plus the combine of the parts.
+// Part 0 of the group's first query head also appends the new (rotated) k and v at `pos`;
 // every task rotates the new k itself, so no task reads a row another task writes this step.
 #pragma once
 #include "common.cuh"
@@ -18,6 +19,18 @@ __device__ __forceinline__ float rope_at(const float* x, int d, int half, const 
   return d < half ? x[d] * c - x[d + half] * s : x[d] * c + x[d - half] * s;
 }
 
+constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
+
+// A task's work area (smem.attention_work_bytes).
+template <int HD>
+struct AttentionWork {
+  static constexpr int kQs = 0;                    // float[HD]: rotated query, scaled by scale * log2 e
+  static constexpr int kKnew = HD * 4;             // float[HD]: the new key row, rounded to bf16
+  static constexpr int kVnew = 2 * HD * 4;         // float[HD]: the new value row
+  static constexpr int kPart = 3 * HD * 4;         // float[kWarps][HD + 2]: per-warp acc, max, sum
+  static constexpr int kBytes = kPart + kWarps * (HD + 2) * 4;
+};
+
 // Merge online-softmax state (m2, l2, a2) into (m, l, a); scores are in base 2.
 __device__ __forceinline__ void merge_state(float& m, float& l, float a[8], float m2, float l2, const float a2[8]) {
   const float mn = fmaxf(m, m2), c1 = fast_exp2(m - mn), c2 = fast_exp2(m2 - mn);
@@ -27,33 +40,41 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float a[8], floa
   m = mn;
 }
 
+// n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
+// positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
+// unnormalised, for attention_combine.
 template <int HD>
-__device__ __noinline__ void attention_task(const Step& s, const Waits& waits, float* out, const float* q,
-                                            const float* k, const float* v, bf16_t* k_cache, bf16_t* v_cache,
-                                            const float* inv_freq, float scale, int q_head, int group,
-                                            int max_seq) {
+__device__ __forceinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset, float* out,
+                                            const float* q, const float* k, const float* v, bf16_t* k_cache,
+                                            bf16_t* v_cache, const float* inv_freq, float scale, int q_head,
+                                            int group, int max_seq, int num_heads, int split, int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kStride = HD + 2;                       // per-warp partial: acc[HD], m, l
-  constexpr float kEmpty = -1e30f;                      // finite, so merging two empty states stays finite
   constexpr float kLog2e = 1.4426950408889634f;
 
+  check_smem(s, work_offset + AttentionWork<HD>::kBytes, task);
   const int pos = s.pos, kv_head = q_head / group, tid = threadIdx.x, half = HD / 2;
-  float* qs = s.smem;                 // [HD] rotated query, scaled by scale * log2 e    (smem.attention_task)
-  float* knew = qs + HD;              // [HD] the new key and value rows, rounded to bf16
-  float* vnew = knew + HD;            // [HD]
-  float* part = vnew + HD;            // [kWarps][HD + 2]
+  using W = AttentionWork<HD>;
+  float* qs = reinterpret_cast<float*>(s.smem + work_offset + W::kQs);
+  float* knew = reinterpret_cast<float*>(s.smem + work_offset + W::kKnew);
+  float* vnew = reinterpret_cast<float*>(s.smem + work_offset + W::kVnew);
+  float* part = reinterpret_cast<float*>(s.smem + work_offset + W::kPart);
+  // This part's positions [t_begin, t_end): an equal share of 0..pos, the last ones shorter.
+  const int share = (pos + n_splits) / n_splits;
+  const int t_begin = min(split * share, pos + 1), t_end = min(t_begin + share, pos + 1);
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
   bf16_t* vc = v_cache + (size_t)kv_head * max_seq * HD;
 
   // The cached rows before `pos` do not depend on this step: stream them into L2 while waiting.
   if (waits.n > 0) {
-    prefetch_l2(kc, (size_t)pos * HD * sizeof(bf16_t));
-    prefetch_l2(vc, (size_t)pos * HD * sizeof(bf16_t));
-    wait_all(s, waits);
+    const int cached = max(0, min(t_end, pos) - t_begin);
+    prefetch_l2(kc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
+    prefetch_l2(vc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
+    wait_all(s, waits, task);
   }
-  const bool appends = q_head % group == 0;
+  const bool appends = q_head % group == 0 && split == 0;
   for (int d = tid; d < HD; d += kThreads) {
     const bf16_t kb = to_bf16(rope_at(k + kv_head * HD, d, half, inv_freq, pos));
     const bf16_t vb = to_bf16(v[kv_head * HD + d]);
@@ -79,14 +100,14 @@ __device__ __noinline__ void attention_task(const Step& s, const Waits& waits, f
   // Row t < pos comes from the cache, row pos from smem. Loads run one iteration ahead; the
   // trip count is uniform across the warp, so the shuffles see every lane.
   auto load_row = [&](int t, uint4& kr, uint4& vr) {
-    const bool cached = t < pos && has_chunk;
+    const bool cached = t < pos && t < t_end && has_chunk;
     kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
     vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
   };
   constexpr int kStep = kWarps * kPosPerWarp;
   uint4 kr, vr;
-  load_row(warp * kPosPerWarp + sub, kr, vr);
-  for (int t0 = warp * kPosPerWarp; t0 <= pos; t0 += kStep) {
+  load_row(t_begin + warp * kPosPerWarp + sub, kr, vr);
+  for (int t0 = t_begin + warp * kPosPerWarp; t0 < t_end; t0 += kStep) {
     const int t = t0 + sub;
     uint4 kn, vn;
     load_row(t + kStep, kn, vn);
@@ -105,7 +126,7 @@ __device__ __noinline__ void attention_task(const Step& s, const Waits& waits, f
     for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
 #pragma unroll
     for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-    if (t <= pos) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+    if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
     kr = kn;
     vr = vn;
   }
@@ -138,9 +159,41 @@ __device__ __noinline__ void attention_task(const Step& s, const Waits& waits, f
       num += p[d] * c;
       den += p[HD + 1] * c;
     }
-    out[q_head * HD + d] = num / den;
+    if (n_splits == 1) {
+      out[q_head * HD + d] = num / den;
+    } else {
+      float* mine_out = out + ((size_t)split * num_heads + q_head) * kStride;
+      mine_out[d] = num;
+      if (d == 0) {
+        mine_out[HD] = mx;
+        mine_out[HD + 1] = den;
+      }
+    }
   }
-  __syncthreads();   // smem is reused by the next task on this block
+  __syncthreads();   // the work area is reused by the next task on this block
+}
+
+// Heads [head_begin, head_end) of out from the n_splits parts of attention_task, merged in part
+// order. Part 0 is never empty (it holds position 0), so the sum is never zero.
+template <int HD>
+__device__ __forceinline__ void attention_combine(const Step& s, const Waits& waits, int task, float* out,
+                                                  const float* partial,
+                                               int num_heads, int n_splits, int head_begin, int head_end) {
+  constexpr int kStride = HD + 2;
+  if (waits.n > 0) wait_all(s, waits, task);
+  for (int i = threadIdx.x; i < (head_end - head_begin) * HD; i += kThreads) {
+    const int h = head_begin + i / HD, d = i % HD;
+    float mx = kEmpty;
+    for (int j = 0; j < n_splits; ++j) mx = fmaxf(mx, partial[((size_t)j * num_heads + h) * kStride + HD]);
+    float num = 0.f, den = 0.f;
+    for (int j = 0; j < n_splits; ++j) {
+      const float* p = partial + ((size_t)j * num_heads + h) * kStride;
+      const float c = fast_exp2(p[HD] - mx);
+      num += p[d] * c;
+      den += p[HD + 1] * c;
+    }
+    out[h * HD + d] = num / den;
+  }
 }
 
 }  // namespace adamk

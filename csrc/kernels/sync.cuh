@@ -8,14 +8,17 @@
 
 namespace adamk {
 
-// Written once by the first block whose wait times out; the host reads it after the launch.
+enum ErrorReason : u32 { kWaitTimeout = 0, kSmemOverflow = 1 };
+
+// Written once by the first block that gives up; the host reads it after the launch.
 struct ErrorRecord {
-  u32 flag;       // 0: fine; 1: a wait timed out
-  u32 task;       // task_id (schedule order) of the waiting task
-  u32 counter;    // counter index it waited on
-  u32 expected;   // value it needed
-  u32 observed;   // value it last saw
-  u32 block;      // blockIdx.x of the waiter
+  u32 flag;       // 0: fine; 1: written
+  u32 task;       // task_id (schedule order) of the task that gave up
+  u32 counter;    // kWaitTimeout: counter index it waited on
+  u32 expected;   // kWaitTimeout: value it needed; kSmemOverflow: shared-memory bytes it needed
+  u32 observed;   // kWaitTimeout: value it last saw; kSmemOverflow: bytes the launch gave
+  u32 block;      // blockIdx.x
+  u32 reason;     // ErrorReason
 };
 
 // What every task body gets besides its buffers: where the counters live, this launch's
@@ -27,18 +30,17 @@ struct Step {
   int pos;
   u32 epoch;
   u64 timeout_ns;
-  float* smem;
+  unsigned char* smem;   // dynamic shared memory, laid out by the model (smem.py): stages, then work area
 };
 
 constexpr int kMaxWaits = 4;
 
-// The waits of one task: counter i must reach count[i] * epoch. Passed by value so one
-// instantiation of a task body serves every call site.
+// The waits of one task: counter i must reach count[i] * epoch. The generator puts every
+// distinct set in one table (kWaits) and passes a reference, so a call site costs a pointer.
 struct Waits {
   int n;
   int counter[kMaxWaits];
   u32 count[kMaxWaits];
-  int task;
 };
 
 __device__ __forceinline__ u32 load_acquire(const u32* p) {
@@ -59,13 +61,39 @@ __device__ __forceinline__ void trace_mark(const Step& s, int task, int slot) {
   }
 }
 
+// Claim the error record (first reporter wins) and fill it in. Called by one thread.
+__device__ __forceinline__ void report_error(const Step& s, u32 reason, u32 task, u32 counter, u32 expected,
+                                             u32 observed) {
+  if (atomicCAS(&s.err->flag, 0u, 2u) == 0u) {
+    s.err->task = task; s.err->counter = counter; s.err->expected = expected;
+    s.err->observed = observed; s.err->block = blockIdx.x; s.err->reason = reason;
+    __threadfence();
+    atomicExch(&s.err->flag, 1u);
+  }
+}
+
+__device__ __forceinline__ u32 dynamic_smem_bytes() {
+  u32 r;
+  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(r));
+  return r;
+}
+
+// A task about to use shared memory up to byte `end` checks the launch gave that much:
+// the model's figure, not a guess, sizes the launch, and a launch one byte short ends
+// with a diagnosis instead of corrupting the next block's shared memory.
+__device__ __noinline__ void check_smem(const Step& s, u32 end, int task) {
+  if (end <= dynamic_smem_bytes()) return;
+  if (threadIdx.x == 0) report_error(s, kSmemOverflow, task, 0, end, dynamic_smem_bytes());
+  asm volatile("exit;");
+}
+
 // Block until every counter of `w` reaches its target. Thread 0 spins; the barrier then
 // passes the acquired view to the whole block. Past `timeout_ns` (or once another block
 // reported a timeout) the block records what it waited on and exits, so a schedule bug
 // ends the launch with a diagnosis instead of hanging the GPU. Not inlined: there is one
 // call per task, and inlined copies of the spin loop make ptxas slow.
-__device__ __noinline__ void wait_all(const Step& s, const Waits& w) {
-  trace_mark(s, w.task, 0);
+__device__ __noinline__ void wait_all(const Step& s, const Waits& w, int task) {
+  trace_mark(s, task, 0);
   int give_up = 0;
   if (threadIdx.x == 0) {
     for (int i = 0; i < w.n && !give_up; ++i) {
@@ -77,12 +105,7 @@ __device__ __noinline__ void wait_all(const Step& s, const Waits& w) {
       while ((seen = load_acquire(c)) < target) {
         if (*(volatile u32*)&s.err->flag) { give_up = 1; break; }
         if (global_ns() - start > s.timeout_ns) {
-          if (atomicCAS(&s.err->flag, 0u, 2u) == 0u) {
-            s.err->task = w.task; s.err->counter = w.counter[i]; s.err->expected = target;
-            s.err->observed = seen; s.err->block = blockIdx.x;
-            __threadfence();
-            atomicExch(&s.err->flag, 1u);
-          }
+          report_error(s, kWaitTimeout, task, w.counter[i], target, seen);
           give_up = 1;
           break;
         }
@@ -91,7 +114,7 @@ __device__ __noinline__ void wait_all(const Step& s, const Waits& w) {
     }
   }
   if (__syncthreads_or(give_up)) asm volatile("exit;");
-  trace_mark(s, w.task, 1);
+  trace_mark(s, task, 1);
 }
 
 // Publish the writes of the last `n` tasks: every thread has finished (barrier), then one
