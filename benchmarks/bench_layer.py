@@ -1,12 +1,18 @@
-"""Time one decoder layer's decode step: megakernel (H100 and L20 targets) vs PyTorch eager,
-side by side in one run, against the weight-read floor (weights + KV bytes / measured copy BW).
+"""Time one decoder layer's decode step: megakernel variants vs PyTorch eager, side by side in
+one run, against the weight-read floor (weights + KV bytes / measured copy BW).
 
-    python benchmarks/bench_layer.py --preset llama-3.2-1b --pos 512 [--json out.json]
+    python benchmarks/bench_layer.py --preset llama-3.2-1b --pos 512 \
+        --variants H100,H100:no-ksplit,L20 [--json out.json]
+
+A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting) or
+`:stages=N`. The artifacts are compiled in parallel processes before anything is timed.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import statistics
 import tempfile
 
@@ -46,12 +52,30 @@ def time_launches(fn, iters: int, warmup: int = 10) -> tuple[float, float]:
     return statistics.median(each), s.elapsed_time(e) * 1e3 / iters
 
 
+def variant_config(variant: str) -> adamk.CompileConfig:
+    gpu, *options = variant.split(":")
+    kwargs = {}
+    for o in options:
+        if o == "no-ksplit":
+            kwargs["ksplit"] = False
+        elif o.startswith("stages="):
+            kwargs["stages"] = int(o.split("=")[1])
+        else:
+            raise SystemExit(f"unknown variant option '{o}'")
+    return adamk.CompileConfig(gpu=gpu, **kwargs)
+
+
+def compile_variant(preset: str, variant: str) -> str:
+    art = adamk.compile(DecoderLayer(PRESETS[preset], seed=0), variant_config(variant))
+    return str(art.save(tempfile.mkdtemp() + "/art"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--iters", type=int, default=200)
-    ap.add_argument("--gpus", default="H100,L20")
+    ap.add_argument("--variants", default="H100,L20")
     ap.add_argument("--json")
     args = ap.parse_args()
     cfg = PRESETS[args.preset]
@@ -62,34 +86,38 @@ def main():
     floor_us = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-    for gpu in args.gpus.split(","):
-        art = adamk.compile(layer, adamk.CompileConfig(gpu=gpu))
-        path = art.save(tempfile.mkdtemp() + "/art")
+    variants = args.variants.split(",")
+    with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=multiprocessing.get_context("spawn")) as ex:
+        paths = list(ex.map(compile_variant, [args.preset] * len(variants), variants))
+    for variant, path in zip(variants, paths):
         step = adamk.load(path, layer)
         step.k_cache.normal_()
         step.v_cache.normal_()
         step.buffers["x"].copy_(x)
         med, b2b = time_launches(lambda: step.launch(args.pos), args.iters)
         step.check()
-        rows.append((f"megakernel ({gpu} target, {step.grid} blocks, {step.loaded_from})", med, b2b))
+        m = step.manifest
+        rows.append((f"megakernel {variant} ({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)",
+                     med, b2b, m["predicted_step_us"]))
     eager = layer.to(device="cuda", dtype=torch.bfloat16)
     kc, vc = eager.new_kv_cache(device="cuda")
     kc.normal_(); vc.normal_()
     pos_t = torch.tensor(args.pos, device="cuda")
     with torch.no_grad():
         med, b2b = time_launches(lambda: eager(x, pos_t, kc, vc), args.iters)
-    rows.append(("PyTorch eager (bf16)", med, b2b))
+    rows.append(("PyTorch eager (bf16)", med, b2b, None))
 
     print(f"\n{args.preset} layer, pos {args.pos}, {torch.cuda.get_device_name()}")
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e6:.1f} MB + KV {kv_bytes / 1e6:.2f} MB "
           f"-> floor {floor_us:.1f} us")
-    print(f"{'variant':58s} {'median us':>10s} {'b2b us':>9s} {'floor/b2b':>9s}")
-    for name, med, b2b in rows:
-        print(f"{name:58s} {med:10.1f} {b2b:9.1f} {floor_us / b2b:9.1%}")
+    print(f"{'variant':66s} {'median us':>10s} {'b2b us':>9s} {'floor/b2b':>9s} {'predicted':>9s}")
+    for name, med, b2b, pred in rows:
+        print(f"{name:66s} {med:10.1f} {b2b:9.1f} {floor_us / b2b:9.1%} {pred if pred is not None else '':>9}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"preset": args.preset, "pos": args.pos, "copy_bw": bw, "floor_us": floor_us,
-                       "rows": [{"name": n, "median_us": m, "b2b_us": b} for n, m, b in rows]}, f, indent=2)
+                       "rows": [{"name": n, "median_us": m, "b2b_us": b, "predicted_us": p} for n, m, b, p in rows]},
+                      f, indent=2)
 
 
 if __name__ == "__main__":
