@@ -26,19 +26,19 @@ def graph_of(layer):
     return module
 
 
-def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2):
+def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024):
     """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level."""
     ctx = make_context()
     graph = graph_of(layer)
     fused = graph.clone()
     FusePass().apply(ctx, fused)
-    KSplitPass(tile_rows, stages, stage_bytes, 99 * 1024, num_sms, "L20", ksplit).apply(ctx, fused)
+    KSplitPass(tile_rows, stages, stage_bytes, budget, num_sms, "the target", ksplit).apply(ctx, fused)
     fused.verify()
     tasks = fused.clone()
     TilePass(tile_rows=tile_rows).apply(ctx, tasks)
     tasks.verify()
     schedule = tasks.clone()
-    RoundRobinSchedulePass(num_sms=num_sms, stages=stages).apply(ctx, schedule)
+    RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=stages).apply(ctx, schedule)
     schedule.verify()
     return graph, fused, tasks, schedule
 

@@ -97,3 +97,16 @@ def test_llama_1b_layer_compiles_for_l20_without_spills():
     assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0
     assert art.manifest["kernel"]["grid"] == 92
     assert art.manifest["weight_bytes"] == 2 * sum(p.numel() for p in layer.parameters())
+
+
+def test_plan_without_ksplit_is_the_figure_the_manifest_reports():
+    """Compiling with ksplit=False builds the plan `smem_peak_bytes_without_ksplit` describes
+    (2752 B stages: 4 rows of the down projection, 8 of the others)."""
+    layer = DecoderLayer(PRESETS["tiny"], seed=5)
+    split = adamk.compile(layer, adamk.CompileConfig(gpu="L20", stage_bytes=2752)).manifest
+    unsplit = adamk.compile(layer, adamk.CompileConfig(gpu="L20", stage_bytes=2752, ksplit=False)).manifest
+    assert unsplit["smem_peak_bytes"] == unsplit["smem_peak_bytes_without_ksplit"] == split[
+        "smem_peak_bytes_without_ksplit"]
+    assert split["smem_peak_bytes"] < split["smem_peak_bytes_without_ksplit"]
+    for m in (split, unsplit):
+        assert m["kernel"]["smem_bytes"] == m["smem_peak_bytes"] and isinstance(m["smem_peak_bytes"], int)

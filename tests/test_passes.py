@@ -117,3 +117,23 @@ def test_validator_catches_unbalanced_counters():
     module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, [sm0])])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
         walk(module)
+
+
+@pytest.mark.parametrize("gpu,stages,split_peak,unsplit_peak", [("L20", 2, 69760, 98432), ("H100", 4, 135296, 163968)])
+def test_ksplit_shrinks_the_1b_layers_shared_memory(gpu, stages, split_peak, unsplit_peak):
+    """The paper's figure for the llama-3.2-1b layer: with 32 KB stages, K-splitting keeps every
+    work area at 1024 inputs (4 KB + scratch); without it the down projection's stage holds 2
+    whole rows of 8192 and its work area all 8192 inputs (32 KB)."""
+    from adamk import smem
+    from adamk.targets import get_gpu
+    target = get_gpu(gpu)
+    layer = random_layer("llama-3.2-1b")
+    _, fused, tasks, schedule = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block)
+    sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
+    assert sched.smem_bytes.value.data == split_peak == stages * 32768 + smem.linear_work_bytes(1024)
+    splits = {o.weight.owner.weight_name.data: o.k_split.value.data for o in ops_of(fused) if isinstance(o, LinearOp)}
+    assert splits["down_proj.weight"] == 8 and splits["q_proj.weight"] == 2
+    assert all(t.stage_bytes.value.data <= 32768 for t in tasks.ops if isinstance(t, TaskOp))
+    _, _, _, unsplit = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block, ksplit=False)
+    assert next(o for o in unsplit.ops if isinstance(o, ScheduleOp)).smem_bytes.value.data == unsplit_peak
+    assert unsplit_peak == smem.peak_without_ksplit([2048] * 6 + [8192], [64], stages, 32768, 16)

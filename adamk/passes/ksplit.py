@@ -8,7 +8,9 @@ fits `stage_bytes`, so `depth` stages of it stay in flight per SM whatever K is;
 attention splits its sequence (flash-decoding) so that its query heads x parts cover the
 SMs. Partial sums are combined in a fixed order by the tasks the tile pass adds.
 
-With `enabled=False` every k_split is 1 (the plan without K-splitting). Either way an op
+With `enabled=False` every k_split is 1 and a linear takes as many whole rows (up to
+`tile_rows`) as fit `stage_bytes`: the best plan without K-splitting at the same bytes in
+flight, the one smem.peak_without_ksplit measures. Either way an op
 whose footprint at this depth exceeds the per-block budget is an error naming the op,
 its footprint and the budget (smem.py has the model).
 """
@@ -42,12 +44,14 @@ class KSplitPass(ModulePass):
         for o in fn.body.block.ops:
             if isinstance(o, LinearOp):
                 k = shape_of(o.weight)[1]
-                parts = self.linear_parts(k) if self.enabled else 1
+                if self.enabled:
+                    rows, parts = self.tile_rows, self.linear_parts(k)
+                else:   # the best plan without splitting: as many whole rows as fit a stage
+                    rows, parts = smem.unsplit_rows(k, self.stage_bytes, self.tile_rows), 1
                 chunk = smem.k_chunk(k, parts)
-                what = f"linear '{o.weight.owner.weight_name.data}' ({self.tile_rows} rows x {chunk} of K={k})"
-                self.check(what, smem.Footprint(smem.linear_stage_bytes(self.tile_rows, chunk),
-                                                smem.linear_work_bytes(chunk)))
-                o.properties["tile_rows"] = IntegerAttr(self.tile_rows, i64)
+                what = f"linear '{o.weight.owner.weight_name.data}' ({rows} rows x {chunk} of K={k})"
+                self.check(what, smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk)))
+                o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
                 heads, max_seq = o.num_heads.value.data, shape_of(o.k_cache)[2]
