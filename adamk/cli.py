@@ -42,8 +42,8 @@ def main():
 def _progress(name: str):
     """Show a spinner while a step runs, then its time; steps over a second get a line either way."""
     start = time.perf_counter()
-    with err_console.status(f"{name} ..."):
-        yield
+    with err_console.status(f"{name} ...") as status:
+        yield lambda detail: status.update(f"{name} ... {detail}")
     seconds = time.perf_counter() - start
     err_console.print(f"[green]done[/] {name} [dim]({seconds:.1f} s)[/]")
 
@@ -59,18 +59,25 @@ def _progress(name: str):
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
               help="Bytes of one weight stage; reductions are K-split to fit it.")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
+@click.option("--schedule", type=click.Choice(["search", "round-robin", "barrier"]), default="search",
+              show_default=True, help="The DAG search, or a baseline for comparison.")
+@click.option("--search-budget", default=25.0, show_default=True, type=float, help="Seconds the search may take.")
+@click.option("--cost-model", type=click.Path(dir_okay=False), default=None,
+              help="A GPU profile from `adamk calibrate` (default: the spec table).")
 @click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
               help="Also write the IR after every pass into this directory.")
-def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes, no_ksplit, output, force, dump_ir):
+def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes, no_ksplit, schedule, search_budget,
+            cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
     from . import compiler
     from .artifact import check_output_dir
     from .config import CompileConfig
     config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows,
-                           stages=stages, stage_bytes=stage_bytes, ksplit=not no_ksplit)
+                           stages=stages, stage_bytes=stage_bytes, ksplit=not no_ksplit, schedule=schedule,
+                           search_budget_s=search_budget, cost_model=cost_model)
     check_output_dir(output, force)          # before a long compile, not after it
     if not model.exists():
         raise AdamkError(f"{model}: no such file")
@@ -104,7 +111,8 @@ def inspect(artifact):
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
         f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
         f"{m['target']['dram_gbps']:.0f} GB/s",
-        f"predicted     {m['predicted_step_us']} us per step",
+        f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
+        f"({m['config']['schedule']} schedule, {m['search_seconds']} s of search; cost model: {m['cost_model']})",
         "files",
     ]
     lines += [f"  {'ok' if s == 'ok' else s.upper():8s} {name}" for name, s in sorted(status.items())]

@@ -20,6 +20,7 @@ from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
 from .passes.tile import TilePass
 from .search.cost import CostModel, predict_step_us
+from .search.dag_search import DagSearch, SearchSchedulePass
 from .search.round_robin import RoundRobinSchedulePass
 from .search.validate import schedule_of, walk
 
@@ -44,15 +45,32 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             _check_max_seq_len(graph, config.max_seq_len)
         graph_text = print_module(graph)
         model_dims = _model_dims(graph)
-    with step("passes: fuse, K-split and tile into tasks"):
+    pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
+    cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
+    with step("passes: fuse and K-split"):
         run(FusePass(), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
         smem_without_ksplit = _peak_without_ksplit(graph, config)
         run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
                        config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model
+    search = None
+    if config.schedule == "search":
+        with step("search: tiling per op, placement and order of every task") as update:
+            search = DagSearch(cost, config.blocks, config.depth, config.stage_bytes, target.smem_per_block,
+                               config.tile_rows, config.dtype, pos, config.search_budget_s,
+                               _search_progress(update)).run(graph)
+            graph.verify()
+            if dump_dir is not None:
+                dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)
+    with step("passes: tile into tasks"):
         run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: parts, combines, one task per tile
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
-        run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth), graph)
+        if search is not None:
+            run(SearchSchedulePass(cost, config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth, pos),
+                graph)
+        else:
+            run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth,
+                                       barrier=config.schedule == "barrier"), graph)
         walk(graph)                                            # every wait satisfiable, counters balanced
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
@@ -74,9 +92,17 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest = _manifest(graph, graph_text, config, binaries)
     manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
     manifest["model"] = model_dims
-    manifest["predicted_at_pos"] = pos = min(512, model_dims["max_seq_len"] - 1)
-    manifest["predicted_step_us"] = round(predict_step_us(graph, CostModel.for_gpu(target), pos), 1)
+    manifest["predicted_at_pos"] = pos
+    manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
+    manifest["cost_model"] = cost.source
+    manifest["search_seconds"] = round(search.seconds, 2) if search else 0.0
     return Artifact(files, manifest)
+
+
+def _search_progress(update):
+    if update is None:
+        return None
+    return lambda done, total, best: update(f"{done}/{total} plans, best {best:.1f} us predicted")
 
 
 def import_model(model, example_inputs=None) -> ModuleOp:

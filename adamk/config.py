@@ -6,6 +6,7 @@ import dataclasses
 from .errors import AdamkError
 from .targets import get_gpu
 
+SCHEDULES = ("search", "round-robin", "barrier")
 BLOCK_THREADS = 256   # threads per block of the persistent kernel (8 warps); the device library assumes it
 
 
@@ -21,6 +22,9 @@ class CompileConfig:
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
+    schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin" / "barrier"
+    search_budget_s: float = 25.0     # wall-clock bound of the DAG search
+    cost_model: str | None = None     # a profile from `adamk calibrate`; None: the spec table's defaults
 
     def __post_init__(self):
         target = get_gpu(self.gpu)   # raises on an unknown name
@@ -32,6 +36,10 @@ class CompileConfig:
         if self.tile_rows <= 0 or (self.tile_rows % warps and warps % self.tile_rows):
             raise AdamkError(f"tile_rows={self.tile_rows} must be a multiple of {warps} (warps per block) "
                              f"or divide it")
+        if self.schedule not in SCHEDULES:
+            raise AdamkError(f"schedule='{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        if self.search_budget_s <= 0:
+            raise AdamkError(f"search_budget_s={self.search_budget_s} must be positive")
         if self.stages is not None and not 1 <= self.stages <= 8:
             raise AdamkError(f"stages={self.stages} outside 1..8")
         if self.stage_bytes < 256 or self.stage_bytes % 16:

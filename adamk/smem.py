@@ -47,6 +47,14 @@ def k_parts(k: int, k_split: int) -> list[tuple[int, int]]:
     return [(k0, min(c, k - k0)) for k0 in range(0, k, c)]
 
 
+def fewest_k_parts(k: int, tile_rows: int, stage_bytes: int) -> int:
+    """The fewest K-parts whose stage fits `stage_bytes` (parts of at least 8 columns)."""
+    parts = 1
+    while parts < k // 8 and linear_stage_bytes(tile_rows, k_chunk(k, parts)) > stage_bytes:
+        parts += 1
+    return len(k_parts(k, parts))
+
+
 def linear_stage_bytes(tile_rows: int, k_chunk: int) -> int:
     """One weight stage: tile_rows x k_chunk bf16 (`WeightStage` in linear.cuh)."""
     return tile_rows * k_chunk * BF16

@@ -193,8 +193,13 @@ class _Emitter:
         waits: list[WaitOp] = []
         for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
-                waits.append(op)          # a task's waits run inside its body, after the next stage is issued
+                waits.append(op)   # run inside the next task's body, after its next stage is issued (waits
+                                   # after an SM's last task guard nothing and are not emitted)
             elif isinstance(op, ExecOp):
+                while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first
+                    head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
+                    lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, "
+                                 f"{op.task_id.value.data});")
                 stage = None
                 if op.kind.data == "linear":
                     stage = linears.index(op)

@@ -7,7 +7,8 @@ rows of a linear, query heads of an attention), its K-split part (`k_index` of
 (`stage_bytes` of weights staged through the SM's ring, `work_bytes` of work area; see
 smem.py). A split op's parts write float partials; its `*_combine` tasks add them up in
 part order. Dependencies are `!adamk.token` SSA values: the task DAG is the use-def
-graph, so a task can only name producers that come before it.
+graph, so a task can only name producers that come before it; `adamk.join` stands for
+all tasks of one op.
 """
 from __future__ import annotations
 
@@ -152,4 +153,25 @@ class TaskOp(TaskBody):
         super().__init__(operands=[list(deps)], properties=properties, result_types=[TokenType()])
 
 
-TASK_OPS = [BufferOp, TaskOp]
+@irdl_op_definition
+class JoinOp(IRDLOperation):
+    """Done when every task of op `source` is: a consumer of a whole vector depends on one
+    join instead of on each producer tile, so the DAG stays linear in the number of tasks
+    (and a join is what one per-op counter tracks)."""
+    name = "adamk.join"
+    source = prop_def(StringAttr)
+    parts = var_operand_def(TokenType)
+    done = result_def(TokenType)
+
+    def __init__(self, source: str, parts):
+        super().__init__(operands=[list(parts)], properties={"source": StringAttr(source)},
+                         result_types=[TokenType()])
+
+    def verify_(self):
+        for p in self.parts:
+            if not isinstance(p.owner, TaskOp) or p.owner.source.data != self.source.data:
+                raise VerifyException(f"adamk.join @{self.source.data}: operand {p.name_hint or p} is not the "
+                                      f"token of a task of '{self.source.data}'")
+
+
+TASK_OPS = [BufferOp, TaskOp, JoinOp]

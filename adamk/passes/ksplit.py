@@ -45,7 +45,7 @@ class KSplitPass(ModulePass):
             if isinstance(o, LinearOp):
                 k = shape_of(o.weight)[1]
                 if self.enabled:
-                    rows, parts = self.tile_rows, self.linear_parts(k)
+                    rows, parts = self.tile_rows, smem.fewest_k_parts(k, self.tile_rows, self.stage_bytes)
                 else:   # the best plan without splitting: as many whole rows as fit a stage
                     rows, parts = smem.unsplit_rows(k, self.stage_bytes, self.tile_rows), 1
                 chunk = smem.k_chunk(k, parts)
@@ -59,13 +59,6 @@ class KSplitPass(ModulePass):
                 hd = o.head_dim.value.data
                 self.check(f"attention (head_dim {hd})", smem.Footprint(0, smem.attention_work_bytes(hd)))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
-
-    def linear_parts(self, k: int) -> int:
-        """The fewest parts whose stage fits stage_bytes (parts of at least 8 columns)."""
-        parts = 1
-        while parts < k // 8 and smem.linear_stage_bytes(self.tile_rows, smem.k_chunk(k, parts)) > self.stage_bytes:
-            parts += 1
-        return len(smem.k_parts(k, parts))
 
     def check(self, what: str, fp: smem.Footprint):
         need = fp.alone(self.depth)

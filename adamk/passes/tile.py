@@ -22,7 +22,7 @@ from xdsl.passes import ModulePass
 
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
-from ..dialects.task import BufferOp, TaskOp
+from ..dialects.task import BufferOp, JoinOp, TaskOp
 from ..errors import FrontendError, UnsupportedShapeError
 
 
@@ -43,19 +43,54 @@ class TilePass(ModulePass):
         fn = next((o for o in op.ops if isinstance(o, func.FuncOp)), None)
         if fn is None:
             raise FrontendError("graph IR has no func.func @decode_step")
-        builder = _TaskBuilder(self.tile_rows, self.dtype)
+        builder = TaskBuilder(self.tile_rows, self.dtype)
         builder.build(fn)
+        members: dict[str, list[int]] = {}
+        for i, r in enumerate(builder.tasks):
+            members.setdefault(r.source, []).append(i)
+        ops, tasks, joins = [], [], {}
+        for r in builder.tasks:
+            deps = []
+            for source in dict.fromkeys(builder.tasks[d].source for d in r.deps):
+                mine = [d for d in r.deps if builder.tasks[d].source == source]
+                if len(mine) > 1 and len(mine) == len(members[source]):    # all of them: one join
+                    if source not in joins:
+                        joins[source] = JoinOp(source, [tasks[d].done for d in mine])
+                        ops.append(joins[source])
+                    deps.append(joins[source].done)
+                else:
+                    deps += [tasks[d].done for d in mine]
+            tasks.append(TaskOp(deps, TaskOp.body_properties(r.name, r.kind, r.source, r.tile, r.buffers, r.params,
+                                                             r.footprint, r.k_index, r.k_split)))
+            ops.append(tasks[-1])
         op.body.detach_block(0)
-        op.body.add_block(Block([*builder.buffers, *builder.tasks]))
+        op.body.add_block(Block([*builder.buffers, *ops]))
 
 
-class _TaskBuilder:
+@dataclass
+class TaskRecord:
+    """One task before it becomes an `adamk.task`: what the DAG search costs without building IR."""
+    name: str
+    kind: str
+    source: str
+    tile: tuple[int, int]
+    deps: list[int]            # indices of earlier records
+    buffers: dict
+    params: dict
+    footprint: smem.Footprint | None
+    k_index: int
+    k_split: int
+
+
+class TaskBuilder:
+    """Tiles the fused `@decode_step` into TaskRecords (program order is topological)."""
+
     def __init__(self, tile_rows: int, dtype: str):
         self.tile_rows, self.dtype = tile_rows, dtype
         self.buffers: list[BufferOp] = []
-        self.tasks: list[TaskOp] = []
+        self.tasks: list[TaskRecord] = []
         self.name_of: dict = {}            # SSA value -> buffer name
-        self.producers: dict[str, list[tuple[TaskOp, int, int]]] = {}   # buffer -> (task, begin, end) of rows
+        self.producers: dict[str, list[tuple[int, int, int]]] = {}   # buffer -> (task index, begin, end) of rows
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None):
         self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype))
@@ -92,8 +127,8 @@ class _TaskBuilder:
                                     "attention (this elementwise op has no consumer to fuse into)")
 
     def deps(self, buffer: str, begin: int | None = None, end: int | None = None):
-        """Tokens of the tasks that write rows [begin, end) of `buffer` (all rows if None)."""
-        return [t.done for t, b, e in self.producers.get(buffer, [])
+        """Indices of the tasks that write rows [begin, end) of `buffer` (all rows if None)."""
+        return [t for t, b, e in self.producers.get(buffer, [])
                 if begin is None or (b < end and begin < e)]
 
     def linear(self, op: LinearOp, out: str):
@@ -181,10 +216,9 @@ class _TaskBuilder:
     def task(self, source: str, name: str, kind: str, tile, deps, buffers, params, footprint=None, *,
              k_index: int = 0, k_split: int = 1, written=None):
         """Append one task writing rows `written` (default: its tile) of buffer `source`."""
-        task = TaskOp(_dedup(deps), TaskOp.body_properties(name, kind, source, tile, buffers, params, footprint,
-                                                           k_index, k_split))
-        self.tasks.append(task)
-        self.producers.setdefault(source, []).append((task, *(written or tile)))
+        self.tasks.append(TaskRecord(name, kind, source, tuple(tile), _dedup(deps), dict(buffers), dict(params),
+                                     footprint, k_index, k_split))
+        self.producers.setdefault(source, []).append((len(self.tasks) - 1, *(written or tile)))
 
 
 def _unique(base: str, used: set) -> str:

@@ -1,75 +1,151 @@
-"""Cost model: predicted time of one step of a schedule.
+"""Cost model: the predicted time of every task of a schedule, and the per-SM clock the DAG
+search places tasks with.
 
-Each SM runs its program on its own clock. A task costs its bytes (weights, KV rows,
-staged inputs) over the bandwidth one SM gets when all pull at once, plus a fixed
-per-task overhead; a wait ends one sync latency after the last signal it needs. The
-parameters come from the spec table; calibration against measured kernels comes with the
-DAG search.
+Each SM runs its program in order. A linear task's weights stream into its shared-memory
+stage, issued when the linear task `stages - 1` places earlier on the same SM starts (the
+ring of smem.py): the SM's copies queue behind each other at the bandwidth one SM gets
+when every SM pulls at once (`sm_bytes_per_us`) and land `dram_latency_us` later. A task
+starts when the previous one has ended and its waits are satisfied (`sync_latency_us`
+after the last signal it needs), pays `task_overhead_us` (barriers, staging its input),
+then computes: a linear once its weights have landed, reading its stage at
+`smem_bytes_per_us`; an attention part streaming its KV rows at `kv_bytes_per_us`; a
+combine reading its partials at `sm_bytes_per_us`. A step costs its makespan plus
+`launch_us`.
+
+Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
+on a GPU from a profiling build and writes a profile (`CostModel.load`).
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections import deque
 
 from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import ExecOp, SignalOp, WaitOp
+from ..errors import AdamkError
 from ..targets import GPU
-from .validate import walk
+from .validate import schedule_of, walk
 
-BYTES = {"bf16": 2, "f32": 4}
+BF16, F32 = 2, 4
 
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
-    sm_bytes_per_us: float        # one SM's share of DRAM bandwidth
-    task_overhead_us: float = 1.0
-    sync_latency_us: float = 1.0
+    gpu: str
+    sm_bytes_per_us: float            # DRAM bytes one SM pulls per us while all SMs pull
+    dram_latency_us: float = 1.0      # a copy's issue to its bytes in shared memory, unloaded
+    sync_latency_us: float = 1.0      # a release signal to the waiter seeing it
+    task_overhead_us: float = 0.5     # per task: barriers, staging its input vector
+    smem_bytes_per_us: float = 150e3  # a block reading its weight stage (8 warps, 16 B per lane)
+    kv_bytes_per_us: float = 10e3     # an attention part streaming its KV rows
+    launch_us: float = 3.0            # launch to first instruction, and the grid's exit
+    source: str = "spec table"
 
     @classmethod
     def for_gpu(cls, gpu: GPU) -> "CostModel":
-        return cls(sm_bytes_per_us=gpu.dram_gbps * 1e3 / gpu.num_sms)
+        share = gpu.dram_gbps * 1e3 / gpu.num_sms            # bytes per us per SM at the datasheet rate
+        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.4 * share)
 
-    def task_bytes(self, op: ExecOp, pos: int) -> int:
-        begin, end = op.tile_range
-        kind, parts = op.kind.data, op.k_split.value.data
+    @classmethod
+    def load(cls, path, gpu: GPU) -> "CostModel":
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            model = cls(**{k: data[k] for k in data if k in {f.name for f in dataclasses.fields(cls)}})
+        except (OSError, ValueError, TypeError) as e:
+            raise AdamkError(f"{path}: not a cost profile written by `adamk calibrate` ({e})") from None
+        if model.gpu != gpu.name:
+            raise AdamkError(f"{path} was calibrated on {model.gpu}; the target is {gpu.name}")
+        return dataclasses.replace(model, source=str(path))
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(dataclasses.asdict(self), f, indent=2)
+            f.write("\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCost:
+    """What the model needs to know of one task."""
+    kind: str
+    stage_bytes: int = 0     # weights staged through the ring (linear)
+    read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
+
+    @classmethod
+    def of(cls, kind: str, tile, k_len: int, k_split: int, head_dim: int, pos: int) -> "TaskCost":
+        rows = tile[1] - tile[0]
         if kind == "linear":
-            k_len = op.k_range[1]
-            return (end - begin) * k_len * BYTES["bf16"] + k_len * BYTES["f32"]
+            return cls(kind, stage_bytes=rows * k_len * BF16)
         if kind == "attention":
-            return 2 * -(-(pos + 1) // parts) * op.param("head_dim") * BYTES["bf16"]
+            return cls(kind, read_bytes=2 * -(-(pos + 1) // k_split) * head_dim * BF16)
         if kind == "linear_combine":
-            return (end - begin) * parts * BYTES["f32"]
+            return cls(kind, read_bytes=rows * k_split * F32)
         if kind == "attention_combine":
-            return (end - begin) * (op.param("head_dim") + 2) * parts * BYTES["f32"]
+            return cls(kind, read_bytes=rows * (head_dim + 2) * k_split * F32)
         raise ValueError(f"no cost for task kind '{kind}'")
 
-    def task_us(self, op: ExecOp, pos: int) -> float:
-        return self.task_overhead_us + self.task_bytes(op, pos) / self.sm_bytes_per_us
+    @classmethod
+    def of_exec(cls, op: ExecOp, pos: int) -> "TaskCost":
+        kind = op.kind.data
+        return cls.of(kind, op.tile_range, op.k_range[1] if kind == "linear" else 0, op.k_split.value.data,
+                      op.param("head_dim") or 0, pos)
+
+
+class SmClock:
+    """One SM's clock under the model: run tasks in order, get their (start, end)."""
+
+    def __init__(self, model: CostModel, stages: int):
+        self.model, self.stages = model, stages
+        self.now = 0.0                 # the end of the last task
+        self.stream_free = 0.0         # when the SM's queue of weight copies drains
+        self.linear_starts: deque = deque(maxlen=max(1, stages - 1))
+
+    def run(self, task: TaskCost, ready: float = 0.0) -> tuple[float, float]:
+        m = self.model
+        start = max(self.now, ready)
+        if task.kind == "linear":
+            if self.stages == 1:
+                issue = start
+            else:   # issued when the linear task stages - 1 earlier started (at 0: the program's prologue)
+                issue = self.linear_starts[0] if len(self.linear_starts) == self.linear_starts.maxlen else 0.0
+            self.stream_free = max(issue, self.stream_free) + task.stage_bytes / m.sm_bytes_per_us
+            arrival = self.stream_free + m.dram_latency_us
+            self.linear_starts.append(start)
+            end = max(start + m.task_overhead_us, arrival) + task.stage_bytes / m.smem_bytes_per_us
+        elif task.kind == "attention":
+            end = start + m.task_overhead_us + task.read_bytes / m.kv_bytes_per_us
+        else:
+            end = start + m.task_overhead_us + task.read_bytes / m.sm_bytes_per_us
+        self.now = end
+        return start, end
 
 
 def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int, tuple[int, float, float]]:
     """Predicted (sm, start, end) in us of every task_id for one step at position `pos`,
-    replaying the schedule on per-SM clocks."""
-    clock: dict[int, float] = {}
+    replaying the schedule's waits and signals on per-SM clocks."""
+    stages = schedule_of(schedule).stages.value.data
+    clocks: dict[int, SmClock] = {}
+    ready: dict[int, float] = {}
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
 
     def on_op(sm: int, op):
-        t = clock.get(sm, 0.0)
+        clock = clocks.setdefault(sm, SmClock(model, stages))
         if isinstance(op, WaitOp):
             times = sorted(signals[op.counter.data])
-            t = max(t, times[op.count.value.data - 1] + model.sync_latency_us)
+            ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.sync_latency_us)
         elif isinstance(op, ExecOp):
-            tasks[op.task_id.value.data] = (sm, t, t + model.task_us(op, pos))
-            t = tasks[op.task_id.value.data][2]
+            start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0))
+            tasks[op.task_id.value.data] = (sm, start, end)
         elif isinstance(op, SignalOp):
-            signals.setdefault(op.counter.data, []).extend([t] * op.count.value.data)
-        clock[sm] = t
+            signals.setdefault(op.counter.data, []).extend([clock.now] * op.count.value.data)
 
     walk(schedule, on_op=on_op)
     return tasks
 
 
 def predict_step_us(schedule: ModuleOp, model: CostModel, pos: int) -> float:
-    """Makespan of one step at position `pos`."""
-    return max((end for _, _, end in predict_timeline(schedule, model, pos).values()), default=0.0)
+    """Makespan of one step at position `pos`, plus the launch."""
+    return model.launch_us + max((end for _, _, end in predict_timeline(schedule, model, pos).values()), default=0.0)

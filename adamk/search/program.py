@@ -1,0 +1,87 @@
+"""Turn a placement (which tasks each SM runs, in order) into schedule-level IR.
+
+Shared by the placement passes (round-robin, the DAG search, the grid-barrier variant).
+Counters are per source op: a consumer waits for the whole producer op (`<op>.done`
+reaching its task count), once per SM, before the first task there that needs it; a run
+of same-op tasks on an SM publishes with one release signal of the run's length. With
+`barrier=True` the dependency waits are replaced by one grid-wide barrier between
+consecutive ops instead (every SM signals `barrier.<k>` after its tasks of op k, and
+waits for all SMs before op k + 1): the ablation's barrier variant.
+"""
+from __future__ import annotations
+
+from xdsl.dialects.builtin import ModuleOp
+from xdsl.ir import Block
+
+from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from ..dialects.task import BufferOp, TaskOp
+from ..errors import ScheduleError
+
+
+def counter_name(source: str) -> str:
+    return f"{source}.done"
+
+
+def op_groups(tasks: list[TaskOp]) -> list[str]:
+    """Source ops in program order."""
+    return list(dict.fromkeys(t.source.data for t in tasks))
+
+
+def check_smem(schedule: ScheduleOp, budget: int):
+    """Every SM's plan fits the per-block budget, or an error naming the SM and its biggest tasks."""
+    for sm in schedule.sms:
+        plan = schedule.plan(sm)
+        if plan.peak > budget:
+            execs = [o for o in sm.body.block.ops if isinstance(o, ExecOp)]
+            stage = max(execs, key=lambda o: o.stage_bytes.value.data)
+            work = max(execs, key=lambda o: o.work_bytes.value.data)
+            raise ScheduleError(f"SM {sm.index.value.data} needs {plan.peak} B of shared memory ({plan.depth} stages "
+                                f"x {plan.slot_bytes} B for task {stage.sym_name.data} + {plan.work_bytes} B work "
+                                f"area for task {work.sym_name.data}); the per-block budget is {budget} B")
+
+
+def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, smem_budget: int,
+                  barrier: bool = False) -> None:
+    """Replace the task-level body of `module` with the schedule of `programs` (task indices
+    per SM, each SM's in program order)."""
+    buffers = [o for o in module.ops if isinstance(o, BufferOp)]
+    tasks = [o for o in module.ops if isinstance(o, TaskOp)]
+    sources = op_groups(tasks)
+    count = {s: sum(t.source.data == s for t in tasks) for s in sources}
+    if barrier:
+        counters = {f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
+    else:
+        waited_on = [s for s in sources if any(d.owner.source.data == s for t in tasks for d in t.deps)]
+        counters = {counter_name(s): CounterOp(counter_name(s), i, count[s]) for i, s in enumerate(waited_on)}
+
+    sms = []
+    for index, program in enumerate(programs):
+        ops, seen = [], set()
+        if barrier:
+            for k, source in enumerate(sources):
+                if k:
+                    ops.append(WaitOp(f"barrier.{k - 1}", len(programs)))
+                ops += [ExecOp(i, tasks[i].copy_body_properties()) for i in program if tasks[i].source.data == source]
+                if k < len(sources) - 1:
+                    ops.append(SignalOp(f"barrier.{k}", 1))
+        else:
+            for i in program:
+                t = tasks[i]
+                for src in sorted({d.owner.source.data for d in t.deps}, key=sources.index):
+                    if src not in seen:
+                        seen.add(src)
+                        ops.append(WaitOp(counter_name(src), count[src]))
+                pending = 0
+                if ops and isinstance(ops[-1], SignalOp) and ops[-1].counter.data == counter_name(t.source.data):
+                    pending = ops.pop().count.value.data        # extend the run's signal past this task
+                ops.append(ExecOp(i, t.copy_body_properties()))
+                if counter_name(t.source.data) in counters:
+                    ops.append(SignalOp(counter_name(t.source.data), pending + 1))
+        sms.append(SmOp(index, ops))
+
+    schedule = ScheduleOp(len(programs), block_threads, stages, sms)
+    check_smem(schedule, smem_budget)
+    for b in buffers:
+        b.detach()
+    module.body.detach_block(0)
+    module.body.add_block(Block([*buffers, *counters.values(), schedule]))
