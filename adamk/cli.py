@@ -1,4 +1,4 @@
-"""The `adamk` command line: compile, inspect, gpus.
+"""The `adamk` command line: compile, inspect, calibrate, gpus.
 
 User mistakes (bad paths, unsupported models, unknown GPUs, ...) end with one line on
 stderr and exit status 1; nothing half-written is left behind.
@@ -119,6 +119,24 @@ def inspect(artifact):
     click.echo("\n".join(lines))
     if any(s != "ok" for s in status.values()):
         _fail(f"{artifact}: " + ", ".join(f"{n} {s}" for n, s in status.items() if s != "ok"))
+
+
+@main.command()
+@click.option("--gpu", required=True, help="The GPU this machine has, as a target name (see `adamk gpus`).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The cost profile (JSON) to write.")
+@click.option("--preset", default="llama-3.2-1b", show_default=True, help="The layer to measure with.")
+@click.option("--pos", default=512, show_default=True, type=int, help="KV position of the measured steps.")
+def calibrate(gpu, output, preset, pos):
+    """Measure the cost model on this machine's GPU (needs CUDA) and write a profile for
+    `adamk compile --cost-model`."""
+    from .calibrate import calibrate as run
+    model, measured, predicted = run(gpu, preset, pos, progress=_progress)
+    model.save(output)
+    err_console.print(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, sync {model.sync_latency_us:.2f} "
+                      f"us, task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us; the traced "
+                      f"schedule measured {measured:.1f} us, the fitted model predicts {predicted:.1f} us",
+                      soft_wrap=True)
 
 
 @main.command()

@@ -22,7 +22,7 @@ from .passes.tile import TilePass
 from .search.cost import CostModel, predict_step_us
 from .search.dag_search import DagSearch, SearchSchedulePass
 from .search.round_robin import RoundRobinSchedulePass
-from .search.validate import schedule_of, walk
+from .search.validate import schedule_of, validate
 
 
 def compile(model, config: CompileConfig | None = None, example_inputs=None, *, dump_dir=None,
@@ -70,12 +70,15 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
                 graph)
         else:
             run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth,
-                                       barrier=config.schedule == "barrier"), graph)
-        walk(graph)                                            # every wait satisfiable, counters balanced
+                                       barrier=config.schedule == "barrier", queue=config.schedule == "queue"), graph)
+        validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
-        source = emit_cuda(graph, target, config.profile)      # straight-line program per SM
+        source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
+        if binaries.report["registers"] * BLOCK_THREADS > 65536:   # one block per SM must fit the register file
+            raise AdamkError(f"internal: {binaries.report['registers']} registers x {BLOCK_THREADS} threads do not fit "
+                             "one SM's 64K registers, so the blocks cannot all be co-resident")
         if binaries.report["static_smem"]:                     # all shared memory must come from the model
             raise AdamkError(f"internal: the kernel declares {binaries.report['static_smem']} B of static shared "
                              "memory outside the shared-memory model")
@@ -170,7 +173,10 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    "registers": report["registers"],
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),
-                   "profile": config.profile, "args": list(KERNEL_ARGS)},
+                   "profile": config.profile, "args": list(KERNEL_ARGS),
+                   # counters beyond the schedule's: the work-queue variant's queue and per-block tickets
+                   "extra_counters": 1 + sched.num_sms.value.data if config.schedule == "queue" else 0,
+                   "queue_per_step": len(execs) + sched.num_sms.value.data if config.schedule == "queue" else 0},
         "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
                      "dtype": b.dtype.data} for b in buffers],
         "weights": [{"name": b.sym_name.data, "shape": list(b.shape.get_values()), "dtype": b.dtype.data,

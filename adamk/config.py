@@ -6,7 +6,7 @@ import dataclasses
 from .errors import AdamkError
 from .targets import get_gpu
 
-SCHEDULES = ("search", "round-robin", "barrier")
+SCHEDULES = ("search", "round-robin", "barrier", "queue")
 BLOCK_THREADS = 256   # threads per block of the persistent kernel (8 warps); the device library assumes it
 
 
@@ -22,7 +22,8 @@ class CompileConfig:
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
-    schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin" / "barrier"
+    schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin", "barrier",
+                                      # "queue" (blocks take tasks from an atomic counter at run time)
     search_budget_s: float = 25.0     # wall-clock bound of the DAG search
     cost_model: str | None = None     # a profile from `adamk calibrate`; None: the spec table's defaults
 
@@ -38,6 +39,8 @@ class CompileConfig:
                              f"or divide it")
         if self.schedule not in SCHEDULES:
             raise AdamkError(f"schedule='{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        if self.schedule == "queue" and self.profile:
+            raise NotImplementedError("profile=True is not implemented for the work-queue variant")
         if self.search_budget_s <= 0:
             raise AdamkError(f"search_budget_s={self.search_budget_s} must be positive")
         if self.stages is not None and not 1 <= self.stages <= 8:
@@ -53,6 +56,8 @@ class CompileConfig:
 
     @property
     def depth(self) -> int:
+        if self.schedule == "queue":
+            return 1              # a block cannot stage tasks it has not taken yet
         return self.stages or self.target.weight_stages
 
     @property

@@ -4,8 +4,10 @@ one run, against the weight-read floor (weights + KV bytes / measured copy BW).
     python benchmarks/bench_layer.py --preset llama-3.2-1b --pos 512 \
         --variants H100,H100:no-ksplit,L20 [--json out.json]
 
-A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting) or
-`:stages=N`. The artifacts are compiled in parallel processes before anything is timed.
+A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting),
+`:stages=N` or `:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
+variant with a profile from `adamk calibrate`. The artifacts are compiled in parallel
+processes before anything is timed.
 """
 from __future__ import annotations
 
@@ -52,22 +54,29 @@ def time_launches(fn, iters: int, warmup: int = 10) -> tuple[float, float]:
     return statistics.median(each), s.elapsed_time(e) * 1e3 / iters
 
 
-def variant_config(variant: str) -> adamk.CompileConfig:
+def variant_config(variant: str, cost_model: str | None = None) -> adamk.CompileConfig:
     gpu, *options = variant.split(":")
-    kwargs = {}
+    kwargs = {"cost_model": cost_model}
     for o in options:
         if o == "no-ksplit":
             kwargs["ksplit"] = False
         elif o.startswith("stages="):
             kwargs["stages"] = int(o.split("=")[1])
+        elif o.startswith("schedule="):
+            kwargs["schedule"] = o.split("=")[1]
         else:
             raise SystemExit(f"unknown variant option '{o}'")
     return adamk.CompileConfig(gpu=gpu, **kwargs)
 
 
-def compile_variant(preset: str, variant: str) -> str:
-    art = adamk.compile(DecoderLayer(PRESETS[preset], seed=0), variant_config(variant))
+def compile_variant(preset: str, variant: str, cost_model: str | None = None) -> str:
+    art = adamk.compile(DecoderLayer(PRESETS[preset], seed=0), variant_config(variant, cost_model))
     return str(art.save(tempfile.mkdtemp() + "/art"))
+
+
+def compile_all(preset: str, variants: list[str], cost_model: str | None = None) -> list[str]:
+    with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(compile_variant, [preset] * len(variants), variants, [cost_model] * len(variants)))
 
 
 def main():
@@ -76,25 +85,30 @@ def main():
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--variants", default="H100,L20")
+    ap.add_argument("--cost-model", help="a profile from `adamk calibrate` for every variant")
     ap.add_argument("--json")
     args = ap.parse_args()
-    cfg = PRESETS[args.preset]
+    run(args.preset, args.pos, args.iters, args.variants.split(","), args.cost_model, args.json)
+
+
+def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str | None, json_path: str | None):
+    """Compile the variants, then time them, eager PyTorch and the floor in one process.
+    Returns (floor_us, rows of (name, median us, back-to-back us, predicted us))."""
+    cfg = PRESETS[preset]
     layer = DecoderLayer(cfg, seed=0)
     bw = copy_bandwidth()
     weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
-    kv_bytes = 2 * 2 * (args.pos + 1) * cfg.num_kv_heads * cfg.head_dim
+    kv_bytes = 2 * 2 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim
     floor_us = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-    variants = args.variants.split(",")
-    with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=multiprocessing.get_context("spawn")) as ex:
-        paths = list(ex.map(compile_variant, [args.preset] * len(variants), variants))
+    paths = compile_all(preset, variants, cost_model)
     for variant, path in zip(variants, paths):
         step = adamk.load(path, layer)
         step.k_cache.normal_()
         step.v_cache.normal_()
         step.buffers["x"].copy_(x)
-        med, b2b = time_launches(lambda: step.launch(args.pos), args.iters)
+        med, b2b = time_launches(lambda: step.launch(pos), iters)
         step.check()
         m = step.manifest
         rows.append((f"megakernel {variant} ({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)",
@@ -102,22 +116,23 @@ def main():
     eager = layer.to(device="cuda", dtype=torch.bfloat16)
     kc, vc = eager.new_kv_cache(device="cuda")
     kc.normal_(); vc.normal_()
-    pos_t = torch.tensor(args.pos, device="cuda")
+    pos_t = torch.tensor(pos, device="cuda")
     with torch.no_grad():
-        med, b2b = time_launches(lambda: eager(x, pos_t, kc, vc), args.iters)
+        med, b2b = time_launches(lambda: eager(x, pos_t, kc, vc), iters)
     rows.append(("PyTorch eager (bf16)", med, b2b, None))
 
-    print(f"\n{args.preset} layer, pos {args.pos}, {torch.cuda.get_device_name()}")
+    print(f"\n{preset} layer, pos {pos}, {torch.cuda.get_device_name()}")
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e6:.1f} MB + KV {kv_bytes / 1e6:.2f} MB "
           f"-> floor {floor_us:.1f} us")
     print(f"{'variant':66s} {'median us':>10s} {'b2b us':>9s} {'floor/b2b':>9s} {'predicted':>9s}")
     for name, med, b2b, pred in rows:
         print(f"{name:66s} {med:10.1f} {b2b:9.1f} {floor_us / b2b:9.1%} {pred if pred is not None else '':>9}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"preset": args.preset, "pos": args.pos, "copy_bw": bw, "floor_us": floor_us,
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"preset": preset, "pos": pos, "copy_bw": bw, "floor_us": floor_us,
                        "rows": [{"name": n, "median_us": m, "b2b_us": b, "predicted_us": p} for n, m, b, p in rows]},
                       f, indent=2)
+    return floor_us, rows
 
 
 if __name__ == "__main__":

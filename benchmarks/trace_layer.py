@@ -27,12 +27,14 @@ def main():
     ap.add_argument("--gpu", default="H100")
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--out", default="trace")
+    ap.add_argument("--cost-model", help="a profile from `adamk calibrate` (compile and predict with it)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     layer = DecoderLayer(PRESETS[args.preset], seed=0)
-    path = adamk.compile(layer, adamk.CompileConfig(gpu=args.gpu, profile=True)).save(tempfile.mkdtemp() + "/a")
+    config = adamk.CompileConfig(gpu=args.gpu, profile=True, cost_model=args.cost_model)
+    path = adamk.compile(layer, config).save(tempfile.mkdtemp() + "/a")
     step = adamk.load(path, layer)
     step.k_cache.normal_()
     step.v_cache.normal_()
@@ -42,7 +44,9 @@ def main():
     rows = step.trace()
     t0 = min(r[1] for r in rows)
     schedule = parse_module((path / "schedule.mlir").read_text())
-    predicted = predict_timeline(schedule, CostModel.for_gpu(get_gpu(args.gpu)), args.pos)
+    gpu = get_gpu(args.gpu)
+    model = CostModel.load(args.cost_model, gpu) if args.cost_model else CostModel.for_gpu(gpu)
+    predicted = predict_timeline(schedule, model, args.pos)
     sm_of = {tid: sm for tid, (sm, _, _) in predicted.items()}
 
     events, per_op = [], defaultdict(lambda: {"wait": [], "work": []})

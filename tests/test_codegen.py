@@ -76,15 +76,50 @@ def test_kernel_cu_is_self_contained(tiny_l20):
     assert compile_cuda(source, 89).cubin == art.files["kernel.sm_89.cubin"]
 
 
-def test_weights_are_staged_16_bytes_at_a_time(tiny_l20, tmp_path):
+def sass_of(cubin: bytes, tmp_path) -> str:
     nvdisasm = shutil.which("nvdisasm") or next(
         (str(p) for p in Path(__import__("nvidia").__path__[0]).rglob("nvdisasm") if p.is_file()), None)
     if nvdisasm is None:
         pytest.skip("nvdisasm (nvidia-cuda-nvdisasm) not installed")
+    path = tmp_path / "k.cubin"
+    path.write_bytes(cubin)
+    return subprocess.run([nvdisasm, "-c", str(path)], check=True, capture_output=True, text=True).stdout
+
+
+def sass_functions(sass: str) -> dict[str, str]:
+    """Function label -> its SASS (the kernel entry is `adamk_decode_step`; callees are `$...$name`)."""
+    parts = re.split(r"^\s*([\w$]+):\s*$", sass, flags=re.M)
+    return {name: body for name, body in zip(parts[1::2], parts[2::2]) if not name.startswith(".L")}
+
+
+WORK_CHOOSING = r"\bATOMG?\.[\w.]*\b(?:ADD|INC|DEC|MIN|MAX)\b"   # an atomic whose result picks a task
+
+
+def test_schedule_is_branch_free_in_the_machine_code(tiny_l20, tmp_path):
+    """The sm_89 cubin: the only indirect branches (BRX/JMX) are the entry's dispatch on
+    blockIdx.x; the only atomics that return a value claim the error record (CAS, EXCH);
+    signals are fire-and-forget reductions (RED). The work-queue variant, built the same way,
+    shows what the test would catch: an atomic add that picks the next task, and a jump table
+    over tasks."""
     art, _ = tiny_l20
-    cubin = tmp_path / "k.cubin"
-    cubin.write_bytes(art.files["kernel.sm_89.cubin"])
-    sass = subprocess.run([nvdisasm, "-c", str(cubin)], check=True, capture_output=True, text=True).stdout
+    functions = sass_functions(sass_of(art.files["kernel.sm_89.cubin"], tmp_path))
+    assert "adamk_decode_step" in functions and len(functions) > 10
+    for name, body in functions.items():
+        if name != "adamk_decode_step":
+            assert not re.search(r"\b(BRX|JMX)\b", body), f"indirect branch in {name}"
+    sass = "".join(functions.values())
+    assert re.findall(r"\bATOMG?\.[\w.]+", sass) and all(
+        re.search(r"\.(CAS|EXCH)\.", a) for a in re.findall(r"\bATOMG?\.[\w.]+", sass))
+    assert not re.search(WORK_CHOOSING, sass)
+    assert re.search(r"\bRED\.E\.ADD", sass)
+    queue = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="L20", schedule="queue"))
+    queue_functions = sass_functions(sass_of(queue.files["kernel.sm_89.cubin"], tmp_path))
+    assert re.search(WORK_CHOOSING, "".join(queue_functions.values()))
+    assert any(re.search(r"\bBRX\b", body) for name, body in queue_functions.items() if "run_task" in name)
+
+
+def test_weights_are_staged_16_bytes_at_a_time(tiny_l20, tmp_path):
+    sass = sass_of(tiny_l20[0].files["kernel.sm_89.cubin"], tmp_path)
     copies = re.findall(r"LDGSTS\.E[\.\w]*", sass)     # cp.async: global -> shared, past the registers
     assert copies and set(copies) == {"LDGSTS.E.BYPASS.128"}, "weights move to shared memory 16 bytes at a time"
     assert "LDGDEPBAR" in sass and "DEPBAR.LE" in sass     # commit_group / wait_group

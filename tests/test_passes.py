@@ -8,7 +8,7 @@ from adamk.dialects.task import BufferOp, TaskOp
 from adamk.errors import ScheduleError, UnsupportedShapeError
 from adamk.models import DecoderLayer, LlamaConfig
 from adamk.passes.fuse import FusePass
-from adamk.search.validate import walk
+from adamk.search.validate import validate, walk
 from helpers import lower, random_layer
 
 
@@ -107,8 +107,10 @@ def test_validator_names_a_deadlock_cycle():
     sm1 = SmOp(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
     module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 1, [sm0, sm1])])
     module.verify()
-    with pytest.raises(ScheduleError, match=r"deadlocks: SM 0 at 'b.done' \(0/1\), SM 1 at 'a.done' \(0/1\)"):
-        walk(module)
+    with pytest.raises(ScheduleError, match=r"deadlocks: cycle SM 0 waits on 'b.done', signalled later by SM 1 -> "
+                                            r"SM 1 waits on 'a.done', signalled later by SM 0; blocked: SM 0 at "
+                                            r"'b.done' \(0/1\), SM 1 at 'a.done' \(0/1\)"):
+        validate(module, num_sms=2, smem_per_block=99 * 1024)
 
 
 def test_validator_catches_unbalanced_counters():
@@ -137,3 +139,21 @@ def test_ksplit_shrinks_the_1b_layers_shared_memory(gpu, stages, split_peak, uns
     _, _, _, unsplit = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block, ksplit=False)
     assert next(o for o in unsplit.ops if isinstance(o, ScheduleOp)).smem_bytes.value.data == unsplit_peak
     assert unsplit_peak == smem.peak_without_ksplit([2048] * 6 + [8192], [64], stages, 32768, 16)
+
+
+def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
+    props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
+                                                {})
+    sms = [SmOp(i, [WaitOp(f"{p}.done", 1), ExecOp(i, props(n)), SignalOp(f"{n}.done")])
+           for i, (n, p) in enumerate([("a", "c"), ("b", "a"), ("c", "b")])]
+    module = ModuleOp([CounterOp(f"{n}.done", i, 1) for i, n in enumerate("abc")] + [ScheduleOp(3, 256, 1, sms)])
+    with pytest.raises(ScheduleError, match=r"cycle SM 0 waits on 'c.done', signalled later by SM 2 -> SM 2 waits on "
+                                            r"'b.done', signalled later by SM 1 -> SM 1 waits on 'a.done', signalled "
+                                            r"later by SM 0;"):
+        walk(module)
+    starved = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("z.done", 1, 1), ScheduleOp(1, 256, 1, [SmOp(0, [
+        WaitOp("z.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])])])
+    with pytest.raises(ScheduleError, match="SM 0 waits on 'z.done', which no SM will signal again"):
+        walk(starved)
+    with pytest.raises(ScheduleError, match="the schedule has 3 blocks; only 2 SMs can hold them"):
+        validate(module, num_sms=2, smem_per_block=99 * 1024)

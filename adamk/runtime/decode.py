@@ -46,13 +46,15 @@ class DecodeStep:
         names = [b["name"] for b in self.manifest["buffers"]]
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
                                           device=self.device)
-        self.counters = torch.zeros(max(1, len(self.manifest["counters"])), dtype=torch.int32, device=self.device)
+        self.counters = torch.zeros(max(1, len(self.manifest["counters"]) + k.get("extra_counters", 0)),
+                                    dtype=torch.int32, device=self.device)
         self.error = torch.zeros(8, dtype=torch.int32, device=self.device)
         n_tasks = len(self.manifest["tasks"])
         self.trace_buffer = (torch.zeros(3 * n_tasks, dtype=torch.int64, device=self.device)
                              if k.get("profile") else None)
         self.epoch = 0
-        self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] + [1])
+        self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
+                                            [k.get("queue_per_step", 0), 1])
 
         arch = int(self.manifest["target"]["arch"].removeprefix("sm_"))
         major, minor = torch.cuda.get_device_capability(index)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 
+from .. import smem
 from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
@@ -41,9 +42,11 @@ def check_smem(schedule: ScheduleOp, budget: int):
 
 
 def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, smem_budget: int,
-                  barrier: bool = False) -> None:
+                  barrier: bool = False, queue: bool = False) -> None:
     """Replace the task-level body of `module` with the schedule of `programs` (task indices
-    per SM, each SM's in program order)."""
+    per SM, each SM's in program order). `queue=True` (the work-queue variant, where any block
+    may run any task): every task waits for all its producer ops, signals alone, and the
+    kernel's shared memory fits any task."""
     buffers = [o for o in module.ops if isinstance(o, BufferOp)]
     tasks = [o for o in module.ops if isinstance(o, TaskOp)]
     sources = op_groups(tasks)
@@ -68,18 +71,22 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
             for i in program:
                 t = tasks[i]
                 for src in sorted({d.owner.source.data for d in t.deps}, key=sources.index):
-                    if src not in seen:
+                    if src not in seen or queue:
                         seen.add(src)
                         ops.append(WaitOp(counter_name(src), count[src]))
                 pending = 0
-                if ops and isinstance(ops[-1], SignalOp) and ops[-1].counter.data == counter_name(t.source.data):
+                if (ops and isinstance(ops[-1], SignalOp) and ops[-1].counter.data == counter_name(t.source.data)
+                        and not queue):
                     pending = ops.pop().count.value.data        # extend the run's signal past this task
                 ops.append(ExecOp(i, t.copy_body_properties()))
                 if counter_name(t.source.data) in counters:
                     ops.append(SignalOp(counter_name(t.source.data), pending + 1))
         sms.append(SmOp(index, ops))
 
-    schedule = ScheduleOp(len(programs), block_threads, stages, sms)
+    smem_bytes = None
+    if queue:
+        smem_bytes = smem.sm_plan((t.footprint for t in tasks), stages).peak
+    schedule = ScheduleOp(len(programs), block_threads, stages, sms, smem_bytes)
     check_smem(schedule, smem_budget)
     for b in buffers:
         b.detach()

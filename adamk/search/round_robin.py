@@ -26,8 +26,9 @@ class RoundRobinSchedulePass(ModulePass):
     smem_budget: int = 99 * 1024
     stages: int = 2
     barrier: bool = False
+    queue: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         n_tasks = sum(isinstance(o, TaskOp) for o in op.ops)
         programs = [list(range(sm, n_tasks, self.num_sms)) for sm in range(self.num_sms)]
-        emit_schedule(op, programs, self.block_threads, self.stages, self.smem_budget, self.barrier)
+        emit_schedule(op, programs, self.block_threads, self.stages, self.smem_budget, self.barrier, self.queue)

@@ -3,7 +3,8 @@
 `walk` interleaves the SMs' straight-line programs the way the GPU may: each SM runs
 until a wait whose counter is short, then the next SM gets a turn. If a full round makes
 no progress while programs remain, the schedule deadlocks and the error names every
-blocked SM, the counter it waits on and the value it needs. The CPU simulator drives the
+blocked SM, the counter it waits on and the value it needs, and the cycle of SMs each
+waiting for a signal the next one would send. The CPU simulator drives the
 same walk with `on_exec` running the task bodies.
 """
 from __future__ import annotations
@@ -19,6 +20,46 @@ def schedule_of(module: ModuleOp) -> ScheduleOp:
         if isinstance(op, ScheduleOp):
             return op
     raise ScheduleError("module has no adamk.schedule")
+
+
+def _deadlock(programs, pcs, counters, epoch) -> str:
+    """Name the cycle: SM a waits on a counter that only SM b (still blocked) will signal, ..."""
+    waiting = {sm: programs[sm][pc] for sm, pc in enumerate(pcs) if pc < len(programs[sm])}
+    signallers = {sm: [other for other, pc in enumerate(pcs) if any(
+        isinstance(o, SignalOp) and o.counter == wait.counter for o in programs[other][pc:])]
+        for sm, wait in waiting.items()}
+    blocked = ", ".join(f"SM {sm} at '{w.counter.data}' ({counters[w.counter.data]}/{epoch * w.count.value.data})"
+                        for sm, w in list(waiting.items())[:8])
+    blocked += f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""
+    for first in waiting:                       # follow "waits for a signal from" until an SM repeats
+        path, sm = [], first
+        while sm not in path and signallers[sm]:
+            path.append(sm)
+            sm = signallers[sm][0]
+        if sm in path:
+            cycle = path[path.index(sm):] + [sm]
+            steps = " -> ".join(f"SM {a} waits on '{waiting[a].counter.data}', signalled later by SM {b}"
+                                for a, b in zip(cycle, cycle[1:]))
+            return f"schedule deadlocks: cycle {steps}; blocked: {blocked}"
+    starved = next(sm for sm in waiting if not signallers[sm])
+    return (f"schedule deadlocks: SM {starved} waits on '{waiting[starved].counter.data}', which no SM will "
+            f"signal again; blocked: {blocked}")
+
+
+def validate(module: ModuleOp, num_sms: int, smem_per_block: int):
+    """Every check a schedule must pass before codegen: all blocks co-resident (one block
+    per SM: no more blocks than SMs, shared memory within the per-block budget), and two
+    consecutive steps replay without a deadlock with every counter at exactly its
+    per-step count times the epoch after each (so monotonic counters need no reset
+    between steps)."""
+    sched = schedule_of(module)
+    if sched.num_sms.value.data > num_sms:
+        raise ScheduleError(f"the schedule has {sched.num_sms.value.data} blocks; only {num_sms} SMs can hold "
+                            "them at once")
+    if sched.smem_bytes.value.data > smem_per_block:
+        raise ScheduleError(f"the schedule needs {sched.smem_bytes.value.data} B of shared memory per block; "
+                            f"the budget is {smem_per_block} B")
+    walk(module, epoch=2, counters=walk(module, epoch=1))
 
 
 def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None, on_op=None) -> dict:
@@ -53,11 +94,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
         if all(pc == len(p) for pc, p in zip(pcs, programs)):
             break
         if not progress:
-            blocked = [f"SM {sm} at '{programs[sm][pc].counter.data}' ({counters[programs[sm][pc].counter.data]}"
-                       f"/{epoch * programs[sm][pc].count.value.data})"
-                       for sm, pc in enumerate(pcs) if pc < len(programs[sm])]
-            raise ScheduleError("schedule deadlocks: " + ", ".join(blocked[:8]) +
-                                (f" and {len(blocked) - 8} more" if len(blocked) > 8 else ""))
+            raise ScheduleError(_deadlock(programs, pcs, counters, epoch))
     for name, per_step in declared.items():
         if counters[name] != epoch * per_step:
             raise ScheduleError(f"counter '{name}' ends the step at {counters[name]}, expected {epoch * per_step}")
