@@ -57,7 +57,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         with step("search: tiling per op, placement and order of every task") as update:
             search = DagSearch(cost, config.blocks, config.depth, config.stage_bytes, target.smem_per_block,
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
-                               _search_progress(update)).run(graph)
+                               _search_progress(update), config.ksplit).run(graph)
             graph.verify()
             if dump_dir is not None:
                 dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)

@@ -98,7 +98,14 @@ def parse_ptxas_log(log: str, kernel: str = "adamk_decode_step") -> dict:
     lines = log.splitlines()
     for i, line in enumerate(lines):
         if "Compiling entry function" in line and kernel in line:
-            for info in lines[i + 1:i + 6]:
+            end = next((j for j in range(i + 1, len(lines)) if "Compiling entry function" in lines[j]), len(lines))
+            own = False
+            for info in lines[i + 1:end]:
+                if "Function properties for" in info:     # callees report their own frames in between
+                    own = info.rstrip().endswith(kernel)
+                    continue
+                if not own and "Used" not in info:
+                    continue
                 if m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", info):
                     report["stack_frame"], report["spill_stores"], report["spill_loads"] = map(int, m.groups())
                 if m := re.search(r"Used (\d+) registers", info):

@@ -12,7 +12,7 @@ are prefetched: at the start of the linear task `stages - 1` places before it.
 Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate descent over
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
 16 or 32 rows per task, whole or split over K so a stage fits `stage_bytes`; attention:
-1, 2, 4, 8 or num_sms // heads sequence parts) is tiled (the tile pass's TaskBuilder,
+1, 2, 4, 8 or num_sms // heads sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
 without building IR) and placed, and kept if the predicted makespan drops. Deterministic
 (fixed candidate order, strict improvement), bounded by `budget_s`.
 
@@ -92,10 +92,11 @@ class SearchResult:
 
 class DagSearch:
     def __init__(self, model: CostModel, num_sms: int, stages: int, stage_bytes: int, smem_budget: int,
-                 tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None):
+                 tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None, ksplit: bool = True):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
         self.smem_budget, self.tile_rows, self.dtype, self.pos = smem_budget, tile_rows, dtype, pos
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
+        self.ksplit = ksplit     # False: only tilings without K-splitting
 
     def evaluate(self, fn) -> float:
         builder = TaskBuilder(self.tile_rows, self.dtype)
@@ -105,11 +106,12 @@ class DagSearch:
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
             heads, max_seq = op.num_heads.value.data, shape_of(op.k_cache)[2]
-            return [(None, s) for s in sorted({1, 2, 4, 8, max(1, self.num_sms // heads)}) if s <= max_seq]
+            parts = {1, 2, 4, 8, max(1, self.num_sms // heads)} if self.ksplit else {1}
+            return [(None, s) for s in sorted(parts) if s <= max_seq]
         k = shape_of(op.weight)[1]
         out = []
         for rows in (8, 16, 32):
-            for parts in sorted({1, smem.fewest_k_parts(k, rows, self.stage_bytes)}):
+            for parts in sorted({1, smem.fewest_k_parts(k, rows, self.stage_bytes) if self.ksplit else 1}):
                 chunk = smem.k_chunk(k, parts)
                 fp = smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk))
                 if fp.stage <= self.stage_bytes and fp.alone(self.stages) <= self.smem_budget:
