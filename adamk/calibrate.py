@@ -4,13 +4,14 @@ It compiles the bundled decoder layer as a profiling build (every task stamps
 %globaltimer before its waits, after them, and at its end), runs it, and fits the
 parameters of search/cost.py to what one step did:
 
+- task_overhead_us: the time of a combine task (it moves a few KB);
 - sm_bytes_per_us: weight bytes over the interval between consecutive linear tasks of an
   SM that did not wait, where that interval exceeds the task's overhead and compute (the
   SM's weight stream is then what paces it);
-- task_overhead_us: a linear task that starts after a wait (its weights landed long
-  ago) lasts overhead + stage / smem_bytes_per_us;
-- sync_latency_us: from the signal that completed a counter to the waiter passing;
-- kv_bytes_per_us: the KV bytes of an attention part over its time less the overhead;
+- sync_latency_us: from the signal that completed a counter to the end of a linear task
+  that waited for it, less its overhead and compute (so it includes fetching the fresh
+  inputs, which only a task after a wait pays);
+- kv_bytes_per_us: the KV bytes of an attention part over its time after the sync;
 - dram_latency_us: the first linear task of each SM (its copy issued at the start);
 - launch_us: back-to-back time per launch less the traced makespan.
 
@@ -54,52 +55,49 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
     for times in signal_times.values():
         times.sort()
 
-    rates, overheads, syncs, kv, first = [], [], [], [], []
+    combines, intervals, waited_tasks, first = [], [], [], []
     for program in programs:
-        run, waited, seen_linear = [], False, False
+        waits, prev_end, seen_linear = [], None, False
         for op in program:
             if isinstance(op, WaitOp):
-                waited = True
+                waits.append(op)
                 continue
             if not isinstance(op, ExecOp):
                 continue
-            tid = op.task_id.value.data
-            before, after, end = us[tid]
+            before, after, end = us[op.task_id.value.data]
             cost = TaskCost.of_exec(op, pos)
-            if waited and after - before > 0.2:          # it did wait: when was its counter complete?
-                waits = [w for w in program[:program.index(op)] if isinstance(w, WaitOp)]
+            if waits and after - before > 0.2:     # it did wait: from its counter's completion to its end
                 done = max(signal_times[w.counter.data][w.count.value.data - 1] for w in waits)
-                if after >= done:
-                    syncs.append(after - done)
-            if op.kind.data == "linear":
-                if not seen_linear:
-                    first.append(end - cost.stage_bytes / base.sm_bytes_per_us)
-                if waited:
-                    overheads.append(end - after - cost.stage_bytes / base.smem_bytes_per_us)
-                    run = []
-                else:
-                    if run:
-                        rates.append((end - run[-1][0], cost.stage_bytes))   # (interval, bytes) in a run
-                    run.append((end, cost.stage_bytes))
+                waited_tasks.append((op.kind.data, end - done, cost))
+            elif op.kind.data == "linear" and prev_end is not None and not waits:
+                intervals.append((end - prev_end, cost.stage_bytes))
+            if op.kind.data.endswith("combine"):
+                combines.append((end - after, cost.read_bytes))
+            if op.kind.data == "linear" and not seen_linear:
+                first.append((end, cost.stage_bytes))
                 seen_linear = True
-            elif op.kind.data == "attention":
-                run = []
-                kv.append((end - after, cost.read_bytes))
-            else:
-                run = []
-            waited = False
-    overhead = max(0.05, _median(overheads, base.task_overhead_us))
-    # An interval longer than overhead + compute is the weight stream's; a shorter run says
-    # only that the stream keeps up, so the spec figure stands.
-    streamed = [b / t for t, b in rates if t > 1.1 * (overhead + b / base.smem_bytes_per_us)]
-    kv_rate = _median([b / (t - overhead) for t, b in kv if t > overhead], base.kv_bytes_per_us)
-    model = CostModel(gpu=base.gpu, sm_bytes_per_us=_median(streamed, base.sm_bytes_per_us),
-                      dram_latency_us=max(0.1, _median(first, base.dram_latency_us)),
-                      sync_latency_us=max(0.05, _median(syncs, base.sync_latency_us)),
-                      task_overhead_us=overhead, smem_bytes_per_us=base.smem_bytes_per_us,
-                      kv_bytes_per_us=kv_rate, launch_us=0.0, source="adamk calibrate")
+            waits, prev_end = [], end
+
+    # a combine moves a few KB: its time less that is the per-task overhead (with the spec
+    # bandwidth first, then again with the fitted one)
+    compute = lambda b: b / base.smem_bytes_per_us                           # noqa: E731
+    bw = base.sm_bytes_per_us
+    for _ in range(2):
+        overhead = max(0.05, _median([t - r / bw for t, r in combines], base.task_overhead_us))
+        # linear tasks back to back on an SM: an interval longer than overhead + compute is the
+        # weight stream's; shorter ones say only that the stream keeps up, so the spec figure stands
+        bw = _median([b / t for t, b in intervals if t > 1.1 * (overhead + compute(b))], base.sm_bytes_per_us)
+    # a linear task that waited (its weights long since staged): done -> sync -> overhead -> compute
+    sync = max(0.05, _median([t - overhead - compute(c.stage_bytes) for k, t, c in waited_tasks if k == "linear"],
+                             base.sync_latency_us))
+    kv_rate = _median([c.read_bytes / (t - sync - overhead) for k, t, c in waited_tasks
+                       if k == "attention" and t > sync + overhead], base.kv_bytes_per_us)
+    # each SM's first linear task: its copy queued behind nothing, issued at the start
+    latency = max(0.1, _median([e - b / bw - overhead - compute(b) for e, b in first], base.dram_latency_us))
     makespan = max(e for _, _, e in us.values())
-    return CostModel(**{**model.__dict__, "launch_us": max(0.0, b2b_us - makespan)})
+    return CostModel(gpu=base.gpu, sm_bytes_per_us=bw, dram_latency_us=latency, sync_latency_us=sync,
+                     task_overhead_us=overhead, smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
+                     launch_us=max(0.0, b2b_us - makespan), source="adamk calibrate")
 
 
 def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, launches: int = 50, progress=None):

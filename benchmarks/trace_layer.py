@@ -51,7 +51,7 @@ def main():
 
     events, per_op = [], defaultdict(lambda: {"wait": [], "work": []})
     for tid, (name, before, after, end) in enumerate(rows):
-        sm, op = sm_of[tid], name.rsplit(".", 1)[0]
+        sm, op = sm_of[tid], name.split(".")[0]
         if after > before:
             events.append({"name": f"wait {name}", "ph": "X", "pid": 0, "tid": sm, "ts": (before - t0) / 1e3,
                            "dur": (after - before) / 1e3, "cat": "wait"})
