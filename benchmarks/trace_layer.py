@@ -82,11 +82,11 @@ def main():
     colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 10), sharex=True)
     for tid, (name, before, after, end) in enumerate(rows):
-        op = name.rsplit(".", 1)[0]
+        op = name.split(".")[0]
         ax1.barh(sm_of[tid], (after - before) / 1e3, left=(before - t0) / 1e3, color="0.85", height=0.8)
         ax1.barh(sm_of[tid], (end - after) / 1e3, left=(after - t0) / 1e3, color=colors[op], height=0.8)
     for tid, (sm, s, e) in predicted.items():
-        ax2.barh(sm, e - s, left=s, color=colors[rows[tid][0].rsplit(".", 1)[0]], height=0.8)
+        ax2.barh(sm, e - s, left=s, color=colors[rows[tid][0].split(".")[0]], height=0.8)
     ax1.set_title(f"measured ({measured:.1f} us; grey = waiting)")
     ax2.set_title(f"predicted ({pred:.1f} us)")
     for ax in (ax1, ax2):
