@@ -59,7 +59,7 @@ def _progress(name: str):
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
               help="Bytes of one weight stage; reductions are K-split to fit it.")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
-@click.option("--schedule", type=click.Choice(["search", "round-robin", "barrier"]), default="search",
+@click.option("--schedule", type=click.Choice(["search", "round-robin", "barrier", "queue"]), default="search",
               show_default=True, help="The DAG search, or a baseline for comparison.")
 @click.option("--search-budget", default=25.0, show_default=True, type=float, help="Seconds the search may take.")
 @click.option("--cost-model", type=click.Path(dir_okay=False), default=None,

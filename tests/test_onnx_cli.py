@@ -82,8 +82,30 @@ def test_manifest_contract(tiny_onnx, tmp_path):
     for key in ("adamk_version", "target", "config", "model_signature", "weights", "files", "smem_peak_bytes",
                 "predicted_step_us"):
         assert key in m
+    assert isinstance(m["smem_peak_bytes"], int) and isinstance(m["smem_peak_bytes_without_ksplit"], int)
+    assert m["search_seconds"] > 0 and m["config"]["schedule"] == "search" and m["cost_model"] == "spec table"
     assert m["config"]["gpu"] == "L20" and m["config"]["max_seq_len"] == 80
     assert set(m["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+
+
+def test_calibrate_without_a_gpu_is_one_clear_error(tmp_path):
+    code, _, err = cli("calibrate", "--gpu", "H100", "-o", tmp_path / "p.json")
+    assert_user_error(code, err, "adamk calibrate measures a GPU")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_compile_with_a_cost_profile_and_a_baseline_schedule(tiny_onnx, tmp_path):
+    from adamk.search.cost import CostModel
+    from adamk.targets import get_gpu
+    CostModel.for_gpu(get_gpu("L20")).save(tmp_path / "l20.json")
+    out = tmp_path / "art"
+    code, _, err = cli("compile", tiny_onnx, "-o", out, "--cost-model", tmp_path / "l20.json", "--schedule", "barrier")
+    assert code == 0, err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["cost_model"] == str(tmp_path / "l20.json") and m["config"]["schedule"] == "barrier"
+    assert "barrier.0" in {c["name"] for c in m["counters"]}
+    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "h", "--cost-model", tmp_path / "l20.json", "--gpu", "H100")
+    assert_user_error(code, err, "was calibrated on L20; the target is H100")
 
 
 def test_gpus_lists_the_spec_table():
