@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 
 from xdsl.dialects.builtin import ModuleOp
 
@@ -59,6 +60,9 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
                                _search_progress(update), config.ksplit).run(graph)
             graph.verify()
+            if not search.complete:
+                warnings.warn(f"the DAG search used its {config.search_budget_s} s budget before finishing; the "
+                              "schedule may differ on a faster or slower machine (raise search_budget_s)")
             if dump_dir is not None:
                 dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)
     with step("passes: tile into tasks"):
@@ -98,7 +102,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["predicted_at_pos"] = pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
     manifest["cost_model"] = cost.source
-    manifest["search_seconds"] = round(search.seconds, 2) if search else 0.0
+    manifest["search_seconds"] = round(search.seconds, 2) if search else 0.0   # wall clock: the one field that
+    manifest["search_complete"] = search.complete if search else True        # differs between identical compiles
     return Artifact(files, manifest)
 
 

@@ -17,6 +17,8 @@ def test_search_is_deterministic_and_beats_round_robin_in_its_own_model():
     config = adamk.CompileConfig(gpu="H100")
     a, b = adamk.compile(layer, config), adamk.compile(layer, config)
     assert a.files == b.files                                       # same schedule, same bytes
+    assert {k: v for k, v in a.manifest.items() if k != "search_seconds"} == {
+        k: v for k, v in b.manifest.items() if k != "search_seconds"}
     assert a.manifest["config"]["schedule"] == "search" and 0 < a.manifest["search_seconds"] < 30
     rr = adamk.compile(layer, dataclasses.replace(config, schedule="round-robin")).manifest
     assert a.manifest["predicted_step_us"] <= rr["predicted_step_us"]
@@ -36,6 +38,7 @@ def test_search_respects_its_time_budget():
     result = DagSearch(CostModel.for_gpu(get_gpu("L20")), 92, 2, 32768, 99 * 1024, 16, "bf16", 512, budget_s=1.0,
                        progress=lambda done, total, best: calls.append((done, total, best))).run(graph)
     assert result.seconds < 1.0 + 2.0                   # stops after the evaluation that crossed the budget
+    assert not result.complete
     assert calls and calls[-1][0] == calls[-1][1]       # progress ends at 100%
     assert all(b2 <= b1 for (_, _, b1), (_, _, b2) in zip(calls, calls[1:]))   # best only improves
 

@@ -14,7 +14,9 @@ the ops: for each op, every candidate tiling within the shared-memory model (lin
 16 or 32 rows per task, whole or split over K so a stage fits `stage_bytes`; attention:
 1, 2, 4, 8 or num_sms // heads sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
 without building IR) and placed, and kept if the predicted makespan drops. Deterministic
-(fixed candidate order, strict improvement), bounded by `budget_s`.
+(fixed candidate order, strict improvement, stable sorts), bounded by `budget_s`: a
+search that hits its budget stops early, and only then can the result depend on the
+machine's speed (the compiler warns).
 
 `SearchSchedulePass` then places the chosen task IR with the same `place` and emits the
 schedule.
@@ -88,6 +90,7 @@ class SearchResult:
     evaluations: int
     seconds: float
     tiling: dict          # op label -> (tile_rows, k_split)
+    complete: bool        # False: the time budget ended it early (the result may depend on machine speed)
 
 
 class DagSearch:
@@ -123,7 +126,7 @@ class DagSearch:
         fn = next(o for o in module.ops if isinstance(o, func.FuncOp))
         ops = [o for o in fn.body.block.ops if isinstance(o, (LinearOp, AttentionOp))]
         choices = [self.candidates(o) for o in ops]
-        best, evaluations = self.evaluate(fn), 1
+        best, evaluations, complete = self.evaluate(fn), 1, True
         total = 1 + 2 * sum(len(c) for c in choices)
         self.progress(evaluations, total, best)
         for _ in range(2):                                   # two sweeps of coordinate descent
@@ -131,8 +134,11 @@ class DagSearch:
             for op, cands in zip(ops, choices):
                 current = _tiling_of(op)
                 for cand in cands:
-                    if cand == current or time.perf_counter() - start > self.budget_s:
+                    if cand == current:
                         continue
+                    if time.perf_counter() - start > self.budget_s:
+                        complete = False
+                        break
                     _set_tiling(op, cand)
                     t = self.evaluate(fn)
                     evaluations += 1
@@ -145,7 +151,7 @@ class DagSearch:
                 break
         self.progress(total, total, best)
         tiling = {_label(o): _tiling_of(o) for o in ops}
-        return SearchResult(best, evaluations, time.perf_counter() - start, tiling)
+        return SearchResult(best, evaluations, time.perf_counter() - start, tiling, complete)
 
 
 def _label(op) -> str:
