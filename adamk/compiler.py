@@ -80,12 +80,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
         source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
-        if binaries.report["registers"] * BLOCK_THREADS > 65536:   # one block per SM must fit the register file
-            raise AdamkError(f"internal: {binaries.report['registers']} registers x {BLOCK_THREADS} threads do not fit "
-                             "one SM's 64K registers, so the blocks cannot all be co-resident")
-        if binaries.report["static_smem"]:                     # all shared memory must come from the model
-            raise AdamkError(f"internal: the kernel declares {binaries.report['static_smem']} B of static shared "
-                             "memory outside the shared-memory model")
+        _check_kernel(binaries.report)                         # co-resident registers, no smem outside the model
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
              "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
@@ -105,6 +100,15 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["search_seconds"] = round(search.seconds, 2) if search else 0.0   # wall clock: the one field that
     manifest["search_complete"] = search.complete if search else True        # differs between identical compiles
     return Artifact(files, manifest)
+
+
+def _check_kernel(report: dict):
+    if report["registers"] * BLOCK_THREADS > 65536:            # one block per SM must fit the register file
+        raise AdamkError(f"internal: {report['registers']} registers x {BLOCK_THREADS} threads do not fit one SM's "
+                         "64K registers, so the blocks cannot all be co-resident")
+    if report["static_smem"]:                                  # all shared memory must come from the model
+        raise AdamkError(f"internal: the kernel declares {report['static_smem']} B of static shared memory outside "
+                         "the shared-memory model")
 
 
 def _search_progress(update):
