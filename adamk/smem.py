@@ -107,10 +107,6 @@ def sm_plan(footprints, depth: int) -> SmPlan:
     return SmPlan(depth if slot else 0, slot, max((f.work for f in footprints), default=0))
 
 
-def bytes_in_flight(depth: int, stage_bytes: int) -> int:
-    return depth * stage_bytes
-
-
 def unsplit_rows(k: int, stage_bytes: int, tile_rows: int) -> int:
     """Rows of the best tile without K-splitting whose stage fits `stage_bytes`
     (at least one row; at most `tile_rows`)."""

@@ -25,15 +25,6 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_t* p, float v) { *p = to_bf16(v); }
 
-// Weights are never written during a launch, so they may take the non-coherent path and
-// skip L1: each byte is used once.
-__device__ __forceinline__ uint4 load_weights16(const bf16_t* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-  return r;
-}
-
 // Eight bf16 packed in a uint4, lowest address first.
 __device__ __forceinline__ void unpack8(const uint4& w, float out[8]) {
   const u32 words[4] = {w.x, w.y, w.z, w.w};
