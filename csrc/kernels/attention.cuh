@@ -44,10 +44,11 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float a[8], floa
 // positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
 // unnormalised, for attention_combine.
 template <int HD>
-__device__ __forceinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset, float* out,
-                                            const float* q, const float* k, const float* v, bf16_t* k_cache,
-                                            bf16_t* v_cache, const float* inv_freq, float scale, int q_head,
-                                            int group, int max_seq, int num_heads, int split, int n_splits) {
+__device__ __forceinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset,
+                                               float* out, const float* q, const float* k, const float* v,
+                                               bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
+                                               int q_head, int group, int max_seq, int num_heads, int split,
+                                               int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
@@ -177,8 +178,8 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
 // order. Part 0 is never empty (it holds position 0), so the sum is never zero.
 template <int HD>
 __device__ __forceinline__ void attention_combine(const Step& s, const Waits& waits, int task, float* out,
-                                                  const float* partial,
-                                               int num_heads, int n_splits, int head_begin, int head_end) {
+                                                  const float* partial, int num_heads, int n_splits, int head_begin,
+                                                  int head_end) {
   constexpr int kStride = HD + 2;
   if (waits.n > 0) wait_all(s, waits, task);
   for (int i = threadIdx.x; i < (head_end - head_begin) * HD; i += kThreads) {

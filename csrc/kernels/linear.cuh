@@ -97,10 +97,11 @@ __device__ __forceinline__ void finish_row(OutT* out, int row, float v, const bf
 // partial buffer and no bias or residual. With TILE_ROWS >= warps, warp w owns rows w + j*warps;
 // with fewer rows, kWarpsPerRow warps share a row and add up through shared memory in order.
 template <int KC, int TILE_ROWS, int PROLOGUE, int DEPTH, typename InT, typename ResT, typename OutT>
-__device__ __forceinline__ void linear_task(const Step& s, const Waits& waits, int task, int stage_offset, int work_offset,
-                                         OutT* out, const InT* in, const float* in2, const bf16_t* norm_w,
-                                         float eps, const bf16_t* bias, const ResT* residual, int k, int k0,
-                                         int k_len, int row_begin, int row_end) {
+__device__ __forceinline__ void linear_task(const Step& s, const Waits& waits, int task, int stage_offset,
+                                            int work_offset, OutT* out, const InT* in, const float* in2,
+                                            const bf16_t* norm_w, float eps, const bf16_t* bias,
+                                            const ResT* residual, int k, int k0, int k_len, int row_begin,
+                                            int row_end) {
   static_assert(KC % 8 == 0, "rows are read 16 bytes (8 bf16) at a time");
   static_assert(TILE_ROWS % kWarps == 0 || kWarps % TILE_ROWS == 0, "warps split rows evenly");
   constexpr int kRowsPerWarp = TILE_ROWS >= kWarps ? TILE_ROWS / kWarps : 1;
@@ -156,9 +157,9 @@ __device__ __forceinline__ void linear_task(const Step& s, const Waits& waits, i
 // Rows [row_begin, row_end) of out = the sum of the k_split partial rows, added in part order
 // (so the result does not depend on which part finished first), + bias + residual.
 template <typename ResT, typename OutT>
-__device__ __forceinline__ void linear_combine(const Step& s, const Waits& waits, int task, OutT* out, const float* partial,
-                                            int n, int k_split, const bf16_t* bias, const ResT* residual,
-                                            int row_begin, int row_end) {
+__device__ __forceinline__ void linear_combine(const Step& s, const Waits& waits, int task, OutT* out,
+                                               const float* partial, int n, int k_split, const bf16_t* bias,
+                                               const ResT* residual, int row_begin, int row_end) {
   if (waits.n > 0) wait_all(s, waits, task);
   for (int row = row_begin + threadIdx.x; row < row_end; row += kThreads) {
     float v = 0.f;
