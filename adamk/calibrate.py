@@ -4,14 +4,13 @@ It compiles the bundled decoder layer as a profiling build (every task stamps
 %globaltimer before its waits, after them, and at its end), runs it, and fits the
 parameters of search/cost.py to what one step did:
 
-- task_overhead_us: the time of a combine task (it moves a few KB);
-- sm_bytes_per_us: weight bytes over the interval between consecutive linear tasks of an
-  SM that did not wait, where that interval exceeds the task's overhead and compute (the
-  SM's weight stream is then what paces it);
-- sync_latency_us: from the signal that completed a counter to the end of a linear task
-  that waited for it, less its overhead and compute (so it includes fetching the fresh
-  inputs, which only a task after a wait pays);
-- kv_bytes_per_us: the KV bytes of an attention part over its time after the sync;
+- sync_latency_us: from the signal that completed a counter to the waiter passing its wait;
+- task_overhead_us, input_us_per_k: the interval between back-to-back linear tasks of an
+  SM is overhead + k_chunk x input_us_per_k + compute (their weights were staged long
+  before); the two most common K-chunks give both terms;
+- fresh_input_us: what a linear task right after a wait takes beyond that (its inputs come
+  from L2);
+- kv_bytes_per_us: the KV bytes of an attention part over its time after those;
 - dram_latency_us: the first linear task of each SM (its copy issued at the start);
 - launch_us: back-to-back time per launch less the traced makespan.
 
@@ -55,7 +54,7 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
     for times in signal_times.values():
         times.sort()
 
-    combines, intervals, waited_tasks, first = [], [], [], []
+    intervals, waited_tasks, syncs, first = [], [], [], []
     for program in programs:
         waits, prev_end, seen_linear = [], None, False
         for op in program:
@@ -66,37 +65,43 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
                 continue
             before, after, end = us[op.task_id.value.data]
             cost = TaskCost.of_exec(op, pos)
-            if waits and after - before > 0.2:     # it did wait: from its counter's completion to its end
+            if waits:
                 done = max(signal_times[w.counter.data][w.count.value.data - 1] for w in waits)
                 waited_tasks.append((op.kind.data, end - done, cost))
-            elif op.kind.data == "linear" and prev_end is not None and not waits:
-                intervals.append((end - prev_end, cost.stage_bytes))
-            if op.kind.data.endswith("combine"):
-                combines.append((end - after, cost.read_bytes))
+                if after - before > 0.2 and after >= done:      # it did wait: signal -> waiter passing
+                    syncs.append(after - done)
+            elif op.kind.data == "linear" and prev_end is not None:
+                intervals.append((end - prev_end, cost))
             if op.kind.data == "linear" and not seen_linear:
-                first.append((end, cost.stage_bytes))
+                first.append((end, cost))
                 seen_linear = True
             waits, prev_end = [], end
 
-    # a combine moves a few KB: its time less that is the per-task overhead (with the spec
-    # bandwidth first, then again with the fitted one)
-    compute = lambda b: b / base.smem_bytes_per_us                           # noqa: E731
+    compute = lambda c: c.stage_bytes / base.smem_bytes_per_us                 # noqa: E731
+    sync = max(0.05, _median(syncs, base.sync_latency_us))
+    # back-to-back linear tasks: interval = overhead + inputs x input_us_per_k + compute (the
+    # weights were staged long before); the two most common K-chunks give both terms
+    by_chunk: dict[int, list[float]] = {}
+    for t, c in intervals:
+        by_chunk.setdefault(c.inputs, []).append(t - compute(c))
+    groups = sorted(by_chunk, key=lambda k: (-len(by_chunk[k]), k))[:2]
+    per_k = 0.0
+    if len(groups) == 2 and groups[0] != groups[1]:
+        per_k = max(0.0, (_median(by_chunk[groups[1]], 0) - _median(by_chunk[groups[0]], 0)) / (groups[1] - groups[0]))
+    overhead = max(0.05, _median([t - c.inputs * per_k - compute(c) for t, c in intervals], base.task_overhead_us))
+    # a linear task after a wait (weights long since staged): done -> sync -> fixed costs -> end
+    fresh = max(0.0, _median([t - sync - overhead - c.inputs * per_k - compute(c) for k, t, c in waited_tasks
+                              if k == "linear"], 0.0))
+    after_wait = sync + overhead + fresh
+    kv_rate = _median([c.read_bytes / (t - after_wait) for k, t, c in waited_tasks
+                       if k == "attention" and t > after_wait], base.kv_bytes_per_us)
     bw = base.sm_bytes_per_us
-    for _ in range(2):
-        overhead = max(0.05, _median([t - r / bw for t, r in combines], base.task_overhead_us))
-        # linear tasks back to back on an SM: an interval longer than overhead + compute is the
-        # weight stream's; shorter ones say only that the stream keeps up, so the spec figure stands
-        bw = _median([b / t for t, b in intervals if t > 1.1 * (overhead + compute(b))], base.sm_bytes_per_us)
-    # a linear task that waited (its weights long since staged): done -> sync -> overhead -> compute
-    sync = max(0.05, _median([t - overhead - compute(c.stage_bytes) for k, t, c in waited_tasks if k == "linear"],
-                             base.sync_latency_us))
-    kv_rate = _median([c.read_bytes / (t - sync - overhead) for k, t, c in waited_tasks
-                       if k == "attention" and t > sync + overhead], base.kv_bytes_per_us)
     # each SM's first linear task: its copy queued behind nothing, issued at the start
-    latency = max(0.1, _median([e - b / bw - overhead - compute(b) for e, b in first], base.dram_latency_us))
+    latency = max(0.1, _median([e - c.stage_bytes / bw - compute(c) for e, c in first], base.dram_latency_us))
     makespan = max(e for _, _, e in us.values())
     return CostModel(gpu=base.gpu, sm_bytes_per_us=bw, dram_latency_us=latency, sync_latency_us=sync,
-                     task_overhead_us=overhead, smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
+                     task_overhead_us=overhead, input_us_per_k=per_k, fresh_input_us=fresh,
+                     smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
                      launch_us=max(0.0, b2b_us - makespan), source="adamk calibrate")
 
 

@@ -6,11 +6,12 @@ stage, issued when the linear task `stages - 1` places earlier on the same SM st
 ring of smem.py): the SM's copies queue behind each other at the bandwidth one SM gets
 when every SM pulls at once (`sm_bytes_per_us`) and land `dram_latency_us` later. A task
 starts when the previous one has ended and its waits are satisfied (`sync_latency_us`
-after the last signal it needs), pays `task_overhead_us` (barriers, staging its input),
-then computes: a linear once its weights have landed, reading its stage at
-`smem_bytes_per_us`; an attention part streaming its KV rows at `kv_bytes_per_us`; a
-combine reading its partials at `sm_bytes_per_us`. A step costs its makespan plus
-`launch_us`.
+after the last signal it needs), pays `task_overhead_us` (call, barriers, signals), plus
+`fresh_input_us` if it waited (its inputs are new, so they come from L2, not L1), then
+computes: a linear stages its `k_chunk` inputs (`input_us_per_k` each) and, once its
+weights have landed, reads its stage at `smem_bytes_per_us`; an attention part streams
+its KV rows at `kv_bytes_per_us`; a combine reads its partials at `sm_bytes_per_us`. A
+step costs its makespan plus `launch_us`.
 
 Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
 on a GPU from a profiling build and writes a profile (`CostModel.load`).
@@ -37,7 +38,9 @@ class CostModel:
     sm_bytes_per_us: float            # DRAM bytes one SM pulls per us while all SMs pull
     dram_latency_us: float = 1.0      # a copy's issue to its bytes in shared memory, unloaded
     sync_latency_us: float = 1.0      # a release signal to the waiter seeing it
-    task_overhead_us: float = 0.5     # per task: barriers, staging its input vector
+    task_overhead_us: float = 0.5     # per task: the call, barriers, signals
+    input_us_per_k: float = 0.0       # a linear task staging one input element (prologue applied)
+    fresh_input_us: float = 0.0       # a task right after a wait: its inputs come from L2
     smem_bytes_per_us: float = 150e3  # a block reading its weight stage (8 warps, 16 B per lane)
     kv_bytes_per_us: float = 10e3     # an attention part streaming its KV rows
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
@@ -72,12 +75,13 @@ class TaskCost:
     kind: str
     stage_bytes: int = 0     # weights staged through the ring (linear)
     read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
+    inputs: int = 0          # input elements a linear stages (its K-chunk)
 
     @classmethod
     def of(cls, kind: str, tile, k_len: int, k_split: int, head_dim: int, pos: int) -> "TaskCost":
         rows = tile[1] - tile[0]
         if kind == "linear":
-            return cls(kind, stage_bytes=rows * k_len * BF16)
+            return cls(kind, stage_bytes=rows * k_len * BF16, inputs=k_len)
         if kind == "attention":
             return cls(kind, read_bytes=2 * -(-(pos + 1) // k_split) * head_dim * BF16)
         if kind == "linear_combine":
@@ -102,9 +106,10 @@ class SmClock:
         self.stream_free = 0.0         # when the SM's queue of weight copies drains
         self.linear_starts: deque = deque(maxlen=max(1, stages - 1))
 
-    def run(self, task: TaskCost, ready: float = 0.0) -> tuple[float, float]:
+    def run(self, task: TaskCost, ready: float = 0.0, waited: bool = False) -> tuple[float, float]:
         m = self.model
         start = max(self.now, ready)
+        fixed = m.task_overhead_us + (m.fresh_input_us if waited else 0.0)
         if task.kind == "linear":
             if self.stages == 1:
                 issue = start
@@ -113,11 +118,12 @@ class SmClock:
             self.stream_free = max(issue, self.stream_free) + task.stage_bytes / m.sm_bytes_per_us
             arrival = self.stream_free + m.dram_latency_us
             self.linear_starts.append(start)
-            end = max(start + m.task_overhead_us, arrival) + task.stage_bytes / m.smem_bytes_per_us
+            staged = start + fixed + task.inputs * m.input_us_per_k
+            end = max(staged, arrival) + task.stage_bytes / m.smem_bytes_per_us
         elif task.kind == "attention":
-            end = start + m.task_overhead_us + task.read_bytes / m.kv_bytes_per_us
+            end = start + fixed + task.read_bytes / m.kv_bytes_per_us
         else:
-            end = start + m.task_overhead_us + task.read_bytes / m.sm_bytes_per_us
+            end = start + fixed + task.read_bytes / m.sm_bytes_per_us
         self.now = end
         return start, end
 
@@ -128,6 +134,7 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int
     stages = schedule_of(schedule).stages.value.data
     clocks: dict[int, SmClock] = {}
     ready: dict[int, float] = {}
+    waited: set[int] = set()
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
 
@@ -136,8 +143,10 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int
         if isinstance(op, WaitOp):
             times = sorted(signals[op.counter.data])
             ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.sync_latency_us)
+            waited.add(sm)
         elif isinstance(op, ExecOp):
-            start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0))
+            start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), sm in waited)
+            waited.discard(sm)
             tasks[op.task_id.value.data] = (sm, start, end)
         elif isinstance(op, SignalOp):
             signals.setdefault(op.counter.data, []).extend([clock.now] * op.count.value.data)

@@ -51,6 +51,7 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) 
     """(task indices per SM in order, predicted makespan without the launch)."""
     clocks = [SmClock(model, stages) for _ in range(num_sms)]
     programs: list[list[int]] = [[] for _ in range(num_sms)]
+    waited_for: list[set] = [set() for _ in range(num_sms)]     # producer ops each SM has waited on
     free = [(0.0, sm) for sm in range(num_sms)]
     finish: dict[str, float] = {}
     by_op: dict[str, list[int]] = {}
@@ -63,7 +64,9 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) 
         end_of_op = 0.0
         for i in members:
             _, sm = heapq.heappop(free)
-            _, end = clocks[sm].run(tasks[i].cost, ready)
+            waits = bool(producers - waited_for[sm])             # program.py waits once per SM and producer
+            waited_for[sm] |= producers
+            _, end = clocks[sm].run(tasks[i].cost, ready, waits)
             programs[sm].append(i)
             heapq.heappush(free, (end, sm))
             end_of_op = max(end_of_op, end)
