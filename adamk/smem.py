@@ -44,7 +44,13 @@ def k_chunk(k: int, k_split: int) -> int:
 def k_parts(k: int, k_split: int) -> list[tuple[int, int]]:
     """(k0, k_len) of every part; the last may be shorter. Only non-empty parts exist."""
     c = k_chunk(k, k_split)
-    return [(k0, min(c, k - k0)) for k0 in range(0, k, c)]
+    return [k_range(k, c, i) for i in range(-(-k // c))]
+
+
+def k_range(k: int, k_chunk: int, k_index: int) -> tuple[int, int]:
+    """(k0, k_len) of part `k_index`."""
+    k0 = k_index * k_chunk
+    return k0, min(k_chunk, k - k0)
 
 
 def fewest_k_parts(k: int, tile_rows: int, stage_bytes: int) -> int:

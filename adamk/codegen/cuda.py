@@ -41,6 +41,12 @@ def f32_literal(v: float) -> str:
     return s + ("f" if any(c in s for c in ".e") else ".f")
 
 
+def _signature(name: str, params: str) -> list[str]:
+    """The opening line of a per-op task function: what every kind takes, then its own `params`."""
+    return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
+            f"{params}) {{"]
+
+
 class _Emitter:
     def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False):
         self.profile, self.queue = profile, queue
@@ -104,8 +110,7 @@ class _Emitter:
             k, n, rows, chunk = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk"))
             eps = op.param("eps")
             out = buf("out") + (f" + k_index * {n}" if split > 1 else "")
-            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
-                    "int stage_offset, int work_offset, int row_begin, int row_end, int k_index) {",
+            body = [*_signature(name, "int stage_offset, int work_offset, int row_begin, int row_end, int k_index"),
                     f"  const int k0 = k_index * {chunk};",
                     f"  linear_task<{chunk}, {rows}, {PROLOGUES[op.param('prologue')]}, "
                     f"{self.schedule.stages.value.data}>(s, w, task, stage_offset, work_offset, {out}, {buf('input')}, "
@@ -123,8 +128,7 @@ class _Emitter:
             self.asserts.add(f"static_assert(LinearWork<{chunk}>::kBytes == {smem.linear_work_bytes(chunk)}, "
                              "\"smem model: linear work area\");")
         elif kind == "linear_combine":
-            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
-                    "int row_begin, int row_end) {",
+            body = [*_signature(name, "int row_begin, int row_end"),
                     f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {split}, "
                     f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                     "}"]
@@ -134,16 +138,14 @@ class _Emitter:
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
             args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
                              + [table, f32_literal(op.param("scale"))])
-            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
-                    "int work_offset, int q_head, int split) {",
+            body = [*_signature(name, "int work_offset, int q_head, int split"),
                     f"  attention_task<{hd}>(s, w, task, work_offset, {args}, q_head, {op.param('group')}, "
                     f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {split});",
                     "}"]
             self.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
                              "\"smem model: attention work area\");")
         elif kind == "attention_combine":
-            body = [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
-                    "int head_begin, int head_end) {",
+            body = [*_signature(name, "int head_begin, int head_end"),
                     f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
                     f"{op.param('num_heads')}, {split}, head_begin, head_end);",
                     "}"]
@@ -191,6 +193,7 @@ class _Emitter:
                          f"{plan.work_offset} ({plan.work_bytes} B)")
             lines += [self.stage_weights(linears[i] if i < len(linears) else None, plan, i) for i in range(ahead)]
         waits: list[WaitOp] = []
+        next_linear = 0           # index of the next linear task in `linears`
         for op in sm.body.block.ops:
             if isinstance(op, WaitOp):
                 waits.append(op)   # run inside the next task's body, after its next stage is issued (waits
@@ -202,7 +205,7 @@ class _Emitter:
                                  f"{op.task_id.value.data});")
                 stage = None
                 if op.kind.data == "linear":
-                    stage = linears.index(op)
+                    stage, next_linear = next_linear, next_linear + 1
                     nxt = stage + ahead
                     if ahead:
                         lines.append(self.stage_weights(linears[nxt] if nxt < len(linears) else None, plan, nxt))

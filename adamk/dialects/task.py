@@ -21,7 +21,7 @@ from xdsl.irdl import (
 )
 from xdsl.utils.exceptions import VerifyException
 
-from ..smem import Footprint
+from ..smem import Footprint, k_range
 
 BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
 TASK_KINDS = {
@@ -103,9 +103,7 @@ class TaskBody(IRDLOperation):
     @property
     def k_range(self) -> tuple[int, int]:
         """(k0, k_len): the columns of K a linear part reduces over."""
-        chunk, k = self.param("k_chunk"), self.param("K")
-        k0 = self.k_index.value.data * chunk
-        return k0, min(chunk, k - k0)
+        return k_range(self.param("K"), self.param("k_chunk"), self.k_index.value.data)
 
     @property
     def footprint(self):

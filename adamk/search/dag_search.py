@@ -79,8 +79,7 @@ def _placed_from_records(records, pos: int) -> list[PlacedTask]:
     for r in records:
         k_len = 0
         if r.kind == "linear":
-            chunk, k = r.params["k_chunk"].value.data, r.params["K"].value.data
-            k_len = min(chunk, k - r.k_index * chunk)
+            k_len = smem.k_range(r.params["K"].value.data, r.params["k_chunk"].value.data, r.k_index)[1]
         head_dim = r.params["head_dim"].value.data if "head_dim" in r.params else 0
         out.append(PlacedTask(r.source, frozenset(records[d].source for d in r.deps),
                               TaskCost.of(r.kind, r.tile, k_len, r.k_split, head_dim, pos)))
