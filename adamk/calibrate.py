@@ -1,26 +1,36 @@
 """`adamk calibrate`: measure the cost model's parameters on a GPU.
 
-It compiles the bundled decoder layer as a profiling build (every task stamps
-%globaltimer before its waits, after them, and at its end), runs it, and fits the
-parameters of search/cost.py to what one step did:
+It compiles profiling builds of the bundled decoder layer (every task stamps
+%globaltimer before its waits, after them, and at its end), runs them, and fits the
+parameters of search/cost.py to what their steps did:
 
 - sync_latency_us: from the signal that completed a counter to the waiter passing its wait;
-- task_overhead_us, input_us_per_k: the interval between back-to-back linear tasks of an
-  SM is overhead + k_chunk x input_us_per_k + compute (their weights were staged long
-  before); the two most common K-chunks give both terms;
+- task_overhead_us, input_us_per_k: the interval between back-to-back linear tasks of one
+  op on an SM is overhead + inputs x input_us_per_k + compute (their weights were staged
+  long before); a line through each op's median gives both terms;
 - fresh_input_us: what a linear task right after a wait takes beyond that (its inputs come
   from L2);
 - kv_bytes_per_us: the KV bytes of an attention part over its time after those;
 - dram_latency_us: the first linear task of each SM (its copy issued at the start);
 - launch_us: back-to-back time per launch less the traced makespan.
 
-Each is a median over the tasks that show it. The result is a JSON profile for
+Each is a median over the tasks (of every trace) that show it. One schedule shows only
+the tilings it uses, and the search goes where the model is wrong, so calibration runs in
+rounds: the first traces the searched schedule under the spec-table model and the
+round-robin schedule; each later round also traces the schedule the search picks with the
+model so far, and refits on all traces. The result is a JSON profile for
 `CompileConfig(cost_model=...)` / `adamk compile --cost-model`.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
+import multiprocessing
 import statistics
 import tempfile
+from pathlib import Path
+
+from xdsl.dialects.builtin import ModuleOp
 
 from .config import CompileConfig
 from .dialects import parse_module
@@ -31,18 +41,40 @@ from .search.validate import schedule_of
 from .targets import get_gpu
 
 
+@dataclasses.dataclass
+class Trace:
+    """One measured step of a profiling build."""
+    label: str
+    schedule: ModuleOp
+    rows: list[tuple]       # per task_id: (name, before waits, after waits, end), ns (DecodeStep.trace)
+    b2b_us: float           # back-to-back time per launch of this build
+
+
 def _median(values, default: float) -> float:
     values = [v for v in values if v == v]
     return statistics.median(values) if values else default
 
 
-def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float) -> CostModel:
-    """Fit the model to one traced step: `stamps[task_id] = (before waits, after waits, end)` in ns."""
-    start = min(s[0] for s in stamps)
-    us = {tid: tuple((t - start) / 1e3 for t in s) for tid, s in enumerate(stamps)}
+def _line(points: list[tuple[float, float, int]], default: float) -> tuple[float, float]:
+    """(intercept, slope >= 0) of the weighted least-squares line through (x, y, weight)."""
+    w = sum(n for _, _, n in points)
+    if not w:
+        return default, 0.0
+    mx, my = sum(x * n for x, _, n in points) / w, sum(y * n for _, y, n in points) / w
+    sxx = sum(n * (x - mx) ** 2 for x, _, n in points)
+    slope = max(0.0, sum(n * (x - mx) * (y - my) for x, y, n in points) / sxx) if sxx else 0.0
+    return my - slope * mx, slope
+
+
+def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs: list, first: list):
+    """Append what one trace shows: back-to-back linear intervals within an op, tasks after
+    a wait (time from the completing signal to their end), sync latencies, each SM's first
+    linear task."""
+    start = min(r[1] for r in trace.rows)
+    us = {tid: tuple((t - start) / 1e3 for t in r[1:]) for tid, r in enumerate(trace.rows)}
     signal_times: dict[str, list[float]] = {}
     programs = []
-    for sm in schedule_of(schedule).sms:
+    for sm in schedule_of(trace.schedule).sms:
         program, last_end = [], 0.0
         for op in sm.body.block.ops:
             if isinstance(op, ExecOp):
@@ -54,9 +86,8 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
     for times in signal_times.values():
         times.sort()
 
-    intervals, waited_tasks, syncs, first = [], [], [], []
     for program in programs:
-        waits, prev_end, seen_linear = [], None, False
+        waits, prev_end, prev_source, seen_linear = [], None, None, False
         for op in program:
             if isinstance(op, WaitOp):
                 waits.append(op)
@@ -70,25 +101,32 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
                 waited_tasks.append((op.kind.data, end - done, cost))
                 if after - before > 0.2 and after >= done:      # it did wait: signal -> waiter passing
                     syncs.append(after - done)
-            elif op.kind.data == "linear" and prev_end is not None:
-                intervals.append((end - prev_end, cost))
+            elif op.kind.data == "linear" and op.source.data == prev_source:    # steady state within an op
+                intervals.append((op.source.data, end - prev_end, cost))
             if op.kind.data == "linear" and not seen_linear:
                 first.append((end, cost))
                 seen_linear = True
-            waits, prev_end = [], end
+            waits, prev_end, prev_source = [], end, op.source.data
 
+
+def fit(traces: list[Trace], pos: int, base: CostModel) -> CostModel:
+    """Fit the model to traced steps (all at position `pos`)."""
+    intervals, waited_tasks, syncs, first, launch = [], [], [], [], []
+    for trace in traces:
+        _observe(trace, pos, intervals, waited_tasks, syncs, first)
+        start = min(r[1] for r in trace.rows)
+        launch.append(trace.b2b_us - (max(r[3] for r in trace.rows) - start) / 1e3)
     compute = lambda c: c.stage_bytes / base.smem_bytes_per_us                 # noqa: E731
     sync = max(0.05, _median(syncs, base.sync_latency_us))
-    # back-to-back linear tasks: interval = overhead + inputs x input_us_per_k + compute (the
-    # weights were staged long before); the two most common K-chunks give both terms
-    by_chunk: dict[int, list[float]] = {}
-    for t, c in intervals:
-        by_chunk.setdefault(c.inputs, []).append(t - compute(c))
-    groups = sorted(by_chunk, key=lambda k: (-len(by_chunk[k]), k))[:2]
-    per_k = 0.0
-    if len(groups) == 2 and groups[0] != groups[1]:
-        per_k = max(0.0, (_median(by_chunk[groups[1]], 0) - _median(by_chunk[groups[0]], 0)) / (groups[1] - groups[0]))
-    overhead = max(0.05, _median([t - c.inputs * per_k - compute(c) for t, c in intervals], base.task_overhead_us))
+    # back-to-back linear tasks of one op (weights staged long before): interval = overhead +
+    # inputs x input_us_per_k + compute; a least-squares line through each op's median,
+    # weighted by how many tasks show it
+    by_op: dict[tuple, list[float]] = {}
+    for source, t, c in intervals:
+        by_op.setdefault((source, c.inputs), []).append(t - compute(c))
+    overhead, per_k = _line([(k, statistics.median(v), len(v)) for (_, k), v in sorted(by_op.items())],
+                            base.task_overhead_us)
+    overhead = max(0.05, overhead)
     # a linear task after a wait (weights long since staged): done -> sync -> fixed costs -> end
     fresh = max(0.0, _median([t - sync - overhead - c.inputs * per_k - compute(c) for k, t, c in waited_tasks
                               if k == "linear"], 0.0))
@@ -98,42 +136,80 @@ def fit(schedule, stamps: list[tuple], pos: int, base: CostModel, b2b_us: float)
     bw = base.sm_bytes_per_us
     # each SM's first linear task: its copy queued behind nothing, issued at the start
     latency = max(0.1, _median([e - c.stage_bytes / bw - compute(c) for e, c in first], base.dram_latency_us))
-    makespan = max(e for _, _, e in us.values())
     return CostModel(gpu=base.gpu, sm_bytes_per_us=bw, dram_latency_us=latency, sync_latency_us=sync,
                      task_overhead_us=overhead, input_us_per_k=per_k, fresh_input_us=fresh,
                      smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
-                     launch_us=max(0.0, b2b_us - makespan), source="adamk calibrate")
+                     launch_us=max(0.0, _median(launch, base.launch_us)), source="adamk calibrate")
 
 
-def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, launches: int = 50, progress=None):
-    """(fitted model, measured b2b us, predicted us for the traced schedule with the fitted model)."""
+
+
+def compile_preset(preset: str, config: CompileConfig) -> str:
+    """Compile the bundled `preset` layer (seed 0) into a fresh temporary directory."""
+    from . import compile as compile_model
+    from .models import PRESETS, DecoderLayer
+    return str(compile_model(DecoderLayer(PRESETS[preset], seed=0), config).save(tempfile.mkdtemp() + "/a"))
+
+
+def compile_presets(preset: str, configs: list[CompileConfig]) -> list[str]:
+    """compile_preset for each config, in parallel processes (NVRTC runs on one core)."""
+    if len(configs) == 1:
+        return [compile_preset(preset, configs[0])]
+    with concurrent.futures.ProcessPoolExecutor(len(configs), mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(compile_preset, [preset] * len(configs), configs))
+
+
+def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
+    """Run a profiling build: back-to-back time per launch, and the stamps of the last step."""
     import torch
 
-    from . import compile as compile_model
     from . import load
     from .models import PRESETS, DecoderLayer
+    step = load(path, DecoderLayer(PRESETS[preset], seed=0))
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    step.buffers["x"].normal_()
+    for _ in range(10):
+        step.launch(pos)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(launches):
+        step.launch(pos)
+    end.record()
+    end.synchronize()
+    step.check()
+    return Trace(label, parse_module((Path(path) / "schedule.mlir").read_text()), step.trace(),
+                 start.elapsed_time(end) * 1e3 / launches)
+
+
+def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: int = 2, progress=None):
+    """(fitted model, [(trace label, measured b2b us, predicted us with the fitted model)])."""
+    import torch
     if not torch.cuda.is_available():
         raise AdamkError("adamk calibrate measures a GPU: torch.cuda.is_available() is False on this machine")
+    if rounds < 1:
+        raise AdamkError(f"calibration needs at least one round, got {rounds}")
     step_ctx = progress or (lambda name: __import__("contextlib").nullcontext())
     target = get_gpu(gpu)
-    layer = DecoderLayer(PRESETS[preset], seed=0)
-    with step_ctx(f"compile a profiling build of the {preset} layer for {target.name}"):
-        path = compile_model(layer, CompileConfig(gpu=target.name, profile=True)).save(tempfile.mkdtemp() + "/a")
-    with step_ctx(f"run {launches} steps at position {pos} and fit"):
-        step = load(path, layer)
-        step.k_cache.normal_()
-        step.v_cache.normal_()
-        step.buffers["x"].normal_()
-        for _ in range(10):
-            step.launch(pos)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(launches):
-            step.launch(pos)
-        end.record()
-        end.synchronize()
-        b2b_us = start.elapsed_time(end) * 1e3 / launches
-        stamps = [row[1:] for row in step.trace()]
-        schedule = parse_module((path / "schedule.mlir").read_text())
-        model = fit(schedule, stamps, pos, CostModel.for_gpu(target), b2b_us)
-    return model, b2b_us, predict_step_us(schedule, model, pos)
+    model = CostModel.for_gpu(target)
+    traces: list[Trace] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(1, rounds + 1):
+            profile = Path(tmp) / f"round{r}.json"
+            model.save(profile)
+            builds = {f"searched ({model.source})": CompileConfig(gpu=target.name, profile=True,
+                                                                  cost_model=str(profile))}
+            if r == 1:
+                builds["round-robin"] = CompileConfig(gpu=target.name, profile=True, schedule="round-robin")
+            with step_ctx(f"round {r}/{rounds}: compile {len(builds)} profiling build(s) of the {preset} layer "
+                          f"for {target.name}"):
+                paths = compile_presets(preset, list(builds.values()))
+            with step_ctx(f"round {r}/{rounds}: run them at position {pos} and fit"):
+                new = [measure(p, preset, pos, label) for label, p in zip(builds, paths)]
+                seen = {str(t.schedule) for t in traces}
+                if r > 1 and all(str(t.schedule) in seen for t in new):
+                    break           # the search picked a schedule already traced: the fit stands
+                traces += new
+                model = dataclasses.replace(fit(traces, pos, CostModel.for_gpu(target)), source=f"round {r} fit")
+    model = dataclasses.replace(model, source="adamk calibrate")
+    return model, [(t.label, t.b2b_us, predict_step_us(t.schedule, model, pos)) for t in traces]

@@ -127,16 +127,20 @@ def inspect(artifact):
               help="The cost profile (JSON) to write.")
 @click.option("--preset", default="llama-3.2-1b", show_default=True, help="The layer to measure with.")
 @click.option("--pos", default=512, show_default=True, type=int, help="KV position of the measured steps.")
-def calibrate(gpu, output, preset, pos):
+@click.option("--rounds", default=2, show_default=True, type=int,
+              help="Fit rounds; each after the first also traces the schedule the search picks with the fit so far.")
+def calibrate(gpu, output, preset, pos, rounds):
     """Measure the cost model on this machine's GPU (needs CUDA) and write a profile for
     `adamk compile --cost-model`."""
     from .calibrate import calibrate as run
-    model, measured, predicted = run(gpu, preset, pos, progress=_progress)
+    model, traces = run(gpu, preset, pos, rounds, progress=_progress)
     model.save(output)
     err_console.print(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, sync {model.sync_latency_us:.2f} "
-                      f"us, task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us; the traced "
-                      f"schedule measured {measured:.1f} us, the fitted model predicts {predicted:.1f} us",
+                      f"us, task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us",
                       soft_wrap=True)
+    for label, measured, predicted in traces:
+        err_console.print(f"  traced {label}: measured {measured:.1f} us, the fit predicts {predicted:.1f} us "
+                          f"({(predicted - measured) / measured:+.1%})", soft_wrap=True)
 
 
 @main.command()

@@ -1,14 +1,16 @@
 """The schedule ablation on one GPU, in one run: the searched schedule against round-robin
 placement, one grid-wide barrier between ops, and a dynamic work queue (blocks take tasks
 from an atomic counter), for the llama-3.2-1b layer; medians side by side with eager
-PyTorch and the weight-read floor, and the searched schedule's predicted time against its
+PyTorch and the weight-read floor, and every schedule's predicted time against its
 measured one.
 
     python benchmarks/ablation.py --gpu H100 --out ablation/
 
 It first calibrates the cost model on this GPU (`adamk calibrate`, written to
 out/profile.json) and compiles every variant with it, so the predictions are the
-calibrated model's.
+calibrated model's; every variant is checked against the float32 reference before its
+time counts. Last, it traces a profiling build of the searched schedule (out/trace/:
+Perfetto JSON and a Gantt chart of measured against predicted).
 """
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ import json
 from pathlib import Path
 
 import bench_layer
+import trace_layer
 
 from adamk.calibrate import calibrate
+from adamk.cli import _progress
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 
@@ -29,21 +33,27 @@ def main():
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2, help="calibration rounds (adamk calibrate --rounds)")
     ap.add_argument("--out", default="ablation")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model, calib_b2b, calib_pred = calibrate(args.gpu, args.preset, args.pos)
+    model, traces = calibrate(args.gpu, args.preset, args.pos, args.rounds, progress=_progress)
     model.save(out / "profile.json")
     print(f"calibrated {args.gpu}: {json.dumps(model.__dict__)}")
-    print(f"calibration build (profiling, default schedule): measured {calib_b2b:.1f} us, refit predicts "
-          f"{calib_pred:.1f} us")
+    for label, measured, predicted in traces:
+        print(f"  traced {label} (profiling build): measured {measured:.1f} us, fit predicts {predicted:.1f} us "
+              f"({(predicted - measured) / measured:+.1%})")
     variants = [f"{args.gpu}:schedule={s}" for s in SCHEDULES]
     floor_us, rows = bench_layer.run(args.preset, args.pos, args.iters, variants, str(out / "profile.json"),
                                      str(out / "ablation.json"))
-    name, _, b2b, predicted = rows[0]
-    print(f"\nsearched schedule: predicted {predicted:.1f} us, measured {b2b:.1f} us back to back: "
-          f"error {(predicted - b2b) / b2b:+.1%}")
+    print("\npredicted (calibrated model) against measured back to back:")
+    for schedule, (_, _, b2b, predicted) in zip(SCHEDULES, rows):
+        print(f"  {schedule:12s} predicted {predicted:6.1f} us, measured {b2b:6.1f} us: error "
+              f"{(predicted - b2b) / b2b:+.1%}")
+    summary = trace_layer.run(args.preset, args.gpu, args.pos, out / "trace", str(out / "profile.json"))
+    print(f"traced searched schedule (profiling build): makespan {summary['measured_us']:.1f} us, "
+          f"predicted {summary['predicted_us']:.1f} us")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ processes before anything is timed.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
-import multiprocessing
 import statistics
-import tempfile
 
 import torch
 
 import adamk
+from adamk.calibrate import compile_presets
 from adamk.models import PRESETS, DecoderLayer
 
 
@@ -54,6 +52,22 @@ def time_launches(fn, iters: int, warmup: int = 10) -> tuple[float, float]:
     return statistics.median(each), s.elapsed_time(e) * 1e3 / iters
 
 
+def check_numerics(step, ref, pos: int):
+    """The variant computes the layer: one step on fresh random inputs against the float32
+    reference, within 1e-2 relative error (a benchmark of a wrong kernel is no result)."""
+    cfg = ref.cfg
+    x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
+    y = step(x, pos).float()
+    with torch.no_grad():
+        want = ref(x.float(), torch.tensor(pos, device="cuda"), kc, vc).float()
+    err = ((y - want).norm() / want.norm()).item()
+    if not err <= 1e-2:
+        raise SystemExit(f"{step.manifest['config']}: relative error {err:.3g} against float32 PyTorch")
+
+
 def variant_config(variant: str, cost_model: str | None = None) -> adamk.CompileConfig:
     gpu, *options = variant.split(":")
     kwargs = {"cost_model": cost_model}
@@ -67,16 +81,6 @@ def variant_config(variant: str, cost_model: str | None = None) -> adamk.Compile
         else:
             raise SystemExit(f"unknown variant option '{o}'")
     return adamk.CompileConfig(gpu=gpu, **kwargs)
-
-
-def compile_variant(preset: str, variant: str, cost_model: str | None = None) -> str:
-    art = adamk.compile(DecoderLayer(PRESETS[preset], seed=0), variant_config(variant, cost_model))
-    return str(art.save(tempfile.mkdtemp() + "/art"))
-
-
-def compile_all(preset: str, variants: list[str], cost_model: str | None = None) -> list[str]:
-    with concurrent.futures.ProcessPoolExecutor(len(variants), mp_context=multiprocessing.get_context("spawn")) as ex:
-        return list(ex.map(compile_variant, [preset] * len(variants), variants, [cost_model] * len(variants)))
 
 
 def main():
@@ -96,13 +100,17 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
     Returns (floor_us, rows of (name, median us, back-to-back us, predicted us))."""
     cfg = PRESETS[preset]
     layer = DecoderLayer(cfg, seed=0)
+    with torch.no_grad():      # weights exactly representable in bf16, so the reference is the kernel's layer
+        for p in layer.parameters():
+            p.copy_(p.bfloat16().float())
     bw = copy_bandwidth()
     weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
     kv_bytes = 2 * 2 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim
     floor_us = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-    paths = compile_all(preset, variants, cost_model)
+    paths = compile_presets(preset, [variant_config(v, cost_model) for v in variants])
+    ref = layer.to(device="cuda")
     for variant, path in zip(variants, paths):
         step = adamk.load(path, layer)
         step.k_cache.normal_()
@@ -110,10 +118,11 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
         step.buffers["x"].copy_(x)
         med, b2b = time_launches(lambda: step.launch(pos), iters)
         step.check()
+        check_numerics(step, ref, pos)
         m = step.manifest
         rows.append((f"megakernel {variant} ({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)",
                      med, b2b, m["predicted_step_us"]))
-    eager = layer.to(device="cuda", dtype=torch.bfloat16)
+    eager = layer.to(dtype=torch.bfloat16)
     kc, vc = eager.new_kv_cache(device="cuda")
     kc.normal_(); vc.normal_()
     pos_t = torch.tensor(pos, device="cuda")

@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-
 import adamk
-from adamk.dialects import parse_module
-from adamk.models import PRESETS, DecoderLayer
+from adamk.calibrate import compile_preset, measure
 from adamk.search.cost import CostModel, predict_timeline
 from adamk.targets import get_gpu
 
@@ -29,24 +26,19 @@ def main():
     ap.add_argument("--out", default="trace")
     ap.add_argument("--cost-model", help="a profile from `adamk calibrate` (compile and predict with it)")
     args = ap.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    run(args.preset, args.gpu, args.pos, Path(args.out), args.cost_model)
 
-    layer = DecoderLayer(PRESETS[args.preset], seed=0)
-    config = adamk.CompileConfig(gpu=args.gpu, profile=True, cost_model=args.cost_model)
-    path = adamk.compile(layer, config).save(tempfile.mkdtemp() + "/a")
-    step = adamk.load(path, layer)
-    step.k_cache.normal_()
-    step.v_cache.normal_()
-    step.buffers["x"].normal_()
-    for _ in range(20):                      # warm up; keep the last step's stamps
-        step.launch(args.pos)
-    rows = step.trace()
+
+def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None):
+    """Trace one step of a profiling build; write trace.json, summary.json and gantt.png to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model))
+    trace = measure(path, preset, pos, "traced")
+    rows, schedule = trace.rows, trace.schedule
     t0 = min(r[1] for r in rows)
-    schedule = parse_module((path / "schedule.mlir").read_text())
-    gpu = get_gpu(args.gpu)
-    model = CostModel.load(args.cost_model, gpu) if args.cost_model else CostModel.for_gpu(gpu)
-    predicted = predict_timeline(schedule, model, args.pos)
+    gpu = get_gpu(gpu_name)
+    model = CostModel.load(cost_model, gpu) if cost_model else CostModel.for_gpu(gpu)
+    predicted = predict_timeline(schedule, model, pos)
     sm_of = {tid: sm for tid, (sm, _, _) in predicted.items()}
 
     events, per_op = [], defaultdict(lambda: {"wait": [], "work": []})
@@ -62,12 +54,12 @@ def main():
     (out / "trace.json").write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
     measured = (max(r[3] for r in rows) - t0) / 1e3
     pred = max(e for _, _, e in predicted.values())
-    summary = {"measured_us": measured, "predicted_us": pred,
+    summary = {"measured_us": measured, "predicted_us": pred, "b2b_us": trace.b2b_us,
                "ops": {op: {"tasks": len(v["work"]), "work_median_us": statistics.median(v["work"]),
                             "wait_median_us": statistics.median(v["wait"]), "work_max_us": max(v["work"])}
                        for op, v in per_op.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"{args.preset} on {args.gpu} target, pos {args.pos}: measured {measured:.1f} us, predicted {pred:.1f} us")
+    print(f"{preset} on {gpu_name} target, pos {pos}: measured {measured:.1f} us, predicted {pred:.1f} us")
     print(f"{'op':14s} {'tasks':>5s} {'work med':>9s} {'work max':>9s} {'wait med':>9s}")
     for op, v in summary["ops"].items():
         print(f"{op:14s} {v['tasks']:5d} {v['work_median_us']:9.2f} {v['work_max_us']:9.2f} {v['wait_median_us']:9.2f}")
@@ -77,7 +69,7 @@ def main():
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib not installed: no PNG")
-        return
+        return summary
     ops = sorted(per_op)
     colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 10), sharex=True)
@@ -96,6 +88,7 @@ def main():
     fig.tight_layout()
     fig.savefig(out / "gantt.png", dpi=80)
     print(f"wrote {out}/trace.json, {out}/gantt.png, {out}/summary.json")
+    return summary
 
 
 if __name__ == "__main__":

@@ -75,13 +75,17 @@ class TaskCost:
     kind: str
     stage_bytes: int = 0     # weights staged through the ring (linear)
     read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
-    inputs: int = 0          # input elements a linear stages (its K-chunk)
+    inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
     @classmethod
-    def of(cls, kind: str, tile, k_len: int, k_split: int, head_dim: int, pos: int) -> "TaskCost":
+    def of(cls, kind: str, tile, k_split: int, pos: int, k_len: int = 0, k: int = 0, prologue: str = "none",
+           head_dim: int = 0) -> "TaskCost":
         rows = tile[1] - tile[0]
         if kind == "linear":
-            return cls(kind, stage_bytes=rows * k_len * BF16, inputs=k_len)
+            # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the
+            # whole row of k for its sum of squares (every K-part does)
+            inputs = k_len * (2 if prologue == "silu_mul" else 1) + (k if prologue == "rmsnorm" else 0)
+            return cls(kind, stage_bytes=rows * k_len * BF16, inputs=inputs)
         if kind == "attention":
             return cls(kind, read_bytes=2 * -(-(pos + 1) // k_split) * head_dim * BF16)
         if kind == "linear_combine":
@@ -92,9 +96,10 @@ class TaskCost:
 
     @classmethod
     def of_exec(cls, op: ExecOp, pos: int) -> "TaskCost":
-        kind = op.kind.data
-        return cls.of(kind, op.tile_range, op.k_range[1] if kind == "linear" else 0, op.k_split.value.data,
-                      op.param("head_dim") or 0, pos)
+        linear = op.kind.data == "linear"
+        return cls.of(op.kind.data, op.tile_range, op.k_split.value.data, pos, k_len=op.k_range[1] if linear else 0,
+                      k=op.param("K") or 0, prologue=op.param("prologue") or "none",
+                      head_dim=op.param("head_dim") or 0)
 
 
 class SmClock:

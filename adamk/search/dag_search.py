@@ -77,12 +77,12 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) 
 def _placed_from_records(records, pos: int) -> list[PlacedTask]:
     out = []
     for r in records:
-        k_len = 0
-        if r.kind == "linear":
-            k_len = smem.k_range(r.params["K"].value.data, r.params["k_chunk"].value.data, r.k_index)[1]
-        head_dim = r.params["head_dim"].value.data if "head_dim" in r.params else 0
-        out.append(PlacedTask(r.source, frozenset(records[d].source for d in r.deps),
-                              TaskCost.of(r.kind, r.tile, k_len, r.k_split, head_dim, pos)))
+        param = {key: (a.value.data if hasattr(a, "value") else a.data) for key, a in r.params.items()
+                 if key in ("K", "k_chunk", "prologue", "head_dim")}
+        k_len = smem.k_range(param["K"], param["k_chunk"], r.k_index)[1] if r.kind == "linear" else 0
+        cost = TaskCost.of(r.kind, r.tile, r.k_split, pos, k_len=k_len, k=param.get("K", 0),
+                           prologue=param.get("prologue", "none"), head_dim=param.get("head_dim", 0))
+        out.append(PlacedTask(r.source, frozenset(records[d].source for d in r.deps), cost))
     return out
 
 
