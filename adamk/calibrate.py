@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -151,12 +152,13 @@ def compile_preset(preset: str, config: CompileConfig) -> str:
     return str(compile_model(DecoderLayer(PRESETS[preset], seed=0), config).save(tempfile.mkdtemp() + "/a"))
 
 
-def compile_presets(preset: str, configs: list[CompileConfig]) -> list[str]:
-    """compile_preset for each config, in parallel processes (NVRTC runs on one core)."""
-    if len(configs) == 1:
-        return [compile_preset(preset, configs[0])]
-    with concurrent.futures.ProcessPoolExecutor(len(configs), mp_context=multiprocessing.get_context("spawn")) as ex:
-        return list(ex.map(compile_preset, [preset] * len(configs), configs))
+def compile_presets(jobs: list[tuple[str, CompileConfig]]) -> list[str]:
+    """compile_preset for each (preset, config), in parallel processes (NVRTC runs on one core)."""
+    if len(jobs) == 1:
+        return [compile_preset(*jobs[0])]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(compile_preset, *zip(*jobs)))
 
 
 def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
@@ -203,7 +205,7 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
                 builds["round-robin"] = CompileConfig(gpu=target.name, profile=True, schedule="round-robin")
             with step_ctx(f"round {r}/{rounds}: compile {len(builds)} profiling build(s) of the {preset} layer "
                           f"for {target.name}"):
-                paths = compile_presets(preset, list(builds.values()))
+                paths = compile_presets([(preset, c) for c in builds.values()])
             with step_ctx(f"round {r}/{rounds}: run them at position {pos} and fit"):
                 new = [measure(p, preset, pos, label) for label, p in zip(builds, paths)]
                 seen = {str(t.schedule) for t in traces}

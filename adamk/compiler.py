@@ -103,6 +103,9 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
 
 
 def _check_kernel(report: dict):
+    if report["registers"] is None:
+        raise AdamkError("internal: the ptxas report has no register count for the kernel (NVRTC returned no "
+                         "`ptxas -v` output; is CUDA_CACHE_DISABLE honoured by this NVRTC?)")
     if report["registers"] * BLOCK_THREADS > 65536:            # one block per SM must fit the register file
         raise AdamkError(f"internal: {report['registers']} registers x {BLOCK_THREADS} threads do not fit one SM's "
                          "64K registers, so the blocks cannot all be co-resident")

@@ -109,7 +109,7 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
     floor_us = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-    paths = compile_presets(preset, [variant_config(v, cost_model) for v in variants])
+    paths = compile_presets([(preset, variant_config(v, cost_model)) for v in variants])
     ref = layer.to(device="cuda")
     for variant, path in zip(variants, paths):
         step = adamk.load(path, layer)

@@ -7,6 +7,7 @@ newer ISA that such drivers refuse).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from ..errors import ToolchainError
@@ -50,9 +51,9 @@ def _compile(source: str, name: str, options: list[str]) -> tuple[object, str]:
     opts = [o.encode() for o in options]
     (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-    log = b" " * size
+    log = bytearray(size)       # NVRTC writes into it: never an (interned, immutable) bytes object
     nvrtc.nvrtcGetProgramLog(prog, log)
-    log = log.rstrip(b"\x00 ").decode(errors="replace")
+    log = bytes(log).rstrip(b"\x00 ").decode(errors="replace")
     if int(err) != 0:
         first = next((line for line in log.splitlines() if "error" in line), log.splitlines()[0] if log else "")
         raise ToolchainError(f"NVRTC could not compile {name}: {first.strip()} (full log: save the artifact's "
@@ -67,15 +68,22 @@ def nvrtc_version() -> tuple[int, int]:
 def compile_cuda(source: str, arch: int, name: str = "kernel.cu") -> Binaries:
     nvrtc = _nvrtc()
     # One compile for a real arch yields both the cubin and the PTX it was assembled from.
-    prog, log = _compile(source, name, OPTIONS + [f"--gpu-architecture=sm_{arch}", "--ptxas-options=-v"])
+    options = OPTIONS + [f"--gpu-architecture=sm_{arch}", "--ptxas-options=-v"]
+    prog, log = _compile(source, name, options)
+    if "Compiling entry function" not in log:
+        # NVRTC (12.9+) may answer from its on-disk cache without running ptxas, so without
+        # the report the compiler checks and ptxas.log keeps; a source it has not seen misses
+        # the cache (an unused macro: the same PTX and cubin).
+        nvrtc.nvrtcDestroyProgram(prog)
+        prog, log = _compile(f"#define ADAMK_UNCACHED_{os.urandom(8).hex()}\n" + source, name, options)
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
-    cubin = b" " * size
+    cubin = bytearray(size)     # NVRTC writes into these buffers
     nvrtc.nvrtcGetCUBIN(prog, cubin)
     size = _check(nvrtc.nvrtcGetPTXSize(prog), "PTX size")
-    ptx = b" " * size
+    ptx = bytearray(size)
     nvrtc.nvrtcGetPTX(prog, ptx)
     nvrtc.nvrtcDestroyProgram(prog)
-    ptx = ptx.rstrip(b"\x00").decode()
+    ptx = bytes(ptx).rstrip(b"\x00").decode()
     isa = ptx_isa(ptx)
     if isa > MAX_PTX_ISA:
         raise ToolchainError(f"NVRTC {nvrtc_version()} wrote PTX ISA {isa[0]}.{isa[1]}; a CUDA 13.0 driver loads at most "
