@@ -39,6 +39,7 @@ from .dialects.schedule import ExecOp, SignalOp, WaitOp
 from .errors import AdamkError
 from .search.cost import CostModel, TaskCost, predict_step_us
 from .search.validate import schedule_of
+from .runtime.timing import time_launches
 from .targets import get_gpu
 
 
@@ -162,26 +163,16 @@ def compile_presets(jobs: list[tuple[str, CompileConfig]]) -> list[str]:
 
 
 def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
-    """Run a profiling build: back-to-back time per launch, and the stamps of the last step."""
-    import torch
-
+    """Run a profiling build: back-to-back time per launch (median), and the stamps of the last step."""
     from . import load
     from .models import PRESETS, DecoderLayer
     step = load(path, DecoderLayer(PRESETS[preset], seed=0))
     step.k_cache.normal_()
     step.v_cache.normal_()
     step.buffers["x"].normal_()
-    for _ in range(10):
-        step.launch(pos)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(launches):
-        step.launch(pos)
-    end.record()
-    end.synchronize()
+    b2b_us = time_launches(lambda: step.launch(pos), launches)[1]     # the last step's stamps stay
     step.check()
-    return Trace(label, parse_module((Path(path) / "schedule.mlir").read_text()), step.trace(),
-                 start.elapsed_time(end) * 1e3 / launches)
+    return Trace(label, parse_module((Path(path) / "schedule.mlir").read_text()), step.trace(), b2b_us)
 
 
 def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: int = 2, progress=None):

@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=2, help="calibration rounds (adamk calibrate --rounds)")
     ap.add_argument("--out", default="ablation")
+    ap.add_argument("--no-trace", action="store_true", help="skip tracing the searched schedule")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +52,8 @@ def main():
     for schedule, (_, _, b2b, predicted) in zip(SCHEDULES, rows):
         print(f"  {schedule:12s} predicted {predicted:6.1f} us, measured {b2b:6.1f} us: error "
               f"{(predicted - b2b) / b2b:+.1%}")
+    if args.no_trace:
+        return
     summary = trace_layer.run(args.preset, args.gpu, args.pos, out / "trace", str(out / "profile.json"))
     print(f"traced searched schedule (profiling build): makespan {summary['measured_us']:.1f} us, "
           f"predicted {summary['predicted_us']:.1f} us")

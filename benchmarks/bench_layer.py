@@ -19,6 +19,7 @@ import torch
 
 import adamk
 from adamk.calibrate import compile_presets
+from adamk.runtime.timing import time_launches
 from adamk.models import PRESETS, DecoderLayer
 
 
@@ -32,24 +33,6 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
         s.record(); b.copy_(a); e.record(); e.synchronize()
         times.append(s.elapsed_time(e) / 1e3)
     return 2 * nbytes / statistics.median(times[3:])
-
-
-def time_launches(fn, iters: int, warmup: int = 10) -> tuple[float, float]:
-    """(median of per-launch event times, back-to-back mean) in microseconds."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    each = []
-    for _ in range(iters):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); fn(); e.record(); e.synchronize()
-        each.append(s.elapsed_time(e) * 1e3)
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(iters):
-        fn()
-    e.record(); e.synchronize()
-    return statistics.median(each), s.elapsed_time(e) * 1e3 / iters
 
 
 def check_numerics(step, ref, pos: int):

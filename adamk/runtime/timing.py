@@ -1,0 +1,27 @@
+"""Timing launches on the GPU with device events: the medians the benchmarks and the
+calibration report."""
+from __future__ import annotations
+
+import statistics
+
+
+def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[float, float]:
+    """(median of single-launch event times, median over blocks of `block` back-to-back
+    launches of the time per launch) in microseconds; `iters` launches each way."""
+    import torch
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    each, blocks = [], []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); fn(); e.record(); e.synchronize()
+        each.append(s.elapsed_time(e) * 1e3)
+    for _ in range(max(1, iters // block)):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(block):
+            fn()
+        e.record(); e.synchronize()
+        blocks.append(s.elapsed_time(e) * 1e3 / block)
+    return statistics.median(each), statistics.median(blocks)
