@@ -175,11 +175,15 @@ def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trac
     return Trace(label, parse_module((Path(path) / "schedule.mlir").read_text()), step.trace(), b2b_us)
 
 
-def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: int = 2, progress=None):
-    """(fitted model, [(trace label, measured b2b us, predicted us with the fitted model)])."""
+def _require_gpu():
     import torch
     if not torch.cuda.is_available():
         raise AdamkError("adamk calibrate measures a GPU: torch.cuda.is_available() is False on this machine")
+
+
+def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: int = 2, progress=None):
+    """(fitted model, [(trace label, measured b2b us, predicted us with the fitted model)])."""
+    _require_gpu()
     if rounds < 1:
         raise AdamkError(f"calibration needs at least one round, got {rounds}")
     step_ctx = progress or (lambda name: __import__("contextlib").nullcontext())

@@ -1,5 +1,7 @@
 """The DAG search, the cost model and its calibration fit (CPU)."""
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +94,35 @@ def test_cost_profile_round_trips_and_names_a_wrong_gpu(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(adamk.AdamkError, match="not a cost profile"):
         CostModel.load(tmp_path / "bad.json", get_gpu("H100"))
+
+
+def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch):
+    """`calibrate` on a stand-in GPU whose traces a known model makes: round 1 traces the
+    spec-model search and round-robin; round 2 compiles with round 1's fit of those two
+    traces and traces the schedule the search picks with it (kept unless already traced);
+    the profile is the fit of every trace kept, and the report predicts each with it."""
+    import adamk.calibrate as calibration
+    from adamk.dialects import parse_module
+    truth = dataclasses.replace(CostModel.for_gpu(get_gpu("H100")), sync_latency_us=1.7, task_overhead_us=0.8,
+                                launch_us=4.0, fresh_input_us=1.2, input_us_per_k=0.002)
+    spec = CostModel.for_gpu(get_gpu("H100"))
+    built, traced = [], []
+
+    def fake_measure(path, preset, pos, label, launches=50):
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        if label.startswith("searched"):
+            built.append(dataclasses.replace(CostModel.load(manifest["cost_model"], get_gpu("H100")), source=""))
+        schedule = parse_module((Path(path) / "schedule.mlir").read_text())
+        traced.append(dataclasses.replace(model_made_trace(schedule, truth, pos), label=label))
+        return traced[-1]
+
+    monkeypatch.setattr(calibration, "_require_gpu", lambda: None)
+    monkeypatch.setattr(calibration, "measure", fake_measure)
+    model, report = calibration.calibrate("H100", "tiny", pos=40, rounds=2)
+    assert [t.label for t in traced] == ["searched (spec table)", "round-robin", "searched (round 1 fit)"]
+    assert built[0] == dataclasses.replace(spec, source="")
+    assert built[1] == dataclasses.replace(fit(traced[:2], 40, spec), source="")
+    kept = traced[:len(report)]                # round 2's trace is dropped if its schedule was traced already
+    assert len(report) == 3 or str(traced[2].schedule) in {str(t.schedule) for t in traced[:2]}
+    assert model == dataclasses.replace(fit(kept, 40, spec), source="adamk calibrate")
+    assert report == [(t.label, t.b2b_us, predict_step_us(t.schedule, model, 40)) for t in kept]
