@@ -41,6 +41,21 @@ def f32_literal(v: float) -> str:
     return s + ("f" if any(c in s for c in ".e") else ".f")
 
 
+def _with_waits(ops):
+    """(op, the waits just before it) for each task and signal of an SM's program. The
+    waits run inside the task's body, after its next weight stage is issued; waits after an
+    SM's last task guard nothing and are dropped."""
+    waits: list[WaitOp] = []
+    for op in ops:
+        if isinstance(op, WaitOp):
+            waits.append(op)
+        elif isinstance(op, ExecOp):
+            yield op, waits
+            waits = []
+        elif isinstance(op, SignalOp):
+            yield op, []
+
+
 def _signature(name: str, params: str) -> list[str]:
     """The opening line of a per-op task function: what every kind takes, then its own `params`."""
     return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
@@ -192,27 +207,21 @@ class _Emitter:
             lines.append(f"  // shared memory: {plan.depth} weight stages x {plan.slot_bytes} B, work area at "
                          f"{plan.work_offset} ({plan.work_bytes} B)")
             lines += [self.stage_weights(linears[i] if i < len(linears) else None, plan, i) for i in range(ahead)]
-        waits: list[WaitOp] = []
         next_linear = 0           # index of the next linear task in `linears`
-        for op in sm.body.block.ops:
-            if isinstance(op, WaitOp):
-                waits.append(op)   # run inside the next task's body, after its next stage is issued (waits
-                                   # after an SM's last task guard nothing and are not emitted)
-            elif isinstance(op, ExecOp):
-                while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first
-                    head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
-                    lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, "
-                                 f"{op.task_id.value.data});")
-                stage = None
-                if op.kind.data == "linear":
-                    stage, next_linear = next_linear, next_linear + 1
-                    nxt = stage + ahead
-                    if ahead:
-                        lines.append(self.stage_weights(linears[nxt] if nxt < len(linears) else None, plan, nxt))
-                lines += self.task_call(op, waits, plan, stage)
-                waits = []
-            elif isinstance(op, SignalOp):
+        for op, waits in _with_waits(sm.body.block.ops):
+            if isinstance(op, SignalOp):
                 lines.append(f"  signal_counter(s, {c_name(op.counter.data)}, {op.count.value.data}u);")
+                continue
+            while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first
+                head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
+                lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, {op.task_id.value.data});")
+            stage = None
+            if op.kind.data == "linear":
+                stage, next_linear = next_linear, next_linear + 1
+                nxt = stage + ahead
+                if ahead:
+                    lines.append(self.stage_weights(linears[nxt] if nxt < len(linears) else None, plan, nxt))
+            lines += self.task_call(op, waits, plan, stage)
         return lines + ["}"]
 
     def queue_function(self) -> list[str]:
@@ -223,14 +232,8 @@ class _Emitter:
                        key=lambda o: o.task_id.value.data)
         plan = smem.SmPlan(1, max((o.stage_bytes.value.data for o in execs), default=0),
                            max((o.work_bytes.value.data for o in execs), default=0))
-        waits_of = {}
-        for sm in self.schedule.sms:      # the queue variant's schedule waits before every task
-            pending = []
-            for o in sm.body.block.ops:
-                if isinstance(o, WaitOp):
-                    pending.append(o)
-                elif isinstance(o, ExecOp):
-                    waits_of[o.task_id.value.data], pending = pending, []
+        waits_of = {op.task_id.value.data: waits for sm in self.schedule.sms      # it waits before every task
+                    for op, waits in _with_waits(sm.body.block.ops) if isinstance(op, ExecOp)}
         lines = ["__device__ __noinline__ void run_task(const Step& s, const Buffers& b, u32 t) {", "  switch (t) {"]
         for o in execs:
             tid = o.task_id.value.data

@@ -43,6 +43,7 @@ class DecodeStep:
         self.timeout_ns = int(timeout_s * 1e9)
 
         self.buffers = self._bind(weights)
+        self.max_seq_len = self.buffers["k_cache"].shape[2]
         names = [b["name"] for b in self.manifest["buffers"]]
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
                                           device=self.device)
@@ -108,9 +109,8 @@ class DecodeStep:
 
     def launch(self, pos: int, epoch: int | None = None, stream=None):
         """Enqueue one step on `stream` without waiting; `epoch` is for tests of the timeout path."""
-        max_seq = next(b["shape"][2] for b in self.manifest["buffers"] if b["name"] == "k_cache")
-        if not 0 <= pos < max_seq:
-            raise AdamkError(f"position {pos} outside the KV cache's 0..{max_seq - 1}")
+        if not 0 <= pos < self.max_seq_len:
+            raise AdamkError(f"position {pos} outside the KV cache's 0..{self.max_seq_len - 1}")
         if epoch is None:
             if self.epoch == self.max_epoch:
                 self.counters.zero_()
