@@ -155,8 +155,8 @@ def compile_preset(preset: str, config: CompileConfig) -> str:
 
 def compile_presets(jobs: list[tuple[str, CompileConfig]]) -> list[str]:
     """compile_preset for each (preset, config), in parallel processes (NVRTC runs on one core)."""
-    if len(jobs) == 1:
-        return [compile_preset(*jobs[0])]
+    if len(jobs) <= 1:
+        return [compile_preset(*job) for job in jobs]
     workers = min(len(jobs), os.cpu_count() or 1)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         return list(ex.map(compile_preset, *zip(*jobs)))
