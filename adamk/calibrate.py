@@ -23,12 +23,10 @@ model so far, and refits on all traces. The result is a JSON profile for
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
-import os
 import statistics
 import tempfile
+import warnings
 from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp
@@ -38,6 +36,7 @@ from .dialects import parse_module
 from .dialects.schedule import ExecOp, SignalOp, WaitOp
 from .errors import AdamkError
 from .search.cost import CostModel, TaskCost, predict_step_us
+from .models import compile_presets
 from .search.validate import schedule_of
 from .runtime.timing import time_launches
 from .targets import get_gpu
@@ -57,21 +56,28 @@ def _median(values, default: float) -> float:
     return statistics.median(values) if values else default
 
 
-def _line(points: list[tuple[float, float, int]], default: float) -> tuple[float, float]:
-    """(intercept, slope >= 0) of the weighted least-squares line through (x, y, weight)."""
+def _line(points: list[tuple[float, float, int]], default: tuple[float, float],
+          min_intercept: float) -> tuple[float, float]:
+    """(intercept >= min_intercept, slope >= 0) of the weighted least-squares line through
+    (x, y, weight); `default` if there are no points."""
     w = sum(n for _, _, n in points)
     if not w:
-        return default, 0.0
+        return default
     mx, my = sum(x * n for x, _, n in points) / w, sum(y * n for _, y, n in points) / w
     sxx = sum(n * (x - mx) ** 2 for x, _, n in points)
     slope = max(0.0, sum(n * (x - mx) * (y - my) for x, y, n in points) / sxx) if sxx else 0.0
-    return my - slope * mx, slope
+    intercept = my - slope * mx
+    if intercept < min_intercept:      # refit the slope through the floored intercept
+        sx2 = sum(n * x * x for x, _, n in points)
+        intercept = min_intercept
+        slope = max(0.0, sum(n * x * (y - intercept) for x, y, n in points) / sx2) if sx2 else 0.0
+    return intercept, slope
 
 
 def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs: list, first: list):
     """Append what one trace shows: back-to-back linear intervals within an op, tasks after
-    a wait (time from the completing signal to their end), sync latencies, each SM's first
-    linear task."""
+    a wait (time from the completing signal to their end), sync latencies, and each SM's
+    first task if it is a linear task that waits on nothing."""
     start = min(r[1] for r in trace.rows)
     us = {tid: tuple((t - start) / 1e3 for t in r[1:]) for tid, r in enumerate(trace.rows)}
     signal_times: dict[str, list[float]] = {}
@@ -89,7 +95,7 @@ def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs:
         times.sort()
 
     for program in programs:
-        waits, prev_end, prev_source, seen_linear = [], None, None, False
+        waits, prev_end, prev_source = [], None, None
         for op in program:
             if isinstance(op, WaitOp):
                 waits.append(op)
@@ -105,9 +111,8 @@ def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs:
                     syncs.append(after - done)
             elif op.kind.data == "linear" and op.source.data == prev_source:    # steady state within an op
                 intervals.append((op.source.data, end - prev_end, cost))
-            if op.kind.data == "linear" and not seen_linear:
+            if prev_end is None and not waits and op.kind.data == "linear":   # the SM's first task, unblocked
                 first.append((end, cost))
-                seen_linear = True
             waits, prev_end, prev_source = [], end, op.source.data
 
 
@@ -126,9 +131,11 @@ def fit(traces: list[Trace], pos: int, base: CostModel) -> CostModel:
     by_op: dict[tuple, list[float]] = {}
     for source, t, c in intervals:
         by_op.setdefault((source, c.inputs), []).append(t - compute(c))
+    if not by_op:
+        warnings.warn("calibration: the traces show no back-to-back linear tasks of one op; task_overhead_us "
+                      "and input_us_per_k keep their defaults", stacklevel=2)
     overhead, per_k = _line([(k, statistics.median(v), len(v)) for (_, k), v in sorted(by_op.items())],
-                            base.task_overhead_us)
-    overhead = max(0.05, overhead)
+                            (base.task_overhead_us, base.input_us_per_k), min_intercept=0.05)
     # a linear task after a wait (weights long since staged): done -> sync -> fixed costs -> end
     fresh = max(0.0, _median([t - sync - overhead - c.inputs * per_k - compute(c) for k, t, c in waited_tasks
                               if k == "linear"], 0.0))
@@ -136,30 +143,12 @@ def fit(traces: list[Trace], pos: int, base: CostModel) -> CostModel:
     kv_rate = _median([c.read_bytes / (t - after_wait) for k, t, c in waited_tasks
                        if k == "attention" and t > after_wait], base.kv_bytes_per_us)
     bw = base.sm_bytes_per_us
-    # each SM's first linear task: its copy queued behind nothing, issued at the start
+    # each SM's first task, if linear and unblocked: its copy issued at the start, queued behind nothing
     latency = max(0.1, _median([e - c.stage_bytes / bw - compute(c) for e, c in first], base.dram_latency_us))
     return CostModel(gpu=base.gpu, sm_bytes_per_us=bw, dram_latency_us=latency, sync_latency_us=sync,
                      task_overhead_us=overhead, input_us_per_k=per_k, fresh_input_us=fresh,
                      smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
                      launch_us=max(0.0, _median(launch, base.launch_us)), source="adamk calibrate")
-
-
-
-
-def compile_preset(preset: str, config: CompileConfig) -> str:
-    """Compile the bundled `preset` layer (seed 0) into a fresh temporary directory."""
-    from . import compile as compile_model
-    from .models import PRESETS, DecoderLayer
-    return str(compile_model(DecoderLayer(PRESETS[preset], seed=0), config).save(tempfile.mkdtemp() + "/a"))
-
-
-def compile_presets(jobs: list[tuple[str, CompileConfig]]) -> list[str]:
-    """compile_preset for each (preset, config), in parallel processes (NVRTC runs on one core)."""
-    if len(jobs) <= 1:
-        return [compile_preset(*job) for job in jobs]
-    workers = min(len(jobs), os.cpu_count() or 1)
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-        return list(ex.map(compile_preset, *zip(*jobs)))
 
 
 def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
@@ -183,9 +172,9 @@ def _require_gpu():
 
 def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: int = 2, progress=None):
     """(fitted model, [(trace label, measured b2b us, predicted us with the fitted model)])."""
-    _require_gpu()
     if rounds < 1:
         raise AdamkError(f"calibration needs at least one round, got {rounds}")
+    _require_gpu()
     step_ctx = progress or (lambda name: __import__("contextlib").nullcontext())
     target = get_gpu(gpu)
     model = CostModel.for_gpu(target)
@@ -200,13 +189,18 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
                 builds["round-robin"] = CompileConfig(gpu=target.name, profile=True, schedule="round-robin")
             with step_ctx(f"round {r}/{rounds}: compile {len(builds)} profiling build(s) of the {preset} layer "
                           f"for {target.name}"):
-                paths = compile_presets([(preset, c) for c in builds.values()])
-            with step_ctx(f"round {r}/{rounds}: run them at position {pos} and fit"):
-                new = [measure(p, preset, pos, label) for label, p in zip(builds, paths)]
-                seen = {str(t.schedule) for t in traces}
-                if r > 1 and all(str(t.schedule) in seen for t in new):
-                    break           # the search picked a schedule already traced: the fit stands
-                traces += new
+                paths = compile_presets([(preset, c) for c in builds.values()], Path(tmp) / f"round{r}")
+            seen = {str(t.schedule) for t in traces}
+            new = {}
+            for label, path in zip(builds, paths):
+                schedule = str(parse_module((Path(path) / "schedule.mlir").read_text()))
+                if schedule not in seen:            # a schedule traced already adds nothing
+                    new[label] = path
+                    seen.add(schedule)
+            if not new:
+                break           # the search picked a schedule already traced: the fit stands
+            with step_ctx(f"round {r}/{rounds}: run {len(new)} build(s) at position {pos} and fit"):
+                traces += [measure(path, preset, pos, label) for label, path in new.items()]
                 model = dataclasses.replace(fit(traces, pos, CostModel.for_gpu(target)), source=f"round {r} fit")
     model = dataclasses.replace(model, source="adamk calibrate")
     return model, [(t.label, t.b2b_us, predict_step_us(t.schedule, model, pos)) for t in traces]

@@ -127,7 +127,7 @@ def inspect(artifact):
               help="The cost profile (JSON) to write.")
 @click.option("--preset", default="llama-3.2-1b", show_default=True, help="The layer to measure with.")
 @click.option("--pos", default=512, show_default=True, type=int, help="KV position of the measured steps.")
-@click.option("--rounds", default=2, show_default=True, type=int,
+@click.option("--rounds", default=2, show_default=True, type=click.IntRange(min=1),
               help="Fit rounds; each after the first also traces the schedule the search picks with the fit so far.")
 def calibrate(gpu, output, preset, pos, rounds):
     """Measure the cost model on this machine's GPU (needs CUDA) and write a profile for

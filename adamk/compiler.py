@@ -104,8 +104,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
 
 def _check_kernel(report: dict):
     if report["registers"] is None:
-        raise AdamkError("internal: the ptxas report has no register count for the kernel (NVRTC returned no "
-                         "`ptxas -v` output; is CUDA_CACHE_DISABLE honoured by this NVRTC?)")
+        raise AdamkError("internal: NVRTC returned no `ptxas -v` report for the kernel (codegen/nvrtc.py "
+                         "recompiles once to get past NVRTC's compile cache; this NVRTC still gave none)")
     if report["registers"] * BLOCK_THREADS > 65536:            # one block per SM must fit the register file
         raise AdamkError(f"internal: {report['registers']} registers x {BLOCK_THREADS} threads do not fit one SM's "
                          "64K registers, so the blocks cannot all be co-resident")

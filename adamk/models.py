@@ -16,8 +16,12 @@ frontends see the decomposed patterns real models export.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -250,3 +254,20 @@ class LlamaModel(nn.Module):
         token = torch.randint(0, c.vocab_size, (1,), generator=g)
         t = lambda a: a.to(device) if device is not None else a
         return t(token), t(torch.tensor(pos, dtype=torch.int64)), t(k), t(v)
+
+
+def compile_preset(preset: str, config, out) -> str:
+    """Compile the bundled `preset` layer (seed 0) with `config` into the directory `out`."""
+    from . import compile as compile_model
+    return str(compile_model(DecoderLayer(PRESETS[preset], seed=0), config).save(out))
+
+
+def compile_presets(jobs: list[tuple[str, object]], out_dir) -> list[str]:
+    """compile_preset for each (preset, CompileConfig), into out_dir/0, out_dir/1, ...; in
+    parallel processes, since NVRTC runs on one core."""
+    outs = [str(Path(out_dir) / str(i)) for i in range(len(jobs))]
+    if len(jobs) <= 1:
+        return [compile_preset(preset, config, out) for (preset, config), out in zip(jobs, outs)]
+    workers = min(len(jobs), os.cpu_count() or 1)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(compile_preset, *zip(*jobs), outs))

@@ -12,15 +12,16 @@ processes before anything is timed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
+import tempfile
 
 import torch
 
 import adamk
-from adamk.calibrate import compile_presets
+from adamk.models import PRESETS, DecoderLayer, compile_presets
 from adamk.runtime.timing import time_launches
-from adamk.models import PRESETS, DecoderLayer
 
 
 def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
@@ -37,7 +38,8 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
 
 def check_numerics(step, ref, pos: int):
     """The variant computes the layer: one step on fresh random inputs against the float32
-    reference, within 1e-2 relative error (a benchmark of a wrong kernel is no result)."""
+    reference, within 1e-2 relative error (a benchmark of a wrong kernel is no result).
+    Leaves random KV history in the step's cache."""
     cfg = ref.cfg
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
     step.k_cache.normal_()
@@ -92,20 +94,22 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
     floor_us = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-    paths = compile_presets([(preset, variant_config(v, cost_model)) for v in variants])
-    ref = layer.to(device="cuda")
-    for variant, path in zip(variants, paths):
-        step = adamk.load(path, layer)
-        step.k_cache.normal_()
-        step.v_cache.normal_()
-        step.buffers["x"].copy_(x)
-        med, b2b = time_launches(lambda: step.launch(pos), iters)
-        step.check()
-        check_numerics(step, ref, pos)
-        m = step.manifest
-        rows.append((f"megakernel {variant} ({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)",
-                     med, b2b, m["predicted_step_us"]))
-    eager = layer.to(dtype=torch.bfloat16)
+    ref = copy.deepcopy(layer).to(device="cuda")          # float32, for the numerics check
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = compile_presets([(preset, variant_config(v, cost_model)) for v in variants], tmp)
+        for variant, path in zip(variants, paths):
+            step = adamk.load(path, layer)
+            check_numerics(step, ref, pos)               # a wrong kernel is not timed
+            step.k_cache.normal_()
+            step.v_cache.normal_()
+            step.buffers["x"].copy_(x)
+            med, b2b = time_launches(lambda: step.launch(pos), iters)
+            step.check()
+            m = step.manifest
+            rows.append((f"megakernel {variant} ({step.grid} blocks, {step.loaded_from}, "
+                         f"{m['smem_peak_bytes']} B smem)", med, b2b, m["predicted_step_us"]))
+    del ref
+    eager = layer.to(device="cuda", dtype=torch.bfloat16)
     kc, vc = eager.new_kv_cache(device="cuda")
     kc.normal_(); vc.normal_()
     pos_t = torch.tensor(pos, device="cuda")

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import adamk
-from adamk.calibrate import compile_preset, measure
+from adamk.calibrate import measure
+from adamk.models import compile_preset
 from adamk.search.cost import CostModel, predict_timeline
 from adamk.targets import get_gpu
 
@@ -32,8 +34,10 @@ def main():
 def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None):
     """Trace one step of a profiling build; write trace.json, summary.json and gantt.png to `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model))
-    trace = measure(path, preset, pos, "traced")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model),
+                              f"{tmp}/a")
+        trace = measure(path, preset, pos, "traced")
     rows, schedule = trace.rows, trace.schedule
     t0 = min(r[1] for r in rows)
     gpu = get_gpu(gpu_name)

@@ -148,3 +148,22 @@ def test_plan_without_ksplit_is_the_figure_the_manifest_reports():
     assert split["smem_peak_bytes"] < split["smem_peak_bytes_without_ksplit"]
     for m in (split, unsplit):
         assert m["kernel"]["smem_bytes"] == m["smem_peak_bytes"] and isinstance(m["smem_peak_bytes"], int)
+
+
+def test_a_compile_nvrtc_answers_from_its_cache_is_redone_for_the_report(tiny_l20, monkeypatch):
+    """NVRTC's compile cache skips ptxas, so a cache hit has no `ptxas -v` report; the compile
+    is redone on a source the cache has not seen, with the same cubin, PTX and report."""
+    from adamk.codegen import nvrtc
+    source = tiny_l20[0].files["kernel.cu"].decode()
+    normal = compile_cuda(source, 89)
+    compile_once, sources = nvrtc._compile, []
+
+    def first_from_cache(src, name, options):
+        prog, log = compile_once(src, name, options)
+        sources.append(src)
+        return prog, ("" if len(sources) == 1 else log)
+    monkeypatch.setattr(nvrtc, "_compile", first_from_cache)
+    redone = compile_cuda(source, 89)
+    assert len(sources) == 2 and sources[1] != source and sources[1].endswith(source)
+    assert (redone.cubin, redone.ptx, redone.ptxas_log) == (normal.cubin, normal.ptx, normal.ptxas_log)
+    assert parse_ptxas_log(redone.ptxas_log)["registers"] > 0

@@ -7,7 +7,7 @@ import torch
 
 import adamk
 import adamk.frontend.onnx_frontend
-from adamk.calibrate import compile_presets
+from adamk.models import compile_presets
 from adamk.errors import KernelSharedMemoryError, KernelTimeoutError
 from adamk.runtime import driver as cu
 from adamk.models import PRESETS, DecoderLayer
@@ -33,7 +33,7 @@ def _key(preset, gpu, options):
 
 
 @pytest.fixture(scope="module")
-def compiled(request):
+def compiled(request, tmp_path_factory):
     """(preset, gpu, options) -> (a random bf16 layer, its artifact). The plans of the
     selected reference tests compile up front in parallel processes (the kernel does not
     depend on the weights' values), any other on first use; each call binds fresh random
@@ -41,12 +41,14 @@ def compiled(request):
     plans = {_key(i.callspec.params["preset"], i.callspec.params["gpu"], i.callspec.params["options"])
              for i in request.session.items if i.originalname == "test_layer_matches_float32_reference"}
     plans = sorted(plans, key=str)
-    paths = dict(zip(plans, compile_presets([(p, adamk.CompileConfig(gpu=g, **dict(o))) for p, g, o in plans])))
+    jobs = [(p, adamk.CompileConfig(gpu=g, **dict(o))) for p, g, o in plans]
+    paths = dict(zip(plans, compile_presets(jobs, tmp_path_factory.mktemp("plans"))))
 
     def get(preset, gpu, **options):
         key = _key(preset, gpu, options)
         if key not in paths:
-            paths[key] = compile_presets([(preset, adamk.CompileConfig(gpu=gpu, **options))])[0]
+            paths[key] = compile_presets([(preset, adamk.CompileConfig(gpu=gpu, **options))],
+                                         tmp_path_factory.mktemp("plan"))[0]
         return bf16_layer(preset), paths[key]
     return get
 

@@ -42,9 +42,8 @@ def f32_literal(v: float) -> str:
 
 
 def _with_waits(ops):
-    """(op, the waits just before it) for each task and signal of an SM's program. The
-    waits run inside the task's body, after its next weight stage is issued; waits after an
-    SM's last task guard nothing and are dropped."""
+    """(op, the waits just before it) for each task and signal of an SM's program; waits
+    after an SM's last task guard nothing and are dropped."""
     waits: list[WaitOp] = []
     for op in ops:
         if isinstance(op, WaitOp):
@@ -208,8 +207,8 @@ class _Emitter:
                          f"{plan.work_offset} ({plan.work_bytes} B)")
             lines += [self.stage_weights(linears[i] if i < len(linears) else None, plan, i) for i in range(ahead)]
         next_linear = 0           # index of the next linear task in `linears`
-        for op, waits in _with_waits(sm.body.block.ops):
-            if isinstance(op, SignalOp):
+        for op, waits in _with_waits(sm.body.block.ops):   # waits run in the task's body, after it issues
+            if isinstance(op, SignalOp):                     # the next weight stage
                 lines.append(f"  signal_counter(s, {c_name(op.counter.data)}, {op.count.value.data}u);")
                 continue
             while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first

@@ -75,7 +75,8 @@ def compile_cuda(source: str, arch: int, name: str = "kernel.cu") -> Binaries:
         # the report the compiler checks and ptxas.log keeps; a source it has not seen misses
         # the cache (an unused macro: the same PTX and cubin).
         nvrtc.nvrtcDestroyProgram(prog)
-        prog, log = _compile(f"#define ADAMK_UNCACHED_{os.urandom(8).hex()}\n" + source, name, options)
+        nonce = f"#define ADAMK_UNCACHED_{os.urandom(8).hex()}\n#line 1 \"{name}\"\n"   # same line numbers
+        prog, log = _compile(nonce + source, name, options)
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
     cubin = bytearray(size)     # NVRTC writes into these buffers
     nvrtc.nvrtcGetCUBIN(prog, cubin)

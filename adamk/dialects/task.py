@@ -67,6 +67,12 @@ class BufferOp(IRDLOperation):
                                   "has a non-positive extent")
 
 
+def attr_value(a):
+    """The Python value of a task parameter attribute (an integer, float or string attr)."""
+    v = a.value if hasattr(a, "value") else a
+    return v.data if hasattr(v, "data") else v
+
+
 class TaskBody(IRDLOperation):
     """Properties shared by `adamk.task` (task level) and `adamk.exec` (schedule level)."""
     sym_name = prop_def(StringAttr)
@@ -115,10 +121,7 @@ class TaskBody(IRDLOperation):
 
     def param(self, key: str):
         a = self.params.data.get(key)
-        if a is None:
-            return None
-        v = a.value if hasattr(a, "value") else a
-        return v.data if hasattr(v, "data") else v
+        return None if a is None else attr_value(a)
 
     def verify_(self):
         name, kind = self.sym_name.data, self.kind.data

@@ -6,9 +6,11 @@ import statistics
 
 
 def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[float, float]:
-    """(median of single-launch event times, median over blocks of `block` back-to-back
-    launches of the time per launch) in microseconds; `iters` launches each way."""
+    """(median of `iters` single-launch event times, median over iters // block blocks of
+    `block` back-to-back launches of the time per launch) in microseconds."""
     import torch
+    if iters < block:
+        raise ValueError(f"time_launches needs iters >= block ({block}), got {iters}")
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -17,7 +19,7 @@ def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[fl
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record(); fn(); e.record(); e.synchronize()
         each.append(s.elapsed_time(e) * 1e3)
-    for _ in range(max(1, iters // block)):
+    for _ in range(iters // block):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
         for _ in range(block):

@@ -8,13 +8,15 @@ when every SM pulls at once (`sm_bytes_per_us`) and land `dram_latency_us` later
 starts when the previous one has ended and its waits are satisfied (`sync_latency_us`
 after the last signal it needs), pays `task_overhead_us` (call, barriers, signals), plus
 `fresh_input_us` if it waited (its inputs are new, so they come from L2, not L1), then
-computes: a linear stages its `k_chunk` inputs (`input_us_per_k` each) and, once its
-weights have landed, reads its stage at `smem_bytes_per_us`; an attention part streams
+computes: a linear reads its inputs through its prologue (`input_us_per_k` per element
+read: its K-chunk, twice for silu_mul, plus the whole row for rmsnorm's sum of squares;
+norm weights are not counted) and, once its weights have landed, reads its stage at
+`smem_bytes_per_us`; an attention part streams
 its KV rows at `kv_bytes_per_us`; a combine reads its partials at `sm_bytes_per_us`. A
 step costs its makespan plus `launch_us`.
 
 Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
-on a GPU from a profiling build and writes a profile (`CostModel.load`).
+on a GPU from profiling builds and writes a profile (`CostModel.load`).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from collections import deque
 from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import ExecOp, SignalOp, WaitOp
+from ..dialects.task import TaskBody
 from ..errors import AdamkError
 from ..targets import GPU
 from .validate import schedule_of, walk
@@ -95,7 +98,8 @@ class TaskCost:
         raise ValueError(f"no cost for task kind '{kind}'")
 
     @classmethod
-    def of_exec(cls, op: ExecOp, pos: int) -> "TaskCost":
+    def of_exec(cls, op: TaskBody, pos: int) -> "TaskCost":
+        """The cost of a task op (adamk.task or adamk.exec)."""
         linear = op.kind.data == "linear"
         return cls.of(op.kind.data, op.tile_range, op.k_split.value.data, pos, k_len=op.k_range[1] if linear else 0,
                       k=op.param("K") or 0, prologue=op.param("prologue") or "none",

@@ -34,7 +34,7 @@ from xdsl.passes import ModulePass
 
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
-from ..dialects.task import TaskOp
+from ..dialects.task import TaskOp, attr_value
 from ..passes.tile import TaskBuilder
 from .cost import CostModel, SmClock, TaskCost
 from .program import emit_schedule
@@ -77,8 +77,7 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) 
 def _placed_from_records(records, pos: int) -> list[PlacedTask]:
     out = []
     for r in records:
-        param = {key: (a.value.data if hasattr(a, "value") else a.data) for key, a in r.params.items()
-                 if key in ("K", "k_chunk", "prologue", "head_dim")}
+        param = {key: attr_value(a) for key, a in r.params.items() if key in ("K", "k_chunk", "prologue", "head_dim")}
         k_len = smem.k_range(param["K"], param["k_chunk"], r.k_index)[1] if r.kind == "linear" else 0
         cost = TaskCost.of(r.kind, r.tile, r.k_split, pos, k_len=k_len, k=param.get("K", 0),
                            prologue=param.get("prologue", "none"), head_dim=param.get("head_dim", 0))
