@@ -11,14 +11,16 @@ parameters of search/cost.py to what their steps did:
 - fresh_input_us: what a linear task right after a wait takes beyond that (its inputs come
   from L2);
 - kv_bytes_per_us: the KV bytes of an attention part over its time after those;
-- dram_latency_us: the first linear task of each SM (its copy issued at the start);
+- dram_latency_us: each SM's first task, where it is a linear task that waits on nothing
+  (its copy issued at the start, queued behind nothing);
 - launch_us: back-to-back time per launch less the traced makespan.
 
 Each is a median over the tasks (of every trace) that show it. One schedule shows only
 the tilings it uses, and the search goes where the model is wrong, so calibration runs in
 rounds: the first traces the searched schedule under the spec-table model and the
 round-robin schedule; each later round also traces the schedule the search picks with the
-model so far, and refits on all traces. The result is a JSON profile for
+model so far, and refits on all traces. A build whose schedule was traced already is not
+run again; a round that adds nothing ends the calibration. The result is a JSON profile for
 `CompileConfig(cost_model=...)` / `adamk compile --cost-model`.
 """
 from __future__ import annotations
