@@ -37,10 +37,10 @@ from .config import CompileConfig
 from .dialects import parse_module
 from .dialects.schedule import ExecOp, SignalOp, WaitOp
 from .errors import AdamkError
-from .search.cost import CostModel, TaskCost, predict_step_us
 from .models import compile_presets
-from .search.validate import schedule_of
 from .runtime.timing import time_launches
+from .search.cost import CostModel, TaskCost, predict_step_us
+from .search.validate import schedule_of
 from .targets import get_gpu
 
 
@@ -181,6 +181,7 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
     target = get_gpu(gpu)
     model = CostModel.for_gpu(target)
     traces: list[Trace] = []
+    traced_schedules: set[str] = set()          # schedule.mlir texts (the compiler prints them deterministically)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(1, rounds + 1):
             profile = Path(tmp) / f"round{r}.json"
@@ -192,13 +193,12 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
             with step_ctx(f"round {r}/{rounds}: compile {len(builds)} profiling build(s) of the {preset} layer "
                           f"for {target.name}"):
                 paths = compile_presets([(preset, c) for c in builds.values()], Path(tmp) / f"round{r}")
-            seen = {str(t.schedule) for t in traces}
             new = {}
             for label, path in zip(builds, paths):
-                schedule = str(parse_module((Path(path) / "schedule.mlir").read_text()))
-                if schedule not in seen:            # a schedule traced already adds nothing
+                schedule = (Path(path) / "schedule.mlir").read_text()
+                if schedule not in traced_schedules:    # a schedule traced already adds nothing
                     new[label] = path
-                    seen.add(schedule)
+                    traced_schedules.add(schedule)
             if not new:
                 break           # the search picked a schedule already traced: the fit stands
             with step_ctx(f"round {r}/{rounds}: run {len(new)} build(s) at position {pos} and fit"):

@@ -11,9 +11,9 @@ after the last signal it needs), pays `task_overhead_us` (call, barriers, signal
 computes: a linear reads its inputs through its prologue (`input_us_per_k` per element
 read: its K-chunk, twice for silu_mul, plus the whole row for rmsnorm's sum of squares;
 norm weights are not counted) and, once its weights have landed, reads its stage at
-`smem_bytes_per_us`; an attention part streams
-its KV rows at `kv_bytes_per_us`; a combine reads its partials at `sm_bytes_per_us`. A
-step costs its makespan plus `launch_us`.
+`smem_bytes_per_us`; an attention part streams its KV rows at `kv_bytes_per_us`; a
+combine reads its partials at `sm_bytes_per_us`. A step costs its makespan plus
+`launch_us`.
 
 Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
 on a GPU from profiling builds and writes a profile (`CostModel.load`).
