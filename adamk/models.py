@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import inspect
 import math
 import multiprocessing
 import os
@@ -162,16 +163,40 @@ class DecoderLayer(nn.Module):
         return t(x), t(torch.tensor(pos, dtype=torch.int64)), t(k_cache), t(v_cache)
 
 
-class _StaticKV:
-    """Duck-typed Hugging Face cache over adamk's static caches: update() appends at `pos`."""
+def _position_cache(k_cache, v_cache, pos, layer_idx: int):
+    """A `transformers.cache_utils.Cache` over adamk's static caches whose layer writes the new
+    key/value at `pos` (the decode step's position) and returns the whole cache.
 
-    def __init__(self, k_cache, v_cache, pos):
-        self.k_cache, self.v_cache, self.pos = k_cache, v_cache, pos
+    Built on transformers' own `Cache` / `CacheLayerMixin` so that the call convention
+    (`update(k, v, layer_idx, cache_kwargs)` up to 5.2x, `update(k, v, layer_idx, kwargs=...)`
+    since) is the library's, not a copy of one release's signature.
+    """
+    from transformers.cache_utils import Cache, CacheLayerMixin
 
-    def update(self, key_states, value_states, layer_idx, cache_kwargs=None):
-        self.k_cache.index_copy_(2, self.pos.view(1), key_states)
-        self.v_cache.index_copy_(2, self.pos.view(1), value_states)
-        return self.k_cache, self.v_cache
+    class PositionLayer(CacheLayerMixin):
+        def __init__(self):
+            super().__init__()
+            self.keys, self.values, self.is_initialized = k_cache, v_cache, True
+
+        def lazy_initialization(self, key_states, value_states, *args, **kwargs):
+            pass                                    # the caches exist before the step
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            self.keys.index_copy_(2, pos.view(1), key_states)
+            self.values.index_copy_(2, pos.view(1), value_states)
+            return self.keys, self.values
+
+        def get_mask_sizes(self, *args, **kwargs):
+            return self.keys.shape[2], 0            # the mask spans the whole static cache
+
+        def get_seq_length(self, *args, **kwargs):
+            return pos + 1
+
+        def get_max_length(self):
+            return self.keys.shape[2]
+
+    layer = PositionLayer()
+    return Cache(layers=[layer] * (layer_idx + 1))
 
 
 class HFDecodeStep(nn.Module):
@@ -190,6 +215,9 @@ class HFDecodeStep(nn.Module):
         attn = layer.self_attn
         self.num_kv_heads = attn.config.num_key_value_heads
         self.head_dim = attn.head_dim
+        self.layer_idx = attn.layer_idx or 0
+        # transformers 5.2x renamed the layer's `past_key_values` argument to `cache`
+        self._cache_kwarg = "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
 
     def forward(self, x, pos, k_cache, v_cache):
         hidden = x.view(1, 1, -1)
@@ -197,8 +225,9 @@ class HFDecodeStep(nn.Module):
         cos, sin = self.rotary_emb(hidden, position_ids)
         span = torch.arange(self.max_seq_len, device=x.device)
         mask = torch.zeros(self.max_seq_len, device=x.device, dtype=x.dtype).masked_fill(span > pos, float("-inf"))
+        cache = _position_cache(k_cache, v_cache, pos, self.layer_idx)
         y = self.layer(hidden, attention_mask=mask.view(1, 1, 1, -1), position_ids=position_ids,
-                       past_key_values=_StaticKV(k_cache, v_cache, pos), position_embeddings=(cos, sin))
+                       **{self._cache_kwarg: cache}, position_embeddings=(cos, sin))
         return y.view(1, -1)
 
     def example_inputs(self, pos: int = 0, seed: int = 0, device=None):

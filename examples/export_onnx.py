@@ -14,6 +14,7 @@ compiles one decoder layer (README, "Status").
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import warnings
 
@@ -46,6 +47,10 @@ def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
 
 def export(path: str, preset: str = "llama-3.2-1b", seed: int = 0, external_data: bool = False,
            max_seq_len: int | None = None, hf: str | None = None, whole_model: bool = False) -> str:
+    needed = {"onnxscript": "onnx", **({"transformers": "hf"} if hf else {})}    # module -> adamk extra
+    for module, extra in needed.items():
+        if importlib.util.find_spec(module) is None:
+            raise SystemExit(f"error: this export needs {module}, which is not installed: pip install 'adamk[{extra}]'")
     cfg = PRESETS[preset]
     if max_seq_len is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "max_seq_len": max_seq_len})
