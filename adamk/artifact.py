@@ -1,22 +1,32 @@
 """The artifact directory: what `adamk compile` writes and CI pipelines keep (DESIGN.md).
 
 Files are kept in memory until `save`, which writes them into a fresh temporary
-directory next to the destination and renames it into place, so a failed or
-interrupted save never leaves a half-written artifact. `manifest.json` records the
-sha256 of every other file; `verify` checks them.
+directory next to the destination and swaps it into place, so a failed or interrupted
+save leaves either the old artifact or the new one, never a half-written one, and never
+touches anything that is not an adamk artifact (`check_output_dir`, also run before a
+compile starts). `manifest.json` records the sha256 of every other file; `verify` checks
+them, and treats the manifest as untrusted input: it names only plain files of the
+artifact directory, and files it does not list are reported.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import AdamkError
+from .names import quoted
 
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20     # a manifest is a few KB; anything far larger is not one
 
 
 def sha256(data: bytes) -> str:
@@ -24,61 +34,219 @@ def sha256(data: bytes) -> str:
 
 
 class Artifact:
-    def __init__(self, files: dict[str, bytes], manifest: dict):
+    def __init__(self, files: dict[str, bytes], manifest: dict, search_seconds: float = 0.0):
         self.files = dict(files)
         self.manifest = dict(manifest)
         self.manifest["files"] = {name: sha256(data) for name, data in sorted(self.files.items())}
+        self.search_seconds = search_seconds      # wall clock: kept out of the (deterministic) manifest
 
     def manifest_bytes(self) -> bytes:
-        return (json.dumps(self.manifest, indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self.manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
     def save(self, path: str | os.PathLike, force: bool = False) -> Path:
-        dest = Path(path)
-        check_output_dir(dest, force)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        dest = check_output_dir(Path(path), force)
         try:
-            for name, data in self.files.items():
-                (tmp / name).write_bytes(data)
-            (tmp / MANIFEST).write_bytes(self.manifest_bytes())
-            os.chmod(tmp, 0o755)
-            if dest.exists():
-                old = dest.with_name(f".{dest.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                dest.rename(old)
-                tmp.rename(dest)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(dest)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        except OSError as e:
+            raise AdamkError(f"cannot write the artifact {dest}: {e.strerror}") from None
+        try:
+            with _signals_raise():           # SIGTERM / SIGHUP: clean up below, then exit
+                for name, data in self.files.items():
+                    (tmp / name).write_bytes(data)
+                (tmp / MANIFEST).write_bytes(self.manifest_bytes())
+                os.chmod(tmp, 0o755)
+                if dest.exists():
+                    _exchange(tmp, dest)     # atomic: dest is the old artifact, then the new one
+                else:
+                    tmp.rename(dest)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise AdamkError(f"cannot write the artifact {dest}: {e.strerror or e}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        shutil.rmtree(tmp, ignore_errors=True)   # after an exchange: the old artifact
         return dest
 
 
-def check_output_dir(dest: Path, force: bool):
-    """Refuse to replace anything but an empty directory unless forced."""
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())) and not force:
-        raise AdamkError(f"output directory {dest} exists and is not empty (use --force to replace it)")
+def check_output_dir(dest: Path, force: bool) -> Path:
+    """The directory an artifact may be written to (symlinks resolved), or a clear error.
+
+    Writes only to a new path, an empty directory, or (with `force`) a directory that holds
+    an adamk artifact and nothing else; never over a file, a directory of the user's, or the
+    current directory; checked before the compile, so a bad path costs no compile time."""
+    dest = Path(os.path.abspath(dest))
+    if dest.is_symlink():
+        dest = dest.resolve()
+    if dest.exists():
+        if not dest.is_dir():
+            raise AdamkError(f"output {dest} exists and is not a directory")
+        entries = sorted(p.name for p in dest.iterdir())
+        if entries:
+            if not force:
+                raise AdamkError(f"output directory {dest} exists and is not empty (use --force to replace an "
+                                 "adamk artifact)")
+            listed = _listed_files(dest)
+            if listed is None:
+                raise AdamkError(f"output directory {dest} is not an adamk artifact (no valid {MANIFEST}); "
+                                 "refusing to replace it, even with --force")
+            extra = [e for e in entries if e != MANIFEST and e not in listed]
+            if extra:
+                raise AdamkError(f"output directory {dest} holds {quoted(extra[0])}, which is not part of its adamk "
+                                 "artifact; refusing to replace it, even with --force")
+        if Path.cwd().resolve().is_relative_to(dest.resolve()):
+            raise AdamkError(f"output directory {dest} is the current directory or holds it; write elsewhere")
+    _check_writable(dest)
+    return dest
+
+
+def check_dump_dir(path: Path) -> Path:
+    """A directory for --dump-ir: an existing directory or one that can be made."""
+    path = Path(os.path.abspath(path))
+    if path.exists() and not path.is_dir():
+        raise AdamkError(f"--dump-ir {path} exists and is not a directory")
+    _check_writable(path)
+    return path
+
+
+def _check_writable(dest: Path):
+    """The nearest existing ancestor of `dest` must be a directory we can create entries in
+    (probed by making and removing a temporary directory: /proc or a read-only mount fail)."""
+    parent = dest.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise AdamkError(f"cannot create {dest}: {parent} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".adamk-probe.", dir=parent))
+    except OSError as e:
+        raise AdamkError(f"cannot create {dest}: {parent} is not writable ({e.strerror})") from None
+
+
+def _listed_files(path: Path) -> set[str] | None:
+    """The file names an artifact's manifest lists, or None if `path` holds no valid manifest."""
+    try:
+        return set(read_manifest(path)["files"])
+    except AdamkError:
+        return None
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path):
+    """Swap two directories atomically (Linux renameat2), so `b` always holds one of them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd = -100
+        if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):      # those two: no exchange on this filesystem
+            raise OSError(err, os.strerror(err))
+    _swap_by_renames(a, b)
+
+
+def _swap_by_renames(a: Path, b: Path):
+    """No atomic exchange here (another OS, or a filesystem without it): two renames, the first
+    undone if the second fails (a signal that _signals_raise turns into an exception included)."""
+    old = b.with_name(f".{b.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    b.rename(old)
+    try:
+        a.rename(b)
+    except BaseException:
+        old.rename(b)
+        raise
+    old.rename(a)
+
+
+@contextlib.contextmanager
+def _signals_raise():
+    """SIGTERM and SIGHUP raise SystemExit inside the block (so its cleanup runs) instead of
+    ending the process where it stands; a no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    saved = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+# What `adamk inspect` and the runtime read from a manifest, with the JSON types they need.
+_SCHEMA = {
+    "adamk_version": str, "files": dict, "tasks": list, "counters": list, "buffers": list, "weights": list,
+    "smem_peak_bytes": int, "smem_peak_bytes_without_ksplit": int, "weight_bytes": int,
+    "weight_read_floor_us": (int, float), "predicted_step_us": (int, float), "predicted_at_pos": int,
+    "cost_model": str, "config": dict,
+    "model": {"hidden_size": int, "num_heads": int, "num_kv_heads": int, "head_dim": int,
+              "intermediate_size": int, "max_seq_len": int, "layers": int},
+    "target": {"gpu": str, "arch": str, "num_sms": int, "smem_per_block": int, "dram_gbps": (int, float)},
+    "kernel": {"name": str, "grid": int, "block_threads": int, "smem_bytes": int, "stages": int,
+               "registers": int, "spill_bytes": int},
+}
+
+
+def _check_schema(value, schema, where: str):
+    for key, kind in schema.items():
+        if not isinstance(value, dict) or key not in value:
+            raise AdamkError(f"{where} has no field '{key}'")
+        field = value[key]
+        if isinstance(kind, dict):
+            _check_schema(field, kind, f"{where} field '{key}'")
+        elif not isinstance(field, kind) or isinstance(field, bool):
+            raise AdamkError(f"{where} field '{key}' is not of type "
+                             f"{'/'.join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__}")
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
     p = Path(path) / MANIFEST
-    if not p.is_file():
+    if p.is_symlink() or not p.is_file():
         raise AdamkError(f"{path} is not an adamk artifact (no {MANIFEST})")
+    if p.stat().st_size > MAX_MANIFEST_BYTES:
+        raise AdamkError(f"{p} is {p.stat().st_size} bytes, not an adamk manifest")
     try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise AdamkError(f"{p} is not valid JSON: {e}") from e
+        manifest = json.loads(p.read_bytes())
+    except (ValueError, RecursionError) as e:
+        reason = e if isinstance(e, ValueError) else "nested too deeply"
+        raise AdamkError(f"{p} is not valid JSON: {reason}") from None
+    _check_schema(manifest, _SCHEMA, str(p))
+    for name, digest in manifest["files"].items():
+        if not _plain_name(name):
+            raise AdamkError(f"{p} lists {quoted(name)}, which is not a plain file name in the artifact directory")
+        if not isinstance(digest, str):
+            raise AdamkError(f"{p} gives no sha256 for {quoted(name)}")
+    return manifest
+
+
+def _plain_name(name: str) -> bool:
+    return (name not in ("", ".", "..", MANIFEST) and os.path.basename(name) == name and "\\" not in name
+            and "\0" not in name)
 
 
 def verify(path: str | os.PathLike) -> dict[str, str]:
-    """sha256 check of every file the manifest lists: {file: "ok" | "missing" | "modified"}."""
+    """sha256 check of every file the manifest lists, and of what else the directory holds:
+    {file: "ok" | "missing" | "modified" | "not a file" | "unexpected"}."""
     manifest = read_manifest(path)
     status = {}
     for name, digest in manifest["files"].items():
         f = Path(path) / name
-        status[name] = "missing" if not f.is_file() else "ok" if sha256(f.read_bytes()) == digest else "modified"
+        if f.is_symlink() or (f.exists() and not f.is_file()):
+            status[name] = "not a file"
+        else:
+            status[name] = "missing" if not f.exists() else "ok" if sha256(f.read_bytes()) == digest else "modified"
+    for f in sorted(Path(path).iterdir()):
+        if f.name != MANIFEST and f.name not in status:
+            status[f.name] = "unexpected"
     return status
 
 
@@ -86,6 +254,7 @@ def load_files(path: str | os.PathLike) -> tuple[dict, dict[str, bytes]]:
     """The manifest and every listed file, refusing a tampered or incomplete artifact."""
     bad = {n: s for n, s in verify(path).items() if s != "ok"}
     if bad:
-        raise AdamkError(f"artifact {path} fails its sha256 check: " + ", ".join(f"{n} {s}" for n, s in bad.items()))
+        raise AdamkError(f"artifact {path} fails its sha256 check: " + ", ".join(f"{quoted(n)} {s}"
+                                                                               for n, s in bad.items()))
     manifest = read_manifest(path)
     return manifest, {name: (Path(path) / name).read_bytes() for name in manifest["files"]}

@@ -13,23 +13,44 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.text import Text
 
 from .errors import AdamkError
+from .names import printable, quoted
 
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
+
+
+def _say(*parts):
+    """One line on stderr: `parts` are plain strings or (string, style); no rich markup is read
+    from them (paths and model names are data) and unprintable characters are escaped."""
+    err_console.print(Text.assemble(*((printable(p), "") if isinstance(p, str) else (printable(p[0]), p[1])
+                                      for p in parts)), soft_wrap=True)
 
 
 def _fail(message: str):
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    _say(("error:", "bold red"), " ", message)
     sys.exit(1)
 
 
 class _Cli(click.Group):
+    def main(self, *args, **kwargs):
+        """click's usage errors as one line too (exit status 2), not a usage block."""
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.ClickException as e:
+            _say(("error:", "bold red"), " ", e.format_message().splitlines()[0])
+            sys.exit(e.exit_code)
+        except click.exceptions.Abort:
+            _say(("error:", "bold red"), " ", "aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except (AdamkError, NotImplementedError) as e:
-            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            _fail(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)
 
 
 @click.group(cls=_Cli)
@@ -42,10 +63,10 @@ def main():
 def _progress(name: str):
     """Show a spinner while a step runs, then its time; steps over a second get a line either way."""
     start = time.perf_counter()
-    with err_console.status(f"{name} ...") as status:
-        yield lambda detail: status.update(f"{name} ... {detail}")
+    with err_console.status(Text(f"{name} ...")) as status:
+        yield lambda detail: status.update(Text(f"{name} ... {detail}"))
     seconds = time.perf_counter() - start
-    err_console.print(f"[green]done[/] {name} [dim]({seconds:.1f} s)[/]")
+    _say(("done", "green"), f" {name} ", (f"({seconds:.1f} s)", "dim"))
 
 
 @main.command()
@@ -73,21 +94,21 @@ def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes,
             cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
     from . import compiler
-    from .artifact import check_output_dir
+    from .artifact import check_dump_dir, check_output_dir
     from .config import CompileConfig
     config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows,
                            stages=stages, stage_bytes=stage_bytes, ksplit=not no_ksplit, schedule=schedule,
                            search_budget_s=search_budget, cost_model=cost_model)
     check_output_dir(output, force)          # before a long compile, not after it
-    if not model.exists():
-        raise AdamkError(f"{model}: no such file")
+    if dump_ir is not None:
+        check_dump_dir(dump_ir)
     artifact = compiler.compile(str(model), config, dump_dir=dump_ir, progress=_progress)
     artifact.save(output, force=force)
     m = artifact.manifest
-    err_console.print(f"wrote {output}/ for {m['target']['gpu']} ({m['target']['arch']}): "
-                      f"{len(m['tasks'])} tasks on {m['kernel']['grid']} SMs, "
-                      f"{m['smem_peak_bytes']} B shared memory per block "
-                      f"({m['smem_peak_bytes_without_ksplit']} B without K-splitting)", soft_wrap=True)
+    _say(f"wrote {output}/ for {m['target']['gpu']} ({m['target']['arch']}): {len(m['tasks'])} tasks on "
+         f"{m['kernel']['grid']} SMs, {m['smem_peak_bytes']} B shared memory per block "
+         f"({m['smem_peak_bytes_without_ksplit']} B without K-splitting)"
+         + (f"; searched for {artifact.search_seconds:.1f} s" if config.schedule == "search" else ""))
 
 
 @main.command()
@@ -112,13 +133,13 @@ def inspect(artifact):
         f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
         f"{m['target']['dram_gbps']:.0f} GB/s",
         f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
-        f"({m['config']['schedule']} schedule, {m['search_seconds']} s of search; cost model: {m['cost_model']})",
+        f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']})",
         "files",
     ]
-    lines += [f"  {'ok' if s == 'ok' else s.upper():8s} {name}" for name, s in sorted(status.items())]
-    click.echo("\n".join(lines))
+    lines += [f"  {'ok' if s == 'ok' else s.upper():10s} {name}" for name, s in sorted(status.items())]
+    click.echo("\n".join(printable(line) for line in lines))      # the manifest is data: escaped
     if any(s != "ok" for s in status.values()):
-        _fail(f"{artifact}: " + ", ".join(f"{n} {s}" for n, s in status.items() if s != "ok"))
+        _fail(f"{artifact}: " + ", ".join(f"{quoted(n)} {s}" for n, s in status.items() if s != "ok"))
 
 
 @main.command()
@@ -135,12 +156,11 @@ def calibrate(gpu, output, preset, pos, rounds):
     from .calibrate import calibrate as run
     model, traces = run(gpu, preset, pos, rounds, progress=_progress)
     model.save(output)
-    err_console.print(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, sync {model.sync_latency_us:.2f} "
-                      f"us, task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us",
-                      soft_wrap=True)
+    _say(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, sync {model.sync_latency_us:.2f} us, "
+         f"task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us")
     for label, measured, predicted in traces:
-        err_console.print(f"  traced {label}: measured {measured:.1f} us, the fit predicts {predicted:.1f} us "
-                          f"({(predicted - measured) / measured:+.1%})", soft_wrap=True)
+        _say(f"  traced {label}: measured {measured:.1f} us, the fit predicts {predicted:.1f} us "
+             f"({(predicted - measured) / measured:+.1%})")
 
 
 @main.command()

@@ -11,12 +11,12 @@ from xdsl.dialects.builtin import ModuleOp
 from . import __version__, smem
 from .artifact import Artifact, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
-from .codegen.nvrtc import compile_cuda
+from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import BLOCK_THREADS, CompileConfig
 from .dialects import make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
-from .errors import AdamkError
+from .errors import AdamkError, UnsupportedShapeError
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
 from .passes.tile import TilePass
@@ -46,6 +46,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             _check_max_seq_len(graph, config.max_seq_len)
         graph_text = print_module(graph)
         model_dims = _model_dims(graph)
+        _check_fits_memory(graph, target)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
     cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
     with step("passes: fuse and K-split"):
@@ -80,7 +81,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
         source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
-        _check_kernel(binaries.report)                         # co-resident registers, no smem outside the model
+        _check_kernel(binaries)                                # co-resident registers, no smem outside the model
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
              "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
@@ -97,21 +98,34 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["predicted_at_pos"] = pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
     manifest["cost_model"] = cost.source
-    manifest["search_seconds"] = round(search.seconds, 2) if search else 0.0   # wall clock: the one field that
-    manifest["search_complete"] = search.complete if search else True        # differs between identical compiles
-    return Artifact(files, manifest)
+    manifest["search_complete"] = search.complete if search else True
+    # The search's wall-clock time is not in the manifest: the same input must give the same bytes.
+    return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)
 
 
-def _check_kernel(report: dict):
-    if report["registers"] is None:
-        raise AdamkError("internal: NVRTC returned no `ptxas -v` report for the kernel (codegen/nvrtc.py "
-                         "recompiles once to get past NVRTC's compile cache; this NVRTC still gave none)")
+def _check_kernel(binaries):
+    report = binaries.report
+    if report["registers"] != cubin_registers(binaries.cubin):
+        raise AdamkError(f"internal: the ptxas report's {report['registers']} registers disagree with the cubin's "
+                         f"{cubin_registers(binaries.cubin)}")
     if report["registers"] * BLOCK_THREADS > 65536:            # one block per SM must fit the register file
         raise AdamkError(f"internal: {report['registers']} registers x {BLOCK_THREADS} threads do not fit one SM's "
                          "64K registers, so the blocks cannot all be co-resident")
     if report["static_smem"]:                                  # all shared memory must come from the model
         raise AdamkError(f"internal: the kernel declares {report['static_smem']} B of static shared memory outside "
                          "the shared-memory model")
+
+
+def _check_fits_memory(graph: ModuleOp, target):
+    """The weights and KV caches (bf16) must fit the target's device memory: a model file can
+    declare any shape, and a 10^9-wide layer should fail here, not hours into tiling."""
+    fn = next(iter(graph.ops))
+    tensors = [v.type for v in fn.body.block.args] + [op.result.type for op in fn.body.block.ops
+                                                       if op.name == "adamk.weight"]
+    need = sum(2 * math.prod(t.get_shape()) for t in tensors if hasattr(t, "get_shape"))
+    if need > target.memory_bytes:
+        raise UnsupportedShapeError(f"the model's weights and KV caches take {need / 2**30:.1f} GiB in bf16; the "
+                                    f"{target.name} has {target.memory_bytes / 2**30:.0f} GiB")
 
 
 def _search_progress(update):

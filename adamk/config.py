@@ -8,6 +8,16 @@ from .targets import get_gpu
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 BLOCK_THREADS = 256   # threads per block of the persistent kernel (8 warps); the device library assumes it
+MAX_SEARCH_BUDGET_S = 3600.0
+_TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "int | None": (int, type(None)),
+          "str | None": (str, type(None))}
+
+
+def _check_type(name: str, value, declared: str):
+    kinds = _TYPES[declared]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        want = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+        raise AdamkError(f"CompileConfig.{name}={value!r} must be {want}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +38,8 @@ class CompileConfig:
     cost_model: str | None = None     # a profile from `adamk calibrate`; None: the spec table's defaults
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):   # the declared types, checked: 16.0 is not a tile_rows
+            _check_type(field.name, getattr(self, field.name), field.type)
         target = get_gpu(self.gpu)   # raises on an unknown name
         if self.batch_size != 1:
             raise NotImplementedError(f"batch_size={self.batch_size}: only batch 1 decode is implemented")
@@ -41,8 +53,10 @@ class CompileConfig:
             raise AdamkError(f"schedule='{self.schedule}' is not one of {', '.join(SCHEDULES)}")
         if self.schedule == "queue" and self.profile:
             raise NotImplementedError("profile=True is not implemented for the work-queue variant")
-        if self.search_budget_s <= 0:
-            raise AdamkError(f"search_budget_s={self.search_budget_s} must be positive")
+        if not 0 < self.search_budget_s <= MAX_SEARCH_BUDGET_S:      # nan and inf fail this too
+            raise AdamkError(f"search_budget_s={self.search_budget_s} must be in (0, {MAX_SEARCH_BUDGET_S}] seconds")
+        if self.max_seq_len is not None and self.max_seq_len <= 0:
+            raise AdamkError(f"max_seq_len={self.max_seq_len} must be positive")
         if self.stages is not None and not 1 <= self.stages <= 8:
             raise AdamkError(f"stages={self.stages} outside 1..8")
         if self.stage_bytes < 256 or self.stage_bytes % 16:

@@ -4,8 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 from .errors import UnknownGPUError
+from .names import quoted
 
 KB = 1024
+GB = 1 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +21,7 @@ class GPU:
     dram_gbps: float          # datasheet DRAM bandwidth, GB/s
     weight_stages: int        # default weight stages in flight per SM: enough bytes in flight to cover
                               # the DRAM latency at this SM's share of the bandwidth, within smem_per_block
+    memory_bytes: int         # device memory: the weights and KV caches must fit in it
 
     @property
     def sm(self) -> str:
@@ -26,19 +29,21 @@ class GPU:
 
 
 GPUS: dict[str, GPU] = {g.name: g for g in [
-    GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2),
-    GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2),
-    GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0, 2),
-    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0, 4),
-    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0, 4),
+    GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2, 48 * GB),
+    GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2, 48 * GB),
+    GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0, 2, 24 * GB),
+    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0, 4, 80 * GB),
+    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0, 4, 141 * GB),
 ]}
 
 _ALIASES = {"RTX 4090": "RTX4090", "4090": "RTX4090", "H100 SXM": "H100", "H100-SXM": "H100"}
 
 
 def get_gpu(name: str) -> GPU:
+    if not isinstance(name, str):
+        raise UnknownGPUError(f"GPU name {name!r} is not a string; known GPUs: {', '.join(GPUS)}")
     key = _ALIASES.get(name, name)
     for g in GPUS.values():
         if g.name.lower() == key.lower():
             return g
-    raise UnknownGPUError(f"unknown GPU '{name}'; known GPUs: {', '.join(GPUS)}")
+    raise UnknownGPUError(f"unknown GPU {quoted(name)}; known GPUs: {', '.join(GPUS)}")

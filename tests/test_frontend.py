@@ -91,7 +91,7 @@ class TanhMLP(DecoderLayer):
 
 
 def test_unknown_op_is_named_with_its_node():
-    with pytest.raises(FrontendError, match=r"cannot place op aten\.tanh\.default at node 'tanh'"):
+    with pytest.raises(FrontendError, match=r"cannot place op 'aten\.tanh\.default' at node 'tanh'"):
         graph_of(TanhMLP(PRESETS["tiny"], seed=0))
 
 

@@ -3,7 +3,8 @@
 The output is one self-contained, readable `.cu`: the device library headers it uses
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
-the host fills it in the same order), one enumerator per counter, static_asserts that the
+the host fills it in the same order), one enumerator per counter (identifiers are numbered;
+model names appear only in comments, escaped by adamk/names.py), static_asserts that the
 device library's shared-memory layouts are the model's (smem.py), RoPE tables, and one
 function per SM that is a straight line of weight staging, waits, task calls and signals,
 with the shared-memory offsets of the SM's plan. The kernel entry only dispatches on
@@ -17,6 +18,7 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from .. import __version__
+from ..names import c_comment
 from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
 from .. import smem
@@ -30,10 +32,6 @@ CTYPES = {"bf16": "bf16_t", "f32": "float"}
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
 MAX_WAITS = 4   # sync.cuh's kMaxWaits
 KERNEL_ARGS = ("buffers", "counters", "error_record", "trace", "pos", "epoch", "timeout_ns")
-
-
-def c_name(name: str) -> str:
-    return re.sub(r"\W", "_", name)
 
 
 def f32_literal(v: float) -> str:
@@ -72,21 +70,22 @@ class _Emitter:
         self.asserts: set[str] = set()         # the device layouts agree with smem.py, per instantiation
         self.waits: dict[str, int] = {"{0, {}, {}}": 0}   # Waits literal -> index in kWaits
         self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (function name, first task, lines)
-        names = [c_name(n) for n in self.buffers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"buffer names collide once made C identifiers: {sorted(names)}")
+        # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
+        self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
+        self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
+        self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
 
     def ptr(self, name: str | None, ctype_if_none: str = "float") -> str:
         if name is None:
             return f"(const {ctype_if_none}*)nullptr"
-        return f"b.{c_name(name)}"
+        return f"b.{self.field[name]}"
 
     def buffer_fields(self) -> list[str]:
         lines = []
         for name, b in self.buffers.items():
             const = "const " if b.role.data in ("weight", "input") else ""
             shape = list(b.shape.get_values())
-            lines.append(f"  {const}{CTYPES[b.dtype.data]}* {c_name(name)};  // {b.role.data} '{name}' {shape}")
+            lines.append(f"  {const}{CTYPES[b.dtype.data]}* {self.field[name]};  // {b.role.data} {c_comment(name)} {shape}")
         return lines
 
     def rope_table(self, values) -> str:
@@ -99,7 +98,7 @@ class _Emitter:
         """kWaits[i], the table entry of this set of waits (entry 0: none)."""
         if len(waits) > MAX_WAITS:
             raise ValueError(f"task {task_id} waits on {len(waits)} counters; the device library takes {MAX_WAITS}")
-        counters = ", ".join(c_name(w.counter.data) for w in waits)
+        counters = ", ".join(self.enumerator[w.counter.data] for w in waits)
         counts = ", ".join(f"{w.count.value.data}u" for w in waits)
         literal = f"{{{len(waits)}, {{{counters}}}, {{{counts}}}}}"
         index = self.waits.setdefault(literal, len(self.waits))
@@ -117,21 +116,23 @@ class _Emitter:
             if (first.buffers, first.params, first.k_split) != (op.buffers, op.params, op.k_split):
                 raise ValueError(f"tasks {first.sym_name.data} and {op.sym_name.data} of one op differ in constants")
             return self.functions[key][0]
-        name = f"{kind}_{c_name(source)}"
+        number = self.op_number.setdefault(source, len(self.op_number))
+        name = f"{kind}_op{number}"
         buf = lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
         split = op.k_split.value.data
         if kind == "linear":
             k, n, rows, chunk = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk"))
             eps = op.param("eps")
             out = buf("out") + (f" + k_index * {n}" if split > 1 else "")
-            body = [*_signature(name, "int stage_offset, int work_offset, int row_begin, int row_end, int k_index"),
+            body = [f"// op{number}: {c_comment(source)}",
+                    *_signature(name, "int stage_offset, int work_offset, int row_begin, int row_end, int k_index"),
                     f"  const int k0 = k_index * {chunk};",
                     f"  linear_task<{chunk}, {rows}, {PROLOGUES[op.param('prologue')]}, "
                     f"{self.schedule.stages.value.data}>(s, w, task, stage_offset, work_offset, {out}, {buf('input')}, "
                     f"{buf('input2')}, {buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, "
                     f"{buf('bias', 'bf16_t')}, {buf('residual')}, {k}, k0, min({chunk}, {k} - k0), row_begin, row_end);",
                     "}",
-                    f"__device__ __noinline__ void stage_{c_name(source)}(const Step& s, const Buffers& b, int task, "
+                    f"__device__ __noinline__ void stage_op{number}(const Step& s, const Buffers& b, int task, "
                     "int stage_offset, int row_begin, int row_end, int k_index) {",
                     f"  const int k0 = k_index * {chunk};",
                     f"  stage_weights<{rows}, {chunk}>(s, stage_offset, {buf('weight', 'bf16_t')}, {k}, row_begin, "
@@ -142,7 +143,7 @@ class _Emitter:
             self.asserts.add(f"static_assert(LinearWork<{chunk}>::kBytes == {smem.linear_work_bytes(chunk)}, "
                              "\"smem model: linear work area\");")
         elif kind == "linear_combine":
-            body = [*_signature(name, "int row_begin, int row_end"),
+            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int row_begin, int row_end"),
                     f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {split}, "
                     f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                     "}"]
@@ -152,19 +153,19 @@ class _Emitter:
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
             args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
                              + [table, f32_literal(op.param("scale"))])
-            body = [*_signature(name, "int work_offset, int q_head, int split"),
+            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int work_offset, int q_head, int split"),
                     f"  attention_task<{hd}>(s, w, task, work_offset, {args}, q_head, {op.param('group')}, "
                     f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {split});",
                     "}"]
             self.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
                              "\"smem model: attention work area\");")
         elif kind == "attention_combine":
-            body = [*_signature(name, "int head_begin, int head_end"),
+            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int head_begin, int head_end"),
                     f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
                     f"{op.param('num_heads')}, {split}, head_begin, head_end);",
                     "}"]
         else:
-            raise ValueError(f"no task body for kind '{kind}'")
+            raise ValueError(f"no task body for kind {c_comment(kind)}")
         self.functions[key] = (name, op, body)
         return name
 
@@ -181,7 +182,7 @@ class _Emitter:
             args, what = [plan.work_offset, begin, part], f"query head {begin}, part {part}"
         else:
             args, what = [begin, end], f"[{begin}, {end}), sum of parts"
-        call = [f"  {fn}(s, b, {w}, {task_id}, {', '.join(map(str, args))});  // {op.sym_name.data}: {what}"]
+        call = [f"  {fn}(s, b, {w}, {task_id}, {', '.join(map(str, args))});  // {c_comment(op.sym_name.data)}: {what}"]
         if self.profile:
             marks = [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"] if not waits else []
             call = marks + call + [f"  trace_mark(s, {task_id}, 2);"]
@@ -194,7 +195,7 @@ class _Emitter:
         self.op_function(op)
         begin, end = op.tile_range
         args = [op.task_id.value.data, plan.stage_offset(stage), begin, end, op.k_index.value.data]
-        return (f"  stage_{c_name(op.source.data)}(s, b, {', '.join(map(str, args))});"
+        return (f"  stage_op{self.op_number[op.source.data]}(s, b, {', '.join(map(str, args))});"
                 f"  // -> stage {stage % plan.depth}: weights of task {op.task_id.value.data}")
 
     def sm_function(self, sm) -> list[str]:
@@ -209,7 +210,8 @@ class _Emitter:
         next_linear = 0           # index of the next linear task in `linears`
         for op, waits in _with_waits(sm.body.block.ops):   # waits run in the task's body, after it issues
             if isinstance(op, SignalOp):                     # the next weight stage
-                lines.append(f"  signal_counter(s, {c_name(op.counter.data)}, {op.count.value.data}u);")
+                lines.append(f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
+                             f"  // {c_comment(op.counter.data)}")
                 continue
             while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first
                 head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
@@ -241,7 +243,7 @@ class _Emitter:
                 lines.append("  " + self.stage_weights(o, plan, 0))
             lines += ["  " + line for line in self.task_call(o, waits_of[tid], plan, 0)]
             if o.source.data + ".done" in self.counters:
-                lines.append(f"      signal_counter(s, {c_name(o.source.data + '.done')}, 1u);")
+                lines.append(f"      signal_counter(s, {self.enumerator[o.source.data + '.done']}, 1u);")
             lines.append("      break;\n    }")
         return lines + ["  }", "}"]
 
@@ -268,7 +270,7 @@ class _Emitter:
                 "// Device pointers, in the order of the adamk.buffer ops (the host fills them in that order).",
                 "struct Buffers {", *self.buffer_fields(), "};", "",
                 "enum Counter : int {",
-                *[f"  {c_name(n)} = {c.index.value.data},  // {c.per_step.value.data} signals per step"
+                *[f"  {self.enumerator[n]} = {c.index.value.data},  // {c_comment(n)}: {c.per_step.value.data} signals per step"
                   for n, c in self.counters.items()], "};", "",
                 ]
         tables_at = len(out)

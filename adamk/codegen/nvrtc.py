@@ -7,15 +7,19 @@ newer ISA that such drivers refuse).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
+import struct
 
 from ..errors import ToolchainError
 
 MAX_PTX_ISA = (9, 0)
 # No -lineinfo: it records the working directory, so the same input compiled from another
 # directory would give other bytes. Recompile the artifact's kernel.cu with it to profile lines.
-OPTIONS = ["-std=c++17", "--extra-device-vectorization"]
+# --no-cache: NVRTC (12.9+) may answer a compile from its on-disk cache without running
+# ptxas, so without the `ptxas -v` report the compiler checks and ptxas.log keeps (and the
+# artifact would differ by whether the cache was warm). Its key is not the source alone, so
+# no change to the source reliably misses it.
+OPTIONS = ["-std=c++17", "--extra-device-vectorization", "--no-cache"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +75,9 @@ def compile_cuda(source: str, arch: int, name: str = "kernel.cu") -> Binaries:
     options = OPTIONS + [f"--gpu-architecture=sm_{arch}", "--ptxas-options=-v"]
     prog, log = _compile(source, name, options)
     if "Compiling entry function" not in log:
-        # NVRTC (12.9+) may answer from its on-disk cache without running ptxas, so without
-        # the report the compiler checks and ptxas.log keeps; a source it has not seen misses
-        # the cache (an unused macro: the same PTX and cubin).
         nvrtc.nvrtcDestroyProgram(prog)
-        nonce = f"#define ADAMK_UNCACHED_{os.urandom(8).hex()}\n#line 1 \"{name}\"\n"   # same line numbers
-        prog, log = _compile(nonce + source, name, options)
+        raise ToolchainError(f"NVRTC {nvrtc_version()} returned no `ptxas -v` report for {name} although it was "
+                             "given --no-cache")
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "cubin size")
     cubin = bytearray(size)     # NVRTC writes into these buffers
     nvrtc.nvrtcGetCUBIN(prog, cubin)
@@ -125,3 +126,35 @@ def parse_ptxas_log(log: str, kernel: str = "adamk_decode_step") -> dict:
     report["spill_stores_total"] = sum(int(x) for x in re.findall(r"(\d+) bytes spill stores", log))
     report["spill_loads_total"] = sum(int(x) for x in re.findall(r"(\d+) bytes spill loads", log))
     return report
+
+
+EIATTR_REGCOUNT = 0x2F   # a .nv.info attribute: (symbol index, registers) of one function
+
+
+def cubin_registers(cubin: bytes, kernel: str = "adamk_decode_step") -> int:
+    """Registers per thread of `kernel` read from the cubin itself, to check the ptxas report
+    by: the cubin is an ELF64 file whose `.nv.info` section holds attribute records (format
+    byte, attribute byte, u16 size, value); REGCOUNT's value is (symbol index, count)."""
+    if cubin[:4] != b"\x7fELF" or cubin[4] != 2:
+        raise ToolchainError("the cubin is not an ELF64 file")
+    shoff, = struct.unpack_from("<Q", cubin, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", cubin, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", cubin, shoff + i * shentsize) for i in range(shnum)]
+
+    def string(table, at):
+        start = sections[table][4] + at
+        return cubin[start:cubin.index(b"\0", start)].decode()
+
+    named = {string(shstrndx, sec[0]): sec for sec in sections}
+    symtab = named[".symtab"]
+    symbols = [struct.unpack_from("<IBBHQQ", cubin, symtab[4] + i * 24)[0] for i in range(symtab[5] // 24)]
+    info = named.get(".nv.info")
+    at, end = (info[4], info[4] + info[5]) if info else (0, 0)
+    while at + 4 <= end:
+        fmt, attr, size = struct.unpack_from("<BBH", cubin, at)
+        if fmt == 0x04 and attr == EIATTR_REGCOUNT:
+            symbol, count = struct.unpack_from("<II", cubin, at + 4)
+            if string(symtab[6], symbols[symbol]) == kernel:
+                return count
+        at += 4 + (size if fmt == 0x04 else 0)         # EIFMT_SVAL carries `size` bytes; others none
+    raise ToolchainError(f"the cubin records no register count for {kernel}")

@@ -2,23 +2,35 @@
 
 Weights stay where they are: the model is loaded without external data, and only small
 constants (RoPE frequencies, eps, scales, shapes) are read. A weight's existence is still
-checked (inline data or its external file), so a missing initializer is an error here,
-not on the GPU.
+checked (inline data, or an external file inside the model's directory that is long
+enough), so a missing initializer is an error here, not on the GPU. Inline weights are
+checked to be finite (they are in memory anyway); external ones when they are bound.
 """
 from __future__ import annotations
 
+import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import FrontendError
+from ..names import quoted
 from .patterns import GraphBuilder, Sym
 
 SMALL = 1 << 16      # elements: initializers up to this size are read (constants); larger ones never are
 FOLD_LIMIT = 4096    # elements: nodes whose inputs are all constants this small are evaluated here
+MAX_ONNX_BYTES = 2 << 30   # protobuf's limit: larger models keep their weights in external data
 
 _ELEM = {1: "float32", 16: "bfloat16"}
+# Ops whose output size a (small) constant input decides: folded only if that size is small.
+_GENERATED_SIZE = {
+    "ConstantOfShape": lambda v: math.prod(int(d) for d in v[0].reshape(-1)),
+    "Expand": lambda v: math.prod(np.broadcast_shapes(v[0].shape, tuple(int(d) for d in v[1].reshape(-1)))),
+    "Tile": lambda v: v[0].size * math.prod(int(d) for d in v[1].reshape(-1)),
+    "Range": lambda v: math.ceil((float(v[1]) - float(v[0])) / float(v[2])) if float(v[2]) else math.inf,
+}
 
 
 def _load(path):
@@ -29,6 +41,11 @@ def _load(path):
         raise FrontendError(f"{path}: no such file")
     if p.is_dir():
         raise FrontendError(f"{path} is a directory, not an ONNX file")
+    if not stat.S_ISREG(p.stat().st_mode):
+        raise FrontendError(f"{path} is not a regular file (a device, FIFO or socket), not an ONNX file")
+    if p.stat().st_size > MAX_ONNX_BYTES:
+        raise FrontendError(f"{path} is {p.stat().st_size} bytes, over protobuf's 2 GiB: keep the weights in "
+                            "external data")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, TypeError) as e:
@@ -43,19 +60,56 @@ def _attrs(node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _external_file(tensor, base: Path) -> Path | None:
-    for kv in tensor.external_data:
-        if kv.key == "location":
-            return base / kv.value
-    return None
+def _check_external(tensor, base: Path, path):
+    """An initializer's external data must be a regular file inside the model's directory,
+    not a symlink, holding at least the tensor's bytes at its offset."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+    info = {kv.key: kv.value for kv in tensor.external_data}
+    where = f"initializer {quoted(tensor.name)}"
+    location = info.get("location", "")
+    if not location or os.path.isabs(location) or ".." in Path(location).parts:
+        raise FrontendError(f"{where}: external data location {quoted(location)} is not a file name inside the "
+                            "model's directory")
+    f = base / location
+    if f.is_symlink():
+        raise FrontendError(f"{where}: external data file {quoted(location)} is a symbolic link; adamk reads only "
+                            "files inside the model's directory")
+    if not f.is_file():
+        raise FrontendError(f"initializer {quoted(tensor.name)} lives in external file {quoted(location)}, which "
+                            f"is missing next to {path}")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else None
+        need = math.prod(tensor.dims) * tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (ValueError, KeyError, TypeError):
+        raise FrontendError(f"{where}: unreadable external data entry (offset {quoted(info.get('offset'))}, "
+                            f"length {quoted(info.get('length'))}, data type {tensor.data_type})") from None
+    if offset < 0 or (length is not None and length != need) or f.stat().st_size < offset + need:
+        raise FrontendError(f"{where}: external file {quoted(location)} holds {f.stat().st_size} bytes; the tensor "
+                            f"needs {need} bytes at offset {offset}")
 
 
 def _array(tensor, base: Path):
     from onnx import numpy_helper
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
-    if uses_external_data(tensor):
-        load_external_data_for_tensor(tensor, str(base))
-    return numpy_helper.to_array(tensor)
+    try:
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(base))
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, OSError) as e:
+        raise FrontendError(f"initializer {quoted(tensor.name)} with dims {list(tensor.dims)} cannot be read: "
+                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _check_weight_data(tensor, base: Path):
+    """Weights are float32 or bfloat16 (never silently converted) and, when inline, finite."""
+    from onnx.external_data_helper import uses_external_data
+    if tensor.data_type not in _ELEM:
+        from onnx.helper import tensor_dtype_to_string
+        shown = tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.")
+        raise FrontendError(f"weight {quoted(tensor.name)} is {shown}; adamk "
+                            "takes float32 or bfloat16 weights (convert them before export)")
+    if not uses_external_data(tensor) and not np.isfinite(_array(tensor, base).astype(np.float32)).all():
+        raise FrontendError(f"weight {quoted(tensor.name)} holds NaN or Inf values")
 
 
 def import_onnx(path):
@@ -64,37 +118,43 @@ def import_onnx(path):
     g = model.graph
     base = Path(path).resolve().parent
     init = {t.name: t for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in init]
+    shadowed = [i.name for i in g.input if i.name in init]
+    if shadowed:       # ONNX reads such an initializer as the input's default: never what a decode step means
+        raise FrontendError(f"initializer {quoted(shadowed[0])} has the name of a graph input; rename it")
+    inputs = list(g.input)
     if len(inputs) != 4:
-        raise FrontendError(f"expected a decode step with inputs (x, pos, k_cache, v_cache), got {[i.name for i in inputs]}")
+        raise FrontendError(f"expected a decode step with inputs (x, pos, k_cache, v_cache), got {len(inputs)} "
+                            f"inputs ({', '.join(quoted(i.name) for i in inputs[:6])})")
     elem = inputs[0].type.tensor_type.elem_type
     if elem in (6, 7):     # int32 / int64 first input: token ids, i.e. a whole model
-        raise FrontendError(f"'{inputs[0].name}' is an integer input (token ids): this is a whole model; adamk "
-                            "compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
+        raise FrontendError(f"{quoted(inputs[0].name)} is an integer input (token ids): this is a whole model; "
+                            "adamk compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
     if elem not in _ELEM:
-        raise FrontendError(f"unsupported input element type {elem} for '{inputs[0].name}'")
+        raise FrontendError(f"unsupported input element type {elem} for {quoted(inputs[0].name)}")
     b = GraphBuilder(_ELEM[elem])
     env: dict = {}
     for i, role in zip(inputs, ("input", "position", "kv_cache", "kv_cache")):
-        b.where = f"'{i.name}' (graph input)"
+        b.where = f"{quoted(i.name)} (graph input)"
         shape = tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
         if any(d <= 0 for d in shape):
-            raise FrontendError(f"input '{i.name}' has a dynamic shape {list(shape)}; export with static shapes")
+            raise FrontendError(f"input {quoted(i.name)} has a dynamic shape {list(shape)}; export with static shapes")
         env[i.name] = b.input(shape) if role == "input" else b.position() if role == "position" else b.kv_cache(shape)
+    from onnx.external_data_helper import uses_external_data
     for name, t in init.items():
-        ext = _external_file(t, base)
-        if ext is not None and not ext.is_file():
-            raise FrontendError(f"initializer '{name}' lives in external file {ext.name}, which is missing next to {path}")
-        n = int(np.prod(t.dims)) if t.dims else 1
+        if any(d < 0 for d in t.dims):
+            raise FrontendError(f"initializer {quoted(name)} has negative dims {list(t.dims)}")
+        if uses_external_data(t):
+            _check_external(t, base, path)
+        n = math.prod(t.dims)
         value = _array(t, base) if n <= SMALL else None
-        env[name] = b.initializer(name, tuple(t.dims), value)
+        env[name] = b.initializer(name, tuple(t.dims), value, check=lambda t=t: _check_weight_data(t, base))
     consumers: dict[str, list] = {}
     for node in g.node:
         for x in node.input:
             consumers.setdefault(x, []).append(node)
     aliases: dict[str, str] = {}      # Add-of-bias outputs folded into their MatMul's linear
     for node in g.node:
-        b.where = f"'{node.name or node.output[0]}' ({node.op_type})"
+        b.where = f"{quoted(node.name or node.output[0])} ({quoted(node.op_type)})"
         if node.output[0] in aliases:
             env[node.output[0]] = env[aliases[node.output[0]]]
             continue
@@ -103,7 +163,7 @@ def import_onnx(path):
             if x == "":
                 args.append(None)
             elif x not in env:
-                raise FrontendError(f"node {b.where} reads '{x}', which no node, graph input or initializer "
+                raise FrontendError(f"node {b.where} reads {quoted(x)}, which no node, graph input or initializer "
                                     "provides (missing initializer?)")
             else:
                 args.append(env[x])
@@ -118,16 +178,20 @@ def import_onnx(path):
             shape = np.array(args[0].shape, dtype=np.int64)[at.get("start", 0):at.get("end", None)]
             env[node.output[0]] = b.const(shape)
             continue
-        if node.op_type == "Constant" or (args and all(_known(a) for a in args)):
-            for name, value in zip(node.output, _fold(node, args)):
+        if node.op_type == "Constant" or (args and all(_known(a) for a in args) and _small_output(node, args)):
+            for name, value in zip(node.output, _fold(b, node, args)):
                 env[name] = b.const(value)
             continue
         handler = _OPS.get(node.op_type)
         if handler is None:
-            raise FrontendError(f"cannot place op {node.op_type} at node {b.where}")
+            raise FrontendError(f"cannot place op {quoted(node.op_type)} at node {b.where}")
         out = handler(b, args, _attrs(node))
         for name, value in zip(node.output, out if isinstance(out, tuple) else (out,)):
             env[name] = value
+    missing = [o.name for o in g.output if o.name not in env]
+    if missing or not g.output:
+        raise FrontendError(f"graph output {quoted(missing[0])} is produced by no node" if missing
+                            else "the graph declares no output")
     outputs = [env[o.name] for o in g.output]
     return b.finish(outputs[-1], [o for o in outputs[:-1]])
 
@@ -138,14 +202,28 @@ def _known(v) -> bool:
             and v.value.size <= FOLD_LIMIT)
 
 
-def _fold(node, args) -> list:
+def _small_output(node, args) -> bool:
+    """Ops that make a tensor of a size their inputs give are folded only when it is small
+    (a ConstantOfShape [1e5, 1e5] must not allocate 37 GiB); a large Range stays symbolic."""
+    if node.op_type not in _GENERATED_SIZE:
+        return True
+    try:
+        return _GENERATED_SIZE[node.op_type]([np.asarray(a.value) for a in args]) <= FOLD_LIMIT
+    except (ValueError, TypeError, IndexError, OverflowError):
+        return False
+
+
+def _fold(b: GraphBuilder, node, args) -> list:
     """Evaluate a node whose inputs are all constants (shape arithmetic of unoptimised exports)."""
     from onnx import helper
     from onnx.reference import ReferenceEvaluator
+    values = [np.asarray(a.value) for a in args]
     names = [f"in{i}" for i in range(len(args))]
-    n = helper.make_node(node.op_type, names, list(node.output), domain=node.domain, **_attrs(node))
-    feeds = {name: np.asarray(a.value) for name, a in zip(names, args)}
-    return ReferenceEvaluator(n).run(None, feeds)
+    try:
+        n = helper.make_node(node.op_type, names, list(node.output), domain=node.domain, **_attrs(node))
+        return ReferenceEvaluator(n).run(None, dict(zip(names, values)))
+    except Exception as e:       # the reference evaluator's own message names what it refused
+        b.fail(f"constant {node.op_type} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
 def _is_weight_t(v) -> bool:

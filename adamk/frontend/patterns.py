@@ -91,22 +91,26 @@ class GraphBuilder:
             raise FrontendError(f"KV cache must be [batch, kv_heads, max_seq_len, head_dim], got {list(shape)} ({self.where})")
         return Sym("cache", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
 
-    def weight(self, name: str, shape) -> Sym:
-        return Sym("weight", tuple(shape), None, {"name": name})
+    def weight(self, name: str, shape, check=None) -> Sym:
+        """`check()` runs if the tensor is used as a weight (its dtype, finite values)."""
+        return Sym("weight", tuple(shape), None, {"name": name, "check": check})
 
     def const(self, value) -> Sym:
         a = np.asarray(value)
         a = a if a.dtype.kind in "iub" else a.astype(np.float64)     # shapes and indices stay integers
         return Sym("const", a.shape, None, {"value": a})
 
-    def initializer(self, name: str, shape, value=None) -> Sym:
+    def initializer(self, name: str, shape, value=None, check=None) -> Sym:
         """A named tensor that is a weight or a constant depending on its use (ONNX).
-        `value` is given for small tensors only; weights are never read at compile time."""
+        `value` is given for small tensors only; weights are never read at compile time.
+        `check()` runs if it is used as a weight."""
         value = None if value is None else np.asarray(value)
-        return Sym("init", tuple(shape), None, {"name": name, "value": value})
+        return Sym("init", tuple(shape), None, {"name": name, "value": value, "check": check})
 
     def _placed_weight(self, w: Sym):
         if w.name not in self.weights:
+            if w.f.get("check") is not None:
+                w.check()
             op = WeightOp(w.name, TensorType(self.elem, list(w.shape)))
             self.ops.append(op)
             self.weights[w.name] = op.result
@@ -118,6 +122,14 @@ class GraphBuilder:
 
     def fail(self, what: str):
         raise FrontendError(f"cannot place {what} at node {self.where}")
+
+    def finite(self, value, what: str, positive: bool = False):
+        """`value` (a scalar or a vector the kernel is built with) must be finite (and > 0)."""
+        v = np.asarray(value, np.float64)
+        if not np.isfinite(v).all() or (positive and not (v > 0).all()):
+            raise FrontendError(f"{what} is {v.tolist() if v.size <= 4 else 'a vector with NaN, Inf or zeros'} at node "
+                                f"{self.where}; it must be {'positive and ' if positive else ''}finite")
+        return value
 
     # ---- shape-only ops ----------------------------------------------------------------
     def cast(self, a):
@@ -227,7 +239,10 @@ class GraphBuilder:
     def add(self, a, b):
         for x, y in ((a, b), (b, a)):
             if _is(x, "meansq") and _scalar(y) is not None:
-                return Sym("meansq_eps", x.shape, None, {**x.f, "eps": _scalar(y)})
+                eps = self.finite(_scalar(y), "the RMSNorm epsilon")
+                if eps < 0:
+                    self.fail(f"an RMSNorm with a negative epsilon {eps}")
+                return Sym("meansq_eps", x.shape, None, {**x.f, "eps": eps})
             if _is(x, "rope_cos") and _is(y, "rot_sin") and x.x.ssa is y.x.ssa and x.inv_freq is y.inv_freq:
                 hd = 2 * len(x.inv_freq)
                 return self._emit(RopeOp(_flat(self, x.x), self._pos, hd, x.inv_freq), x.x.shape)
@@ -252,13 +267,14 @@ class GraphBuilder:
                 return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x), y.eps), y.x.shape)
             if _is(x, "posf") and _vector(y) is not None:
                 self._pos = x.ssa
-                return Sym("freqs", y.shape, None, {"inv_freq": _vector(y)})
+                return Sym("freqs", y.shape, None, {"inv_freq": self.finite(_vector(y), "the RoPE inv_freq")})
             if _is(x, "act") and _is(y, "cos"):
                 return Sym("rope_cos", x.shape, None, {"x": _with_flat(x), "inv_freq": y.inv_freq})
             if _is(x, "rot") and _is(y, "sin") and x.inv_len == len(y.inv_freq):
                 return Sym("rot_sin", x.shape, None, {"x": x.x, "inv_freq": y.inv_freq})
             if _is(x, "scores") and _scalar(y) is not None:
-                return Sym("scaled", x.shape, None, {**x.f, "scale": _scalar(y)})
+                return Sym("scaled", x.shape, None, {**x.f, "scale": self.finite(_scalar(y), "the attention scale",
+                                                                                 positive=True)})
             if _is(x, "silu") and _is(y, "act"):
                 return self._emit(SiluMulOp(x.x.ssa, y.ssa), _shape2(x.x))
             if _is(x, "sigmoid") and _is(y, "act") and x.x.ssa is y.ssa:
@@ -267,7 +283,10 @@ class GraphBuilder:
 
     def div(self, a, b):
         if _scalar(b) is not None:    # x / d runs in float32 whatever d's source precision: round d first
-            return self.mul(a, self.const(1.0 / float(np.float32(_scalar(b)))))
+            d = float(np.float32(self.finite(_scalar(b), "a divisor")))
+            if d == 0.0:
+                self.fail(f"a division of {_kind(a)} by zero")
+            return self.mul(a, self.const(1.0 / d))
         if _scalar(a) == 1.0 and _is(b, "rms"):
             return Sym("invrms", b.shape, None, dict(b.f))
         self.fail(f"div({_kind(a)}, {_kind(b)})")
@@ -390,7 +409,7 @@ class GraphBuilder:
         if _known_const(a) and a.value.shape[-1] == 1 and _is(b, "posf") and math.prod(b.shape) == 1:
             self._pos = b.ssa           # HF's rotary: inv_freq[None, :, None] @ position_ids[:, None, :]
             inv = tuple(float(v) for v in a.value.reshape(-1))
-            return Sym("freqs", a.value.shape[:-1] + (1,), None, {"inv_freq": inv})
+            return Sym("freqs", a.value.shape[:-1] + (1,), None, {"inv_freq": self.finite(inv, "the RoPE inv_freq")})
         if _is(a, "act") and _is(b, "keys_t") and len(a.shape) == 4:
             return Sym("scores", a.shape[:-1] + (b.shape[2],), None, {"q": _with_flat(a), "keys": b})
         if _is(a, "probs") and _is(b, "repeated"):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..errors import FrontendError
+from ..names import quoted
 from .patterns import GraphBuilder
 
 aten = torch.ops.aten
@@ -82,9 +83,9 @@ def import_module(module: torch.nn.Module, example_inputs):
     user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
     if len(user_inputs) != 4:
         raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache), got {len(user_inputs)} "
-                            f"inputs {[n.name for n in user_inputs]}")
+                            f"inputs ({', '.join(quoted(n.name) for n in user_inputs[:6])})")
     if not user_inputs[0].meta["val"].dtype.is_floating_point:
-        raise FrontendError(f"'{user_inputs[0].name}' is an integer input (token ids): this is a whole model; adamk "
+        raise FrontendError(f"{quoted(user_inputs[0].name)} is an integer input (token ids): this is a whole model; adamk "
                             "compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
     dtype = _DTYPES.get(user_inputs[0].meta["val"].dtype)
     if dtype is None:
@@ -93,26 +94,29 @@ def import_module(module: torch.nn.Module, example_inputs):
     env: dict = {}
     roles = ["input", "position", "kv_cache", "kv_cache"]
     for node, role in zip(user_inputs, roles):
-        b.where = f"'{node.name}' (placeholder)"
+        b.where = f"{quoted(node.name)} (placeholder)"
         shape = tuple(node.meta["val"].shape)
         env[node.name] = b.input(shape) if role == "input" else b.position() if role == "position" else b.kv_cache(shape)
     for node in ep.graph.nodes:
-        b.where = f"'{node.name}' ({node.target})"
+        b.where = f"{quoted(node.name)} ({quoted(node.target)})"
         if node.op == "placeholder":
             if node.name in sig.inputs_to_parameters:         # bound at load time, never read here
                 target = sig.inputs_to_parameters[node.name]
-                env[node.name] = b.weight(target, tuple(state[target].shape))
+                env[node.name] = b.weight(target, tuple(state[target].shape),
+                                          check=lambda t=target: _check_weight(t, state[t]))
             elif node.name in tensors:                         # buffers and constants: a weight or a constant by use
                 target = tensors[node.name]
                 val = state[target].detach()
-                env[node.name] = b.initializer(target, tuple(val.shape), val.float().numpy() if val.numel() <= 1 << 16 else None)
+                env[node.name] = b.initializer(target, tuple(val.shape),
+                                               val.float().numpy() if val.numel() <= 1 << 16 else None,
+                                               check=lambda t=target: _check_weight(t, state[t]))
             continue
         if node.op == "output":
             outs = [env.get(a.name) if hasattr(a, "name") else a for a in node.args[0]]
             mutated = outs[:len(sig.buffers_to_mutate) + len(sig.user_inputs_to_mutate)]
             return b.finish(outs[-1], mutated), ep
         if node.target not in _ATEN:
-            raise FrontendError(f"cannot place op {node.target} at node '{node.name}'")
+            raise FrontendError(f"cannot place op {quoted(node.target)} at node {quoted(node.name)}")
         fn = _ATEN[node.target]
         if fn is None:
             continue
@@ -121,6 +125,14 @@ def import_module(module: torch.nn.Module, example_inputs):
         kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory", "layout", "dtype", "memory_format")}
         env[node.name] = fn(b, *args, **kwargs)
     raise FrontendError("exported graph has no output node")
+
+
+def _check_weight(name: str, tensor):
+    """Weights are float32 or bfloat16 (never silently converted) and finite."""
+    if tensor.dtype not in _DTYPES:
+        raise FrontendError(f"weight {quoted(name)} is {tensor.dtype}; adamk takes float32 or bfloat16 weights")
+    if not torch.isfinite(tensor.detach()).all():
+        raise FrontendError(f"weight {quoted(name)} holds NaN or Inf values")
 
 
 def _c(b: GraphBuilder, a):

@@ -24,9 +24,11 @@ from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
 from ..dialects.task import BufferOp, JoinOp, TaskOp
 from ..errors import FrontendError, UnsupportedShapeError
+from ..names import label, quoted
 
 
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats)
+MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 
 def _ivalue(v: int):
@@ -93,6 +95,8 @@ class TaskBuilder:
         self.producers: dict[str, list[tuple[int, int, int]]] = {}   # buffer -> (task index, begin, end) of rows
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None):
+        if any(b.sym_name.data == name for b in self.buffers):
+            raise FrontendError(f"weight {quoted(name)} has the name of the kernel's {name} buffer; rename the weight")
         self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype))
         self.name_of[value] = name
 
@@ -105,18 +109,21 @@ class TaskBuilder:
         self.buffer(args[3], "v_cache", "kv_cache", self.dtype)
         self.pos = args[1]
         returned = fn.body.block.last_op.operands[0]
-        used = set()
+        weights = [op for op in fn.body.block.ops if isinstance(op, WeightOp)]
+        # Activation names are labels of the weight names ([A-Za-z0-9_.], adamk/names.py), unique
+        # among every buffer: a weight may be called anything, even "q_proj" or "y.partial".
+        self.used = {"x", "k_cache", "v_cache", "y", *(w.weight_name.data for w in weights)}
         for op in fn.body.block.ops:
             if isinstance(op, WeightOp):
                 self.buffer(op.result, op.weight_name.data, "weight", self.dtype)
             elif isinstance(op, LinearOp):
-                base = re.sub(r"\.weight$", "", self.name_of[op.weight])
-                name = "y" if op.result == returned else _unique(base, used)
+                base = label(re.sub(r"\.weight$", "", self.name_of[op.weight]), "linear")
+                name = "y" if op.result == returned else self.unique(base)
                 role, dtype = ("output", self.dtype) if op.result == returned else ("activation", "f32")
                 self.buffer(op.result, name, role, dtype)
                 self.linear(op, name)
             elif isinstance(op, AttentionOp):
-                name = _unique("attention", used)
+                name = self.unique("attention")
                 self.buffer(op.result, name, "activation", "f32")
                 self.attention(op, name)
             elif isinstance(op, func.ReturnOp):
@@ -156,7 +163,7 @@ class TaskBuilder:
             return
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
-        partial = f"{out}.partial"
+        partial = self.unique(f"{out}.partial")
         self.buffers.append(BufferOp(partial, "activation", [k_split, n], "f32"))
         part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
         for r in range(0, n, rows):
@@ -198,7 +205,7 @@ class TaskBuilder:
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
         # writes (acc[hd], max, sum) unnormalised; one combine task per KV group merges them.
-        partial, stride = f"{out}.partial", hd + 2
+        partial, stride = self.unique(f"{out}.partial"), hd + 2
         self.buffers.append(BufferOp(partial, "activation", [k_split, nh, stride], "f32"))
         for h in range(nh):
             for j in range(k_split):
@@ -216,18 +223,21 @@ class TaskBuilder:
     def task(self, source: str, name: str, kind: str, tile, deps, buffers, params, footprint=None, *,
              k_index: int = 0, k_split: int = 1, written=None):
         """Append one task writing rows `written` (default: its tile) of buffer `source`."""
+        if len(self.tasks) == MAX_TASKS:
+            raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
+                                        "compiles models up to that size")
         self.tasks.append(TaskRecord(name, kind, source, tuple(tile), _dedup(deps), dict(buffers), dict(params),
                                      footprint, k_index, k_split))
         self.producers.setdefault(source, []).append((len(self.tasks) - 1, *(written or tile)))
 
-
-def _unique(base: str, used: set) -> str:
-    name, i = base, 1
-    while name in used:
-        i += 1
-        name = f"{base}_{i}"
-    used.add(name)
-    return name
+    def unique(self, base: str) -> str:
+        """`base`, or `base_2`, `base_3`, ...: a buffer name no other buffer has."""
+        name, i = base, 1
+        while name in self.used:
+            i += 1
+            name = f"{base}_{i}"
+        self.used.add(name)
+        return name
 
 
 def _dedup(values):

@@ -15,6 +15,7 @@ import os
 
 from ..artifact import load_files
 from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
+from ..names import quoted
 from . import driver as cu
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
@@ -84,14 +85,20 @@ class DecodeStep:
         expected = {w["name"]: w for w in self.manifest["weights"]}
         missing = sorted(set(expected) - set(weights))
         if missing:
-            raise AdamkError(f"weights are missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            raise AdamkError(f"weights are missing {', '.join(map(quoted, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
         out = {}
         for b in self.manifest["buffers"]:
             dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
             if b["role"] == "weight":
                 w = weights[b["name"]]
+                if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.bfloat16):
+                    raise AdamkError(f"weight {quoted(b['name'])} is {getattr(w, 'dtype', type(w).__name__)}; the "
+                                     "artifact takes float32 or bfloat16 tensors")
                 if list(w.shape) != b["shape"]:
-                    raise AdamkError(f"weight '{b['name']}' has shape {list(w.shape)}, the artifact expects {b['shape']}")
+                    raise AdamkError(f"weight {quoted(b['name'])} has shape {list(w.shape)}, the artifact expects "
+                                     f"{b['shape']}")
+                if not torch.isfinite(w).all():
+                    raise AdamkError(f"weight {quoted(b['name'])} holds NaN or Inf values")
                 out[b["name"]] = w.detach().to(device=self.device, dtype=dtype).contiguous()
             elif b["role"] == "kv_cache":
                 out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from collections import deque
 
 from xdsl.dialects.builtin import ModuleOp
@@ -57,14 +59,35 @@ class CostModel:
     @classmethod
     def load(cls, path, gpu: GPU) -> "CostModel":
         try:
+            if os.path.getsize(path) > 1 << 20:
+                raise ValueError("over 1 MB")
             with open(path) as f:
                 data = json.load(f)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
             model = cls(**{k: data[k] for k in data if k in {f.name for f in dataclasses.fields(cls)}})
-        except (OSError, ValueError, TypeError) as e:
-            raise AdamkError(f"{path}: not a cost profile written by `adamk calibrate` ({e})") from None
+        except (OSError, ValueError, TypeError, RecursionError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e if not isinstance(e, RecursionError) \
+                else "nested too deeply"
+            raise AdamkError(f"{path}: not a cost profile written by `adamk calibrate` ({reason})") from None
+        model.check(path)
         if model.gpu != gpu.name:
             raise AdamkError(f"{path} was calibrated on {model.gpu}; the target is {gpu.name}")
         return dataclasses.replace(model, source=str(path))
+
+    def check(self, where):
+        """Every figure a finite number; rates positive, times not negative."""
+        if not isinstance(self.gpu, str):
+            raise AdamkError(f"{where}: 'gpu' must be a GPU name")
+        for f in dataclasses.fields(self):
+            if f.name in ("gpu", "source"):
+                continue
+            v = getattr(self, f.name)
+            rate = f.name.endswith("per_us")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 \
+                    or (rate and v == 0):
+                raise AdamkError(f"{where}: '{f.name}' is {v!r}; it must be a finite number, "
+                                 f"{'positive' if rate else 'not negative'}")
 
     def save(self, path):
         with open(path, "w") as f:
