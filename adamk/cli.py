@@ -9,6 +9,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -48,7 +49,14 @@ class _Cli(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", UserWarning)
+                try:
+                    return super().invoke(ctx)
+                finally:                                    # one line each, as errors are
+                    for w in caught:
+                        if issubclass(w.category, UserWarning):
+                            _say(("warning:", "yellow"), " ", str(w.message).splitlines()[0])
         except (AdamkError, NotImplementedError) as e:
             _fail(str(e).splitlines()[0] if str(e).strip() else type(e).__name__)
 

@@ -33,6 +33,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     target, ctx = config.target, make_context()
     step = progress or (lambda name: contextlib.nullcontext())
     dumps: dict[str, str] = {}
+    # the cost profile first: a bad one should not cost a frontend run
+    cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
 
     def run(pass_, module):                                     # one pass, optionally dumped
         pass_.apply(ctx, module)
@@ -48,7 +50,6 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         model_dims = _model_dims(graph)
         _check_fits_memory(graph, target)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
-    cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
     with step("passes: fuse and K-split"):
         run(FusePass(), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
         smem_without_ksplit = _peak_without_ksplit(graph, config)
