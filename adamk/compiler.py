@@ -68,7 +68,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             if dump_dir is not None:
                 dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)
     with step("passes: tile into tasks"):
-        run(TilePass(config.tile_rows, config.dtype), graph)   # task DAG: parts, combines, one task per tile
+        run(TilePass(config.tile_rows, config.dtype, config.stage_bytes), graph)   # task DAG: parts, combines, one task per tile
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:

@@ -7,7 +7,8 @@ from .errors import AdamkError
 from .targets import get_gpu
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
-BLOCK_THREADS = 256   # threads per block of the persistent kernel (8 warps); the device library assumes it
+CONSUMER_WARPS = 8    # warps of a block that compute (common.cuh kConsumerWarps, emitted into kernel.cu)
+BLOCK_THREADS = 32 * (CONSUMER_WARPS + 1)   # ... and one producer warp that streams weights
 MAX_SEARCH_BUDGET_S = 3600.0
 _TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "int | None": (int, type(None)),
           "str | None": (str, type(None))}
@@ -45,7 +46,7 @@ class CompileConfig:
             raise NotImplementedError(f"batch_size={self.batch_size}: only batch 1 decode is implemented")
         if self.dtype != "bf16":
             raise NotImplementedError(f"dtype={self.dtype}: only bf16 storage is implemented")
-        warps = BLOCK_THREADS // 32
+        warps = CONSUMER_WARPS
         if self.tile_rows <= 0 or (self.tile_rows % warps and warps % self.tile_rows):
             raise AdamkError(f"tile_rows={self.tile_rows} must be a multiple of {warps} (warps per block) "
                              f"or divide it")

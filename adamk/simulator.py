@@ -71,8 +71,12 @@ class Simulator:
     def _linear(self, op: ExecOp):
         begin, end = op.tile_range
         k0, k_len = op.k_range
-        xs = self._vec(op, "input").astype(np.float32)
         prologue = op.param("prologue")
+        if prologue == "attn_combine":              # the parts of a split attention, merged as the kernel
+            state = self.mem[op.buffer("input")]
+            xs = _merge_parts(state, op.param("head_dim")).reshape(-1)
+        else:
+            xs = self._vec(op, "input").astype(np.float32)
         if prologue == "silu_mul":
             xs = _silu(xs) * self._vec(op, "input2")
         elif prologue == "rmsnorm":
@@ -134,12 +138,16 @@ class Simulator:
     def _attention_combine(self, op: ExecOp):
         h0, h1 = op.tile_range
         hd = op.param("head_dim")
-        state = self.mem[op.buffer("partial")][:, h0:h1]   # [parts, heads, hd + 2]
-        m = state[:, :, hd].max(axis=0)
-        c = np.exp(state[:, :, hd] - m)                    # [parts, heads]
-        num = np.zeros((h1 - h0, hd), np.float32)
-        den = np.zeros(h1 - h0, np.float32)
-        for j in range(state.shape[0]):                    # in part order, as the kernel
-            num = num + state[j, :, :hd] * c[j, :, None]
-            den = den + state[j, :, hd + 1] * c[j]
-        self._vec(op, "out")[h0 * hd:h1 * hd] = (num / den[:, None]).reshape(-1)
+        self._vec(op, "out")[h0 * hd:h1 * hd] = _merge_parts(self.mem[op.buffer("partial")][:, h0:h1], hd).reshape(-1)
+
+
+def _merge_parts(state: np.ndarray, hd: int) -> np.ndarray:
+    """[heads, hd] from the flash-decoding parts' (acc[hd], max, sum) [parts, heads, hd + 2]."""
+    m = state[:, :, hd].max(axis=0)
+    c = np.exp(state[:, :, hd] - m)                    # [parts, heads]
+    num = np.zeros((state.shape[1], hd), np.float32)
+    den = np.zeros(state.shape[1], np.float32)
+    for j in range(state.shape[0]):                    # in part order, as the kernel
+        num = num + state[j, :, :hd] * c[j, :, None]
+        den = den + state[j, :, hd + 1] * c[j]
+    return num / den[:, None]

@@ -4,34 +4,37 @@ It is the one source of truth for the passes, the schedule and codegen (docs/sme
 A task's footprint has three axes:
 
 - spatial: the tile, `tile_rows` output rows of a linear;
-- reduction: `k_chunk`, the columns of one K-split part (K itself when k_split = 1);
-- temporal: `depth`, the weight stages an SM keeps in flight. A linear task's weights
-  (tile_rows x k_chunk bf16) are copied into a stage with cp.async; the stages form a
-  ring, so while one task computes from its stage the next depth - 1 linear tasks of the
-  SM already stream into theirs, before their inputs are ready.
+- reduction: `k_chunk`, the columns of one K-split part (K itself when k_split = 1), and
+  within it the columns of one weight *page* (as many as fit `page_bytes` for the tile's rows);
+- temporal: `depth`, the weight pages an SM keeps in flight. The SM's producer warp streams
+  the weights of all its linear tasks, page after page, into a ring of `depth` slots
+  (ring.cuh); a slot is refilled as soon as the consumer warps release it, so the stream runs
+  ahead of the computation by up to depth pages, across task and op boundaries, before the
+  inputs of those tasks are ready.
 
 A task's *work area* holds what it computes with besides weights (the prologue-applied
-input slice of a linear, the query / new key and value / per-warp partials of an
-attention part). An SM's dynamic shared memory is laid out as
+input of a linear's K-chunk, padded to whole pages; the query / new key and value /
+per-warp partials of an attention part). An SM's dynamic shared memory is laid out as
 
-    [ stage 0 | stage 1 | ... | stage depth-1 ][ work area ]
-      slot_bytes each (its largest stage)        its largest work area
+    [ slot 0 | slot 1 | ... | slot depth-1 ][ full[depth], empty[depth] ][ work area ]
+      slot_bytes each (its largest page)       mbarriers, 8 B each          its largest work area
 
-and every byte of it is live for the whole program (the ring is always full), so the
-live-buffer constraint at every point of the program is `SmPlan.peak <= budget`. The
-kernel's size is the largest peak over its SMs. csrc/kernels/*.cuh carve the same
-buffers through `WeightStage` / `LinearWork` / `AttentionWork`, and the generated kernel
-static_asserts those equal the figures here.
+and every byte of it is live for the whole program, so the live-buffer constraint at every
+point of the program is `SmPlan.peak <= budget`. The kernel's size is the largest peak over
+its SMs. csrc/kernels/*.cuh carve the same buffers through `Ring` / `WeightPage` /
+`LinearWork` / `AttentionWork`, and the generated kernel static_asserts those equal the
+figures here.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from .config import BLOCK_THREADS
+from .config import CONSUMER_WARPS
 
 BF16, F32 = 2, 4
-WARPS = BLOCK_THREADS // 32
+WARPS = CONSUMER_WARPS     # warps that share a task (the producer warp only streams)
 REDUCE_SCRATCH = 32 * F32   # one float per warp for block reductions, padded to 32
+RING_BARRIERS = 2 * 8       # per ring slot: its `full` and `empty` mbarriers (ring.cuh)
 
 
 def k_chunk(k: int, k_split: int) -> int:
@@ -53,22 +56,45 @@ def k_range(k: int, k_chunk: int, k_index: int) -> tuple[int, int]:
     return k0, min(k_chunk, k - k0)
 
 
-def fewest_k_parts(k: int, tile_rows: int, stage_bytes: int) -> int:
-    """The fewest K-parts whose stage fits `stage_bytes` (parts of at least 8 columns)."""
+def linear_page_cols(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
+    """Columns of one weight page: as many of the K-chunk's as fit `page_bytes` for the tile's
+    rows, a multiple of 8 (16 bytes), at least 8."""
+    fit = page_bytes // (tile_rows * BF16) // 8 * 8
+    return max(8, min(-(-k_chunk // 8) * 8, fit))
+
+
+def linear_pages(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
+    """Pages one linear task streams: its K-chunk in page-sized column blocks."""
+    return -(-k_chunk // linear_page_cols(tile_rows, k_chunk, page_bytes))
+
+
+def linear_page_bytes(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
+    """One weight page of a linear task: tile_rows x page columns bf16 (`WeightPage` in linear.cuh)."""
+    return tile_rows * linear_page_cols(tile_rows, k_chunk, page_bytes) * BF16
+
+
+def linear_xs(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
+    """Input columns a linear task's work area holds: its K-chunk padded to whole pages."""
+    return linear_pages(tile_rows, k_chunk, page_bytes) * linear_page_cols(tile_rows, k_chunk, page_bytes)
+
+
+def linear_work_bytes(xs: int) -> int:
+    """xs floats (the prologue-applied input) + reduction scratch (`LinearWork`)."""
+    return xs * F32 + REDUCE_SCRATCH
+
+
+def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int) -> "Footprint":
+    return Footprint(linear_page_bytes(tile_rows, k_chunk, page_bytes),
+                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes)))
+
+
+def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int) -> int:
+    """The fewest K-parts whose footprint fits `budget` with `depth` pages in flight: pages
+    stream any K, so only the work area (the input of the K-chunk) can need a split."""
     parts = 1
-    while parts < k // 8 and linear_stage_bytes(tile_rows, k_chunk(k, parts)) > stage_bytes:
+    while parts < k // 8 and linear_footprint(tile_rows, k_chunk(k, parts), page_bytes).alone(depth) > budget:
         parts += 1
     return len(k_parts(k, parts))
-
-
-def linear_stage_bytes(tile_rows: int, k_chunk: int) -> int:
-    """One weight stage: tile_rows x k_chunk bf16 (`WeightStage` in linear.cuh)."""
-    return tile_rows * k_chunk * BF16
-
-
-def linear_work_bytes(k_chunk: int) -> int:
-    """xs[k_chunk] floats (the prologue-applied input slice) + reduction scratch (`LinearWork`)."""
-    return k_chunk * F32 + REDUCE_SCRATCH
 
 
 def attention_work_bytes(head_dim: int) -> int:
@@ -83,24 +109,20 @@ class Footprint:
     work: int
 
     def alone(self, depth: int) -> int:
-        """Bytes an SM needs to run this task with `depth` stages of its size in flight."""
-        return (depth * self.stage if self.stage else 0) + self.work
+        """Bytes an SM needs to run this task with `depth` pages of its size in flight."""
+        return (depth * (self.stage + RING_BARRIERS) if self.stage else 0) + self.work
 
 
 @dataclasses.dataclass(frozen=True)
 class SmPlan:
-    """One SM's layout: `depth` slots of `slot_bytes`, then the work area."""
+    """One SM's layout: `depth` slots of `slot_bytes`, their mbarriers, then the work area."""
     depth: int
     slot_bytes: int
     work_bytes: int
 
-    def stage_offset(self, i: int) -> int:
-        """Offset of the stage of the SM's i-th linear task (the ring wraps every `depth`)."""
-        return (i % self.depth) * self.slot_bytes
-
     @property
     def work_offset(self) -> int:
-        return self.depth * self.slot_bytes
+        return self.depth * (self.slot_bytes + RING_BARRIERS)       # `Ring::kBytes`
 
     @property
     def peak(self) -> int:
@@ -113,27 +135,10 @@ def sm_plan(footprints, depth: int) -> SmPlan:
     return SmPlan(depth if slot else 0, slot, max((f.work for f in footprints), default=0))
 
 
-def unsplit_rows(k: int, stage_bytes: int, tile_rows: int) -> int:
-    """Rows of the best tile without K-splitting whose stage fits `stage_bytes`
-    (at least one row; at most `tile_rows`)."""
-    return fitting_tile_rows(min(tile_rows, stage_bytes // linear_stage_bytes(1, k)))
-
-
-def fitting_tile_rows(rows: int) -> int:
-    """The largest tile the device code takes that is <= rows: a multiple of the warps
-    (a warp per row or more rows per warp) or a power of two below it (warps share a row)."""
-    if rows >= WARPS:
-        return rows // WARPS * WARPS
-    return 1 << max(0, rows.bit_length() - 1)
-
-
-def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, stage_bytes: int,
+def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, page_bytes: int,
                         tile_rows: int) -> int:
-    """Peak of an SM that runs a task of every op under the best plan without K-splitting at
-    the same bytes in flight: every linear keeps its whole K per stage, so it takes the most
-    rows whose stage fits `stage_bytes`, and its work area holds all K inputs."""
-    fps = [Footprint(linear_stage_bytes(unsplit_rows(k, stage_bytes, tile_rows), k), linear_work_bytes(k))
-           for k in linear_ks]
+    """Peak of an SM that runs a task of every op without K-splitting at the same pages in
+    flight: every linear's work area holds all K inputs."""
+    fps = [linear_footprint(tile_rows, k, page_bytes) for k in linear_ks]
     fps += [Footprint(0, attention_work_bytes(hd)) for hd in head_dims]
     return sm_plan(fps, depth).peak
-

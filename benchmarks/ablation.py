@@ -46,8 +46,11 @@ def main():
         print(f"  traced {label} (profiling build): measured {measured:.1f} us, fit predicts {predicted:.1f} us "
               f"({(predicted - measured) / measured:+.1%})")
     variants = [f"{args.gpu}:schedule={s}" for s in SCHEDULES]
-    floor_us, rows = bench_layer.run(args.preset, args.pos, args.iters, variants, str(out / "profile.json"),
-                                     str(out / "ablation.json"))
+    _, floor_us, rows = bench_layer.run(args.preset, args.pos, args.iters, variants, str(out / "profile.json"))
+    with open(out / "ablation.json", "w") as f:
+        json.dump({"preset": args.preset, "pos": args.pos, "floor_us": floor_us,
+                   "rows": [{"name": n, "median_us": m, "b2b_us": b, "predicted_us": p} for n, m, b, p in rows]},
+                  f, indent=2)
     print("\npredicted (calibrated model) against measured back to back:")
     for schedule, (_, _, b2b, predicted) in zip(SCHEDULES, rows):
         print(f"  {schedule:12s} predicted {predicted:6.1f} us, measured {b2b:6.1f} us: error "

@@ -45,7 +45,7 @@ def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None 
     predicted = predict_timeline(schedule, model, pos)
     sm_of = {tid: sm for tid, (sm, _, _) in predicted.items()}
 
-    events, per_op = [], defaultdict(lambda: {"wait": [], "work": []})
+    events, per_op = [], defaultdict(lambda: {"wait": [], "work": [], "start": [], "end": []})
     for tid, (name, before, after, end) in enumerate(rows):
         sm, op = sm_of[tid], name.split(".")[0]
         if after > before:
@@ -55,18 +55,23 @@ def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None 
                        "dur": (end - after) / 1e3, "cat": op})
         per_op[op]["wait"].append((after - before) / 1e3)
         per_op[op]["work"].append((end - after) / 1e3)
+        per_op[op]["start"].append((after - t0) / 1e3)
+        per_op[op]["end"].append((end - t0) / 1e3)
     (out / "trace.json").write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
     measured = (max(r[3] for r in rows) - t0) / 1e3
     pred = max(e for _, _, e in predicted.values())
     summary = {"measured_us": measured, "predicted_us": pred, "b2b_us": trace.b2b_us,
                "ops": {op: {"tasks": len(v["work"]), "work_median_us": statistics.median(v["work"]),
-                            "wait_median_us": statistics.median(v["wait"]), "work_max_us": max(v["work"])}
+                            "wait_median_us": statistics.median(v["wait"]), "work_max_us": max(v["work"]),
+                            "first_start_us": min(v["start"]), "last_end_us": max(v["end"])}
                        for op, v in per_op.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{preset} on {gpu_name} target, pos {pos}: measured {measured:.1f} us, predicted {pred:.1f} us")
-    print(f"{'op':14s} {'tasks':>5s} {'work med':>9s} {'work max':>9s} {'wait med':>9s}")
+    print(f"{'op':14s} {'tasks':>5s} {'work med':>9s} {'work max':>9s} {'wait med':>9s} {'first start':>11s} "
+          f"{'last end':>9s}")
     for op, v in summary["ops"].items():
-        print(f"{op:14s} {v['tasks']:5d} {v['work_median_us']:9.2f} {v['work_max_us']:9.2f} {v['wait_median_us']:9.2f}")
+        print(f"{op:14s} {v['tasks']:5d} {v['work_median_us']:9.2f} {v['work_max_us']:9.2f} {v['wait_median_us']:9.2f} "
+              f"{v['first_start_us']:11.2f} {v['last_end_us']:9.2f}")
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -37,7 +37,7 @@ def test_manifest_describes_kernel_and_weights(tiny_l20):
     art, path = tiny_l20
     m = json.loads((path / "manifest.json").read_text())
     assert m["target"]["gpu"] == "L20" and m["target"]["arch"] == "sm_89"
-    assert m["kernel"]["grid"] == 92 and m["kernel"]["block_threads"] == 256
+    assert m["kernel"]["grid"] == 92 and m["kernel"]["block_threads"] == 288
     assert 0 < m["kernel"]["smem_bytes"] <= 99 * 1024
     names = {w["name"]: w for w in m["weights"]}
     assert names["q_proj.weight"] == {"name": "q_proj.weight", "shape": [144, 136], "dtype": "bf16",

@@ -1,14 +1,17 @@
 """Emit the persistent kernel's CUDA C++ from schedule-level IR.
 
-The output is one self-contained, readable `.cu`: the device library headers it uses
+The output is one self-contained, readable `.cu`: the facts it shares with the compiler
+(warps per block, max waits: adamk/config.py), the device library headers it uses
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
 the host fills it in the same order), one enumerator per counter (identifiers are numbered;
 model names appear only in comments, escaped by adamk/names.py), static_asserts that the
-device library's shared-memory layouts are the model's (smem.py), RoPE tables, and one
-function per SM that is a straight line of weight staging, waits, task calls and signals,
-with the shared-memory offsets of the SM's plan. The kernel entry only dispatches on
-blockIdx.x.
+device library's shared-memory layouts are the model's (smem.py), RoPE tables, the
+functions of each op (its constants filled in), and one function per SM. An SM's function
+has two straight lines: its producer warp streams the weights of the SM's linear tasks,
+page after page, through the ring; its consumer warps run the tasks in order, staging a
+linear op's input once per run of its tasks, with waits and signals between runs. The
+kernel entry only dispatches on blockIdx.x.
 """
 from __future__ import annotations
 
@@ -24,14 +27,19 @@ from ..dialects.task import BufferOp
 from .. import smem
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
+from ..config import CONSUMER_WARPS
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "sync.cuh", "linear.cuh", "attention.cuh")
+HEADERS = ("common.cuh", "sync.cuh", "ring.cuh", "linear.cuh", "attention.cuh")
 CTYPES = {"bf16": "bf16_t", "f32": "float"}
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
-MAX_WAITS = 4   # sync.cuh's kMaxWaits
-KERNEL_ARGS = ("buffers", "counters", "error_record", "trace", "pos", "epoch", "timeout_ns")
+MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
+# The kernel's parameters in order: the runtime packs its arguments in this order (KERNEL_ARGS).
+KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters", "u32* counters"),
+                 ("error_record", "adamk::ErrorRecord* err"), ("trace", "u64* trace"), ("pos", "int pos"),
+                 ("epoch", "u32 epoch"), ("timeout_ns", "u64 timeout_ns"))
+KERNEL_ARGS = tuple(name for name, _ in KERNEL_PARAMS)
 
 
 def f32_literal(v: float) -> str:
@@ -54,9 +62,8 @@ def _with_waits(ops):
 
 
 def _signature(name: str, params: str) -> list[str]:
-    """The opening line of a per-op task function: what every kind takes, then its own `params`."""
-    return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, const Waits& w, int task, "
-            f"{params}) {{"]
+    """The opening line of a per-op function: what every one takes, then its own `params`."""
+    return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, int task, {params}) {{"]
 
 
 class _Emitter:
@@ -66,10 +73,12 @@ class _Emitter:
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
         self.schedule = schedule_of(module)
+        self.plan = self.schedule.plan()
+        self.ring = f"{self.plan.depth}, {self.plan.slot_bytes}"      # Ring<DEPTH, SLOT_BYTES> of every SM
         self.tables: dict[tuple, str] = {}     # rope inv_freq values -> __constant__ name
         self.asserts: set[str] = set()         # the device layouts agree with smem.py, per instantiation
         self.waits: dict[str, int] = {"{0, {}, {}}": 0}   # Waits literal -> index in kWaits
-        self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (function name, first task, lines)
+        self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (first task, lines)
         # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
@@ -104,46 +113,55 @@ class _Emitter:
         index = self.waits.setdefault(literal, len(self.waits))
         return f"kWaits[{index}]"
 
-    def op_function(self, op: ExecOp) -> str:
-        """The name of the function that runs `op`'s kind of task for its op. Every task of one op
-        shares the op's constants (buffers, K, tiling), so they live in one small generated
-        function per op and a call site passes only what varies: the task's tile and part and
-        its plan's shared-memory offsets."""
+    def op_name(self, op: ExecOp) -> str:
+        """`op<n>`, the name of the functions of `op`'s op. Every task of one op shares the op's
+        constants (buffers, K, tiling), so they live in small generated functions per op and a
+        call site passes only what varies: the task's tile and part and its ring page."""
         kind, source = op.kind.data, op.source.data
         key = (kind, source)
+        number = self.op_number.setdefault(source, len(self.op_number))
         if key in self.functions:
-            first = self.functions[key][1]
+            first = self.functions[key][0]
             if (first.buffers, first.params, first.k_split) != (op.buffers, op.params, op.k_split):
                 raise ValueError(f"tasks {first.sym_name.data} and {op.sym_name.data} of one op differ in constants")
-            return self.functions[key][0]
-        number = self.op_number.setdefault(source, len(self.op_number))
-        name = f"{kind}_op{number}"
+            return f"op{number}"
+        name = f"op{number}"
         buf = lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
         split = op.k_split.value.data
+        head = f"// {name}: {c_comment(source)}, {kind}"
         if kind == "linear":
-            k, n, rows, chunk = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk"))
-            eps = op.param("eps")
+            k, n, rows, chunk, cols, pages = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk", "page_cols",
+                                                                   "pages"))
+            eps, prologue, wo = op.param("eps"), op.param("prologue"), self.plan.work_offset
+            xs = pages * cols
             out = buf("out") + (f" + k_index * {n}" if split > 1 else "")
-            body = [f"// op{number}: {c_comment(source)}",
-                    *_signature(name, "int stage_offset, int work_offset, int row_begin, int row_end, int k_index"),
+            if prologue == "attn_combine":      # the input is the parts of a split attention
+                staging = (f"  attention_input<{xs}, {op.param('head_dim')}>(s, {wo}, {buf('input')}, "
+                           f"{op.param('num_heads')}, {op.param('parts')}, k0, min({chunk}, {k} - k0), task);")
+            else:
+                staging = (f"  linear_input<{xs}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
+                           f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, {k}, k0, "
+                           f"min({chunk}, {k} - k0), task);")
+            body = [head,
+                    *_signature(f"input_{name}", "int k_index"),
                     f"  const int k0 = k_index * {chunk};",
-                    f"  linear_task<{chunk}, {rows}, {PROLOGUES[op.param('prologue')]}, "
-                    f"{self.schedule.stages.value.data}>(s, w, task, stage_offset, work_offset, {out}, {buf('input')}, "
-                    f"{buf('input2')}, {buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, "
-                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, {k}, k0, min({chunk}, {k} - k0), row_begin, row_end);",
+                    staging,
                     "}",
-                    f"__device__ __noinline__ void stage_op{number}(const Step& s, const Buffers& b, int task, "
-                    "int stage_offset, int row_begin, int row_end, int k_index) {",
+                    *_signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
                     f"  const int k0 = k_index * {chunk};",
-                    f"  stage_weights<{rows}, {chunk}>(s, stage_offset, {buf('weight', 'bf16_t')}, {k}, row_begin, "
-                    f"row_end, k0, min({chunk}, {k} - k0), task);",
+                    f"  linear_produce<{self.ring}, {rows}, {cols}, {pages}>(s, {buf('weight', 'bf16_t')}, {k}, "
+                    f"row_begin, row_end, k0, min({chunk}, {k} - k0), page, task);",
+                    "}",
+                    *_signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
+                    f"  linear_task<{self.ring}, {xs}, {rows}, {cols}, {pages}>(s, task, {self.plan.work_offset}, "
+                    f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, page);",
                     "}"]
-            self.asserts.add(f"static_assert(WeightStage<{rows}, {chunk}>::kBytes == "
-                             f"{smem.linear_stage_bytes(rows, chunk)}, \"smem model: linear stage\");")
-            self.asserts.add(f"static_assert(LinearWork<{chunk}>::kBytes == {smem.linear_work_bytes(chunk)}, "
+            self.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
+                             "\"smem model: linear page\");")
+            self.asserts.add(f"static_assert(LinearWork<{xs}>::kBytes == {smem.linear_work_bytes(xs)}, "
                              "\"smem model: linear work area\");")
         elif kind == "linear_combine":
-            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int row_begin, int row_end"),
+            body = [head, *_signature(f"combine_{name}", "const Waits& w, int row_begin, int row_end"),
                     f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {split}, "
                     f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                     "}"]
@@ -153,99 +171,120 @@ class _Emitter:
             table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
             args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
                              + [table, f32_literal(op.param("scale"))])
-            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int work_offset, int q_head, int split"),
-                    f"  attention_task<{hd}>(s, w, task, work_offset, {args}, q_head, {op.param('group')}, "
+            body = [head, *_signature(f"attention_{name}", "const Waits& w, int q_head, int split"),
+                    f"  attention_task<{hd}>(s, w, task, {self.plan.work_offset}, {args}, q_head, {op.param('group')}, "
                     f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {split});",
                     "}"]
             self.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
                              "\"smem model: attention work area\");")
         elif kind == "attention_combine":
-            body = [f"// op{number}: {c_comment(source)}", *_signature(name, "int head_begin, int head_end"),
+            body = [head, *_signature(f"combine_{name}", "const Waits& w, int head_begin, int head_end"),
                     f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
                     f"{op.param('num_heads')}, {split}, head_begin, head_end);",
                     "}"]
         else:
             raise ValueError(f"no task body for kind {c_comment(kind)}")
-        self.functions[key] = (name, op, body)
+        self.functions[key] = (op, body)
         return name
 
-    def task_call(self, op: ExecOp, waits: list[WaitOp], plan: smem.SmPlan, stage: int | None) -> list[str]:
+    def produce(self, op: ExecOp, page: int | str) -> str:
+        """The producer's line for a linear task: stream its pages from ring page `page` on."""
         begin, end = op.tile_range
-        task_id, kind = op.task_id.value.data, op.kind.data
-        fn, w = self.op_function(op), self.waits_ref(waits, task_id)
-        part = op.k_index.value.data
+        args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
+        return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {c_comment(op.sym_name.data)}"
+
+    def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
+        """The consumers' lines for one task: for a linear, its waits and input staging when it
+        starts a run, then the task on its pages; other kinds wait inside their call."""
+        begin, end = op.tile_range
+        task_id, kind, part = op.task_id.value.data, op.kind.data, op.k_index.value.data
+        name, w = self.op_name(op), self.waits_ref(waits, task_id)
+        lines = []
         if kind == "linear":
             k0, k_len = op.k_range
-            args = [plan.stage_offset(stage), plan.work_offset, begin, end, part]
-            what = f"rows [{begin}, {end}) x K [{k0}, {k0 + k_len})"
-        elif kind == "attention":
-            args, what = [plan.work_offset, begin, part], f"query head {begin}, part {part}"
+            if waits:
+                lines.append(f"  wait_all(s, {w}, {task_id});")
+            elif self.profile:
+                lines += [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"]
+            if new_run:
+                lines.append(f"  input_{name}(s, b, {task_id}, {part});")
+            call = f"linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part})"
+            what = f"rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."
         else:
-            args, what = [begin, end], f"[{begin}, {end}), sum of parts"
-        call = [f"  {fn}(s, b, {w}, {task_id}, {', '.join(map(str, args))});  // {c_comment(op.sym_name.data)}: {what}"]
+            if self.profile and not waits:
+                lines += [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"]
+            fn = "attention" if kind == "attention" else "combine"
+            call = (f"{fn}_{name}(s, b, {task_id}, {w}, {begin}, {part if kind == 'attention' else end})")
+            what = f"query head {begin}, part {part}" if kind == "attention" else f"[{begin}, {end}), sum of parts"
+        lines.append(f"  {call};  // {c_comment(op.sym_name.data)}: {what}")
         if self.profile:
-            marks = [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"] if not waits else []
-            call = marks + call + [f"  trace_mark(s, {task_id}, 2);"]
-        return call
+            lines.append(f"  trace_mark(s, {task_id}, 2);")
+        return lines
 
-    def stage_weights(self, op: ExecOp | None, plan: smem.SmPlan, stage: int) -> str:
-        """Start the copy of a linear task's weights into its stage; one cp.async group either way."""
-        if op is None:
-            return "  commit_group();  // nothing left to stage: one group per linear task all the same"
-        self.op_function(op)
-        begin, end = op.tile_range
-        args = [op.task_id.value.data, plan.stage_offset(stage), begin, end, op.k_index.value.data]
-        return (f"  stage_op{self.op_number[op.source.data]}(s, b, {', '.join(map(str, args))});"
-                f"  // -> stage {stage % plan.depth}: weights of task {op.task_id.value.data}")
+    def pages(self, op: ExecOp) -> int:
+        return op.param("pages") if op.kind.data == "linear" else 0
+
+    @staticmethod
+    def staged(op: ExecOp):
+        """What a linear task's input staging puts in the work area: tasks of other ops with the
+        same (q, k and v; gate and up) find it there and stage nothing."""
+        if op.kind.data != "linear":
+            return None
+        return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
+                op.k_range, op.param("pages") * op.param("page_cols"))
 
     def sm_function(self, sm) -> list[str]:
-        plan = self.schedule.plan(sm)
-        linears = [op for op in sm.body.block.ops if isinstance(op, ExecOp) and op.kind.data == "linear"]
-        ahead = plan.depth - 1    # stages in flight beyond the running task's
+        items = list(_with_waits(sm.body.block.ops))
+        linears = [op for op, _ in items if isinstance(op, ExecOp) and op.kind.data == "linear"]
         lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
         if linears:
-            lines.append(f"  // shared memory: {plan.depth} weight stages x {plan.slot_bytes} B, work area at "
-                         f"{plan.work_offset} ({plan.work_bytes} B)")
-            lines += [self.stage_weights(linears[i] if i < len(linears) else None, plan, i) for i in range(ahead)]
-        next_linear = 0           # index of the next linear task in `linears`
-        for op, waits in _with_waits(sm.body.block.ops):   # waits run in the task's body, after it issues
-            if isinstance(op, SignalOp):                     # the next weight stage
+            lines += [f"  ring_init<{self.ring}>(s);", "  if (is_producer()) {   // the SM's weight stream"]
+            page = 0
+            for op in linears:
+                lines.append(self.produce(op, page))
+                page += self.pages(op)
+            lines += ["    return;", "  }"]
+        else:
+            lines.append("  if (is_producer()) return;   // no weights to stream")
+        page, staged = 0, None       # staged: what the work area holds (self.staged)
+        for op, waits in items:      # waits run in the consumers' line; the producer is not held
+            if isinstance(op, SignalOp):
                 lines.append(f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
                              f"  // {c_comment(op.counter.data)}")
                 continue
-            while len(waits) > MAX_WAITS:    # more producers than one task body takes: wait for some first
+            while len(waits) > MAX_WAITS:    # more producers than one call takes: wait for some first
                 head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
                 lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, {op.task_id.value.data});")
-            stage = None
-            if op.kind.data == "linear":
-                stage, next_linear = next_linear, next_linear + 1
-                nxt = stage + ahead
-                if ahead:
-                    lines.append(self.stage_weights(linears[nxt] if nxt < len(linears) else None, plan, nxt))
-            lines += self.task_call(op, waits, plan, stage)
+            key = self.staged(op)    # None after a task that uses the work area otherwise
+            lines += self.consume(op, waits, page, new_run=key is not None and (key != staged or bool(waits)))
+            staged = key
+            page += self.pages(op)
         return lines + ["}"]
 
     def queue_function(self) -> list[str]:
         """The dynamic work-queue variant (for the ablation only): one function that runs task
-        t, whichever block takes it. Each task stages its own weights (one stage), waits for
-        all of its producer ops, runs, and signals its op's counter."""
+        t, whichever block takes it, from ring page `page` on, and returns the pages it used.
+        Each task waits for all of its producer ops, stages its own input, runs, and signals
+        its op's counter; the producer warp streams the weights of the task just taken."""
         execs = sorted((o for sm in self.schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
                        key=lambda o: o.task_id.value.data)
-        plan = smem.SmPlan(1, max((o.stage_bytes.value.data for o in execs), default=0),
-                           max((o.work_bytes.value.data for o in execs), default=0))
         waits_of = {op.task_id.value.data: waits for sm in self.schedule.sms      # it waits before every task
                     for op, waits in _with_waits(sm.body.block.ops) if isinstance(op, ExecOp)}
-        lines = ["__device__ __noinline__ void run_task(const Step& s, const Buffers& b, u32 t) {", "  switch (t) {"]
+        lines = ["__device__ __noinline__ int run_task(const Step& s, const Buffers& b, u32 t, int page) {",
+                 "  switch (t) {"]
         for o in execs:
             tid = o.task_id.value.data
             lines.append(f"    case {tid}: {{")
             if o.kind.data == "linear":
-                lines.append("  " + self.stage_weights(o, plan, 0))
-            lines += ["  " + line for line in self.task_call(o, waits_of[tid], plan, 0)]
+                lines += ["      if (is_producer()) {", "  " + self.produce(o, "page"),
+                          f"        return {self.pages(o)};", "      }"]
+            else:
+                lines.append("      if (is_producer()) return 0;")
+            lines += ["    " + line for line in self.consume(o, waits_of[tid], "page", new_run=True)]
             if o.source.data + ".done" in self.counters:
                 lines.append(f"      signal_counter(s, {self.enumerator[o.source.data + '.done']}, 1u);")
-            lines.append("      break;\n    }")
-        return lines + ["  }", "}"]
+            lines.append(f"      return {self.pages(o)};\n    }}")
+        return lines + ["  }", "  return 0;", "}"]
 
     def emit(self) -> str:
         target_name, arch = self.gpu.name, self.gpu.arch
@@ -258,15 +297,20 @@ class _Emitter:
         else:
             sm_bodies = [line for sm in sched.sms for line in self.sm_function(sm) + [""]]
         out = [f"// kernel.cu - generated by adamk {__version__}; regenerate with `adamk compile`, do not edit.",
-               f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads, {smem_bytes} B dynamic shared memory, "
-               f"{n_tasks} tasks.",
-               "// The device library follows, then the schedule: one straight-line function per SM.", "",
-               f"#define ADAMK_PROFILE {int(self.profile)}", ""]
+               f"// Target {target_name} (sm_{arch}): {n_sms} blocks x {threads} threads ({CONSUMER_WARPS} consumer "
+               f"warps + 1 producer warp), {smem_bytes} B dynamic shared memory, {n_tasks} tasks.",
+               "// The compiler's facts, the device library, then the schedule: one function per SM.", "",
+               f"#define ADAMK_PROFILE {int(self.profile)}",
+               f"#define ADAMK_CONSUMER_WARPS {CONSUMER_WARPS}   // adamk/config.py CONSUMER_WARPS",
+               f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
             out += [f"// ===== csrc/kernels/{h} =====", text.rstrip(), ""]
         out += ["// ===== generated schedule =====", "namespace adamk {", "",
+                f"static_assert(kThreads == {threads}, \"adamk/config.py BLOCK_THREADS\");",
+                f"static_assert(Ring<{self.ring}>::kBytes == {self.plan.work_offset}, \"smem model: the ring\");"
+                if self.plan.depth else "", "",
                 "// Device pointers, in the order of the adamk.buffer ops (the host fills them in that order).",
                 "struct Buffers {", *self.buffer_fields(), "};", "",
                 "enum Counter : int {",
@@ -274,16 +318,16 @@ class _Emitter:
                   for n, c in self.counters.items()], "};", "",
                 ]
         tables_at = len(out)
-        out += ["// One function per op and kind of task: the op's constants filled in.",
-                *[line for _, _, body in self.functions.values() for line in body + [""]]]
+        out += ["// The functions of each op: its constants filled in.",
+                *[line for _, body in self.functions.values() for line in body + [""]]]
         out += ["// The distinct sets of waits of the schedule's tasks.",
                 f"__device__ const Waits kWaits[{len(self.waits)}] = {{",
                 *[f"  {literal}," for literal in self.waits], "};", ""]
         out += sm_bodies
+        params = ",\n    ".join(p for _, p in KERNEL_PARAMS)
         out += ["}  // namespace adamk", "",
                 f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
-                f"{KERNEL_NAME}(const adamk::Buffers* __restrict__ b, u32* counters, adamk::ErrorRecord* err,",
-                "                  u64* trace, int pos, u32 epoch, u64 timeout_ns) {",
+                f"{KERNEL_NAME}(\n    {params}) {{",
                 "  extern __shared__ __align__(16) unsigned char smem[];",
                 "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
                 *(self.queue_loop(n_tasks, n_sms) if self.queue else [
@@ -297,7 +341,6 @@ class _Emitter:
         out[tables_at:tables_at] = asserts + tables + ([""] if tables else [])
         return "\n".join(out)
 
-
     def queue_loop(self, n_tasks: int, n_sms: int) -> list[str]:
         """Blocks take task numbers from one atomic counter (after the schedule's counters) until
         they run out; each launch adds n_tasks + one failed take per block to it, so the epoch
@@ -306,13 +349,15 @@ class _Emitter:
         return [f"  u32* queue = counters + {queue};        // the work queue's counter",
                 f"  u32* ticket = counters + {queue + 1} + blockIdx.x;",
                 f"  const u32 base = (epoch - 1u) * {n_tasks + n_sms}u;",
+                *([f"  adamk::ring_init<{self.ring}>(s);"] if self.plan.depth else []),
+                "  int page = 0;      // the ring page both roles are at",
                 "  for (;;) {",
                 "    if (threadIdx.x == 0) *(volatile u32*)ticket = atomicAdd(queue, 1u) - base;   // chooses work",
                 "    __syncthreads();",
                 "    const u32 t = *(volatile u32*)ticket;",
                 "    __syncthreads();",
                 f"    if (t >= {n_tasks}u) break;",
-                "    adamk::run_task(s, *b, t);",
+                "    page += adamk::run_task(s, *b, t, page);",
                 "  }"]
 
 

@@ -98,8 +98,7 @@ class SmOp(IRDLOperation):
 @irdl_op_definition
 class ScheduleOp(IRDLOperation):
     """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` of dynamic
-    shared memory each: the largest of its SMs' plans with `stages` weight stages in flight
-    (smem.py)."""
+    shared memory each: its plan with `stages` weight pages in flight (smem.py)."""
     name = "adamk.schedule"
     traits = traits_def(NoTerminator())
     num_sms = prop_def(IntegerAttr)
@@ -109,26 +108,23 @@ class ScheduleOp(IRDLOperation):
     body = region_def("single_block")
 
     def __init__(self, num_sms: int, block_threads: int, stages: int, sms, smem_bytes: int | None = None):
-        """`smem_bytes` defaults to what the SMs' plans need (more only for the work-queue variant,
-        whose blocks may run any task)."""
+        """`smem_bytes` defaults to what the plan needs."""
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
                                      "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(0, i64)},
                          regions=[Region(Block(sms))])
-        need = self.plans_peak() if smem_bytes is None else smem_bytes
+        need = self.plan().peak if smem_bytes is None else smem_bytes
         self.properties["smem_bytes"] = IntegerAttr(need, i64)
 
     @property
     def sms(self) -> list[SmOp]:
         return list(self.body.block.ops)
 
-    def plan(self, sm: SmOp) -> smem.SmPlan:
-        """The shared-memory layout of one SM's program."""
-        return smem.sm_plan((o.footprint for o in sm.body.block.ops if isinstance(o, ExecOp)),
+    def plan(self) -> smem.SmPlan:
+        """The shared-memory layout of every SM: ring slots as large as the largest page of any
+        task, the largest work area, so one function per op serves every SM."""
+        return smem.sm_plan((o.footprint for sm in self.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
                             self.stages.value.data)
-
-    def plans_peak(self) -> int:
-        return max((self.plan(sm).peak for sm in self.sms), default=0)
 
     def verify_(self):
         sms = self.sms
@@ -139,10 +135,10 @@ class ScheduleOp(IRDLOperation):
                                   f"got {[s.index.value.data for s in sms]}")
         if self.stages.value.data < 1:
             raise VerifyException(f"adamk.schedule: stages {self.stages.value.data} must be at least 1")
-        need = self.plans_peak()
+        need = self.plan().peak
         if self.smem_bytes.value.data < need:
             raise VerifyException(f"adamk.schedule: smem_bytes {self.smem_bytes.value.data} < {need} B, "
-                                  "the largest shared-memory plan of its SMs")
+                                  "what its shared-memory plan needs")
 
 
 SCHEDULE_OPS = [CounterOp, WaitOp, SignalOp, ExecOp, SmOp, ScheduleOp]

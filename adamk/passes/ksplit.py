@@ -2,17 +2,16 @@
 
 Reads every `adamk.linear` and `adamk.attention` of `@decode_step`; writes `tile_rows`
 and `k_split` on each linear and `k_split` on the attention, the properties the `tile`
-pass materialises. A linear keeps `tile_rows` output rows per task and splits its
-reduction over K into the fewest parts whose weight stage (tile_rows x K/k_split bf16)
-fits `stage_bytes`, so `depth` stages of it stay in flight per SM whatever K is; the
-attention splits its sequence (flash-decoding) so that its query heads x parts cover the
-SMs. Partial sums are combined in a fixed order by the tasks the tile pass adds.
+pass materialises. A linear keeps `tile_rows` output rows per task; its weights stream
+through the SM's ring in pages of `stage_bytes` whatever K is, so it is split over K only
+into the fewest parts whose work area (the input of a K-chunk) fits the budget with
+`depth` pages in flight. The attention splits its sequence (flash-decoding) so that its
+query heads x parts cover the SMs. Partial sums are combined in a fixed order by the tasks
+the tile pass adds; the DAG search may choose other splits.
 
-With `enabled=False` every k_split is 1 and a linear takes as many whole rows (up to
-`tile_rows`) as fit `stage_bytes`: the best plan without K-splitting at the same bytes in
-flight, the one smem.peak_without_ksplit measures. Either way an op
-whose footprint at this depth exceeds the per-block budget is an error naming the op,
-its footprint and the budget (smem.py has the model).
+With `enabled=False` every k_split is 1: the plan smem.peak_without_ksplit measures. Either
+way an op whose footprint at this depth exceeds the per-block budget is an error naming
+the op, its footprint and the budget (smem.py has the model).
 """
 from __future__ import annotations
 
@@ -26,6 +25,7 @@ from xdsl.passes import ModulePass
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..errors import ScheduleError
+from ..names import quoted
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,12 @@ class KSplitPass(ModulePass):
         for o in fn.body.block.ops:
             if isinstance(o, LinearOp):
                 k = shape_of(o.weight)[1]
-                if self.enabled:
-                    rows, parts = self.tile_rows, smem.fewest_k_parts(k, self.tile_rows, self.stage_bytes)
-                else:   # the best plan without splitting: as many whole rows as fit a stage
-                    rows, parts = smem.unsplit_rows(k, self.stage_bytes, self.tile_rows), 1
+                rows = self.tile_rows
+                parts = (smem.fewest_k_parts(k, rows, self.stage_bytes, self.depth, self.smem_budget)
+                         if self.enabled else 1)
                 chunk = smem.k_chunk(k, parts)
-                what = f"linear '{o.weight.owner.weight_name.data}' ({rows} rows x {chunk} of K={k})"
-                self.check(what, smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk)))
+                what = f"linear {quoted(o.weight.owner.weight_name.data)} ({rows} rows x {chunk} of K={k})"
+                self.check(what, smem.linear_footprint(rows, chunk, self.stage_bytes))
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
@@ -63,7 +62,8 @@ class KSplitPass(ModulePass):
     def check(self, what: str, fp: smem.Footprint):
         need = fp.alone(self.depth)
         if need > self.smem_budget:
-            stages = f"{self.depth} weight stages x {fp.stage} B + " if fp.stage else ""
+            stages = f"{self.depth} weight pages x ({fp.stage} B + {smem.RING_BARRIERS} B of barriers) + " \
+                if fp.stage else ""
             raise ScheduleError(f"{what} needs {stages}a {fp.work} B work area = {need} B of shared memory per "
                                 f"block; {self.gpu} allows {self.smem_budget} B (use fewer stages, a smaller "
                                 "stage_bytes or tile_rows)")

@@ -5,9 +5,11 @@ Reads the fused `adamk.linear` / `adamk.attention` ops of `@decode_step`; writes
 output rows of a linear, one query head of the attention (its KV head's rows are read by
 the whole GQA group; the group's first task appends the new k/v). An op the ksplit pass
 split (`k_split` > 1) becomes k_split parts per tile, writing float partials to a
-`<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`. A
-task's tokens are the producer tasks whose output ranges it reads, so the DAG is exact at
-tile granularity.
+`<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`; the
+parts of a split attention are instead merged by the input staging of the linear that reads
+its output (prologue `attn_combine`), in the same fixed order, so they cost no dependency
+level of their own. A task's tokens are the producer tasks whose output ranges it reads, so
+the DAG is exact at tile granularity.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from xdsl.context import Context
 from xdsl.dialects import func
-from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
 from xdsl.ir import Block
 from xdsl.passes import ModulePass
 
@@ -40,12 +42,13 @@ class TilePass(ModulePass):
     name = "tile"
     tile_rows: int = 16
     dtype: str = "bf16"
+    page_bytes: int = 32 * 1024      # a weight page of the SM's ring (CompileConfig.stage_bytes)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fn = next((o for o in op.ops if isinstance(o, func.FuncOp)), None)
         if fn is None:
             raise FrontendError("graph IR has no func.func @decode_step")
-        builder = TaskBuilder(self.tile_rows, self.dtype)
+        builder = TaskBuilder(self.tile_rows, self.dtype, self.page_bytes)
         builder.build(fn)
         members: dict[str, list[int]] = {}
         for i, r in enumerate(builder.tasks):
@@ -87,12 +90,13 @@ class TaskRecord:
 class TaskBuilder:
     """Tiles the fused `@decode_step` into TaskRecords (program order is topological)."""
 
-    def __init__(self, tile_rows: int, dtype: str):
-        self.tile_rows, self.dtype = tile_rows, dtype
+    def __init__(self, tile_rows: int, dtype: str, page_bytes: int = 32 * 1024):
+        self.tile_rows, self.dtype, self.page_bytes = tile_rows, dtype, page_bytes
         self.buffers: list[BufferOp] = []
         self.tasks: list[TaskRecord] = []
         self.name_of: dict = {}            # SSA value -> buffer name
         self.producers: dict[str, list[tuple[int, int, int]]] = {}   # buffer -> (task index, begin, end) of rows
+        self.unmerged: dict[str, tuple] = {}   # split attention's out -> (op, partial), parts not yet combined
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None):
         if any(b.sym_name.data == name for b in self.buffers):
@@ -132,6 +136,8 @@ class TaskBuilder:
             else:
                 raise FrontendError(f"cannot tile '{op.name}': after fusion every op must be a linear or the "
                                     "attention (this elementwise op has no consumer to fuse into)")
+        for out in list(self.unmerged):       # a split attention no linear reads
+            self.combine_attention(out)
 
     def deps(self, buffer: str, begin: int | None = None, end: int | None = None):
         """Indices of the tasks that write rows [begin, end) of `buffer` (all rows if None)."""
@@ -145,12 +151,22 @@ class TaskBuilder:
         rows = op.tile_rows.value.data if op.tile_rows is not None else self.tile_rows
         k_split = op.k_split.value.data if op.k_split is not None else 1
         chunk = smem.k_chunk(k, k_split)
-        footprint = smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk))
+        footprint = smem.linear_footprint(rows, chunk, self.page_bytes)
         roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
                  "bias": op.bias, "residual": op.residual}
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
+        for role in ("input", "input2", "residual"):
+            if buffers.get(role) in self.unmerged and (role != "input" or op.prologue.data != "none"):
+                self.combine_attention(buffers[role])     # only a plain input merges the parts itself
         params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue, "tile_rows": _ivalue(rows),
-                  "k_chunk": _ivalue(chunk)}
+                  "k_chunk": _ivalue(chunk), "page_cols": _ivalue(smem.linear_page_cols(rows, chunk, self.page_bytes)),
+                  "pages": _ivalue(smem.linear_pages(rows, chunk, self.page_bytes))}
+        if buffers["input"] in self.unmerged:             # the input is the parts of a split attention
+            attention, partial = self.unmerged.pop(buffers["input"])
+            self.buffers = [b for b in self.buffers if b.sym_name.data != buffers["input"]]   # never written
+            buffers["input"] = partial
+            params |= {"prologue": StringAttr("attn_combine"), "head_dim": attention.head_dim,
+                       "num_heads": attention.num_heads, "parts": attention.k_split}
         if op.eps is not None:
             params["eps"] = op.eps
         input_deps = [d for role in ("input", "input2") if role in buffers for d in self.deps(buffers[role])]
@@ -213,6 +229,16 @@ class TaskBuilder:
                 self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + 1), head_deps(h),
                           buffers | {"out": partial}, params, footprint, k_index=j, k_split=k_split,
                           written=(at, at + stride))
+        self.unmerged[out] = (op, partial)
+        if op.result.uses.get_length() != 1:  # several readers: merged once, by combine tasks
+            self.combine_attention(out)
+
+    def combine_attention(self, out: str):
+        """Combine tasks for a split attention whose consumer cannot merge the parts itself: one
+        per KV group, adding the parts in order into `out`."""
+        op, partial = self.unmerged.pop(out)
+        nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
+        group, stride = nh // nkv, hd + 2
         for g in range(nkv):
             h0, h1 = g * group, (g + 1) * group
             parts = [d for j in range(k_split) for d in self.deps(partial, (j * nh + h0) * stride, (j * nh + h1) * stride)]

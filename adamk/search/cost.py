@@ -105,12 +105,14 @@ class TaskCost:
 
     @classmethod
     def of(cls, kind: str, tile, k_split: int, pos: int, k_len: int = 0, k: int = 0, prologue: str = "none",
-           head_dim: int = 0) -> "TaskCost":
+           head_dim: int = 0, parts: int = 1) -> "TaskCost":
         rows = tile[1] - tile[0]
         if kind == "linear":
             # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the
-            # whole row of k for its sum of squares (every K-part does)
-            inputs = k_len * (2 if prologue == "silu_mul" else 1) + (k if prologue == "rmsnorm" else 0)
+            # whole row of k for its sum of squares (every K-part does); attn_combine reads
+            # every part's share of each element
+            per = {"silu_mul": 2, "attn_combine": parts}.get(prologue, 1)
+            inputs = k_len * per + (k if prologue == "rmsnorm" else 0)
             return cls(kind, stage_bytes=rows * k_len * BF16, inputs=inputs)
         if kind == "attention":
             return cls(kind, read_bytes=2 * -(-(pos + 1) // k_split) * head_dim * BF16)
@@ -126,7 +128,7 @@ class TaskCost:
         linear = op.kind.data == "linear"
         return cls.of(op.kind.data, op.tile_range, op.k_split.value.data, pos, k_len=op.k_range[1] if linear else 0,
                       k=op.param("K") or 0, prologue=op.param("prologue") or "none",
-                      head_dim=op.param("head_dim") or 0)
+                      head_dim=op.param("head_dim") or 0, parts=op.param("parts") or 1)
 
 
 class SmClock:

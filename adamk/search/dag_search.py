@@ -77,10 +77,12 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) 
 def _placed_from_records(records, pos: int) -> list[PlacedTask]:
     out = []
     for r in records:
-        param = {key: attr_value(a) for key, a in r.params.items() if key in ("K", "k_chunk", "prologue", "head_dim")}
+        param = {key: attr_value(a) for key, a in r.params.items()
+                 if key in ("K", "k_chunk", "prologue", "head_dim", "parts")}
         k_len = smem.k_range(param["K"], param["k_chunk"], r.k_index)[1] if r.kind == "linear" else 0
         cost = TaskCost.of(r.kind, r.tile, r.k_split, pos, k_len=k_len, k=param.get("K", 0),
-                           prologue=param.get("prologue", "none"), head_dim=param.get("head_dim", 0))
+                           prologue=param.get("prologue", "none"), head_dim=param.get("head_dim", 0),
+                           parts=param.get("parts", 1))
         out.append(PlacedTask(r.source, frozenset(records[d].source for d in r.deps), cost))
     return out
 
@@ -103,7 +105,7 @@ class DagSearch:
         self.ksplit = ksplit     # False: only tilings without K-splitting
 
     def evaluate(self, fn) -> float:
-        builder = TaskBuilder(self.tile_rows, self.dtype)
+        builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn)
         return place(_placed_from_records(builder.tasks, self.pos), self.num_sms, self.model, self.stages)[1]
 
@@ -115,12 +117,11 @@ class DagSearch:
         k = shape_of(op.weight)[1]
         out = []
         for rows in (8, 16, 32):
-            for parts in sorted({1, smem.fewest_k_parts(k, rows, self.stage_bytes) if self.ksplit else 1}):
+            for parts in (1, 2, 4) if self.ksplit else (1,):
                 chunk = smem.k_chunk(k, parts)
-                fp = smem.Footprint(smem.linear_stage_bytes(rows, chunk), smem.linear_work_bytes(chunk))
-                if fp.stage <= self.stage_bytes and fp.alone(self.stages) <= self.smem_budget:
+                if smem.linear_footprint(rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
                     out.append((rows, len(smem.k_parts(k, parts))))
-        return out
+        return list(dict.fromkeys(out))
 
     def run(self, module: ModuleOp) -> SearchResult:
         start = time.perf_counter()

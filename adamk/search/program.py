@@ -13,7 +13,6 @@ from __future__ import annotations
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 
-from .. import smem
 from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
@@ -29,24 +28,23 @@ def op_groups(tasks: list[TaskOp]) -> list[str]:
 
 
 def check_smem(schedule: ScheduleOp, budget: int):
-    """Every SM's plan fits the per-block budget, or an error naming the SM and its biggest tasks."""
-    for sm in schedule.sms:
-        plan = schedule.plan(sm)
-        if plan.peak > budget:
-            execs = [o for o in sm.body.block.ops if isinstance(o, ExecOp)]
-            stage = max(execs, key=lambda o: o.stage_bytes.value.data)
-            work = max(execs, key=lambda o: o.work_bytes.value.data)
-            raise ScheduleError(f"SM {sm.index.value.data} needs {plan.peak} B of shared memory ({plan.depth} stages "
-                                f"x {plan.slot_bytes} B for task {stage.sym_name.data} + {plan.work_bytes} B work "
-                                f"area for task {work.sym_name.data}); the per-block budget is {budget} B")
+    """The plan fits the per-block budget, or an error naming its biggest tasks."""
+    plan = schedule.plan()
+    if plan.peak > budget:
+        execs = [o for sm in schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)]
+        stage = max(execs, key=lambda o: o.stage_bytes.value.data)
+        work = max(execs, key=lambda o: o.work_bytes.value.data)
+        raise ScheduleError(f"the kernel needs {plan.peak} B of shared memory per block ({plan.depth} pages x "
+                            f"{plan.slot_bytes} B for task {stage.sym_name.data}, their barriers, and "
+                            f"{plan.work_bytes} B work area for task {work.sym_name.data}); the per-block budget "
+                            f"is {budget} B")
 
 
 def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, smem_budget: int,
                   barrier: bool = False, queue: bool = False) -> None:
     """Replace the task-level body of `module` with the schedule of `programs` (task indices
     per SM, each SM's in program order). `queue=True` (the work-queue variant, where any block
-    may run any task): every task waits for all its producer ops, signals alone, and the
-    kernel's shared memory fits any task."""
+    may run any task): every task waits for all its producer ops and signals alone."""
     buffers = [o for o in module.ops if isinstance(o, BufferOp)]
     tasks = [o for o in module.ops if isinstance(o, TaskOp)]
     sources = op_groups(tasks)
@@ -83,10 +81,7 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
                     ops.append(SignalOp(counter_name(t.source.data), pending + 1))
         sms.append(SmOp(index, ops))
 
-    smem_bytes = None
-    if queue:
-        smem_bytes = smem.sm_plan((t.footprint for t in tasks), stages).peak
-    schedule = ScheduleOp(len(programs), block_threads, stages, sms, smem_bytes)
+    schedule = ScheduleOp(len(programs), block_threads, stages, sms)      # one plan fits every task
     check_smem(schedule, smem_budget)
     for b in buffers:
         b.detach()

@@ -4,6 +4,7 @@
 // every task rotates the new k itself, so no task reads a row another task writes this step.
 #pragma once
 #include "common.cuh"
+#include "linear.cuh"
 #include "sync.cuh"
 
 namespace adamk {
@@ -74,9 +75,11 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
     prefetch_l2(kc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
     prefetch_l2(vc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
     wait_all(s, waits, task);
+  } else {
+    consumer_sync();   // the previous task of this block is done with the work area
   }
   const bool appends = q_head % group == 0 && split == 0;
-  for (int d = tid; d < HD; d += kThreads) {
+  for (int d = tid; d < HD; d += kConsumerThreads) {
     const bf16_t kb = to_bf16(rope_at(k + kv_head * HD, d, half, inv_freq, pos));
     const bf16_t vb = to_bf16(v[kv_head * HD + d]);
     knew[d] = to_float(kb);
@@ -87,7 +90,7 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
     }
     qs[d] = rope_at(q + q_head * HD, d, half, inv_freq, pos) * (scale * kLog2e);
   }
-  __syncthreads();
+  consumer_sync();
 
   const int warp = tid / 32, lane = tid % 32;
   const int sub = lane / kLanesPerPos, chunk = lane % kLanesPerPos;
@@ -149,8 +152,8 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
     mine[HD] = m;
     mine[HD + 1] = l;
   }
-  __syncthreads();
-  for (int d = tid; d < HD; d += kThreads) {
+  consumer_sync();
+  for (int d = tid; d < HD; d += kConsumerThreads) {
     float mx = kEmpty;
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[w * kStride + HD]);
     float num = 0.f, den = 0.f;
@@ -171,30 +174,48 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
       }
     }
   }
-  __syncthreads();   // the work area is reused by the next task on this block
+  consumer_sync();   // the work area is reused by the next task on this block
 }
 
-// Heads [head_begin, head_end) of out from the n_splits parts of attention_task, merged in part
-// order. Part 0 is never empty (it holds position 0), so the sum is never zero.
+// Element d of head h of the attention output, merged from the n_splits parts of attention_task in
+// part order. Part 0 is never empty (it holds position 0), so the sum is never zero.
+template <int HD>
+__device__ __forceinline__ float merged(const float* partial, int num_heads, int n_splits, int h, int d) {
+  constexpr int kStride = HD + 2;
+  float mx = kEmpty;
+  for (int j = 0; j < n_splits; ++j) mx = fmaxf(mx, partial[((size_t)j * num_heads + h) * kStride + HD]);
+  float num = 0.f, den = 0.f;
+  for (int j = 0; j < n_splits; ++j) {
+    const float* p = partial + ((size_t)j * num_heads + h) * kStride;
+    const float c = fast_exp2(p[HD] - mx);
+    num += p[d] * c;
+    den += p[HD + 1] * c;
+  }
+  return num / den;
+}
+
+// Heads [head_begin, head_end) of out from the parts (for a split attention whose reader cannot merge).
 template <int HD>
 __device__ __forceinline__ void attention_combine(const Step& s, const Waits& waits, int task, float* out,
                                                   const float* partial, int num_heads, int n_splits, int head_begin,
                                                   int head_end) {
-  constexpr int kStride = HD + 2;
   if (waits.n > 0) wait_all(s, waits, task);
-  for (int i = threadIdx.x; i < (head_end - head_begin) * HD; i += kThreads) {
-    const int h = head_begin + i / HD, d = i % HD;
-    float mx = kEmpty;
-    for (int j = 0; j < n_splits; ++j) mx = fmaxf(mx, partial[((size_t)j * num_heads + h) * kStride + HD]);
-    float num = 0.f, den = 0.f;
-    for (int j = 0; j < n_splits; ++j) {
-      const float* p = partial + ((size_t)j * num_heads + h) * kStride;
-      const float c = fast_exp2(p[HD] - mx);
-      num += p[d] * c;
-      den += p[HD + 1] * c;
-    }
-    out[h * HD + d] = num / den;
-  }
+  for (int i = threadIdx.x; i < (head_end - head_begin) * HD; i += kConsumerThreads)
+    out[head_begin * HD + i] = merged<HD>(partial, num_heads, n_splits, head_begin + i / HD, i % HD);
+}
+
+// Consumers: the input staging of a linear that reads a split attention (prologue attn_combine):
+// xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input, between
+// two consumer barriers. The parts cost no dependency level of their own.
+template <int XS, int HD>
+__device__ __forceinline__ void attention_input(const Step& s, int work_offset, const float* partial, int num_heads,
+                                                int n_splits, int k0, int k_len, int task) {
+  check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
+  float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
+  consumer_sync();
+  for (int i = threadIdx.x; i < XS; i += kConsumerThreads)
+    xs[i] = i < k_len ? merged<HD>(partial, num_heads, n_splits, (k0 + i) / HD, (k0 + i) % HD) : 0.f;
+  consumer_sync();
 }
 
 }  // namespace adamk

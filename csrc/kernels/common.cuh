@@ -1,6 +1,11 @@
-// common.cuh — storage types, conversions, 16-byte loads and block reductions shared by task bodies.
+// common.cuh — storage types, conversions, 16-byte loads, the warp roles and consumer reductions.
 // No CUDA headers: NVRTC compiles this without include paths, so any NVRTC >= 12 works offline.
 #pragma once
+
+// The generated kernel defines these from adamk/config.py, the one source of the block's shape.
+#ifndef ADAMK_CONSUMER_WARPS
+#error "ADAMK_CONSUMER_WARPS comes from the generated kernel (adamk/config.py CONSUMER_WARPS)"
+#endif
 
 typedef unsigned short bf16_t;   // raw bfloat16 bits
 typedef unsigned int u32;
@@ -8,8 +13,48 @@ typedef unsigned long long u64;
 
 namespace adamk {
 
-constexpr int kThreads = 256;                 // threads per block; the compiler's BLOCK_THREADS
-constexpr int kWarps = kThreads / 32;
+// A block is kConsumerWarps warps that compute and one producer warp that streams weights.
+constexpr int kConsumerWarps = ADAMK_CONSUMER_WARPS;
+constexpr int kWarps = kConsumerWarps;              // warps that share a task's work
+constexpr int kConsumerThreads = 32 * kConsumerWarps;
+constexpr int kThreads = kConsumerThreads + 32;     // the compiler's BLOCK_THREADS
+constexpr int kProducerWarp = kConsumerWarps;
+static_assert(kConsumerWarps >= 1 && kConsumerWarps <= 15, "named barrier 1 counts the consumer threads");
+
+__device__ __forceinline__ bool is_producer() { return threadIdx.x / 32 == kProducerWarp; }
+
+// Barrier of the consumer warps only (named barrier 1): the producer never joins, so a consumer
+// barrier never waits for the weight stream.
+__device__ __forceinline__ void consumer_sync() {
+  asm volatile("bar.sync 1, %0;" :: "n"(kConsumerThreads) : "memory");
+}
+
+// The consumer barrier that also tells every consumer whether any of them passed `flag`.
+__device__ __forceinline__ bool consumer_sync_or(bool flag) {
+  u32 any;
+  asm volatile("{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.or.pred q, 1, %2, p;\n"
+               " selp.u32 %0, 1, 0, q;\n}" : "=r"(any) : "r"((u32)flag), "n"(kConsumerThreads) : "memory");
+  return any != 0;
+}
+
+__device__ __forceinline__ u32 shared_address(const void* p) {
+  u64 a;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+  return (u32)a;
+}
+
+// 16 bytes from shared memory by its shared-window address: an LDS.128, never a generic load.
+__device__ __forceinline__ uint4 lds128(u32 addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
+
+__device__ __forceinline__ float4 lds128f(u32 addr) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
+  return v;
+}
 
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16_t v) { return __uint_as_float(((u32)v) << 16); }
@@ -24,6 +69,17 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(bf16_t* p, float v) { *p = to_bf16(v); }
+
+// Four consecutive values from global memory as floats, in one 16- or 8-byte load.
+__device__ __forceinline__ void load4(const float* p, float out[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void load4(const bf16_t* p, float out[4]) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  out[0] = __uint_as_float(v.x << 16); out[1] = __uint_as_float(v.x & 0xffff0000u);
+  out[2] = __uint_as_float(v.y << 16); out[3] = __uint_as_float(v.y & 0xffff0000u);
+}
 
 // Eight bf16 packed in a uint4, lowest address first.
 __device__ __forceinline__ void unpack8(const uint4& w, float out[8]) {
@@ -55,15 +111,15 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return r;
 }
 
-// Sum over the block; `scratch` holds kWarps floats. Every thread gets the total.
+// Sum over the consumer threads; `scratch` holds kWarps floats. Every consumer gets the total.
 __device__ __forceinline__ float block_sum(float v, float* scratch) {
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
-  __syncthreads();
+  consumer_sync();
   float total = 0.f;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) total += scratch[w];
-  __syncthreads();   // scratch is reused by the next reduction
+  consumer_sync();   // scratch is reused by the next reduction
   return total;
 }
 

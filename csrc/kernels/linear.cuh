@@ -1,88 +1,84 @@
-// linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual),
-// with the tile's weights staged in shared memory by cp.async; and the fixed-order combine of K-split parts.
+// linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual).
+// The producer warp streams the tile's weights through the ring as NPAGES pages of ROWS x PC; the
+// consumer warps stage the prologue-applied input once per run of an op's tasks (linear_input), then
+// every task accumulates its rows over its pages (linear_task). Plus the fixed-order combine of K-split parts.
 #pragma once
 #include "common.cuh"
+#include "ring.cuh"
 #include "sync.cuh"
 
 namespace adamk {
 
 enum Prologue { kPlain = 0, kRmsNorm = 1, kSiluMul = 2 };
 
-// One weight stage: TILE_ROWS x KC bf16, row-major (smem.linear_stage_bytes).
-template <int TILE_ROWS, int KC>
-struct WeightStage {
-  static constexpr int kBytes = TILE_ROWS * KC * 2;
+// One weight page of a linear task: ROWS x PC bf16, row-major (smem.linear_page_bytes).
+template <int ROWS, int PC>
+struct WeightPage {
+  static constexpr int kBytes = ROWS * PC * 2;
 };
 
-// A linear task's work area (smem.linear_work_bytes).
-template <int KC>
+// A linear op's work area (smem.linear_work_bytes): the input columns of its K-chunk, padded to
+// whole pages (zeros past the chunk), and the reduction scratch.
+template <int XS>
 struct LinearWork {
-  static constexpr int kXs = 0;                // float[KC]: the prologue-applied input slice
-  static constexpr int kScratch = KC * 4;      // float[32]: block reductions, one float per warp
+  static constexpr int kXs = 0;                // float[XS]: the prologue-applied input slice
+  static constexpr int kScratch = XS * 4;      // float[32]: reductions, one float per warp
   static constexpr int kBytes = kScratch + 32 * 4;
 };
 
-__device__ __forceinline__ u32 shared_address(const void* p) {
-  u64 a;
-  asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-  return (u32)a;
-}
-
-// 16 bytes global -> shared without the registers; src_bytes 0 writes zeros.
-__device__ __forceinline__ void copy_async16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(shared_address(dst)), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-
-// Close this thread's current group of copies. An SM's i-th group is always its i-th linear
-// task's weights (empty when there is nothing left to stage), so a task finds its own with
-// wait_group(depth - 1).
-__device__ __forceinline__ void commit_group() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void wait_group() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
-// Start copying rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (row length k) into
-// the stage at `stage_offset`; the rest of the stage is zero-filled, so a short tile or a
-// short last K-part needs no bounds checks when it is used. Weights never depend on this
-// step's activations, so this runs ahead of the task, before its inputs are ready.
-template <int TILE_ROWS, int KC>
-__device__ __forceinline__ void stage_weights(const Step& s, int stage_offset, const bf16_t* w, int k, int row_begin,
-                                           int row_end, int k0, int k_len, int task) {
-  check_smem(s, stage_offset + WeightStage<TILE_ROWS, KC>::kBytes, task);
-  bf16_t* stage = reinterpret_cast<bf16_t*>(s.smem + stage_offset);
-  constexpr int kPerRow = KC / 8;
-  for (int p = threadIdx.x; p < TILE_ROWS * kPerRow; p += kThreads) {
-    const int r = p / kPerRow, c = (p % kPerRow) * 8;
-    const bool in = row_begin + r < row_end && c < k_len;
-    copy_async16(stage + r * KC + c, in ? w + (size_t)(row_begin + r) * k + k0 + c : w, in ? 16 : 0);
-  }
-  commit_group();
-}
-
-// xs[0, KC) = prologue(in)[k0, k0 + k_len), zero past k_len. RMSNorm needs the whole row's
-// sum of squares, so every K-part reads all k inputs for it (they are in L2).
-template <int KC, int PROLOGUE, typename InT>
-__device__ __forceinline__ void stage_input(float* xs, float* scratch, const InT* in, const float* in2,
-                                            const bf16_t* norm_w, float eps, int k, int k0, int k_len) {
+// Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks
+// of one op and K-part. RMSNorm needs the whole row's sum of squares. Starts with a consumer
+// barrier (the previous run is done with xs) and ends with one (xs is complete).
+template <int XS, int PROLOGUE, typename InT>
+__device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const float* in2,
+                                             const bf16_t* norm_w, float eps, int k, int k0, int k_len, int task) {
+  static_assert(XS % 8 == 0, "pages read the input 8 columns at a time");
+  check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
+  float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
+  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
+  consumer_sync();
+  // Four columns per thread and load (k, k0 and k_len are multiples of 8: whole vectors).
   float inv_rms = 1.f;
   if constexpr (PROLOGUE == kRmsNorm) {
     float ss = 0.f;
-    for (int i = threadIdx.x; i < k; i += kThreads) {
-      const float v = to_float(in[i]);
-      ss += v * v;
+    for (int i = 4 * threadIdx.x; i < k; i += 4 * kConsumerThreads) {
+      float v[4];
+      load4(in + i, v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ss += v[e] * v[e];
     }
     inv_rms = rsqrtf(block_sum(ss, scratch) / k + eps);
   }
-  for (int i = threadIdx.x; i < KC; i += kThreads) {
-    float v = 0.f;
+  for (int i = 4 * threadIdx.x; i < XS; i += 4 * kConsumerThreads) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
     if (i < k_len) {
-      v = to_float(in[k0 + i]);
-      if constexpr (PROLOGUE == kSiluMul) v = v / (1.f + expf(-v)) * in2[k0 + i];
-      if constexpr (PROLOGUE == kRmsNorm) v = v * inv_rms * to_float(norm_w[k0 + i]);
+      load4(in + k0 + i, v);
+      if constexpr (PROLOGUE == kSiluMul) {
+        float g[4];
+        load4(in2 + k0 + i, g);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * g[e];
+      }
+      if constexpr (PROLOGUE == kRmsNorm) {
+        float nw[4];
+        load4(norm_w + k0 + i, nw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] = v[e] * inv_rms * nw[e];
+      }
     }
-    xs[i] = v;
+    *reinterpret_cast<float4*>(xs + i) = make_float4(v[0], v[1], v[2], v[3]);
   }
+  consumer_sync();
+}
+
+// Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (row
+// length k), as pages `page`, `page + 1`, ... of the ring.
+template <int DEPTH, int SLOT_BYTES, int ROWS, int PC, int NPAGES>
+__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
+                                               int k0, int k_len, int page, int task) {
+#pragma unroll 1
+  for (int p = 0; p < NPAGES; ++p)
+    produce_page<DEPTH, SLOT_BYTES, ROWS, PC>(s, w, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
 }
 
 template <typename ResT, typename OutT>
@@ -92,46 +88,42 @@ __device__ __forceinline__ void finish_row(OutT* out, int row, float v, const bf
   store(out + row, v);
 }
 
-// Rows [row_begin, row_end) of out from the weight stage at `stage_offset` (staged earlier by
-// stage_weights) and input columns [k0, k0 + k_len). A K-split part gets out = its row of the
-// partial buffer and no bias or residual. With TILE_ROWS >= warps, warp w owns rows w + j*warps;
-// with fewer rows, kWarpsPerRow warps share a row and add up through shared memory in order.
-template <int KC, int TILE_ROWS, int PROLOGUE, int DEPTH, typename InT, typename ResT, typename OutT>
-__device__ __forceinline__ void linear_task(const Step& s, const Waits& waits, int task, int stage_offset,
-                                            int work_offset, OutT* out, const InT* in, const float* in2,
-                                            const bf16_t* norm_w, float eps, const bf16_t* bias,
-                                            const ResT* residual, int k, int k0, int k_len, int row_begin,
-                                            int row_end) {
-  static_assert(KC % 8 == 0, "rows are read 16 bytes (8 bf16) at a time");
-  static_assert(TILE_ROWS % kWarps == 0 || kWarps % TILE_ROWS == 0, "warps split rows evenly");
-  constexpr int kRowsPerWarp = TILE_ROWS >= kWarps ? TILE_ROWS / kWarps : 1;
-  constexpr int kWarpsPerRow = TILE_ROWS >= kWarps ? 1 : kWarps / TILE_ROWS;
-  check_smem(s, work_offset + LinearWork<KC>::kBytes, task);
-  if (waits.n > 0) wait_all(s, waits, task);
-  float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<KC>::kXs);
-  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<KC>::kScratch);
-  stage_input<KC, PROLOGUE>(xs, scratch, in, in2, norm_w, eps, k, k0, k_len);
-  wait_group<DEPTH - 1>();   // this task's weights have landed (later tasks' may still fly)
-  __syncthreads();           // ... for every thread's copies, and xs is complete
-
-  const bf16_t* wt = reinterpret_cast<const bf16_t*>(s.smem + stage_offset);
+// Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` and the staged
+// input. A K-split part gets out = its row of the partial buffer and no bias or residual. With
+// ROWS >= warps, warp w owns rows w + j*warps; with fewer rows, kWarpsPerRow warps share a row and
+// add up through shared memory in order. Warps meet only on the ring's barriers (and, for shared
+// rows, once at the end).
+template <int DEPTH, int SLOT_BYTES, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
+__device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
+                                            const ResT* residual, int row_begin, int row_end, int page) {
+  static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
+  static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
+  constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
+  constexpr int kWarpsPerRow = ROWS >= kWarps ? 1 : kWarps / ROWS;
+  const u32 xs = shared_address(s.smem + work_offset + LinearWork<XS>::kXs);
+  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
   float acc[kRowsPerWarp];
 #pragma unroll
   for (int j = 0; j < kRowsPerWarp; ++j) acc[j] = 0.f;
+#pragma unroll 1
+  for (int p = 0; p < NPAGES; ++p) {
+    page_ready<DEPTH, SLOT_BYTES>(s, page + p, task);
+    const u32 wt = Ring<DEPTH, SLOT_BYTES>::page(s, page + p);
 #pragma unroll 4
-  for (int c = (seg * 32 + lane) * 8; c < KC; c += kWarpsPerRow * 256) {
-    const float4 xa = *reinterpret_cast<const float4*>(xs + c);
-    const float4 xb = *reinterpret_cast<const float4*>(xs + c + 4);
-    const float x8[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+    for (int c = (seg * 32 + lane) * 8; c < PC; c += kWarpsPerRow * 256) {
+      const float4 xa = lds128f(xs + (p * PC + c) * 4), xb = lds128f(xs + (p * PC + c + 4) * 4);
+      const float x8[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const int r = kWarpsPerRow == 1 ? warp + j * kWarps : warp / kWarpsPerRow;
-      float wf[8];
-      unpack8(*reinterpret_cast<const uint4*>(wt + r * KC + c), wf);
+      for (int j = 0; j < kRowsPerWarp; ++j) {
+        const int r = kWarpsPerRow == 1 ? warp + j * kWarps : warp / kWarpsPerRow;
+        float wf[8];
+        unpack8(lds128(wt + (r * PC + c) * 2), wf);
 #pragma unroll
-      for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
+        for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
+      }
     }
+    page_release<DEPTH, SLOT_BYTES>(s, page + p);
   }
   if constexpr (kWarpsPerRow == 1) {
 #pragma unroll
@@ -142,16 +134,16 @@ __device__ __forceinline__ void linear_task(const Step& s, const Waits& waits, i
     }
   } else {
     const float v = warp_sum(acc[0]);
+    consumer_sync();                 // the previous task's shared-row sums are read
     if (lane == 0) scratch[warp] = v;
-    __syncthreads();
+    consumer_sync();
     const int row = row_begin + threadIdx.x;
-    if (threadIdx.x < TILE_ROWS && row < row_end) {
+    if (threadIdx.x < ROWS && row < row_end) {
       float t = 0.f;
       for (int i = 0; i < kWarpsPerRow; ++i) t += scratch[threadIdx.x * kWarpsPerRow + i];
       finish_row(out, row, t, bias, residual);
     }
   }
-  __syncthreads();   // the stage and the work area are reused by later tasks of this block
 }
 
 // Rows [row_begin, row_end) of out = the sum of the k_split partial rows, added in part order
@@ -161,7 +153,7 @@ __device__ __forceinline__ void linear_combine(const Step& s, const Waits& waits
                                                const float* partial, int n, int k_split, const bf16_t* bias,
                                                const ResT* residual, int row_begin, int row_end) {
   if (waits.n > 0) wait_all(s, waits, task);
-  for (int row = row_begin + threadIdx.x; row < row_end; row += kThreads) {
+  for (int row = row_begin + threadIdx.x; row < row_end; row += kConsumerThreads) {
     float v = 0.f;
     for (int j = 0; j < k_split; ++j) v += partial[(size_t)j * n + row];
     finish_row(out, row, v, bias, residual);

@@ -9,6 +9,7 @@
 namespace adamk {
 
 enum ErrorReason : u32 { kWaitTimeout = 0, kSmemOverflow = 1 };
+constexpr u32 kRingCounter = 0xffffffffu;   // ErrorRecord.counter of a timed-out weight-page wait
 
 // Written once by the first block that gives up; the host reads it after the launch.
 struct ErrorRecord {
@@ -34,6 +35,8 @@ struct Step {
 };
 
 constexpr int kMaxWaits = 4;
+
+static_assert(kMaxWaits == ADAMK_MAX_WAITS, "adamk/codegen MAX_WAITS");
 
 // The waits of one task: counter i must reach count[i] * epoch. The generator puts every
 // distinct set in one table (kWaits) and passes a reference, so a call site costs a pointer.
@@ -87,8 +90,8 @@ __device__ __noinline__ void check_smem(const Step& s, u32 end, int task) {
   asm volatile("exit;");
 }
 
-// Block until every counter of `w` reaches its target. Thread 0 spins; the barrier then
-// passes the acquired view to the whole block. Past `timeout_ns` (or once another block
+// Block the consumers until every counter of `w` reaches its target. Thread 0 spins; the
+// consumer barrier then passes the acquired view to every consumer (the producer warp streams on). Past `timeout_ns` (or once another block
 // reported a timeout) the block records what it waited on and exits, so a schedule bug
 // ends the launch with a diagnosis instead of hanging the GPU. Not inlined: there is one
 // call per task, and inlined copies of the spin loop make ptxas slow.
@@ -113,24 +116,24 @@ __device__ __noinline__ void wait_all(const Step& s, const Waits& w, int task) {
       }
     }
   }
-  if (__syncthreads_or(give_up)) asm volatile("exit;");
+  if (consumer_sync_or(give_up)) asm volatile("exit;");
   trace_mark(s, task, 1);
 }
 
-// Publish the writes of the last `n` tasks: every thread has finished (barrier), then one
-// release add of n.
+// Publish the writes of the last `n` tasks: every consumer has finished (barrier), then one
+// release add of n, cumulative over the writes the barrier ordered before it.
 __device__ __noinline__ void signal_counter(const Step& s, int counter, u32 n) {
-  __syncthreads();
+  consumer_sync();
   if (threadIdx.x == 0) {
-    __threadfence();
-    asm volatile("red.release.gpu.global.add.u32 [%0], %1;" :: "l"(s.counters + counter), "r"(n) : "memory");
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
+    asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" :: "l"(s.counters + counter), "r"(n) : "memory");
   }
 }
 
 // Pull [bytes) at p into L2 while the block still waits on its inputs.
 __device__ __noinline__ void prefetch_l2(const void* p, size_t bytes) {   // one call per task: keep ptxas fast
   const char* base = reinterpret_cast<const char*>(p);
-  for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)kThreads * 128)
+  for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)kConsumerThreads * 128)
     asm volatile("prefetch.global.L2 [%0];" :: "l"(base + off));
 }
 

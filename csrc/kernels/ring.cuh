@@ -1,0 +1,120 @@
+// ring.cuh — the SM's weight stream: a ring of DEPTH shared-memory pages, each with a `full` and an
+// `empty` mbarrier. The producer warp fills page j into slot j % DEPTH with cp.async and arrives on
+// its `full` barrier as the copies land; the consumer warps wait on `full`, compute, and arrive on
+// `empty`, which lets the producer refill the slot. Nothing else synchronises the two roles, so the
+// weight stream never waits on activations, only on a slot the consumers still read.
+#pragma once
+#include "common.cuh"
+#include "sync.cuh"
+
+namespace adamk {
+
+// Where the ring lives in dynamic shared memory (smem.SmPlan): DEPTH pages of kSlotBytes, then
+// full[DEPTH] and empty[DEPTH] mbarriers.
+template <int DEPTH, int SLOT_BYTES>
+struct Ring {
+  static_assert(DEPTH >= 1 && SLOT_BYTES % 16 == 0, "pages are filled 16 bytes at a time");
+  static constexpr int kBarriers = DEPTH * SLOT_BYTES;      // offset of full[0]
+  static constexpr int kBytes = kBarriers + 2 * DEPTH * 8;  // smem.SmPlan.work_offset
+  static __device__ __forceinline__ u32 page(const Step& s, int j) {
+    return shared_address(s.smem) + (j % DEPTH) * SLOT_BYTES;
+  }
+  static __device__ __forceinline__ u32 full(const Step& s, int j) {
+    return shared_address(s.smem) + kBarriers + (j % DEPTH) * 8;
+  }
+  static __device__ __forceinline__ u32 empty(const Step& s, int j) {
+    return shared_address(s.smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
+  }
+  // The n-th completion of a slot's barrier has parity n & 1; page j is the slot's (j / DEPTH)-th use.
+  static __device__ __forceinline__ u32 use(int j) { return (u32)(j / DEPTH); }
+};
+
+__device__ __forceinline__ void mbarrier_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_arrive(u32 bar) {
+  asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.shared.b64 st, [%0];\n}" :: "r"(bar) : "memory");
+}
+
+// The copies this thread issued so far arrive on `bar` when they land (counted in its init).
+__device__ __forceinline__ void mbarrier_arrive_copies(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" :: "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ bool mbarrier_done(u32 bar, u32 parity) {
+  u32 done;
+  asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+               : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+  return done != 0;
+}
+
+// Wait for the completion of `bar` with `parity`. Bounded like every wait: past the timeout (or
+// once another block reported one) the warp records it and exits, so a bug cannot hang the GPU.
+__device__ __forceinline__ void mbarrier_wait(const Step& s, u32 bar, u32 parity, int task) {
+  if (mbarrier_done(bar, parity)) return;
+  const u64 start = global_ns();
+  while (!mbarrier_done(bar, parity)) {
+    if (*(volatile u32*)&s.err->flag) asm volatile("exit;");
+    if (global_ns() - start > s.timeout_ns) {
+      if (threadIdx.x % 32 == 0) report_error(s, kWaitTimeout, task, kRingCounter, parity, 0);
+      asm volatile("exit;");
+    }
+  }
+}
+
+// Once per launch, before any role starts: the barriers of every slot (thread 0), made visible
+// to the async proxy and the whole block.
+template <int DEPTH, int SLOT_BYTES>
+__device__ __forceinline__ void ring_init(const Step& s) {
+  using R = Ring<DEPTH, SLOT_BYTES>;
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < DEPTH; ++i) {
+      mbarrier_init(R::full(s, i), 32);                  // the producer warp's lanes
+      mbarrier_init(R::empty(s, i), kConsumerWarps);     // one arrival per consumer warp
+    }
+#if __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+  }
+  __syncthreads();
+}
+
+// Producer: copy rows [row_begin, row_end) x columns [c0, c0 + cols) of W (row length k, columns
+// past k_end zero-filled) into page j as a ROWS x PC tile, once the slot is free.
+template <int DEPTH, int SLOT_BYTES, int ROWS, int PC>
+__device__ __forceinline__ void produce_page(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
+                                             int c0, int k_end, int j, int task) {
+  static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
+  using R = Ring<DEPTH, SLOT_BYTES>;
+  if (j >= DEPTH) mbarrier_wait(s, R::empty(s, j), (R::use(j) - 1) & 1, task);
+  const u32 dst = R::page(s, j);
+  constexpr int kPerRow = PC / 8;
+  const int lane = threadIdx.x % 32;
+#pragma unroll 4
+  for (int p = lane; p < ROWS * kPerRow; p += 32) {
+    const int r = p / kPerRow, c = c0 + (p % kPerRow) * 8;
+    const bool in = row_begin + r < row_end && c < k_end;
+    const bf16_t* src = in ? w + (size_t)(row_begin + r) * k + c : w;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst + p * 16), "l"(src), "r"(in ? 16 : 0)
+                 : "memory");
+  }
+  mbarrier_arrive_copies(R::full(s, j));
+}
+
+// Consumer: wait for page j's weights.
+template <int DEPTH, int SLOT_BYTES>
+__device__ __forceinline__ void page_ready(const Step& s, int j, int task) {
+  using R = Ring<DEPTH, SLOT_BYTES>;
+  mbarrier_wait(s, R::full(s, j), R::use(j) & 1, task);
+}
+
+// Consumer: this warp is done with page j (every warp arrives, whether it had rows in it or not).
+template <int DEPTH, int SLOT_BYTES>
+__device__ __forceinline__ void page_release(const Step& s, int j) {
+  using R = Ring<DEPTH, SLOT_BYTES>;
+  __syncwarp();
+  if (threadIdx.x % 32 == 0) mbarrier_arrive(R::empty(s, j));
+}
+
+}  // namespace adamk
