@@ -12,7 +12,7 @@ from . import __version__, smem
 from .artifact import Artifact, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
 from .codegen.nvrtc import compile_cuda, cubin_registers
-from .config import BLOCK_THREADS, CompileConfig
+from .config import CompileConfig
 from .dialects import make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
@@ -72,17 +72,18 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:
-            run(SearchSchedulePass(cost, config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth, pos),
+            run(SearchSchedulePass(cost, config.blocks, config.block_threads, target.smem_per_block, config.depth,
+                                   pos),
                 graph)
         else:
-            run(RoundRobinSchedulePass(config.blocks, BLOCK_THREADS, target.smem_per_block, config.depth,
+            run(RoundRobinSchedulePass(config.blocks, config.block_threads, target.smem_per_block, config.depth,
                                        barrier=config.schedule == "barrier", queue=config.schedule == "queue"), graph)
         validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
         source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
-        _check_kernel(binaries)                                # co-resident registers, no smem outside the model
+        _check_kernel(binaries, config.block_threads)          # co-resident registers, no smem outside the model
 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
              "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
@@ -104,13 +105,13 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)
 
 
-def _check_kernel(binaries):
+def _check_kernel(binaries, threads: int):
     report = binaries.report
     if report["registers"] != cubin_registers(binaries.cubin):
         raise AdamkError(f"internal: the ptxas report's {report['registers']} registers disagree with the cubin's "
                          f"{cubin_registers(binaries.cubin)}")
-    if report["registers"] * BLOCK_THREADS > 65536:            # one block per SM must fit the register file
-        raise AdamkError(f"internal: {report['registers']} registers x {BLOCK_THREADS} threads do not fit one SM's "
+    if report["registers"] * threads > 65536:                  # one block per SM must fit the register file
+        raise AdamkError(f"internal: {report['registers']} registers x {threads} threads do not fit one SM's "
                          "64K registers, so the blocks cannot all be co-resident")
     if report["static_smem"]:                                  # all shared memory must come from the model
         raise AdamkError(f"internal: the kernel declares {report['static_smem']} B of static shared memory outside "

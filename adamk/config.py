@@ -8,7 +8,17 @@ from .targets import get_gpu
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 CONSUMER_WARPS = 8    # warps of a block that compute (common.cuh kConsumerWarps, emitted into kernel.cu)
-BLOCK_THREADS = 32 * (CONSUMER_WARPS + 1)   # ... and one producer warp that streams weights
+
+
+def producer_warps(arch: int) -> int:
+    """Warps of a block that stream weights (common.cuh kProducerWarps, emitted into kernel.cu):
+    on sm_90 one lane drives the bulk-copy engine; before it, cp.async needs more lanes issuing
+    to keep an SM's share of DRAM bandwidth in flight."""
+    return 1 if arch >= 90 else 4
+
+
+def block_threads(arch: int) -> int:
+    return 32 * (CONSUMER_WARPS + producer_warps(arch))
 MAX_SEARCH_BUDGET_S = 3600.0
 _TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "int | None": (int, type(None)),
           "str | None": (str, type(None))}
@@ -64,6 +74,10 @@ class CompileConfig:
             raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
         if self.num_sms is not None and not 0 < self.num_sms <= target.num_sms:
             raise AdamkError(f"num_sms={self.num_sms} outside 1..{target.num_sms} for {target.name}")
+
+    @property
+    def block_threads(self) -> int:
+        return block_threads(self.target.arch)
 
     @property
     def target(self):

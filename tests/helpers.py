@@ -2,7 +2,10 @@
 import numpy as np
 import torch
 
+from xdsl.dialects.builtin import IntegerAttr, i64
+
 from adamk.dialects import make_context
+from adamk.dialects.graph import LinearOp
 from adamk.frontend.torch_frontend import import_module
 from adamk.models import PRESETS, DecoderLayer
 from adamk.passes.fuse import FusePass
@@ -26,16 +29,22 @@ def graph_of(layer):
     return module
 
 
-def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024):
-    """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level."""
+def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024,
+          linear_parts=None):
+    """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level.
+    `linear_parts` splits every linear over K into that many parts (as the search may)."""
     ctx = make_context()
     graph = graph_of(layer)
     fused = graph.clone()
     FusePass().apply(ctx, fused)
     KSplitPass(tile_rows, stages, stage_bytes, budget, num_sms, "the target", ksplit).apply(ctx, fused)
+    if linear_parts is not None:
+        for op in next(iter(fused.ops)).body.block.ops:
+            if isinstance(op, LinearOp):
+                op.properties["k_split"] = IntegerAttr(linear_parts, i64)
     fused.verify()
     tasks = fused.clone()
-    TilePass(tile_rows=tile_rows).apply(ctx, tasks)
+    TilePass(tile_rows=tile_rows, page_bytes=stage_bytes).apply(ctx, tasks)
     tasks.verify()
     schedule = tasks.clone()
     RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=stages).apply(ctx, schedule)

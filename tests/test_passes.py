@@ -91,12 +91,15 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
     from adamk.search.round_robin import RoundRobinSchedulePass
     graph, _, tasks, _ = lower(random_layer())
     FusePass().apply(make_context(), graph)
-    # q_proj: 16 rows x 136 columns of bf16 = 4352 B a stage; 3 stages + 136 floats + 128 B scratch
-    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 136 of K=136\) needs 3 weight "
-                                            r"stages x 4352 B \+ a 672 B work area = 13728 B .* L20 allows 9000 B"):
-        KSplitPass(16, 3, 32 * 1024, 9000, 7, "L20").apply(make_context(), graph)
-    # the schedule checks every SM's mix of tasks the same way
-    with pytest.raises(ScheduleError, match=r"SM 0 needs \d+ B .*the per-block budget is 100 B"):
+    # q_proj split into its 17 smallest K-parts still needs 16 rows x 8 columns of bf16 = 256 B a
+    # page, 3 pages with their 16 B of barriers + 8 floats + 128 B scratch
+    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 8 of K=136\) needs 3 weight "
+                                            r"pages x \(256 B \+ 16 B of barriers\) \+ a 160 B work area = 976 B .* "
+                                            r"L20 allows 900 B"):
+        KSplitPass(16, 3, 32 * 1024, 900, 7, "L20").apply(make_context(), graph)
+    # the schedule checks its plan the same way
+    with pytest.raises(ScheduleError, match=r"the kernel needs \d+ B of shared memory per block .*the per-block "
+                                            r"budget is 100 B"):
         RoundRobinSchedulePass(num_sms=2, smem_budget=100).apply(make_context(), tasks)
 
 
@@ -121,24 +124,25 @@ def test_validator_catches_unbalanced_counters():
         walk(module)
 
 
-@pytest.mark.parametrize("gpu,stages,split_peak,unsplit_peak", [("L20", 2, 69760, 98432), ("H100", 4, 135296, 163968)])
-def test_ksplit_shrinks_the_1b_layers_shared_memory(gpu, stages, split_peak, unsplit_peak):
-    """The paper's figure for the llama-3.2-1b layer: with 32 KB stages, K-splitting keeps every
-    work area at 1024 inputs (4 KB + scratch); without it the down projection's stage holds 2
-    whole rows of 8192 and its work area all 8192 inputs (32 KB)."""
+@pytest.mark.parametrize("gpu,stages,peak,split_peak", [("L20", 2, 98464, 73888), ("H100", 6, 229600, 205024)])
+def test_smem_model_of_the_1b_layer(gpu, stages, peak, split_peak):
+    """The llama-3.2-1b layer with 32 KB pages: `stages` pages of 16 rows x 1024 columns (their
+    mbarriers 16 B each) stream any K, so no linear needs a split; the work area holds the down
+    projection's 8192 inputs (32 KB + scratch). K-splitting every linear in 4 (a tiling the search
+    may take) shrinks that to 2048 inputs."""
     from adamk import smem
     from adamk.targets import get_gpu
     target = get_gpu(gpu)
     layer = random_layer("llama-3.2-1b")
     _, fused, tasks, schedule = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block)
     sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
-    assert sched.smem_bytes.value.data == split_peak == stages * 32768 + smem.linear_work_bytes(1024)
-    splits = {o.weight.owner.weight_name.data: o.k_split.value.data for o in ops_of(fused) if isinstance(o, LinearOp)}
-    assert splits["down_proj.weight"] == 8 and splits["q_proj.weight"] == 2
+    assert sched.smem_bytes.value.data == peak == stages * (32768 + 16) + smem.linear_work_bytes(8192)
+    assert all(o.k_split.value.data == 1 for o in ops_of(fused) if isinstance(o, LinearOp))
     assert all(t.stage_bytes.value.data <= 32768 for t in tasks.ops if isinstance(t, TaskOp))
-    _, _, _, unsplit = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block, ksplit=False)
-    assert next(o for o in unsplit.ops if isinstance(o, ScheduleOp)).smem_bytes.value.data == unsplit_peak
-    assert unsplit_peak == smem.peak_without_ksplit([2048] * 6 + [8192], [64], stages, 32768, 16)
+    assert peak == smem.peak_without_ksplit([2048] * 6 + [8192], [64], stages, 32768, 16)
+    _, _, _, split = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block, linear_parts=4)
+    assert next(o for o in split.ops if isinstance(o, ScheduleOp)).smem_bytes.value.data == split_peak == (
+        stages * (32768 + 16) + smem.linear_work_bytes(2048))
 
 
 def test_validator_names_a_three_sm_cycle_and_a_starved_wait():

@@ -3,8 +3,8 @@
 #pragma once
 
 // The generated kernel defines these from adamk/config.py, the one source of the block's shape.
-#ifndef ADAMK_CONSUMER_WARPS
-#error "ADAMK_CONSUMER_WARPS comes from the generated kernel (adamk/config.py CONSUMER_WARPS)"
+#if !defined(ADAMK_CONSUMER_WARPS) || !defined(ADAMK_PRODUCER_WARPS)
+#error "ADAMK_CONSUMER_WARPS and ADAMK_PRODUCER_WARPS come from the generated kernel (adamk/config.py)"
 #endif
 
 typedef unsigned short bf16_t;   // raw bfloat16 bits
@@ -13,15 +13,16 @@ typedef unsigned long long u64;
 
 namespace adamk {
 
-// A block is kConsumerWarps warps that compute and one producer warp that streams weights.
+// A block is kConsumerWarps warps that compute, then kProducerWarps warps that stream weights.
 constexpr int kConsumerWarps = ADAMK_CONSUMER_WARPS;
+constexpr int kProducerWarps = ADAMK_PRODUCER_WARPS;
 constexpr int kWarps = kConsumerWarps;              // warps that share a task's work
 constexpr int kConsumerThreads = 32 * kConsumerWarps;
-constexpr int kThreads = kConsumerThreads + 32;     // the compiler's BLOCK_THREADS
-constexpr int kProducerWarp = kConsumerWarps;
-static_assert(kConsumerWarps >= 1 && kConsumerWarps <= 15, "named barrier 1 counts the consumer threads");
+constexpr int kProducerThreads = 32 * kProducerWarps;
+constexpr int kThreads = kConsumerThreads + kProducerThreads;   // the compiler's block_threads
+static_assert(kConsumerWarps >= 1 && kThreads <= 1024, "named barrier 1 counts the consumer threads");
 
-__device__ __forceinline__ bool is_producer() { return threadIdx.x / 32 == kProducerWarp; }
+__device__ __forceinline__ bool is_producer() { return threadIdx.x >= kConsumerThreads; }
 
 // Barrier of the consumer warps only (named barrier 1): the producer never joins, so a consumer
 // barrier never waits for the weight stream.

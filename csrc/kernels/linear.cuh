@@ -88,14 +88,16 @@ __device__ __forceinline__ void finish_row(OutT* out, int row, float v, const bf
   store(out + row, v);
 }
 
-// Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` and the staged
-// input. A K-split part gets out = its row of the partial buffer and no bias or residual. With
+// Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` (their first
+// k_len columns in all) and the staged input. A K-split part gets out = its row of the partial
+// buffer and no bias or residual. With
 // ROWS >= warps, warp w owns rows w + j*warps; with fewer rows, kWarpsPerRow warps share a row and
 // add up through shared memory in order. Warps meet only on the ring's barriers (and, for shared
 // rows, once at the end).
 template <int DEPTH, int SLOT_BYTES, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
-                                            const ResT* residual, int row_begin, int row_end, int page) {
+                                            const ResT* residual, int row_begin, int row_end, int k_len,
+                                            int page) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
   constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
@@ -110,8 +112,9 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   for (int p = 0; p < NPAGES; ++p) {
     page_ready<DEPTH, SLOT_BYTES>(s, page + p, task);
     const u32 wt = Ring<DEPTH, SLOT_BYTES>::page(s, page + p);
+    const int cols = min(PC, k_len - p * PC);    // the page holds these columns; past them, stale bytes
 #pragma unroll 4
-    for (int c = (seg * 32 + lane) * 8; c < PC; c += kWarpsPerRow * 256) {
+    for (int c = (seg * 32 + lane) * 8; c < cols; c += kWarpsPerRow * 256) {
       const float4 xa = lds128f(xs + (p * PC + c) * 4), xb = lds128f(xs + (p * PC + c + 4) * 4);
       const float x8[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll

@@ -1,8 +1,11 @@
 // ring.cuh — the SM's weight stream: a ring of DEPTH shared-memory pages, each with a `full` and an
-// `empty` mbarrier. The producer warp fills page j into slot j % DEPTH with cp.async and arrives on
-// its `full` barrier as the copies land; the consumer warps wait on `full`, compute, and arrive on
-// `empty`, which lets the producer refill the slot. Nothing else synchronises the two roles, so the
-// weight stream never waits on activations, only on a slot the consumers still read.
+// `empty` mbarrier. The producer warp fills page j into slot j % DEPTH and the copies complete its
+// `full` barrier as they land: on sm_90 one bulk copy (the TMA engine) per row of the page, counted
+// in bytes; before sm_90 cp.async by every lane, each lane arriving as its copies land. The consumer
+// warps wait on `full`, compute, and arrive on `empty`, which lets the producer refill the slot.
+// Nothing else synchronises the two roles, so the weight stream never waits on activations, only
+// on a slot the consumers still read. Columns past the page's valid ones are never read, so a
+// page holds only the valid rows and columns (no zero fill).
 #pragma once
 #include "common.cuh"
 #include "sync.cuh"
@@ -63,6 +66,12 @@ __device__ __forceinline__ void mbarrier_wait(const Step& s, u32 bar, u32 parity
   }
 }
 
+#if __CUDA_ARCH__ >= 900
+constexpr u32 kFullArrivals = 1;    // the producer's arrive.expect_tx; the bulk copies count bytes
+#else
+constexpr u32 kFullArrivals = kProducerThreads;   // one cp.async.mbarrier.arrive per producer thread
+#endif
+
 // Once per launch, before any role starts: the barriers of every slot (thread 0), made visible
 // to the async proxy and the whole block.
 template <int DEPTH, int SLOT_BYTES>
@@ -70,7 +79,7 @@ __device__ __forceinline__ void ring_init(const Step& s) {
   using R = Ring<DEPTH, SLOT_BYTES>;
   if (threadIdx.x == 0) {
     for (int i = 0; i < DEPTH; ++i) {
-      mbarrier_init(R::full(s, i), 32);                  // the producer warp's lanes
+      mbarrier_init(R::full(s, i), kFullArrivals);
       mbarrier_init(R::empty(s, i), kConsumerWarps);     // one arrival per consumer warp
     }
 #if __CUDA_ARCH__ >= 900
@@ -80,26 +89,35 @@ __device__ __forceinline__ void ring_init(const Step& s) {
   __syncthreads();
 }
 
-// Producer: copy rows [row_begin, row_end) x columns [c0, c0 + cols) of W (row length k, columns
-// past k_end zero-filled) into page j as a ROWS x PC tile, once the slot is free.
+// Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
+// into page j, a ROWS x PC tile, once the slot is free.
 template <int DEPTH, int SLOT_BYTES, int ROWS, int PC>
 __device__ __forceinline__ void produce_page(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
                                              int c0, int k_end, int j, int task) {
   static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
   using R = Ring<DEPTH, SLOT_BYTES>;
   if (j >= DEPTH) mbarrier_wait(s, R::empty(s, j), (R::use(j) - 1) & 1, task);
-  const u32 dst = R::page(s, j);
-  constexpr int kPerRow = PC / 8;
-  const int lane = threadIdx.x % 32;
-#pragma unroll 4
-  for (int p = lane; p < ROWS * kPerRow; p += 32) {
-    const int r = p / kPerRow, c = c0 + (p % kPerRow) * 8;
-    const bool in = row_begin + r < row_end && c < k_end;
-    const bf16_t* src = in ? w + (size_t)(row_begin + r) * k + c : w;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst + p * 16), "l"(src), "r"(in ? 16 : 0)
-                 : "memory");
+  const u32 dst = R::page(s, j), full = R::full(s, j);
+  const int rows = min(ROWS, row_end - row_begin), cols = min(PC, k_end - c0);
+#if __CUDA_ARCH__ >= 900
+  if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
+    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
+                 :: "r"(full), "r"(rows * cols * 2) : "memory");
+    for (int r = 0; r < rows; ++r)
+      asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                   :: "r"(dst + r * PC * 2), "l"(w + (size_t)(row_begin + r) * k + c0), "r"(cols * 2), "r"(full)
+                   : "memory");
   }
-  mbarrier_arrive_copies(R::full(s, j));
+#else
+  const int per_row = cols / 8;
+#pragma unroll 4
+  for (int p = threadIdx.x - kConsumerThreads; p < rows * per_row; p += kProducerThreads) {
+    const int r = p / per_row, c = (p % per_row) * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                 :: "r"(dst + (r * PC + c) * 2), "l"(w + (size_t)(row_begin + r) * k + c0 + c) : "memory");
+  }
+  mbarrier_arrive_copies(full);
+#endif
 }
 
 // Consumer: wait for page j's weights.
