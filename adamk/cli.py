@@ -84,9 +84,9 @@ def _progress(name: str):
 @click.option("--max-seq-len", default=None, type=int, help="KV cache length (default: the model's).")
 @click.option("--tile-rows", default=16, show_default=True, type=int, help="Output rows per linear task.")
 @click.option("--stages", default=None, type=int,
-              help="Weight stages in flight per SM (default: the GPU's, see `adamk gpus`).")
+              help="Weight pages in flight per SM (default: the GPU's, see `adamk gpus`).")
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
-              help="Bytes of one weight stage; reductions are K-split to fit it.")
+              help="Bytes of one weight page of the SM's ring (docs/smem.md).")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
 @click.option("--schedule", type=click.Choice(["search", "round-robin", "barrier", "queue"]), default="search",
               show_default=True, help="The DAG search, or a baseline for comparison.")
@@ -134,7 +134,7 @@ def inspect(artifact):
         f"{model['layers']} layer(s)",
         f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
         f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
-        f"shared mem    {m['smem_peak_bytes']} B per block with {k['stages']} weight stages in flight "
+        f"shared mem    {m['smem_peak_bytes']} B per block with {k['stages']} weight pages in flight "
         f"(budget {m['target']['smem_per_block']} B); best plan without K-splitting: "
         f"{m['smem_peak_bytes_without_ksplit']} B",
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",

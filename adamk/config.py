@@ -38,8 +38,8 @@ class CompileConfig:
     max_seq_len: int | None = None    # None: take it from the traced KV cache
     dtype: str = "bf16"               # storage of weights, KV cache, input and output
     tile_rows: int = 16               # output rows of one linear task (the spatial axis of the smem model)
-    stages: int | None = None         # weight stages in flight per SM (temporal axis); None: the GPU's default
-    stage_bytes: int = 32 * 1024      # bytes of one weight stage the K-split pass aims for
+    stages: int | None = None         # weight pages in flight per SM (temporal axis); None: the GPU's default
+    stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)

@@ -19,7 +19,7 @@ class GPU:
     smem_per_block: int       # largest opt-in dynamic shared memory of one block, bytes
     l2_bytes: int
     dram_gbps: float          # datasheet DRAM bandwidth, GB/s
-    weight_stages: int        # default weight stages in flight per SM: enough bytes in flight to cover
+    weight_stages: int        # default weight pages in flight per SM: enough bytes in flight to cover
                               # the DRAM latency at this SM's share of the bandwidth, within smem_per_block
     memory_bytes: int         # device memory: the weights and KV caches must fit in it
 

@@ -4,14 +4,12 @@ where each task's weights are staged, minimising the cost model's predicted make
 Placement (`place`): ops in topological order; an op's tasks become ready one sync
 latency after the last task of every op they read from (counters are per op); longest
 task first, each goes to the SM whose clock (cost.SmClock, which also models the SM's
-weight stream: a linear task's weights are copied while the `stages - 1` tasks before it
-on the SM run) frees up first, lowest index on ties. Each SM's program stays in
-topological order, so no wait can deadlock. Where a task sits fixes where its weights
-are prefetched: at the start of the linear task `stages - 1` places before it.
+weight stream, still as the per-task stages of v10: docs/search.md) frees up first, lowest
+index on ties. Each SM's program stays in topological order, so no wait can deadlock.
 
 Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate descent over
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
-16 or 32 rows per task, whole or split over K so a stage fits `stage_bytes`; attention:
+16 or 32 rows per task, whole or split over K in 2 or 4 parts; attention:
 1, 2, 4, 8 or num_sms // heads sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
 without building IR) and placed, and kept if the predicted makespan drops. Deterministic
 (fixed candidate order, strict improvement, stable sorts), bounded by `budget_s`: a
