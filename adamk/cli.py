@@ -141,7 +141,8 @@ def inspect(artifact):
         f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
         f"{m['target']['dram_gbps']:.0f} GB/s",
         f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
-        f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']})",
+        f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']}"
+        f"{'' if m.get('predicted_calibrated') else ', UNCALIBRATED: no measured profile, the figure is a guess'})",
         "files",
     ]
     lines += [f"  {'ok' if s == 'ok' else s.upper():10s} {name}" for name, s in sorted(status.items())]

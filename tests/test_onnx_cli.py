@@ -68,7 +68,7 @@ def test_inspect_reports_and_checks_files(tiny_onnx, tmp_path):
     code, stdout, _ = cli("inspect", out)
     assert code == 0
     for needle in ("hidden 136, heads 6 (kv 2) x 24", "H100 (sm_90), 132 blocks", "tasks", "B per block",
-                   "predicted", "ok         kernel.sm_90.cubin"):
+                   "predicted", "UNCALIBRATED", "ok         kernel.sm_90.cubin"):
         assert needle in stdout, needle
     (out / "kernel.ptx").write_text("tampered")
     code, stdout, err = cli("inspect", out)
@@ -84,6 +84,7 @@ def test_manifest_contract(tiny_onnx, tmp_path):
         assert key in m
     assert isinstance(m["smem_peak_bytes"], int) and isinstance(m["smem_peak_bytes_without_ksplit"], int)
     assert "search_seconds" not in m and m["config"]["schedule"] == "search" and m["cost_model"] == "spec table"
+    assert m["predicted_calibrated"] is False
     assert m["config"]["gpu"] == "L20" and m["config"]["max_seq_len"] == 80
     assert set(m["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
 
