@@ -187,3 +187,23 @@ def test_the_same_plan_compiled_in_another_process_gives_the_same_artifact(tiny_
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "again")], check=True, capture_output=True)
     expected = {**art.files, "manifest.json": art.manifest_bytes()}     # the fixture's files may be tampered
     assert {f.name: f.read_bytes() for f in (tmp_path / "again").iterdir()} == expected
+
+
+def test_kernel_signature_and_runtime_arguments_come_from_one_list(tiny_l20):
+    """The generated kernel's parameters are codegen's KERNEL_PARAMS in order, the manifest
+    records their names, and the runtime orders its values by the manifest (refusing a
+    kernel that takes other arguments)."""
+    from adamk.codegen.cuda import KERNEL_ARGS, KERNEL_PARAMS
+    from adamk.errors import AdamkError
+    from adamk.runtime.decode import kernel_arguments
+    art, _ = tiny_l20
+    source = art.files["kernel.cu"].decode()
+    signature = source[source.index(f"{art.manifest['kernel']['name']}(\n"):source.index(") {", source.index(
+        "__launch_bounds__"))]
+    declared = [p.strip().split()[-1] for p in signature.split("(", 1)[1].split(",")]
+    assert declared == [decl.split()[-1] for _, decl in KERNEL_PARAMS]
+    assert art.manifest["kernel"]["args"] == list(KERNEL_ARGS)
+    values = {name: i for i, name in enumerate(reversed(KERNEL_ARGS))}
+    assert kernel_arguments(list(KERNEL_ARGS), values) == list(reversed(range(len(KERNEL_ARGS))))
+    with pytest.raises(AdamkError, match="the artifact's kernel takes arguments"):
+        kernel_arguments(list(KERNEL_ARGS) + ["extra"], values)

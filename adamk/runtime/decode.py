@@ -125,12 +125,13 @@ class DecodeStep:
             self.epoch += 1
             epoch = self.epoch
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
-        self._args = cu.KernelArgs(ctypes.c_uint64(self.pointer_table.data_ptr()),
-                                   ctypes.c_uint64(self.counters.data_ptr()),
-                                   ctypes.c_uint64(self.error.data_ptr()),
-                                   ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
-                                   ctypes.c_int32(pos),
-                                   ctypes.c_uint32(epoch), ctypes.c_uint64(self.timeout_ns))
+        values = {"buffers": ctypes.c_uint64(self.pointer_table.data_ptr()),
+                  "counters": ctypes.c_uint64(self.counters.data_ptr()),
+                  "error_record": ctypes.c_uint64(self.error.data_ptr()),
+                  "trace": ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
+                  "pos": ctypes.c_int32(pos), "epoch": ctypes.c_uint32(epoch),
+                  "timeout_ns": ctypes.c_uint64(self.timeout_ns)}
+        self._args = cu.KernelArgs(*kernel_arguments(self.manifest["kernel"]["args"], values))
         cu.launch_cooperative(self.fn, self.grid, self.threads, self.smem, stream, self._args)
 
     def check(self):
@@ -171,6 +172,15 @@ class DecodeStep:
         self.launch(int(pos))
         self.check()
         return self.buffers["y"].clone()
+
+
+def kernel_arguments(order: list[str], values: dict) -> list:
+    """`values` in the order the artifact's kernel takes them (manifest kernel.args, written
+    from codegen's KERNEL_PARAMS, the one source of the signature)."""
+    if sorted(order) != sorted(values):
+        raise AdamkError(f"the artifact's kernel takes arguments {order}; this runtime passes {sorted(values)} "
+                         "(an artifact of another adamk version?)")
+    return [values[name] for name in order]
 
 
 def load(path, weights, device=None, timeout_s: float = 2.0) -> DecodeStep:
