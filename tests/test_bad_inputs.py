@@ -480,3 +480,29 @@ def test_inspect_reports_unexpected_and_linked_files(artifact, tmp_path):
 
 def test_inspect_without_a_manifest(tmp_path):
     refused(["inspect", tmp_path], "is not an adamk artifact (no manifest.json)", tmp_path)
+
+
+def test_external_data_outside_the_directory_for_a_tensor_over_65536_elements(external, tmp_path):
+    """Tensors too large to be read at compile time are checked all the same."""
+    path, model = external
+    (tmp_path.parent / "outside.data").write_bytes(b"\0" * (4 * 70000))
+    try:
+        big = onnx.TensorProto(name="big", data_type=onnx.TensorProto.FLOAT, dims=[70000],
+                               data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", "../outside.data"), ("offset", "0"), ("length", str(4 * 70000))):
+            big.external_data.add(key=key, value=value)
+        model.graph.initializer.append(big)
+        p = save(model, tmp_path / "big.onnx")
+        refused(["compile", p, "-o", tmp_path / "out"], "initializer 'big': external data location '../outside.data'",
+                tmp_path)
+    finally:
+        (tmp_path.parent / "outside.data").unlink()
+
+
+def test_onnx_export_without_onnxscript_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    with pytest.raises(SystemExit, match=r"needs onnxscript, which is not installed: pip install 'adamk\[onnx\]'"):
+        export(str(tmp_path / "m.onnx"), "tiny")
+    assert not (tmp_path / "m.onnx").exists()

@@ -152,3 +152,13 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
     assert report == [(t.label, t.b2b_us, predict_step_us(t.schedule, model, 40)) for t in traced]
     for label, measured, predicted in report:
         assert predicted == pytest.approx(measured, rel=0.15), label
+
+
+def test_search_budget_holds_and_is_reported():
+    """A budget far below one sweep stops the search after its first evaluations: the compile
+    warns, records search_complete = false, and the search took about its budget."""
+    layer = DecoderLayer(PRESETS["llama-3.2-1b"], seed=1)
+    with pytest.warns(UserWarning, match="used its 0.5 s budget before finishing"):
+        art = adamk.compile(layer, adamk.CompileConfig(gpu="H200", search_budget_s=0.5, schedule="search"))
+    assert art.manifest["search_complete"] is False
+    assert art.search_seconds < 0.5 + 5      # the evaluation in flight when the budget ran out finishes
