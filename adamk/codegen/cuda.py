@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from .. import __version__
@@ -28,23 +27,19 @@ from .. import smem
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from ..config import CONSUMER_WARPS, producer_warps
+from ..kinds import kind as task_kind
+from ..kinds.base import f32_literal
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
 HEADERS = ("common.cuh", "sync.cuh", "ring.cuh", "linear.cuh", "attention.cuh")
 CTYPES = {"bf16": "bf16_t", "f32": "float"}
-PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
 # The kernel's parameters in order: the runtime packs its arguments in this order (KERNEL_ARGS).
 KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters", "u32* counters"),
                  ("error_record", "adamk::ErrorRecord* err"), ("trace", "u64* trace"), ("pos", "int pos"),
                  ("epoch", "u32 epoch"), ("timeout_ns", "u64 timeout_ns"))
 KERNEL_ARGS = tuple(name for name, _ in KERNEL_PARAMS)
-
-
-def f32_literal(v: float) -> str:
-    s = str(np.float32(v))
-    return s + ("f" if any(c in s for c in ".e") else ".f")
 
 
 def _with_waits(ops):
@@ -126,66 +121,7 @@ class _Emitter:
                 raise ValueError(f"tasks {first.sym_name.data} and {op.sym_name.data} of one op differ in constants")
             return f"op{number}"
         name = f"op{number}"
-        buf = lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
-        split = op.k_split.value.data
-        head = f"// {name}: {c_comment(source)}, {kind}"
-        if kind == "linear":
-            k, n, rows, chunk, cols, pages = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk", "page_cols",
-                                                                   "pages"))
-            eps, prologue, wo = op.param("eps"), op.param("prologue"), self.plan.work_offset
-            xs = pages * cols
-            out = buf("out") + (f" + k_index * {n}" if split > 1 else "")
-            if prologue == "attn_combine":      # the input is the parts of a split attention
-                staging = (f"  attention_input<{xs}, {op.param('head_dim')}>(s, {wo}, {buf('input')}, "
-                           f"{op.param('num_heads')}, {op.param('parts')}, k0, min({chunk}, {k} - k0), task);")
-            else:
-                staging = (f"  linear_input<{xs}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
-                           f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, {k}, k0, "
-                           f"min({chunk}, {k} - k0), task);")
-            body = [head,
-                    *_signature(f"input_{name}", "int k_index"),
-                    f"  const int k0 = k_index * {chunk};",
-                    staging,
-                    "}",
-                    *_signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
-                    f"  const int k0 = k_index * {chunk};",
-                    f"  linear_produce<{self.ring}, {rows}, {cols}, {pages}>(s, {buf('weight', 'bf16_t')}, {k}, "
-                    f"row_begin, row_end, k0, min({chunk}, {k} - k0), page, task);",
-                    "}",
-                    *_signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
-                    f"  const int k0 = k_index * {chunk};",
-                    f"  linear_task<{self.ring}, {xs}, {rows}, {cols}, {pages}>(s, task, {self.plan.work_offset}, "
-                    f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, min({chunk}, {k} - k0), "
-                    "page);",
-                    "}"]
-            self.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
-                             "\"smem model: linear page\");")
-            self.asserts.add(f"static_assert(LinearWork<{xs}>::kBytes == {smem.linear_work_bytes(xs)}, "
-                             "\"smem model: linear work area\");")
-        elif kind == "linear_combine":
-            body = [head, *_signature(f"combine_{name}", "const Waits& w, int row_begin, int row_end"),
-                    f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {split}, "
-                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
-                    "}"]
-        elif kind == "attention":
-            hd = op.param("head_dim")
-            inv = op.params.data.get("rope_inv_freq")
-            table = self.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
-            args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
-                             + [table, f32_literal(op.param("scale"))])
-            body = [head, *_signature(f"attention_{name}", "const Waits& w, int q_head, int split"),
-                    f"  attention_task<{hd}>(s, w, task, {self.plan.work_offset}, {args}, q_head, {op.param('group')}, "
-                    f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {split});",
-                    "}"]
-            self.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
-                             "\"smem model: attention work area\");")
-        elif kind == "attention_combine":
-            body = [head, *_signature(f"combine_{name}", "const Waits& w, int head_begin, int head_end"),
-                    f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
-                    f"{op.param('num_heads')}, {split}, head_begin, head_end);",
-                    "}"]
-        else:
-            raise ValueError(f"no task body for kind {c_comment(kind)}")
+        body = [f"// {name}: {c_comment(source)}, {kind}", *task_kind(kind).functions(self, op, name)]
         self.functions[key] = (op, body)
         return name
 
@@ -196,44 +132,33 @@ class _Emitter:
         return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {c_comment(op.sym_name.data)}"
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
-        """The consumers' lines for one task: for a linear, its waits and input staging when it
-        starts a run, then the task on its pages; other kinds wait inside their call."""
-        begin, end = op.tile_range
-        task_id, kind, part = op.task_id.value.data, op.kind.data, op.k_index.value.data
-        name, w = self.op_name(op), self.waits_ref(waits, task_id)
-        lines = []
-        if kind == "linear":
-            k0, k_len = op.k_range
-            if waits:
-                lines.append(f"  wait_all(s, {w}, {task_id});")
-            elif self.profile:
-                lines += [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"]
-            if new_run:
-                lines.append(f"  input_{name}(s, b, {task_id}, {part});")
-            call = f"linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part})"
-            what = f"rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."
-        else:
-            if self.profile and not waits:
-                lines += [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"]
-            fn = "attention" if kind == "attention" else "combine"
-            call = (f"{fn}_{name}(s, b, {task_id}, {w}, {begin}, {part if kind == 'attention' else end})")
-            what = f"query head {begin}, part {part}" if kind == "attention" else f"[{begin}, {end}), sum of parts"
-        lines.append(f"  {call};  // {c_comment(op.sym_name.data)}: {what}")
-        if self.profile:
-            lines.append(f"  trace_mark(s, {task_id}, 2);")
-        return lines
+        """The consumers' lines for one task (its kind's call), stamped in a profiling build."""
+        lines = task_kind(op.kind.data).call(self, op, waits, page, new_run)
+        return lines + ([f"  trace_mark(s, {op.task_id.value.data}, 2);"] if self.profile else [])
 
-    def pages(self, op: ExecOp) -> int:
-        return op.param("pages") if op.kind.data == "linear" else 0
+    # ---- what the kinds' emitters use (adamk/kinds) ---------------------------------------
+    def buf_of(self, op: ExecOp):
+        """role -> the pointer expression of `op`'s buffer in that role."""
+        return lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
+
+    signature = staticmethod(_signature)
+
+    def marks(self, task_id: int) -> list[str]:
+        """The before/after-waits stamps of a task with no waits (a profiling build)."""
+        return [f"  trace_mark(s, {task_id}, 0);", f"  trace_mark(s, {task_id}, 1);"] if self.profile else []
+
+    @staticmethod
+    def comment(op: ExecOp) -> str:
+        return c_comment(op.sym_name.data)
+
+    @staticmethod
+    def pages(op: ExecOp) -> int:
+        return task_kind(op.kind.data).pages(op)
 
     @staticmethod
     def staged(op: ExecOp):
-        """What a linear task's input staging puts in the work area: tasks of other ops with the
-        same (q, k and v; gate and up) find it there and stage nothing."""
-        if op.kind.data != "linear":
-            return None
-        return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
-                op.k_range, op.param("pages") * op.param("page_cols"))
+        """What a task's input staging leaves in the work area (its kind says; None: nothing reusable)."""
+        return task_kind(op.kind.data).staged(op)
 
     def sm_function(self, sm) -> list[str]:
         items = list(_with_waits(sm.body.block.ops))

@@ -21,16 +21,11 @@ from xdsl.irdl import (
 )
 from xdsl.utils.exceptions import VerifyException
 
+from ..kinds import KINDS
 from ..smem import Footprint, k_range
 
 BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
-TASK_KINDS = {
-    # kind -> buffer roles it must name
-    "linear": {"input", "weight", "out"},
-    "attention": {"q", "k", "v", "k_cache", "v_cache", "out"},
-    "linear_combine": {"partial", "out"},
-    "attention_combine": {"partial", "out"},
-}
+TASK_KINDS = {name: k.roles for name, k in KINDS.items()}     # kind -> buffer roles it must name
 DTYPES = ("bf16", "f32")
 BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "stage_bytes",
                    "work_bytes", "buffers", "params")

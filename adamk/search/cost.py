@@ -31,10 +31,10 @@ from xdsl.dialects.builtin import ModuleOp
 from ..dialects.schedule import ExecOp, SignalOp, WaitOp
 from ..dialects.task import TaskBody
 from ..errors import AdamkError
+from ..kinds import kind as task_kind
 from ..targets import GPU
 from .validate import schedule_of, walk
 
-BF16, F32 = 2, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +106,7 @@ class TaskCost:
     @classmethod
     def of(cls, kind: str, tile, k_split: int, pos: int, k_len: int = 0, k: int = 0, prologue: str = "none",
            head_dim: int = 0, parts: int = 1) -> "TaskCost":
-        rows = tile[1] - tile[0]
-        if kind == "linear":
-            # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the
-            # whole row of k for its sum of squares (every K-part does); attn_combine reads
-            # every part's share of each element
-            per = {"silu_mul": 2, "attn_combine": parts}.get(prologue, 1)
-            inputs = k_len * per + (k if prologue == "rmsnorm" else 0)
-            return cls(kind, stage_bytes=rows * k_len * BF16, inputs=inputs)
-        if kind == "attention":
-            return cls(kind, read_bytes=2 * -(-(pos + 1) // k_split) * head_dim * BF16)
-        if kind == "linear_combine":
-            return cls(kind, read_bytes=rows * k_split * F32)
-        if kind == "attention_combine":
-            return cls(kind, read_bytes=rows * (head_dim + 2) * k_split * F32)
-        raise ValueError(f"no cost for task kind '{kind}'")
+        return cls(kind, **task_kind(kind).cost(tile, k_split, pos, k_len, k, prologue, head_dim, parts))
 
     @classmethod
     def of_exec(cls, op: TaskBody, pos: int) -> "TaskCost":

@@ -1,0 +1,23 @@
+"""Task kinds: one description per kind, read by every stage.
+
+Each kind says which buffer roles its tasks name (the task dialect verifies them), what a
+task costs (the search's cost model), how the CPU simulator executes it, and what codegen
+emits for it (its per-op functions in kernel.cu and a task's call in the consumers' line),
+mirrored by its header in csrc/kernels/. A new kind is one file here and one header there.
+"""
+from __future__ import annotations
+
+from .attention import Attention, AttentionCombine
+from .base import TaskKind
+from .linear import Linear, LinearCombine
+
+KINDS: dict[str, TaskKind] = {k.name: k for k in (Linear(), LinearCombine(), Attention(), AttentionCombine())}
+
+
+def kind(name: str) -> TaskKind:
+    if name not in KINDS:
+        raise ValueError(f"no task kind '{name}'; known: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+__all__ = ["KINDS", "TaskKind", "kind"]

@@ -1,0 +1,115 @@
+"""Decode attention tasks: one query head over positions 0..pos of its KV head, or one part
+of them (flash-decoding), the group's first part appending the new k/v; and the combine of
+the parts for a reader that cannot merge them in its input staging (csrc/kernels/attention.cuh)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import smem
+from .base import BF16, F32, TaskKind, f32_literal
+
+EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
+
+
+def rope(x: np.ndarray, inv_freq: np.ndarray, pos: int) -> np.ndarray:
+    """Rotate-half RoPE of one head vector x[head_dim]."""
+    half = x.shape[-1] // 2
+    angle = np.float32(pos) * inv_freq.astype(np.float32)
+    cos = np.concatenate([np.cos(angle)] * 2).astype(np.float32)
+    sin = np.concatenate([np.sin(angle)] * 2).astype(np.float32)
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def merge_parts(state: np.ndarray, hd: int) -> np.ndarray:
+    """[heads, hd] from the flash-decoding parts' (acc[hd], max, sum) [parts, heads, hd + 2]."""
+    m = state[:, :, hd].max(axis=0)
+    c = np.exp(state[:, :, hd] - m)                    # [parts, heads]
+    num = np.zeros((state.shape[1], hd), np.float32)
+    den = np.zeros(state.shape[1], np.float32)
+    for j in range(state.shape[0]):                    # in part order, as the kernel
+        num = num + state[j, :, :hd] * c[j, :, None]
+        den = den + state[j, :, hd + 1] * c[j]
+    return num / den[:, None]
+
+
+class Attention(TaskKind):
+    name = "attention"
+    roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
+
+    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
+        return {"read_bytes": 2 * -(-(pos + 1) // k_split) * head_dim * BF16}
+
+    def simulate(self, sim, op) -> None:
+        h, _ = op.tile_range
+        hd, group = op.param("head_dim"), op.param("group")
+        g = h // group
+        scale = np.float32(op.param("scale"))
+        inv_freq = op.params.data.get("rope_inv_freq")
+        rot = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
+        k_cache, v_cache = sim.mem[op.buffer("k_cache")][0, g], sim.mem[op.buffer("v_cache")][0, g]
+        k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd]), sim.vec(op, "v")[g * hd:(g + 1) * hd]
+        if h % group == 0 and op.k_index.value.data == 0:   # part 0 of the group's first head appends the row
+            k_cache[sim.pos], v_cache[sim.pos] = k_new, v_new
+        keys = np.concatenate([k_cache[: sim.pos], k_new[None]])       # row pos from the task itself
+        values = np.concatenate([v_cache[: sim.pos], v_new[None]])
+        q = rot(sim.vec(op, "q")[h * hd:(h + 1) * hd]) * scale
+        parts, j = op.k_split.value.data, op.k_index.value.data
+        if parts == 1:
+            scores = keys @ q
+            p = np.exp(scores - scores.max())
+            sim.vec(op, "out")[h * hd:(h + 1) * hd] = (p @ values) / p.sum()
+            return
+        share = (sim.pos + parts) // parts                 # this part's positions, as attention.cuh
+        t0 = min(j * share, sim.pos + 1)
+        t1 = min(t0 + share, sim.pos + 1)
+        state = sim.mem[op.buffer("out")][j, h]             # (acc[hd], max, sum), unnormalised
+        if t0 == t1:
+            state[:hd], state[hd], state[hd + 1] = 0.0, EMPTY, 0.0
+            return
+        scores = keys[t0:t1] @ q
+        m = scores.max()
+        p = np.exp(scores - m)
+        state[:hd], state[hd], state[hd + 1] = p @ values[t0:t1], m, p.sum()
+
+    def functions(self, em, op, name) -> list[str]:
+        hd = op.param("head_dim")
+        buf = em.buf_of(op)
+        inv = op.params.data.get("rope_inv_freq")
+        table = em.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
+        args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
+                         + [table, f32_literal(op.param("scale"))])
+        em.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
+                       "\"smem model: attention work area\");")
+        return [*em.signature(f"attention_{name}", "const Waits& w, int q_head, int split"),
+                f"  attention_task<{hd}>(s, w, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.k_split.value.data});",
+                "}"]
+
+    def call(self, em, op, waits, page, new_run) -> list[str]:
+        begin, part = op.tile_range[0], op.k_index.value.data
+        return self.waiting_call(em, op, waits, "attention", (begin, part), f"query head {begin}, part {part}")
+
+
+class AttentionCombine(TaskKind):
+    name = "attention_combine"
+    roles = frozenset({"partial", "out"})
+
+    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
+        return {"read_bytes": (tile[1] - tile[0]) * (head_dim + 2) * k_split * F32}
+
+    def simulate(self, sim, op) -> None:
+        h0, h1 = op.tile_range
+        hd = op.param("head_dim")
+        sim.vec(op, "out")[h0 * hd:h1 * hd] = merge_parts(sim.mem[op.buffer("partial")][:, h0:h1], hd).reshape(-1)
+
+    def functions(self, em, op, name) -> list[str]:
+        buf = em.buf_of(op)
+        return [*em.signature(f"combine_{name}", "const Waits& w, int head_begin, int head_end"),
+                f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
+                f"{op.param('num_heads')}, {op.k_split.value.data}, head_begin, head_end);",
+                "}"]
+
+    def call(self, em, op, waits, page, new_run) -> list[str]:
+        begin, end = op.tile_range
+        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")

@@ -1,0 +1,137 @@
+"""Linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual),
+its weights streamed through the SM's ring (csrc/kernels/linear.cuh); and the fixed-order
+combine of a K-split linear's parts."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import smem
+from .base import BF16, F32, TaskKind, f32_literal
+
+PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
+
+
+def _silu(x):
+    return x / (1.0 + np.exp(-x))
+
+
+class Linear(TaskKind):
+    name = "linear"
+    roles = frozenset({"input", "weight", "out"})
+
+    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
+        # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the whole
+        # row of k for its sum of squares (every K-part does); attn_combine reads every part's
+        # share of each element
+        per = {"silu_mul": 2, "attn_combine": parts}.get(prologue, 1)
+        return {"stage_bytes": (tile[1] - tile[0]) * k_len * BF16,
+                "inputs": k_len * per + (k if prologue == "rmsnorm" else 0)}
+
+    def simulate(self, sim, op) -> None:
+        from .attention import merge_parts
+        begin, end = op.tile_range
+        k0, k_len = op.k_range
+        prologue = op.param("prologue")
+        if prologue == "attn_combine":              # the parts of a split attention, merged as the kernel
+            xs = merge_parts(sim.mem[op.buffer("input")], op.param("head_dim")).reshape(-1)
+        else:
+            xs = sim.vec(op, "input").astype(np.float32)
+        if prologue == "silu_mul":
+            xs = _silu(xs) * sim.vec(op, "input2")
+        elif prologue == "rmsnorm":
+            eps = np.float32(op.param("eps"))
+            xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * sim.vec(op, "norm_weight")
+        w = sim.mem[op.buffer("weight")][begin:end, k0:k0 + k_len]
+        acc = (w @ xs[k0:k0 + k_len]).astype(np.float32)
+        if op.k_split.value.data > 1:                 # a part: its row of the partial sums
+            sim.mem[op.buffer("out")][op.k_index.value.data, begin:end] = acc
+            return
+        finish(sim, op, begin, end, acc)
+
+    def functions(self, em, op, name) -> list[str]:
+        k, n, rows, chunk, cols, pages = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk", "page_cols", "pages"))
+        eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
+        buf = em.buf_of(op)
+        xs = pages * cols
+        out = buf("out") + (f" + k_index * {n}" if op.k_split.value.data > 1 else "")
+        if prologue == "attn_combine":      # the input is the parts of a split attention
+            staging = (f"  attention_input<{xs}, {op.param('head_dim')}>(s, {wo}, {buf('input')}, "
+                       f"{op.param('num_heads')}, {op.param('parts')}, k0, min({chunk}, {k} - k0), task);")
+        else:
+            staging = (f"  linear_input<{xs}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
+                       f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, {k}, k0, "
+                       f"min({chunk}, {k} - k0), task);")
+        em.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
+                       "\"smem model: linear page\");")
+        em.asserts.add(f"static_assert(LinearWork<{xs}>::kBytes == {smem.linear_work_bytes(xs)}, "
+                       "\"smem model: linear work area\");")
+        return [*em.signature(f"input_{name}", "int k_index"),
+                f"  const int k0 = k_index * {chunk};",
+                staging,
+                "}",
+                *em.signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
+                f"  const int k0 = k_index * {chunk};",
+                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}>(s, {buf('weight', 'bf16_t')}, {k}, "
+                f"row_begin, row_end, k0, min({chunk}, {k} - k0), page, task);",
+                "}",
+                *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
+                f"  const int k0 = k_index * {chunk};",
+                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}>(s, task, {wo}, "
+                f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, min({chunk}, {k} - k0), "
+                "page);",
+                "}"]
+
+    def call(self, em, op, waits, page, new_run) -> list[str]:
+        """Its waits and, when it starts a run, the op's input staging; then the task on its pages."""
+        begin, end = op.tile_range
+        task_id, part = op.task_id.value.data, op.k_index.value.data
+        name = em.op_name(op)
+        k0, k_len = op.k_range
+        lines = [f"  wait_all(s, {em.waits_ref(waits, task_id)}, {task_id});"] if waits else em.marks(task_id)
+        if new_run:
+            lines.append(f"  input_{name}(s, b, {task_id}, {part});")
+        return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part});  "
+                        f"// {em.comment(op)}: rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
+
+    def pages(self, op) -> int:
+        return op.param("pages")
+
+    def staged(self, op):
+        """Tasks of other ops with the same staged input (q, k and v; gate and up) stage nothing."""
+        return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
+                op.k_range, op.param("pages") * op.param("page_cols"))
+
+
+def finish(sim, op, begin: int, end: int, acc: np.ndarray):
+    """Rows [begin, end) of a linear's out: + bias + residual."""
+    if op.buffer("bias"):
+        acc = acc + sim.vec(op, "bias")[begin:end]
+    if op.buffer("residual"):
+        acc = acc + sim.vec(op, "residual")[begin:end]
+    sim.vec(op, "out")[begin:end] = acc
+
+
+class LinearCombine(TaskKind):
+    name = "linear_combine"
+    roles = frozenset({"partial", "out"})
+
+    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
+        return {"read_bytes": (tile[1] - tile[0]) * k_split * F32}
+
+    def simulate(self, sim, op) -> None:
+        begin, end = op.tile_range
+        acc = np.zeros(end - begin, np.float32)
+        for part in sim.mem[op.buffer("partial")][:, begin:end]:   # in part order, as the kernel
+            acc = acc + part
+        finish(sim, op, begin, end, acc)
+
+    def functions(self, em, op, name) -> list[str]:
+        buf = em.buf_of(op)
+        return [*em.signature(f"combine_{name}", "const Waits& w, int row_begin, int row_end"),
+                f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {op.k_split.value.data}, "
+                f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
+                "}"]
+
+    def call(self, em, op, waits, page, new_run) -> list[str]:
+        begin, end = op.tile_range
+        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")
