@@ -23,7 +23,6 @@ from .. import __version__
 from ..names import c_comment
 from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
-from .. import smem
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from ..config import CONSUMER_WARPS, producer_warps
@@ -129,7 +128,7 @@ class _Emitter:
         """The producer's line for a linear task: stream its pages from ring page `page` on."""
         begin, end = op.tile_range
         args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
-        return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {c_comment(op.sym_name.data)}"
+        return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {self.comment(op)}"
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
         """The consumers' lines for one task (its kind's call), stamped in a profiling build."""

@@ -107,14 +107,12 @@ class ScheduleOp(IRDLOperation):
     smem_bytes = prop_def(IntegerAttr)
     body = region_def("single_block")
 
-    def __init__(self, num_sms: int, block_threads: int, stages: int, sms, smem_bytes: int | None = None):
-        """`smem_bytes` defaults to what the plan needs."""
+    def __init__(self, num_sms: int, block_threads: int, stages: int, sms):
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
                                      "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(0, i64)},
                          regions=[Region(Block(sms))])
-        need = self.plan().peak if smem_bytes is None else smem_bytes
-        self.properties["smem_bytes"] = IntegerAttr(need, i64)
+        self.properties["smem_bytes"] = IntegerAttr(self.plan().peak, i64)
 
     @property
     def sms(self) -> list[SmOp]:

@@ -81,7 +81,7 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
                     ops.append(SignalOp(counter_name(t.source.data), pending + 1))
         sms.append(SmOp(index, ops))
 
-    schedule = ScheduleOp(len(programs), block_threads, stages, sms)      # one plan fits every task
+    schedule = ScheduleOp(len(programs), block_threads, stages, sms)
     check_smem(schedule, smem_budget)
     for b in buffers:
         b.detach()
