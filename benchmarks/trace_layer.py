@@ -27,15 +27,17 @@ def main():
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--out", default="trace")
     ap.add_argument("--cost-model", help="a profile from `adamk calibrate` (compile and predict with it)")
+    ap.add_argument("--schedule", default="search", choices=("search", "round-robin", "barrier", "queue"))
     args = ap.parse_args()
-    run(args.preset, args.gpu, args.pos, Path(args.out), args.cost_model)
+    run(args.preset, args.gpu, args.pos, Path(args.out), args.cost_model, args.schedule)
 
 
-def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None):
+def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None, schedule: str = "search"):
     """Trace one step of a profiling build; write trace.json, summary.json and gantt.png to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model),
+        path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model,
+                                                                  schedule=schedule),
                               f"{tmp}/a")
         trace = measure(path, preset, pos, "traced")
     rows, schedule = trace.rows, trace.schedule

@@ -77,6 +77,9 @@ class _Emitter:
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
+        for o in sorted((o for sm in self.schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
+                        key=lambda o: o.task_id.value.data):      # numbered in schedule order
+            self.op_number.setdefault(o.source.data, len(self.op_number))
 
     def ptr(self, name: str | None, ctype_if_none: str = "float") -> str:
         if name is None:
@@ -246,7 +249,9 @@ class _Emitter:
                 ]
         tables_at = len(out)
         out += ["// The functions of each op: its constants filled in.",
-                *[line for _, body in self.functions.values() for line in body + [""]]]
+                *[line for (_, source), (_, body) in sorted(self.functions.items(),
+                                                            key=lambda kv: (self.op_number[kv[0][1]], kv[0][0]))
+                  for line in body + [""]]]
         out += ["// The distinct sets of waits of the schedule's tasks.",
                 f"__device__ const Waits kWaits[{len(self.waits)}] = {{",
                 *[f"  {literal}," for literal in self.waits], "};", ""]
