@@ -55,11 +55,11 @@ class Linear(TaskKind):
         xs = pages * cols
         out = buf("out") + (f" + k_index * {n}" if op.k_split.value.data > 1 else "")
         if prologue == "attn_combine":      # the input is the parts of a split attention
-            staging = (f"  attention_input<{xs}, {op.param('head_dim')}, {op.param('parts')}>(s, {wo}, {buf('input')}, "
-                       f"{op.param('num_heads')}, k0, min({chunk}, {k} - k0), task);")
+            staging = (f"  attention_input<{xs}, {op.param('head_dim')}>(s, {wo}, {buf('input')}, "
+                       f"{op.param('num_heads')}, {op.param('parts')}, k0, min({chunk}, {k} - k0), task);")
         else:
-            staging = (f"  linear_input<{xs}, {k}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
-                       f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, k0, "
+            staging = (f"  linear_input<{xs}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
+                       f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, {k}, k0, "
                        f"min({chunk}, {k} - k0), task);")
         em.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
                        "\"smem model: linear page\");")
@@ -90,8 +90,6 @@ class Linear(TaskKind):
         lines = [f"  wait_all(s, {em.waits_ref(waits, task_id)}, {task_id});"] if waits else em.marks(task_id)
         if new_run:
             lines.append(f"  input_{name}(s, b, {task_id}, {part});")
-            if em.profile:
-                lines.append(f"  trace_mark(s, {task_id}, 1);")
         return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part});  "
                         f"// {em.comment(op)}: rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 

@@ -45,7 +45,7 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float a[8], floa
 // positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
 // unnormalised, for attention_combine.
 template <int HD>
-__device__ __noinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset,
+__device__ __forceinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset,
                                                float* out, const float* q, const float* k, const float* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
@@ -101,41 +101,38 @@ __device__ __noinline__ void attention_task(const Step& s, const Waits& waits, i
     qr[e] = has_chunk ? qs[chunk * 8 + e] : 0.f;
     acc[e] = 0.f;
   }
-  // Row t < pos comes from the cache, row pos from smem. Loads run kAhead steps ahead (a ring of
-  // registers), so kAhead rows per lane are in flight; the trip count is uniform across the warp,
-  // so the shuffles see every lane.
+  // Row t < pos comes from the cache, row pos from smem. Loads run one iteration ahead; the
+  // trip count is uniform across the warp, so the shuffles see every lane.
   auto load_row = [&](int t, uint4& kr, uint4& vr) {
     const bool cached = t < pos && t < t_end && has_chunk;
     kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
     vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
   };
-  constexpr int kStep = kWarps * kPosPerWarp, kAhead = 4;
-  uint4 kr[kAhead], vr[kAhead];
+  constexpr int kStep = kWarps * kPosPerWarp;
+  uint4 kr, vr;
+  load_row(t_begin + warp * kPosPerWarp + sub, kr, vr);
+  for (int t0 = t_begin + warp * kPosPerWarp; t0 < t_end; t0 += kStep) {
+    const int t = t0 + sub;
+    uint4 kn, vn;
+    load_row(t + kStep, kn, vn);
+    float kf[8], vf[8];
+    unpack8(kr, kf);
+    unpack8(vr, vf);
+    if (t == pos && has_chunk) {
 #pragma unroll
-  for (int u = 0; u < kAhead; ++u) load_row(t_begin + warp * kPosPerWarp + sub + u * kStep, kr[u], vr[u]);
-#pragma unroll 1
-  for (int t0 = t_begin + warp * kPosPerWarp; t0 < t_end; t0 += kAhead * kStep) {
-#pragma unroll
-    for (int u = 0; u < kAhead; ++u) {
-      const int t = t0 + u * kStep + sub;
-      float kf[8], vf[8];
-      unpack8(kr[u], kf);
-      unpack8(vr[u], vf);
-      load_row(t + kAhead * kStep, kr[u], vr[u]);
-      if (t == pos && has_chunk) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          kf[e] = knew[chunk * 8 + e];
-          vf[e] = vnew[chunk * 8 + e];
-        }
+      for (int e = 0; e < 8; ++e) {
+        kf[e] = knew[chunk * 8 + e];
+        vf[e] = vnew[chunk * 8 + e];
       }
-      float score = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
-#pragma unroll
-      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-      if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
     }
+    float score = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
+#pragma unroll
+    for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+    if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+    kr = kn;
+    vr = vn;
   }
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
@@ -208,74 +205,16 @@ __device__ __forceinline__ void attention_combine(const Step& s, const Waits& wa
 }
 
 // Consumers: the input staging of a linear that reads a split attention (prologue attn_combine):
-// xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input, all
-// loads first (each thread's four-column groups lie in one head: every part's max, sum and values),
-// then between two consumer barriers. The parts cost no dependency level of their own.
-template <int XS, int HD, int PARTS>
-__device__ __noinline__ void attention_input(const Step& s, int work_offset, const float* __restrict__ partial,
-                                                int num_heads, int k0, int k_len, int task) {
-  static_assert(HD % 4 == 0 && XS % 4 == 0 && PARTS >= 1, "four columns of one head per group");
-  constexpr int kStride = HD + 2, kVecs = (XS + 4 * kConsumerThreads - 1) / (4 * kConsumerThreads);
-  constexpr int kChunk = PARTS < 4 ? PARTS : 4;    // parts loaded at once (registers: kVecs * kChunk * 6)
+// xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input, between
+// two consumer barriers. The parts cost no dependency level of their own.
+template <int XS, int HD>
+__device__ __forceinline__ void attention_input(const Step& s, int work_offset, const float* partial, int num_heads,
+                                                int n_splits, int k0, int k_len, int task) {
   check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
   float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
-  // Per group: the running merge (max, sum, values) over the parts so far, in part order.
-  float mx[kVecs], den[kVecs], num[kVecs][4];
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    mx[j] = kEmpty; den[j] = 0.f;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) num[j][e] = 0.f;
-  }
-#pragma unroll 1
-  for (int p0 = 0; p0 < PARTS; p0 += kChunk) {
-    float m[kVecs][kChunk], l[kVecs][kChunk], a[kVecs][kChunk][4];
-#pragma unroll
-    for (int j = 0; j < kVecs; ++j) {
-      const int i = 4 * (threadIdx.x + j * kConsumerThreads);
-      const int h = (k0 + i) / HD, d = (k0 + i) % HD;
-#pragma unroll
-      for (int q = 0; q < kChunk; ++q) {
-        m[j][q] = kEmpty; l[j][q] = 0.f;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) a[j][q][e] = 0.f;
-        if (i < k_len && p0 + q < PARTS) {   // rows of kStride floats are 8-byte aligned
-          const float* row = partial + ((size_t)(p0 + q) * num_heads + h) * kStride;
-          const float2 lo = *reinterpret_cast<const float2*>(row + d);
-          const float2 hi = *reinterpret_cast<const float2*>(row + d + 2);
-          a[j][q][0] = lo.x; a[j][q][1] = lo.y; a[j][q][2] = hi.x; a[j][q][3] = hi.y;
-          m[j][q] = row[HD]; l[j][q] = row[HD + 1];
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kVecs; ++j) {
-      float cm = mx[j];
-#pragma unroll
-      for (int q = 0; q < kChunk; ++q) cm = fmaxf(cm, m[j][q]);
-      const float keep = fast_exp2(mx[j] - cm);
-      den[j] *= keep;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) num[j][e] *= keep;
-#pragma unroll
-      for (int q = 0; q < kChunk; ++q) {
-        const float c = fast_exp2(m[j][q] - cm);
-        den[j] += l[j][q] * c;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) num[j][e] += a[j][q][e] * c;
-      }
-      mx[j] = cm;
-    }
-  }
-  consumer_sync();                // the previous task is done with xs
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    const int i = 4 * (threadIdx.x + j * kConsumerThreads);
-    if (i >= XS) break;
-    *reinterpret_cast<float4*>(xs + i) = i < k_len ? make_float4(num[j][0] / den[j], num[j][1] / den[j],
-                                                                 num[j][2] / den[j], num[j][3] / den[j])
-                                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
+  consumer_sync();
+  for (int i = threadIdx.x; i < XS; i += kConsumerThreads)
+    xs[i] = i < k_len ? merged<HD>(partial, num_heads, n_splits, (k0 + i) / HD, (k0 + i) % HD) : 0.f;
   consumer_sync();
 }
 

@@ -26,65 +26,47 @@ struct LinearWork {
   static constexpr int kBytes = kScratch + 32 * 4;
 };
 
-// Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len, for a run of tasks of
-// one op and K-part; K is the input row's length (RMSNorm needs the whole row's sum of squares).
-// Right after a wait this is the critical path, so every thread first issues all of its loads
-// (kVecs groups of four columns from each input: one L2 round trip, not one per group), then
-// waits at a consumer barrier (the previous run is done with xs) and writes xs; a last barrier
-// publishes it.
-template <int XS, int K, int PROLOGUE, typename InT>
-__device__ __noinline__ void linear_input(const Step& s, int work_offset, const InT* __restrict__ in,
-                                             const float* __restrict__ in2, const bf16_t* __restrict__ norm_w,
-                                             float eps, int k0, int k_len, int task) {
-  static_assert(XS % 8 == 0 && K % 8 == 0, "pages read the input 8 columns at a time");
-  constexpr int kVecs = (XS + 4 * kConsumerThreads - 1) / (4 * kConsumerThreads);   // column groups per thread
+// Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks
+// of one op and K-part. RMSNorm needs the whole row's sum of squares. Starts with a consumer
+// barrier (the previous run is done with xs) and ends with one (xs is complete).
+template <int XS, int PROLOGUE, typename InT>
+__device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const float* in2,
+                                             const bf16_t* norm_w, float eps, int k, int k0, int k_len, int task) {
+  static_assert(XS % 8 == 0, "pages read the input 8 columns at a time");
   check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
   float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
   float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
-  float v[kVecs][4], g[kVecs][4];
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    const int i = 4 * (threadIdx.x + j * kConsumerThreads);   // k, k0 and k_len are multiples of 8
-#pragma unroll
-    for (int e = 0; e < 4; ++e) v[j][e] = g[j][e] = 0.f;
-    if (i < k_len) {
-      load4(in + k0 + i, v[j]);
-      if constexpr (PROLOGUE == kSiluMul) load4(in2 + k0 + i, g[j]);
-      if constexpr (PROLOGUE == kRmsNorm) load4(norm_w + k0 + i, g[j]);
-    }
-  }
+  consumer_sync();
+  // Four columns per thread and load (k, k0 and k_len are multiples of 8: whole vectors).
   float inv_rms = 1.f;
   if constexpr (PROLOGUE == kRmsNorm) {
     float ss = 0.f;
-    if (k_len == K) {           // the chunk is the whole row: its values are at hand
+    for (int i = 4 * threadIdx.x; i < k; i += 4 * kConsumerThreads) {
+      float v[4];
+      load4(in + i, v);
 #pragma unroll
-      for (int j = 0; j < kVecs; ++j)
+      for (int e = 0; e < 4; ++e) ss += v[e] * v[e];
+    }
+    inv_rms = rsqrtf(block_sum(ss, scratch) / k + eps);
+  }
+  for (int i = 4 * threadIdx.x; i < XS; i += 4 * kConsumerThreads) {
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (i < k_len) {
+      load4(in + k0 + i, v);
+      if constexpr (PROLOGUE == kSiluMul) {
+        float g[4];
+        load4(in2 + k0 + i, g);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) ss += v[j][e] * v[j][e];
-    } else {                    // a K-part: its sum of squares is over every column
-#pragma unroll 4
-      for (int i = 4 * threadIdx.x; i < K; i += 4 * kConsumerThreads) {
-        float r[4];
-        load4(in + i, r);
+        for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * g[e];
+      }
+      if constexpr (PROLOGUE == kRmsNorm) {
+        float nw[4];
+        load4(norm_w + k0 + i, nw);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) ss += r[e] * r[e];
+        for (int e = 0; e < 4; ++e) v[e] = v[e] * inv_rms * nw[e];
       }
     }
-    consumer_sync();            // the previous task is done with scratch and xs
-    inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);
-  } else {
-    consumer_sync();            // the previous task is done with xs
-  }
-#pragma unroll
-  for (int j = 0; j < kVecs; ++j) {
-    const int i = 4 * (threadIdx.x + j * kConsumerThreads);
-    if (i >= XS) break;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if constexpr (PROLOGUE == kSiluMul) v[j][e] = v[j][e] / (1.f + expf(-v[j][e])) * g[j][e];
-      if constexpr (PROLOGUE == kRmsNorm) v[j][e] = v[j][e] * inv_rms * g[j][e];
-    }
-    *reinterpret_cast<float4*>(xs + i) = make_float4(v[j][0], v[j][1], v[j][2], v[j][3]);
+    *reinterpret_cast<float4*>(xs + i) = make_float4(v[0], v[1], v[2], v[3]);
   }
   consumer_sync();
 }
@@ -92,7 +74,7 @@ __device__ __noinline__ void linear_input(const Step& s, int work_offset, const 
 // Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (row
 // length k), as pages `page`, `page + 1`, ... of the ring.
 template <int DEPTH, int SLOT_BYTES, int ROWS, int PC, int NPAGES>
-__device__ __noinline__ void linear_produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
+__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
                                                int k0, int k_len, int page, int task) {
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p)
@@ -113,7 +95,7 @@ __device__ __forceinline__ void finish_row(OutT* out, int row, float v, const bf
 // add up through shared memory in order. Warps meet only on the ring's barriers (and, for shared
 // rows, once at the end).
 template <int DEPTH, int SLOT_BYTES, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
-__device__ __noinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
+__device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
                                             const ResT* residual, int row_begin, int row_end, int k_len,
                                             int page) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
@@ -123,19 +105,9 @@ __device__ __noinline__ void linear_task(const Step& s, int task, int work_offse
   const u32 xs = shared_address(s.smem + work_offset + LinearWork<XS>::kXs);
   float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
-  // The thread that finishes row j of its rows loads that row's bias and residual before the pages,
-  // so their round trip to memory hides behind the page loop instead of following it.
-  float acc[kRowsPerWarp], bias_v[kRowsPerWarp], res_v[kRowsPerWarp];
+  float acc[kRowsPerWarp];
 #pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) {
-    acc[j] = bias_v[j] = res_v[j] = 0.f;
-    const int row = kWarpsPerRow == 1 ? row_begin + warp + j * kWarps : row_begin + threadIdx.x;
-    const bool finishes = kWarpsPerRow == 1 ? lane == 0 : threadIdx.x < ROWS;
-    if (finishes && row < row_end) {
-      if (bias != nullptr) bias_v[j] = to_float(bias[row]);
-      if (residual != nullptr) res_v[j] = to_float(residual[row]);
-    }
-  }
+  for (int j = 0; j < kRowsPerWarp; ++j) acc[j] = 0.f;
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p) {
     page_ready<DEPTH, SLOT_BYTES>(s, page + p, task);
@@ -161,7 +133,7 @@ __device__ __noinline__ void linear_task(const Step& s, int task, int work_offse
     for (int j = 0; j < kRowsPerWarp; ++j) {
       const float v = warp_sum(acc[j]);
       const int row = row_begin + warp + j * kWarps;
-      if (lane == 0 && row < row_end) store(out + row, (v + bias_v[j]) + res_v[j]);
+      if (lane == 0 && row < row_end) finish_row(out, row, v, bias, residual);
     }
   } else {
     const float v = warp_sum(acc[0]);
@@ -172,7 +144,7 @@ __device__ __noinline__ void linear_task(const Step& s, int task, int work_offse
     if (threadIdx.x < ROWS && row < row_end) {
       float t = 0.f;
       for (int i = 0; i < kWarpsPerRow; ++i) t += scratch[threadIdx.x * kWarpsPerRow + i];
-      store(out + row, (t + bias_v[0]) + res_v[0]);
+      finish_row(out, row, t, bias, residual);
     }
   }
 }

@@ -45,31 +45,19 @@ __device__ __forceinline__ void mbarrier_arrive_copies(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared.b64 [%0];" :: "r"(bar) : "memory");
 }
 
-// Whether `bar` completed the phase with `parity`. On sm_90 try_wait lets the hardware suspend
-// the warp until the phase completes or a short time limit passes; before sm_90, one look.
 __device__ __forceinline__ bool mbarrier_done(u32 bar, u32 parity) {
   u32 done;
-#if __CUDA_ARCH__ >= 900
-  asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-               : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-#else
   asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
                : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-#endif
   return done != 0;
 }
 
 // Wait for the completion of `bar` with `parity`. Bounded like every wait: past the timeout (or
 // once another block reported one) the warp records it and exits, so a bug cannot hang the GPU.
-// The clock and the error flag are read only every kSpinsPerCheck looks: every consumer warp of
-// every SM waits here, and a global load per look made the error flag's L2 line the hottest
-// address of the step (measured: docs/perf.md v12).
-constexpr u32 kSpinsPerCheck = 256;
 __device__ __forceinline__ void mbarrier_wait(const Step& s, u32 bar, u32 parity, int task) {
   if (mbarrier_done(bar, parity)) return;
   const u64 start = global_ns();
-  for (u32 spin = 1; !mbarrier_done(bar, parity); ++spin) {
-    if (spin % kSpinsPerCheck != 0) continue;
+  while (!mbarrier_done(bar, parity)) {
     if (*(volatile u32*)&s.err->flag) asm volatile("exit;");
     if (global_ns() - start > s.timeout_ns) {
       if (threadIdx.x % 32 == 0) report_error(s, kWaitTimeout, task, kRingCounter, parity, 0);
@@ -87,7 +75,7 @@ constexpr u32 kFullArrivals = kProducerThreads;   // one cp.async.mbarrier.arriv
 // Once per launch, before any role starts: the barriers of every slot (thread 0), made visible
 // to the async proxy and the whole block.
 template <int DEPTH, int SLOT_BYTES>
-__device__ __noinline__ void ring_init(const Step& s) {
+__device__ __forceinline__ void ring_init(const Step& s) {
   using R = Ring<DEPTH, SLOT_BYTES>;
   if (threadIdx.x == 0) {
     for (int i = 0; i < DEPTH; ++i) {
@@ -101,25 +89,14 @@ __device__ __noinline__ void ring_init(const Step& s) {
   __syncthreads();
 }
 
-// Pages the producer keeps in flight (issued, not landed). Two already keep an SM's share of DRAM
-// bandwidth busy; more only lengthen the memory system's queues, and every small request on the
-// critical path (a dependency poll, an input staging load, a residual) waits behind them: with 6
-// pages in flight an acquire load took 2,365 cycles, with 2 it took 625, at the same stream rate
-// (exp/stream_bench.cu on the H200, docs/perf.md v12). The ring's other slots still hold pages
-// that landed, so a consumer that waits on a dependency finds them resident.
-constexpr int kPagesInFlight = 2;
-
 // Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
-// into page j, a ROWS x PC tile, once the slot is free and page j - kPagesInFlight has landed.
+// into page j, a ROWS x PC tile, once the slot is free.
 template <int DEPTH, int SLOT_BYTES, int ROWS, int PC>
 __device__ __forceinline__ void produce_page(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
                                              int c0, int k_end, int j, int task) {
   static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
   using R = Ring<DEPTH, SLOT_BYTES>;
   if (j >= DEPTH) mbarrier_wait(s, R::empty(s, j), (R::use(j) - 1) & 1, task);
-  // The slot of page j - kPagesInFlight is refilled only by a page after j: its phase is still that page's.
-  if (kPagesInFlight < DEPTH && j >= kPagesInFlight)
-    mbarrier_wait(s, R::full(s, j - kPagesInFlight), R::use(j - kPagesInFlight) & 1, task);
   const u32 dst = R::page(s, j), full = R::full(s, j);
   const int rows = min(ROWS, row_end - row_begin), cols = min(PC, k_end - c0);
 #if __CUDA_ARCH__ >= 900

@@ -1,0 +1,66 @@
+"""Time prebuilt artifacts of the bundled 1B layer side by side in one process: each is checked
+against the float32 reference first, then timed (back-to-back median), with the weight-read floor.
+For device-code experiments: compile each variant (e.g. from a checkout of a branch, in parallel
+processes), then compare them in one run.
+
+    python benchmarks/compare_artifacts.py --pos 512,4095 base=/tmp/a new=/tmp/b [--baselines]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+
+import adamk
+from adamk.models import PRESETS, DecoderLayer
+from adamk.runtime.timing import time_launches
+from bench_layer import BASELINE_TOLERANCE, check, check_numerics, copy_bandwidth, reference, rel_error
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("artifacts", nargs="+", help="NAME=DIR")
+    ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--pos", default="512")
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--baselines", action="store_true", help="also torch.compile of the tuned step in a CUDA graph")
+    args = ap.parse_args()
+    cfg = PRESETS[args.preset]
+    layer = DecoderLayer(cfg, seed=0)
+    with torch.no_grad():      # weights exactly representable in bf16, as the kernel reads them
+        for p in layer.parameters():
+            p.copy_(p.bfloat16().float())
+    ref = copy.deepcopy(layer).to(device="cuda")
+    bw = copy_bandwidth()
+    weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
+    steps = {}
+    for a in args.artifacts:
+        name, _, path = a.partition("=")
+        if not path:
+            raise SystemExit(f"'{a}': expected NAME=DIR")
+        steps[name] = adamk.load(path, layer)
+    for pos in (int(p) for p in args.pos.split(",")):
+        floor = (weight_bytes + 4 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim) / bw * 1e6
+        print(f"pos {pos}: floor {floor:.1f} us (copy {bw / 1e12:.2f} TB/s)")
+        x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
+        for name, step in steps.items():
+            check_numerics(step, ref, pos)
+            step.buffers["x"].copy_(x)
+            med, b2b = time_launches(lambda: step.launch(pos), args.iters)
+            step.check()
+            print(f"  {name:40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor", flush=True)
+        if args.baselines:
+            from baselines import TunedStep, compiled, graphed
+            kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim, device="cuda").bfloat16()
+            vc = torch.randn_like(kc)
+            want = reference(ref, x, pos, kc, vc)
+            fn = compiled(TunedStep(layer))
+            with torch.no_grad():
+                check("torch.compile", rel_error(fn(x, pos, kc, vc), want), BASELINE_TOLERANCE)
+                med, b2b = time_launches(graphed(lambda: fn(x, pos, kc, vc)), args.iters)
+            print(f"  {'torch.compile, CUDA graph':40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor")
+
+
+if __name__ == "__main__":
+    main()
