@@ -86,7 +86,7 @@ def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs:
     programs = []
     for sm in schedule_of(trace.schedule).sms:
         program, last_end = [], 0.0
-        for op in sm.body.block.ops:
+        for op in sm.ops:
             if isinstance(op, ExecOp):
                 last_end = us[op.task_id.value.data][2]
             elif isinstance(op, SignalOp):

@@ -121,7 +121,10 @@ def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes,
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-def inspect(artifact):
+@click.option("--mlir-check", is_flag=True,
+              help="Also verify the three IR levels in upstream MLIR with the artifact's adamk.irdl.mlir "
+                   "(needs adamk[mlir]).")
+def inspect(artifact, mlir_check):
     """Summarise an artifact and check every file against its manifest."""
     from .artifact import read_manifest, verify
     m = read_manifest(artifact)
@@ -149,6 +152,16 @@ def inspect(artifact):
     click.echo("\n".join(printable(line) for line in lines))      # the manifest is data: escaped
     if any(s != "ok" for s in status.values()):
         _fail(f"{artifact}: " + ", ".join(f"{quoted(n)} {s}" for n, s in status.items() if s != "ok"))
+    if mlir_check:
+        from .mlir_check import check_artifact, find_opt, opt_version
+        results = check_artifact(artifact)
+        opt = find_opt()
+        out = [f"upstream MLIR ({Path(opt).name}, {opt_version(opt)}) with {artifact / 'adamk.irdl.mlir'}"]
+        out += [f"  {'verified' if r is None else 'REJECTED':10s} {level}" + ("" if r is None else f": {r}")
+                for level, r in results.items()]
+        click.echo("\n".join(printable(line) for line in out))
+        if any(r is not None for r in results.values()):
+            _fail(f"{artifact}: upstream MLIR rejects " + ", ".join(lv for lv, r in results.items() if r is not None))
 
 
 @main.command()

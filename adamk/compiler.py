@@ -13,7 +13,7 @@ from .artifact import Artifact, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
 from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import CompileConfig
-from .dialects import make_context, print_module
+from .dialects import irdl, make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError, UnsupportedShapeError
@@ -88,7 +88,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
              "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
              f"kernel.{target.sm}.cubin": binaries.cubin, "kernel.ptx": binaries.ptx.encode(),
-             "ptxas.log": binaries.ptxas_log.encode()}
+             "ptxas.log": binaries.ptxas_log.encode(),
+             irdl.FILE_NAME: irdl.dialect_irdl().encode()}     # the dialect, for upstream MLIR tools
     if dump_dir is not None:
         os.makedirs(dump_dir, exist_ok=True)
         for name, text in dumps.items():
@@ -185,7 +186,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     target = config.target
     sched = schedule_of(schedule)
     buffers = [b for b in schedule.ops if isinstance(b, BufferOp)]
-    execs = sorted((o for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
+    execs = sorted((o for sm in sched.sms for o in sm.ops if isinstance(o, ExecOp)),
                    key=lambda o: o.task_id.value.data)
     elem = {"bf16": 2, "f32": 4}
     weight_bytes = sum(math.prod(b.shape.get_values()) * elem[b.dtype.data] for b in buffers if b.role.data == "weight")

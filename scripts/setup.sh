@@ -28,7 +28,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==2.13.0"
-"${pip[@]}" "${constraints[@]}" -e ".[test]"
+"${pip[@]}" "${constraints[@]}" -e ".[test,mlir]"
 if [ "$venv" != .venv ]; then
   echo "installed the newest releases into $venv: run $venv/bin/python -m pytest -q"
 fi

@@ -15,7 +15,7 @@ from adamk.errors import ToolchainError
 from adamk.models import PRESETS, DecoderLayer
 
 ARTIFACT_FILES = {"manifest.json", "graph.mlir", "tasks.mlir", "schedule.mlir", "kernel.cu", "kernel.sm_89.cubin",
-                  "kernel.ptx", "ptxas.log"}
+                  "kernel.ptx", "ptxas.log", "adamk.irdl.mlir"}
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from xdsl.utils.test_value import create_ssa_value
 
 from adamk.dialects import parse_module, print_module
 from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
-from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from adamk.dialects.task import BufferOp, TaskOp
 from helpers import lower, random_layer
 
@@ -47,7 +47,11 @@ def test_task_and_schedule_verifiers():
     verify_fails(TaskOp([], props), r"tile \[16, 16\] is not a non-empty")
     props = TaskOp.body_properties("q.r0", "gemm", "q", (0, 16), {}, {})
     verify_fails(TaskOp([], props), "unknown kind 'gemm'")
-    verify_fails(ScheduleOp(2, 256, 1, [SmOp(1), SmOp(0)]), r"expected adamk.sm 0..1 in order, got \[1, 0\]")
+    sms = [sm_program(1), sm_program(0)]
+    verify_fails(ModuleOp([ScheduleOp(2, 256, 1, sms), *sms]), r"expected func.func @sm0..@sm1 in order, got "
+                                                                 r"\['@sm1', '@sm0'\]")
+    sm0 = sm_program(0, [CounterOp("c", 0, 1)])
+    verify_fails(ModuleOp([ScheduleOp(1, 256, 1, [sm0]), sm0]), "@sm0: 'adamk.counter' is not an adamk.wait")
     verify_fails(WaitOp("c", 0), "count must be positive")
     verify_fails(CounterOp("c", 0, 0), "per_step must be positive")
 
@@ -64,6 +68,6 @@ def test_every_level_round_trips(level):
 def test_schedule_level_holds_straight_line_programs():
     schedule = lower(random_layer("tiny"), num_sms=3)[3]
     sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
-    kinds = {type(o) for sm in sched.sms for o in sm.body.block.ops}
+    kinds = {type(o) for sm in sched.sms for o in sm.ops}
     assert kinds == {WaitOp, ExecOp, SignalOp}
     assert isinstance(schedule, ModuleOp)

@@ -3,7 +3,7 @@ import pytest
 from xdsl.dialects.builtin import ModuleOp
 
 from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp
-from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from adamk.dialects.task import BufferOp, TaskOp
 from adamk.errors import ScheduleError, UnsupportedShapeError
 from adamk.models import DecoderLayer, LlamaConfig
@@ -71,16 +71,16 @@ def test_round_robin_schedule_waits_once_per_producer_and_signals_consumed_count
     counters = {c.sym_name.data: c.per_step.value.data for c in schedule.ops if isinstance(c, CounterOp)}
     assert "y.done" not in counters     # nobody waits on the last projection
     for sm in sched.sms:
-        waits = [o.counter.data for o in sm.body.block.ops if isinstance(o, WaitOp)]
+        waits = [o.counter.data for o in sm.ops if isinstance(o, WaitOp)]
         assert len(waits) == len(set(waits))
-    signals = sum(o.count.value.data for sm in sched.sms for o in sm.body.block.ops if isinstance(o, SignalOp))
+    signals = sum(o.count.value.data for sm in sched.sms for o in sm.ops if isinstance(o, SignalOp))
     assert signals == sum(counters.values())
     # a run of same-op tasks publishes once: no two signals of one counter back to back
     for sm in sched.sms:
-        ops = [o for o in sm.body.block.ops if not isinstance(o, ExecOp)]
+        ops = [o for o in sm.ops if not isinstance(o, ExecOp)]
         assert not any(isinstance(a, SignalOp) and isinstance(b, SignalOp) and a.counter == b.counter
                        for a, b in zip(ops, ops[1:]))
-    task_ids = sorted(o.task_id.value.data for sm in sched.sms for o in sm.body.block.ops if isinstance(o, ExecOp))
+    task_ids = sorted(o.task_id.value.data for sm in sched.sms for o in sm.ops if isinstance(o, ExecOp))
     assert task_ids == list(range(len(task_ids)))
     assert walk(schedule) == counters
 
@@ -106,9 +106,10 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
 def test_validator_names_a_deadlock_cycle():
     props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
                                                 {})
-    sm0 = SmOp(0, [WaitOp("b.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
-    sm1 = SmOp(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
-    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 1, [sm0, sm1])])
+    sm0 = sm_program(0, [WaitOp("b.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
+    sm1 = sm_program(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
+    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 1, [sm0, sm1]), sm0,
+                       sm1])
     module.verify()
     with pytest.raises(ScheduleError, match=r"deadlocks: cycle SM 0 waits on 'b.done', signalled later by SM 1 -> "
                                             r"SM 1 waits on 'a.done', signalled later by SM 0; blocked: SM 0 at "
@@ -118,8 +119,8 @@ def test_validator_names_a_deadlock_cycle():
 
 def test_validator_catches_unbalanced_counters():
     props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {})
-    sm0 = SmOp(0, [ExecOp(0, props), SignalOp("a.done", 2)])
-    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, [sm0])])
+    sm0 = sm_program(0, [ExecOp(0, props), SignalOp("a.done", 2)])
+    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, [sm0]), sm0])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
         walk(module)
 
@@ -148,15 +149,15 @@ def test_smem_model_of_the_1b_layer(gpu, stages, peak, split_peak):
 def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
     props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
                                                 {})
-    sms = [SmOp(i, [WaitOp(f"{p}.done", 1), ExecOp(i, props(n)), SignalOp(f"{n}.done")])
+    sms = [sm_program(i, [WaitOp(f"{p}.done", 1), ExecOp(i, props(n)), SignalOp(f"{n}.done")])
            for i, (n, p) in enumerate([("a", "c"), ("b", "a"), ("c", "b")])]
-    module = ModuleOp([CounterOp(f"{n}.done", i, 1) for i, n in enumerate("abc")] + [ScheduleOp(3, 256, 1, sms)])
+    module = ModuleOp([CounterOp(f"{n}.done", i, 1) for i, n in enumerate("abc")] + [ScheduleOp(3, 256, 1, sms), *sms])
     with pytest.raises(ScheduleError, match=r"cycle SM 0 waits on 'c.done', signalled later by SM 2 -> SM 2 waits on "
                                             r"'b.done', signalled later by SM 1 -> SM 1 waits on 'a.done', signalled "
                                             r"later by SM 0;"):
         walk(module)
-    starved = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("z.done", 1, 1), ScheduleOp(1, 256, 1, [SmOp(0, [
-        WaitOp("z.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])])])
+    sm0 = sm_program(0, [WaitOp("z.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
+    starved = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("z.done", 1, 1), ScheduleOp(1, 256, 1, [sm0]), sm0])
     with pytest.raises(ScheduleError, match="SM 0 waits on 'z.done', which no SM will signal again"):
         walk(starved)
     with pytest.raises(ScheduleError, match="the schedule has 3 blocks; only 2 SMs can hold them"):

@@ -49,7 +49,7 @@ def model_made_trace(schedule, truth: CostModel, pos: int) -> Trace:
     rows = {}
     for sm in next(o for o in schedule.ops if isinstance(o, ScheduleOp)).sms:
         prev = 0.0
-        for op in sm.body.block.ops:
+        for op in sm.ops:
             if isinstance(op, ExecOp):
                 _, start, end = timeline[op.task_id.value.data]
                 rows[op.task_id.value.data] = (op.sym_name.data, int(prev * 1e3), int(start * 1e3), int(end * 1e3))

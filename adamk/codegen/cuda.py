@@ -77,9 +77,6 @@ class _Emitter:
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
-        for o in sorted((o for sm in self.schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
-                        key=lambda o: o.task_id.value.data):      # numbered in schedule order
-            self.op_number.setdefault(o.source.data, len(self.op_number))
 
     def ptr(self, name: str | None, ctype_if_none: str = "float") -> str:
         if name is None:
@@ -163,9 +160,9 @@ class _Emitter:
         return task_kind(op.kind.data).staged(op)
 
     def sm_function(self, sm) -> list[str]:
-        items = list(_with_waits(sm.body.block.ops))
+        items = list(_with_waits(sm.ops))
         linears = [op for op, _ in items if isinstance(op, ExecOp) and op.kind.data == "linear"]
-        lines = [f"__device__ __noinline__ void sm_{sm.index.value.data}(const Step& s, const Buffers& b) {{"]
+        lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if linears:
             lines += [f"  ring_init<{self.ring}>(s);", "  if (is_producer()) {   // the SM's weight stream"]
             page = 0
@@ -195,10 +192,10 @@ class _Emitter:
         t, whichever block takes it, from ring page `page` on, and returns the pages it used.
         Each task waits for all of its producer ops, stages its own input, runs, and signals
         its op's counter; the producer warp streams the weights of the task just taken."""
-        execs = sorted((o for sm in self.schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
+        execs = sorted((o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)),
                        key=lambda o: o.task_id.value.data)
         waits_of = {op.task_id.value.data: waits for sm in self.schedule.sms      # it waits before every task
-                    for op, waits in _with_waits(sm.body.block.ops) if isinstance(op, ExecOp)}
+                    for op, waits in _with_waits(sm.ops) if isinstance(op, ExecOp)}
         lines = ["__device__ __noinline__ int run_task(const Step& s, const Buffers& b, u32 t, int page) {",
                  "  switch (t) {"]
         for o in execs:
@@ -220,7 +217,7 @@ class _Emitter:
         sched = self.schedule
         n_sms, threads, smem_bytes = (sched.num_sms.value.data, sched.block_threads.value.data,
                                      sched.smem_bytes.value.data)
-        n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.body.block.ops)
+        n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.ops)
         if self.queue:
             sm_bodies = self.queue_function() + [""]
         else:
@@ -249,9 +246,7 @@ class _Emitter:
                 ]
         tables_at = len(out)
         out += ["// The functions of each op: its constants filled in.",
-                *[line for (_, source), (_, body) in sorted(self.functions.items(),
-                                                            key=lambda kv: (self.op_number[kv[0][1]], kv[0][0]))
-                  for line in body + [""]]]
+                *[line for _, body in self.functions.values() for line in body + [""]]]
         out += ["// The distinct sets of waits of the schedule's tasks.",
                 f"__device__ const Waits kWaits[{len(self.waits)}] = {{",
                 *[f"  {literal}," for literal in self.waits], "};", ""]

@@ -1,18 +1,23 @@
 """Schedule level of the `adamk` dialect: what every SM runs, in order.
 
-`adamk.schedule` holds one `adamk.sm` region per block of the persistent kernel. Each
-region is a straight line of `adamk.wait` (spin until a counter reaches
-``epoch * count``), `adamk.exec` (run one task body) and `adamk.signal` (add one to a
-counter, with release ordering). Counters are declared by `adamk.counter`; they only
-grow, and the launch's epoch makes every wait target fresh, so nothing resets them
-between steps.
+`adamk.schedule` describes the persistent kernel (blocks, threads, pages in flight, shared
+memory); each block's program is a `func.func @sm<i>` after it in the module: a straight line
+of `adamk.wait` (spin until a counter reaches ``epoch * count``), `adamk.exec` (run one task
+body) and `adamk.signal` (add to a counter, with release ordering), ended by `func.return`.
+An upstream function rather than an adamk region op: upstream MLIR verifies a region's block
+only with a terminator, and an IRDL-defined op can be neither a terminator nor exempt from one
+(adamk/dialects/irdl.py). Counters are declared by `adamk.counter`; they only grow, and the
+launch's epoch makes every wait target fresh, so nothing resets them between steps.
 """
 from __future__ import annotations
 
-from xdsl.dialects.builtin import IntegerAttr, StringAttr, i64
+import re
+from typing import NamedTuple
+
+from xdsl.dialects.builtin import FunctionType, IntegerAttr, StringAttr, i64
+from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Block, Region
-from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def, region_def, traits_def
-from xdsl.traits import NoTerminator
+from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def
 from xdsl.utils.exceptions import VerifyException
 
 from .. import smem
@@ -78,59 +83,74 @@ class ExecOp(TaskBody):
         super().__init__(properties={**properties, "task_id": IntegerAttr(task_id, i64)})
 
 
-@irdl_op_definition
-class SmOp(IRDLOperation):
-    """The straight-line program of one block (one SM)."""
-    name = "adamk.sm"
-    traits = traits_def(NoTerminator())
-    index = prop_def(IntegerAttr)
-    body = region_def("single_block")
+class Program(NamedTuple):
+    """One block's program: `func.func @sm<index>`, its ops without the closing `func.return`."""
+    index: int
+    ops: list
+    func: FuncOp
 
-    def __init__(self, index: int, ops=()):
-        super().__init__(properties={"index": IntegerAttr(index, i64)}, regions=[Region(Block(ops))])
 
-    def verify_(self):
-        for op in self.body.block.ops:
-            if not isinstance(op, (WaitOp, ExecOp, SignalOp)):
-                raise VerifyException(f"adamk.sm {self.index.value.data}: '{op.name}' is not a wait, exec or signal")
+_SM_NAME = re.compile(r"sm(0|[1-9][0-9]*)")
+
+
+def sm_program(index: int, ops=()) -> FuncOp:
+    """`func.func @sm<index>() { ops; func.return }`: the straight-line program of block `index`."""
+    return FuncOp(f"sm{index}", FunctionType.from_lists([], []), Region(Block([*ops, ReturnOp()])))
+
+
+def _program(fn: FuncOp) -> Program | None:
+    match = _SM_NAME.fullmatch(fn.sym_name.data)
+    if match is None:
+        return None
+    return Program(int(match.group(1)), [o for o in fn.body.block.ops if not isinstance(o, ReturnOp)], fn)
+
+
+def _plan(programs, stages: int) -> smem.SmPlan:
+    return smem.sm_plan((o.footprint for sm in programs for o in sm.ops if isinstance(o, ExecOp)), stages)
 
 
 @irdl_op_definition
 class ScheduleOp(IRDLOperation):
     """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` of dynamic
-    shared memory each: its plan with `stages` weight pages in flight (smem.py)."""
+    shared memory each: its plan with `stages` weight pages in flight (smem.py). The blocks'
+    programs are the `func.func @sm<i>` that follow it in the module, i in order."""
     name = "adamk.schedule"
-    traits = traits_def(NoTerminator())
     num_sms = prop_def(IntegerAttr)
     block_threads = prop_def(IntegerAttr)
     stages = prop_def(IntegerAttr)
     smem_bytes = prop_def(IntegerAttr)
-    body = region_def("single_block")
 
-    def __init__(self, num_sms: int, block_threads: int, stages: int, sms):
+    def __init__(self, num_sms: int, block_threads: int, stages: int, programs):
+        """`programs`: the `sm_program`s the caller puts after it, to size its shared memory."""
+        peak = _plan([_program(p) for p in programs], stages).peak
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
-                                     "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(0, i64)},
-                         regions=[Region(Block(sms))])
-        self.properties["smem_bytes"] = IntegerAttr(self.plan().peak, i64)
+                                     "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(peak, i64)})
 
     @property
-    def sms(self) -> list[SmOp]:
-        return list(self.body.block.ops)
+    def sms(self) -> list[Program]:
+        """The programs of the module's `func.func @sm<i>`, in module order."""
+        block = self.parent_block()
+        if block is None:
+            return []
+        return [p for p in (_program(o) for o in block.ops if isinstance(o, FuncOp)) if p is not None]
 
     def plan(self) -> smem.SmPlan:
         """The shared-memory layout of every SM: ring slots as large as the largest page of any
         task, the largest work area, so one function per op serves every SM."""
-        return smem.sm_plan((o.footprint for sm in self.sms for o in sm.body.block.ops if isinstance(o, ExecOp)),
-                            self.stages.value.data)
+        return _plan(self.sms, self.stages.value.data)
 
     def verify_(self):
         sms = self.sms
-        if not all(isinstance(s, SmOp) for s in sms):
-            raise VerifyException("adamk.schedule: its body may only hold adamk.sm regions")
-        if [s.index.value.data for s in sms] != list(range(self.num_sms.value.data)):
-            raise VerifyException(f"adamk.schedule: expected adamk.sm 0..{self.num_sms.value.data - 1} in order, "
-                                  f"got {[s.index.value.data for s in sms]}")
+        if [s.index for s in sms] != list(range(self.num_sms.value.data)):
+            raise VerifyException(f"adamk.schedule: expected func.func @sm0..@sm{self.num_sms.value.data - 1} in "
+                                  f"order, got {['@sm%d' % s.index for s in sms]}")
+        for s in sms:
+            for op in s.ops:
+                if not isinstance(op, (WaitOp, ExecOp, SignalOp)):
+                    raise VerifyException(f"@sm{s.index}: '{op.name}' is not an adamk.wait, exec or signal")
+            if not isinstance(s.func.body.block.last_op, ReturnOp) or s.func.function_type.inputs.data:
+                raise VerifyException(f"@sm{s.index}: a program takes no arguments and ends with func.return")
         if self.stages.value.data < 1:
             raise VerifyException(f"adamk.schedule: stages {self.stages.value.data} must be at least 1")
         need = self.plan().peak
@@ -139,4 +159,4 @@ class ScheduleOp(IRDLOperation):
                                   "what its shared-memory plan needs")
 
 
-SCHEDULE_OPS = [CounterOp, WaitOp, SignalOp, ExecOp, SmOp, ScheduleOp]
+SCHEDULE_OPS = [CounterOp, WaitOp, SignalOp, ExecOp, ScheduleOp]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 
-from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, SmOp, WaitOp
+from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
 
@@ -31,7 +31,7 @@ def check_smem(schedule: ScheduleOp, budget: int):
     """The plan fits the per-block budget, or an error naming its biggest tasks."""
     plan = schedule.plan()
     if plan.peak > budget:
-        execs = [o for sm in schedule.sms for o in sm.body.block.ops if isinstance(o, ExecOp)]
+        execs = [o for sm in schedule.sms for o in sm.ops if isinstance(o, ExecOp)]
         stage = max(execs, key=lambda o: o.stage_bytes.value.data)
         work = max(execs, key=lambda o: o.work_bytes.value.data)
         raise ScheduleError(f"the kernel needs {plan.peak} B of shared memory per block ({plan.depth} pages x "
@@ -79,11 +79,11 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
                 ops.append(ExecOp(i, t.copy_body_properties()))
                 if counter_name(t.source.data) in counters:
                     ops.append(SignalOp(counter_name(t.source.data), pending + 1))
-        sms.append(SmOp(index, ops))
+        sms.append(sm_program(index, ops))
 
     schedule = ScheduleOp(len(programs), block_threads, stages, sms)
-    check_smem(schedule, smem_budget)
     for b in buffers:
         b.detach()
     module.body.detach_block(0)
-    module.body.add_block(Block([*buffers, *counters.values(), schedule]))
+    module.body.add_block(Block([*buffers, *counters.values(), schedule, *sms]))
+    check_smem(schedule, smem_budget)

@@ -67,7 +67,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
     `on_exec(op)` runs each task; `on_op(sm, op)` sees every op as its SM passes it."""
     declared = {c.sym_name.data: c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)}
     counters = counters if counters is not None else {name: 0 for name in declared}
-    programs = [list(sm.body.block.ops) for sm in schedule_of(module).sms]
+    programs = [list(sm.ops) for sm in schedule_of(module).sms]
     pcs = [0] * len(programs)
     while True:
         progress = False
