@@ -1,4 +1,4 @@
-"""The `adamk` command line: compile, inspect, calibrate, gpus.
+"""The `adamk` command line: compile, inspect, calibrate, gpus, dialect.
 
 User mistakes (bad paths, unsupported models, unknown GPUs, ...) end with one line on
 stderr and exit status 1; nothing half-written is left behind.
@@ -162,6 +162,13 @@ def inspect(artifact, mlir_check):
         click.echo("\n".join(printable(line) for line in out))
         if any(r is not None for r in results.values()):
             _fail(f"{artifact}: upstream MLIR rejects " + ", ".join(lv for lv, r in results.items() if r is not None))
+
+
+@main.command()
+def dialect():
+    """Print the adamk dialect as IRDL (what every artifact holds as adamk.irdl.mlir)."""
+    from .dialects.irdl import dialect_irdl
+    click.echo(dialect_irdl(), nl=False)
 
 
 @main.command()

@@ -48,6 +48,7 @@ def test_irdl_describes_every_op_from_the_xdsl_definitions(artifacts):
         for name in required:
             assert f'"{name}" = %' in block, (d.name, name)
     assert "irdl.type @token" in text and "irdl.base @adamk::@token" in text
+    assert CliRunner().invoke(main, ["dialect"]).stdout == text     # `adamk dialect`
     for path in artifacts:                                          # shipped, hashed, the same text
         assert (Path(path) / FILE_NAME).read_text() == text
         assert FILE_NAME in json.loads((Path(path) / "manifest.json").read_text())["files"]

@@ -106,7 +106,3 @@ def dialect_irdl() -> str:
     """The IRDL text of the adamk dialect (deterministic: ops in the dialect's order)."""
     from . import Adamk
     return _Emitter(Adamk).emit()
-
-
-if __name__ == "__main__":     # python -m adamk.dialects.irdl > adamk.irdl.mlir
-    print(dialect_irdl(), end="")
