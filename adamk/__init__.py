@@ -13,10 +13,12 @@ from .config import CompileConfig  # noqa: E402
 from .errors import AdamkError  # noqa: E402
 
 
-def load(path, weights, device=None, timeout_s: float = 2.0):
-    """Load an artifact on a GPU; see `adamk.runtime.DecodeStep`."""
+def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "", names_prefix: str = ""):
+    """Load an artifact on a GPU; see `adamk.runtime.DecodeStep` (weights: a module, a state_dict,
+    an .onnx or .safetensors file, or a checkpoint directory)."""
     from .runtime import load as _load
-    return _load(path, weights, device=device, timeout_s=timeout_s)
+    return _load(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
+                 names_prefix=names_prefix)
 
 
 __all__ = ["Artifact", "AdamkError", "CompileConfig", "compile", "load", "__version__"]

@@ -11,12 +11,11 @@ zeroed before the 32-bit targets would wrap.
 from __future__ import annotations
 
 import ctypes
-import os
 
 from ..artifact import load_files
 from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
-from ..names import quoted
 from . import driver as cu
+from .weights import check_weights, read_weights
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
 SMEM_OVERFLOW = 1   # sync.cuh ErrorReason kSmemOverflow
@@ -25,10 +24,13 @@ SMEM_OVERFLOW = 1   # sync.cuh ErrorReason kSmemOverflow
 class DecodeStep:
     """One layer's decode step: `y = step(x, pos)`; `k_cache` / `v_cache` persist across calls.
 
-    `weights`: a torch module, a state_dict-like mapping, or the path of the ONNX file the
-    artifact was compiled from (its initializers)."""
+    `weights`: a torch module, a state_dict-like mapping, the path of the ONNX file the
+    artifact was compiled from (its initializers), a safetensors file or a (sharded) Hugging
+    Face checkpoint directory; `weights_prefix` keeps the names under it, the prefix replaced by
+    `names_prefix` (`adamk.runtime.weights.read_weights`)."""
 
-    def __init__(self, path, weights, device=None, timeout_s: float = 2.0):
+    def __init__(self, path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
+                 names_prefix: str = ""):
         import torch
         self.torch = torch
         if not torch.cuda.is_available():
@@ -43,7 +45,7 @@ class DecodeStep:
         self.grid, self.threads, self.smem = k["grid"], k["block_threads"], k["smem_bytes"]
         self.timeout_ns = int(timeout_s * 1e9)
 
-        self.buffers = self._bind(weights)
+        self.buffers = self._bind(read_weights(weights, weights_prefix, names_prefix))
         self.max_seq_len = self.buffers["k_cache"].shape[2]
         names = [b["name"] for b in self.manifest["buffers"]]
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
@@ -76,30 +78,12 @@ class DecodeStep:
 
     def _bind(self, weights) -> dict:
         torch = self.torch
-        if isinstance(weights, torch.nn.Module):
-            weights = weights.state_dict()
-        elif isinstance(weights, (str, os.PathLike)):          # an ONNX file: its initializers
-            from ..frontend.onnx_frontend import weights_from_onnx
-            weights = weights_from_onnx(weights)
-        weights = dict(weights)
-        expected = {w["name"]: w for w in self.manifest["weights"]}
-        missing = sorted(set(expected) - set(weights))
-        if missing:
-            raise AdamkError(f"weights are missing {', '.join(map(quoted, missing[:5]))}{' ...' if len(missing) > 5 else ''}")
+        checked = check_weights(self.manifest, weights)
         out = {}
         for b in self.manifest["buffers"]:
             dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
             if b["role"] == "weight":
-                w = weights[b["name"]]
-                if not isinstance(w, torch.Tensor) or w.dtype not in (torch.float32, torch.bfloat16):
-                    raise AdamkError(f"weight {quoted(b['name'])} is {getattr(w, 'dtype', type(w).__name__)}; the "
-                                     "artifact takes float32 or bfloat16 tensors")
-                if list(w.shape) != b["shape"]:
-                    raise AdamkError(f"weight {quoted(b['name'])} has shape {list(w.shape)}, the artifact expects "
-                                     f"{b['shape']}")
-                if not torch.isfinite(w).all():
-                    raise AdamkError(f"weight {quoted(b['name'])} holds NaN or Inf values")
-                out[b["name"]] = w.detach().to(device=self.device, dtype=dtype).contiguous()
+                out[b["name"]] = checked[b["name"]].detach().to(device=self.device, dtype=dtype).contiguous()
             elif b["role"] == "kv_cache":
                 out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)
             else:
@@ -183,5 +167,7 @@ def kernel_arguments(order: list[str], values: dict) -> list:
     return [values[name] for name in order]
 
 
-def load(path, weights, device=None, timeout_s: float = 2.0) -> DecodeStep:
-    return DecodeStep(path, weights, device=device, timeout_s=timeout_s)
+def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
+         names_prefix: str = "") -> DecodeStep:
+    return DecodeStep(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
+                      names_prefix=names_prefix)

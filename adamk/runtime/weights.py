@@ -1,0 +1,168 @@
+"""Weights from the formats people have, checked against an artifact's manifest.
+
+`read_weights` takes a torch module or state_dict, the ONNX file the artifact was compiled
+from (its initializers), a Hugging Face safetensors file, or a directory holding
+`model.safetensors` or a sharded checkpoint (`model.safetensors.index.json` and its shards);
+`prefix` keeps the names under it, with `prefix` replaced by `as_prefix` (`model.layers.0.` ->
+`layer.` binds layer 0 of a Hugging Face checkpoint to an artifact compiled from
+`HFDecodeStep`, whose weights are named `layer.self_attn.q_proj.weight`, ...). Safetensors are read lazily: only the tensors the manifest
+names leave the file. `check_weights` gives every tensor the manifest names, or one clear error
+naming the first that is missing, of the wrong shape or dtype, or not finite.
+
+The files are untrusted input like the model: an index names only plain files of its own
+directory, sizes are bounded, and a malformed file is one error naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import AdamkError
+from ..names import quoted
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+MAX_INDEX_BYTES = 16 << 20
+DTYPES = ("float32", "bfloat16")        # what the kernel's weights may be given as (stored as the manifest says)
+
+
+class _Safetensors(Mapping):
+    """name -> tensor over safetensors files, each opened once, tensors read on access."""
+
+    def __init__(self, where: dict[str, Path]):
+        self.where = where            # tensor name -> the file holding it
+        self.files: dict[Path, object] = {}
+
+    def _open(self, path: Path):
+        if path not in self.files:
+            from safetensors import safe_open
+            try:
+                self.files[path] = safe_open(os.fspath(path), framework="pt")
+            except Exception as e:          # safetensors raises its own error types for a malformed file
+                raise AdamkError(f"{quoted(str(path))} is not a safetensors file ({str(e).splitlines()[0]})") from None
+        return self.files[path]
+
+    def __getitem__(self, name):
+        path = self.where[name]
+        f = self._open(path)
+        if name not in f.keys():
+            raise AdamkError(f"{quoted(str(path))} has no tensor {quoted(name)}, which its index names")
+        try:
+            return f.get_tensor(name)
+        except Exception as e:
+            raise AdamkError(f"{quoted(str(path))}: tensor {quoted(name)} cannot be read ({str(e).splitlines()[0]})") \
+                from None
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self):
+        return len(self.where)
+
+
+def _single(path: Path) -> _Safetensors:
+    names = _Safetensors({})._open(path).keys()
+    return _Safetensors({n: path for n in names})
+
+
+def _sharded(index: Path) -> _Safetensors:
+    if not index.is_file() or index.stat().st_size > MAX_INDEX_BYTES:
+        raise AdamkError(f"{quoted(str(index))} is not a regular file of at most {MAX_INDEX_BYTES >> 20} MB")
+    try:
+        data = json.loads(index.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise AdamkError(f"{quoted(str(index))} is not JSON ({type(e).__name__})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                  for k, v in weight_map.items()):
+        raise AdamkError(f"{quoted(str(index))} has no 'weight_map' of tensor names to shard file names")
+    where = {}
+    for name, shard in weight_map.items():
+        # a shard is a plain file beside the index: no path, no link out of the checkpoint
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
+            raise AdamkError(f"{quoted(str(index))} names shard {quoted(shard)} for {quoted(name)}; a shard must be a "
+                             "plain file name in the index's directory")
+        path = index.parent / shard
+        if path.is_symlink() or not path.is_file():
+            raise AdamkError(f"shard {quoted(shard)} of {quoted(str(index))} (for {quoted(name)}) is "
+                             f"{'a symbolic link' if path.is_symlink() else 'missing'}")
+        where[name] = path
+    return _Safetensors(where)
+
+
+def read_weights(source, prefix: str = "", as_prefix: str = "") -> Mapping:
+    """The named tensors of `source` (module, mapping, .onnx, .safetensors, or a checkpoint
+    directory); with `prefix`, only names under it, `prefix` replaced by `as_prefix`."""
+    import torch
+    if isinstance(source, torch.nn.Module):
+        weights: Mapping = source.state_dict()
+    elif isinstance(source, Mapping):
+        weights = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            if (path / INDEX).exists():
+                weights = _sharded(path / INDEX)
+            elif (path / SINGLE).is_file():
+                weights = _single(path / SINGLE)
+            else:
+                raise AdamkError(f"{quoted(str(path))} holds neither {INDEX} nor {SINGLE}")
+        elif path.suffix == ".safetensors":
+            if not path.is_file():
+                raise AdamkError(f"{quoted(str(path))} is not a file")
+            weights = _single(path)
+        elif path.suffix == ".onnx":
+            from ..frontend.onnx_frontend import weights_from_onnx
+            weights = weights_from_onnx(path)
+        else:
+            raise AdamkError(f"{quoted(str(path))}: weights are read from .onnx, .safetensors or a checkpoint "
+                             "directory")
+    else:
+        raise AdamkError(f"weights must be a torch module, a mapping of names to tensors or a path, not "
+                         f"{type(source).__name__}")
+    return _Renamed(weights, prefix, as_prefix) if prefix or as_prefix else weights
+
+
+class _Renamed(Mapping):
+    """The names of `inner` under `prefix`, with `as_prefix` instead (tensors still read on access)."""
+
+    def __init__(self, inner: Mapping, prefix: str, as_prefix: str):
+        self.inner, self.prefix, self.as_prefix = inner, prefix, as_prefix
+        self.names = [as_prefix + n[len(prefix):] for n in inner if n.startswith(prefix)]
+
+    def __getitem__(self, name):
+        if not name.startswith(self.as_prefix):
+            raise KeyError(name)
+        return self.inner[self.prefix + name[len(self.as_prefix):]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+def check_weights(manifest: dict, weights: Mapping) -> dict:
+    """{name: tensor} for every weight the manifest lists, in its order; the first missing,
+    misshapen, wrongly typed or non-finite one is one clear error."""
+    import torch
+    names = set(weights)
+    expected = manifest["weights"]
+    missing = [w["name"] for w in expected if w["name"] not in names]
+    if missing:
+        raise AdamkError(f"weights are missing {', '.join(map(quoted, missing[:5]))}"
+                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
+    out = {}
+    for w in expected:
+        t = weights[w["name"]]
+        if not isinstance(t, torch.Tensor) or str(t.dtype).removeprefix("torch.") not in DTYPES:
+            raise AdamkError(f"weight {quoted(w['name'])} is {getattr(t, 'dtype', type(t).__name__)}; the "
+                             "artifact takes float32 or bfloat16 tensors")
+        if list(t.shape) != list(w["shape"]):
+            raise AdamkError(f"weight {quoted(w['name'])} has shape {list(t.shape)}, the artifact expects {w['shape']}")
+        if not torch.isfinite(t).all():
+            raise AdamkError(f"weight {quoted(w['name'])} holds NaN or Inf values")
+        out[w["name"]] = t
+    return out
