@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
-from .base import BF16, F32, TaskKind, f32_literal
+from .base import BF16, F32, CombineKind, TaskKind, f32_literal
 
 EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
 
@@ -91,7 +91,7 @@ class Attention(TaskKind):
         return self.waiting_call(em, op, waits, "attention", (begin, part), f"query head {begin}, part {part}")
 
 
-class AttentionCombine(TaskKind):
+class AttentionCombine(CombineKind):
     name = "attention_combine"
     roles = frozenset({"partial", "out"})
 
@@ -109,7 +109,3 @@ class AttentionCombine(TaskKind):
                 f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
                 f"{op.param('num_heads')}, {op.k_split.value.data}, head_begin, head_end);",
                 "}"]
-
-    def call(self, em, op, waits, page, new_run) -> list[str]:
-        begin, end = op.tile_range
-        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")

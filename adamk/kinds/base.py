@@ -51,3 +51,12 @@ class TaskKind:
         """What the task's input staging leaves in the work area, or None (the work area is
         used otherwise, so the next linear stages again)."""
         return None
+
+
+class CombineKind(TaskKind):
+    """A combine of a split op's parts over the tile [begin, end): it waits itself, reads the
+    parts in fixed order; its function is `combine_op<n>(s, b, task, waits, begin, end)`."""
+
+    def call(self, em, op, waits, page, new_run) -> list[str]:
+        begin, end = op.tile_range
+        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")

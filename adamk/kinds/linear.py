@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
-from .base import BF16, F32, TaskKind, f32_literal
+from .base import BF16, F32, CombineKind, TaskKind, f32_literal
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
 
@@ -111,7 +111,7 @@ def finish(sim, op, begin: int, end: int, acc: np.ndarray):
     sim.vec(op, "out")[begin:end] = acc
 
 
-class LinearCombine(TaskKind):
+class LinearCombine(CombineKind):
     name = "linear_combine"
     roles = frozenset({"partial", "out"})
 
@@ -131,7 +131,3 @@ class LinearCombine(TaskKind):
                 f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {op.k_split.value.data}, "
                 f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                 "}"]
-
-    def call(self, em, op, waits, page, new_run) -> list[str]:
-        begin, end = op.tile_range
-        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")
