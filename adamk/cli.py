@@ -154,8 +154,8 @@ def inspect(artifact, mlir_check):
         _fail(f"{artifact}: " + ", ".join(f"{quoted(n)} {s}" for n, s in status.items() if s != "ok"))
     if mlir_check:
         from .mlir_check import check_artifact, find_opt, opt_version
-        results = check_artifact(artifact)
         opt = find_opt()
+        results = check_artifact(artifact, opt)      # one clear error where opt is None
         out = [f"upstream MLIR ({Path(opt).name}, {opt_version(opt)}) with {artifact / 'adamk.irdl.mlir'}"]
         out += [f"  {'verified' if r is None else 'REJECTED':10s} {level}" + ("" if r is None else f": {r}")
                 for level, r in results.items()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .dialects.irdl import FILE_NAME
@@ -36,11 +37,8 @@ def opt_version(opt: str) -> str:
     out = subprocess.run([opt, "--version"], capture_output=True, text=True, timeout=60).stdout
     llvm = next((line.strip() for line in out.splitlines() if "version" in line.lower()), "unknown version")
     try:
-        from importlib.metadata import version
         return f"iree-base-compiler {version('iree-base-compiler')}, {llvm}"
-    except ImportError:
-        return llvm
-    except Exception:        # importlib.metadata.PackageNotFoundError: a driver from PATH
+    except PackageNotFoundError:     # a driver from PATH
         return llvm
 
 
@@ -58,9 +56,10 @@ def verify_text(opt: str, irdl_file: str | os.PathLike, mlir_file: str | os.Path
     return lines[0].strip()
 
 
-def check_artifact(path: str | os.PathLike) -> dict[str, str | None]:
-    """level file -> None (verified) or the first diagnostic, for an artifact directory."""
-    opt = find_opt()
+def check_artifact(path: str | os.PathLike, opt: str | None = None) -> dict[str, str | None]:
+    """level file -> None (verified) or the first diagnostic, for an artifact directory, with the
+    driver `opt` (default: `find_opt()`)."""
+    opt = opt or find_opt()
     if opt is None:
         raise AdamkError("no MLIR opt driver: install the extra with `pip install adamk[mlir]` (iree-base-compiler's "
                          "iree-opt), or put mlir-opt on PATH")

@@ -5,10 +5,12 @@ xDSL op definitions (the one source of truth), so upstream tools verify an artif
 Reads every op and type of `dialects.Adamk`; writes `irdl.dialect @adamk`: per op its operands
 (single, optional, variadic) and results with their base type, its required properties as
 attributes with their base attribute (an IRDL-defined op has no properties, so artifacts print
-properties as attributes: `print_module`), its regions. Upstream IRDL has no optional
-attributes: an optional property is named in a comment and checked only by xDSL's verifier, as
-are the `verify_` methods (shapes, prologues, tilings). Nothing here is written by hand: a
-constraint the mapping does not know is an error, not a silently looser check.
+properties as attributes: `print_module`). Upstream IRDL has no optional attributes: an
+optional property is named in a comment and checked only by xDSL's verifier, as are the
+`verify_` methods (shapes, prologues, tilings). No adamk op may hold a region: upstream verifies
+a block only with a terminator, and an IRDL op can be neither a terminator nor exempt from one.
+Nothing here is written by hand: a constraint the mapping does not know is an error, not a
+silently looser check.
 """
 from __future__ import annotations
 
@@ -79,14 +81,9 @@ class _Emitter:
             self.lines.append(f"      irdl.attributes {{{attrs}}}")
         if optional:
             self.lines.append(f"      // optional, checked by adamk's verifier only: {', '.join(optional)}")
-        if d.regions:
-            names = []
-            for name, _ in d.regions:
-                value = f"%{self.n}"
-                self.n += 1
-                self.lines.append(f"      {value} = irdl.region with size 1")
-                names.append(f"{name}: {value}")
-            self.lines.append(f"      irdl.regions({', '.join(names)})")
+        if d.regions:      # its blocks could not verify upstream: an IRDL op is never a terminator or exempt
+            raise ValueError(f"{d.name} has regions, which upstream MLIR cannot verify for an IRDL op "
+                             "(adamk/dialects/schedule.py: programs are func.func)")
         if d.results:
             self.lines.append(f"      irdl.results({self.values(d.results, OptResultDef, VarResultDef, d.name)})")
         self.lines.append("    }")

@@ -63,8 +63,9 @@ class _Safetensors(Mapping):
 
 
 def _single(path: Path) -> _Safetensors:
-    names = _Safetensors({})._open(path).keys()
-    return _Safetensors({n: path for n in names})
+    weights = _Safetensors({})
+    weights.where = {n: path for n in weights._open(path).keys()}   # the file opened once, kept open
+    return weights
 
 
 def _sharded(index: Path) -> _Safetensors:
