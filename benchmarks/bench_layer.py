@@ -40,6 +40,22 @@ def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
     return 2 * nbytes / statistics.median(times[3:])
 
 
+def bf16_exact_layer(cfg, seed: int = 0):
+    """The preset's layer with weights exactly representable in bf16, so the float32 reference
+    computes what the kernel's bf16 weights do."""
+    layer = DecoderLayer(cfg, seed=seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(p.bfloat16().float())
+    return layer
+
+
+def read_bytes(layer, cfg, pos: int) -> tuple[int, int]:
+    """(weight bytes, KV bytes) one step must read, in bf16: every weight, the K and V rows 0..pos.
+    Over the copy bandwidth, the weight-read floor."""
+    return 2 * sum(p.numel() for p in layer.parameters()), 2 * 2 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim
+
+
 def rel_error(y, want) -> float:
     return ((y.float() - want.float()).norm() / want.float().norm()).item()
 
@@ -115,14 +131,10 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
     Returns (pos, floor_us, rows of (name, median us, back-to-back us, predicted us))."""
     from baselines import TunedStep, compiled, graphed
     cfg = PRESETS[preset]
-    layer = DecoderLayer(cfg, seed=0)
-    with torch.no_grad():      # weights exactly representable in bf16, so the reference is the kernel's layer
-        for p in layer.parameters():
-            p.copy_(p.bfloat16().float())
+    layer = bf16_exact_layer(cfg)
     bw = copy_bandwidth()
-    weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
-    kv_bytes = 2 * 2 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim
-    floor_us = (weight_bytes + kv_bytes) / bw * 1e6
+    weight_bytes, kv_bytes = read_bytes(layer, cfg, pos)
+    floor = (weight_bytes + kv_bytes) / bw * 1e6
     rows = []
     x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
     ref = copy.deepcopy(layer).to(device="cuda")          # float32, for the numerics checks
@@ -163,11 +175,11 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
 
     print(f"\n{preset} layer, pos {pos}, {torch.cuda.get_device_name()}")
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s; weights {weight_bytes / 1e6:.1f} MB + KV {kv_bytes / 1e6:.2f} MB "
-          f"-> floor {floor_us:.1f} us")
+          f"-> floor {floor:.1f} us")
     print(f"{'variant':66s} {'median us':>10s} {'b2b us':>9s} {'floor/b2b':>9s} {'predicted':>9s}")
     for name, med, b2b, pred in rows:
-        print(f"{name:66s} {med:10.1f} {b2b:9.1f} {floor_us / b2b:9.1%} {pred if pred is not None else '':>9}")
-    return pos, floor_us, rows
+        print(f"{name:66s} {med:10.1f} {b2b:9.1f} {floor / b2b:9.1%} {pred if pred is not None else '':>9}")
+    return pos, floor, rows
 
 
 def summary(preset: str, results):

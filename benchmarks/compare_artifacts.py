@@ -13,9 +13,10 @@ import copy
 import torch
 
 import adamk
-from adamk.models import PRESETS, DecoderLayer
+from adamk.models import PRESETS
 from adamk.runtime.timing import time_launches
-from bench_layer import BASELINE_TOLERANCE, check, check_numerics, copy_bandwidth, reference, rel_error
+from bench_layer import (BASELINE_TOLERANCE, bf16_exact_layer, check, check_numerics, copy_bandwidth, read_bytes,
+                         reference, rel_error)
 
 
 def main():
@@ -27,13 +28,9 @@ def main():
     ap.add_argument("--baselines", action="store_true", help="also torch.compile of the tuned step in a CUDA graph")
     args = ap.parse_args()
     cfg = PRESETS[args.preset]
-    layer = DecoderLayer(cfg, seed=0)
-    with torch.no_grad():      # weights exactly representable in bf16, as the kernel reads them
-        for p in layer.parameters():
-            p.copy_(p.bfloat16().float())
+    layer = bf16_exact_layer(cfg)
     ref = copy.deepcopy(layer).to(device="cuda")
     bw = copy_bandwidth()
-    weight_bytes = 2 * sum(p.numel() for p in layer.parameters())
     steps = {}
     for a in args.artifacts:
         name, _, path = a.partition("=")
@@ -41,7 +38,7 @@ def main():
             raise SystemExit(f"'{a}': expected NAME=DIR")
         steps[name] = adamk.load(path, layer)
     for pos in (int(p) for p in args.pos.split(",")):
-        floor = (weight_bytes + 4 * (pos + 1) * cfg.num_kv_heads * cfg.head_dim) / bw * 1e6
+        floor = sum(read_bytes(layer, cfg, pos)) / bw * 1e6
         print(f"pos {pos}: floor {floor:.1f} us (copy {bw / 1e12:.2f} TB/s)")
         x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
         for name, step in steps.items():
