@@ -17,6 +17,7 @@ from .dialects import irdl, make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError, UnsupportedShapeError
+from .kinds.base import DTYPE_BYTES
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
 from .passes.tile import TilePass
@@ -58,7 +59,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     search = None
     if config.schedule == "search":
         with step("search: tiling per op, placement and order of every task") as update:
-            search = DagSearch(cost, config.blocks, config.depth, config.stage_bytes, target.smem_per_block,
+            search = DagSearch(cost, config.blocks, config.depth, config.in_flight, config.stage_bytes,
+                               target.smem_per_block,
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
                                _search_progress(update), config.ksplit).run(graph)
             graph.verify()
@@ -73,11 +75,11 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:
             run(SearchSchedulePass(cost, config.blocks, config.block_threads, target.smem_per_block, config.depth,
-                                   pos),
+                                   config.in_flight, pos),
                 graph)
         else:
             run(RoundRobinSchedulePass(config.blocks, config.block_threads, target.smem_per_block, config.depth,
-                                       barrier=config.schedule == "barrier", queue=config.schedule == "queue"), graph)
+                                       config.in_flight, barrier=config.schedule == "barrier"), graph)
         validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
@@ -188,8 +190,8 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     buffers = [b for b in schedule.ops if isinstance(b, BufferOp)]
     execs = sorted((o for sm in sched.sms for o in sm.ops if isinstance(o, ExecOp)),
                    key=lambda o: o.task_id.value.data)
-    elem = {"bf16": 2, "f32": 4}
-    weight_bytes = sum(math.prod(b.shape.get_values()) * elem[b.dtype.data] for b in buffers if b.role.data == "weight")
+    weight_bytes = sum(math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
+                       if b.role.data == "weight")
     report = binaries.report
     return {
         "adamk_version": __version__,
@@ -200,6 +202,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "kernel": {"name": KERNEL_NAME, "grid": sched.num_sms.value.data,
                    "block_threads": sched.block_threads.value.data,
                    "smem_bytes": sched.smem_bytes.value.data, "stages": sched.stages.value.data,
+                   "pages_in_flight": sched.in_flight.value.data,
                    "registers": report["registers"],
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),

@@ -40,6 +40,7 @@ class CompileConfig:
     tile_rows: int = 16               # output rows of one linear task (the spatial axis of the smem model)
     stages: int | None = None         # weight pages in flight per SM (temporal axis); None: the GPU's default
     stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
+    pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
@@ -70,6 +71,8 @@ class CompileConfig:
             raise AdamkError(f"max_seq_len={self.max_seq_len} must be positive")
         if self.stages is not None and not 1 <= self.stages <= 8:
             raise AdamkError(f"stages={self.stages} outside 1..8")
+        if self.pages_in_flight is not None and not 1 <= self.pages_in_flight <= 8:
+            raise AdamkError(f"pages_in_flight={self.pages_in_flight} outside 1..8")
         if self.stage_bytes < 256 or self.stage_bytes % 16:
             raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
         if self.num_sms is not None and not 0 < self.num_sms <= target.num_sms:
@@ -88,6 +91,11 @@ class CompileConfig:
         if self.schedule == "queue":
             return 1              # a block cannot stage tasks it has not taken yet
         return self.stages or self.target.weight_stages
+
+    @property
+    def in_flight(self) -> int:
+        """Pages of the ring being copied at once: at most the ring's depth."""
+        return min(self.depth, self.pages_in_flight or self.target.pages_in_flight)
 
     @property
     def blocks(self) -> int:

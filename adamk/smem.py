@@ -78,14 +78,15 @@ def linear_xs(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
     return linear_pages(tile_rows, k_chunk, page_bytes) * linear_page_cols(tile_rows, k_chunk, page_bytes)
 
 
-def linear_work_bytes(xs: int) -> int:
-    """xs floats (the prologue-applied input) + reduction scratch (`LinearWork`)."""
-    return xs * F32 + REDUCE_SCRATCH
+def linear_work_bytes(xs: int, coef: int = 0) -> int:
+    """xs floats (the prologue-applied input) + the scratch (`LinearWork`): one float per warp for
+    reductions, or the `coef` merge weights of an input merged from a split attention (heads x parts)."""
+    return xs * F32 + max(REDUCE_SCRATCH, coef * F32)
 
 
-def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int) -> "Footprint":
+def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int, coef: int = 0) -> "Footprint":
     return Footprint(linear_page_bytes(tile_rows, k_chunk, page_bytes),
-                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes)))
+                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes), coef))
 
 
 def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int) -> int:

@@ -22,6 +22,9 @@ class GPU:
     weight_stages: int        # default weight pages in flight per SM: enough bytes in flight to cover
                               # the DRAM latency at this SM's share of the bandwidth, within smem_per_block
     memory_bytes: int         # device memory: the weights and KV caches must fit in it
+    pages_in_flight: int = 2  # weight pages an SM copies at once (ring.cuh): its share of the bandwidth
+                              # needs ~ bandwidth x latency bytes in flight; more only queue in front
+                              # of the step's small reads
 
     @property
     def sm(self) -> str:

@@ -1,6 +1,7 @@
 """Profile one decode step: compile with CompileConfig(profile=True), run, and write what each SM
 did as a Chrome/Perfetto trace (JSON) and a Gantt chart (PNG) of measured against predicted,
-plus a per-op summary (time waiting on inputs, time computing).
+plus a per-op summary (time waiting on inputs, time computing), and the raw stamps with the
+schedule (stamps.json, schedule.mlir: what `adamk.calibrate.fit` reads, on any machine).
 
     python benchmarks/trace_layer.py --preset llama-3.2-1b --gpu H100 --pos 512 --out trace/
 """
@@ -40,6 +41,9 @@ def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None 
                                                                   schedule=schedule),
                               f"{tmp}/a")
         trace = measure(path, preset, pos, "traced")
+        (out / "schedule.mlir").write_text((Path(path) / "schedule.mlir").read_text())
+    (out / "stamps.json").write_text(json.dumps({"preset": preset, "gpu": gpu_name, "pos": pos,
+                                                 "b2b_us": trace.b2b_us, "rows": trace.rows}))
     rows, schedule = trace.rows, trace.schedule
     t0 = min(r[1] for r in rows)
     gpu = get_gpu(gpu_name)

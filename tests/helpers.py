@@ -30,7 +30,7 @@ def graph_of(layer):
 
 
 def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024,
-          linear_parts=None):
+          linear_parts=None, barrier=False):
     """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level.
     `linear_parts` splits every linear over K into that many parts (as the search may)."""
     ctx = make_context()
@@ -47,7 +47,8 @@ def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, st
     TilePass(tile_rows=tile_rows, page_bytes=stage_bytes).apply(ctx, tasks)
     tasks.verify()
     schedule = tasks.clone()
-    RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=stages).apply(ctx, schedule)
+    RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=stages, in_flight=min(2, stages),
+                           barrier=barrier).apply(ctx, schedule)
     schedule.verify()
     return graph, fused, tasks, schedule
 

@@ -99,10 +99,11 @@ WORK_CHOOSING = r"\bATOMG?\.[\w.]*\b(?:ADD|INC|DEC|MIN|MAX)\b"   # an atomic who
 
 def test_schedule_is_branch_free_in_the_machine_code(tiny_l20, tmp_path):
     """The sm_89 cubin: the only indirect branches (BRX/JMX) are the entry's dispatch on
-    blockIdx.x; the only atomics that return a value claim the error record (CAS, EXCH);
-    signals are fire-and-forget reductions (RED). The work-queue variant, built the same way,
-    shows what the test would catch: an atomic add that picks the next task, and a jump table
-    over tasks."""
+    blockIdx.x; the only atomics that return a value claim the error record (CAS, EXCH), and
+    the only gpu-scope fences are theirs; tasks publish their results by 64-bit gpu-scope
+    stores of tagged words, with no counter (RED) at all. The work-queue variant, built the
+    same way, shows what the test would catch: an atomic add that picks the next task, and a
+    jump table over tasks."""
     art, _ = tiny_l20
     functions = sass_functions(sass_of(art.files["kernel.sm_89.cubin"], tmp_path))
     assert "adamk_decode_step" in functions and len(functions) > 10
@@ -113,7 +114,8 @@ def test_schedule_is_branch_free_in_the_machine_code(tiny_l20, tmp_path):
     assert re.findall(r"\bATOMG?\.[\w.]+", sass) and all(
         re.search(r"\.(CAS|EXCH)\.", a) for a in re.findall(r"\bATOMG?\.[\w.]+", sass))
     assert not re.search(WORK_CHOOSING, sass)
-    assert re.search(r"\bRED\.E\.ADD", sass)
+    assert re.search(r"\bSTG\.E\.64\.STRONG\.GPU\b", sass) and not re.search(r"\bRED\.", sass)
+    assert len(re.findall(r"\bMEMBAR\.SC\.GPU\b", sass)) == len(re.findall(r"\bATOMG?\.E\.CAS\b", sass))
     queue = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="L20", schedule="queue"))
     queue_functions = sass_functions(sass_of(queue.files["kernel.sm_89.cubin"], tmp_path))
     assert re.search(WORK_CHOOSING, "".join(queue_functions.values()))

@@ -6,7 +6,7 @@ from xdsl.utils.test_value import create_ssa_value
 
 from adamk.dialects import parse_module, print_module
 from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
-from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
+from adamk.dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from adamk.dialects.task import BufferOp, TaskOp
 from helpers import lower, random_layer
 
@@ -48,10 +48,13 @@ def test_task_and_schedule_verifiers():
     props = TaskOp.body_properties("q.r0", "gemm", "q", (0, 16), {}, {})
     verify_fails(TaskOp([], props), "unknown kind 'gemm'")
     sms = [sm_program(1), sm_program(0)]
-    verify_fails(ModuleOp([ScheduleOp(2, 256, 1, sms), *sms]), r"expected func.func @sm0..@sm1 in order, got "
-                                                                 r"\['@sm1', '@sm0'\]")
+    verify_fails(ModuleOp([ScheduleOp(2, 256, 1, 1, sms), *sms]), r"expected func.func @sm0..@sm1 in order, got "
+                                                                    r"\['@sm1', '@sm0'\]")
     sm0 = sm_program(0, [CounterOp("c", 0, 1)])
-    verify_fails(ModuleOp([ScheduleOp(1, 256, 1, [sm0]), sm0]), "@sm0: 'adamk.counter' is not an adamk.wait")
+    verify_fails(ModuleOp([ScheduleOp(1, 256, 1, 1, [sm0]), sm0]), "@sm0: 'adamk.counter' is not an adamk.poll")
+    sm0 = sm_program(0)
+    verify_fails(ModuleOp([ScheduleOp(1, 256, 2, 3, [sm0]), sm0]), r"in_flight 3 must be in 1..stages \(2\)")
+    verify_fails(PollOp("q", 8, 8), r"adamk.poll on @q: \[8, 8\) is not a non-empty range")
     verify_fails(WaitOp("c", 0), "count must be positive")
     verify_fails(CounterOp("c", 0, 0), "per_step must be positive")
 
@@ -69,5 +72,8 @@ def test_schedule_level_holds_straight_line_programs():
     schedule = lower(random_layer("tiny"), num_sms=3)[3]
     sched = next(o for o in schedule.ops if isinstance(o, ScheduleOp))
     kinds = {type(o) for sm in sched.sms for o in sm.ops}
-    assert kinds == {WaitOp, ExecOp, SignalOp}
+    assert kinds == {PollOp, ExecOp}      # tasks pass data through tagged activations: no counters
+    barrier = lower(random_layer("tiny"), num_sms=3, barrier=True)[3]
+    sched = next(o for o in barrier.ops if isinstance(o, ScheduleOp))
+    assert {type(o) for sm in sched.sms for o in sm.ops} == {PollOp, ExecOp, WaitOp, SignalOp}
     assert isinstance(schedule, ModuleOp)

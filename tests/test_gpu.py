@@ -125,16 +125,40 @@ def test_shared_memory_is_the_models_to_the_byte(compiled):
         step(x, 5)
 
 
-def test_wait_timeout_names_task_and_counter(compiled):
-    layer, path = compiled("tiny", "H100")
-    step = adamk.load(path, layer, timeout_s=0.05)
-    step.buffers["x"].copy_(torch.randn(1, layer.cfg.hidden_size))
-    step.launch(3, epoch=7)     # counters are at 0: every wait for 7 * count must time out
-    with pytest.raises(KernelTimeoutError, match=r"task '.*' waited on counter '.*\.done' for \d+, saw \d+"):
+@pytest.mark.parametrize("gpu,options,waited", [
+    ("H100", {}, r"waited for '[\w.]+'\[\d+\] of step 1, saw a word of step 0"),
+    ("L20", {"schedule": "barrier"}, r"waited (on counter 'barrier\.\d+' for \d+, saw \d+|for '[\w.]+'\[\d+\] of step 1)")])
+def test_wait_timeout_names_task_and_what_it_waited_for(compiled, gpu, options, waited):
+    """With a 1 ns timeout every wait for another block's work gives up: the launch still ends
+    (a block that gave up runs on), and the error names the task and the word (or, in the
+    barrier variant, the counter) it waited for. The step works again after a reset."""
+    layer, path = compiled("tiny", gpu, **options)
+    step = adamk.load(path, layer, timeout_s=1e-9)
+    x = torch.randn(1, layer.cfg.hidden_size).bfloat16().cuda()
+    step.buffers["x"].copy_(x)
+    step.launch(3)
+    with pytest.raises(KernelTimeoutError, match=rf"block \d+ running task '[\w.]+' {waited}"):
         step.check()
     step.reset()
-    x = torch.randn(1, layer.cfg.hidden_size).bfloat16().cuda()
-    assert torch.isfinite(step(x, 3).float()).all()   # usable again after a reset
+    step.timeout_ns = int(2e9)
+    y = step(x, 3)
+    assert torch.isfinite(y.float()).all() and step.epoch == 1
+
+
+def test_epochs_wrap_without_a_stale_word_passing(compiled):
+    """Past the last epoch the runtime zeroes the tagged activations and counters and starts at
+    epoch 1 again; steps on both sides of the wrap match the reference."""
+    layer, path = compiled("tiny", "H100")
+    step = adamk.load(path, layer)
+    step.max_epoch = 3
+    ref_layer = layer.cuda()
+    for i in range(7):
+        x, kc, vc = draw_inputs(step, layer.cfg)
+        y = step(x, 5 + i)
+        with torch.no_grad():
+            ref = ref_layer(x.float(), torch.tensor(5 + i, device="cuda"), kc.float().clone(), vc.float().clone())
+        assert rel(y, ref) <= 1e-2, (i, step.epoch)
+    assert step.epoch == 1      # 1, 2, 3, then 1, 2, 3, then 1
 
 
 def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):

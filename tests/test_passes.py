@@ -1,9 +1,9 @@
 """fuse, tile and schedule-round-robin: IR in, IR out; the validator's deadlock diagnosis."""
 import pytest
-from xdsl.dialects.builtin import ModuleOp
+from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
 
 from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp
-from adamk.dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
+from adamk.dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from adamk.dialects.task import BufferOp, TaskOp
 from adamk.errors import ScheduleError, UnsupportedShapeError
 from adamk.models import DecoderLayer, LlamaConfig
@@ -103,24 +103,48 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
         RoundRobinSchedulePass(num_sms=2, smem_budget=100).apply(make_context(), tasks)
 
 
+def _tagged(*names):
+    return [BufferOp(n, "activation", [8], "f32_tagged") for n in names]
+
+
+def _reader(i, name, reads):
+    """Task `i`: linear `name` writing its activation's 8 rows from all 8 of `reads`, after its poll."""
+    props = ExecOp.body_properties(name, "linear", name, (0, 8), {"input": reads, "weight": "w", "out": name},
+                                   {"K": IntegerAttr(8, i64), "k_chunk": IntegerAttr(8, i64),
+                                    "N": IntegerAttr(8, i64), "prologue": StringAttr("none")})
+    return [PollOp(reads, 0, 8), ExecOp(i, props)]
+
+
 def test_validator_names_a_deadlock_cycle():
-    props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
-                                                {})
-    sm0 = sm_program(0, [WaitOp("b.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
-    sm1 = sm_program(1, [WaitOp("a.done", 1), ExecOp(1, props("b")), SignalOp("b.done")])
-    module = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("b.done", 1, 1), ScheduleOp(2, 256, 1, [sm0, sm1]), sm0,
-                       sm1])
+    sm0 = sm_program(0, _reader(0, "a", "b"))
+    sm1 = sm_program(1, _reader(1, "b", "a"))
+    module = ModuleOp([*_tagged("a", "b"), ScheduleOp(2, 256, 1, 1, [sm0, sm1]), sm0, sm1])
     module.verify()
-    with pytest.raises(ScheduleError, match=r"deadlocks: cycle SM 0 waits on 'b.done', signalled later by SM 1 -> "
-                                            r"SM 1 waits on 'a.done', signalled later by SM 0; blocked: SM 0 at "
-                                            r"'b.done' \(0/1\), SM 1 at 'a.done' \(0/1\)"):
+    with pytest.raises(ScheduleError, match=r"deadlocks: cycle SM 0 waits on 'b'\[0:8\] \(0/8 written\), which SM 1 "
+                                            r"would supply later -> SM 1 waits on 'a'\[0:8\] \(0/8 written\), which "
+                                            r"SM 0 would supply later; blocked: SM 0 at 'b'\[0:8\] \(0/8 written\), "
+                                            r"SM 1 at 'a'\[0:8\] \(0/8 written\)"):
+        validate(module, num_sms=2, smem_per_block=99 * 1024)
+
+
+def test_validator_checks_polls_and_single_writes():
+    """Polls must be what the task reads; every tagged element is written exactly once a step."""
+    sm0 = sm_program(0, _reader(0, "a", "x")[1:])       # x is the host's input: no poll
+    sm1 = sm_program(1, _reader(1, "b", "a")[1:])                   # reads a without polling it
+    module = ModuleOp([*_tagged("a", "b"), ScheduleOp(2, 256, 1, 1, [sm0, sm1]), sm0, sm1])
+    with pytest.raises(ScheduleError, match=r"@sm1: task b reads \[\('a', 0, 8\)\] of tagged activations but is "
+                                            r"preceded by polls of \[\]"):
+        validate(module, num_sms=2, smem_per_block=99 * 1024)
+    twice = [sm_program(i, _reader(i, "a", "x")[1:]) for i in range(2)]
+    module = ModuleOp([*_tagged("a"), ScheduleOp(2, 256, 1, 1, twice), *twice])
+    with pytest.raises(ScheduleError, match=r"task a on SM 1 writes 'a'\[0:8\], part of which another task wrote"):
         validate(module, num_sms=2, smem_per_block=99 * 1024)
 
 
 def test_validator_catches_unbalanced_counters():
     props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {})
     sm0 = sm_program(0, [ExecOp(0, props), SignalOp("a.done", 2)])
-    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, [sm0]), sm0])
+    module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, 1, [sm0]), sm0])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):
         walk(module)
 
@@ -147,18 +171,21 @@ def test_smem_model_of_the_1b_layer(gpu, stages, peak, split_peak):
 
 
 def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
-    props = lambda name: ExecOp.body_properties(name, "linear", name, (0, 8), {"input": "x", "weight": "w", "out": name},
-                                                {})
-    sms = [sm_program(i, [WaitOp(f"{p}.done", 1), ExecOp(i, props(n)), SignalOp(f"{n}.done")])
-           for i, (n, p) in enumerate([("a", "c"), ("b", "a"), ("c", "b")])]
-    module = ModuleOp([CounterOp(f"{n}.done", i, 1) for i, n in enumerate("abc")] + [ScheduleOp(3, 256, 1, sms), *sms])
-    with pytest.raises(ScheduleError, match=r"cycle SM 0 waits on 'c.done', signalled later by SM 2 -> SM 2 waits on "
-                                            r"'b.done', signalled later by SM 1 -> SM 1 waits on 'a.done', signalled "
-                                            r"later by SM 0;"):
+    sms = [sm_program(i, _reader(i, n, p)) for i, (n, p) in enumerate([("a", "c"), ("b", "a"), ("c", "b")])]
+    module = ModuleOp([*_tagged("a", "b", "c"), ScheduleOp(3, 256, 1, 1, sms), *sms])
+    with pytest.raises(ScheduleError, match=r"cycle SM 0 waits on 'c'\[0:8\] \(0/8 written\), which SM 2 would supply "
+                                            r"later -> SM 2 waits on 'b'\[0:8\] \(0/8 written\), which SM 1 would "
+                                            r"supply later -> SM 1 waits on 'a'\[0:8\] \(0/8 written\), which SM 0 "
+                                            r"would supply later;"):
         walk(module)
-    sm0 = sm_program(0, [WaitOp("z.done", 1), ExecOp(0, props("a")), SignalOp("a.done")])
-    starved = ModuleOp([CounterOp("a.done", 0, 1), CounterOp("z.done", 1, 1), ScheduleOp(1, 256, 1, [sm0]), sm0])
-    with pytest.raises(ScheduleError, match="SM 0 waits on 'z.done', which no SM will signal again"):
+    sm0 = sm_program(0, _reader(0, "a", "z"))
+    starved = ModuleOp([*_tagged("a", "z"), ScheduleOp(1, 256, 1, 1, [sm0]), sm0])
+    with pytest.raises(ScheduleError, match=r"SM 0 waits on 'z'\[0:8\] \(0/8 written\), which no SM will supply"):
+        walk(starved)
+    barrier = [sm_program(0, [WaitOp("z.done", 1), *_reader(0, "a", "x")[1:], SignalOp("a.done")])]
+    starved = ModuleOp([*_tagged("a"), CounterOp("a.done", 0, 1), CounterOp("z.done", 1, 1),
+                        ScheduleOp(1, 256, 1, 1, barrier), *barrier])
+    with pytest.raises(ScheduleError, match=r"SM 0 waits on 'z.done' \(0/1\), which no SM will supply"):
         walk(starved)
     with pytest.raises(ScheduleError, match="the schedule has 3 blocks; only 2 SMs can hold them"):
         validate(module, num_sms=2, smem_per_block=99 * 1024)

@@ -4,14 +4,16 @@ The output is one self-contained, readable `.cu`: the facts it shares with the c
 (warps per block, max waits: adamk/config.py), the device library headers it uses
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
-the host fills it in the same order), one enumerator per counter (identifiers are numbered;
-model names appear only in comments, escaped by adamk/names.py), static_asserts that the
-device library's shared-memory layouts are the model's (smem.py), RoPE tables, the
-functions of each op (its constants filled in), and one function per SM. An SM's function
-has two straight lines: its producer warp streams the weights of the SM's linear tasks,
-page after page, through the ring; its consumer warps run the tasks in order, staging a
-linear op's input once per run of its tasks, with waits and signals between runs. The
-kernel entry only dispatches on blockIdx.x.
+the host fills it in the same order; activations are tagged words), the ring type of every
+SM, one enumerator per counter (the barrier variant's; identifiers are numbered, model names
+appear only in comments, escaped by adamk/names.py), static_asserts that the device
+library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
+each op (its constants filled in), and one function per SM. An SM's function has two
+straight lines: its producer warp streams the weights of the SM's linear tasks, page after
+page, through the ring; its consumer warps run the tasks in order, staging a linear op's
+input once per run of its tasks. The schedule's polls need no code of their own: a task's
+staging reads exactly the tagged elements its polls name and waits for each (tagged.cuh).
+The kernel entry only dispatches on blockIdx.x.
 """
 from __future__ import annotations
 
@@ -31,8 +33,9 @@ from ..kinds.base import f32_literal
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "sync.cuh", "ring.cuh", "linear.cuh", "attention.cuh")
-CTYPES = {"bf16": "bf16_t", "f32": "float"}
+HEADERS = ("common.cuh", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh")
+CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t"}
+RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
 # The kernel's parameters in order: the runtime packs its arguments in this order (KERNEL_ARGS).
 KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters", "u32* counters"),
@@ -42,8 +45,8 @@ KERNEL_ARGS = tuple(name for name, _ in KERNEL_PARAMS)
 
 
 def _with_waits(ops):
-    """(op, the waits just before it) for each task and signal of an SM's program; waits
-    after an SM's last task guard nothing and are dropped."""
+    """(op, the counter waits just before it) for each task and signal of an SM's program;
+    waits after an SM's last task guard nothing and are dropped. Polls are the staging's."""
     waits: list[WaitOp] = []
     for op in ops:
         if isinstance(op, WaitOp):
@@ -68,7 +71,8 @@ class _Emitter:
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
         self.schedule = schedule_of(module)
         self.plan = self.schedule.plan()
-        self.ring = f"{self.plan.depth}, {self.plan.slot_bytes}"      # Ring<DEPTH, SLOT_BYTES> of every SM
+        self.ring = RING
+        self.in_flight = self.schedule.in_flight.value.data
         self.tables: dict[tuple, str] = {}     # rope inv_freq values -> __constant__ name
         self.asserts: set[str] = set()         # the device layouts agree with smem.py, per instantiation
         self.waits: dict[str, int] = {"{0, {}, {}}": 0}   # Waits literal -> index in kWaits
@@ -78,10 +82,14 @@ class _Emitter:
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
 
-    def ptr(self, name: str | None, ctype_if_none: str = "float") -> str:
+    def ptr(self, name: str | None, ctype_if_none: str = "tagged_t") -> str:
         if name is None:
             return f"(const {ctype_if_none}*)nullptr"
         return f"b.{self.field[name]}"
+
+    def ctype(self, name: str) -> str:
+        """The element type of buffer `name` in kernel.cu."""
+        return CTYPES[self.buffers[name].dtype.data]
 
     def buffer_fields(self) -> list[str]:
         lines = []
@@ -131,14 +139,17 @@ class _Emitter:
         return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {self.comment(op)}"
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
-        """The consumers' lines for one task (its kind's call), stamped in a profiling build."""
-        lines = task_kind(op.kind.data).call(self, op, waits, page, new_run)
-        return lines + ([f"  trace_mark(s, {op.task_id.value.data}, 2);"] if self.profile else [])
+        """The consumers' lines for one task: the barrier variant's counter waits, its kind's call,
+        stamped in a profiling build."""
+        task_id = op.task_id.value.data
+        lines = [f"  wait_all(s, {self.waits_ref(waits, task_id)}, {task_id});"] if waits else []
+        lines += task_kind(op.kind.data).call(self, op, page, new_run)
+        return lines + ([f"  trace_mark(s, {task_id}, 2);"] if self.profile else [])
 
     # ---- what the kinds' emitters use (adamk/kinds) ---------------------------------------
     def buf_of(self, op: ExecOp):
-        """role -> the pointer expression of `op`'s buffer in that role."""
-        return lambda role, ctype="float": self.ptr(op.buffer(role), ctype)
+        """role -> the pointer expression of `op`'s buffer in that role (a typed nullptr if none)."""
+        return lambda role, ctype="tagged_t": self.ptr(op.buffer(role), ctype)
 
     signature = staticmethod(_signature)
 
@@ -164,12 +175,12 @@ class _Emitter:
         linears = [op for op, _ in items if isinstance(op, ExecOp) and op.kind.data == "linear"]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if linears:
-            lines += [f"  ring_init<{self.ring}>(s);", "  if (is_producer()) {   // the SM's weight stream"]
+            lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream"]
             page = 0
             for op in linears:
                 lines.append(self.produce(op, page))
                 page += self.pages(op)
-            lines += ["    return;", "  }"]
+            lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
         else:
             lines.append("  if (is_producer()) return;   // no weights to stream")
         page, staged = 0, None       # staged: what the work area holds (self.staged)
@@ -182,7 +193,7 @@ class _Emitter:
                 head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
                 lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, {op.task_id.value.data});")
             key = self.staged(op)    # None after a task that uses the work area otherwise
-            lines += self.consume(op, waits, page, new_run=key is not None and (key != staged or bool(waits)))
+            lines += self.consume(op, waits, page, new_run=key is not None and key != staged)
             staged = key
             page += self.pages(op)
         return lines + ["}"]
@@ -190,12 +201,10 @@ class _Emitter:
     def queue_function(self) -> list[str]:
         """The dynamic work-queue variant (for the ablation only): one function that runs task
         t, whichever block takes it, from ring page `page` on, and returns the pages it used.
-        Each task waits for all of its producer ops, stages its own input, runs, and signals
-        its op's counter; the producer warp streams the weights of the task just taken."""
+        Each task stages its own input (waiting for it, as every task does); the producer warp
+        streams the weights of the task just taken."""
         execs = sorted((o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)),
                        key=lambda o: o.task_id.value.data)
-        waits_of = {op.task_id.value.data: waits for sm in self.schedule.sms      # it waits before every task
-                    for op, waits in _with_waits(sm.ops) if isinstance(op, ExecOp)}
         lines = ["__device__ __noinline__ int run_task(const Step& s, const Buffers& b, u32 t, int page) {",
                  "  switch (t) {"]
         for o in execs:
@@ -206,9 +215,7 @@ class _Emitter:
                           f"        return {self.pages(o)};", "      }"]
             else:
                 lines.append("      if (is_producer()) return 0;")
-            lines += ["    " + line for line in self.consume(o, waits_of[tid], "page", new_run=True)]
-            if o.source.data + ".done" in self.counters:
-                lines.append(f"      signal_counter(s, {self.enumerator[o.source.data + '.done']}, 1u);")
+            lines += ["    " + line for line in self.consume(o, [], "page", new_run=True)]
             lines.append(f"      return {self.pages(o)};\n    }}")
         return lines + ["  }", "  return 0;", "}"]
 
@@ -235,9 +242,12 @@ class _Emitter:
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
             out += [f"// ===== csrc/kernels/{h} =====", text.rstrip(), ""]
         out += ["// ===== generated schedule =====", "namespace adamk {", "",
-                f"static_assert(kThreads == {threads}, \"adamk/config.py block_threads\");",
-                f"static_assert(Ring<{self.ring}>::kBytes == {self.plan.work_offset}, \"smem model: the ring\");"
-                if self.plan.depth else "", "",
+                f"static_assert(kThreads == {threads}, \"adamk/config.py block_threads\");", "",
+                *([f"// Every SM's ring: {self.plan.depth} pages of {self.plan.slot_bytes} B, {self.in_flight} "
+                   "copied at once (smem.SmPlan).",
+                   f"using {RING} = Ring<{self.plan.depth}, {self.plan.slot_bytes}, {self.in_flight}>;",
+                   f"static_assert({RING}::kBytes == {self.plan.work_offset}, \"smem model: the ring\");", ""]
+                  if self.plan.depth else []),
                 "// Device pointers, in the order of the adamk.buffer ops (the host fills them in that order).",
                 "struct Buffers {", *self.buffer_fields(), "};", "",
                 "enum Counter : int {",
@@ -276,7 +286,7 @@ class _Emitter:
         return [f"  u32* queue = counters + {queue};        // the work queue's counter",
                 f"  u32* ticket = counters + {queue + 1} + blockIdx.x;",
                 f"  const u32 base = (epoch - 1u) * {n_tasks + n_sms}u;",
-                *([f"  adamk::ring_init<{self.ring}>(s);"] if self.plan.depth else []),
+                *([f"  adamk::{RING}::init(s);"] if self.plan.depth else []),
                 "  int page = 0;      // the ring page both roles are at",
                 "  for (;;) {",
                 "    if (threadIdx.x == 0) *(volatile u32*)ticket = atomicAdd(queue, 1u) - base;   // chooses work",
@@ -285,7 +295,8 @@ class _Emitter:
                 "    __syncthreads();",
                 f"    if (t >= {n_tasks}u) break;",
                 "    page += adamk::run_task(s, *b, t, page);",
-                "  }"]
+                "  }",
+                *([f"  if (adamk::is_producer()) adamk::{RING}::drain(s, page);"] if self.plan.depth else [])]
 
 
 def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False) -> str:

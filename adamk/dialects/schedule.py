@@ -2,8 +2,12 @@
 
 `adamk.schedule` describes the persistent kernel (blocks, threads, pages in flight, shared
 memory); each block's program is a `func.func @sm<i>` after it in the module: a straight line
-of `adamk.wait` (spin until a counter reaches ``epoch * count``), `adamk.exec` (run one task
-body) and `adamk.signal` (add to a counter, with release ordering), ended by `func.return`.
+of `adamk.poll` (the next task reads these elements of a tagged activation, and waits until
+each carries this step's epoch), `adamk.exec` (run one task body), and, in the ablation's
+grid-barrier variant only, `adamk.wait` (spin until a counter reaches ``epoch * count``) and
+`adamk.signal` (add to a counter, with release ordering); ended by `func.return`. Tasks pass
+data through tagged activations (csrc/kernels/tagged.cuh), so a write publishes itself: no
+signal between tasks.
 An upstream function rather than an adamk region op: upstream MLIR verifies a region's block
 only with a terminator, and an IRDL-defined op can be neither a terminator nor exempt from one
 (adamk/dialects/irdl.py). Counters are declared by `adamk.counter`; they only grow, and the
@@ -40,6 +44,30 @@ class CounterOp(IRDLOperation):
     def verify_(self):
         if self.per_step.value.data <= 0:
             raise VerifyException(f"adamk.counter @{self.sym_name.data}: per_step must be positive")
+
+
+@irdl_op_definition
+class PollOp(IRDLOperation):
+    """The next `adamk.exec` reads elements [begin, end) of the tagged activation `buffer` (flat)
+    and starts on them only once every one carries this step's epoch. Its task's kind says what it
+    reads (adamk/kinds `reads`); the kernel's loads of those elements are the wait."""
+    name = "adamk.poll"
+    buffer = prop_def(StringAttr)
+    begin = prop_def(IntegerAttr)
+    end = prop_def(IntegerAttr)
+
+    def __init__(self, buffer: str, begin: int, end: int):
+        super().__init__(properties={"buffer": StringAttr(buffer), "begin": IntegerAttr(begin, i64),
+                                     "end": IntegerAttr(end, i64)})
+
+    @property
+    def range(self) -> tuple[int, int]:
+        return self.begin.value.data, self.end.value.data
+
+    def verify_(self):
+        begin, end = self.range
+        if not 0 <= begin < end:
+            raise VerifyException(f"adamk.poll on @{self.buffer.data}: [{begin}, {end}) is not a non-empty range")
 
 
 @irdl_op_definition
@@ -112,20 +140,23 @@ def _plan(programs, stages: int) -> smem.SmPlan:
 @irdl_op_definition
 class ScheduleOp(IRDLOperation):
     """The persistent kernel: `num_sms` blocks of `block_threads`, `smem_bytes` of dynamic
-    shared memory each: its plan with `stages` weight pages in flight (smem.py). The blocks'
-    programs are the `func.func @sm<i>` that follow it in the module, i in order."""
+    shared memory each: its plan with `stages` weight pages in its ring, of which at most
+    `in_flight` are being copied at once (smem.py, ring.cuh). The blocks' programs are the
+    `func.func @sm<i>` that follow it in the module, i in order."""
     name = "adamk.schedule"
     num_sms = prop_def(IntegerAttr)
     block_threads = prop_def(IntegerAttr)
     stages = prop_def(IntegerAttr)
+    in_flight = prop_def(IntegerAttr)
     smem_bytes = prop_def(IntegerAttr)
 
-    def __init__(self, num_sms: int, block_threads: int, stages: int, programs):
+    def __init__(self, num_sms: int, block_threads: int, stages: int, in_flight: int, programs):
         """`programs`: the `sm_program`s the caller puts after it, to size its shared memory."""
         peak = _plan([_program(p) for p in programs], stages).peak
         super().__init__(properties={"num_sms": IntegerAttr(num_sms, i64),
                                      "block_threads": IntegerAttr(block_threads, i64),
-                                     "stages": IntegerAttr(stages, i64), "smem_bytes": IntegerAttr(peak, i64)})
+                                     "stages": IntegerAttr(stages, i64), "in_flight": IntegerAttr(in_flight, i64),
+                                     "smem_bytes": IntegerAttr(peak, i64)})
 
     @property
     def sms(self) -> list[Program]:
@@ -147,16 +178,19 @@ class ScheduleOp(IRDLOperation):
                                   f"order, got {['@sm%d' % s.index for s in sms]}")
         for s in sms:
             for op in s.ops:
-                if not isinstance(op, (WaitOp, ExecOp, SignalOp)):
-                    raise VerifyException(f"@sm{s.index}: '{op.name}' is not an adamk.wait, exec or signal")
+                if not isinstance(op, (PollOp, WaitOp, ExecOp, SignalOp)):
+                    raise VerifyException(f"@sm{s.index}: '{op.name}' is not an adamk.poll, wait, exec or signal")
             if not isinstance(s.func.body.block.last_op, ReturnOp) or s.func.function_type.inputs.data:
                 raise VerifyException(f"@sm{s.index}: a program takes no arguments and ends with func.return")
         if self.stages.value.data < 1:
             raise VerifyException(f"adamk.schedule: stages {self.stages.value.data} must be at least 1")
+        if not 1 <= self.in_flight.value.data <= self.stages.value.data:
+            raise VerifyException(f"adamk.schedule: in_flight {self.in_flight.value.data} must be in 1..stages "
+                                  f"({self.stages.value.data})")
         need = self.plan().peak
         if self.smem_bytes.value.data < need:
             raise VerifyException(f"adamk.schedule: smem_bytes {self.smem_bytes.value.data} < {need} B, "
                                   "what its shared-memory plan needs")
 
 
-SCHEDULE_OPS = [CounterOp, WaitOp, SignalOp, ExecOp, ScheduleOp]
+SCHEDULE_OPS = [CounterOp, PollOp, WaitOp, SignalOp, ExecOp, ScheduleOp]

@@ -22,11 +22,12 @@ from xdsl.irdl import (
 from xdsl.utils.exceptions import VerifyException
 
 from ..kinds import KINDS
+from ..kinds.base import DTYPE_BYTES
 from ..smem import Footprint, k_range
 
 BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
 TASK_KINDS = {name: k.roles for name, k in KINDS.items()}     # kind -> buffer roles it must name
-DTYPES = ("bf16", "f32")
+DTYPES = tuple(DTYPE_BYTES)     # bf16, and f32_tagged for activations (a value and the epoch that wrote it)
 BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "stage_bytes",
                    "work_bytes", "buffers", "params")
 
@@ -102,9 +103,27 @@ class TaskBody(IRDLOperation):
         return b, e
 
     @property
+    def kind_name(self) -> str:
+        return self.kind.data
+
+    @property
+    def source_name(self) -> str:
+        return self.source.data
+
+    @property
+    def part(self) -> int:
+        """k_index: which K-part (columns of K, or positions of the sequence) the task covers."""
+        return self.k_index.value.data
+
+    @property
+    def parts(self) -> int:
+        """k_split: how many parts its op is split into."""
+        return self.k_split.value.data
+
+    @property
     def k_range(self) -> tuple[int, int]:
         """(k0, k_len): the columns of K a linear part reduces over."""
-        return k_range(self.param("K"), self.param("k_chunk"), self.k_index.value.data)
+        return k_range(self.param("K"), self.param("k_chunk"), self.part)
 
     @property
     def footprint(self):

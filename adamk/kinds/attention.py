@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
-from .base import BF16, F32, CombineKind, TaskKind, f32_literal
+from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal
 
 EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
 
@@ -40,6 +40,18 @@ class Attention(TaskKind):
     def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
         return {"read_bytes": 2 * -(-(pos + 1) // k_split) * head_dim * BF16}
 
+    def reads(self, op):
+        h, hd, g = op.tile_range[0], op.param("head_dim"), op.tile_range[0] // op.param("group")
+        return [(op.buffer("q"), h * hd, (h + 1) * hd), (op.buffer("k"), g * hd, (g + 1) * hd),
+                (op.buffer("v"), g * hd, (g + 1) * hd)]
+
+    def writes(self, op):
+        h, hd = op.tile_range[0], op.param("head_dim")
+        if op.parts == 1:
+            return [(op.buffer("out"), h * hd, (h + 1) * hd)]
+        at = (op.part * op.param("num_heads") + h) * (hd + 2)    # (acc[hd], max, sum) of this part
+        return [(op.buffer("out"), at, at + hd + 2)]
+
     def simulate(self, sim, op) -> None:
         h, _ = op.tile_range
         hd, group = op.param("head_dim"), op.param("group")
@@ -49,12 +61,12 @@ class Attention(TaskKind):
         rot = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
         k_cache, v_cache = sim.mem[op.buffer("k_cache")][0, g], sim.mem[op.buffer("v_cache")][0, g]
         k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd]), sim.vec(op, "v")[g * hd:(g + 1) * hd]
-        if h % group == 0 and op.k_index.value.data == 0:   # part 0 of the group's first head appends the row
+        if h % group == 0 and op.part == 0:   # part 0 of the group's first head appends the row
             k_cache[sim.pos], v_cache[sim.pos] = k_new, v_new
         keys = np.concatenate([k_cache[: sim.pos], k_new[None]])       # row pos from the task itself
         values = np.concatenate([v_cache[: sim.pos], v_new[None]])
         q = rot(sim.vec(op, "q")[h * hd:(h + 1) * hd]) * scale
-        parts, j = op.k_split.value.data, op.k_index.value.data
+        parts, j = op.parts, op.part
         if parts == 1:
             scores = keys @ q
             p = np.exp(scores - scores.max())
@@ -81,14 +93,14 @@ class Attention(TaskKind):
                          + [table, f32_literal(op.param("scale"))])
         em.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
                        "\"smem model: attention work area\");")
-        return [*em.signature(f"attention_{name}", "const Waits& w, int q_head, int split"),
-                f"  attention_task<{hd}>(s, w, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
-                f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.k_split.value.data});",
+        return [*em.signature(f"attention_{name}", "int q_head, int split"),
+                f"  attention_task<{hd}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
                 "}"]
 
-    def call(self, em, op, waits, page, new_run) -> list[str]:
-        begin, part = op.tile_range[0], op.k_index.value.data
-        return self.waiting_call(em, op, waits, "attention", (begin, part), f"query head {begin}, part {part}")
+    def call(self, em, op, page, new_run) -> list[str]:
+        begin, part = op.tile_range[0], op.part
+        return self.plain_call(em, op, "attention", (begin, part), f"query head {begin}, part {part}")
 
 
 class AttentionCombine(CombineKind):
@@ -96,7 +108,15 @@ class AttentionCombine(CombineKind):
     roles = frozenset({"partial", "out"})
 
     def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
-        return {"read_bytes": (tile[1] - tile[0]) * (head_dim + 2) * k_split * F32}
+        return {"read_bytes": (tile[1] - tile[0]) * (head_dim + 2) * k_split * TAGGED}
+
+    def reads(self, op):
+        (h0, h1), nh, stride = op.tile_range, op.param("num_heads"), op.param("head_dim") + 2
+        return [(op.buffer("partial"), (j * nh + h0) * stride, (j * nh + h1) * stride) for j in range(op.parts)]
+
+    def writes(self, op):
+        (h0, h1), hd = op.tile_range, op.param("head_dim")
+        return [(op.buffer("out"), h0 * hd, h1 * hd)]
 
     def simulate(self, sim, op) -> None:
         h0, h1 = op.tile_range
@@ -105,7 +125,7 @@ class AttentionCombine(CombineKind):
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
-        return [*em.signature(f"combine_{name}", "const Waits& w, int head_begin, int head_end"),
-                f"  attention_combine<{op.param('head_dim')}>(s, w, task, {buf('out')}, {buf('partial')}, "
-                f"{op.param('num_heads')}, {op.k_split.value.data}, head_begin, head_end);",
+        return [*em.signature(f"combine_{name}", "int head_begin, int head_end"),
+                f"  attention_combine<{op.param('head_dim')}, {op.param('num_heads')}, {op.parts}>(s, task, "
+                f"{buf('out')}, {buf('partial')}, head_begin, head_end);",
                 "}"]

@@ -4,6 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 BF16, F32 = 2, 4
+TAGGED = 8          # an activation element: float32 value + the epoch of the step that wrote it (tagged.cuh)
+# Storage of every buffer the kernel touches, bytes per element: weights, KV caches and the host's
+# input and output are bf16; activations passed between tasks are tagged words.
+DTYPE_BYTES = {"bf16": BF16, "f32_tagged": TAGGED}
 
 
 def f32_literal(v: float) -> str:
@@ -23,6 +27,17 @@ class TaskKind:
         """The fields of its cost.TaskCost: stage_bytes, read_bytes, inputs."""
         raise NotImplementedError
 
+    def reads(self, op) -> list[tuple[str, int, int]]:
+        """(buffer, begin, end): the elements of activations and inputs a task reads (flat).
+        Those of tagged activations are what it polls (adamk.poll), and the task DAG's edges are
+        the overlaps of these with earlier tasks' `writes`. `op` is an adamk.task / adamk.exec or
+        a tile.TaskRecord (both have kind_name, tile_range, k_range, part, parts, buffer(), param())."""
+        raise NotImplementedError
+
+    def writes(self, op) -> list[tuple[str, int, int]]:
+        """(buffer, begin, end): the elements a task writes (flat); each is written once per step."""
+        raise NotImplementedError
+
     def simulate(self, sim, op) -> None:
         """Execute one task of the kind in the CPU simulator (sim.mem holds the buffers)."""
         raise NotImplementedError
@@ -31,17 +46,15 @@ class TaskKind:
         """kernel.cu's functions for the op of `op` (its constants filled in), named after `name`."""
         raise NotImplementedError
 
-    def call(self, em, op, waits, page, new_run: bool) -> list[str]:
-        """The consumers' lines that run task `op` (waits before it, its ring page `page`)."""
+    def call(self, em, op, page, new_run: bool) -> list[str]:
+        """The consumers' lines that run task `op` from its ring page `page`."""
         raise NotImplementedError
 
     @staticmethod
-    def waiting_call(em, op, waits, function: str, args, what: str) -> list[str]:
-        """The call of a task whose function waits itself: `function_op<n>(s, b, task, waits, *args)`."""
-        task_id = op.task_id.value.data
-        return ([] if waits else em.marks(task_id)) + [
-            f"  {function}_{em.op_name(op)}(s, b, {task_id}, {em.waits_ref(waits, task_id)}, "
-            f"{', '.join(map(str, args))});  // {em.comment(op)}: {what}"]
+    def plain_call(em, op, function: str, args, what: str) -> list[str]:
+        """The call of a task whose function stages, polls and stamps itself: `function_op<n>(s, b, task, *args)`."""
+        return [f"  {function}_{em.op_name(op)}(s, b, {op.task_id.value.data}, {', '.join(map(str, args))});  "
+                f"// {em.comment(op)}: {what}"]
 
     def pages(self, op) -> int:
         """Ring pages a task of the kind streams (the producer's line)."""
@@ -54,9 +67,9 @@ class TaskKind:
 
 
 class CombineKind(TaskKind):
-    """A combine of a split op's parts over the tile [begin, end): it waits itself, reads the
-    parts in fixed order; its function is `combine_op<n>(s, b, task, waits, begin, end)`."""
+    """A combine of a split op's parts over the tile [begin, end): it reads the parts in fixed
+    order, each as its words arrive; its function is `combine_op<n>(s, b, task, begin, end)`."""
 
-    def call(self, em, op, waits, page, new_run) -> list[str]:
+    def call(self, em, op, page, new_run) -> list[str]:
         begin, end = op.tile_range
-        return self.waiting_call(em, op, waits, "combine", (begin, end), f"[{begin}, {end}), sum of parts")
+        return self.plain_call(em, op, "combine", (begin, end), f"[{begin}, {end}), sum of parts")

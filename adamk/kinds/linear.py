@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
-from .base import BF16, F32, CombineKind, TaskKind, f32_literal
+from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
 
@@ -27,6 +27,26 @@ class Linear(TaskKind):
         return {"stage_bytes": (tile[1] - tile[0]) * k_len * BF16,
                 "inputs": k_len * per + (k if prologue == "rmsnorm" else 0)}
 
+    def reads(self, op):
+        k0, k_len = op.k_range
+        prologue, source = op.param("prologue"), op.buffer("input")
+        if prologue == "attn_combine":      # every part's (acc, max, sum) of the chunk's heads
+            hd, nh = op.param("head_dim"), op.param("num_heads")
+            h0, h1, stride = k0 // hd, -(-(k0 + k_len) // hd), hd + 2
+            out = [(source, (j * nh + h0) * stride, (j * nh + h1) * stride) for j in range(op.param("parts"))]
+        elif prologue == "rmsnorm":         # the whole row, for its sum of squares
+            out = [(source, 0, op.param("K"))]
+        else:
+            out = [(source, k0, k0 + k_len)] + ([(op.buffer("input2"), k0, k0 + k_len)] if op.buffer("input2") else [])
+        if op.buffer("residual"):
+            out.append((op.buffer("residual"), *op.tile_range))
+        return out
+
+    def writes(self, op):
+        begin, end = op.tile_range
+        at = op.part * op.param("N") if op.parts > 1 else 0     # a part: its row of the partial sums
+        return [(op.buffer("out"), at + begin, at + end)]
+
     def simulate(self, sim, op) -> None:
         from .attention import merge_parts
         begin, end = op.tile_range
@@ -43,8 +63,8 @@ class Linear(TaskKind):
             xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * sim.vec(op, "norm_weight")
         w = sim.mem[op.buffer("weight")][begin:end, k0:k0 + k_len]
         acc = (w @ xs[k0:k0 + k_len]).astype(np.float32)
-        if op.k_split.value.data > 1:                 # a part: its row of the partial sums
-            sim.mem[op.buffer("out")][op.k_index.value.data, begin:end] = acc
+        if op.parts > 1:                 # a part: its row of the partial sums
+            sim.mem[op.buffer("out")][op.part, begin:end] = acc
             return
         finish(sim, op, begin, end, acc)
 
@@ -53,17 +73,21 @@ class Linear(TaskKind):
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
         xs = pages * cols
-        out = buf("out") + (f" + k_index * {n}" if op.k_split.value.data > 1 else "")
+        out = buf("out") + (f" + k_index * {n}" if op.parts > 1 else "")
+        k_len = f"min({chunk}, {k} - k0)"
         if prologue == "attn_combine":      # the input is the parts of a split attention
-            staging = (f"  attention_input<{xs}, {op.param('head_dim')}>(s, {wo}, {buf('input')}, "
-                       f"{op.param('num_heads')}, {op.param('parts')}, k0, min({chunk}, {k} - k0), task);")
+            hd, nh, parts = op.param("head_dim"), op.param("num_heads"), op.param("parts")
+            staging = f"  attention_input<{xs}, {hd}, {nh}, {parts}>(s, {wo}, {buf('input')}, k0, {k_len}, task);"
+            coef = nh * parts
         else:
-            staging = (f"  linear_input<{xs}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, {buf('input2')}, "
-                       f"{buf('norm_weight', 'bf16_t')}, {f32_literal(eps if eps is not None else 0.0)}, {k}, k0, "
-                       f"min({chunk}, {k} - k0), task);")
+            in_type = em.ctype(op.buffer("input"))
+            staging = (f"  linear_input<{xs}, {k}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, "
+                       f"{buf('input2', in_type)}, {buf('norm_weight', 'bf16_t')}, "
+                       f"{f32_literal(eps if eps is not None else 0.0)}, k0, {k_len}, task);")
+            coef = 0
         em.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
                        "\"smem model: linear page\");")
-        em.asserts.add(f"static_assert(LinearWork<{xs}>::kBytes == {smem.linear_work_bytes(xs)}, "
+        em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}>::kBytes == {smem.linear_work_bytes(xs, coef)}, "
                        "\"smem model: linear work area\");")
         return [*em.signature(f"input_{name}", "int k_index"),
                 f"  const int k0 = k_index * {chunk};",
@@ -72,24 +96,21 @@ class Linear(TaskKind):
                 *em.signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
                 f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}>(s, {buf('weight', 'bf16_t')}, {k}, "
-                f"row_begin, row_end, k0, min({chunk}, {k} - k0), page, task);",
+                f"row_begin, row_end, k0, {k_len}, page, task);",
                 "}",
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
                 f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}>(s, task, {wo}, "
-                f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, min({chunk}, {k} - k0), "
-                "page);",
+                f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page);",
                 "}"]
 
-    def call(self, em, op, waits, page, new_run) -> list[str]:
-        """Its waits and, when it starts a run, the op's input staging; then the task on its pages."""
+    def call(self, em, op, page, new_run) -> list[str]:
+        """When it starts a run, the op's input staging (which waits for the input); then the task on its pages."""
         begin, end = op.tile_range
-        task_id, part = op.task_id.value.data, op.k_index.value.data
+        task_id, part = op.task_id.value.data, op.part
         name = em.op_name(op)
         k0, k_len = op.k_range
-        lines = [f"  wait_all(s, {em.waits_ref(waits, task_id)}, {task_id});"] if waits else em.marks(task_id)
-        if new_run:
-            lines.append(f"  input_{name}(s, b, {task_id}, {part});")
+        lines = [f"  input_{name}(s, b, {task_id}, {part});"] if new_run else em.marks(task_id)
         return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part});  "
                         f"// {em.comment(op)}: rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
@@ -116,7 +137,16 @@ class LinearCombine(CombineKind):
     roles = frozenset({"partial", "out"})
 
     def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
-        return {"read_bytes": (tile[1] - tile[0]) * k_split * F32}
+        return {"read_bytes": (tile[1] - tile[0]) * k_split * TAGGED}
+
+    def reads(self, op):
+        begin, end = op.tile_range
+        n = op.param("N")
+        out = [(op.buffer("partial"), j * n + begin, j * n + end) for j in range(op.parts)]
+        return out + ([(op.buffer("residual"), begin, end)] if op.buffer("residual") else [])
+
+    def writes(self, op):
+        return [(op.buffer("out"), *op.tile_range)]
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
@@ -127,7 +157,7 @@ class LinearCombine(CombineKind):
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
-        return [*em.signature(f"combine_{name}", "const Waits& w, int row_begin, int row_end"),
-                f"  linear_combine(s, w, task, {buf('out')}, {buf('partial')}, {op.param('N')}, {op.k_split.value.data}, "
+        return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
+                f"  linear_combine<{op.parts}>(s, task, {buf('out')}, {buf('partial')}, {op.param('N')}, "
                 f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                 "}"]

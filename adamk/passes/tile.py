@@ -8,8 +8,9 @@ split (`k_split` > 1) becomes k_split parts per tile, writing float partials to 
 `<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`; the
 parts of a split attention are instead merged by the input staging of the linear that reads
 its output (prologue `attn_combine`), in the same fixed order, so they cost no dependency
-level of their own. A task's tokens are the producer tasks whose output ranges it reads, so
-the DAG is exact at tile granularity.
+level of their own. A task's tokens are the earlier tasks whose writes overlap its reads (its
+kind's `reads` and `writes`, which also give the schedule's polls), so the DAG is exact at the
+granularity of the data.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from xdsl.passes import ModulePass
 
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
-from ..dialects.task import BufferOp, JoinOp, TaskOp
+from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
+from ..kinds import kind as task_kind
 from ..names import label, quoted
 
 
+ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
@@ -74,7 +77,9 @@ class TilePass(ModulePass):
 
 @dataclass
 class TaskRecord:
-    """One task before it becomes an `adamk.task`: what the DAG search costs without building IR."""
+    """One task before it becomes an `adamk.task`: what the DAG search costs without building IR.
+    It reads like an `adamk.task` (kind_name, tile_range, part, parts, k_range, buffer(), param()), so a
+    kind's `reads` and `writes` take either."""
     name: str
     kind: str
     source: str
@@ -85,6 +90,37 @@ class TaskRecord:
     footprint: smem.Footprint | None
     k_index: int
     k_split: int
+
+    @property
+    def kind_name(self) -> str:
+        return self.kind
+
+    @property
+    def source_name(self) -> str:
+        return self.source
+
+    @property
+    def tile_range(self) -> tuple[int, int]:
+        return self.tile
+
+    @property
+    def part(self) -> int:
+        return self.k_index
+
+    @property
+    def parts(self) -> int:
+        return self.k_split
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        return smem.k_range(self.param("K"), self.param("k_chunk"), self.k_index)
+
+    def buffer(self, role: str) -> str | None:
+        return self.buffers.get(role)
+
+    def param(self, key: str):
+        a = self.params.get(key)
+        return None if a is None else attr_value(a)
 
 
 class TaskBuilder:
@@ -123,12 +159,12 @@ class TaskBuilder:
             elif isinstance(op, LinearOp):
                 base = label(re.sub(r"\.weight$", "", self.name_of[op.weight]), "linear")
                 name = "y" if op.result == returned else self.unique(base)
-                role, dtype = ("output", self.dtype) if op.result == returned else ("activation", "f32")
+                role, dtype = ("output", self.dtype) if op.result == returned else ("activation", ACTIVATION)
                 self.buffer(op.result, name, role, dtype)
                 self.linear(op, name)
             elif isinstance(op, AttentionOp):
                 name = self.unique("attention")
-                self.buffer(op.result, name, "activation", "f32")
+                self.buffer(op.result, name, "activation", ACTIVATION)
                 self.attention(op, name)
             elif isinstance(op, func.ReturnOp):
                 if op.operands[0] not in self.name_of or self.name_of[op.operands[0]] != "y":
@@ -139,10 +175,9 @@ class TaskBuilder:
         for out in list(self.unmerged):       # a split attention no linear reads
             self.combine_attention(out)
 
-    def deps(self, buffer: str, begin: int | None = None, end: int | None = None):
-        """Indices of the tasks that write rows [begin, end) of `buffer` (all rows if None)."""
-        return [t for t, b, e in self.producers.get(buffer, [])
-                if begin is None or (b < end and begin < e)]
+    def deps(self, buffer: str, begin: int, end: int):
+        """Indices of the tasks that write elements [begin, end) of `buffer`."""
+        return [t for t, b, e in self.producers.get(buffer, []) if b < end and begin < e]
 
     def linear(self, op: LinearOp, out: str):
         n, k = shape_of(op.weight)
@@ -151,7 +186,7 @@ class TaskBuilder:
         rows = op.tile_rows.value.data if op.tile_rows is not None else self.tile_rows
         k_split = op.k_split.value.data if op.k_split is not None else 1
         chunk = smem.k_chunk(k, k_split)
-        footprint = smem.linear_footprint(rows, chunk, self.page_bytes)
+        coef = 0     # merge weights of an input from a split attention
         roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
                  "bias": op.bias, "residual": op.residual}
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
@@ -167,33 +202,30 @@ class TaskBuilder:
             buffers["input"] = partial
             params |= {"prologue": StringAttr("attn_combine"), "head_dim": attention.head_dim,
                        "num_heads": attention.num_heads, "parts": attention.k_split}
+            coef = attention.num_heads.value.data * attention.k_split.value.data
         if op.eps is not None:
             params["eps"] = op.eps
-        input_deps = [d for role in ("input", "input2") if role in buffers for d in self.deps(buffers[role])]
-        residual_deps = self.deps(buffers["residual"]) if "residual" in buffers else []
+        footprint = smem.linear_footprint(rows, chunk, self.page_bytes, coef)
         if k_split == 1:
             buffers["out"] = out
             for r in range(0, n, rows):
-                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), input_deps + residual_deps,
-                          buffers, params, footprint)
+                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint)
             return
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
         partial = self.unique(f"{out}.partial")
-        self.buffers.append(BufferOp(partial, "activation", [k_split, n], "f32"))
+        self.buffers.append(BufferOp(partial, "activation", [k_split, n], ACTIVATION))
         part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
         for r in range(0, n, rows):
             end = min(r + rows, n)
             for j in range(k_split):
-                self.task(partial, f"{out}.r{r}.k{j}", "linear", (r, end), input_deps, part_buffers, params,
-                          footprint, k_index=j, k_split=k_split, written=(j * n + r, j * n + end))
+                self.task(partial, f"{out}.r{r}.k{j}", "linear", (r, end), part_buffers, params, footprint,
+                          k_index=j, k_split=k_split)
         combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
                                                                                            "out": out}
         for r in range(0, n, COMBINE_ROWS):
-            end = min(r + COMBINE_ROWS, n)
-            parts = [d for j in range(k_split) for d in self.deps(partial, j * n + r, j * n + end)]
-            self.task(out, f"{out}.r{r}", "linear_combine", (r, end), parts + residual_deps, combine_buffers,
-                      {"N": _ivalue(n), "k_split": _ivalue(k_split)}, k_split=k_split)
+            self.task(out, f"{out}.r{r}", "linear_combine", (r, min(r + COMBINE_ROWS, n)), combine_buffers,
+                      {"N": _ivalue(n)}, k_split=k_split)
 
     def attention(self, op: AttentionOp, out: str):
         nh, nkv, hd = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim))
@@ -208,27 +240,19 @@ class TaskBuilder:
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
         footprint = smem.Footprint(0, smem.attention_work_bytes(hd))
-
-        def head_deps(h):
-            g = h // group
-            return (self.deps(buffers["q"], h * hd, (h + 1) * hd)
-                    + self.deps(buffers["k"], g * hd, (g + 1) * hd) + self.deps(buffers["v"], g * hd, (g + 1) * hd))
-
         if k_split == 1:
             for h in range(nh):
-                self.task(out, f"{out}.h{h}", "attention", (h, h + 1), head_deps(h), buffers, params, footprint,
-                          written=(h * hd, (h + 1) * hd))
+                self.task(out, f"{out}.h{h}", "attention", (h, h + 1), buffers, params, footprint)
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
-        # writes (acc[hd], max, sum) unnormalised; one combine task per KV group merges them.
-        partial, stride = self.unique(f"{out}.partial"), hd + 2
-        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, stride], "f32"))
+        # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
+        # or, for several readers, by one combine task per KV group.
+        partial = self.unique(f"{out}.partial")
+        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, hd + 2], ACTIVATION))
         for h in range(nh):
             for j in range(k_split):
-                at = (j * nh + h) * stride
-                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + 1), head_deps(h),
-                          buffers | {"out": partial}, params, footprint, k_index=j, k_split=k_split,
-                          written=(at, at + stride))
+                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + 1), buffers | {"out": partial}, params,
+                          footprint, k_index=j, k_split=k_split)
         self.unmerged[out] = (op, partial)
         if op.result.uses.get_length() != 1:  # several readers: merged once, by combine tasks
             self.combine_attention(out)
@@ -238,23 +262,26 @@ class TaskBuilder:
         per KV group, adding the parts in order into `out`."""
         op, partial = self.unmerged.pop(out)
         nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
-        group, stride = nh // nkv, hd + 2
+        group = nh // nkv
         for g in range(nkv):
-            h0, h1 = g * group, (g + 1) * group
-            parts = [d for j in range(k_split) for d in self.deps(partial, (j * nh + h0) * stride, (j * nh + h1) * stride)]
-            self.task(out, f"{out}.g{g}", "attention_combine", (h0, h1), parts, {"partial": partial, "out": out},
-                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh), "k_split": _ivalue(k_split)},
-                      k_split=k_split, written=(h0 * hd, h1 * hd))
+            self.task(out, f"{out}.g{g}", "attention_combine", (g * group, (g + 1) * group),
+                      {"partial": partial, "out": out},
+                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split)
 
-    def task(self, source: str, name: str, kind: str, tile, deps, buffers, params, footprint=None, *,
-             k_index: int = 0, k_split: int = 1, written=None):
-        """Append one task writing rows `written` (default: its tile) of buffer `source`."""
+    def task(self, source: str, name: str, kind: str, tile, buffers, params, footprint=None, *,
+             k_index: int = 0, k_split: int = 1):
+        """Append one task of `source` (the buffer it writes); its deps are the earlier tasks whose
+        writes overlap its reads."""
         if len(self.tasks) == MAX_TASKS:
             raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
                                         "compiles models up to that size")
-        self.tasks.append(TaskRecord(name, kind, source, tuple(tile), _dedup(deps), dict(buffers), dict(params),
-                                     footprint, k_index, k_split))
-        self.producers.setdefault(source, []).append((len(self.tasks) - 1, *(written or tile)))
+        record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), dict(params), footprint, k_index,
+                            k_split)
+        description = task_kind(kind)
+        record.deps = _dedup(d for buffer, b, e in description.reads(record) for d in self.deps(buffer, b, e))
+        self.tasks.append(record)
+        for buffer, b, e in description.writes(record):
+            self.producers.setdefault(buffer, []).append((len(self.tasks) - 1, b, e))
 
     def unique(self, base: str) -> str:
         """`base`, or `base_2`, `base_3`, ...: a buffer name no other buffer has."""

@@ -5,8 +5,10 @@ The loader checks the artifact's sha256s, checks the weights against the manifes
 and activations, fills the kernel's `Buffers` pointer table in manifest order, loads the
 cubin (or JIT-compiles the PTX when the GPU is a newer arch than the target) and
 launches cooperatively, so all blocks are co-resident or the launch fails with a clear
-error. Dependency counters only grow; each step passes a new epoch, and the counters are
-zeroed before the 32-bit targets would wrap.
+error. Each step passes a new epoch: the tag a task writes into every activation word
+(csrc/kernels/tagged.cuh) and the multiple the barrier variant's counters wait for. Tagged
+activations start at epoch 0 and epochs at 1; before the 32-bit epoch (or a counter's target)
+would wrap, the counters and activations are zeroed and the epochs start again.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
 from . import driver as cu
 from .weights import check_weights, read_weights
 
-TORCH_DTYPES = {"bf16": "bfloat16", "f32": "float32"}
-SMEM_OVERFLOW = 1   # sync.cuh ErrorReason kSmemOverflow
+TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64"}   # a tagged word: float32 value, epoch above it
+SMEM_OVERFLOW, POLL_TIMEOUT = 1, 2   # sync.cuh ErrorReason
+RING_COUNTER = 0xffffffff           # sync.cuh kRingCounter: a weight page's wait
 
 
 class DecodeStep:
@@ -52,13 +55,14 @@ class DecodeStep:
                                           device=self.device)
         self.counters = torch.zeros(max(1, len(self.manifest["counters"]) + k.get("extra_counters", 0)),
                                     dtype=torch.int32, device=self.device)
-        self.error = torch.zeros(8, dtype=torch.int32, device=self.device)
+        self.error = torch.zeros(16, dtype=torch.int32, device=self.device)    # sync.cuh ErrorRecord
         n_tasks = len(self.manifest["tasks"])
         self.trace_buffer = (torch.zeros(3 * n_tasks, dtype=torch.int64, device=self.device)
                              if k.get("profile") else None)
         self.epoch = 0
         self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
                                             [k.get("queue_per_step", 0), 1])
+        self.tagged = [n for n, b in zip(names, self.manifest["buffers"]) if b["dtype"] == "f32_tagged"]
 
         arch = int(self.manifest["target"]["arch"].removeprefix("sm_"))
         major, minor = torch.cuda.get_device_capability(index)
@@ -84,7 +88,7 @@ class DecodeStep:
             dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
             if b["role"] == "weight":
                 out[b["name"]] = checked[b["name"]].detach().to(device=self.device, dtype=dtype).contiguous()
-            elif b["role"] == "kv_cache":
+            elif b["role"] == "kv_cache" or b["dtype"] == "f32_tagged":    # tagged words start at epoch 0
                 out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)
             else:
                 out[b["name"]] = torch.full(b["shape"], float("nan"), dtype=dtype, device=self.device)
@@ -104,7 +108,7 @@ class DecodeStep:
             raise AdamkError(f"position {pos} outside the KV cache's 0..{self.max_seq_len - 1}")
         if epoch is None:
             if self.epoch == self.max_epoch:
-                self.counters.zero_()
+                self._zero_state()
                 self.epoch = 0
             self.epoch += 1
             epoch = self.epoch
@@ -119,21 +123,35 @@ class DecodeStep:
         cu.launch_cooperative(self.fn, self.grid, self.threads, self.smem, stream, self._args)
 
     def check(self):
-        """Wait for the GPU and raise if a spin-wait timed out (names the task and counter)."""
+        """Wait for the GPU and raise if a wait timed out (names the task and what it waited for)."""
         self.torch.cuda.synchronize(self.device)
         err = self.error.tolist()
         if err[0]:
-            flag, task, counter, expected, observed, block, reason = (e & 0xffffffff for e in err[:7])
+            flag, task, counter, expected, observed, block, reason, lo, hi = (e & 0xffffffff for e in err[:9])
             tasks = self.manifest["tasks"]
             name = tasks[task] if task < len(tasks) else task
             if reason == SMEM_OVERFLOW:
                 raise KernelSharedMemoryError(
                     f"megakernel task '{name}' on block {block} needs {expected} B of shared memory; "
                     f"the launch gave {observed} B")
+            if reason == POLL_TIMEOUT:
+                raise KernelTimeoutError(
+                    f"megakernel wait timed out: block {block} running task '{name}' waited for "
+                    f"{self._element_at((hi << 32) | lo)} of step {expected}, saw a word of step {observed}")
             counters = {c["index"]: c["name"] for c in self.manifest["counters"]}
+            what = "a weight page" if counter == RING_COUNTER else f"counter '{counters.get(counter, counter)}'"
             raise KernelTimeoutError(
                 f"megakernel wait timed out: block {block} running task '{name}' "
-                f"waited on counter '{counters.get(counter, counter)}' for {expected}, saw {observed}")
+                f"waited on {what} for {expected}, saw {observed}")
+
+    def _element_at(self, address: int) -> str:
+        """'buffer'[i] of the tagged activation word at device `address`."""
+        for name in self.tagged:
+            t = self.buffers[name]
+            i = (address - t.data_ptr()) // t.element_size()
+            if 0 <= i < t.numel():
+                return f"'{name}'[{i}]"
+        return f"the word at {address:#x}"
 
     def trace(self):
         """Per-task globaltimer stamps of the last launch of a profiling build:
@@ -144,10 +162,16 @@ class DecodeStep:
         stamps = self.trace_buffer.view(-1, 3).tolist()
         return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
-    def reset(self):
-        """Zero the counters and the error record (after a timed-out launch)."""
-        self.torch.cuda.synchronize(self.device)
+    def _zero_state(self):
+        """Counters and tagged activations back to epoch 0 (the next launch is epoch 1)."""
         self.counters.zero_()
+        for name in self.tagged:
+            self.buffers[name].zero_()
+
+    def reset(self):
+        """Zero the counters, the activations' tags and the error record (after a timed-out launch)."""
+        self.torch.cuda.synchronize(self.device)
+        self._zero_state()
         self.error.zero_()
         self.epoch = 0
 

@@ -1,22 +1,26 @@
 """Cost model: the predicted time of every task of a schedule, and the per-SM clock the DAG
 search places tasks with.
 
-Each SM runs its program in order. A linear task's weights stream into its shared-memory
-stage, issued when the linear task `stages - 1` places earlier on the same SM starts (the
-ring of smem.py): the SM's copies queue behind each other at the bandwidth one SM gets
-when every SM pulls at once (`sm_bytes_per_us`) and land `dram_latency_us` later. A task
-starts when the previous one has ended and its waits are satisfied (`sync_latency_us`
-after the last signal it needs), pays `task_overhead_us` (call, barriers, signals), plus
-`fresh_input_us` if it waited (its inputs are new, so they come from L2, not L1), then
-computes: a linear reads its inputs through its prologue (`input_us_per_k` per element
-read: its K-chunk, twice for silu_mul, plus the whole row for rmsnorm's sum of squares;
-norm weights are not counted) and, once its weights have landed, reads its stage at
-`smem_bytes_per_us`; an attention part streams its KV rows at `kv_bytes_per_us`; a
-combine reads its partials at `sm_bytes_per_us`. A step costs its makespan plus
-`launch_us`.
+Each SM runs two lines (ring.cuh). Its producer streams the pages of its linear tasks, in
+program order, through a ring of `depth` slots: page j is issued once slot j % depth is free
+(the consumers released page j - depth) and page j - in_flight has landed; the copies queue
+behind each other at the bandwidth one SM gets when every SM pulls at once
+(`sm_bytes_per_us`) and land `dram_latency_us` later. Its consumers run the tasks in order: a
+task starts when the previous one has ended and its polls are satisfied (`poll_latency_us`
+after the last task that wrote what it reads ended: the word's trip to L2 and back), pays
+`task_overhead_us`, and then, by kind:
+- a linear task that starts a run of tasks with a new input stages it (`stage_us` plus
+  `input_us_per_k` per element its prologue reads: its K-chunk, twice for silu_mul, every
+  part's share for a merged attention, plus the whole row for rmsnorm's sum of squares) and
+  reads each page once it has landed, at `smem_bytes_per_us`;
+- an attention part streams its KV rows at `kv_bytes_per_us` from the moment the SM reaches
+  it (the rows do not depend on this step), so it ends when both they and its inputs are in;
+- a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
+A step costs its makespan plus `launch_us`.
 
 Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
-on a GPU from profiling builds and writes a profile (`CostModel.load`).
+on a GPU from profiling builds and writes a profile (`CostModel.load`). A profile records the
+`model` it was fitted for: one of an older execution design is refused.
 """
 from __future__ import annotations
 
@@ -24,37 +28,40 @@ import dataclasses
 import json
 import math
 import os
-from collections import deque
 
+import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from ..dialects.schedule import ExecOp, SignalOp, WaitOp
+from ..dialects.schedule import ExecOp, PollOp, SignalOp, WaitOp
 from ..dialects.task import TaskBody
 from ..errors import AdamkError
 from ..kinds import kind as task_kind
+from ..kinds.base import TAGGED
 from ..targets import GPU
-from .validate import schedule_of, walk
+from .validate import schedule_of, tagged_sizes, walk
 
+MODEL = "ring+tagged v1"    # the execution design the parameters describe (v11's per-task stages had none)
 
 
 @dataclasses.dataclass(frozen=True)
 class CostModel:
     gpu: str
     sm_bytes_per_us: float            # DRAM bytes one SM pulls per us while all SMs pull
-    dram_latency_us: float = 1.0      # a copy's issue to its bytes in shared memory, unloaded
-    sync_latency_us: float = 1.0      # a release signal to the waiter seeing it
-    task_overhead_us: float = 0.5     # per task: the call, barriers, signals
-    input_us_per_k: float = 0.0       # a linear task staging one input element (prologue applied)
-    fresh_input_us: float = 0.0       # a task right after a wait: its inputs come from L2
-    smem_bytes_per_us: float = 150e3  # a block reading its weight stage (8 warps, 16 B per lane)
-    kv_bytes_per_us: float = 10e3     # an attention part streaming its KV rows
+    dram_latency_us: float = 1.0      # a page's copy issue to its bytes in shared memory, beyond its transfer
+    poll_latency_us: float = 1.0      # a task's last write to a reader's load seeing it
+    task_overhead_us: float = 0.2     # per task: the call, the row sums, the stores
+    stage_us: float = 1.0             # a staging's fixed cost: its barriers and one round trip to L2
+    input_us_per_k: float = 0.0002    # a staging, per input element its prologue reads
+    smem_bytes_per_us: float = 150e3  # the consumer warps reading a landed page (8 warps, 16 B per lane)
+    kv_bytes_per_us: float = 20e3     # an attention part streaming its KV rows
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
+    model: str = MODEL
     source: str = "spec table"
 
     @classmethod
     def for_gpu(cls, gpu: GPU) -> "CostModel":
         share = gpu.dram_gbps * 1e3 / gpu.num_sms            # bytes per us per SM at the datasheet rate
-        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.4 * share)
+        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.6 * share)
 
     @classmethod
     def load(cls, path, gpu: GPU) -> "CostModel":
@@ -65,6 +72,9 @@ class CostModel:
                 data = json.load(f)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
+            if data.get("model") != MODEL:
+                raise ValueError(f"fitted for execution model {data.get('model', 'v11 per-task stages')!r}, not "
+                                 f"{MODEL!r}: run `adamk calibrate` again")
             model = cls(**{k: data[k] for k in data if k in {f.name for f in dataclasses.fields(cls)}})
         except (OSError, ValueError, TypeError, RecursionError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else e if not isinstance(e, RecursionError) \
@@ -80,7 +90,7 @@ class CostModel:
         if not isinstance(self.gpu, str):
             raise AdamkError(f"{where}: 'gpu' must be a GPU name")
         for f in dataclasses.fields(self):
-            if f.name in ("gpu", "source"):
+            if f.name in ("gpu", "source", "model"):
                 continue
             v = getattr(self, f.name)
             rate = f.name.endswith("per_us")
@@ -99,74 +109,107 @@ class CostModel:
 class TaskCost:
     """What the model needs to know of one task."""
     kind: str
-    stage_bytes: int = 0     # weights staged through the ring (linear)
+    stage_bytes: int = 0     # weights streamed through the ring (linear)
+    pages: int = 0           # ring pages they take
     read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
     @classmethod
     def of(cls, kind: str, tile, k_split: int, pos: int, k_len: int = 0, k: int = 0, prologue: str = "none",
-           head_dim: int = 0, parts: int = 1) -> "TaskCost":
-        return cls(kind, **task_kind(kind).cost(tile, k_split, pos, k_len, k, prologue, head_dim, parts))
+           head_dim: int = 0, parts: int = 1, pages: int = 0) -> "TaskCost":
+        return cls(kind, pages=pages, **task_kind(kind).cost(tile, k_split, pos, k_len, k, prologue, head_dim, parts))
 
     @classmethod
-    def of_exec(cls, op: TaskBody, pos: int) -> "TaskCost":
-        """The cost of a task op (adamk.task or adamk.exec)."""
-        linear = op.kind.data == "linear"
-        return cls.of(op.kind.data, op.tile_range, op.k_split.value.data, pos, k_len=op.k_range[1] if linear else 0,
+    def of_exec(cls, op, pos: int) -> "TaskCost":
+        """The cost of a task (adamk.task, adamk.exec or tile.TaskRecord)."""
+        linear = op.kind_name == "linear"
+        return cls.of(op.kind_name, op.tile_range, op.parts, pos, k_len=op.k_range[1] if linear else 0,
                       k=op.param("K") or 0, prologue=op.param("prologue") or "none",
-                      head_dim=op.param("head_dim") or 0, parts=op.param("parts") or 1)
+                      head_dim=op.param("head_dim") or 0, parts=op.param("parts") or 1,
+                      pages=op.param("pages") or 0)
 
 
 class SmClock:
-    """One SM's clock under the model: run tasks in order, get their (start, end)."""
+    """One SM under the model (the module docstring): its producer's page stream and its consumers'
+    clock. `run` the SM's tasks in program order and get each one's (start, end)."""
 
-    def __init__(self, model: CostModel, stages: int):
-        self.model, self.stages = model, stages
-        self.now = 0.0                 # the end of the last task
-        self.stream_free = 0.0         # when the SM's queue of weight copies drains
-        self.linear_starts: deque = deque(maxlen=max(1, stages - 1))
+    def __init__(self, model: CostModel, depth: int, in_flight: int):
+        self.model, self.depth, self.in_flight = model, depth, in_flight
+        self.now = 0.0                 # the consumers' end of the last task
+        self.stream_free = 0.0         # when the SM's share of DRAM bandwidth takes the next page
+        self.issued = 0.0              # the producer's last issue (it issues pages in order)
+        self.landed: list[float] = []
+        self.released: list[float] = []
+        self.staged = None             # what the work area holds (kinds' `staged`)
 
-    def run(self, task: TaskCost, ready: float = 0.0, waited: bool = False) -> tuple[float, float]:
+    def _page(self, nbytes: float, consumer: float) -> float:
+        """Stream the next page; the consumers, free at `consumer`, read it: when they are done."""
+        m, j = self.model, len(self.landed)
+        issue = max(self.issued, self.released[j - self.depth] if j >= self.depth else 0.0,
+                    self.landed[j - self.in_flight] if j >= self.in_flight else 0.0)
+        self.issued = issue
+        self.stream_free = max(issue, self.stream_free) + nbytes / m.sm_bytes_per_us
+        self.landed.append(self.stream_free + m.dram_latency_us)
+        self.released.append(max(consumer, self.landed[-1]) + nbytes / m.smem_bytes_per_us)
+        return self.released[-1]
+
+    def run(self, task: TaskCost, ready: float = 0.0, staged=None) -> tuple[float, float]:
+        """`ready`: when its polls are satisfied; `staged`: its kind's `staged` key (a linear
+        whose key differs from the work area's stages its input)."""
         m = self.model
         start = max(self.now, ready)
-        fixed = m.task_overhead_us + (m.fresh_input_us if waited else 0.0)
+        t = start + m.task_overhead_us
         if task.kind == "linear":
-            if self.stages == 1:
-                issue = start
-            else:   # issued when the linear task stages - 1 earlier started (at 0: the program's prologue)
-                issue = self.linear_starts[0] if len(self.linear_starts) == self.linear_starts.maxlen else 0.0
-            self.stream_free = max(issue, self.stream_free) + task.stage_bytes / m.sm_bytes_per_us
-            arrival = self.stream_free + m.dram_latency_us
-            self.linear_starts.append(start)
-            staged = start + fixed + task.inputs * m.input_us_per_k
-            end = max(staged, arrival) + task.stage_bytes / m.smem_bytes_per_us
+            if staged is None or staged != self.staged:
+                t += m.stage_us + task.inputs * m.input_us_per_k
+            for _ in range(task.pages):
+                t = self._page(task.stage_bytes / task.pages, t)
         elif task.kind == "attention":
-            end = start + fixed + task.read_bytes / m.kv_bytes_per_us
+            t = max(t + m.stage_us, self.now + task.read_bytes / m.kv_bytes_per_us)
         else:
-            end = start + fixed + task.read_bytes / m.sm_bytes_per_us
-        self.now = end
-        return start, end
+            t += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
+        self.staged = staged if task.kind == "linear" else None
+        self.now = t
+        return start, t
+
+
+def replay(costs: list[TaskCost], deps: list, staged: list, sm_of: list[int], num_sms: int, model: CostModel,
+           depth: int, in_flight: int) -> list[tuple[float, float]]:
+    """(start, end) of every task when task i runs on SM sm_of[i], each SM's tasks in index order
+    (a topological order): every task's deps and its SM's earlier tasks come before it."""
+    clocks = [SmClock(model, depth, in_flight) for _ in range(num_sms)]
+    times: list[tuple[float, float]] = []
+    for i, cost in enumerate(costs):
+        ready = max((times[d][1] + model.poll_latency_us for d in deps[i]), default=0.0)
+        times.append(clocks[sm_of[i]].run(cost, ready, staged[i]))
+    return times
 
 
 def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int, tuple[int, float, float]]:
-    """Predicted (sm, start, end) in us of every task_id for one step at position `pos`,
-    replaying the schedule's waits and signals on per-SM clocks."""
-    stages = schedule_of(schedule).stages.value.data
+    """Predicted (sm, start, end) in us of every task_id for one step at position `pos`, replaying
+    the schedule's polls (and the barrier variant's waits and signals) on per-SM clocks."""
+    sched = schedule_of(schedule)
+    depth, in_flight = sched.stages.value.data, sched.in_flight.value.data
     clocks: dict[int, SmClock] = {}
     ready: dict[int, float] = {}
-    waited: set[int] = set()
+    written = {name: np.zeros(n) for name, n in tagged_sizes(schedule).items()}    # when each element is
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
 
     def on_op(sm: int, op):
-        clock = clocks.setdefault(sm, SmClock(model, stages))
-        if isinstance(op, WaitOp):
+        clock = clocks.setdefault(sm, SmClock(model, depth, in_flight))
+        if isinstance(op, PollOp):
+            b, e = op.range
+            ready[sm] = max(ready.get(sm, 0.0), written[op.buffer.data][b:e].max() + model.poll_latency_us)
+        elif isinstance(op, WaitOp):
             times = sorted(signals[op.counter.data])
-            ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.sync_latency_us)
-            waited.add(sm)
+            ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.poll_latency_us)
         elif isinstance(op, ExecOp):
-            start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), sm in waited)
-            waited.discard(sm)
+            description = task_kind(op.kind.data)
+            start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), description.staged(op))
+            for buffer, b, e in description.writes(op):
+                if buffer in written:
+                    written[buffer][b:e] = end
             tasks[op.task_id.value.data] = (sm, start, end)
         elif isinstance(op, SignalOp):
             signals.setdefault(op.counter.data, []).extend([clock.now] * op.count.value.data)

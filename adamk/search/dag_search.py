@@ -1,11 +1,13 @@
 """The offline DAG search: the tiling of every op, the SM and order of every task, and so
-where each task's weights are staged, minimising the cost model's predicted makespan.
+where each task's weights stream, minimising the cost model's predicted makespan.
 
-Placement (`place`): ops in topological order; an op's tasks become ready one sync
-latency after the last task of every op they read from (counters are per op); longest
-task first, each goes to the SM whose clock (cost.SmClock, which also models the SM's
-weight stream, still as the per-task stages of v10: docs/search.md) frees up first, lowest
-index on ties. Each SM's program stays in topological order, so no wait can deadlock.
+Placement (`place`): ops in topological order; a task becomes ready one poll latency after the
+last task whose writes it reads ends (the tile-exact DAG: kinds' `reads` and `writes`); longest
+task first, each goes to the SM whose consumers (cost.SmClock, which also models the SM's
+page stream) free up first, lowest index on ties. Each SM's program stays in topological
+order, so no poll can deadlock. Round-robin placement is the other candidate: a tiling's value
+is the better of the two, so the search never settles for a plan it predicts slower than
+round-robin would run it.
 
 Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate descent over
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
@@ -16,8 +18,7 @@ without building IR) and placed, and kept if the predicted makespan drops. Deter
 search that hits its budget stops early, and only then can the result depend on the
 machine's speed (the compiler warns).
 
-`SearchSchedulePass` then places the chosen task IR with the same `place` and emits the
-schedule.
+`SearchSchedulePass` then places the chosen task IR the same way and emits the schedule.
 """
 from __future__ import annotations
 
@@ -32,57 +33,68 @@ from xdsl.passes import ModulePass
 
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
-from ..dialects.task import TaskOp, attr_value
+from ..dialects.task import JoinOp, TaskOp
 from ..passes.tile import TaskBuilder
-from .cost import CostModel, SmClock, TaskCost
+from ..kinds import kind as task_kind
+from .cost import CostModel, SmClock, TaskCost, replay
 from .program import emit_schedule
+from .round_robin import round_robin
 
 
 @dataclass(frozen=True)
 class PlacedTask:
     source: str
-    producers: frozenset      # source ops it reads from
+    deps: tuple               # indices of the earlier tasks whose writes it reads
     cost: TaskCost
+    staged: object            # its kind's `staged` key (a linear reusing the work area stages nothing)
 
 
-def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, stages: int) -> tuple[list[list[int]], float]:
+def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
+          in_flight: int) -> tuple[list[list[int]], float]:
     """(task indices per SM in order, predicted makespan without the launch)."""
-    clocks = [SmClock(model, stages) for _ in range(num_sms)]
+    clocks = [SmClock(model, depth, in_flight) for _ in range(num_sms)]
     programs: list[list[int]] = [[] for _ in range(num_sms)]
-    waited_for: list[set] = [set() for _ in range(num_sms)]     # producer ops each SM has waited on
     free = [(0.0, sm) for sm in range(num_sms)]
-    finish: dict[str, float] = {}
+    end = [0.0] * len(tasks)
     by_op: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
         by_op.setdefault(t.source, []).append(i)
-    for source, members in by_op.items():
-        producers = frozenset().union(*(tasks[i].producers for i in members))
-        ready = max((finish[p] for p in producers), default=-model.sync_latency_us) + model.sync_latency_us
-        members = sorted(members, key=lambda i: (-(tasks[i].cost.stage_bytes + tasks[i].cost.read_bytes), i))
-        end_of_op = 0.0
-        for i in members:
+    for members in by_op.values():
+        for i in sorted(members, key=lambda i: (-(tasks[i].cost.stage_bytes + tasks[i].cost.read_bytes), i)):
             _, sm = heapq.heappop(free)
-            waits = bool(producers - waited_for[sm])             # program.py waits once per SM and producer
-            waited_for[sm] |= producers
-            _, end = clocks[sm].run(tasks[i].cost, ready, waits)
+            ready = max((end[d] + model.poll_latency_us for d in tasks[i].deps), default=0.0)
+            end[i] = clocks[sm].run(tasks[i].cost, ready, tasks[i].staged)[1]
             programs[sm].append(i)
-            heapq.heappush(free, (end, sm))
-            end_of_op = max(end_of_op, end)
-        finish[source] = end_of_op
-    return programs, max(finish.values(), default=0.0)
+            heapq.heappush(free, (clocks[sm].now, sm))
+    for program in programs:          # each SM in topological (index) order
+        program.sort()
+    return programs, makespan(tasks, programs, model, depth, in_flight)
 
 
-def _placed_from_records(records, pos: int) -> list[PlacedTask]:
-    out = []
-    for r in records:
-        param = {key: attr_value(a) for key, a in r.params.items()
-                 if key in ("K", "k_chunk", "prologue", "head_dim", "parts")}
-        k_len = smem.k_range(param["K"], param["k_chunk"], r.k_index)[1] if r.kind == "linear" else 0
-        cost = TaskCost.of(r.kind, r.tile, r.k_split, pos, k_len=k_len, k=param.get("K", 0),
-                           prologue=param.get("prologue", "none"), head_dim=param.get("head_dim", 0),
-                           parts=param.get("parts", 1))
-        out.append(PlacedTask(r.source, frozenset(records[d].source for d in r.deps), cost))
-    return out
+def makespan(tasks: list[PlacedTask], programs: list[list[int]], model: CostModel, depth: int, in_flight: int) -> float:
+    """The predicted makespan (without the launch) of running `programs`."""
+    sm_of = [0] * len(tasks)
+    for sm, program in enumerate(programs):
+        for i in program:
+            sm_of[i] = sm
+    times = replay([t.cost for t in tasks], [t.deps for t in tasks], [t.staged for t in tasks], sm_of,
+                   len(programs), model, depth, in_flight)
+    return max((e for _, e in times), default=0.0)
+
+
+def best_placement(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
+                   in_flight: int) -> tuple[list[list[int]], float]:
+    """`place`'s programs or round-robin's, whichever the model predicts faster (round-robin on a tie)."""
+    rr = round_robin(len(tasks), num_sms)
+    rr_time = makespan(tasks, rr, model, depth, in_flight)
+    programs, time = place(tasks, num_sms, model, depth, in_flight)
+    return (programs, time) if time < rr_time - 1e-6 else (rr, rr_time)
+
+
+def _placed(records, pos: int) -> list[PlacedTask]:
+    """PlacedTasks of tile.TaskRecords or adamk.task ops (with their dep indices)."""
+    return [PlacedTask(r.source_name, tuple(deps),
+                       TaskCost.of_exec(r, pos), task_kind(r.kind_name).staged(r)) for r, deps in records]
 
 
 @dataclass
@@ -95,9 +107,11 @@ class SearchResult:
 
 
 class DagSearch:
-    def __init__(self, model: CostModel, num_sms: int, stages: int, stage_bytes: int, smem_budget: int,
-                 tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None, ksplit: bool = True):
+    def __init__(self, model: CostModel, num_sms: int, stages: int, in_flight: int, stage_bytes: int,
+                 smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None,
+                 ksplit: bool = True):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
+        self.in_flight = in_flight
         self.smem_budget, self.tile_rows, self.dtype, self.pos = smem_budget, tile_rows, dtype, pos
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
@@ -105,7 +119,8 @@ class DagSearch:
     def evaluate(self, fn) -> float:
         builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn)
-        return place(_placed_from_records(builder.tasks, self.pos), self.num_sms, self.model, self.stages)[1]
+        tasks = _placed([(r, r.deps) for r in builder.tasks], self.pos)
+        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
@@ -172,18 +187,24 @@ def _set_tiling(op, tiling: tuple):
 
 @dataclass(frozen=True)
 class SearchSchedulePass(ModulePass):
-    """schedule-search: task-level IR -> schedule-level IR placed by `place`."""
+    """schedule-search: task-level IR -> schedule-level IR placed by `best_placement`."""
     name = "schedule-search"
     model: CostModel = None
     num_sms: int = 1
     block_threads: int = 256
     smem_budget: int = 99 * 1024
     stages: int = 2
+    in_flight: int = 2
     pos: int = 0
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         tasks = [o for o in op.ops if isinstance(o, TaskOp)]
-        placed = [PlacedTask(t.source.data, frozenset(d.owner.source.data for d in t.deps), TaskCost.of_exec(t, self.pos))
-                  for t in tasks]
-        programs, _ = place(placed, self.num_sms, self.model, self.stages)
-        emit_schedule(op, programs, self.block_threads, self.stages, self.smem_budget)
+        index = {t: i for i, t in enumerate(tasks)}
+
+        def producers(token):
+            owner = token.owner
+            return [index[p.owner] for p in owner.parts] if isinstance(owner, JoinOp) else [index[owner]]
+
+        placed = _placed([(t, sorted({i for d in t.deps for i in producers(d)})) for t in tasks], self.pos)
+        programs, _ = best_placement(placed, self.num_sms, self.model, self.stages, self.in_flight)
+        emit_schedule(op, programs, self.block_threads, self.stages, self.in_flight, self.smem_budget)

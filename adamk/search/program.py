@@ -1,31 +1,33 @@
 """Turn a placement (which tasks each SM runs, in order) into schedule-level IR.
 
 Shared by the placement passes (round-robin, the DAG search, the grid-barrier variant).
-Counters are per source op: a consumer waits for the whole producer op (`<op>.done`
-reaching its task count), once per SM, before the first task there that needs it; a run
-of same-op tasks on an SM publishes with one release signal of the run's length. With
-`barrier=True` the dependency waits are replaced by one grid-wide barrier between
-consecutive ops instead (every SM signals `barrier.<k>` after its tasks of op k, and
-waits for all SMs before op k + 1): the ablation's barrier variant.
+Tasks pass data through tagged activations, so the only synchronisation a program needs is
+what its tasks read: before each task, one `adamk.poll` per range of a tagged activation its
+kind reads (the task's loads of those elements are its wait; a write publishes itself, so
+nothing is signalled). With `barrier=True` (the ablation's barrier variant) every SM also
+passes one grid-wide barrier between consecutive ops (it signals `barrier.<k>` after its
+tasks of op k, and waits for all SMs before op k + 1), whose polls then never wait.
 """
 from __future__ import annotations
 
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 
-from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp, sm_program
+from ..dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
-
-
-def counter_name(source: str) -> str:
-    return f"{source}.done"
+from ..kinds import kind as task_kind
+from ..passes.tile import ACTIVATION
 
 
 def op_groups(tasks: list[TaskOp]) -> list[str]:
     """Source ops in program order."""
     return list(dict.fromkeys(t.source.data for t in tasks))
 
+
+def polls(task, tagged: set[str]) -> list[PollOp]:
+    """The polls before `task`: what its kind reads of the tagged activations."""
+    return [PollOp(buffer, b, e) for buffer, b, e in task_kind(task.kind.data).reads(task) if buffer in tagged]
 
 def check_smem(schedule: ScheduleOp, budget: int):
     """The plan fits the per-block budget, or an error naming its biggest tasks."""
@@ -40,48 +42,30 @@ def check_smem(schedule: ScheduleOp, budget: int):
                             f"is {budget} B")
 
 
-def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, smem_budget: int,
-                  barrier: bool = False, queue: bool = False) -> None:
+def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, in_flight: int,
+                  smem_budget: int, barrier: bool = False) -> None:
     """Replace the task-level body of `module` with the schedule of `programs` (task indices
-    per SM, each SM's in program order). `queue=True` (the work-queue variant, where any block
-    may run any task): every task waits for all its producer ops and signals alone."""
+    per SM, each SM's in program order)."""
     buffers = [o for o in module.ops if isinstance(o, BufferOp)]
     tasks = [o for o in module.ops if isinstance(o, TaskOp)]
+    tagged = {b.sym_name.data for b in buffers if b.dtype.data == ACTIVATION}
     sources = op_groups(tasks)
-    count = {s: sum(t.source.data == s for t in tasks) for s in sources}
-    if barrier:
-        counters = {f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
-    else:
-        waited_on = [s for s in sources if any(d.owner.source.data == s for t in tasks for d in t.deps)]
-        counters = {counter_name(s): CounterOp(counter_name(s), i, count[s]) for i, s in enumerate(waited_on)}
-
+    counters = ({f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
+                if barrier else {})
     sms = []
     for index, program in enumerate(programs):
-        ops, seen = [], set()
-        if barrier:
-            for k, source in enumerate(sources):
-                if k:
-                    ops.append(WaitOp(f"barrier.{k - 1}", len(programs)))
-                ops += [ExecOp(i, tasks[i].copy_body_properties()) for i in program if tasks[i].source.data == source]
-                if k < len(sources) - 1:
-                    ops.append(SignalOp(f"barrier.{k}", 1))
-        else:
+        ops = []
+        for k, source in enumerate(sources if barrier else [None]):
+            if k:
+                ops.append(WaitOp(f"barrier.{k - 1}", len(programs)))
             for i in program:
-                t = tasks[i]
-                for src in sorted({d.owner.source.data for d in t.deps}, key=sources.index):
-                    if src not in seen or queue:
-                        seen.add(src)
-                        ops.append(WaitOp(counter_name(src), count[src]))
-                pending = 0
-                if (ops and isinstance(ops[-1], SignalOp) and ops[-1].counter.data == counter_name(t.source.data)
-                        and not queue):
-                    pending = ops.pop().count.value.data        # extend the run's signal past this task
-                ops.append(ExecOp(i, t.copy_body_properties()))
-                if counter_name(t.source.data) in counters:
-                    ops.append(SignalOp(counter_name(t.source.data), pending + 1))
+                if source is None or tasks[i].source.data == source:
+                    ops += [*polls(tasks[i], tagged), ExecOp(i, tasks[i].copy_body_properties())]
+            if barrier and k < len(sources) - 1:
+                ops.append(SignalOp(f"barrier.{k}", 1))
         sms.append(sm_program(index, ops))
 
-    schedule = ScheduleOp(len(programs), block_threads, stages, sms)
+    schedule = ScheduleOp(len(programs), block_threads, stages, in_flight, sms)
     for b in buffers:
         b.detach()
     module.body.detach_block(0)

@@ -4,7 +4,9 @@ Reads the `adamk.task` DAG (in program order, which is topological); writes an
 `adamk.schedule` (program.py) with task i on SM i mod num_sms. Every SM runs its tasks in
 the global topological order, so every wait is on work that comes earlier everywhere and
 the schedule cannot deadlock. The baseline the DAG search is compared against; with
-`barrier=True`, the same placement with one grid-wide barrier between ops.
+`barrier=True`, the same placement with one grid-wide barrier between ops. The work-queue
+variant (`schedule="queue"`) is compiled from this placement too: its codegen ignores the SMs
+and lets blocks take tasks at run time.
 """
 from __future__ import annotations
 
@@ -25,10 +27,15 @@ class RoundRobinSchedulePass(ModulePass):
     block_threads: int = 256
     smem_budget: int = 99 * 1024
     stages: int = 2
+    in_flight: int = 2
     barrier: bool = False
-    queue: bool = False
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         n_tasks = sum(isinstance(o, TaskOp) for o in op.ops)
-        programs = [list(range(sm, n_tasks, self.num_sms)) for sm in range(self.num_sms)]
-        emit_schedule(op, programs, self.block_threads, self.stages, self.smem_budget, self.barrier, self.queue)
+        emit_schedule(op, round_robin(n_tasks, self.num_sms), self.block_threads, self.stages, self.in_flight,
+                      self.smem_budget, self.barrier)
+
+
+def round_robin(n_tasks: int, num_sms: int) -> list[list[int]]:
+    """Task i on SM i mod num_sms, each SM's in program order."""
+    return [list(range(sm, n_tasks, num_sms)) for sm in range(num_sms)]

@@ -1,18 +1,23 @@
-"""Schedule validator: replays a schedule's counters to prove every wait is satisfied.
+"""Schedule validator: replays a schedule's polls and counters to prove every wait is satisfied.
 
-`walk` interleaves the SMs' straight-line programs the way the GPU may: each SM runs
-until a wait whose counter is short, then the next SM gets a turn. If a full round makes
-no progress while programs remain, the schedule deadlocks and the error names every
-blocked SM, the counter it waits on and the value it needs, and the cycle of SMs each
-waiting for a signal the next one would send. The CPU simulator drives the
-same walk with `on_exec` running the task bodies.
+`walk` interleaves the SMs' straight-line programs the way the GPU may: each SM runs until a
+poll of elements not yet written this step (or, in the barrier variant, a wait whose counter is
+short), then the next SM gets a turn. Every element of a tagged activation is written exactly
+once per step. If a full round makes no progress while programs remain, the schedule deadlocks
+and the error names every blocked SM, what it waits for, and the cycle of SMs each waiting for a
+write (or signal) the next one would make. The CPU simulator drives the same walk with
+`on_exec` running the task bodies; the cost model with `on_op` timing them.
 """
 from __future__ import annotations
 
+import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
-from ..dialects.schedule import CounterOp, ExecOp, ScheduleOp, SignalOp, WaitOp
+from ..dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp
+from ..dialects.task import BufferOp
 from ..errors import ScheduleError
+from ..kinds import kind as task_kind
+from ..passes.tile import ACTIVATION
 
 
 def schedule_of(module: ModuleOp) -> ScheduleOp:
@@ -22,36 +27,79 @@ def schedule_of(module: ModuleOp) -> ScheduleOp:
     raise ScheduleError("module has no adamk.schedule")
 
 
-def _deadlock(programs, pcs, counters, epoch) -> str:
-    """Name the cycle: SM a waits on a counter that only SM b (still blocked) will signal, ..."""
+def tagged_sizes(module: ModuleOp) -> dict[str, int]:
+    """Elements of every tagged activation buffer."""
+    return {b.sym_name.data: int(np.prod(b.shape.get_values())) for b in module.ops
+            if isinstance(b, BufferOp) and b.dtype.data == ACTIVATION}
+
+
+def _what(op, counters, epoch, written) -> str:
+    if isinstance(op, PollOp):
+        b, e = op.range
+        done = int(written[op.buffer.data][b:e].sum())
+        return f"'{op.buffer.data}'[{b}:{e}] ({done}/{e - b} written)"
+    return f"'{op.counter.data}' ({counters[op.counter.data]}/{epoch * op.count.value.data})"
+
+
+def _unblocks(wait, op) -> bool:
+    """Would `op`, run later by another SM, make progress on `wait`?"""
+    if isinstance(wait, PollOp):
+        b, e = wait.range
+        return isinstance(op, ExecOp) and any(buf == wait.buffer.data and wb < e and b < we
+                                              for buf, wb, we in task_kind(op.kind.data).writes(op))
+    return isinstance(op, SignalOp) and op.counter == wait.counter
+
+
+def _deadlock(programs, pcs, counters, epoch, written) -> str:
+    """Name the cycle: SM a waits for what only SM b (still blocked) will write or signal, ..."""
     waiting = {sm: programs[sm][pc] for sm, pc in enumerate(pcs) if pc < len(programs[sm])}
-    signallers = {sm: [other for other, pc in enumerate(pcs) if any(
-        isinstance(o, SignalOp) and o.counter == wait.counter for o in programs[other][pc:])]
-        for sm, wait in waiting.items()}
-    blocked = ", ".join(f"SM {sm} at '{w.counter.data}' ({counters[w.counter.data]}/{epoch * w.count.value.data})"
-                        for sm, w in list(waiting.items())[:8])
+    releasers = {sm: [other for other, pc in enumerate(pcs) if other != sm and any(
+        _unblocks(wait, o) for o in programs[other][pc:])] for sm, wait in waiting.items()}
+    blocked = ", ".join(f"SM {sm} at {_what(w, counters, epoch, written)}" for sm, w in list(waiting.items())[:8])
     blocked += f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""
-    for first in waiting:                       # follow "waits for a signal from" until an SM repeats
+    for first in waiting:                       # follow "waits for a write or signal from" until an SM repeats
         path, sm = [], first
-        while sm not in path and signallers[sm]:
+        while sm not in path and releasers[sm]:
             path.append(sm)
-            sm = signallers[sm][0]
+            sm = releasers[sm][0]
         if sm in path:
             cycle = path[path.index(sm):] + [sm]
-            steps = " -> ".join(f"SM {a} waits on '{waiting[a].counter.data}', signalled later by SM {b}"
-                                for a, b in zip(cycle, cycle[1:]))
+            steps = " -> ".join(f"SM {a} waits on {_what(waiting[a], counters, epoch, written)}, which SM {b} "
+                                "would supply later" for a, b in zip(cycle, cycle[1:]))
             return f"schedule deadlocks: cycle {steps}; blocked: {blocked}"
-    starved = next(sm for sm in waiting if not signallers[sm])
-    return (f"schedule deadlocks: SM {starved} waits on '{waiting[starved].counter.data}', which no SM will "
-            f"signal again; blocked: {blocked}")
+    starved = next(sm for sm in waiting if not releasers[sm])
+    return (f"schedule deadlocks: SM {starved} waits on {_what(waiting[starved], counters, epoch, written)}, "
+            f"which no SM will supply; blocked: {blocked}")
+
+
+def check_polls(module: ModuleOp):
+    """Each task is preceded by exactly the polls of what its kind reads of the tagged activations
+    (the kernel's staging waits for those elements, so the IR must say the same)."""
+    tagged = tagged_sizes(module)
+    for sm in schedule_of(module).sms:
+        pending = []
+        for op in sm.ops:
+            if isinstance(op, PollOp):
+                b, e = op.range
+                if op.buffer.data not in tagged or e > tagged[op.buffer.data]:
+                    raise ScheduleError(f"@sm{sm.index}: adamk.poll of '{op.buffer.data}'[{b}:{e}] is not within a "
+                                        "tagged activation")
+                pending.append((op.buffer.data, b, e))
+            elif isinstance(op, ExecOp):
+                want = [r for r in task_kind(op.kind.data).reads(op) if r[0] in tagged]
+                if pending != want:
+                    raise ScheduleError(f"@sm{sm.index}: task {op.sym_name.data} reads {want} of tagged activations "
+                                        f"but is preceded by polls of {pending}")
+                pending = []
 
 
 def validate(module: ModuleOp, num_sms: int, smem_per_block: int):
     """Every check a schedule must pass before codegen: all blocks co-resident (one block
-    per SM: no more blocks than SMs, shared memory within the per-block budget), and two
-    consecutive steps replay without a deadlock with every counter at exactly its
-    per-step count times the epoch after each (so monotonic counters need no reset
-    between steps)."""
+    per SM: no more blocks than SMs, shared memory within the per-block budget), the polls
+    before every task are what it reads, and two consecutive steps replay without a deadlock,
+    with every tagged element written exactly once per step and every counter at exactly its
+    per-step count times the epoch after each (so monotonic counters need no reset between
+    steps, and a word of the last step never passes for this one's)."""
     sched = schedule_of(module)
     if sched.num_sms.value.data > num_sms:
         raise ScheduleError(f"the schedule has {sched.num_sms.value.data} blocks; only {num_sms} SMs can hold "
@@ -59,6 +107,7 @@ def validate(module: ModuleOp, num_sms: int, smem_per_block: int):
     if sched.smem_bytes.value.data > smem_per_block:
         raise ScheduleError(f"the schedule needs {sched.smem_bytes.value.data} B of shared memory per block; "
                             f"the budget is {smem_per_block} B")
+    check_polls(module)
     walk(module, epoch=2, counters=walk(module, epoch=1))
 
 
@@ -67,6 +116,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
     `on_exec(op)` runs each task; `on_op(sm, op)` sees every op as its SM passes it."""
     declared = {c.sym_name.data: c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)}
     counters = counters if counters is not None else {name: 0 for name in declared}
+    written = {name: np.zeros(n, bool) for name, n in tagged_sizes(module).items()}
     programs = [list(sm.ops) for sm in schedule_of(module).sms]
     pcs = [0] * len(programs)
     while True:
@@ -74,7 +124,14 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
         for sm, prog in enumerate(programs):
             while pcs[sm] < len(prog):
                 op = prog[pcs[sm]]
-                if isinstance(op, WaitOp):
+                if isinstance(op, PollOp):
+                    b, e = op.range
+                    if op.buffer.data not in written or e > len(written[op.buffer.data]):
+                        raise ScheduleError(f"SM {sm} polls '{op.buffer.data}'[{b}:{e}], which is not within a "
+                                            "tagged activation")
+                    if not written[op.buffer.data][b:e].all():
+                        break
+                elif isinstance(op, WaitOp):
                     name = op.counter.data
                     if name not in declared:
                         raise ScheduleError(f"SM {sm} waits on undeclared counter '{name}'")
@@ -83,8 +140,15 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                                             f"but {declared[name]} arrive per step")
                     if counters[name] < epoch * op.count.value.data:
                         break
-                elif isinstance(op, ExecOp) and on_exec is not None:
-                    on_exec(op)
+                elif isinstance(op, ExecOp):
+                    for buffer, b, e in task_kind(op.kind.data).writes(op):
+                        if buffer in written:
+                            if written[buffer][b:e].any():
+                                raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}], "
+                                                    "part of which another task wrote this step")
+                            written[buffer][b:e] = True
+                    if on_exec is not None:
+                        on_exec(op)
                 elif isinstance(op, SignalOp):
                     counters[op.counter.data] += op.count.value.data
                 if on_op is not None:
@@ -94,8 +158,11 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
         if all(pc == len(p) for pc, p in zip(pcs, programs)):
             break
         if not progress:
-            raise ScheduleError(_deadlock(programs, pcs, counters, epoch))
+            raise ScheduleError(_deadlock(programs, pcs, counters, epoch, written))
     for name, per_step in declared.items():
         if counters[name] != epoch * per_step:
             raise ScheduleError(f"counter '{name}' ends the step at {counters[name]}, expected {epoch * per_step}")
+    for name, done in written.items():
+        if not done.all():
+            raise ScheduleError(f"no task writes '{name}'[{int(np.argmin(done))}] this step, yet it is an activation")
     return counters

@@ -1,26 +1,22 @@
 // attention.cuh — decode attention: query head `q_head` over positions 0..pos of its KV head, or,
-// split over the sequence (flash-decoding), over part `split` of them, plus the combine of the parts.
-// Part 0 of the group's first query head also appends the new (rotated) k and v at `pos`;
-// every task rotates the new k itself, so no task reads a row another task writes this step.
+// split over the sequence (flash-decoding), over part `split` of them, plus the merge of the parts
+// (by the reading linear's input staging, or by a combine task). Part 0 of the group's first query
+// head also appends the new (rotated) k and v at `pos`; every task rotates the new k itself, so no
+// task reads a cache row another task writes this step. q, k, v and the outputs are tagged words.
 #pragma once
 #include "common.cuh"
 #include "linear.cuh"
 #include "sync.cuh"
+#include "tagged.cuh"
 
 namespace adamk {
 
 __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
-
-// Element d of the rotate-half RoPE of head vector x at position pos.
-__device__ __forceinline__ float rope_at(const float* x, int d, int half, const float* inv_freq, int pos) {
-  if (inv_freq == nullptr) return x[d];
-  const int i = d < half ? d : d - half;
-  float s, c;
-  sincosf((float)pos * inv_freq[i], &s, &c);
-  return d < half ? x[d] * c - x[d + half] * s : x[d] * c + x[d - half] * s;
-}
+__host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
+__host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
+constexpr int kRowsAhead = 4;      // steps of cached rows each lane keeps in flight (attention_task)
 
 // A task's work area (smem.attention_work_bytes).
 template <int HD>
@@ -41,22 +37,36 @@ __device__ __forceinline__ void merge_state(float& m, float& l, float a[8], floa
   m = mn;
 }
 
+// The rotate-half RoPE of the pair (x[i], x[i + half]) at position pos: (x[i]', x[i + half]').
+__device__ __forceinline__ void rope_pair(float& lo, float& hi, int i, const float* inv_freq, int pos) {
+  if (inv_freq == nullptr) return;
+  float s, c;
+  sincosf((float)pos * inv_freq[i], &s, &c);
+  const float a = lo, b = hi;
+  lo = a * c - b * s;
+  hi = b * c + a * s;
+}
+
 // n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
 // positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
-// unnormalised, for attention_combine.
+// unnormalised, for the merge. The cached rows do not depend on this step, so the first
+// kRowsAhead steps of them are requested before q, k and v are read (the task's wait), and the
+// rest of the part's rows are pulled into L2 meanwhile.
 template <int HD>
-__device__ __forceinline__ void attention_task(const Step& s, const Waits& waits, int task, int work_offset,
-                                               float* out, const float* q, const float* k, const float* v,
+__device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
+                                               const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
                                                int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
+  constexpr int kStep = kWarps * kPosPerWarp;           // rows of one step of all consumer warps
   constexpr int kStride = HD + 2;                       // per-warp partial: acc[HD], m, l
   constexpr float kLog2e = 1.4426950408889634f;
 
   check_smem(s, work_offset + AttentionWork<HD>::kBytes, task);
+  trace_mark(s, task, 0);
   const int pos = s.pos, kv_head = q_head / group, tid = threadIdx.x, half = HD / 2;
   using W = AttentionWork<HD>;
   float* qs = reinterpret_cast<float*>(s.smem + work_offset + W::kQs);
@@ -69,70 +79,87 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
   bf16_t* vc = v_cache + (size_t)kv_head * max_seq * HD;
 
-  // The cached rows before `pos` do not depend on this step: stream them into L2 while waiting.
-  if (waits.n > 0) {
-    const int cached = max(0, min(t_end, pos) - t_begin);
-    prefetch_l2(kc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
-    prefetch_l2(vc + (size_t)t_begin * HD, (size_t)cached * HD * sizeof(bf16_t));
-    wait_all(s, waits, task);
-  } else {
-    consumer_sync();   // the previous task of this block is done with the work area
-  }
-  const bool appends = q_head % group == 0 && split == 0;
-  for (int d = tid; d < HD; d += kConsumerThreads) {
-    const bf16_t kb = to_bf16(rope_at(k + kv_head * HD, d, half, inv_freq, pos));
-    const bf16_t vb = to_bf16(v[kv_head * HD + d]);
-    knew[d] = to_float(kb);
-    vnew[d] = to_float(vb);
-    if (appends) {
-      kc[(size_t)pos * HD + d] = kb;
-      vc[(size_t)pos * HD + d] = vb;
-    }
-    qs[d] = rope_at(q + q_head * HD, d, half, inv_freq, pos) * (scale * kLog2e);
-  }
-  consumer_sync();
-
   const int warp = tid / 32, lane = tid % 32;
   const int sub = lane / kLanesPerPos, chunk = lane % kLanesPerPos;
   const bool has_chunk = chunk < HD / 8;
+  // Row t < pos comes from the cache, row pos from the work area.
+  auto load_row = [&](int t, uint4& kr, uint4& vr) {
+    const bool cached = t < pos && t < t_end && has_chunk;
+    kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
+    vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
+  };
+  const int first = t_begin + warp * kPosPerWarp;       // this warp's first step of rows
+  uint4 kr[kRowsAhead], vr[kRowsAhead];
+#pragma unroll
+  for (int g = 0; g < kRowsAhead; ++g) load_row(first + g * kStep + sub, kr[g], vr[g]);
+  const int later = t_begin + kRowsAhead * kStep, cached_end = min(t_end, pos);
+  if (later < cached_end) {
+    prefetch_l2(kc + (size_t)later * HD, (size_t)(cached_end - later) * HD * sizeof(bf16_t));
+    prefetch_l2(vc + (size_t)later * HD, (size_t)(cached_end - later) * HD * sizeof(bf16_t));
+  }
+
+  consumer_sync();   // the previous task of this block is done with the work area
+  const bool appends = q_head % group == 0 && split == 0;
+  for (int t = tid; t < 2 * HD; t += kConsumerThreads) {
+    if (t < HD) {                  // the rotated pair (i, i + half) of q (t < half) or of k
+      const bool is_q = t < half;
+      const int i = is_q ? t : t - half;
+      const tagged_t* x = is_q ? q + q_head * HD : k + kv_head * HD;
+      const u64 wa = load_word(x + i), wb = load_word(x + i + half);
+      float lo = ready_value(s, x + i, wa, task), hi = ready_value(s, x + i + half, wb, task);
+      rope_pair(lo, hi, i, inv_freq, pos);
+      if (is_q) {
+        qs[i] = lo * (scale * kLog2e);
+        qs[i + half] = hi * (scale * kLog2e);
+      } else {
+        const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
+        knew[i] = to_float(kl);
+        knew[i + half] = to_float(kh);
+        if (appends) {
+          kc[(size_t)pos * HD + i] = kl;
+          kc[(size_t)pos * HD + i + half] = kh;
+        }
+      }
+    } else {                       // element d of v
+      const int d = t - HD;
+      const bf16_t vb = to_bf16(read_ready(s, v + kv_head * HD + d, task));
+      vnew[d] = to_float(vb);
+      if (appends) vc[(size_t)pos * HD + d] = vb;
+    }
+  }
+  consumer_sync();
+  trace_mark(s, task, 1);
+
   float qr[8], acc[8], m = kEmpty, l = 0.f;
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
     qr[e] = has_chunk ? qs[chunk * 8 + e] : 0.f;
     acc[e] = 0.f;
   }
-  // Row t < pos comes from the cache, row pos from smem. Loads run one iteration ahead; the
+  // kRowsAhead steps in flight: as step g is used, the load of step g + kRowsAhead goes out. The
   // trip count is uniform across the warp, so the shuffles see every lane.
-  auto load_row = [&](int t, uint4& kr, uint4& vr) {
-    const bool cached = t < pos && t < t_end && has_chunk;
-    kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
-    vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
-  };
-  constexpr int kStep = kWarps * kPosPerWarp;
-  uint4 kr, vr;
-  load_row(t_begin + warp * kPosPerWarp + sub, kr, vr);
-  for (int t0 = t_begin + warp * kPosPerWarp; t0 < t_end; t0 += kStep) {
-    const int t = t0 + sub;
-    uint4 kn, vn;
-    load_row(t + kStep, kn, vn);
-    float kf[8], vf[8];
-    unpack8(kr, kf);
-    unpack8(vr, vf);
-    if (t == pos && has_chunk) {
+  for (int base = first; base < t_end; base += kRowsAhead * kStep) {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        kf[e] = knew[chunk * 8 + e];
-        vf[e] = vnew[chunk * 8 + e];
+    for (int g = 0; g < kRowsAhead; ++g) {
+      const int t = base + g * kStep + sub;
+      float kf[8], vf[8];
+      unpack8(kr[g], kf);
+      unpack8(vr[g], vf);
+      load_row(t + kRowsAhead * kStep, kr[g], vr[g]);
+      if (t == pos && has_chunk) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          kf[e] = knew[chunk * 8 + e];
+          vf[e] = vnew[chunk * 8 + e];
+        }
       }
+      float score = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
+#pragma unroll
+      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+      if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
     }
-    float score = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
-#pragma unroll
-    for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-    if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
-    kr = kn;
-    vr = vn;
   }
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
@@ -164,58 +191,120 @@ __device__ __forceinline__ void attention_task(const Step& s, const Waits& waits
       den += p[HD + 1] * c;
     }
     if (n_splits == 1) {
-      out[q_head * HD + d] = num / den;
+      store(s, out + q_head * HD + d, num / den);
     } else {
-      float* mine_out = out + ((size_t)split * num_heads + q_head) * kStride;
-      mine_out[d] = num;
+      tagged_t* mine_out = out + ((size_t)split * num_heads + q_head) * kStride;
+      store(s, mine_out + d, num);
       if (d == 0) {
-        mine_out[HD] = mx;
-        mine_out[HD + 1] = den;
+        store(s, mine_out + HD, mx);
+        store(s, mine_out + HD + 1, den);
       }
     }
   }
   consumer_sync();   // the work area is reused by the next task on this block
 }
 
-// Element d of head h of the attention output, merged from the n_splits parts of attention_task in
-// part order. Part 0 is never empty (it holds position 0), so the sum is never zero.
-template <int HD>
-__device__ __forceinline__ float merged(const float* partial, int num_heads, int n_splits, int h, int d) {
+// Element d of head h of the attention output, merged from the PARTS parts in part order (for a
+// combine task: one element at a time, each part's words read as they come). Part 0 is never
+// empty (it holds position 0), so the sum is never zero.
+template <int HD, int HEADS, int PARTS>
+__device__ __forceinline__ float merged(const Step& s, const tagged_t* partial, int h, int d, int task) {
   constexpr int kStride = HD + 2;
   float mx = kEmpty;
-  for (int j = 0; j < n_splits; ++j) mx = fmaxf(mx, partial[((size_t)j * num_heads + h) * kStride + HD]);
+  for (int j = 0; j < PARTS; ++j) mx = fmaxf(mx, read_ready(s, partial + ((size_t)j * HEADS + h) * kStride + HD, task));
   float num = 0.f, den = 0.f;
-  for (int j = 0; j < n_splits; ++j) {
-    const float* p = partial + ((size_t)j * num_heads + h) * kStride;
-    const float c = fast_exp2(p[HD] - mx);
-    num += p[d] * c;
-    den += p[HD + 1] * c;
+  for (int j = 0; j < PARTS; ++j) {
+    const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
+    const u64 wa = load_word(p + d), wm = load_word(p + HD), wl = load_word(p + HD + 1);
+    const float c = fast_exp2(ready_value(s, p + HD, wm, task) - mx);
+    num += ready_value(s, p + d, wa, task) * c;
+    den += ready_value(s, p + HD + 1, wl, task) * c;
   }
   return num / den;
 }
 
 // Heads [head_begin, head_end) of out from the parts (for a split attention whose reader cannot merge).
-template <int HD>
-__device__ __forceinline__ void attention_combine(const Step& s, const Waits& waits, int task, float* out,
-                                                  const float* partial, int num_heads, int n_splits, int head_begin,
-                                                  int head_end) {
-  if (waits.n > 0) wait_all(s, waits, task);
+template <int HD, int HEADS, int PARTS>
+__device__ __forceinline__ void attention_combine(const Step& s, int task, tagged_t* out, const tagged_t* partial,
+                                                  int head_begin, int head_end) {
+  trace_mark(s, task, 0);
   for (int i = threadIdx.x; i < (head_end - head_begin) * HD; i += kConsumerThreads)
-    out[head_begin * HD + i] = merged<HD>(partial, num_heads, n_splits, head_begin + i / HD, i % HD);
+    store(s, out + head_begin * HD + i, merged<HD, HEADS, PARTS>(s, partial, head_begin + i / HD, i % HD, task));
+  trace_mark(s, task, 1);
 }
 
 // Consumers: the input staging of a linear that reads a split attention (prologue attn_combine):
-// xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input, between
-// two consumer barriers. The parts cost no dependency level of their own.
-template <int XS, int HD>
-__device__ __forceinline__ void attention_input(const Step& s, int work_offset, const float* partial, int num_heads,
-                                                int n_splits, int k0, int k_len, int task) {
-  check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
-  float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
+// xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input,
+// between two consumer barriers, and costing no dependency level of its own. The parts' acc words
+// of this thread's first elements are requested first; meanwhile one thread per head turns the
+// parts' (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF scratch);
+// each element is then sum_j acc_j c_j, in part order.
+template <int XS, int HD, int HEADS, int PARTS>
+__device__ __forceinline__ void attention_input(const Step& s, int work_offset, const tagged_t* partial, int k0,
+                                                int k_len, int task) {
+  constexpr int kStride = HD + 2;
+  constexpr int kElems = (XS + kConsumerThreads - 1) / kConsumerThreads;   // per thread
+  constexpr int kBatch = cmax(1, cmin(kElems, 32 / PARTS));                // elements with loads in flight
+  using W = LinearWork<XS, HEADS * PARTS>;
+  check_smem(s, work_offset + W::kBytes, task);
+  float* xs = reinterpret_cast<float*>(s.smem + work_offset + W::kXs);
+  float* coef = reinterpret_cast<float*>(s.smem + work_offset + W::kScratch);   // [HEADS][PARTS]
+  trace_mark(s, task, 0);
   consumer_sync();
-  for (int i = threadIdx.x; i < XS; i += kConsumerThreads)
-    xs[i] = i < k_len ? merged<HD>(partial, num_heads, n_splits, (k0 + i) / HD, (k0 + i) % HD) : 0.f;
+  u64 acc[kBatch][PARTS];
+  auto issue = [&](int e0) {
+#pragma unroll
+    for (int e = 0; e < kBatch; ++e) {
+      const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
+      if (e0 + e < kElems && i < k_len) {
+        const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+#pragma unroll
+        for (int j = 0; j < PARTS; ++j) acc[e][j] = load_word(partial + ((size_t)j * HEADS + h) * kStride + d);
+      }
+    }
+  };
+  issue(0);
+  for (int h = k0 / HD + threadIdx.x; h < (k0 + k_len + HD - 1) / HD; h += kConsumerThreads) {
+    u64 wm[PARTS], wl[PARTS];
+#pragma unroll
+    for (int j = 0; j < PARTS; ++j) {
+      const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
+      wm[j] = load_word(p + HD);
+      wl[j] = load_word(p + HD + 1);
+    }
+    float m[PARTS], mx = kEmpty, den = 0.f;
+#pragma unroll
+    for (int j = 0; j < PARTS; ++j) {
+      const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
+      m[j] = ready_value(s, p + HD, wm[j], task);
+      coef[h * PARTS + j] = ready_value(s, p + HD + 1, wl[j], task);     // l_j, for now
+      mx = fmaxf(mx, m[j]);
+    }
+#pragma unroll
+    for (int j = 0; j < PARTS; ++j) den += coef[h * PARTS + j] * fast_exp2(m[j] - mx);
+#pragma unroll
+    for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
+  }
   consumer_sync();
+#pragma unroll 1
+  for (int e0 = 0; e0 < kElems; e0 += kBatch) {
+    if (e0 > 0) issue(e0);
+#pragma unroll
+    for (int e = 0; e < kBatch; ++e) {
+      const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
+      if (e0 + e >= kElems || i >= XS) continue;
+      float v = 0.f;
+      if (i < k_len) {
+        const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+#pragma unroll
+        for (int j = 0; j < PARTS; ++j)
+          v += ready_value(s, partial + ((size_t)j * HEADS + h) * kStride + d, acc[e][j], task) * coef[h * PARTS + j];
+      }
+      xs[i] = v;
+    }
+  }
+  consumer_sync();
+  trace_mark(s, task, 1);
 }
 
 }  // namespace adamk

@@ -1,11 +1,13 @@
 // linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual).
 // The producer warp streams the tile's weights through the ring as NPAGES pages of ROWS x PC; the
 // consumer warps stage the prologue-applied input once per run of an op's tasks (linear_input), then
-// every task accumulates its rows over its pages (linear_task). Plus the fixed-order combine of K-split parts.
+// every task accumulates its rows over its pages (linear_task). Plus the fixed-order combine of K-split
+// parts. Inputs that are activations are tagged words (tagged.cuh): reading them is the task's wait.
 #pragma once
 #include "common.cuh"
 #include "ring.cuh"
 #include "sync.cuh"
+#include "tagged.cuh"
 
 namespace adamk {
 
@@ -18,100 +20,158 @@ struct WeightPage {
 };
 
 // A linear op's work area (smem.linear_work_bytes): the input columns of its K-chunk, padded to
-// whole pages (zeros past the chunk), and the reduction scratch.
-template <int XS>
+// whole pages (zeros past the chunk), and the scratch of reductions (one float per warp) or, for an
+// input merged from a split attention, its COEF merge weights.
+template <int XS, int COEF = 0>
 struct LinearWork {
   static constexpr int kXs = 0;                // float[XS]: the prologue-applied input slice
-  static constexpr int kScratch = XS * 4;      // float[32]: reductions, one float per warp
-  static constexpr int kBytes = kScratch + 32 * 4;
+  static constexpr int kScratch = XS * 4;      // float[max(32, COEF)]
+  static constexpr int kBytes = kScratch + (COEF > 32 ? COEF : 32) * 4;
 };
 
-// Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks
-// of one op and K-part. RMSNorm needs the whole row's sum of squares. Starts with a consumer
-// barrier (the previous run is done with xs) and ends with one (xs is complete).
-template <int XS, int PROLOGUE, typename InT>
-__device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const float* in2,
-                                             const bf16_t* norm_w, float eps, int k, int k0, int k_len, int task) {
-  static_assert(XS % 8 == 0, "pages read the input 8 columns at a time");
-  check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
-  float* xs = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kXs);
-  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
+// Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
+// one op and K-part. Every thread issues its whole share of loads (up to kBatch Vec4 at a time)
+// before it waits for the first, so staging costs about one round trip to L2, and waiting for the
+// producers of a tagged input is part of it. RMSNorm walks the whole row of K for its sum of squares
+// (xs holds in * norm_w, scaled by 1/rms once the sum is known). Starts with a consumer barrier
+// (the previous run is done with xs) and ends with one (xs is complete).
+template <int XS, int K, int PROLOGUE, typename InT>
+__device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
+                                             const bf16_t* norm_w, float eps, int k0, int k_len, int task) {
+  static_assert(XS % 8 == 0 && K % 8 == 0, "pages read the input 8 columns at a time");
+  constexpr bool kNorm = PROLOGUE == kRmsNorm, kSilu = PROLOGUE == kSiluMul;
+  constexpr int kStride = 4 * kConsumerThreads;           // elements of one pass of all consumers
+  constexpr int kSpan = kNorm ? K : XS;                   // elements the staging walks
+  constexpr int kIters = (kSpan + kStride - 1) / kStride;
+  constexpr int kBatch = kSilu ? 4 : 8;                   // Vec4 loads in flight per thread and input
+  using W = LinearWork<XS>;
+  check_smem(s, work_offset + W::kBytes, task);
+  float* xs = reinterpret_cast<float*>(s.smem + work_offset + W::kXs);
+  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + W::kScratch);
+  trace_mark(s, task, 0);
   consumer_sync();
-  // Four columns per thread and load (k, k0 and k_len are multiples of 8: whole vectors).
-  float inv_rms = 1.f;
-  if constexpr (PROLOGUE == kRmsNorm) {
-    float ss = 0.f;
-    for (int i = 4 * threadIdx.x; i < k; i += 4 * kConsumerThreads) {
-      float v[4];
-      load4(in + i, v);
+  const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
+  float ss = 0.f;
+#pragma unroll 1
+  for (int b0 = 0; b0 < kIters; b0 += kBatch) {
+    Vec4<InT> a[kBatch], g[kBatch];
+    Vec4<bf16_t> nw[kBatch];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) ss += v[e] * v[e];
-    }
-    inv_rms = rsqrtf(block_sum(ss, scratch) / k + eps);
-  }
-  for (int i = 4 * threadIdx.x; i < XS; i += 4 * kConsumerThreads) {
-    float v[4] = {0.f, 0.f, 0.f, 0.f};
-    if (i < k_len) {
-      load4(in + k0 + i, v);
-      if constexpr (PROLOGUE == kSiluMul) {
-        float g[4];
-        load4(in2 + k0 + i, g);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * g[e];
-      }
-      if constexpr (PROLOGUE == kRmsNorm) {
-        float nw[4];
-        load4(norm_w + k0 + i, nw);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] = v[e] * inv_rms * nw[e];
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = (b0 + b) * kStride + 4 * threadIdx.x;
+      if (b0 + b < kIters && i < valid) {
+        a[b].load(in + base + i);
+        if constexpr (kSilu) g[b].load(in2 + base + i);
+        if constexpr (kNorm) nw[b].load(norm_w + i);
       }
     }
-    *reinterpret_cast<float4*>(xs + i) = make_float4(v[0], v[1], v[2], v[3]);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = (b0 + b) * kStride + 4 * threadIdx.x;
+      if (b0 + b >= kIters || i >= kSpan) continue;
+      float v[4] = {0.f, 0.f, 0.f, 0.f};
+      if (i < valid) {
+        a[b].get(s, in + base + i, task, v);
+        if constexpr (kSilu) {
+          float up[4];
+          g[b].get(s, in2 + base + i, task, up);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * up[e];
+        }
+        if constexpr (kNorm) {
+          float w[4];
+          nw[b].get(s, norm_w + i, task, w);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            ss += v[e] * v[e];
+            v[e] *= w[e];
+          }
+        }
+      }
+      const int j = kNorm ? i - k0 : i;                  // its column of xs
+      if (!kNorm || (j >= 0 && j < k_len)) *reinterpret_cast<float4*>(xs + j) = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  }
+  if constexpr (kNorm) {
+    for (int j = k_len + 4 * threadIdx.x; j < XS; j += kStride)
+      *reinterpret_cast<float4*>(xs + j) = make_float4(0.f, 0.f, 0.f, 0.f);
+    const float inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);   // its barriers order the xs writes
+    for (int j = 4 * threadIdx.x; j < k_len; j += kStride) {
+      float4* p = reinterpret_cast<float4*>(xs + j);
+      const float4 v = *p;
+      *p = make_float4(v.x * inv_rms, v.y * inv_rms, v.z * inv_rms, v.w * inv_rms);
+    }
   }
   consumer_sync();
+  trace_mark(s, task, 1);
 }
 
 // Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (row
 // length k), as pages `page`, `page + 1`, ... of the ring.
-template <int DEPTH, int SLOT_BYTES, int ROWS, int PC, int NPAGES>
+template <typename R, int ROWS, int PC, int NPAGES>
 __device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
                                                int k0, int k_len, int page, int task) {
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p)
-    produce_page<DEPTH, SLOT_BYTES, ROWS, PC>(s, w, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
+    R::template produce<ROWS, PC>(s, w, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
 }
 
-template <typename ResT, typename OutT>
-__device__ __forceinline__ void finish_row(OutT* out, int row, float v, const bf16_t* bias, const ResT* residual) {
-  if (bias != nullptr) v += to_float(bias[row]);
-  if (residual != nullptr) v += to_float(residual[row]);
-  store(out + row, v);
-}
+// bias[row] + residual[row] of a finished row. `load` issues the reads before the task's pages, so
+// their latency hides under the weights; `value` waits (a tagged residual: for this step's word).
+template <typename ResT>
+struct Addend {
+  bf16_t bias_raw = 0;
+  ResT res_raw = 0;
+  __device__ __forceinline__ void load(const bf16_t* bias, const ResT* residual, int row) {
+    if (bias != nullptr) bias_raw = bias[row];
+    if (residual != nullptr) {
+      if constexpr (sizeof(ResT) == 8) res_raw = load_word(residual + row);
+      else res_raw = residual[row];
+    }
+  }
+  __device__ __forceinline__ float value(const Step& s, const bf16_t* bias, const ResT* residual, int row,
+                                         int task) const {
+    float v = bias != nullptr ? to_float(bias_raw) : 0.f;
+    if (residual != nullptr) {
+      if constexpr (sizeof(ResT) == 8) v += ready_value(s, residual + row, res_raw, task);
+      else v += to_float(res_raw);
+    }
+    return v;
+  }
+};
 
 // Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` (their first
 // k_len columns in all) and the staged input. A K-split part gets out = its row of the partial
-// buffer and no bias or residual. With
-// ROWS >= warps, warp w owns rows w + j*warps; with fewer rows, kWarpsPerRow warps share a row and
-// add up through shared memory in order. Warps meet only on the ring's barriers (and, for shared
-// rows, once at the end).
-template <int DEPTH, int SLOT_BYTES, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
+// buffer and no bias or residual. With ROWS >= warps, warp w owns rows w + j*warps; with fewer rows,
+// kWarpsPerRow warps share a row and add up through shared memory in order. Warps meet only on the
+// ring's barriers (and, for shared rows, once at the end).
+template <typename R, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
                                             const ResT* residual, int row_begin, int row_end, int k_len,
                                             int page) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
+  static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
   constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
   constexpr int kWarpsPerRow = ROWS >= kWarps ? 1 : kWarps / ROWS;
   const u32 xs = shared_address(s.smem + work_offset + LinearWork<XS>::kXs);
   float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
+  // The rows whose sums this thread finishes, and their addends, requested now.
+  Addend<ResT> add[kRowsPerWarp];
+#pragma unroll
+  for (int j = 0; j < kRowsPerWarp; ++j) {
+    const int row = kWarpsPerRow == 1 ? row_begin + warp + j * kWarps : row_begin + threadIdx.x;
+    const bool finishes = kWarpsPerRow == 1 ? lane == 0 : threadIdx.x < ROWS;
+    if (finishes && row < row_end) add[j].load(bias, residual, row);
+  }
   float acc[kRowsPerWarp];
 #pragma unroll
   for (int j = 0; j < kRowsPerWarp; ++j) acc[j] = 0.f;
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p) {
-    page_ready<DEPTH, SLOT_BYTES>(s, page + p, task);
-    const u32 wt = Ring<DEPTH, SLOT_BYTES>::page(s, page + p);
+    R::wait_page(s, page + p, task);
+    const u32 wt = R::page(s, page + p);
     const int cols = min(PC, k_len - p * PC);    // the page holds these columns; past them, stale bytes
 #pragma unroll 4
     for (int c = (seg * 32 + lane) * 8; c < cols; c += kWarpsPerRow * 256) {
@@ -126,14 +186,14 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
         for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
       }
     }
-    page_release<DEPTH, SLOT_BYTES>(s, page + p);
+    R::release(s, page + p);
   }
   if constexpr (kWarpsPerRow == 1) {
 #pragma unroll
     for (int j = 0; j < kRowsPerWarp; ++j) {
       const float v = warp_sum(acc[j]);
       const int row = row_begin + warp + j * kWarps;
-      if (lane == 0 && row < row_end) finish_row(out, row, v, bias, residual);
+      if (lane == 0 && row < row_end) store(s, out + row, v + add[j].value(s, bias, residual, row, task));
     }
   } else {
     const float v = warp_sum(acc[0]);
@@ -144,23 +204,30 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
     if (threadIdx.x < ROWS && row < row_end) {
       float t = 0.f;
       for (int i = 0; i < kWarpsPerRow; ++i) t += scratch[threadIdx.x * kWarpsPerRow + i];
-      finish_row(out, row, t, bias, residual);
+      store(s, out + row, t + add[0].value(s, bias, residual, row, task));
     }
   }
 }
 
-// Rows [row_begin, row_end) of out = the sum of the k_split partial rows, added in part order
-// (so the result does not depend on which part finished first), + bias + residual.
-template <typename ResT, typename OutT>
-__device__ __forceinline__ void linear_combine(const Step& s, const Waits& waits, int task, OutT* out,
-                                               const float* partial, int n, int k_split, const bf16_t* bias,
-                                               const ResT* residual, int row_begin, int row_end) {
-  if (waits.n > 0) wait_all(s, waits, task);
+// Rows [row_begin, row_end) of out = the sum of the KSPLIT partial rows (tagged), added in part
+// order (so the result does not depend on which part finished first), + bias + residual.
+template <int KSPLIT, typename ResT, typename OutT>
+__device__ __forceinline__ void linear_combine(const Step& s, int task, OutT* out, const tagged_t* partial, int n,
+                                               const bf16_t* bias, const ResT* residual, int row_begin,
+                                               int row_end) {
+  trace_mark(s, task, 0);
   for (int row = row_begin + threadIdx.x; row < row_end; row += kConsumerThreads) {
+    u64 w[KSPLIT];
+#pragma unroll
+    for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(partial + (size_t)j * n + row);
+    Addend<ResT> add;
+    add.load(bias, residual, row);
     float v = 0.f;
-    for (int j = 0; j < k_split; ++j) v += partial[(size_t)j * n + row];
-    finish_row(out, row, v, bias, residual);
+#pragma unroll
+    for (int j = 0; j < KSPLIT; ++j) v += ready_value(s, partial + (size_t)j * n + row, w[j], task);
+    store(s, out + row, v + add.value(s, bias, residual, row, task));
   }
+  trace_mark(s, task, 1);
 }
 
 }  // namespace adamk

@@ -4,33 +4,16 @@
 // in bytes; before sm_90 cp.async by every lane, each lane arriving as its copies land. The consumer
 // warps wait on `full`, compute, and arrive on `empty`, which lets the producer refill the slot.
 // Nothing else synchronises the two roles, so the weight stream never waits on activations, only
-// on a slot the consumers still read. Columns past the page's valid ones are never read, so a
-// page holds only the valid rows and columns (no zero fill).
+// on a slot the consumers still read. At most IN_FLIGHT pages are in flight at once (the rest of
+// the ring holds landed pages): an SM's share of DRAM bandwidth needs only that many bytes in the
+// memory system, and every byte more queues ahead of the small reads on the critical path (tagged
+// activations, KV rows), which then wait behind the weight stream. Columns past the page's valid
+// ones are never read, so a page holds only the valid rows and columns (no zero fill).
 #pragma once
 #include "common.cuh"
 #include "sync.cuh"
 
 namespace adamk {
-
-// Where the ring lives in dynamic shared memory (smem.SmPlan): DEPTH pages of kSlotBytes, then
-// full[DEPTH] and empty[DEPTH] mbarriers.
-template <int DEPTH, int SLOT_BYTES>
-struct Ring {
-  static_assert(DEPTH >= 1 && SLOT_BYTES % 16 == 0, "pages are filled 16 bytes at a time");
-  static constexpr int kBarriers = DEPTH * SLOT_BYTES;      // offset of full[0]
-  static constexpr int kBytes = kBarriers + 2 * DEPTH * 8;  // smem.SmPlan.work_offset
-  static __device__ __forceinline__ u32 page(const Step& s, int j) {
-    return shared_address(s.smem) + (j % DEPTH) * SLOT_BYTES;
-  }
-  static __device__ __forceinline__ u32 full(const Step& s, int j) {
-    return shared_address(s.smem) + kBarriers + (j % DEPTH) * 8;
-  }
-  static __device__ __forceinline__ u32 empty(const Step& s, int j) {
-    return shared_address(s.smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
-  }
-  // The n-th completion of a slot's barrier has parity n & 1; page j is the slot's (j / DEPTH)-th use.
-  static __device__ __forceinline__ u32 use(int j) { return (u32)(j / DEPTH); }
-};
 
 __device__ __forceinline__ void mbarrier_init(u32 bar, u32 count) {
   asm volatile("mbarrier.init.shared.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
@@ -52,16 +35,16 @@ __device__ __forceinline__ bool mbarrier_done(u32 bar, u32 parity) {
   return done != 0;
 }
 
-// Wait for the completion of `bar` with `parity`. Bounded like every wait: past the timeout (or
-// once another block reported one) the warp records it and exits, so a bug cannot hang the GPU.
+// Wait for the completion of `bar` with `parity`. Bounded like every wait: past the timeout it
+// records the wait and gives up, and once any block has given up it gives up at once; the block
+// runs on (no thread leaves its warps at a barrier) and the host raises the recorded error.
 __device__ __forceinline__ void mbarrier_wait(const Step& s, u32 bar, u32 parity, int task) {
   if (mbarrier_done(bar, parity)) return;
   const u64 start = global_ns();
-  while (!mbarrier_done(bar, parity)) {
-    if (*(volatile u32*)&s.err->flag) asm volatile("exit;");
+  while (!mbarrier_done(bar, parity) && !*(volatile u32*)&s.err->flag) {
     if (global_ns() - start > s.timeout_ns) {
       if (threadIdx.x % 32 == 0) report_error(s, kWaitTimeout, task, kRingCounter, parity, 0);
-      asm volatile("exit;");
+      return;
     }
   }
 }
@@ -72,67 +55,96 @@ constexpr u32 kFullArrivals = 1;    // the producer's arrive.expect_tx; the bulk
 constexpr u32 kFullArrivals = kProducerThreads;   // one cp.async.mbarrier.arrive per producer thread
 #endif
 
-// Once per launch, before any role starts: the barriers of every slot (thread 0), made visible
-// to the async proxy and the whole block.
-template <int DEPTH, int SLOT_BYTES>
-__device__ __forceinline__ void ring_init(const Step& s) {
-  using R = Ring<DEPTH, SLOT_BYTES>;
-  if (threadIdx.x == 0) {
-    for (int i = 0; i < DEPTH; ++i) {
-      mbarrier_init(R::full(s, i), kFullArrivals);
-      mbarrier_init(R::empty(s, i), kConsumerWarps);     // one arrival per consumer warp
+// The ring of every SM (smem.SmPlan): DEPTH slots of SLOT_BYTES at the start of dynamic shared
+// memory, then full[DEPTH] and empty[DEPTH] mbarriers; at most IN_FLIGHT pages in flight.
+template <int DEPTH, int SLOT_BYTES, int IN_FLIGHT>
+struct Ring {
+  static_assert(DEPTH >= 1 && SLOT_BYTES % 16 == 0, "pages are filled 16 bytes at a time");
+  static_assert(IN_FLIGHT >= 1 && IN_FLIGHT <= DEPTH, "copies in flight fit the ring");
+  static constexpr int kSlotBytes = SLOT_BYTES;
+  static constexpr int kBarriers = DEPTH * SLOT_BYTES;      // offset of full[0]
+  static constexpr int kBytes = kBarriers + 2 * DEPTH * 8;  // smem.SmPlan.work_offset
+
+  static __device__ __forceinline__ u32 page(const Step& s, int j) {
+    return shared_address(s.smem) + (j % DEPTH) * SLOT_BYTES;
+  }
+  static __device__ __forceinline__ u32 full(const Step& s, int j) {
+    return shared_address(s.smem) + kBarriers + (j % DEPTH) * 8;
+  }
+  static __device__ __forceinline__ u32 empty(const Step& s, int j) {
+    return shared_address(s.smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
+  }
+  // The n-th completion of a slot's barrier has parity n & 1; page j is the slot's (j / DEPTH)-th use.
+  static __device__ __forceinline__ u32 use(int j) { return (u32)(j / DEPTH); }
+
+  // Once per launch, before any role starts: the barriers of every slot (thread 0), made visible
+  // to the async proxy and the whole block.
+  static __device__ __noinline__ void init(const Step& s) {
+    if (threadIdx.x == 0) {
+      for (int i = 0; i < DEPTH; ++i) {
+        mbarrier_init(full(s, i), kFullArrivals);
+        mbarrier_init(empty(s, i), kConsumerWarps);     // one arrival per consumer warp
+      }
+#if __CUDA_ARCH__ >= 900
+      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
     }
-#if __CUDA_ARCH__ >= 900
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
+    __syncthreads();
   }
-  __syncthreads();
-}
 
-// Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
-// into page j, a ROWS x PC tile, once the slot is free.
-template <int DEPTH, int SLOT_BYTES, int ROWS, int PC>
-__device__ __forceinline__ void produce_page(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
-                                             int c0, int k_end, int j, int task) {
-  static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
-  using R = Ring<DEPTH, SLOT_BYTES>;
-  if (j >= DEPTH) mbarrier_wait(s, R::empty(s, j), (R::use(j) - 1) & 1, task);
-  const u32 dst = R::page(s, j), full = R::full(s, j);
-  const int rows = min(ROWS, row_end - row_begin), cols = min(PC, k_end - c0);
+  // Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
+  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed.
+  template <int ROWS, int PC>
+  static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
+                                                 int c0, int k_end, int j, int task) {
+    static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
+    if (j >= DEPTH) mbarrier_wait(s, empty(s, j), (use(j) - 1) & 1, task);
+    if (j >= IN_FLIGHT) mbarrier_wait(s, full(s, j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
+    const u32 dst = page(s, j), bar = full(s, j);
+    const int rows = min(ROWS, row_end - row_begin), cols = min(PC, k_end - c0);
 #if __CUDA_ARCH__ >= 900
-  if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
-    asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
-                 :: "r"(full), "r"(rows * cols * 2) : "memory");
-    for (int r = 0; r < rows; ++r)
-      asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                   :: "r"(dst + r * PC * 2), "l"(w + (size_t)(row_begin + r) * k + c0), "r"(cols * 2), "r"(full)
-                   : "memory");
-  }
+    if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
+      asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
+                   :: "r"(bar), "r"(rows * cols * 2) : "memory");
+      for (int r = 0; r < rows; ++r)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                     :: "r"(dst + r * PC * 2), "l"(w + (size_t)(row_begin + r) * k + c0), "r"(cols * 2), "r"(bar)
+                     : "memory");
+    }
 #else
-  const int per_row = cols / 8;
+    const int per_row = cols / 8;
 #pragma unroll 4
-  for (int p = threadIdx.x - kConsumerThreads; p < rows * per_row; p += kProducerThreads) {
-    const int r = p / per_row, c = (p % per_row) * 8;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
-                 :: "r"(dst + (r * PC + c) * 2), "l"(w + (size_t)(row_begin + r) * k + c0 + c) : "memory");
-  }
-  mbarrier_arrive_copies(full);
+    for (int p = threadIdx.x - kConsumerThreads; p < rows * per_row; p += kProducerThreads) {
+      const int r = p / per_row, c = (p % per_row) * 8;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                   :: "r"(dst + (r * PC + c) * 2), "l"(w + (size_t)(row_begin + r) * k + c0 + c) : "memory");
+    }
+    mbarrier_arrive_copies(bar);
 #endif
-}
+  }
 
-// Consumer: wait for page j's weights.
-template <int DEPTH, int SLOT_BYTES>
-__device__ __forceinline__ void page_ready(const Step& s, int j, int task) {
-  using R = Ring<DEPTH, SLOT_BYTES>;
-  mbarrier_wait(s, R::full(s, j), R::use(j) & 1, task);
-}
+  // Producer, after its last page (n pages in all): wait until its copies have landed, so the block
+  // never ends with copies still writing into its shared memory (a consumer may have given up on an
+  // error and be done). Copies always complete; after an error a slot's barrier phases may have run
+  // ahead of the pages, so then it waits a fixed 100 us, ample for IN_FLIGHT pages, instead.
+  static __device__ __noinline__ void drain(const Step& s, int n) {
+    for (int j = max(0, n - IN_FLIGHT); j < n; ++j) {
+      const u64 start = global_ns();
+      while (!mbarrier_done(full(s, j), use(j) & 1))
+        if (*(volatile u32*)&s.err->flag && global_ns() - start > 100000) break;
+    }
+  }
 
-// Consumer: this warp is done with page j (every warp arrives, whether it had rows in it or not).
-template <int DEPTH, int SLOT_BYTES>
-__device__ __forceinline__ void page_release(const Step& s, int j) {
-  using R = Ring<DEPTH, SLOT_BYTES>;
-  __syncwarp();
-  if (threadIdx.x % 32 == 0) mbarrier_arrive(R::empty(s, j));
-}
+  // Consumer: wait for page j's weights.
+  static __device__ __forceinline__ void wait_page(const Step& s, int j, int task) {
+    mbarrier_wait(s, full(s, j), use(j) & 1, task);
+  }
+
+  // Consumer: this warp is done with page j (every warp arrives, whether it had rows in it or not).
+  static __device__ __forceinline__ void release(const Step& s, int j) {
+    __syncwarp();
+    if (threadIdx.x % 32 == 0) mbarrier_arrive(empty(s, j));
+  }
+};
 
 }  // namespace adamk

@@ -1,4 +1,6 @@
-// sync.cuh — dependency counters in global memory: release signals, bounded acquire waits, tracing.
+// sync.cuh — the launch's state (Step), the error record, tracing, and the dependency counters in
+// global memory (release signals, bounded acquire waits) of the ablation's grid-barrier and
+// work-queue variants. Tasks themselves pass data through tagged activations (tagged.cuh).
 #pragma once
 #include "common.cuh"
 
@@ -8,7 +10,7 @@
 
 namespace adamk {
 
-enum ErrorReason : u32 { kWaitTimeout = 0, kSmemOverflow = 1 };
+enum ErrorReason : u32 { kWaitTimeout = 0, kSmemOverflow = 1, kPollTimeout = 2 };
 constexpr u32 kRingCounter = 0xffffffffu;   // ErrorRecord.counter of a timed-out weight-page wait
 
 // Written once by the first block that gives up; the host reads it after the launch.
@@ -20,6 +22,8 @@ struct ErrorRecord {
   u32 observed;   // kWaitTimeout: value it last saw; kSmemOverflow: bytes the launch gave
   u32 block;      // blockIdx.x
   u32 reason;     // ErrorReason
+  u32 address_lo; // kPollTimeout: the address of the word it polled (the host names its buffer)
+  u32 address_hi;
 };
 
 // What every task body gets besides its buffers: where the counters live, this launch's
@@ -66,10 +70,11 @@ __device__ __forceinline__ void trace_mark(const Step& s, int task, int slot) {
 
 // Claim the error record (first reporter wins) and fill it in. Called by one thread.
 __device__ __forceinline__ void report_error(const Step& s, u32 reason, u32 task, u32 counter, u32 expected,
-                                             u32 observed) {
+                                             u32 observed, u64 address = 0) {
   if (atomicCAS(&s.err->flag, 0u, 2u) == 0u) {
     s.err->task = task; s.err->counter = counter; s.err->expected = expected;
     s.err->observed = observed; s.err->block = blockIdx.x; s.err->reason = reason;
+    s.err->address_lo = (u32)address; s.err->address_hi = (u32)(address >> 32);
     __threadfence();
     atomicExch(&s.err->flag, 1u);
   }
@@ -91,32 +96,29 @@ __device__ __noinline__ void check_smem(const Step& s, u32 end, int task) {
 }
 
 // Block the consumers until every counter of `w` reaches its target. Thread 0 spins; the
-// consumer barrier then passes the acquired view to every consumer (the producer warp streams on). Past `timeout_ns` (or once another block
-// reported a timeout) the block records what it waited on and exits, so a schedule bug
-// ends the launch with a diagnosis instead of hanging the GPU. Not inlined: there is one
-// call per task, and inlined copies of the spin loop make ptxas slow.
+// consumer barrier then passes the acquired view to every consumer (the producer warp streams
+// on). Past `timeout_ns` (or once another block reported a timeout) it records what it waited on
+// and gives up, and the block runs on (as a tagged poll does), so a schedule bug ends the launch
+// with a diagnosis instead of hanging the GPU. Not inlined: inlined spin loops make ptxas slow.
 __device__ __noinline__ void wait_all(const Step& s, const Waits& w, int task) {
   trace_mark(s, task, 0);
-  int give_up = 0;
   if (threadIdx.x == 0) {
-    for (int i = 0; i < w.n && !give_up; ++i) {
+    for (int i = 0; i < w.n; ++i) {
       const u32* c = s.counters + w.counter[i];
       const u32 target = w.count[i] * s.epoch;
       u32 seen = load_acquire(c);
       if (seen >= target) continue;
       const u64 start = global_ns();
-      while ((seen = load_acquire(c)) < target) {
-        if (*(volatile u32*)&s.err->flag) { give_up = 1; break; }
+      while ((seen = load_acquire(c)) < target && !*(volatile u32*)&s.err->flag) {
         if (global_ns() - start > s.timeout_ns) {
           report_error(s, kWaitTimeout, task, w.counter[i], target, seen);
-          give_up = 1;
           break;
         }
         __nanosleep(32);
       }
     }
   }
-  if (consumer_sync_or(give_up)) asm volatile("exit;");
+  consumer_sync();
   trace_mark(s, task, 1);
 }
 

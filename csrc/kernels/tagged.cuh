@@ -1,0 +1,97 @@
+// tagged.cuh — activations that carry their own readiness.
+//
+// Every element of an activation buffer is one 64-bit word: its float32 value in the low half,
+// the epoch of the step that wrote it in the high half. An aligned 64-bit access is single-copy
+// atomic (PTX memory consistency model), so a reader that sees this step's epoch in a word sees
+// the value stored with it. A writer's store is therefore its publication and a reader's load
+// its wait: between tasks there is no fence, no counter and no signal, and a task waits only for
+// the words it reads, so every dependency is exactly as fine as the data (adamk.poll in the
+// schedule IR). Each element is written once per step, and the epoch is new every launch, so a
+// word left from an earlier step never looks ready.
+#pragma once
+#include "common.cuh"
+#include "sync.cuh"
+
+namespace adamk {
+
+typedef u64 tagged_t;
+
+__device__ __forceinline__ u32 tag_of(u64 w) { return (u32)(w >> 32); }
+__device__ __forceinline__ float value_of(u64 w) { return __uint_as_float((u32)w); }
+
+// Relaxed at gpu scope: the store goes to L2, where every SM's relaxed loads look.
+__device__ __forceinline__ void store(const Step& s, tagged_t* p, float v) {
+  const u64 w = ((u64)s.epoch << 32) | __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" :: "l"(p), "l"(w) : "memory");
+}
+__device__ __forceinline__ void store(const Step&, bf16_t* p, float v) { *p = to_bf16(v); }
+
+__device__ __forceinline__ u64 load_word(const tagged_t* p) {
+  u64 w;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(w) : "l"(p));
+  return w;
+}
+
+// Two consecutive words (16-byte aligned): two single-copy-atomic 64-bit accesses in one load.
+__device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
+  asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
+}
+
+// The slow path of a read: reload word p until it carries this step's epoch. Bounded like every
+// wait: past the timeout it records the word it polled and gives up; once any block has given up,
+// it gives up at once. Giving up returns whatever the word holds and the block runs on, so no
+// thread leaves its warps waiting at a barrier; the host raises the recorded error.
+__device__ __noinline__ u64 poll_word(const Step& s, const tagged_t* p, int task) {
+  const u64 start = global_ns();
+  for (;;) {
+    const u64 w = load_word(p);
+    if (tag_of(w) == s.epoch || *(volatile u32*)&s.err->flag) return w;
+    if (global_ns() - start > s.timeout_ns) {
+      report_error(s, kPollTimeout, task, 0, s.epoch, tag_of(w), (u64)p);
+      return w;
+    }
+    __nanosleep(64);
+  }
+}
+
+// The value of word p, loaded as `w`, once it is this step's.
+__device__ __forceinline__ float ready_value(const Step& s, const tagged_t* p, u64 w, int task) {
+  if (tag_of(w) != s.epoch) w = poll_word(s, p, task);
+  return value_of(w);
+}
+
+__device__ __forceinline__ float read_ready(const Step& s, const tagged_t* p, int task) {
+  return ready_value(s, p, load_word(p), task);
+}
+__device__ __forceinline__ float read_ready(const Step&, const bf16_t* p, int) { return to_float(*p); }
+
+// Four consecutive input elements of a staging (the index a multiple of 4): `load` issues the
+// access, `get` waits for it and gives floats. Loads of several Vec4 are issued before the first
+// `get`, so a staging has its whole input in flight at once. Host buffers are ready at launch.
+template <typename T>
+struct Vec4;
+
+template <>
+struct Vec4<bf16_t> {
+  uint2 raw;
+  __device__ __forceinline__ void load(const bf16_t* p) { raw = *reinterpret_cast<const uint2*>(p); }
+  __device__ __forceinline__ void get(const Step&, const bf16_t*, int, float v[4]) const {
+    v[0] = __uint_as_float(raw.x << 16); v[1] = __uint_as_float(raw.x & 0xffff0000u);
+    v[2] = __uint_as_float(raw.y << 16); v[3] = __uint_as_float(raw.y & 0xffff0000u);
+  }
+};
+
+template <>
+struct Vec4<tagged_t> {
+  u64 w[4];
+  __device__ __forceinline__ void load(const tagged_t* p) {
+    load_words2(p, w[0], w[1]);
+    load_words2(p + 2, w[2], w[3]);
+  }
+  __device__ __forceinline__ void get(const Step& s, const tagged_t* p, int task, float v[4]) const {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = ready_value(s, p + e, w[e], task);
+  }
+};
+
+}  // namespace adamk
