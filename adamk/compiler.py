@@ -10,7 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from . import __version__, smem
 from .artifact import Artifact, sha256
-from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, emit_cuda
+from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, TRACE_SLOTS, emit_cuda
 from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import CompileConfig
 from .dialects import irdl, make_context, print_module
@@ -207,6 +207,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),
                    "profile": config.profile, "args": list(KERNEL_ARGS),
+                   "trace_slots": list(TRACE_SLOTS) if config.profile else [],
                    # counters beyond the schedule's: the work-queue variant's queue and per-block tickets
                    "extra_counters": 1 + sched.num_sms.value.data if config.schedule == "queue" else 0,
                    "queue_per_step": len(execs) + sched.num_sms.value.data if config.schedule == "queue" else 0},

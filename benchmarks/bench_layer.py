@@ -7,7 +7,8 @@ KV bytes of the step / measured copy bandwidth), at one or more positions.
         --variants H200,H100,L20 --baselines [--json out.json]
 
 A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting),
-`:stages=N` or `:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
+`:stages=N`, `:in_flight=N` (pages copied at once), `:tile_rows=N` or
+`:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
 variant with a profile from `adamk calibrate`. The artifacts are compiled in parallel
 processes before anything is timed; every variant and baseline is checked against the
 float32 reference at each position before it is timed. Times are medians over blocks of
@@ -94,6 +95,10 @@ def variant_config(variant: str, cost_model: str | None = None) -> adamk.Compile
             kwargs["ksplit"] = False
         elif o.startswith("stages="):
             kwargs["stages"] = int(o.split("=")[1])
+        elif o.startswith("in_flight="):
+            kwargs["pages_in_flight"] = int(o.split("=")[1])
+        elif o.startswith("tile_rows="):
+            kwargs["tile_rows"] = int(o.split("=")[1])
         elif o.startswith("schedule="):
             kwargs["schedule"] = o.split("=")[1]
         else:

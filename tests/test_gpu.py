@@ -64,14 +64,12 @@ def draw_inputs(step, cfg):
 
 
 # (preset, gpu, options): both targets with the default (searched) plan, every reduction of the
-# tiny layer split (512 B stages), plans without K-splitting, the ablation's schedules, and the
-# tilings the search picks with a calibrated H100 profile.
+# tiny layer split (512 B stages), plans without K-splitting, and the ablation's schedules.
 PLANS = [("tiny", "L20", {}), ("tiny", "H100", {}), ("tiny", "H100", {"stage_bytes": 512}),
          ("tiny", "L20", {"ksplit": False}), ("tiny", "H100", {"schedule": "round-robin"}),
          ("tiny", "L20", {"schedule": "barrier"}), ("tiny", "H100", {"schedule": "queue", "stage_bytes": 512}),
          ("llama-3.2-1b", "L20", {}), ("llama-3.2-1b", "H100", {}), ("llama-3.2-1b", "H100", {"ksplit": False}),
-         ("llama-3.2-1b", "H100", {"schedule": "queue"}),
-         ("llama-3.2-1b", "H100", {"cost_model": str(Path(__file__).parent / "data" / "h100-profile.json")})]
+         ("llama-3.2-1b", "H100", {"schedule": "queue"})]
 
 
 def positions(cfg):

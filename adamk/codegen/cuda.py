@@ -37,6 +37,8 @@ HEADERS = ("common.cuh", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "at
 CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
+# The stamps a profiling build records per task, in slot order (sync.cuh kTraceSlots).
+TRACE_SLOTS = ("reached", "inputs_in", "end", "data_in")
 # The kernel's parameters in order: the runtime packs its arguments in this order (KERNEL_ARGS).
 KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters", "u32* counters"),
                  ("error_record", "adamk::ErrorRecord* err"), ("trace", "u64* trace"), ("pos", "int pos"),
@@ -236,7 +238,8 @@ class _Emitter:
                f"#define ADAMK_PROFILE {int(self.profile)}",
                f"#define ADAMK_CONSUMER_WARPS {CONSUMER_WARPS}   // adamk/config.py CONSUMER_WARPS",
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
-               f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS", ""]
+               f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
+               f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")

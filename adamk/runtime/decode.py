@@ -57,7 +57,8 @@ class DecodeStep:
                                     dtype=torch.int32, device=self.device)
         self.error = torch.zeros(16, dtype=torch.int32, device=self.device)    # sync.cuh ErrorRecord
         n_tasks = len(self.manifest["tasks"])
-        self.trace_buffer = (torch.zeros(3 * n_tasks, dtype=torch.int64, device=self.device)
+        self.trace_slots = len(k.get("trace_slots", ()))
+        self.trace_buffer = (torch.zeros(self.trace_slots * n_tasks, dtype=torch.int64, device=self.device)
                              if k.get("profile") else None)
         self.epoch = 0
         self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
@@ -154,12 +155,13 @@ class DecodeStep:
         return f"the word at {address:#x}"
 
     def trace(self):
-        """Per-task globaltimer stamps of the last launch of a profiling build:
-        a list of (task name, before waits, after waits, end) in ns."""
+        """Per-task globaltimer stamps of the last launch of a profiling build: a list of
+        (task name, *stamps) in ns, the stamps in the order of the manifest's kernel.trace_slots
+        (reached, inputs in, end, data in)."""
         if self.trace_buffer is None:
             raise AdamkError("this artifact was not compiled with CompileConfig(profile=True)")
         self.check()
-        stamps = self.trace_buffer.view(-1, 3).tolist()
+        stamps = self.trace_buffer.view(-1, self.trace_slots).tolist()
         return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
     def _zero_state(self):

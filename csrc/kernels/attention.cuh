@@ -101,30 +101,41 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   consumer_sync();   // the previous task of this block is done with the work area
   const bool appends = q_head % group == 0 && split == 0;
   for (int t = tid; t < 2 * HD; t += kConsumerThreads) {
-    if (t < HD) {                  // the rotated pair (i, i + half) of q (t < half) or of k
-      const bool is_q = t < half;
-      const int i = is_q ? t : t - half;
-      const tagged_t* x = is_q ? q + q_head * HD : k + kv_head * HD;
-      const u64 wa = load_word(x + i), wb = load_word(x + i + half);
-      float lo = ready_value(s, x + i, wa, task), hi = ready_value(s, x + i + half, wb, task);
-      rope_pair(lo, hi, i, inv_freq, pos);
-      if (is_q) {
-        qs[i] = lo * (scale * kLog2e);
-        qs[i + half] = hi * (scale * kLog2e);
-      } else {
-        const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
-        knew[i] = to_float(kl);
-        knew[i + half] = to_float(kh);
-        if (appends) {
-          kc[(size_t)pos * HD + i] = kl;
-          kc[(size_t)pos * HD + i + half] = kh;
-        }
+    // Thread t: the pair (i, i + half) of q (t < half) or of k (t < HD), or element t - HD of v;
+    // its words requested together, then waited for together.
+    const bool is_q = t < half, is_v = t >= HD;
+    const int i = is_v ? t - HD : is_q ? t : t - half;
+    const tagged_t* x = is_v ? v + kv_head * HD : is_q ? q + q_head * HD : k + kv_head * HD;
+    u64 wa, wb = 0;
+    auto request = [&] {
+      wa = load_word(x + i);
+      if (!is_v) wb = load_word(x + i + half);
+    };
+    request();
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+      if ((tag = tag_of(wa)) != s.epoch) return x + i;
+      if (!is_v && (tag = tag_of(wb)) != s.epoch) return x + i + half;
+      return nullptr;
+    }, request);
+    if (is_v) {
+      const bf16_t vb = to_bf16(value_of(wa));
+      vnew[i] = to_float(vb);
+      if (appends) vc[(size_t)pos * HD + i] = vb;
+      continue;
+    }
+    float lo = value_of(wa), hi = value_of(wb);
+    rope_pair(lo, hi, i, inv_freq, pos);
+    if (is_q) {
+      qs[i] = lo * (scale * kLog2e);
+      qs[i + half] = hi * (scale * kLog2e);
+    } else {
+      const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
+      knew[i] = to_float(kl);
+      knew[i + half] = to_float(kh);
+      if (appends) {
+        kc[(size_t)pos * HD + i] = kl;
+        kc[(size_t)pos * HD + i + half] = kh;
       }
-    } else {                       // element d of v
-      const int d = t - HD;
-      const bf16_t vb = to_bf16(read_ready(s, v + kv_head * HD + d, task));
-      vnew[d] = to_float(vb);
-      if (appends) vc[(size_t)pos * HD + d] = vb;
     }
   }
   consumer_sync();
@@ -161,6 +172,7 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
     }
   }
+  trace_mark(s, task, 3);
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
   for (int off = kLanesPerPos; off < 32; off <<= 1) {
@@ -211,7 +223,10 @@ template <int HD, int HEADS, int PARTS>
 __device__ __forceinline__ float merged(const Step& s, const tagged_t* partial, int h, int d, int task) {
   constexpr int kStride = HD + 2;
   float mx = kEmpty;
-  for (int j = 0; j < PARTS; ++j) mx = fmaxf(mx, read_ready(s, partial + ((size_t)j * HEADS + h) * kStride + HD, task));
+  for (int j = 0; j < PARTS; ++j) {
+    const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride + HD;
+    mx = fmaxf(mx, ready_value(s, p, load_word(p), task));
+  }
   float num = 0.f, den = 0.f;
   for (int j = 0; j < PARTS; ++j) {
     const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
@@ -263,25 +278,50 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
       }
     }
   };
+  auto await_batch = [&](int e0) {
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int e = 0; e < kBatch; ++e) {
+        const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
+        if (e0 + e < kElems && i < k_len) {
+          const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+#pragma unroll
+          for (int j = 0; j < PARTS; ++j)
+            if ((tag = tag_of(acc[e][j])) != s.epoch) return partial + ((size_t)j * HEADS + h) * kStride + d;
+        }
+      }
+      return nullptr;
+    }, [&] { issue(e0); });
+  };
   issue(0);
   for (int h = k0 / HD + threadIdx.x; h < (k0 + k_len + HD - 1) / HD; h += kConsumerThreads) {
     u64 wm[PARTS], wl[PARTS];
+    auto request = [&] {
 #pragma unroll
-    for (int j = 0; j < PARTS; ++j) {
-      const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
-      wm[j] = load_word(p + HD);
-      wl[j] = load_word(p + HD + 1);
-    }
+      for (int j = 0; j < PARTS; ++j) {
+        const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
+        wm[j] = load_word(p + HD);
+        wl[j] = load_word(p + HD + 1);
+      }
+    };
+    request();
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) {
+        const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
+        if ((tag = tag_of(wm[j])) != s.epoch) return p + HD;
+        if ((tag = tag_of(wl[j])) != s.epoch) return p + HD + 1;
+      }
+      return nullptr;
+    }, request);
     float m[PARTS], mx = kEmpty, den = 0.f;
 #pragma unroll
     for (int j = 0; j < PARTS; ++j) {
-      const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
-      m[j] = ready_value(s, p + HD, wm[j], task);
-      coef[h * PARTS + j] = ready_value(s, p + HD + 1, wl[j], task);     // l_j, for now
+      m[j] = value_of(wm[j]);
       mx = fmaxf(mx, m[j]);
     }
 #pragma unroll
-    for (int j = 0; j < PARTS; ++j) den += coef[h * PARTS + j] * fast_exp2(m[j] - mx);
+    for (int j = 0; j < PARTS; ++j) den += value_of(wl[j]) * fast_exp2(m[j] - mx);
 #pragma unroll
     for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
   }
@@ -289,16 +329,16 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
 #pragma unroll 1
   for (int e0 = 0; e0 < kElems; e0 += kBatch) {
     if (e0 > 0) issue(e0);
+    await_batch(e0);
 #pragma unroll
     for (int e = 0; e < kBatch; ++e) {
       const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
       if (e0 + e >= kElems || i >= XS) continue;
       float v = 0.f;
       if (i < k_len) {
-        const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+        const int h = (k0 + i) / HD;
 #pragma unroll
-        for (int j = 0; j < PARTS; ++j)
-          v += ready_value(s, partial + ((size_t)j * HEADS + h) * kStride + d, acc[e][j], task) * coef[h * PARTS + j];
+        for (int j = 0; j < PARTS; ++j) v += value_of(acc[e][j]) * coef[h * PARTS + j];
       }
       xs[i] = v;
     }

@@ -56,31 +56,46 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   for (int b0 = 0; b0 < kIters; b0 += kBatch) {
     Vec4<InT> a[kBatch], g[kBatch];
     Vec4<bf16_t> nw[kBatch];
+    auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
+    auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
+    auto request = [&] {
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (has(b)) {
+          a[b].load(in + base + at(b));
+          if constexpr (kSilu) g[b].load(in2 + base + at(b));
+        }
+    };
+    request();
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      if (kNorm && has(b)) nw[b].load(norm_w + at(b));
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (has(b)) {
+          if (const tagged_t* p = a[b].first_stale(s, in + base + at(b), tag)) return p;
+          if constexpr (kSilu)
+            if (const tagged_t* p = g[b].first_stale(s, in2 + base + at(b), tag)) return p;
+        }
+      return nullptr;
+    }, request);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
-      const int i = (b0 + b) * kStride + 4 * threadIdx.x;
-      if (b0 + b < kIters && i < valid) {
-        a[b].load(in + base + i);
-        if constexpr (kSilu) g[b].load(in2 + base + i);
-        if constexpr (kNorm) nw[b].load(norm_w + i);
-      }
-    }
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int i = (b0 + b) * kStride + 4 * threadIdx.x;
+      const int i = at(b);
       if (b0 + b >= kIters || i >= kSpan) continue;
       float v[4] = {0.f, 0.f, 0.f, 0.f};
       if (i < valid) {
-        a[b].get(s, in + base + i, task, v);
+        a[b].get(v);
         if constexpr (kSilu) {
           float up[4];
-          g[b].get(s, in2 + base + i, task, up);
+          g[b].get(up);
 #pragma unroll
           for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * up[e];
         }
         if constexpr (kNorm) {
           float w[4];
-          nw[b].get(s, norm_w + i, task, w);
+          nw[b].get(w);
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             ss += v[e] * v[e];
@@ -171,6 +186,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p) {
     R::wait_page(s, page + p, task);
+    if (p == 0) trace_mark(s, task, 3);
     const u32 wt = R::page(s, page + p);
     const int cols = min(PC, k_len - p * PC);    // the page holds these columns; past them, stale bytes
 #pragma unroll 4
@@ -218,13 +234,22 @@ __device__ __forceinline__ void linear_combine(const Step& s, int task, OutT* ou
   trace_mark(s, task, 0);
   for (int row = row_begin + threadIdx.x; row < row_end; row += kConsumerThreads) {
     u64 w[KSPLIT];
+    auto request = [&] {
 #pragma unroll
-    for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(partial + (size_t)j * n + row);
+      for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(partial + (size_t)j * n + row);
+    };
+    request();
     Addend<ResT> add;
     add.load(bias, residual, row);
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int j = 0; j < KSPLIT; ++j)
+        if ((tag = tag_of(w[j])) != s.epoch) return partial + (size_t)j * n + row;
+      return nullptr;
+    }, request);
     float v = 0.f;
 #pragma unroll
-    for (int j = 0; j < KSPLIT; ++j) v += ready_value(s, partial + (size_t)j * n + row, w[j], task);
+    for (int j = 0; j < KSPLIT; ++j) v += value_of(w[j]);
     store(s, out + row, v + add.value(s, bias, residual, row, task));
   }
   trace_mark(s, task, 1);

@@ -30,18 +30,27 @@ __device__ __forceinline__ void mbarrier_arrive_copies(u32 bar) {
 
 __device__ __forceinline__ bool mbarrier_done(u32 bar, u32 parity) {
   u32 done;
+#if __CUDA_ARCH__ >= 900   // try_wait suspends the thread a while in hardware before it answers no
+  asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+               : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+#else
   asm volatile("{\n .reg .pred p;\n mbarrier.test_wait.parity.shared.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
                : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+#endif
   return done != 0;
 }
 
 // Wait for the completion of `bar` with `parity`. Bounded like every wait: past the timeout it
 // records the wait and gives up, and once any block has given up it gives up at once; the block
-// runs on (no thread leaves its warps at a barrier) and the host raises the recorded error.
+// runs on (no thread leaves its warps at a barrier) and the host raises the recorded error. The
+// clock and the error flag (a global load) are read only every 64th look, so 132 spinning
+// producers do not put a stream of small requests in front of the step's own.
 __device__ __forceinline__ void mbarrier_wait(const Step& s, u32 bar, u32 parity, int task) {
   if (mbarrier_done(bar, parity)) return;
   const u64 start = global_ns();
-  while (!mbarrier_done(bar, parity) && !*(volatile u32*)&s.err->flag) {
+  for (u32 look = 1; !mbarrier_done(bar, parity); ++look) {
+    if (look % 64) continue;
+    if (*(volatile u32*)&s.err->flag) return;
     if (global_ns() - start > s.timeout_ns) {
       if (threadIdx.x % 32 == 0) report_error(s, kWaitTimeout, task, kRingCounter, parity, 0);
       return;

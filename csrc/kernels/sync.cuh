@@ -31,7 +31,7 @@ struct ErrorRecord {
 struct Step {
   u32* counters;
   ErrorRecord* err;
-  u64* trace;        // [num_tasks][3]: before waits, after waits, end (profiling builds)
+  u64* trace;        // [num_tasks][kTraceSlots] (profiling builds): TraceSlot stamps
   int pos;
   u32 epoch;
   u64 timeout_ns;
@@ -62,9 +62,15 @@ __device__ __forceinline__ u64 global_ns() {
   return t;
 }
 
+// What a profiling build stamps per task (adamk/codegen/cuda.py TRACE_SLOTS names them): reached
+// (before its waits and staging), inputs in (its waits and staging done), end, and its data in:
+// a linear's first page landed, an attention's cached rows used.
+constexpr int kTraceSlots = ADAMK_TRACE_SLOTS;
+static_assert(kTraceSlots == 4, "slots 0..3: reached, inputs in, end, data in");
+
 __device__ __forceinline__ void trace_mark(const Step& s, int task, int slot) {
   if constexpr (ADAMK_PROFILE) {
-    if (threadIdx.x == 0) s.trace[3 * task + slot] = global_ns();
+    if (threadIdx.x == 0) s.trace[kTraceSlots * task + slot] = global_ns();
   }
 }
 

@@ -37,21 +37,35 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
 }
 
-// The slow path of a read: reload word p until it carries this step's epoch. Bounded like every
-// wait: past the timeout it records the word it polled and gives up; once any block has given up,
-// it gives up at once. Giving up returns whatever the word holds and the block runs on, so no
+// Wait until every word a task has requested is this step's. `first_stale(tag)` gives the
+// address of a word that is not (its tag in `tag`), or nullptr; `reload()` requests the stale
+// ones again, all at once, so a retry costs one round trip however many words are stale (a
+// word loaded too early is common: a reader issues its loads as its producers finish). Bounded
+// like every wait: past the timeout it records the word and gives up; once any block has given
+// up, it gives up at once. Giving up leaves whatever the words hold and the block runs on, so no
 // thread leaves its warps waiting at a barrier; the host raises the recorded error.
-__device__ __noinline__ u64 poll_word(const Step& s, const tagged_t* p, int task) {
+template <typename FirstStale, typename Reload>
+__device__ __forceinline__ void await_words(const Step& s, int task, FirstStale first_stale, Reload reload) {
+  u32 tag;
+  const tagged_t* p = first_stale(tag);
+  if (p == nullptr) return;
   const u64 start = global_ns();
-  for (;;) {
-    const u64 w = load_word(p);
-    if (tag_of(w) == s.epoch || *(volatile u32*)&s.err->flag) return w;
+  while (p != nullptr && !*(volatile u32*)&s.err->flag) {
     if (global_ns() - start > s.timeout_ns) {
-      report_error(s, kPollTimeout, task, 0, s.epoch, tag_of(w), (u64)p);
-      return w;
+      report_error(s, kPollTimeout, task, 0, s.epoch, tag, (u64)p);
+      return;
     }
-    __nanosleep(64);
+    reload();
+    p = first_stale(tag);
   }
+}
+
+// One word, reloaded until it is this step's (for a word read on its own).
+__device__ __noinline__ u64 poll_word(const Step& s, const tagged_t* p, int task) {
+  u64 w = load_word(p);
+  await_words(s, task, [&](u32& tag) { tag = tag_of(w); return tag == s.epoch ? (const tagged_t*)nullptr : p; },
+              [&] { w = load_word(p); });
+  return w;
 }
 
 // The value of word p, loaded as `w`, once it is this step's.
@@ -60,14 +74,9 @@ __device__ __forceinline__ float ready_value(const Step& s, const tagged_t* p, u
   return value_of(w);
 }
 
-__device__ __forceinline__ float read_ready(const Step& s, const tagged_t* p, int task) {
-  return ready_value(s, p, load_word(p), task);
-}
-__device__ __forceinline__ float read_ready(const Step&, const bf16_t* p, int) { return to_float(*p); }
-
-// Four consecutive input elements of a staging (the index a multiple of 4): `load` issues the
-// access, `get` waits for it and gives floats. Loads of several Vec4 are issued before the first
-// `get`, so a staging has its whole input in flight at once. Host buffers are ready at launch.
+// Four consecutive input elements of a staging (the index a multiple of 4): `load` requests
+// them, `first_stale` / `load` again wait for them (await_words over a batch of Vec4, whose
+// loads all go out before the first wait), `get` gives floats. Host buffers are ready at launch.
 template <typename T>
 struct Vec4;
 
@@ -75,7 +84,8 @@ template <>
 struct Vec4<bf16_t> {
   uint2 raw;
   __device__ __forceinline__ void load(const bf16_t* p) { raw = *reinterpret_cast<const uint2*>(p); }
-  __device__ __forceinline__ void get(const Step&, const bf16_t*, int, float v[4]) const {
+  __device__ __forceinline__ const tagged_t* first_stale(const Step&, const bf16_t*, u32&) const { return nullptr; }
+  __device__ __forceinline__ void get(float v[4]) const {
     v[0] = __uint_as_float(raw.x << 16); v[1] = __uint_as_float(raw.x & 0xffff0000u);
     v[2] = __uint_as_float(raw.y << 16); v[3] = __uint_as_float(raw.y & 0xffff0000u);
   }
@@ -88,9 +98,18 @@ struct Vec4<tagged_t> {
     load_words2(p, w[0], w[1]);
     load_words2(p + 2, w[2], w[3]);
   }
-  __device__ __forceinline__ void get(const Step& s, const tagged_t* p, int task, float v[4]) const {
+  __device__ __forceinline__ const tagged_t* first_stale(const Step& s, const tagged_t* p, u32& tag) const {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) v[e] = ready_value(s, p + e, w[e], task);
+    for (int e = 0; e < 4; ++e)
+      if (tag_of(w[e]) != s.epoch) {
+        tag = tag_of(w[e]);
+        return p + e;
+      }
+    return nullptr;
+  }
+  __device__ __forceinline__ void get(float v[4]) const {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) v[e] = value_of(w[e]);
   }
 };
 
