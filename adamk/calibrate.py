@@ -1,27 +1,27 @@
 """`adamk calibrate`: measure the cost model's parameters on a GPU.
 
-It compiles profiling builds of the bundled decoder layer (every task stamps
-%globaltimer before its waits, after them, and at its end), runs them, and fits the
-parameters of search/cost.py to what their steps did:
+It compiles profiling builds of the bundled decoder layer (every task stamps %globaltimer
+when it is reached, when its inputs are in (its polls and staging done), when its data is in
+(a linear's first page landed, an attention's cached rows used) and at its end), runs them,
+and fits the parameters of search/cost.py to what their steps did:
 
-- sync_latency_us: from the signal that completed a counter to the waiter passing its wait;
-- task_overhead_us, input_us_per_k: the interval between back-to-back linear tasks of one
-  op on an SM is overhead + inputs x input_us_per_k + compute (their weights were staged
-  long before); a line through each op's median gives both terms;
-- fresh_input_us: what a linear task right after a wait takes beyond that (its inputs come
-  from L2);
-- kv_bytes_per_us: the KV bytes of an attention part over its time after those;
-- dram_latency_us: each SM's first task, where it is a linear task that waits on nothing
-  (its copy issued at the start, queued behind nothing);
-- launch_us: back-to-back time per launch less the traced makespan.
+- first, each from the stamps that show it: `launch_us` (back-to-back time per launch less
+  the traced makespan); the staging line `stage_us` + `input_us_per_k` x inputs (inputs in
+  less reached, for tasks that stage inputs written long before); `poll_latency_us` (inputs
+  in less the last write they read, less their staging); `kv_bytes_per_us` (an attention
+  part's KV bytes over its data-in less reached); `smem_bytes_per_us` (a linear task's bytes
+  over its end less data-in, its fastest decile: pages already landed);
+- then all of them together by coordinate descent on the model's own replay of the traced
+  schedules (search/cost.py predict_timeline): each parameter scaled up or down while the
+  squared error of every task's predicted end against its measured end drops. The page
+  stream's rate and latency are fitted only there: no single stamp isolates them.
 
-Each is a median over the tasks (of every trace) that show it. One schedule shows only
-the tilings it uses, and the search goes where the model is wrong, so calibration runs in
-rounds: the first traces the searched schedule under the spec-table model and the
-round-robin schedule; each later round also traces the schedule the search picks with the
-model so far, and refits on all traces. A build whose schedule was traced already is not
-run again; a round that adds nothing ends the calibration. The result is a JSON profile for
-`CompileConfig(cost_model=...)` / `adamk compile --cost-model`.
+One schedule shows only the tilings it uses, and the search goes where the model is wrong,
+so calibration runs in rounds: the first traces the searched schedule under the shipped
+model and the round-robin schedule; each later round also traces the schedule the search
+picks with the model so far, and refits on all traces. A build whose schedule was traced
+already is not run again; a round that adds nothing ends the calibration. The result is a
+JSON profile for `CompileConfig(cost_model=...)` / `adamk compile --cost-model`.
 """
 from __future__ import annotations
 
@@ -35,12 +35,15 @@ from xdsl.dialects.builtin import ModuleOp
 
 from .config import CompileConfig
 from .dialects import parse_module
-from .dialects.schedule import ExecOp, SignalOp, WaitOp
+import numpy as np
+
+from .dialects.schedule import ExecOp, PollOp
 from .errors import AdamkError
 from .models import compile_presets
 from .runtime.timing import time_launches
-from .search.cost import CostModel, TaskCost, predict_step_us
-from .search.validate import schedule_of
+from .kinds import kind as task_kind
+from .search.cost import CostModel, TaskCost, predict_step_us, predict_timeline
+from .search.validate import schedule_of, tagged_sizes
 from .targets import get_gpu
 
 
@@ -49,7 +52,7 @@ class Trace:
     """One measured step of a profiling build."""
     label: str
     schedule: ModuleOp
-    rows: list[tuple]       # per task_id: (name, before waits, after waits, end), ns (DecodeStep.trace)
+    rows: list[tuple]       # per task_id: (name, reached, inputs in, end, data in), ns (DecodeStep.trace)
     b2b_us: float           # back-to-back time per launch of this build
 
 
@@ -76,81 +79,107 @@ def _line(points: list[tuple[float, float, int]], default: tuple[float, float],
     return intercept, slope
 
 
-def _observe(trace: Trace, pos: int, intervals: list, waited_tasks: list, syncs: list, first: list):
-    """Append what one trace shows: back-to-back linear intervals within an op, tasks after
-    a wait (time from the completing signal to their end), sync latencies, and each SM's
-    first task if it is a linear task that waits on nothing."""
+@dataclasses.dataclass(frozen=True)
+class Stamped:
+    """One traced task, in us from the step's first stamp."""
+    kind: str
+    cost: TaskCost
+    reached: float
+    inputs_in: float
+    end: float
+    data_in: float
+    ready: float          # when the last task whose writes it polls ended (0: it polls nothing)
+    stages: bool          # it staged inputs (a linear starting a run, an attention, a combine)
+
+
+def stamped(trace: Trace, pos: int) -> list[Stamped]:
+    """The trace's tasks with what each waited for (its polls' last writer)."""
     start = min(r[1] for r in trace.rows)
-    us = {tid: tuple((t - start) / 1e3 for t in r[1:]) for tid, r in enumerate(trace.rows)}
-    signal_times: dict[str, list[float]] = {}
-    programs = []
-    for sm in schedule_of(trace.schedule).sms:
-        program, last_end = [], 0.0
+    us = {tid: [(t - start) / 1e3 for t in r[1:5]] for tid, r in enumerate(trace.rows)}
+    written = {name: np.zeros(n) for name, n in tagged_sizes(trace.schedule).items()}
+    programs = schedule_of(trace.schedule).sms
+    for sm in programs:
         for op in sm.ops:
             if isinstance(op, ExecOp):
-                last_end = us[op.task_id.value.data][2]
-            elif isinstance(op, SignalOp):
-                signal_times.setdefault(op.counter.data, []).extend([last_end] * op.count.value.data)
-            program.append(op)
-        programs.append(program)
-    for times in signal_times.values():
-        times.sort()
-
-    for program in programs:
-        waits, prev_end, prev_source = [], None, None
-        for op in program:
-            if isinstance(op, WaitOp):
-                waits.append(op)
-                continue
-            if not isinstance(op, ExecOp):
-                continue
-            before, after, end = us[op.task_id.value.data]
-            cost = TaskCost.of_exec(op, pos)
-            if waits:
-                done = max(signal_times[w.counter.data][w.count.value.data - 1] for w in waits)
-                waited_tasks.append((op.kind.data, end - done, cost))
-                if after - before > 0.2 and after >= done:      # it did wait: signal -> waiter passing
-                    syncs.append(after - done)
-            elif op.kind.data == "linear" and op.source.data == prev_source:    # steady state within an op
-                intervals.append((op.source.data, end - prev_end, cost))
-            if prev_end is None and not waits and op.kind.data == "linear":   # the SM's first task, unblocked
-                first.append((end, cost))
-            waits, prev_end, prev_source = [], end, op.source.data
+                for buffer, b, e in task_kind(op.kind.data).writes(op):
+                    if buffer in written:
+                        written[buffer][b:e] = us[op.task_id.value.data][2]
+    out = []
+    for sm in programs:
+        ready, staged = 0.0, None
+        for op in sm.ops:
+            if isinstance(op, PollOp):
+                b, e = op.range
+                ready = max(ready, float(written[op.buffer.data][b:e].max()))
+            elif isinstance(op, ExecOp):
+                reached, inputs_in, end, data_in = us[op.task_id.value.data]
+                key = task_kind(op.kind.data).staged(op)
+                stages = key is None or key != staged
+                out.append(Stamped(op.kind.data, TaskCost.of_exec(op, pos), reached, inputs_in, end, data_in, ready,
+                                   stages))
+                ready, staged = 0.0, key
+    return out
 
 
-def fit(traces: list[Trace], pos: int, base: CostModel) -> CostModel:
+def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> CostModel:
+    """Each parameter from the stamps that show it alone (the module docstring)."""
+    # a staging that polled: its last writer's end -> inputs in = poll + stage + inputs x per_k
+    polled = [(t.cost.inputs, t.inputs_in - t.ready, 1) for t in tasks if t.stages and t.ready > t.reached + 0.1]
+    fixed, per_k = _line(polled, (base.poll_latency_us + base.stage_us, base.input_us_per_k), min_intercept=0.15)
+    per_k = max(per_k, 1e-6)          # the descent scales it: never from zero
+    # a staging of inputs written long before: reached -> inputs in = stage + inputs x per_k
+    stage_us = max(0.1, _median([t.inputs_in - t.reached - t.cost.inputs * per_k for t in tasks
+                                 if t.stages and t.kind == "linear" and t.ready < t.reached - 0.5], base.stage_us))
+    kv = [t.cost.read_bytes / (t.data_in - t.reached) for t in tasks
+          if t.kind == "attention" and t.cost.read_bytes and t.data_in > t.reached]
+    rates = sorted(t.cost.stage_bytes / (t.end - t.data_in) for t in tasks
+                   if t.kind == "linear" and t.end > t.data_in)
+    return dataclasses.replace(
+        base, stage_us=stage_us, input_us_per_k=per_k, poll_latency_us=max(0.05, fixed - stage_us),
+        kv_bytes_per_us=_median(kv, base.kv_bytes_per_us),
+        smem_bytes_per_us=rates[int(0.9 * (len(rates) - 1))] if rates else base.smem_bytes_per_us,
+        launch_us=max(0.0, _median(launch, base.launch_us)))
+
+
+FITTED = ("sm_bytes_per_us", "dram_latency_us", "poll_latency_us", "stage_us", "input_us_per_k",
+          "smem_bytes_per_us", "kv_bytes_per_us", "task_overhead_us")
+SCALES = (0.5, 0.7, 0.85, 0.95, 1.05, 1.2, 1.4, 2.0)
+
+
+def _error(model: CostModel, traces: list[Trace], measured: list[dict], pos: int) -> float:
+    """Squared error of every task's predicted end against its measured end, over all traces."""
+    total = 0.0
+    for trace, ends in zip(traces, measured):
+        predicted = predict_timeline(trace.schedule, model, pos)
+        total += sum((predicted[tid][2] - end) ** 2 for tid, end in ends.items())
+    return total
+
+
+def fit(traces: list[Trace], pos: int, base: CostModel, sweeps: int = 3) -> CostModel:
     """Fit the model to traced steps (all at position `pos`)."""
-    intervals, waited_tasks, syncs, first, launch = [], [], [], [], []
+    tasks = [t for trace in traces for t in stamped(trace, pos)]
+    launch = [trace.b2b_us - (max(r[3] for r in trace.rows) - min(r[1] for r in trace.rows)) / 1e3
+              for trace in traces]
+    model = _initial(tasks, launch, base)
+    measured = []
     for trace in traces:
-        _observe(trace, pos, intervals, waited_tasks, syncs, first)
         start = min(r[1] for r in trace.rows)
-        launch.append(trace.b2b_us - (max(r[3] for r in trace.rows) - start) / 1e3)
-    compute = lambda c: c.stage_bytes / base.smem_bytes_per_us                 # noqa: E731
-    sync = max(0.05, _median(syncs, base.sync_latency_us))
-    # back-to-back linear tasks of one op (weights staged long before): interval = overhead +
-    # inputs x input_us_per_k + compute; a least-squares line through each op's median,
-    # weighted by how many tasks show it
-    by_op: dict[tuple, list[float]] = {}
-    for source, t, c in intervals:
-        by_op.setdefault((source, c.inputs), []).append(t - compute(c))
-    if not by_op:
-        warnings.warn("calibration: the traces show no back-to-back linear tasks of one op; task_overhead_us "
-                      "and input_us_per_k keep their defaults", stacklevel=2)
-    overhead, per_k = _line([(k, statistics.median(v), len(v)) for (_, k), v in sorted(by_op.items())],
-                            (base.task_overhead_us, base.input_us_per_k), min_intercept=0.05)
-    # a linear task after a wait (weights long since staged): done -> sync -> fixed costs -> end
-    fresh = max(0.0, _median([t - sync - overhead - c.inputs * per_k - compute(c) for k, t, c in waited_tasks
-                              if k == "linear"], 0.0))
-    after_wait = sync + overhead + fresh
-    kv_rate = _median([c.read_bytes / (t - after_wait) for k, t, c in waited_tasks
-                       if k == "attention" and t > after_wait], base.kv_bytes_per_us)
-    bw = base.sm_bytes_per_us
-    # each SM's first task, if linear and unblocked: its copy issued at the start, queued behind nothing
-    latency = max(0.1, _median([e - c.stage_bytes / bw - compute(c) for e, c in first], base.dram_latency_us))
-    return CostModel(gpu=base.gpu, sm_bytes_per_us=bw, dram_latency_us=latency, sync_latency_us=sync,
-                     task_overhead_us=overhead, input_us_per_k=per_k, fresh_input_us=fresh,
-                     smem_bytes_per_us=base.smem_bytes_per_us, kv_bytes_per_us=kv_rate,
-                     launch_us=max(0.0, _median(launch, base.launch_us)), source="adamk calibrate")
+        measured.append({tid: (r[3] - start) / 1e3 for tid, r in enumerate(trace.rows)})
+    best = _error(model, traces, measured, pos)
+    for _ in range(sweeps):
+        improved = False
+        for name in FITTED:
+            for scale in SCALES:
+                value = getattr(model, name) * scale
+                if name == "task_overhead_us" and value == 0:
+                    continue
+                trial = dataclasses.replace(model, **{name: value})
+                err = _error(trial, traces, measured, pos)
+                if err < best * (1 - 1e-4):
+                    model, best, improved = trial, err, True
+        if not improved:
+            break
+    return dataclasses.replace(model, source="adamk calibrate")
 
 
 def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
@@ -179,7 +208,7 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
     _require_gpu()
     step_ctx = progress or (lambda name: __import__("contextlib").nullcontext())
     target = get_gpu(gpu)
-    model = CostModel.for_gpu(target)
+    model = CostModel.spec(target)
     traces: list[Trace] = []
     traced_schedules: set[str] = set()          # schedule.mlir texts (the compiler prints them deterministically)
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,6 +232,6 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
                 break           # the search picked a schedule already traced: the fit stands
             with step_ctx(f"round {r}/{rounds}: run {len(new)} build(s) at position {pos} and fit"):
                 traces += [measure(path, preset, pos, label) for label, path in new.items()]
-                model = dataclasses.replace(fit(traces, pos, CostModel.for_gpu(target)), source=f"round {r} fit")
+                model = dataclasses.replace(fit(traces, pos, CostModel.spec(target)), source=f"round {r} fit")
     model = dataclasses.replace(model, source="adamk calibrate")
     return model, [(t.label, t.b2b_us, predict_step_us(t.schedule, model, pos)) for t in traces]

@@ -103,7 +103,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["predicted_at_pos"] = pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
     manifest["cost_model"] = cost.source
-    manifest["predicted_calibrated"] = cost.source != CostModel.for_gpu(target).source   # spec table: a guess
+    manifest["predicted_calibrated"] = cost.calibrated            # the spec table's figure is a guess
     manifest["search_complete"] = search.complete if search else True
     # The search's wall-clock time is not in the manifest: the same input must give the same bytes.
     return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)

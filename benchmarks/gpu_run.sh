@@ -7,7 +7,8 @@
 #
 #   tests     the GPU tests (tests/test_gpu.py; PYTEST_ARGS adds options, e.g. "-k tiny")
 #   bench     bench_layer at pos 512 and 4095 with the baselines (VARIANTS, default below)
-#   trace     a profiling build's per-SM trace, H200 target, pos 512 (TRACE_SCHEDULE, default round-robin)
+#   trace     profiling builds' per-SM traces, H200 target, pos 512 (TRACE_SCHEDULES, comma-separated,
+#             default round-robin), each under $OUT/trace-<schedule>
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
+TRACE_SCHEDULES=${TRACE_SCHEDULES:-round-robin}
 status=0
 for part in "$@"; do
   echo "=== $part ==="
@@ -28,8 +30,10 @@ for part in "$@"; do
       python3 benchmarks/bench_layer.py --variants "${VARIANTS:-H200,H200:schedule=round-robin,L20}" --pos 512,4095 \
         --iters 100 --baselines --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1 ;;
     trace)
-      python3 benchmarks/trace_layer.py --gpu H200 --pos 512 --schedule "${TRACE_SCHEDULE:-round-robin}" \
-        --out "$OUT/trace" 2>&1 | tee "$OUT/trace.log" || status=1 ;;
+      for schedule in ${TRACE_SCHEDULES//,/ }; do
+        python3 benchmarks/trace_layer.py --gpu H200 --pos 512 --schedule "$schedule" --out "$OUT/trace-$schedule" \
+          2>&1 | tee "$OUT/trace-$schedule.log" || status=1
+      done ;;
     sanitize)
       python3 benchmarks/sanitize.py --gpu H200 --out /tmp/san > /dev/null || status=1
       for tool in memcheck racecheck synccheck; do

@@ -52,7 +52,7 @@ def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None 
     sm_of = {tid: sm for tid, (sm, _, _) in predicted.items()}
 
     events, per_op = [], defaultdict(lambda: {"wait": [], "work": [], "start": [], "end": []})
-    for tid, (name, before, after, end) in enumerate(rows):
+    for tid, (name, before, after, end, *_) in enumerate(rows):
         sm, op = sm_of[tid], name.split(".")[0]
         if after > before:
             events.append({"name": f"wait {name}", "ph": "X", "pid": 0, "tid": sm, "ts": (before - t0) / 1e3,
@@ -88,7 +88,7 @@ def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None 
     ops = sorted(per_op)
     colors = {op: plt.cm.tab10(i % 10) for i, op in enumerate(ops)}
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(14, 10), sharex=True)
-    for tid, (name, before, after, end) in enumerate(rows):
+    for tid, (name, before, after, end, *_) in enumerate(rows):
         op = name.split(".")[0]
         ax1.barh(sm_of[tid], (after - before) / 1e3, left=(before - t0) / 1e3, color="0.85", height=0.8)
         ax1.barh(sm_of[tid], (end - after) / 1e3, left=(after - t0) / 1e3, color=colors[op], height=0.8)

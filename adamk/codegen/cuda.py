@@ -174,17 +174,19 @@ class _Emitter:
 
     def sm_function(self, sm) -> list[str]:
         items = list(_with_waits(sm.ops))
-        linears = [op for op, _ in items if isinstance(op, ExecOp) and op.kind.data == "linear"]
+        execs = [op for op, _ in items if isinstance(op, ExecOp)]
+        linears = [op for op in execs if op.kind.data == "linear"]
+        prefetches = [line for op in execs for line in task_kind(op.kind.data).prefetch(self, op)]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if linears:
-            lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream"]
+            lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream", *prefetches]
             page = 0
             for op in linears:
                 lines.append(self.produce(op, page))
                 page += self.pages(op)
             lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
         else:
-            lines.append("  if (is_producer()) return;   // no weights to stream")
+            lines += ["  if (is_producer()) {   // no weights to stream", *prefetches, "    return;", "  }"]
         page, staged = 0, None       # staged: what the work area holds (self.staged)
         for op, waits in items:      # waits run in the consumers' line; the producer is not held
             if isinstance(op, SignalOp):

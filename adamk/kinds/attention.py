@@ -96,7 +96,16 @@ class Attention(TaskKind):
         return [*em.signature(f"attention_{name}", "int q_head, int split"),
                 f"  attention_task<{hd}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
                 f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
+                "}",
+                *em.signature(f"prefetch_{name}", "int q_head, int split"),
+                f"  attention_prefetch<{hd}>(s, {buf('k_cache')}, {buf('v_cache')}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, split, {op.parts});",
                 "}"]
+
+    def prefetch(self, em, op) -> list[str]:
+        begin, part = op.tile_range[0], op.part
+        return [f"    prefetch_{em.op_name(op)}(s, b, {op.task_id.value.data}, {begin}, {part});  "
+                f"// {em.comment(op)}: its cached rows into L2"]
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part

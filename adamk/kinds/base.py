@@ -60,6 +60,11 @@ class TaskKind:
         """Ring pages a task of the kind streams (the producer's line)."""
         return 0
 
+    def prefetch(self, em, op) -> list[str]:
+        """The producer's lines for task `op` before the SM's weight stream starts (reads that do
+        not depend on this step, pulled into L2 early)."""
+        return []
+
     def staged(self, op):
         """What the task's input staging leaves in the work area, or None (the work area is
         used otherwise, so the next linear stages again)."""

@@ -18,9 +18,10 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 A step costs its makespan plus `launch_us`.
 
-Defaults come from the spec table (`CostModel.for_gpu`); `adamk calibrate` measures them
-on a GPU from profiling builds and writes a profile (`CostModel.load`). A profile records the
-`model` it was fitted for: one of an older execution design is refused.
+A target's default is the profile measured on it and shipped in adamk/profiles/<GPU>.json
+(`CostModel.for_gpu`), else the spec table's guess (`CostModel.spec`); `adamk calibrate`
+measures a profile on a GPU from profiling builds (`CostModel.load` reads it). A profile
+records the `model` it was fitted for: one of an older execution design is refused.
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ import dataclasses
 import json
 import math
 import os
+
+from pathlib import Path
 
 import numpy as np
 from xdsl.dialects.builtin import ModuleOp
@@ -41,6 +44,8 @@ from ..targets import GPU
 from .validate import schedule_of, tagged_sizes, walk
 
 MODEL = "ring+tagged v1"    # the execution design the parameters describe (v11's per-task stages had none)
+PROFILES = Path(__file__).resolve().parent.parent / "profiles"    # measured defaults, one per GPU
+SPEC = "spec table"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +61,23 @@ class CostModel:
     kv_bytes_per_us: float = 20e3     # an attention part streaming its KV rows
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
     model: str = MODEL
-    source: str = "spec table"
+    source: str = SPEC
+
+    @classmethod
+    def spec(cls, gpu: GPU) -> "CostModel":
+        """The spec table's guess: a share of the datasheet bandwidth, everything else a default."""
+        share = gpu.dram_gbps * 1e3 / gpu.num_sms            # bytes per us per SM at the datasheet rate
+        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.6 * share)
 
     @classmethod
     def for_gpu(cls, gpu: GPU) -> "CostModel":
-        share = gpu.dram_gbps * 1e3 / gpu.num_sms            # bytes per us per SM at the datasheet rate
-        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.6 * share)
+        """The profile measured on this GPU and shipped with adamk, else the spec table's guess."""
+        shipped = PROFILES / f"{gpu.name}.json"
+        return cls.load(shipped, gpu) if shipped.is_file() else cls.spec(gpu)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.source != SPEC
 
     @classmethod
     def load(cls, path, gpu: GPU) -> "CostModel":
@@ -83,7 +99,8 @@ class CostModel:
         model.check(path)
         if model.gpu != gpu.name:
             raise AdamkError(f"{path} was calibrated on {model.gpu}; the target is {gpu.name}")
-        return dataclasses.replace(model, source=str(path))
+        shipped = Path(path).resolve().parent == PROFILES
+        return dataclasses.replace(model, source=f"measured: adamk/profiles/{Path(path).name}" if shipped else str(path))
 
     def check(self, where):
         """Every figure a finite number; rates positive, times not negative."""

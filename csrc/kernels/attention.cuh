@@ -16,7 +16,7 @@ __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
-constexpr int kRowsAhead = 4;      // steps of cached rows each lane keeps in flight (attention_task)
+constexpr int kRowsAhead = 6;      // steps of cached rows each lane keeps in flight (attention_task)
 
 // A task's work area (smem.attention_work_bytes).
 template <int HD>
@@ -47,11 +47,46 @@ __device__ __forceinline__ void rope_pair(float& lo, float& hi, int i, const flo
   hi = b * c + a * s;
 }
 
+// The positions [t_begin, t_end) of part `split` of n_splits: an equal share of 0..pos, the last
+// ones shorter.
+__device__ __forceinline__ void attention_part(int pos, int split, int n_splits, int& t_begin, int& t_end) {
+  const int share = (pos + n_splits) / n_splits;
+  t_begin = min(split * share, pos + 1);
+  t_end = min(t_begin + share, pos + 1);
+}
+
+// Producer, before the SM's weight stream: pull the cached rows of an attention part on this SM
+// into L2. They do not depend on this step, and a load that reaches DRAM while the weight stream
+// fills the memory system waits microseconds; from L2 the task reads them as soon as it starts.
+template <int HD>
+__device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
+                                                   int q_head, int group, int max_seq, int split, int n_splits) {
+  int t_begin, t_end;
+  attention_part(s.pos, split, n_splits, t_begin, t_end);
+  const int rows = min(t_end, s.pos) - t_begin;
+  if (rows <= 0) return;
+  const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
+  const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
+#if __CUDA_ARCH__ >= 900
+  if (threadIdx.x == kConsumerThreads) {        // the lane that drives the bulk-copy engine
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(k_cache + at), "r"(bytes) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(v_cache + at), "r"(bytes) : "memory");
+  }
+#else
+  const char* kb = reinterpret_cast<const char*>(k_cache + at);
+  const char* vb = reinterpret_cast<const char*>(v_cache + at);
+  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128) {
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(kb + off));
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(vb + off));
+  }
+#endif
+}
+
 // n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
 // positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
-// unnormalised, for the merge. The cached rows do not depend on this step, so the first
-// kRowsAhead steps of them are requested before q, k and v are read (the task's wait), and the
-// rest of the part's rows are pulled into L2 meanwhile.
+// unnormalised, for the merge. The cached rows do not depend on this step (the producer pulled
+// them into L2 at the start: attention_prefetch), so the first kRowsAhead steps of them are
+// requested before q, k and v are read (the task's wait).
 template <int HD>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
@@ -73,9 +108,8 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   float* knew = reinterpret_cast<float*>(s.smem + work_offset + W::kKnew);
   float* vnew = reinterpret_cast<float*>(s.smem + work_offset + W::kVnew);
   float* part = reinterpret_cast<float*>(s.smem + work_offset + W::kPart);
-  // This part's positions [t_begin, t_end): an equal share of 0..pos, the last ones shorter.
-  const int share = (pos + n_splits) / n_splits;
-  const int t_begin = min(split * share, pos + 1), t_end = min(t_begin + share, pos + 1);
+  int t_begin, t_end;
+  attention_part(pos, split, n_splits, t_begin, t_end);
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
   bf16_t* vc = v_cache + (size_t)kv_head * max_seq * HD;
 
@@ -92,11 +126,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   uint4 kr[kRowsAhead], vr[kRowsAhead];
 #pragma unroll
   for (int g = 0; g < kRowsAhead; ++g) load_row(first + g * kStep + sub, kr[g], vr[g]);
-  const int later = t_begin + kRowsAhead * kStep, cached_end = min(t_end, pos);
-  if (later < cached_end) {
-    prefetch_l2(kc + (size_t)later * HD, (size_t)(cached_end - later) * HD * sizeof(bf16_t));
-    prefetch_l2(vc + (size_t)later * HD, (size_t)(cached_end - later) * HD * sizeof(bf16_t));
-  }
 
   consumer_sync();   // the previous task of this block is done with the work area
   const bool appends = q_head % group == 0 && split == 0;

@@ -138,11 +138,5 @@ __device__ __noinline__ void signal_counter(const Step& s, int counter, u32 n) {
   }
 }
 
-// Pull [bytes) at p into L2 while the block still waits on its inputs.
-__device__ __noinline__ void prefetch_l2(const void* p, size_t bytes) {   // one call per task: keep ptxas fast
-  const char* base = reinterpret_cast<const char*>(p);
-  for (size_t off = (size_t)threadIdx.x * 128; off < bytes; off += (size_t)kConsumerThreads * 128)
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(base + off));
-}
 
 }  // namespace adamk
