@@ -127,15 +127,17 @@ def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> Cost
     polled = [(t.cost.inputs, t.inputs_in - t.ready, 1) for t in tasks if t.stages and t.ready > t.reached + 0.1]
     fixed, per_k = _line(polled, (base.poll_latency_us + base.stage_us, base.input_us_per_k), min_intercept=0.15)
     per_k = max(per_k, 1e-6)          # the descent scales it: never from zero
-    # a staging of inputs written long before: reached -> inputs in = stage + inputs x per_k
-    stage_us = max(0.1, _median([t.inputs_in - t.reached - t.cost.inputs * per_k for t in tasks
-                                 if t.stages and t.kind == "linear" and t.ready < t.reached - 0.5], base.stage_us))
+    # a staging of inputs written long before: reached -> inputs in = overhead + stage + inputs x per_k
+    fixed_staging = _median([t.inputs_in - t.reached - t.cost.inputs * per_k for t in tasks
+                             if t.stages and t.kind == "linear" and t.ready < t.reached - 0.5],
+                            base.task_overhead_us + base.stage_us)
+    stage_us = max(0.1, fixed_staging - base.task_overhead_us)
     kv = [t.cost.read_bytes / (t.data_in - t.reached) for t in tasks
           if t.kind == "attention" and t.cost.read_bytes and t.data_in > t.reached]
     rates = sorted(t.cost.stage_bytes / (t.end - t.data_in) for t in tasks
                    if t.kind == "linear" and t.end > t.data_in)
     return dataclasses.replace(
-        base, stage_us=stage_us, input_us_per_k=per_k, poll_latency_us=max(0.05, fixed - stage_us),
+        base, stage_us=stage_us, input_us_per_k=per_k, poll_latency_us=max(0.05, fixed - fixed_staging),
         kv_bytes_per_us=_median(kv, base.kv_bytes_per_us),
         smem_bytes_per_us=rates[int(0.9 * (len(rates) - 1))] if rates else base.smem_bytes_per_us,
         launch_us=max(0.0, _median(launch, base.launch_us)))

@@ -92,7 +92,7 @@ def test_upstream_mlir_rejects_broken_ops(artifacts, tmp_path):
     assert error and "builtin.dense_array" in error, error
     error = _broken(tmp_path, art, "schedule.mlir", "task_id = 0 : i64", 'task_id = "0"')
     assert error and "builtin.integer" in error, error
-    assert _broken(tmp_path, art, "schedule.mlir", "adamk.wait", "adamk.wiat") is not None   # an unknown op
+    assert _broken(tmp_path, art, "schedule.mlir", "adamk.poll", "adamk.pole") is not None   # an unknown op
 
 
 def test_inspect_mlir_check(artifacts, monkeypatch):

@@ -172,21 +172,29 @@ class SmClock:
 
     def run(self, task: TaskCost, ready: float = 0.0, staged=None) -> tuple[float, float]:
         """`ready`: when its polls are satisfied; `staged`: its kind's `staged` key (a linear
-        whose key differs from the work area's stages its input)."""
+        whose key differs from the work area's stages its input). Returns (start, end); `stamps`
+        then holds what a profiling build would stamp (sync.cuh: reached, inputs in, end, data in)."""
         m = self.model
-        start = max(self.now, ready)
-        t = start + m.task_overhead_us
+        reached = self.now
+        start = max(reached, ready)
+        inputs_in = start + m.task_overhead_us
         if task.kind == "linear":
             if staged is None or staged != self.staged:
-                t += m.stage_us + task.inputs * m.input_us_per_k
+                inputs_in += m.stage_us + task.inputs * m.input_us_per_k
+            t, data_in = inputs_in, None
             for _ in range(task.pages):
                 t = self._page(task.stage_bytes / task.pages, t)
+                data_in = data_in if data_in is not None else self.landed[-1]
+            data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
         elif task.kind == "attention":
-            t = max(t + m.stage_us, self.now + task.read_bytes / m.kv_bytes_per_us)
+            inputs_in += m.stage_us                      # q, k and v polled; the KV rows requested at `reached`
+            t = data_in = max(inputs_in, reached + task.read_bytes / m.kv_bytes_per_us)
         else:
-            t += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
+            inputs_in += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
+            t = data_in = inputs_in
         self.staged = staged if task.kind == "linear" else None
         self.now = t
+        self.stamps = (reached, inputs_in, t, data_in)
         return start, t
 
 
@@ -202,9 +210,11 @@ def replay(costs: list[TaskCost], deps: list, staged: list, sm_of: list[int], nu
     return times
 
 
-def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int, tuple[int, float, float]]:
+def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
+                     stamps: dict | None = None) -> dict[int, tuple[int, float, float]]:
     """Predicted (sm, start, end) in us of every task_id for one step at position `pos`, replaying
-    the schedule's polls (and the barrier variant's waits and signals) on per-SM clocks."""
+    the schedule's polls (and the barrier variant's waits and signals) on per-SM clocks. `stamps`,
+    if given, receives task_id -> (reached, inputs in, end, data in), as a profiling build stamps."""
     sched = schedule_of(schedule)
     depth, in_flight = sched.stages.value.data, sched.in_flight.value.data
     clocks: dict[int, SmClock] = {}
@@ -228,6 +238,8 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int) -> dict[int
                 if buffer in written:
                     written[buffer][b:e] = end
             tasks[op.task_id.value.data] = (sm, start, end)
+            if stamps is not None:
+                stamps[op.task_id.value.data] = clock.stamps
         elif isinstance(op, SignalOp):
             signals.setdefault(op.counter.data, []).extend([clock.now] * op.count.value.data)
 
