@@ -84,7 +84,9 @@ def _progress(name: str):
 @click.option("--max-seq-len", default=None, type=int, help="KV cache length (default: the model's).")
 @click.option("--tile-rows", default=16, show_default=True, type=int, help="Output rows per linear task.")
 @click.option("--stages", default=None, type=int,
-              help="Weight pages in flight per SM (default: the GPU's, see `adamk gpus`).")
+              help="Weight pages in each SM's ring (default: the GPU's, see `adamk gpus`).")
+@click.option("--pages-in-flight", default=None, type=int,
+              help="Pages of the ring being copied at once (default: the GPU's, see `adamk gpus`).")
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
               help="Bytes of one weight page of the SM's ring (docs/smem.md).")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
@@ -92,20 +94,22 @@ def _progress(name: str):
               show_default=True, help="The DAG search, or a baseline for comparison.")
 @click.option("--search-budget", default=25.0, show_default=True, type=float, help="Seconds the search may take.")
 @click.option("--cost-model", type=click.Path(dir_okay=False), default=None,
-              help="A GPU profile from `adamk calibrate` (default: the spec table).")
+              help="A GPU profile from `adamk calibrate` (default: the one shipped for the GPU, else the "
+                   "spec table).")
 @click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
               help="Also write the IR after every pass into this directory.")
-def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, stage_bytes, no_ksplit, schedule, search_budget,
-            cost_model, output, force, dump_ir):
+def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit, schedule,
+            search_budget, cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
     from . import compiler
     from .artifact import check_dump_dir, check_output_dir
     from .config import CompileConfig
     config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows,
-                           stages=stages, stage_bytes=stage_bytes, ksplit=not no_ksplit, schedule=schedule,
+                           stages=stages, pages_in_flight=pages_in_flight, stage_bytes=stage_bytes,
+                           ksplit=not no_ksplit, schedule=schedule,
                            search_budget_s=search_budget, cost_model=cost_model)
     check_output_dir(output, force)          # before a long compile, not after it
     if dump_ir is not None:
@@ -201,7 +205,7 @@ def gpus(as_json):
         click.echo(json.dumps({n: g.__dict__ for n, g in GPUS.items()}, indent=2))
         return
     click.echo(f"{'gpu':8s} {'arch':6s} {'SMs':>4s} {'smem/SM':>8s} {'smem/block':>10s} {'L2':>6s} {'DRAM GB/s':>9s} "
-               f"{'stages':>6s}")
+               f"{'stages':>6s} {'in flight':>9s}")
     for g in GPUS.values():
         click.echo(f"{g.name:8s} {g.sm:6s} {g.num_sms:4d} {g.smem_per_sm // 1024:6d}KB {g.smem_per_block // 1024:8d}KB "
-                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d}")
+                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d} {g.pages_in_flight:9d}")
