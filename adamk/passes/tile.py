@@ -132,6 +132,7 @@ class TaskBuilder:
         self.tasks: list[TaskRecord] = []
         self.name_of: dict = {}            # SSA value -> buffer name
         self.producers: dict[str, list[tuple[int, int, int]]] = {}   # buffer -> (task index, begin, end) of rows
+        self.known_deps: dict[str, dict] = {}                          # buffer -> (begin, end) -> deps
         self.unmerged: dict[str, tuple] = {}   # split attention's out -> (op, partial), parts not yet combined
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None):
@@ -176,8 +177,12 @@ class TaskBuilder:
             self.combine_attention(out)
 
     def deps(self, buffer: str, begin: int, end: int):
-        """Indices of the tasks that write elements [begin, end) of `buffer`."""
-        return [t for t, b, e in self.producers.get(buffer, []) if b < end and begin < e]
+        """Indices of the tasks that write elements [begin, end) of `buffer` (remembered until the
+        buffer gets another writer: the tiles of one op mostly read the same range)."""
+        known = self.known_deps.setdefault(buffer, {})
+        if (begin, end) not in known:
+            known[begin, end] = [t for t, b, e in self.producers.get(buffer, []) if b < end and begin < e]
+        return known[begin, end]
 
     def linear(self, op: LinearOp, out: str):
         n, k = shape_of(op.weight)
@@ -278,10 +283,13 @@ class TaskBuilder:
         record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), dict(params), footprint, k_index,
                             k_split)
         description = task_kind(kind)
-        record.deps = _dedup(d for buffer, b, e in description.reads(record) for d in self.deps(buffer, b, e))
+        ranges = [self.deps(buffer, b, e) for buffer, b, e in description.reads(record)]
+        # one range: its (shared, duplicate-free) list; several: their union, in order
+        record.deps = ranges[0] if len(ranges) == 1 else list(dict.fromkeys(d for r in ranges for d in r))
         self.tasks.append(record)
         for buffer, b, e in description.writes(record):
             self.producers.setdefault(buffer, []).append((len(self.tasks) - 1, b, e))
+            self.known_deps.pop(buffer, None)
 
     def unique(self, base: str) -> str:
         """`base`, or `base_2`, `base_3`, ...: a buffer name no other buffer has."""
@@ -291,12 +299,3 @@ class TaskBuilder:
             name = f"{base}_{i}"
         self.used.add(name)
         return name
-
-
-def _dedup(values):
-    seen, out = set(), []
-    for v in values:
-        if v not in seen:
-            seen.add(v)
-            out.append(v)
-    return out

@@ -204,9 +204,11 @@ def replay(costs: list[TaskCost], deps: list, staged: list, sm_of: list[int], nu
     (a topological order): every task's deps and its SM's earlier tasks come before it."""
     clocks = [SmClock(model, depth, in_flight) for _ in range(num_sms)]
     times: list[tuple[float, float]] = []
+    latest: dict[int, float] = {}      # id of a deps sequence -> when its last task ends (tasks share them)
     for i, cost in enumerate(costs):
-        ready = max((times[d][1] + model.poll_latency_us for d in deps[i]), default=0.0)
-        times.append(clocks[sm_of[i]].run(cost, ready, staged[i]))
+        if id(deps[i]) not in latest:
+            latest[id(deps[i])] = max((times[d][1] for d in deps[i]), default=-model.poll_latency_us)
+        times.append(clocks[sm_of[i]].run(cost, latest[id(deps[i])] + model.poll_latency_us, staged[i]))
     return times
 
 

@@ -6,8 +6,9 @@ last task whose writes it reads ends (the tile-exact DAG: kinds' `reads` and `wr
 task first, each goes to the SM whose consumers (cost.SmClock, which also models the SM's
 page stream) free up first, lowest index on ties. Each SM's program stays in topological
 order, so no poll can deadlock. Round-robin placement is the other candidate: a tiling's value
-is the better of the two, so the search never settles for a plan it predicts slower than
-round-robin would run it.
+is the better of the two (`best_placement`), and the descent starts from the ksplit pass's
+tiling (what `--schedule round-robin` builds), so the search never settles for a plan it
+predicts slower than round-robin.
 
 Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate descent over
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
@@ -59,41 +60,44 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
     by_op: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
         by_op.setdefault(t.source, []).append(i)
+    latest: dict[int, float] = {}      # id of a deps tuple -> when its last task ends (tasks share them)
     for members in by_op.values():
         for i in sorted(members, key=lambda i: (-(tasks[i].cost.stage_bytes + tasks[i].cost.read_bytes), i)):
             _, sm = heapq.heappop(free)
-            ready = max((end[d] + model.poll_latency_us for d in tasks[i].deps), default=0.0)
+            deps = tasks[i].deps
+            if id(deps) not in latest:           # every dep is placed already: its end is final
+                latest[id(deps)] = max((end[d] for d in deps), default=-model.poll_latency_us)
+            ready = latest[id(deps)] + model.poll_latency_us
             end[i] = clocks[sm].run(tasks[i].cost, ready, tasks[i].staged)[1]
             programs[sm].append(i)
             heapq.heappush(free, (clocks[sm].now, sm))
-    for program in programs:          # each SM in topological (index) order
-        program.sort()
-    return programs, makespan(tasks, programs, model, depth, in_flight)
+    # each SM's program is in the order its clock ran them: op by op (topological), and the tasks
+    # of one op never depend on each other
+    return programs, max(end, default=0.0)
 
 
-def makespan(tasks: list[PlacedTask], programs: list[list[int]], model: CostModel, depth: int, in_flight: int) -> float:
-    """The predicted makespan (without the launch) of running `programs`."""
-    sm_of = [0] * len(tasks)
-    for sm, program in enumerate(programs):
-        for i in program:
-            sm_of[i] = sm
-    times = replay([t.cost for t in tasks], [t.deps for t in tasks], [t.staged for t in tasks], sm_of,
-                   len(programs), model, depth, in_flight)
+def round_robin_makespan(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
+                         in_flight: int) -> float:
+    """The predicted makespan (without the launch) of round-robin placement: task i on SM i mod
+    num_sms, each SM's tasks in index order."""
+    times = replay([t.cost for t in tasks], [t.deps for t in tasks], [t.staged for t in tasks],
+                   [i % num_sms for i in range(len(tasks))], num_sms, model, depth, in_flight)
     return max((e for _, e in times), default=0.0)
 
 
 def best_placement(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
                    in_flight: int) -> tuple[list[list[int]], float]:
     """`place`'s programs or round-robin's, whichever the model predicts faster (round-robin on a tie)."""
-    rr = round_robin(len(tasks), num_sms)
-    rr_time = makespan(tasks, rr, model, depth, in_flight)
+    rr_time = round_robin_makespan(tasks, num_sms, model, depth, in_flight)
     programs, time = place(tasks, num_sms, model, depth, in_flight)
-    return (programs, time) if time < rr_time - 1e-6 else (rr, rr_time)
+    return (programs, time) if time < rr_time - 1e-6 else (round_robin(len(tasks), num_sms), rr_time)
 
 
 def _placed(records, pos: int) -> list[PlacedTask]:
-    """PlacedTasks of tile.TaskRecords or adamk.task ops (with their dep indices)."""
-    return [PlacedTask(r.source_name, tuple(deps),
+    """PlacedTasks of tile.TaskRecords or adamk.task ops (with their dep indices); tasks with the
+    same deps share one tuple, so the placement finds their readiness once."""
+    shared: dict[tuple, tuple] = {}
+    return [PlacedTask(r.source_name, shared.setdefault(tuple(deps), tuple(deps)),
                        TaskCost.of_exec(r, pos), task_kind(r.kind_name).staged(r)) for r, deps in records]
 
 
@@ -116,11 +120,14 @@ class DagSearch:
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
 
-    def evaluate(self, fn) -> float:
+    def tasks(self, fn) -> list[PlacedTask]:
         builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn)
-        tasks = _placed([(r, r.deps) for r in builder.tasks], self.pos)
-        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight)[1]
+        return _placed([(r, r.deps) for r in builder.tasks], self.pos)
+
+    def evaluate(self, fn) -> float:
+        """The predicted makespan of the ops' current tiling, placed the better way (`best_placement`)."""
+        return best_placement(self.tasks(fn), self.num_sms, self.model, self.stages, self.in_flight)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
