@@ -95,6 +95,21 @@ def test_calibrate_without_a_gpu_is_one_clear_error(tmp_path):
     assert not (tmp_path / "p.json").exists()
 
 
+def test_calibrate_reports_the_fit(tmp_path, monkeypatch):
+    """What `adamk calibrate` prints once a (stand-in) GPU was measured: the profile's main figures
+    and each trace measured against the fit's prediction; the profile loads back."""
+    import adamk.calibrate as calibration
+    from adamk.search.cost import CostModel
+    from adamk.targets import get_gpu
+    model = CostModel.for_gpu(get_gpu("H200"))
+    monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: (model, [("round-robin", 64.0, 62.0)]))
+    code, out, err = cli("calibrate", "--gpu", "H200", "-o", tmp_path / "p.json")
+    assert code == 0, err
+    assert f"poll {model.poll_latency_us:.2f} us" in out + err and "round-robin: measured 64.0 us, the fit " \
+        "predicts 62.0 us (-3.1%)" in out + err
+    assert CostModel.load(tmp_path / "p.json", get_gpu("H200")).poll_latency_us == model.poll_latency_us
+
+
 def test_compile_with_a_cost_profile_and_a_baseline_schedule(tiny_onnx, tmp_path):
     from adamk.search.cost import CostModel
     from adamk.targets import get_gpu
