@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import tempfile
-import warnings
 from pathlib import Path
 
 from xdsl.dialects.builtin import ModuleOp

@@ -1,6 +1,5 @@
 """GPU tests: the megakernel against the float32 PyTorch reference (marker `gpu`)."""
 import random
-from pathlib import Path
 
 import pytest
 import torch

@@ -60,7 +60,7 @@ def test_a_task_that_skips_its_rows_is_found_before_it_runs():
     victim = next(o for o in schedule.walk() if isinstance(o, ExecOp) and o.source.data == "o_proj")
     b, e = victim.tile_range
     victim.tile = DenseArrayBase.from_list(i64, [b, e - 1])    # forget one row
-    with pytest.raises(ScheduleError, match=rf"waits on 'o_proj'\[0:136\] \(135/136 written\), which no SM will supply"):
+    with pytest.raises(ScheduleError, match=r"waits on 'o_proj'\[0:136\] \(135/136 written\), which no SM will supply"):
         simulate(layer, schedule, 5)
 
 

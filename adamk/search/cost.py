@@ -36,7 +36,6 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import ExecOp, PollOp, SignalOp, WaitOp
-from ..dialects.task import TaskBody
 from ..errors import AdamkError
 from ..kinds import kind as task_kind
 from ..kinds.base import TAGGED
