@@ -1,4 +1,4 @@
-// common.cuh — storage types, conversions, 16-byte loads, the warp roles and consumer reductions.
+// common.cuh — storage types, conversions, 16-byte shared-memory loads, the warp roles and consumer reductions.
 // No CUDA headers: NVRTC compiles this without include paths, so any NVRTC >= 12 works offline.
 #pragma once
 
@@ -66,20 +66,6 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
   if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);   // keep NaN a NaN
   u += 0x7fffu + ((u >> 16) & 1u);
   return (bf16_t)(u >> 16);
-}
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(bf16_t* p, float v) { *p = to_bf16(v); }
-
-// Four consecutive values from global memory as floats, in one 16- or 8-byte load.
-__device__ __forceinline__ void load4(const float* p, float out[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-}
-__device__ __forceinline__ void load4(const bf16_t* p, float out[4]) {
-  const uint2 v = *reinterpret_cast<const uint2*>(p);
-  out[0] = __uint_as_float(v.x << 16); out[1] = __uint_as_float(v.x & 0xffff0000u);
-  out[2] = __uint_as_float(v.y << 16); out[3] = __uint_as_float(v.y & 0xffff0000u);
 }
 
 // Eight bf16 packed in a uint4, lowest address first.
