@@ -41,6 +41,7 @@ from .errors import AdamkError
 from .models import compile_presets
 from .runtime.timing import time_launches
 from .kinds import kind as task_kind
+from .kinds.base import restages
 from .search.cost import CostModel, TaskCost, predict_step_us, predict_timeline
 from .search.validate import schedule_of, tagged_sizes
 from .targets import get_gpu
@@ -113,9 +114,8 @@ def stamped(trace: Trace, pos: int) -> list[Stamped]:
             elif isinstance(op, ExecOp):
                 reached, inputs_in, end, data_in = us[op.task_id.value.data]
                 key = task_kind(op.kind.data).staged(op)
-                stages = key is None or key != staged
                 out.append(Stamped(op.kind.data, TaskCost.of_exec(op, pos), reached, inputs_in, end, data_in, ready,
-                                   stages))
+                                   restages(key, staged)))
                 ready, staged = 0.0, key
     return out
 

@@ -29,7 +29,7 @@ from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from ..config import CONSUMER_WARPS, producer_warps
 from ..kinds import kind as task_kind
-from ..kinds.base import f32_literal
+from ..kinds.base import f32_literal, restages
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
@@ -197,7 +197,7 @@ class _Emitter:
                 head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
                 lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, {op.task_id.value.data});")
             key = self.staged(op)    # None after a task that uses the work area otherwise
-            lines += self.consume(op, waits, page, new_run=key is not None and key != staged)
+            lines += self.consume(op, waits, page, new_run=restages(key, staged))
             staged = key
             page += self.pages(op)
         return lines + ["}"]

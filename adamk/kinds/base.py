@@ -18,6 +18,14 @@ def f32_literal(v: float) -> str:
     return s + ("f" if any(c in s for c in ".e") else ".f")
 
 
+def restages(key, held) -> bool:
+    """Whether a task whose kind's `staged` key is `key` stages its input when the work area holds
+    `held` (the key of the SM's task before it): unless it reuses exactly that input. A task
+    without a key (None) uses the work area its own way and stages what it needs. Codegen, the
+    cost model and the calibration fit all decide it here."""
+    return key is None or key != held
+
+
 class TaskKind:
     name: str
     roles: frozenset           # buffer roles every task of the kind names

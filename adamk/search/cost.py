@@ -38,7 +38,7 @@ from xdsl.dialects.builtin import ModuleOp
 from ..dialects.schedule import ExecOp, PollOp, SignalOp, WaitOp
 from ..errors import AdamkError
 from ..kinds import kind as task_kind
-from ..kinds.base import TAGGED
+from ..kinds.base import TAGGED, restages
 from ..targets import GPU
 from .validate import schedule_of, tagged_sizes, walk
 
@@ -178,7 +178,7 @@ class SmClock:
         start = max(reached, ready)
         inputs_in = start + m.task_overhead_us
         if task.kind == "linear":
-            if staged is None or staged != self.staged:
+            if restages(staged, self.staged):
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             t, data_in = inputs_in, None
             for _ in range(task.pages):
@@ -191,7 +191,7 @@ class SmClock:
         else:
             inputs_in += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
             t = data_in = inputs_in
-        self.staged = staged if task.kind == "linear" else None
+        self.staged = staged
         self.now = t
         self.stamps = (reached, inputs_in, t, data_in)
         return start, t
