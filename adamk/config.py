@@ -42,6 +42,7 @@ class CompileConfig:
     stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
     pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
+    gate_up: bool = True              # fuse a SwiGLU's gate and up linears into one gated linear (fuse.py)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
     schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin", "barrier",

@@ -3,7 +3,8 @@
 It is the one source of truth for the passes, the schedule and codegen (docs/smem.md).
 A task's footprint has three axes:
 
-- spatial: the tile, `tile_rows` output rows of a linear;
+- spatial: the tile, `tile_rows` output rows of a linear (a page holds those rows of each of its
+  weights: of two for a gated linear, so the functions below take the page's rows);
 - reduction: `k_chunk`, the columns of one K-split part (K itself when k_split = 1), and
   within it the columns of one weight *page* (as many as fit `page_bytes` for the tile's rows);
 - temporal: `depth`, the weight pages an SM keeps in flight. The SM's producer warp streams
@@ -54,6 +55,14 @@ def k_range(k: int, k_chunk: int, k_index: int) -> tuple[int, int]:
     """(k0, k_len) of part `k_index`."""
     k0 = k_index * k_chunk
     return k0, min(k_chunk, k - k0)
+
+
+def gated_tile_rows(tile_rows: int) -> int:
+    """Output rows of one task of a gated linear (the SwiGLU's gate and up, one weight page holding
+    the task's rows of both): half of `tile_rows`, so its pages have `tile_rows` rows, rounded down
+    to whole warps and at least one row per warp (each warp pairs its gate rows with the same up
+    rows, linear.cuh)."""
+    return max(WARPS, tile_rows // 2 // WARPS * WARPS)
 
 
 def linear_page_cols(tile_rows: int, k_chunk: int, page_bytes: int) -> int:

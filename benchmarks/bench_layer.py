@@ -7,12 +7,14 @@ KV bytes of the step / measured copy bandwidth), at one or more positions.
         --variants H200,H100,L20 --baselines [--json out.json]
 
 A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting),
+`:no-gate-up` (gate and up as two linears, silu(gate) * up staged by down),
 `:stages=N`, `:in_flight=N` (pages copied at once), `:tile_rows=N` or
 `:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
 variant with a profile from `adamk calibrate`. The artifacts are compiled in parallel
 processes before anything is timed; every variant and baseline is checked against the
 float32 reference at each position before it is timed. Times are medians over blocks of
-back-to-back launches (graph replays for the baselines).
+back-to-back launches (graph replays for the baselines); every variant is timed both ways, as
+launches and as replays of a CUDA graph of one step.
 """
 from __future__ import annotations
 
@@ -93,6 +95,8 @@ def variant_config(variant: str, cost_model: str | None = None) -> adamk.Compile
     for o in options:
         if o == "no-ksplit":
             kwargs["ksplit"] = False
+        elif o == "no-gate-up":
+            kwargs["gate_up"] = False
         elif o.startswith("stages="):
             kwargs["stages"] = int(o.split("=")[1])
         elif o.startswith("in_flight="):
@@ -154,8 +158,11 @@ def run(preset: str, pos: int, iters: int, variants: list[str], cost_model: str 
         med, b2b = time_launches(lambda: step.launch(pos), iters)
         step.check()
         m = step.manifest
-        rows.append((f"adamk {variant} ({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)",
-                     med, b2b, m["predicted_step_us"]))
+        what = f"({step.grid} blocks, {step.loaded_from}, {m['smem_peak_bytes']} B smem)"
+        rows.append((f"adamk {variant} {what}", med, b2b, m["predicted_step_us"]))
+        med, b2b = time_launches(step.graph(pos), iters)     # as the baselines: replays of a CUDA graph
+        step.check()
+        rows.append((f"adamk {variant}, CUDA graph {what}", med, b2b, m["predicted_step_us"]))
         del step
     kc = torch.randn(1, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim, device="cuda").bfloat16()
     vc = torch.randn_like(kc)

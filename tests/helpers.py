@@ -30,17 +30,17 @@ def graph_of(layer):
 
 
 def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024,
-          linear_parts=None, barrier=False):
+          linear_parts=None, barrier=False, gate_up=True):
     """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level.
-    `linear_parts` splits every linear over K into that many parts (as the search may)."""
+    `linear_parts` splits every linear but a gated one over K into that many parts (as the search may)."""
     ctx = make_context()
     graph = graph_of(layer)
     fused = graph.clone()
-    FusePass().apply(ctx, fused)
+    FusePass(gate_up).apply(ctx, fused)
     KSplitPass(tile_rows, stages, stage_bytes, budget, num_sms, "the target", ksplit).apply(ctx, fused)
     if linear_parts is not None:
         for op in next(iter(fused.ops)).body.block.ops:
-            if isinstance(op, LinearOp):
+            if isinstance(op, LinearOp) and op.weight2 is None:
                 op.properties["k_split"] = IntegerAttr(linear_parts, i64)
     fused.verify()
     tasks = fused.clone()

@@ -158,6 +158,26 @@ def test_epochs_wrap_without_a_stale_word_passing(compiled):
     assert step.epoch == 1      # 1, 2, 3, then 1, 2, 3, then 1
 
 
+def test_graph_replay_computes_the_step_and_advances_the_epoch(compiled):
+    """A step captured in a CUDA graph (the cooperative launch recorded, the epoch on the device)
+    computes what a launch computes, bit for bit, at a new epoch every replay, across the wrap."""
+    layer, path = compiled("tiny", "H100")
+    step = adamk.load(path, layer)
+    step.max_epoch = 3
+    x, kc, vc = draw_inputs(step, layer.cfg)
+    want = step(x, 7)                       # epoch 1
+    replay = step.graph(7)
+    for i in range(4):                      # epochs 2, 3, then the wrap: 1, 2
+        replay()
+        step.check()
+        assert torch.equal(step.buffers["y"], want), i
+        assert step.epochs.tolist() == [step.epoch] * step.grid, (i, step.epoch)
+    assert step.epoch == 2
+    with torch.no_grad():
+        ref = layer.cuda()(x.float(), torch.tensor(7, device="cuda"), kc.float().clone(), vc.float().clone())
+    assert rel(want, ref) <= 1e-2
+
+
 def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):
     pytest.importorskip("transformers")
     import sys

@@ -75,7 +75,7 @@ def test_upstream_mlir_rejects_broken_ops(artifacts, tmp_path):
     art = artifacts[0]
     graph = (Path(art) / "graph.mlir").read_text()
     # a linear without its weight operand (its segment sizes still say two)
-    line = next(ln for ln in graph.splitlines() if '"adamk.linear"(' in ln and "array<i32: 1, 1, 0, 0, 0, 0>" in ln)
+    line = next(ln for ln in graph.splitlines() if '"adamk.linear"(' in ln and "array<i32: 1, 1, 0, 0, 0, 0, 0>" in ln)
     args = re.search(r'"adamk.linear"\((%\d+), (%\d+)\)', line)
     types = re.search(r": \((tensor<[^>]+>), (tensor<[^>]+>)\) ->", line)
     missing = line.replace(args.group(0), f'"adamk.linear"({args.group(1)})').replace(

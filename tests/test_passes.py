@@ -17,13 +17,22 @@ def ops_of(module):
     return list(first.body.block.ops) if hasattr(first, "body") and not isinstance(first, BufferOp) else list(module.ops)
 
 
-def test_fuse_leaves_only_linears_and_attention():
-    _, fused, _, _ = lower(random_layer())
+@pytest.mark.parametrize("gate_up", [True, False])
+def test_fuse_leaves_only_linears_and_attention(gate_up):
+    """Prologues, epilogues and RoPE ride on their consumers; the SwiGLU's gate and up become one
+    gated linear (weight2 = up) whose output down reads plain, or (gate_up=False) down's prologue."""
+    _, fused, _, _ = lower(random_layer(), gate_up=gate_up)
     ops = [o for o in ops_of(fused) if o.name not in ("adamk.weight", "func.return")]
-    assert [o.name for o in ops] == ["adamk.linear"] * 3 + ["adamk.attention"] + ["adamk.linear"] * 4
+    mlp = 2 if gate_up else 3
+    assert [o.name for o in ops] == ["adamk.linear"] * 3 + ["adamk.attention"] + ["adamk.linear"] * (1 + mlp)
     lin = [o for o in ops if isinstance(o, LinearOp)]
-    assert [o.prologue.data for o in lin] == ["rmsnorm"] * 3 + ["none", "rmsnorm", "rmsnorm", "silu_mul"]
-    assert [o.residual is not None for o in lin] == [False] * 3 + [True, False, False, True]
+    up = [o.weight.owner.weight_name.data for o in lin if o.weight2 is not None]
+    assert up == (["gate_proj.weight"] if gate_up else [])
+    assert [o.weight2.owner.weight_name.data for o in lin if o.weight2 is not None] == (
+        ["up_proj.weight"] if gate_up else [])
+    assert [o.prologue.data for o in lin] == ["rmsnorm"] * 3 + ["none"] + (
+        ["rmsnorm", "none"] if gate_up else ["rmsnorm", "rmsnorm", "silu_mul"])
+    assert [o.residual is not None for o in lin] == [False] * 3 + [True] + [False] * (mlp - 1) + [True]
     attn = next(o for o in ops if isinstance(o, AttentionOp))
     assert attn.rope_inv_freq is not None
     assert not any(isinstance(o, (RMSNormOp, RopeOp)) for o in ops)
@@ -55,7 +64,7 @@ def test_tile_covers_every_row_once_with_exact_dependencies():
             lo, hi = (h * hd, (h + 1) * hd) if p.source.data == "q_proj" else (g * hd, (g + 1) * hd)
             assert b < hi and lo < e, (t.sym_name.data, p.sym_name.data)
     down = [t for t in task_ops if t.source.data == "y"][0]
-    assert {d.owner.source.data for d in down.deps} == {"gate_proj", "up_proj", "o_proj"}
+    assert {d.owner.source.data for d in down.deps} == {"gate_proj", "o_proj"}   # gate_proj: silu(gate) * up
 
 
 def test_tile_refuses_shapes_the_kernel_cannot_take():

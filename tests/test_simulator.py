@@ -70,7 +70,7 @@ def test_k_split_and_unsplit_plans_agree(pos):
     (15 parts on 92 SMs, merged by o_proj's input staging; at small positions most parts are
     empty) give the unsplit result to float32 rounding, and both match the reference."""
     layer = random_layer("tiny")
-    split = lower(layer, num_sms=92, stage_bytes=512, linear_parts=3)[3]
+    split = lower(layer, num_sms=92, stage_bytes=512, linear_parts=3, gate_up=False)[3]
     unsplit = lower(layer, num_sms=92, ksplit=False)[3]
     execs = [o for o in split.walk() if isinstance(o, ExecOp)]
     assert {o.kind.data for o in execs} == {"linear", "linear_combine", "attention"}

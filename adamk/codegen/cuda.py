@@ -42,7 +42,7 @@ TRACE_SLOTS = ("reached", "inputs_in", "end", "data_in")
 # The kernel's parameters in order: the runtime packs its arguments in this order (KERNEL_ARGS).
 KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters", "u32* counters"),
                  ("error_record", "adamk::ErrorRecord* err"), ("trace", "u64* trace"), ("pos", "int pos"),
-                 ("epoch", "u32 epoch"), ("timeout_ns", "u64 timeout_ns"))
+                 ("epochs", "u32* epochs"), ("timeout_ns", "u64 timeout_ns"))
 KERNEL_ARGS = tuple(name for name, _ in KERNEL_PARAMS)
 
 
@@ -271,11 +271,16 @@ class _Emitter:
                 f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
                 f"{KERNEL_NAME}(\n    {params}) {{",
                 "  extern __shared__ __align__(16) unsigned char smem[];",
+                "  // This launch's epoch: one past the block's last, which the block keeps on the device, so",
+                "  // launches need no new argument (a CUDA graph replays one launch for every step).",
+                "  const u32 epoch = epochs[blockIdx.x] + 1u;",
                 "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
                 *(self.queue_loop(n_tasks, n_sms) if self.queue else [
                     "  switch (blockIdx.x) {",
                     *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],
-                    "  }"]), "}", ""]
+                    "  }"]),
+                "  __syncthreads();   // every thread of the block has read this launch's epoch",
+                "  if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;", "}", ""]
         tables = [f"__constant__ float {name}[{len(vals)}] = {{{', '.join(f32_literal(v) for v in vals)}}};"
                   for vals, name in self.tables.items()]
         asserts = ["// The device library's shared-memory layouts are the model's (adamk/smem.py):",

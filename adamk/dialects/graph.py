@@ -64,10 +64,13 @@ class RMSNormOp(IRDLOperation):
 
 @irdl_op_definition
 class LinearOp(IRDLOperation):
-    """y = prologue(input[, input2]) @ weight^T (+ bias) (+ residual).
+    """y = prologue(input[, input2]) @ weight^T (+ bias) (+ residual); with `weight2` (a gated
+    linear) y = silu(x @ weight^T) * (x @ weight2^T), x = prologue(input[, input2]).
 
     prologue "rmsnorm" normalises `input` with `norm_weight` (eps); "silu_mul" feeds
-    silu(input) * input2. Both are fused by the `fuse` pass.
+    silu(input) * input2. The `fuse` pass fuses both, and a SwiGLU's gate and up projections
+    of one input into one gated linear (its tasks stream both weights' rows and write
+    silu(gate) * up, so the down projection stages one vector, not two).
     """
     name = "adamk.linear"
     irdl_options = (AttrSizedOperandSegments(as_property=True),)
@@ -77,13 +80,14 @@ class LinearOp(IRDLOperation):
     norm_weight = opt_operand_def(TensorType)
     bias = opt_operand_def(TensorType)
     residual = opt_operand_def(TensorType)
+    weight2 = opt_operand_def(TensorType)
     prologue = prop_def(StringAttr)
     eps = opt_prop_def(FloatAttr)
     tile_rows = opt_prop_def(IntegerAttr)   # set by the ksplit pass: output rows of one task
     k_split = opt_prop_def(IntegerAttr)     # set by the ksplit pass: parts of the reduction over K
     result = result_def(TensorType)
 
-    def __init__(self, input, weight, *, bias=None, input2=None, norm_weight=None, residual=None,
+    def __init__(self, input, weight, *, bias=None, input2=None, norm_weight=None, residual=None, weight2=None,
                  prologue: str = "none", eps: float | None = None):
         batch = shape_of(input)[0]
         out = TensorType(input.type.get_element_type(), [batch, shape_of(weight)[0]])
@@ -91,7 +95,8 @@ class LinearOp(IRDLOperation):
         if eps is not None:
             props["eps"] = FloatAttr(eps, f32)
         opt = lambda v: [v] if v is not None else []
-        super().__init__(operands=[input, weight, opt(input2), opt(norm_weight), opt(bias), opt(residual)],
+        super().__init__(operands=[input, weight, opt(input2), opt(norm_weight), opt(bias), opt(residual),
+                                   opt(weight2)],
                          properties=props, result_types=[out])
 
     def verify_(self):
@@ -119,6 +124,15 @@ class LinearOp(IRDLOperation):
             raise VerifyException(f"adamk.linear: bias shape {list(shape_of(self.bias))} != [{w[0]}]")
         if self.residual is not None and shape_of(self.residual) != out:
             raise VerifyException(f"adamk.linear: residual shape {list(shape_of(self.residual))} != result {list(out)}")
+        if self.weight2 is not None:
+            if shape_of(self.weight2) != w:
+                raise VerifyException(f"adamk.linear: weight2 has shape {list(shape_of(self.weight2))}, expected "
+                                      f"{list(w)} (the gate's)")
+            if self.bias is not None or self.residual is not None:
+                raise VerifyException("adamk.linear: a gated linear (weight2) takes no bias or residual")
+            if self.k_split is not None and self.k_split.value.data != 1:
+                raise VerifyException(f"adamk.linear: a gated linear is not split over K (k_split "
+                                      f"{self.k_split.value.data}): silu needs the whole sum")
 
 
 @irdl_op_definition

@@ -37,8 +37,8 @@ class Attention(TaskKind):
     name = "attention"
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
 
-    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
-        return {"read_bytes": 2 * -(-(pos + 1) // k_split) * head_dim * BF16}
+    def cost(self, op, pos) -> dict:
+        return {"read_bytes": 2 * -(-(pos + 1) // op.parts) * op.param("head_dim") * BF16}
 
     def reads(self, op):
         h, hd, g = op.tile_range[0], op.param("head_dim"), op.tile_range[0] // op.param("group")
@@ -116,8 +116,9 @@ class AttentionCombine(CombineKind):
     name = "attention_combine"
     roles = frozenset({"partial", "out"})
 
-    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
-        return {"read_bytes": (tile[1] - tile[0]) * (head_dim + 2) * k_split * TAGGED}
+    def cost(self, op, pos) -> dict:
+        (h0, h1), hd = op.tile_range, op.param("head_dim")
+        return {"read_bytes": (h1 - h0) * (hd + 2) * op.parts * TAGGED}
 
     def reads(self, op):
         (h0, h1), nh, stride = op.tile_range, op.param("num_heads"), op.param("head_dim") + 2

@@ -30,9 +30,8 @@ class TaskKind:
     name: str
     roles: frozenset           # buffer roles every task of the kind names
 
-    def cost(self, tile, k_split: int, pos: int, k_len: int, k: int, prologue: str, head_dim: int,
-             parts: int) -> dict:
-        """The fields of its cost.TaskCost: stage_bytes, read_bytes, inputs."""
+    def cost(self, op, pos: int) -> dict:
+        """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes, read_bytes, inputs."""
         raise NotImplementedError
 
     def reads(self, op) -> list[tuple[str, int, int]]:

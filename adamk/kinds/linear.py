@@ -15,17 +15,23 @@ def _silu(x):
     return x / (1.0 + np.exp(-x))
 
 
+def page_rows(op) -> int:
+    """Rows of a task's weight pages: its output rows, of both weights for a gated linear."""
+    return op.param("tile_rows") * (2 if op.buffer("weight2") else 1)
+
+
 class Linear(TaskKind):
     name = "linear"
     roles = frozenset({"input", "weight", "out"})
 
-    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
+    def cost(self, op, pos) -> dict:
         # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the whole
-        # row of k for its sum of squares (every K-part does); attn_combine reads every part's
-        # share of each element
-        per = {"silu_mul": 2, "attn_combine": parts}.get(prologue, 1)
-        return {"stage_bytes": (tile[1] - tile[0]) * k_len * BF16,
-                "inputs": k_len * per + (k if prologue == "rmsnorm" else 0)}
+        # row of K for its sum of squares (every K-part does); attn_combine reads every part's
+        # share of each element. A gated task streams two weights' rows.
+        prologue, k_len = op.param("prologue"), op.k_range[1]
+        per = {"silu_mul": 2, "attn_combine": op.param("parts")}.get(prologue, 1)
+        return {"stage_bytes": page_rows(op) * k_len * BF16,
+                "inputs": k_len * per + (op.param("K") if prologue == "rmsnorm" else 0)}
 
     def reads(self, op):
         k0, k_len = op.k_range
@@ -61,15 +67,18 @@ class Linear(TaskKind):
         elif prologue == "rmsnorm":
             eps = np.float32(op.param("eps"))
             xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * sim.vec(op, "norm_weight")
-        w = sim.mem[op.buffer("weight")][begin:end, k0:k0 + k_len]
-        acc = (w @ xs[k0:k0 + k_len]).astype(np.float32)
+        x = xs[k0:k0 + k_len]
+        acc = (sim.mem[op.buffer("weight")][begin:end, k0:k0 + k_len] @ x).astype(np.float32)
+        if op.buffer("weight2"):         # gated: silu(x W^T) * (x W2^T)
+            acc = _silu(acc) * (sim.mem[op.buffer("weight2")][begin:end, k0:k0 + k_len] @ x).astype(np.float32)
         if op.parts > 1:                 # a part: its row of the partial sums
             sim.mem[op.buffer("out")][op.part, begin:end] = acc
             return
         finish(sim, op, begin, end, acc)
 
     def functions(self, em, op, name) -> list[str]:
-        k, n, rows, chunk, cols, pages = (op.param(p) for p in ("K", "N", "tile_rows", "k_chunk", "page_cols", "pages"))
+        k, n, chunk, cols, pages = (op.param(p) for p in ("K", "N", "k_chunk", "page_cols", "pages"))
+        rows, gated = page_rows(op), ", true" if op.buffer("weight2") else ""
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
         xs = pages * cols
@@ -95,12 +104,13 @@ class Linear(TaskKind):
                 "}",
                 *em.signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
-                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}>(s, {buf('weight', 'bf16_t')}, {k}, "
+                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{gated}>(s, {buf('weight', 'bf16_t')}, "
+                f"{buf('weight2', 'bf16_t')}, {k}, "
                 f"row_begin, row_end, k0, {k_len}, page, task);",
                 "}",
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
-                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}>(s, task, {wo}, "
+                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}>(s, task, {wo}, "
                 f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page);",
                 "}"]
 
@@ -111,8 +121,9 @@ class Linear(TaskKind):
         name = em.op_name(op)
         k0, k_len = op.k_range
         lines = [f"  input_{name}(s, b, {task_id}, {part});"] if new_run else em.marks(task_id)
+        what = "rows" if not op.buffer("weight2") else "rows of both weights"
         return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part});  "
-                        f"// {em.comment(op)}: rows [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
+                        f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
     def pages(self, op) -> int:
         return op.param("pages")
@@ -136,8 +147,9 @@ class LinearCombine(CombineKind):
     name = "linear_combine"
     roles = frozenset({"partial", "out"})
 
-    def cost(self, tile, k_split, pos, k_len, k, prologue, head_dim, parts) -> dict:
-        return {"read_bytes": (tile[1] - tile[0]) * k_split * TAGGED}
+    def cost(self, op, pos) -> dict:
+        begin, end = op.tile_range
+        return {"read_bytes": (end - begin) * op.parts * TAGGED}
 
     def reads(self, op):
         begin, end = op.tile_range

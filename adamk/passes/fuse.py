@@ -1,10 +1,13 @@
 """fuse: graph IR -> graph IR in which every elementwise op rides on a linear or the attention.
 
 Reads `adamk.rmsnorm`, `adamk.silu_mul`, `adamk.add` and `adamk.rope`; writes them into
-their consumers: rmsnorm and silu_mul become the prologue of the `adamk.linear` that reads
-them (the input vector is tiny, so every tile recomputes it instead of waiting on a
-separate task), a residual `adamk.add` becomes the linear's epilogue, and the RoPE of q
-and k moves into `adamk.attention` (the task that appends k to the cache).
+their consumers: rmsnorm becomes the prologue of the `adamk.linear` that reads it (the input
+vector is tiny, so every tile recomputes it instead of waiting on a separate task), a
+residual `adamk.add` becomes the linear's epilogue, and the RoPE of q and k moves into
+`adamk.attention` (the task that appends k to the cache). Then the SwiGLU: silu(gate) * up of
+two linears of one input (same prologue, no bias or residual) becomes one gated linear
+(`weight2`), whose task computes a row of both and writes the product, so no task stages the
+two 8192-wide vectors; any other silu_mul becomes the prologue of the linear that reads it.
 """
 from __future__ import annotations
 
@@ -18,13 +21,13 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.passes import ModulePass
 
-from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
+from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, shape_of
 
 
 def _rebuild(lin: LinearOp, **changes) -> LinearOp:
     """`lin` with some of its operands / prologue replaced."""
     fields = dict(input=lin.input, weight=lin.weight, bias=lin.bias, input2=lin.input2,
-                  norm_weight=lin.norm_weight, residual=lin.residual, prologue=lin.prologue.data,
+                  norm_weight=lin.norm_weight, residual=lin.residual, weight2=lin.weight2, prologue=lin.prologue.data,
                   eps=lin.eps.value.data if lin.eps is not None else None)
     fields.update(changes)
     return LinearOp(fields.pop("input"), fields.pop("weight"), **fields)
@@ -40,6 +43,34 @@ class RMSNormIntoLinear(RewritePattern):
                                              prologue="rmsnorm", eps=norm.eps.value.data))
         if not norm.result.uses.get_length():
             rewriter.erase_op(norm)
+
+
+def _gate_up(act: SiluMulOp):
+    """(gate, up) linears that one gated linear can compute, or None."""
+    gate, up = act.gate.owner, act.up.owner
+    if not (isinstance(gate, LinearOp) and isinstance(up, LinearOp)) or gate is up:
+        return None
+    eps = lambda lin: lin.eps.value.data if lin.eps is not None else None
+    if (gate.input != up.input or gate.input2 != up.input2 or gate.norm_weight != up.norm_weight
+            or gate.prologue.data != up.prologue.data or eps(gate) != eps(up)):
+        return None
+    if any(v is not None for v in (gate.bias, up.bias, gate.residual, up.residual, gate.weight2, up.weight2)):
+        return None
+    if shape_of(gate.weight) != shape_of(up.weight) or not (gate.result.has_one_use() and up.result.has_one_use()):
+        return None
+    return gate, up
+
+
+class GateUpIntoLinear(RewritePattern):
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: SiluMulOp, rewriter: PatternRewriter):
+        pair = _gate_up(op)
+        if pair is None:
+            return
+        gate, up = pair
+        rewriter.replace_matched_op(_rebuild(gate, weight2=up.weight))
+        rewriter.erase_op(gate)
+        rewriter.erase_op(up)
 
 
 class SiluMulIntoLinear(RewritePattern):
@@ -85,8 +116,13 @@ class RopeIntoAttention(RewritePattern):
 @dataclass(frozen=True)
 class FusePass(ModulePass):
     name = "fuse"
+    gate_up: bool = True     # False: silu_mul only as a prologue (the plan before gated linears, for ablations)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
+        # first the prologues and epilogues, so that gate and up show their final form; then the
+        # SwiGLU, the gated form first (it visits the silu_mul before its consumer)
         PatternRewriteWalker(GreedyRewritePatternApplier([
-            RMSNormIntoLinear(), SiluMulIntoLinear(), ResidualIntoLinear(), RopeIntoAttention(),
+            RMSNormIntoLinear(), ResidualIntoLinear(), RopeIntoAttention(),
         ])).rewrite_module(op)
+        swiglu = [GateUpIntoLinear()] if self.gate_up else []
+        PatternRewriteWalker(GreedyRewritePatternApplier([*swiglu, SiluMulIntoLinear()])).rewrite_module(op)

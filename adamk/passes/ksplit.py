@@ -2,10 +2,11 @@
 
 Reads every `adamk.linear` and `adamk.attention` of `@decode_step`; writes `tile_rows`
 and `k_split` on each linear and `k_split` on the attention, the properties the `tile`
-pass materialises. A linear keeps `tile_rows` output rows per task; its weights stream
+pass materialises. A linear keeps `tile_rows` output rows per task (a gated linear half as
+many, its pages holding them of both weights: smem.gated_tile_rows); its weights stream
 through the SM's ring in pages of `stage_bytes` whatever K is, so it is split over K only
 into the fewest parts whose work area (the input of a K-chunk) fits the budget with
-`depth` pages in flight. The attention splits its sequence (flash-decoding) so that its
+`depth` pages in flight; a gated linear is never split (silu needs its rows' whole sums). The attention splits its sequence (flash-decoding) so that its
 query heads x parts cover the SMs. Partial sums are combined in a fixed order by the tasks
 the tile pass adds; the DAG search may choose other splits.
 
@@ -43,13 +44,18 @@ class KSplitPass(ModulePass):
         fn = next(o for o in op.ops if isinstance(o, func.FuncOp))
         for o in fn.body.block.ops:
             if isinstance(o, LinearOp):
-                k = shape_of(o.weight)[1]
-                rows = self.tile_rows
-                parts = (smem.fewest_k_parts(k, rows, self.stage_bytes, self.depth, self.smem_budget)
-                         if self.enabled else 1)
+                k, gated = shape_of(o.weight)[1], o.weight2 is not None
+                rows = smem.gated_tile_rows(self.tile_rows) if gated else self.tile_rows
+                page_rows = 2 * rows if gated else rows
+                parts = (smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.depth, self.smem_budget)
+                         if self.enabled and not gated else 1)      # silu needs a gated row's whole sum
                 chunk = smem.k_chunk(k, parts)
                 what = f"linear {quoted(o.weight.owner.weight_name.data)} ({rows} rows x {chunk} of K={k})"
-                self.check(what, smem.linear_footprint(rows, chunk, self.stage_bytes))
+                if gated:
+                    what = (f"gated linear {quoted(o.weight.owner.weight_name.data)} and "
+                            f"{quoted(o.weight2.owner.weight_name.data)} ({rows} rows of each x K={k}, not split "
+                            "over K)")
+                self.check(what, smem.linear_footprint(page_rows, chunk, self.stage_bytes))
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):

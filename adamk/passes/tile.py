@@ -188,19 +188,22 @@ class TaskBuilder:
         n, k = shape_of(op.weight)
         if k % 8:
             raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
-        rows = op.tile_rows.value.data if op.tile_rows is not None else self.tile_rows
+        rows = op.tile_rows.value.data if op.tile_rows is not None else (
+            smem.gated_tile_rows(self.tile_rows) if op.weight2 is not None else self.tile_rows)
         k_split = op.k_split.value.data if op.k_split is not None else 1
         chunk = smem.k_chunk(k, k_split)
         coef = 0     # merge weights of an input from a split attention
         roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
-                 "bias": op.bias, "residual": op.residual}
+                 "bias": op.bias, "residual": op.residual, "weight2": op.weight2}
+        page_rows = rows * (2 if op.weight2 is not None else 1)    # a gated linear's pages: both weights' rows
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
         for role in ("input", "input2", "residual"):
             if buffers.get(role) in self.unmerged and (role != "input" or op.prologue.data != "none"):
                 self.combine_attention(buffers[role])     # only a plain input merges the parts itself
         params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue, "tile_rows": _ivalue(rows),
-                  "k_chunk": _ivalue(chunk), "page_cols": _ivalue(smem.linear_page_cols(rows, chunk, self.page_bytes)),
-                  "pages": _ivalue(smem.linear_pages(rows, chunk, self.page_bytes))}
+                  "k_chunk": _ivalue(chunk),
+                  "page_cols": _ivalue(smem.linear_page_cols(page_rows, chunk, self.page_bytes)),
+                  "pages": _ivalue(smem.linear_pages(page_rows, chunk, self.page_bytes))}
         if buffers["input"] in self.unmerged:             # the input is the parts of a split attention
             attention, partial = self.unmerged.pop(buffers["input"])
             self.buffers = [b for b in self.buffers if b.sym_name.data != buffers["input"]]   # never written
@@ -210,7 +213,7 @@ class TaskBuilder:
             coef = attention.num_heads.value.data * attention.k_split.value.data
         if op.eps is not None:
             params["eps"] = op.eps
-        footprint = smem.linear_footprint(rows, chunk, self.page_bytes, coef)
+        footprint = smem.linear_footprint(page_rows, chunk, self.page_bytes, coef)
         if k_split == 1:
             buffers["out"] = out
             for r in range(0, n, rows):

@@ -5,10 +5,13 @@ The loader checks the artifact's sha256s, checks the weights against the manifes
 and activations, fills the kernel's `Buffers` pointer table in manifest order, loads the
 cubin (or JIT-compiles the PTX when the GPU is a newer arch than the target) and
 launches cooperatively, so all blocks are co-resident or the launch fails with a clear
-error. Each step passes a new epoch: the tag a task writes into every activation word
-(csrc/kernels/tagged.cuh) and the multiple the barrier variant's counters wait for. Tagged
-activations start at epoch 0 and epochs at 1; before the 32-bit epoch (or a counter's target)
-would wrap, the counters and activations are zeroed and the epochs start again.
+error. Each step runs at a new epoch: the tag a task writes into every activation word
+(csrc/kernels/tagged.cuh) and the multiple the barrier variant's counters wait for. The epoch
+lives on the device (every block keeps the last one in `epochs` and adds one per launch), so a
+launch takes the same arguments every step and `graph(pos)` can replay one captured launch.
+Tagged activations start at epoch 0 and epochs at 1; the host counts the launches, and before
+the 32-bit epoch (or a counter's target) would wrap, the counters, activations and epochs are
+zeroed and the epochs start again.
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ class DecodeStep:
         self.trace_slots = len(k.get("trace_slots", ()))
         self.trace_buffer = (torch.zeros(self.trace_slots * n_tasks, dtype=torch.int64, device=self.device)
                              if k.get("profile") else None)
-        self.epoch = 0
+        self.epochs = torch.zeros(self.grid, dtype=torch.int32, device=self.device)   # per block: its last epoch
+        self.epoch = 0      # launches since the last zeroing: the epoch the last launch ran at
         self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
                                             [k.get("queue_per_step", 0), 1])
         self.tagged = [n for n, b in zip(names, self.manifest["buffers"]) if b["dtype"] == "f32_tagged"]
@@ -76,6 +80,8 @@ class DecodeStep:
             raise AdamkError(f"artifact targets sm_{arch}; this GPU is sm_{device_arch}")
         self.module, self.fn = cu.load_function(image, k["name"])
         cu.set_dynamic_smem(self.fn, self.smem)
+        self._launcher = cu.CooperativeLaunch(self.fn, self.grid, self.threads, self.smem)
+        self._args = {}
         fit = cu.max_blocks_per_sm(self.fn, self.threads, self.smem) * cu.sm_count(index)
         if fit < self.grid:
             raise AdamkError(f"the megakernel needs {self.grid} co-resident blocks of {self.threads} threads and "
@@ -103,25 +109,48 @@ class DecodeStep:
     def v_cache(self):
         return self.buffers["v_cache"]
 
-    def launch(self, pos: int, epoch: int | None = None, stream=None):
-        """Enqueue one step on `stream` without waiting; `epoch` is for tests of the timeout path."""
+    def launch(self, pos: int, stream=None):
+        """Enqueue one step on `stream` (torch's current stream by default) without waiting."""
+        args = self._arguments(pos)
+        self._next_epoch()
+        stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
+        self._launcher(stream, args)
+
+    def graph(self, pos: int):
+        """One step at `pos` captured in a CUDA graph; returns `replay()`, which enqueues it on
+        torch's current stream (a new epoch every replay, as `launch`)."""
+        torch = self.torch
+        args = self._arguments(pos)
+        graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
+        with torch.cuda.graph(graph, stream=capture):
+            self._launcher(capture.cuda_stream, args)
+
+        def replay():
+            self._next_epoch()
+            graph.replay()
+        replay.graph = graph
+        return replay
+
+    def _next_epoch(self):
+        """Count a launch; before the epoch would pass max_epoch, zero the state (it starts again at 1)."""
+        if self.epoch == self.max_epoch:
+            self._zero_state()
+            self.epoch = 0
+        self.epoch += 1
+
+    def _arguments(self, pos: int) -> cu.KernelArgs:
         if not 0 <= pos < self.max_seq_len:
             raise AdamkError(f"position {pos} outside the KV cache's 0..{self.max_seq_len - 1}")
-        if epoch is None:
-            if self.epoch == self.max_epoch:
-                self._zero_state()
-                self.epoch = 0
-            self.epoch += 1
-            epoch = self.epoch
-        stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
-        values = {"buffers": ctypes.c_uint64(self.pointer_table.data_ptr()),
-                  "counters": ctypes.c_uint64(self.counters.data_ptr()),
-                  "error_record": ctypes.c_uint64(self.error.data_ptr()),
-                  "trace": ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
-                  "pos": ctypes.c_int32(pos), "epoch": ctypes.c_uint32(epoch),
-                  "timeout_ns": ctypes.c_uint64(self.timeout_ns)}
-        self._args = cu.KernelArgs(*kernel_arguments(self.manifest["kernel"]["args"], values))
-        cu.launch_cooperative(self.fn, self.grid, self.threads, self.smem, stream, self._args)
+        key = (pos, self.timeout_ns)
+        if key not in self._args:
+            values = {"buffers": ctypes.c_uint64(self.pointer_table.data_ptr()),
+                      "counters": ctypes.c_uint64(self.counters.data_ptr()),
+                      "error_record": ctypes.c_uint64(self.error.data_ptr()),
+                      "trace": ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
+                      "pos": ctypes.c_int32(pos), "epochs": ctypes.c_uint64(self.epochs.data_ptr()),
+                      "timeout_ns": ctypes.c_uint64(self.timeout_ns)}
+            self._args = {key: cu.KernelArgs(*kernel_arguments(self.manifest["kernel"]["args"], values))}
+        return self._args[key]
 
     def check(self):
         """Wait for the GPU and raise if a wait timed out (names the task and what it waited for)."""
@@ -165,13 +194,14 @@ class DecodeStep:
         return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
     def _zero_state(self):
-        """Counters and tagged activations back to epoch 0 (the next launch is epoch 1)."""
+        """Counters, tagged activations and the blocks' epochs back to 0 (the next launch is epoch 1)."""
         self.counters.zero_()
+        self.epochs.zero_()
         for name in self.tagged:
             self.buffers[name].zero_()
 
     def reset(self):
-        """Zero the counters, the activations' tags and the error record (after a timed-out launch)."""
+        """Zero the counters, the activations' tags, the epochs and the error record (after a timed-out launch)."""
         self.torch.cuda.synchronize(self.device)
         self._zero_state()
         self.error.zero_()

@@ -74,7 +74,25 @@ class KernelArgs:
         return ctypes.addressof(self.array)
 
 
-def launch_cooperative(fn, grid: int, threads: int, smem: int, stream: int, args: KernelArgs):
-    driver = _driver()
-    check(driver.cuLaunchCooperativeKernel(fn, grid, 1, 1, threads, 1, 1, smem, driver.CUstream(stream),
-                                           args.pointer), "cooperative launch of the megakernel")
+class CooperativeLaunch:
+    """A cooperative launch of one kernel shape, its configuration built once: all blocks are
+    co-resident or the launch fails. Made through cuLaunchKernelEx with the cooperative launch
+    attribute (not cuLaunchCooperativeKernel), so a CUDA graph capture records it as well."""
+
+    def __init__(self, fn, grid: int, threads: int, smem: int):
+        driver = _driver()
+        self.fn = fn
+        attr = driver.CUlaunchAttribute()
+        attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_COOPERATIVE
+        attr.value.cooperative = 1
+        self.config = driver.CUlaunchConfig()
+        self.config.gridDimX, self.config.gridDimY, self.config.gridDimZ = grid, 1, 1
+        self.config.blockDimX, self.config.blockDimY, self.config.blockDimZ = threads, 1, 1
+        self.config.sharedMemBytes = smem
+        self.config.attrs = [attr]
+        self.config.numAttrs = 1
+
+    def __call__(self, stream: int, args: KernelArgs):
+        driver = _driver()
+        self.config.hStream = driver.CUstream(stream)
+        check(driver.cuLaunchKernelEx(self.config, self.fn, args.pointer, 0), "cooperative launch of the megakernel")

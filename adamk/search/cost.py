@@ -131,18 +131,9 @@ class TaskCost:
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
     @classmethod
-    def of(cls, kind: str, tile, k_split: int, pos: int, k_len: int = 0, k: int = 0, prologue: str = "none",
-           head_dim: int = 0, parts: int = 1, pages: int = 0) -> "TaskCost":
-        return cls(kind, pages=pages, **task_kind(kind).cost(tile, k_split, pos, k_len, k, prologue, head_dim, parts))
-
-    @classmethod
     def of_exec(cls, op, pos: int) -> "TaskCost":
-        """The cost of a task (adamk.task, adamk.exec or tile.TaskRecord)."""
-        linear = op.kind_name == "linear"
-        return cls.of(op.kind_name, op.tile_range, op.parts, pos, k_len=op.k_range[1] if linear else 0,
-                      k=op.param("K") or 0, prologue=op.param("prologue") or "none",
-                      head_dim=op.param("head_dim") or 0, parts=op.param("parts") or 1,
-                      pages=op.param("pages") or 0)
+        """The cost of a task (adamk.task, adamk.exec or tile.TaskRecord) at position `pos`: its kind's."""
+        return cls(op.kind_name, pages=task_kind(op.kind_name).pages(op), **task_kind(op.kind_name).cost(op, pos))
 
 
 class SmClock:

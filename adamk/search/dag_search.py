@@ -134,12 +134,13 @@ class DagSearch:
             heads, max_seq = op.num_heads.value.data, shape_of(op.k_cache)[2]
             parts = {1, 2, 4, 8, max(1, self.num_sms // heads)} if self.ksplit else {1}
             return [(None, s) for s in sorted(parts) if s <= max_seq]
-        k = shape_of(op.weight)[1]
+        k, gated = shape_of(op.weight)[1], op.weight2 is not None
         out = []
         for rows in (8, 16, 32):
-            for parts in (1, 2, 4) if self.ksplit else (1,):
+            for parts in (1, 2, 4) if self.ksplit and not gated else (1,):     # a gated linear: never split
                 chunk = smem.k_chunk(k, parts)
-                if smem.linear_footprint(rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
+                page_rows = 2 * rows if gated else rows
+                if smem.linear_footprint(page_rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
                     out.append((rows, len(smem.k_parts(k, parts))))
         return list(dict.fromkeys(out))
 

@@ -69,8 +69,11 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
   const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
 #if __CUDA_ARCH__ >= 900
   if (threadIdx.x == kConsumerThreads) {        // the lane that drives the bulk-copy engine
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(k_cache + at), "r"(bytes) : "memory");
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(v_cache + at), "r"(bytes) : "memory");
+    const u64 policy = l2_evict_last();          // kept while the weight stream passes through L2
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
+                 :: "l"(k_cache + at), "r"(bytes), "l"(policy) : "memory");
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
+                 :: "l"(v_cache + at), "r"(bytes), "l"(policy) : "memory");
   }
 #else
   const char* kb = reinterpret_cast<const char*>(k_cache + at);

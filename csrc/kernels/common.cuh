@@ -57,6 +57,19 @@ __device__ __forceinline__ float4 lds128f(u32 addr) {
   return v;
 }
 
+// L2 cache policies (createpolicy, sm_80+): evict-first for data read once (the weight stream, more
+// bytes than L2 holds), evict-last for data pulled into L2 ahead of its use (cached KV rows).
+__device__ __forceinline__ u64 l2_evict_first() {
+  u64 policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ u64 l2_evict_last() {
+  u64 policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16_t v) { return __uint_as_float(((u32)v) << 16); }
 
@@ -90,6 +103,9 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int off = 16; off > 0; off >>= 1) v += shfl_xor(v, off);
   return v;
 }
+
+// The SwiGLU's activation.
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 
 // 2^x in one MUFU instruction; attention works in base 2 (q is pre-scaled by log2 e).
 __device__ __forceinline__ float fast_exp2(float x) {

@@ -1,4 +1,6 @@
-// linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual).
+// linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual),
+// or of a gated linear out = silu(prologue(in) @ W^T) * (prologue(in) @ W2^T) (GATED: its pages hold the
+// tile's rows of W, then the same rows of W2, so a warp has both sums of its output rows at hand).
 // The producer warp streams the tile's weights through the ring as NPAGES pages of ROWS x PC; the
 // consumer warps stage the prologue-applied input once per run of an op's tasks (linear_input), then
 // every task accumulates its rows over its pages (linear_task). Plus the fixed-order combine of K-split
@@ -91,7 +93,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           float up[4];
           g[b].get(up);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) v[e] = v[e] / (1.f + expf(-v[e])) * up[e];
+          for (int e = 0; e < 4; ++e) v[e] = silu(v[e]) * up[e];
         }
         if constexpr (kNorm) {
           float w[4];
@@ -121,14 +123,14 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   trace_mark(s, task, 1);
 }
 
-// Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (row
-// length k), as pages `page`, `page + 1`, ... of the ring.
-template <typename R, int ROWS, int PC, int NPAGES>
-__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
-                                               int k0, int k_len, int page, int task) {
+// Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (and W2:
+// GATED) (row length k), as pages `page`, `page + 1`, ... of the ring.
+template <typename R, int ROWS, int PC, int NPAGES, bool GATED = false>
+__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k, int row_begin,
+                                               int row_end, int k0, int k_len, int page, int task) {
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p)
-    R::template produce<ROWS, PC>(s, w, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
+    R::template produce<ROWS, PC, GATED>(s, w, w2, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
 }
 
 // bias[row] + residual[row] of a finished row. `load` issues the reads before the task's pages, so
@@ -157,25 +159,28 @@ struct Addend {
 
 // Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` (their first
 // k_len columns in all) and the staged input. A K-split part gets out = its row of the partial
-// buffer and no bias or residual. With ROWS >= warps, warp w owns rows w + j*warps; with fewer rows,
-// kWarpsPerRow warps share a row and add up through shared memory in order. Warps meet only on the
-// ring's barriers (and, for shared rows, once at the end).
-template <typename R, int XS, int ROWS, int PC, int NPAGES, typename ResT, typename OutT>
+// buffer and no bias or residual. With ROWS >= warps, warp w owns page rows w + j*warps; with fewer
+// rows, kWarpsPerRow warps share a row and add up through shared memory in order. Warps meet only on
+// the ring's barriers (and, for shared rows, once at the end). GATED: page rows [0, ROWS/2) are W's,
+// [ROWS/2, ROWS) W2's, so warp w's rows j and j + kOutPerWarp are the gate and up of one output row.
+template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
                                             const ResT* residual, int row_begin, int row_end, int k_len,
                                             int page) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
   static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
+  static_assert(!GATED || (ROWS / 2) % kWarps == 0, "a warp pairs each gate row with the same up row");
   constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
   constexpr int kWarpsPerRow = ROWS >= kWarps ? 1 : kWarps / ROWS;
+  constexpr int kOutPerWarp = GATED ? kRowsPerWarp / 2 : kRowsPerWarp;   // output rows a warp finishes
   const u32 xs = shared_address(s.smem + work_offset + LinearWork<XS>::kXs);
   float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
   // The rows whose sums this thread finishes, and their addends, requested now.
-  Addend<ResT> add[kRowsPerWarp];
+  Addend<ResT> add[kOutPerWarp];
 #pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) {
+  for (int j = 0; j < kOutPerWarp; ++j) {
     const int row = kWarpsPerRow == 1 ? row_begin + warp + j * kWarps : row_begin + threadIdx.x;
     const bool finishes = kWarpsPerRow == 1 ? lane == 0 : threadIdx.x < ROWS;
     if (finishes && row < row_end) add[j].load(bias, residual, row);
@@ -206,8 +211,9 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   }
   if constexpr (kWarpsPerRow == 1) {
 #pragma unroll
-    for (int j = 0; j < kRowsPerWarp; ++j) {
-      const float v = warp_sum(acc[j]);
+    for (int j = 0; j < kOutPerWarp; ++j) {
+      float v = warp_sum(acc[j]);
+      if constexpr (GATED) v = silu(v) * warp_sum(acc[j + kOutPerWarp]);
       const int row = row_begin + warp + j * kWarps;
       if (lane == 0 && row < row_end) store(s, out + row, v + add[j].value(s, bias, residual, row, task));
     }

@@ -8,7 +8,9 @@
 // the ring holds landed pages): an SM's share of DRAM bandwidth needs only that many bytes in the
 // memory system, and every byte more queues ahead of the small reads on the critical path (tagged
 // activations, KV rows), which then wait behind the weight stream. Columns past the page's valid
-// ones are never read, so a page holds only the valid rows and columns (no zero fill).
+// ones are never read, so a page holds only the valid rows and columns (no zero fill). Weight
+// copies carry an L2 evict-first policy: a step streams more weight bytes than L2 holds and reads
+// each once, so without the hint they evict what is read again (tagged activations, KV rows).
 #pragma once
 #include "common.cuh"
 #include "sync.cuh"
@@ -102,22 +104,32 @@ struct Ring {
   }
 
   // Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
-  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed.
-  template <int ROWS, int PC>
-  static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, int k, int row_begin, int row_end,
-                                                 int c0, int k_end, int j, int task) {
+  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed. GATED:
+  // those rows of W into the page's first ROWS / 2 rows and the same rows of W2 into the rest.
+  template <int ROWS, int PC, bool GATED>
+  static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k,
+                                                 int row_begin, int row_end, int c0, int k_end, int j, int task) {
     static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
+    static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
     if (j >= DEPTH) mbarrier_wait(s, empty(s, j), (use(j) - 1) & 1, task);
     if (j >= IN_FLIGHT) mbarrier_wait(s, full(s, j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
     const u32 dst = page(s, j), bar = full(s, j);
-    const int rows = min(ROWS, row_end - row_begin), cols = min(PC, k_end - c0);
+    constexpr int kHalf = GATED ? ROWS / 2 : ROWS;        // page rows of one weight
+    const int n = min(kHalf, row_end - row_begin), rows = GATED ? 2 * n : n, cols = min(PC, k_end - c0);
+    // copied row r: W's row_begin + r into page row r, then (GATED) W2's into page row kHalf + r - n
+    auto source = [&](int r) {
+      return (!GATED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0;
+    };
+    auto page_row = [&](int r) { return !GATED || r < n ? r : kHalf + r - n; };
+    const u64 policy = l2_evict_first();
 #if __CUDA_ARCH__ >= 900
     if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
       asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
                    :: "r"(bar), "r"(rows * cols * 2) : "memory");
       for (int r = 0; r < rows; ++r)
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                     :: "r"(dst + r * PC * 2), "l"(w + (size_t)(row_begin + r) * k + c0), "r"(cols * 2), "r"(bar)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+                     " [%0], [%1], %2, [%3], %4;"
+                     :: "r"(dst + page_row(r) * PC * 2), "l"(source(r)), "r"(cols * 2), "r"(bar), "l"(policy)
                      : "memory");
     }
 #else
@@ -125,8 +137,8 @@ struct Ring {
 #pragma unroll 4
     for (int p = threadIdx.x - kConsumerThreads; p < rows * per_row; p += kProducerThreads) {
       const int r = p / per_row, c = (p % per_row) * 8;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
-                   :: "r"(dst + (r * PC + c) * 2), "l"(w + (size_t)(row_begin + r) * k + c0 + c) : "memory");
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;"
+                   :: "r"(dst + (page_row(r) * PC + c) * 2), "l"(source(r) + c), "l"(policy) : "memory");
     }
     mbarrier_arrive_copies(bar);
 #endif
