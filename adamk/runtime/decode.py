@@ -80,7 +80,7 @@ class DecodeStep:
             raise AdamkError(f"artifact targets sm_{arch}; this GPU is sm_{device_arch}")
         self.module, self.fn = cu.load_function(image, k["name"])
         cu.set_dynamic_smem(self.fn, self.smem)
-        self._launcher = cu.CooperativeLaunch(self.fn, self.grid, self.threads, self.smem)
+        self._launcher = cu.CooperativeLaunch(self.fn, self.grid, self.threads)
         self._args = {}
         fit = cu.max_blocks_per_sm(self.fn, self.threads, self.smem) * cu.sm_count(index)
         if fit < self.grid:
@@ -114,7 +114,7 @@ class DecodeStep:
         args = self._arguments(pos)
         self._next_epoch()
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
-        self._launcher(stream, args)
+        self._launcher(stream, args, self.smem)
 
     def graph(self, pos: int):
         """One step at `pos` captured in a CUDA graph; returns `replay()`, which enqueues it on
@@ -123,7 +123,7 @@ class DecodeStep:
         args = self._arguments(pos)
         graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
         with torch.cuda.graph(graph, stream=capture):
-            self._launcher(capture.cuda_stream, args)
+            self._launcher(capture.cuda_stream, args, self.smem)
 
         def replay():
             self._next_epoch()

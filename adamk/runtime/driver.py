@@ -75,11 +75,11 @@ class KernelArgs:
 
 
 class CooperativeLaunch:
-    """A cooperative launch of one kernel shape, its configuration built once: all blocks are
+    """A cooperative launch of one kernel's grid, its configuration built once: all blocks are
     co-resident or the launch fails. Made through cuLaunchKernelEx with the cooperative launch
     attribute (not cuLaunchCooperativeKernel), so a CUDA graph capture records it as well."""
 
-    def __init__(self, fn, grid: int, threads: int, smem: int):
+    def __init__(self, fn, grid: int, threads: int):
         driver = _driver()
         self.fn = fn
         attr = driver.CUlaunchAttribute()
@@ -88,11 +88,11 @@ class CooperativeLaunch:
         self.config = driver.CUlaunchConfig()
         self.config.gridDimX, self.config.gridDimY, self.config.gridDimZ = grid, 1, 1
         self.config.blockDimX, self.config.blockDimY, self.config.blockDimZ = threads, 1, 1
-        self.config.sharedMemBytes = smem
         self.config.attrs = [attr]
         self.config.numAttrs = 1
 
-    def __call__(self, stream: int, args: KernelArgs):
+    def __call__(self, stream: int, args: KernelArgs, smem: int):
         driver = _driver()
         self.config.hStream = driver.CUstream(stream)
+        self.config.sharedMemBytes = smem
         check(driver.cuLaunchKernelEx(self.config, self.fn, args.pointer, 0), "cooperative launch of the megakernel")

@@ -67,22 +67,8 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
   if (rows <= 0) return;
   const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
   const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
-#if __CUDA_ARCH__ >= 900
-  if (threadIdx.x == kConsumerThreads) {        // the lane that drives the bulk-copy engine
-    const u64 policy = l2_evict_last();          // kept while the weight stream passes through L2
-    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
-                 :: "l"(k_cache + at), "r"(bytes), "l"(policy) : "memory");
-    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
-                 :: "l"(v_cache + at), "r"(bytes), "l"(policy) : "memory");
-  }
-#else
-  const char* kb = reinterpret_cast<const char*>(k_cache + at);
-  const char* vb = reinterpret_cast<const char*>(v_cache + at);
-  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128) {
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(kb + off));
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(vb + off));
-  }
-#endif
+  l2_prefetch<true>(k_cache + at, bytes);        // kept while the weight stream passes through L2
+  l2_prefetch<true>(v_cache + at, bytes);
 }
 
 // n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
