@@ -192,8 +192,7 @@ _SCHEMA = {
               "intermediate_size": int, "max_seq_len": int, "layers": int},
     "target": {"gpu": str, "arch": str, "num_sms": int, "smem_per_block": int, "dram_gbps": (int, float)},
     "kernel": {"name": str, "grid": int, "block_threads": int, "smem_bytes": int, "stages": int,
-               "pages_in_flight": int, "l2_pages": int, "poll_backoff_ns": int, "registers": int,
-               "spill_bytes": int, "trace_slots": list},
+               "pages_in_flight": int, "registers": int, "spill_bytes": int, "trace_slots": list},
 }
 
 

@@ -83,8 +83,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
     with step("codegen: emit CUDA C++ and compile with NVRTC"):
-        source = emit_cuda(graph, target, config.profile, config.schedule == "queue", config.l2_ahead,
-                           config.poll_backoff_ns)   # straight-line per SM
+        source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
         binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
         _check_kernel(binaries, config.block_threads)          # co-resident registers, no smem outside the model
 
@@ -203,8 +202,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "kernel": {"name": KERNEL_NAME, "grid": sched.num_sms.value.data,
                    "block_threads": sched.block_threads.value.data,
                    "smem_bytes": sched.smem_bytes.value.data, "stages": sched.stages.value.data,
-                   "pages_in_flight": sched.in_flight.value.data, "l2_pages": config.l2_ahead,
-                   "poll_backoff_ns": config.poll_backoff_ns,
+                   "pages_in_flight": sched.in_flight.value.data,
                    "registers": report["registers"],
                    "spill_bytes": report["spill_stores_total"] + report["spill_loads_total"],
                    "nvrtc": ".".join(map(str, binaries.nvrtc_version)),

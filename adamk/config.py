@@ -41,9 +41,6 @@ class CompileConfig:
     stages: int | None = None         # weight pages in flight per SM (temporal axis); None: the GPU's default
     stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
     pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
-    l2_pages: int | None = None       # pages past the ring's end whose weights the producer pulls into L2
-                                      # (codegen); None: the GPU's default (GPU.l2_pages)
-    poll_backoff_ns: int = 0          # sleep between re-reads of a stale activation word (tagged.cuh)
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     gate_up: bool = True              # fuse a SwiGLU's gate and up linears into one gated linear (fuse.py)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
@@ -77,10 +74,6 @@ class CompileConfig:
             raise AdamkError(f"stages={self.stages} outside 1..8")
         if self.pages_in_flight is not None and not 1 <= self.pages_in_flight <= 8:
             raise AdamkError(f"pages_in_flight={self.pages_in_flight} outside 1..8")
-        if self.l2_pages is not None and not 0 <= self.l2_pages <= 64:
-            raise AdamkError(f"l2_pages={self.l2_pages} outside 0..64")
-        if not 0 <= self.poll_backoff_ns <= 10000:
-            raise AdamkError(f"poll_backoff_ns={self.poll_backoff_ns} outside 0..10000")
         if self.stage_bytes < 256 or self.stage_bytes % 16:
             raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
         if self.num_sms is not None and not 0 < self.num_sms <= target.num_sms:
@@ -104,13 +97,6 @@ class CompileConfig:
     def in_flight(self) -> int:
         """Pages of the ring being copied at once: at most the ring's depth."""
         return min(self.depth, self.pages_in_flight or self.target.pages_in_flight)
-
-    @property
-    def l2_ahead(self) -> int:
-        """Pages past the ring's end the producer pulls into L2 (0 in the work-queue variant)."""
-        if self.schedule == "queue":
-            return 0
-        return self.l2_pages if self.l2_pages is not None else self.target.l2_pages(self.blocks, self.stage_bytes)
 
     @property
     def blocks(self) -> int:

@@ -10,9 +10,6 @@ KB = 1024
 GB = 1 << 30
 
 
-L2_SHARE = 0.4   # of L2, for weights pulled in ahead of the rings (GPU.l2_pages)
-
-
 @dataclasses.dataclass(frozen=True)
 class GPU:
     name: str
@@ -28,11 +25,6 @@ class GPU:
     pages_in_flight: int = 2  # weight pages an SM copies at once (ring.cuh): its share of the bandwidth
                               # needs ~ bandwidth x latency bytes in flight; more only queue in front
                               # of the step's small reads
-
-    def l2_pages(self, blocks: int, page_bytes: int) -> int:
-        """Default pages per SM pulled into L2 ahead of the ring (CompileConfig.l2_pages): together at
-        most L2_SHARE of L2, the rest left to activations, KV rows and the pages in flight."""
-        return int(L2_SHARE * self.l2_bytes) // (blocks * page_bytes)
 
     @property
     def sm(self) -> str:

@@ -8,8 +8,7 @@ KV bytes of the step / measured copy bandwidth), at one or more positions.
 
 A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting),
 `:no-gate-up` (gate and up as two linears, silu(gate) * up staged by down),
-`:stages=N`, `:in_flight=N` (pages copied at once), `:l2_pages=N` (pages pulled into L2 ahead
-of the ring), `:backoff=NS` (sleep between re-reads of a stale word), `:tile_rows=N` or
+`:stages=N`, `:in_flight=N` (pages copied at once), `:tile_rows=N` or
 `:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
 variant with a profile from `adamk calibrate`. The artifacts are compiled in parallel
 processes before anything is timed; every variant and baseline is checked against the
@@ -102,10 +101,6 @@ def variant_config(variant: str, cost_model: str | None = None) -> adamk.Compile
             kwargs["stages"] = int(o.split("=")[1])
         elif o.startswith("in_flight="):
             kwargs["pages_in_flight"] = int(o.split("=")[1])
-        elif o.startswith("l2_pages="):
-            kwargs["l2_pages"] = int(o.split("=")[1])
-        elif o.startswith("backoff="):
-            kwargs["poll_backoff_ns"] = int(o.split("=")[1])
         elif o.startswith("tile_rows="):
             kwargs["tile_rows"] = int(o.split("=")[1])
         elif o.startswith("schedule="):

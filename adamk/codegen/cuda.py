@@ -66,10 +66,8 @@ def _signature(name: str, params: str) -> list[str]:
 
 
 class _Emitter:
-    def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False, l2_pages: int = 0,
-                 poll_backoff_ns: int = 0):
+    def __init__(self, module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False):
         self.profile, self.queue = profile, queue
-        self.l2_pages, self.poll_backoff_ns = l2_pages, poll_backoff_ns
         self.gpu = gpu
         self.buffers = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
         self.counters = {c.sym_name.data: c for c in module.ops if isinstance(c, CounterOp)}
@@ -182,21 +180,10 @@ class _Emitter:
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if linears:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream", *prefetches]
-            starts = [0]
+            page = 0
             for op in linears:
-                starts.append(starts[-1] + self.pages(op))
-            # Once the stream reaches past the first ring's worth (from then on a page waits for a
-            # slot the consumers free), the producer keeps the l2_pages after the task it is about
-            # to stream pulled into L2, so DRAM streams on while the ring is full.
-            warmed = 0
-            for i, op in enumerate(linears):
-                if self.l2_pages and starts[i + 1] > self.plan.depth:
-                    warmed = max(warmed, i + 1)
-                    while warmed < len(linears) and starts[warmed] < starts[i + 1] + self.l2_pages:
-                        lines += task_kind(linears[warmed].kind.data).warm(self, linears[warmed])
-                        warmed += 1
-                lines.append(self.produce(op, starts[i]))
-            page = starts[-1]
+                lines.append(self.produce(op, page))
+                page += self.pages(op)
             lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
         else:
             lines += ["  if (is_producer()) {   // no weights to stream", *prefetches, "    return;", "  }"]
@@ -254,8 +241,7 @@ class _Emitter:
                f"#define ADAMK_CONSUMER_WARPS {CONSUMER_WARPS}   // adamk/config.py CONSUMER_WARPS",
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
                f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
-               f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS",
-               f"#define ADAMK_POLL_BACKOFF_NS {self.poll_backoff_ns}   // CompileConfig.poll_backoff_ns", ""]
+               f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
@@ -323,10 +309,7 @@ class _Emitter:
                 *([f"  if (adamk::is_producer()) adamk::{RING}::drain(s, page);"] if self.plan.depth else [])]
 
 
-def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False, l2_pages: int = 0,
-              poll_backoff_ns: int = 0) -> str:
+def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False) -> str:
     """`queue=True`: the dynamic work-queue variant of the ablation instead of the schedule's
-    straight-line programs (the schedule's placement is then not used). `l2_pages`: how far past
-    the ring's end (in pages) each producer pulls its weights into L2; `poll_backoff_ns`: the
-    sleep between re-reads of a stale activation word."""
-    return _Emitter(module, gpu, profile, queue, l2_pages, poll_backoff_ns).emit()
+    straight-line programs (the schedule's placement is then not used)."""
+    return _Emitter(module, gpu, profile, queue).emit()

@@ -72,11 +72,6 @@ class TaskKind:
         not depend on this step, pulled into L2 early)."""
         return []
 
-    def warm(self, em, op) -> list[str]:
-        """The producer's lines that pull task `op`'s ring pages into L2 ahead of the ring (codegen
-        places them l2_pages ahead of the pages themselves)."""
-        return []
-
     def staged(self, op):
         """What the task's input staging leaves in the work area, or None (the work area is
         used otherwise, so the next linear stages again)."""

@@ -108,11 +108,6 @@ class Linear(TaskKind):
                 f"{buf('weight2', 'bf16_t')}, {k}, "
                 f"row_begin, row_end, k0, {k_len}, page, task);",
                 "}",
-                *em.signature(f"warm_{name}", "int row_begin, int row_end, int k_index"),
-                f"  const int k0 = k_index * {chunk};",
-                f"  linear_warm{'<true>' if gated else ''}({buf('weight', 'bf16_t')}, {buf('weight2', 'bf16_t')}, {k}, "
-                f"row_begin, row_end, k0, {k_len});",
-                "}",
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
                 f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}>(s, task, {wo}, "
@@ -132,11 +127,6 @@ class Linear(TaskKind):
 
     def pages(self, op) -> int:
         return op.param("pages")
-
-    def warm(self, em, op) -> list[str]:
-        begin, end = op.tile_range
-        return [f"    warm_{em.op_name(op)}(s, b, {op.task_id.value.data}, {begin}, {end}, {op.part});  "
-                f"// {em.comment(op)}: into L2"]
 
     def staged(self, op):
         """Tasks of other ops with the same staged input (q, k and v; gate and up) stage nothing."""

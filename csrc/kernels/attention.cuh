@@ -67,8 +67,8 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
   if (rows <= 0) return;
   const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
   const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
-  l2_prefetch<true>(k_cache + at, bytes);        // kept while the weight stream passes through L2
-  l2_prefetch<true>(v_cache + at, bytes);
+  l2_prefetch(k_cache + at, bytes);        // kept while the weight stream passes through L2
+  l2_prefetch(v_cache + at, bytes);
 }
 
 // n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of

@@ -3,8 +3,8 @@
 #pragma once
 
 // The generated kernel defines these from adamk/config.py, the one source of the block's shape.
-#if !defined(ADAMK_CONSUMER_WARPS) || !defined(ADAMK_PRODUCER_WARPS) || !defined(ADAMK_POLL_BACKOFF_NS)
-#error "ADAMK_CONSUMER_WARPS, ADAMK_PRODUCER_WARPS and ADAMK_POLL_BACKOFF_NS come from the generated kernel"
+#if !defined(ADAMK_CONSUMER_WARPS) || !defined(ADAMK_PRODUCER_WARPS)
+#error "ADAMK_CONSUMER_WARPS and ADAMK_PRODUCER_WARPS come from the generated kernel (adamk/config.py)"
 #endif
 
 typedef unsigned short bf16_t;   // raw bfloat16 bits
@@ -20,7 +20,6 @@ constexpr int kWarps = kConsumerWarps;              // warps that share a task's
 constexpr int kConsumerThreads = 32 * kConsumerWarps;
 constexpr int kProducerThreads = 32 * kProducerWarps;
 constexpr int kThreads = kConsumerThreads + kProducerThreads;   // the compiler's block_threads
-constexpr unsigned kPollBackoffNs = ADAMK_POLL_BACKOFF_NS;      // sleep between re-reads of a stale word
 static_assert(kConsumerWarps >= 1 && kThreads <= 1024, "named barrier 1 counts the consumer threads");
 
 __device__ __forceinline__ bool is_producer() { return threadIdx.x >= kConsumerThreads; }
@@ -71,26 +70,19 @@ __device__ __forceinline__ u64 l2_evict_last() {
   return policy;
 }
 
-// Pull [p, p + bytes) into L2 (16-byte aligned, whole 16-byte units) from the producer warps: on
-// sm_90 one bulk prefetch by the lane that drives the bulk-copy engine, before sm_90 one prefetch per
-// 128-byte line across the producer lanes. KEEP: with the evict-last policy (read after more traffic
-// passed through L2). Nothing waits for it: a prefetch only makes a later read an L2 hit.
-template <bool KEEP>
+// Pull [p, p + bytes) into L2 (16-byte aligned, whole 16-byte units) with the evict-last policy (it
+// is read after more traffic passed through L2), from the producer warps: on sm_90 one bulk prefetch
+// by the lane that drives the bulk-copy engine, before sm_90 one prefetch per 128-byte line across
+// the producer lanes. Nothing waits for it: a prefetch only makes a later read an L2 hit.
 __device__ __forceinline__ void l2_prefetch(const void* p, u32 bytes) {
 #if __CUDA_ARCH__ >= 900
-  if (threadIdx.x == kConsumerThreads) {
-    if constexpr (KEEP)
-      asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
-                   :: "l"(p), "r"(bytes), "l"(l2_evict_last()) : "memory");
-    else
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(p), "r"(bytes) : "memory");
-  }
+  if (threadIdx.x == kConsumerThreads)
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
+                 :: "l"(p), "r"(bytes), "l"(l2_evict_last()) : "memory");
 #else
   const char* c = reinterpret_cast<const char*>(p);
-  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128) {
-    if constexpr (KEEP) asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(c + off));
-    else asm volatile("prefetch.global.L2 [%0];" :: "l"(c + off));
-  }
+  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128)
+    asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(c + off));
 #endif
 }
 

@@ -133,20 +133,6 @@ __device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, c
     R::template produce<ROWS, PC, GATED>(s, w, w2, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
 }
 
-// Producer, ahead of the ring: pull rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (and of
-// W2: GATED) into L2. The generator calls it for the tasks a few pages past the ring's end, so while
-// the ring is full (its consumers wait for an input) DRAM goes on streaming this SM's weights, into
-// L2, and their pages later land at L2 speed.
-template <bool GATED = false>
-__device__ __forceinline__ void linear_warm(const bf16_t* w, const bf16_t* w2, int k, int row_begin, int row_end,
-                                            int k0, int k_len) {
-#pragma unroll 1
-  for (int r = row_begin; r < row_end; ++r) {
-    l2_prefetch<false>(w + (size_t)r * k + k0, (u32)k_len * 2);
-    if constexpr (GATED) l2_prefetch<false>(w2 + (size_t)r * k + k0, (u32)k_len * 2);
-  }
-}
-
 // bias[row] + residual[row] of a finished row. `load` issues the reads before the task's pages, so
 // their latency hides under the weights; `value` waits (a tagged residual: for this step's word).
 template <typename ResT>

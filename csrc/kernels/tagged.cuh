@@ -55,7 +55,6 @@ __device__ __forceinline__ void await_words(const Step& s, int task, FirstStale 
       report_error(s, kPollTimeout, task, 0, s.epoch, tag, (u64)p);
       return;
     }
-    if (kPollBackoffNs) __nanosleep(kPollBackoffNs);   // fewer requests on the lines every SM polls
     reload();
     p = first_stale(tag);
   }
