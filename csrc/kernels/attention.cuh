@@ -268,10 +268,11 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 
 // Consumers: the input staging of a linear that reads a split attention (prologue attn_combine):
 // xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input,
-// between two consumer barriers, and costing no dependency level of its own. The parts' acc words
-// of this thread's first elements are requested first; meanwhile one thread per head turns the
-// parts' (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF scratch);
-// each element is then sum_j acc_j c_j, in part order.
+// between two consumer barriers, and costing no dependency level of its own. Each thread requests
+// the parts' acc words of its first elements and, one thread per head, the parts' (max, sum) words
+// together, and waits for them together (one round trip once the parts are written); the head's
+// thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF
+// scratch); each element is then sum_j acc_j c_j, in part order.
 template <int XS, int HD, int HEADS, int PARTS>
 __device__ __forceinline__ void attention_input(const Step& s, int work_offset, const tagged_t* partial, int k0,
                                                 int k_len, int task) {
@@ -284,54 +285,51 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
   float* coef = reinterpret_cast<float*>(s.smem + work_offset + W::kScratch);   // [HEADS][PARTS]
   trace_mark(s, task, 0);
   consumer_sync();
-  u64 acc[kBatch][PARTS];
-  auto issue = [&](int e0) {
+  u64 acc[kBatch][PARTS], wm[PARTS], wl[PARTS];
+  auto word = [&](int j, int h, int d) { return partial + ((size_t)j * HEADS + h) * kStride + d; };
+  auto element = [&](int e0, int e, int& h, int& d) {     // false: no element e of batch e0 here
+    const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
+    h = (k0 + i) / HD;
+    d = (k0 + i) % HD;
+    return e0 + e < kElems && i < k_len;
+  };
+  auto issue = [&](int e0, bool retry) {       // a retry requests only the stale words again
 #pragma unroll
     for (int e = 0; e < kBatch; ++e) {
-      const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
-      if (e0 + e < kElems && i < k_len) {
-        const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+      int h, d;
+      if (element(e0, e, h, d))
 #pragma unroll
-        for (int j = 0; j < PARTS; ++j) acc[e][j] = load_word(partial + ((size_t)j * HEADS + h) * kStride + d);
-      }
+        for (int j = 0; j < PARTS; ++j)
+          if (!retry || tag_of(acc[e][j]) != s.epoch) acc[e][j] = load_word(word(j, h, d));
     }
   };
-  auto await_batch = [&](int e0) {
-    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+  auto stale_acc = [&](int e0, u32& tag) -> const tagged_t* {
 #pragma unroll
-      for (int e = 0; e < kBatch; ++e) {
-        const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
-        if (e0 + e < kElems && i < k_len) {
-          const int h = (k0 + i) / HD, d = (k0 + i) % HD;
+    for (int e = 0; e < kBatch; ++e) {
+      int h, d;
+      if (element(e0, e, h, d))
 #pragma unroll
-          for (int j = 0; j < PARTS; ++j)
-            if ((tag = tag_of(acc[e][j])) != s.epoch) return partial + ((size_t)j * HEADS + h) * kStride + d;
-        }
-      }
-      return nullptr;
-    }, [&] { issue(e0); });
+        for (int j = 0; j < PARTS; ++j)
+          if ((tag = tag_of(acc[e][j])) != s.epoch) return word(j, h, d);
+    }
+    return nullptr;
   };
-  issue(0);
-  for (int h = k0 / HD + threadIdx.x; h < (k0 + k_len + HD - 1) / HD; h += kConsumerThreads) {
-    u64 wm[PARTS], wl[PARTS];
-    auto request = [&] {
+  auto request_ml = [&](int h, bool retry) {
 #pragma unroll
-      for (int j = 0; j < PARTS; ++j) {
-        const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
-        wm[j] = load_word(p + HD);
-        wl[j] = load_word(p + HD + 1);
-      }
-    };
-    request();
-    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+    for (int j = 0; j < PARTS; ++j) {
+      if (!retry || tag_of(wm[j]) != s.epoch) wm[j] = load_word(word(j, h, HD));
+      if (!retry || tag_of(wl[j]) != s.epoch) wl[j] = load_word(word(j, h, HD + 1));
+    }
+  };
+  auto stale_ml = [&](int h, u32& tag) -> const tagged_t* {
 #pragma unroll
-      for (int j = 0; j < PARTS; ++j) {
-        const tagged_t* p = partial + ((size_t)j * HEADS + h) * kStride;
-        if ((tag = tag_of(wm[j])) != s.epoch) return p + HD;
-        if ((tag = tag_of(wl[j])) != s.epoch) return p + HD + 1;
-      }
-      return nullptr;
-    }, request);
+    for (int j = 0; j < PARTS; ++j) {
+      if ((tag = tag_of(wm[j])) != s.epoch) return word(j, h, HD);
+      if ((tag = tag_of(wl[j])) != s.epoch) return word(j, h, HD + 1);
+    }
+    return nullptr;
+  };
+  auto merge_weights = [&](int h) {
     float m[PARTS], mx = kEmpty, den = 0.f;
 #pragma unroll
     for (int j = 0; j < PARTS; ++j) {
@@ -342,19 +340,39 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
     for (int j = 0; j < PARTS; ++j) den += value_of(wl[j]) * fast_exp2(m[j] - mx);
 #pragma unroll
     for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
+  };
+  const int h_end = (k0 + k_len + HD - 1) / HD, mine = k0 / HD + threadIdx.x;   // this thread's head
+  const bool has_head = mine < h_end;
+  auto request = [&](bool retry) {
+    issue(0, retry);
+    if (has_head) request_ml(mine, retry);
+  };
+  request(false);
+  await_words(s, task, [&](u32& tag) -> const tagged_t* {
+    if (has_head)
+      if (const tagged_t* p = stale_ml(mine, tag)) return p;
+    return stale_acc(0, tag);
+  }, [&] { request(true); });
+  if (has_head) merge_weights(mine);
+  for (int h = mine + kConsumerThreads; h < h_end; h += kConsumerThreads) {   // more heads than threads
+    request_ml(h, false);
+    await_words(s, task, [&](u32& tag) { return stale_ml(h, tag); }, [&] { request_ml(h, true); });
+    merge_weights(h);
   }
   consumer_sync();
 #pragma unroll 1
   for (int e0 = 0; e0 < kElems; e0 += kBatch) {
-    if (e0 > 0) issue(e0);
-    await_batch(e0);
+    if (e0 > 0) {
+      issue(e0, false);
+      await_words(s, task, [&](u32& tag) { return stale_acc(e0, tag); }, [&] { issue(e0, true); });
+    }
 #pragma unroll
     for (int e = 0; e < kBatch; ++e) {
       const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
       if (e0 + e >= kElems || i >= XS) continue;
       float v = 0.f;
-      if (i < k_len) {
-        const int h = (k0 + i) / HD;
+      int h, d;
+      if (element(e0, e, h, d)) {
 #pragma unroll
         for (int j = 0; j < PARTS; ++j) v += value_of(acc[e][j]) * coef[h * PARTS + j];
       }

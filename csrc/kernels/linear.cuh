@@ -34,7 +34,7 @@ struct LinearWork {
 // Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
 // one op and K-part. Every thread issues its whole share of loads (up to kBatch Vec4 at a time)
 // before it waits for the first, so staging costs about one round trip to L2, and waiting for the
-// producers of a tagged input is part of it. RMSNorm walks the whole row of K for its sum of squares
+// producers of a tagged input is part of it (a retry requests the stale Vec4 of the batch again). RMSNorm walks the whole row of K for its sum of squares
 // (xs holds in * norm_w, scaled by 1/rms once the sum is known). Starts with a consumer barrier
 // (the previous run is done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT>
@@ -68,6 +68,17 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           if constexpr (kSilu) g[b].load(in2 + base + at(b));
         }
     };
+    // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
+    auto reload = [&] {
+      u32 tag;
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+        if (has(b)) {
+          if (a[b].first_stale(s, in + base + at(b), tag)) a[b].load(in + base + at(b));
+          if constexpr (kSilu)
+            if (g[b].first_stale(s, in2 + base + at(b), tag)) g[b].load(in2 + base + at(b));
+        }
+    };
     request();
 #pragma unroll
     for (int b = 0; b < kBatch; ++b)
@@ -81,7 +92,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
             if (const tagged_t* p = g[b].first_stale(s, in2 + base + at(b), tag)) return p;
         }
       return nullptr;
-    }, request);
+    }, reload);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int i = at(b);
