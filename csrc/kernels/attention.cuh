@@ -270,7 +270,8 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 // xs[0, XS) = the merged output's columns [k0, k0 + k_len), zero past them; like linear_input,
 // between two consumer barriers, and costing no dependency level of its own. Each thread requests
 // the parts' acc words of its first elements and, one thread per head, the parts' (max, sum) words
-// together, and waits for them together (one round trip once the parts are written); the head's
+// together, and waits for them together (one round trip once the parts are written; with more than
+// 8 parts the (max, sum) words first, as holding both would spill); the head's
 // thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF
 // scratch); each element is then sum_j acc_j c_j, in part order.
 template <int XS, int HD, int HEADS, int PARTS>
@@ -341,31 +342,34 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
 #pragma unroll
     for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
   };
-  const int h_end = (k0 + k_len + HD - 1) / HD, mine = k0 / HD + threadIdx.x;   // this thread's head
-  const bool has_head = mine < h_end;
+  // With few parts the (max, sum) words of a thread's first head are awaited with its first acc
+  // words; with many, holding both would spill, so they are awaited first.
+  constexpr bool kTogether = PARTS <= 8;
+  const int h_end = (k0 + k_len + HD - 1) / HD, mine = k0 / HD + threadIdx.x;   // this thread's first head
   auto request = [&](bool retry) {
     issue(0, retry);
-    if (has_head) request_ml(mine, retry);
+    if (kTogether && mine < h_end) request_ml(mine, retry);
   };
   request(false);
-  await_words(s, task, [&](u32& tag) -> const tagged_t* {
-    if (has_head)
-      if (const tagged_t* p = stale_ml(mine, tag)) return p;
-    return stale_acc(0, tag);
-  }, [&] { request(true); });
-  if (has_head) merge_weights(mine);
-  for (int h = mine + kConsumerThreads; h < h_end; h += kConsumerThreads) {   // more heads than threads
-    request_ml(h, false);
-    await_words(s, task, [&](u32& tag) { return stale_ml(h, tag); }, [&] { request_ml(h, true); });
+  if constexpr (kTogether)
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+      if (mine < h_end)
+        if (const tagged_t* p = stale_ml(mine, tag)) return p;
+      return stale_acc(0, tag);
+    }, [&] { request(true); });
+  for (int h = mine; h < h_end; h += kConsumerThreads) {
+    if (!kTogether || h != mine) {
+      request_ml(h, false);
+      await_words(s, task, [&](u32& tag) { return stale_ml(h, tag); }, [&] { request_ml(h, true); });
+    }
     merge_weights(h);
   }
   consumer_sync();
 #pragma unroll 1
   for (int e0 = 0; e0 < kElems; e0 += kBatch) {
-    if (e0 > 0) {
-      issue(e0, false);
+    if (e0 > 0) issue(e0, false);
+    if (e0 > 0 || !kTogether)
       await_words(s, task, [&](u32& tag) { return stale_acc(e0, tag); }, [&] { issue(e0, true); });
-    }
 #pragma unroll
     for (int e = 0; e < kBatch; ++e) {
       const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
