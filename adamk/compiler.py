@@ -70,7 +70,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             if dump_dir is not None:
                 dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)
     with step("passes: tile into tasks"):
-        run(TilePass(config.tile_rows, config.dtype, config.stage_bytes, config.depth), graph)   # task DAG: parts, combines, one task per tile
+        run(TilePass(config.tile_rows, config.dtype, config.stage_bytes), graph)   # task DAG: parts, combines, one task per tile
         tasks_text = print_module(graph)
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:
@@ -173,8 +173,7 @@ def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
     from .dialects.graph import AttentionOp, LinearOp, shape_of
     ops = list(next(iter(graph.ops)).body.block.ops)
     return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in ops if isinstance(o, LinearOp)],
-                                    [(o.head_dim.value.data, shape_of(o.k_cache)[2]) for o in ops
-                                     if isinstance(o, AttentionOp)],
+                                    [o.head_dim.value.data for o in ops if isinstance(o, AttentionOp)],
                                     config.depth, config.stage_bytes, config.tile_rows)
 
 

@@ -107,29 +107,6 @@ def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: 
     return len(k_parts(k, parts))
 
 
-KV_PAGES = 2   # ring pages of cached KV rows per attention part, at most (attention.cuh attention_produce)
-
-
-def attention_kv_rows(head_dim: int, max_seq: int, parts: int, page_bytes: int) -> int:
-    """Cached rows one KV page of an attention part holds (K and V rows, head_dim bf16 each): as
-    many as fit `page_bytes`, no more than a part's largest share of max_seq (0: none fit)."""
-    return min(page_bytes // (2 * head_dim * BF16), -(-max_seq // parts))
-
-
-def attention_kv_pages(head_dim: int, max_seq: int, parts: int, page_bytes: int, depth: int) -> int:
-    """KV pages of one attention part: enough for its largest share, at most KV_PAGES and the ring's
-    depth (the task holds all of them at once); rows past them are read from global memory."""
-    rows, share = attention_kv_rows(head_dim, max_seq, parts, page_bytes), -(-max_seq // parts)
-    return min(KV_PAGES, depth, -(-share // rows)) if rows else 0
-
-
-def attention_footprint(head_dim: int, max_seq: int, parts: int, page_bytes: int, depth: int) -> "Footprint":
-    """An attention part's KV page (if it has any) and its work area."""
-    pages = attention_kv_pages(head_dim, max_seq, parts, page_bytes, depth)
-    rows = attention_kv_rows(head_dim, max_seq, parts, page_bytes)
-    return Footprint(2 * rows * head_dim * BF16 if pages else 0, attention_work_bytes(head_dim))
-
-
 def attention_work_bytes(head_dim: int) -> int:
     """qs, knew, vnew [head_dim] floats + per-warp partials [warps][head_dim + 2] (`AttentionWork`)."""
     return (3 * head_dim + WARPS * (head_dim + 2)) * F32
@@ -168,11 +145,10 @@ def sm_plan(footprints, depth: int) -> SmPlan:
     return SmPlan(depth if slot else 0, slot, max((f.work for f in footprints), default=0))
 
 
-def peak_without_ksplit(linear_ks: list[int], attentions: list[tuple[int, int]], depth: int, page_bytes: int,
+def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, page_bytes: int,
                         tile_rows: int) -> int:
     """Peak of an SM that runs a task of every op without K-splitting at the same pages in
-    flight: every linear's work area holds all K inputs, every attention (head_dim, max_seq) is
-    one part."""
+    flight: every linear's work area holds all K inputs."""
     fps = [linear_footprint(tile_rows, k, page_bytes) for k in linear_ks]
-    fps += [attention_footprint(hd, max_seq, 1, page_bytes, depth) for hd, max_seq in attentions]
+    fps += [Footprint(0, attention_work_bytes(hd)) for hd in head_dims]
     return sm_plan(fps, depth).peak

@@ -44,7 +44,7 @@ def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, st
                 op.properties["k_split"] = IntegerAttr(linear_parts, i64)
     fused.verify()
     tasks = fused.clone()
-    TilePass(tile_rows=tile_rows, page_bytes=stage_bytes, depth=stages).apply(ctx, tasks)
+    TilePass(tile_rows=tile_rows, page_bytes=stage_bytes).apply(ctx, tasks)
     tasks.verify()
     schedule = tasks.clone()
     RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=stages, in_flight=min(2, stages),

@@ -173,7 +173,7 @@ def test_smem_model_of_the_1b_layer(gpu, stages, peak, split_peak):
     assert sched.smem_bytes.value.data == peak == stages * (32768 + 16) + smem.linear_work_bytes(8192)
     assert all(o.k_split.value.data == 1 for o in ops_of(fused) if isinstance(o, LinearOp))
     assert all(t.stage_bytes.value.data <= 32768 for t in tasks.ops if isinstance(t, TaskOp))
-    assert peak == smem.peak_without_ksplit([2048] * 6 + [8192], [(64, layer.cfg.max_seq_len)], stages, 32768, 16)
+    assert peak == smem.peak_without_ksplit([2048] * 6 + [8192], [64], stages, 32768, 16)
     _, _, _, split = lower(layer, num_sms=target.num_sms, stages=stages, budget=target.smem_per_block, linear_parts=4)
     assert next(o for o in split.ops if isinstance(o, ScheduleOp)).smem_bytes.value.data == split_peak == (
         stages * (32768 + 16) + smem.linear_work_bytes(2048))
@@ -198,20 +198,3 @@ def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
         walk(starved)
     with pytest.raises(ScheduleError, match="the schedule has 3 blocks; only 2 SMs can hold them"):
         validate(module, num_sms=2, smem_per_block=99 * 1024)
-
-
-@pytest.mark.parametrize("stages,pages", [(6, 2), (1, 1)])
-def test_attention_parts_stream_their_first_cached_rows_through_the_ring(stages, pages):
-    """An attention part's first cached rows come through the SM's ring as KV pages (128 rows of
-    K and V for head_dim 64 in a 32 KB page; at most 2 pages and the ring's depth, since a task
-    holds them all); its cost streams those and reads only the rest from global memory."""
-    from adamk.kinds import kind
-    layer = random_layer("llama-3.2-1b")
-    _, _, tasks, _ = lower(layer, num_sms=132, stages=stages, budget=227 * 1024)
-    attention = [t for t in tasks.ops if isinstance(t, TaskOp) and t.kind.data == "attention"]
-    assert attention and {(t.param("kv_rows"), t.param("kv_pages"), t.stage_bytes.value.data, t.parts)
-                          for t in attention} == {(128, pages, 2 * 128 * 64 * 2, 4)}
-    row = 2 * 64 * 2       # a K row and a V row, bf16
-    assert kind("attention").cost(attention[0], 511) == {"stage_bytes": 128 * row, "read_bytes": 0}
-    assert kind("attention").cost(attention[0], 4095) == {"stage_bytes": pages * 128 * row,
-                                                          "read_bytes": (1024 - pages * 128) * row}

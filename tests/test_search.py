@@ -100,7 +100,7 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
     """`calibrate` on a stand-in GPU whose traces a known model makes. Round 1 traces the
     spec-model search and round-robin; round 2 compiles with round 1's fit and traces the
     schedule the search picks with it unless it was traced already ("fitted": round 1's fit
-    as it comes; "skewed": replaced by one that reads pages at 1 B/us, so the search must pick
+    as it comes; "skewed": replaced by one that streams KV at 1 B/us, so the search must pick
     another plan and round 2 traces it). The profile is the fit of every trace, and the
     report predicts each trace with it (within 15% here)."""
     import adamk.calibrate as calibration
@@ -121,7 +121,7 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
 
     def skewed_fit(traces, pos, base):
         model = fit_traces(traces, pos, base)
-        return dataclasses.replace(model, smem_bytes_per_us=1.0) if len(traces) == 2 else model
+        return dataclasses.replace(model, kv_bytes_per_us=1.0) if len(traces) == 2 else model
 
     def fake_measure(path, preset, pos, label, launches=50):
         schedule = parse_module((Path(path) / "schedule.mlir").read_text())
@@ -139,7 +139,7 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
     assert profiles[1] == dataclasses.replace(calibration.fit(traced[:2], 40, spec), source="")   # round 1's fit
     first_two = {str(s) for s in compiled[:2]}
     new_schedule = str(compiled[2]) not in first_two
-    assert new_schedule or round1_fit == "fitted"       # pages read at 1 B/us always move the search
+    assert new_schedule or round1_fit == "fitted"       # a KV stream of 1 B/us always moves the search
     assert [t.label for t in traced] == ["searched (spec table)", "round-robin"] + (
         ["searched (round 1 fit)"] if new_schedule else [])
     assert model == dataclasses.replace(fit_traces(traced, 40, spec), source="adamk calibrate")

@@ -9,8 +9,8 @@ SM, one enumerator per counter (the barrier variant's; identifiers are numbered,
 appear only in comments, escaped by adamk/names.py), static_asserts that the device
 library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
 each op (its constants filled in), and one function per SM. An SM's function has two
-straight lines: its producer warp streams the weights of the SM's linear tasks and the
-first cached KV rows of its attention parts, page after page, through the ring; its consumer warps run the tasks in order, staging a linear op's
+straight lines: its producer warp streams the weights of the SM's linear tasks, page after
+page, through the ring; its consumer warps run the tasks in order, staging a linear op's
 input once per run of its tasks. The schedule's polls need no code of their own: a task's
 staging reads exactly the tagged elements its polls name and waits for each (tagged.cuh).
 The kernel entry only dispatches on blockIdx.x.
@@ -135,8 +135,10 @@ class _Emitter:
         return name
 
     def produce(self, op: ExecOp, page: int | str) -> str:
-        """The producer's line for a task with pages: stream them from ring page `page` on."""
-        return task_kind(op.kind.data).produce(self, op, page)
+        """The producer's line for a linear task: stream its pages from ring page `page` on."""
+        begin, end = op.tile_range
+        args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
+        return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {self.comment(op)}"
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
         """The consumers' lines for one task: the barrier variant's counter waits, its kind's call,
@@ -173,13 +175,13 @@ class _Emitter:
     def sm_function(self, sm) -> list[str]:
         items = list(_with_waits(sm.ops))
         execs = [op for op, _ in items if isinstance(op, ExecOp)]
-        paged = [op for op in execs if self.pages(op)]      # tasks whose data streams through the ring
+        linears = [op for op in execs if op.kind.data == "linear"]
         prefetches = [line for op in execs for line in task_kind(op.kind.data).prefetch(self, op)]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
-        if paged:
+        if linears:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream", *prefetches]
             page = 0
-            for op in paged:
+            for op in linears:
                 lines.append(self.produce(op, page))
                 page += self.pages(op)
             lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
@@ -212,7 +214,7 @@ class _Emitter:
         for o in execs:
             tid = o.task_id.value.data
             lines.append(f"    case {tid}: {{")
-            if self.pages(o):
+            if o.kind.data == "linear":
                 lines += ["      if (is_producer()) {", "  " + self.produce(o, "page"),
                           f"        return {self.pages(o)};", "      }"]
             else:

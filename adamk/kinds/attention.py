@@ -38,10 +38,7 @@ class Attention(TaskKind):
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
 
     def cost(self, op, pos) -> dict:
-        # a part's rows (its share of 0..pos), the first kv_pages x kv_rows through the ring
-        row_bytes, rows = 2 * op.param("head_dim") * BF16, -(-(pos + 1) // op.parts)
-        paged = min(rows, op.param("kv_pages") * op.param("kv_rows"))
-        return {"stage_bytes": paged * row_bytes, "read_bytes": (rows - paged) * row_bytes}
+        return {"read_bytes": 2 * -(-(pos + 1) // op.parts) * op.param("head_dim") * BF16}
 
     def reads(self, op):
         h, hd, g = op.tile_range[0], op.param("head_dim"), op.tile_range[0] // op.param("group")
@@ -96,32 +93,14 @@ class Attention(TaskKind):
                          + [table, f32_literal(op.param("scale"))])
         em.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
                        "\"smem model: attention work area\");")
-        rows, pages = op.param("kv_rows"), op.param("kv_pages")
-        if pages:
-            em.asserts.add(f"static_assert(2 * {rows} * {hd} * 2 == {op.stage_bytes.value.data}, "
-                           "\"smem model: KV page\");")
-        kv = f"{em.ring}, {hd}, {rows}, {pages}"
-        where = f"q_head, {op.param('group')}, {op.param('max_seq_len')}"
-        return [*em.signature(f"attention_{name}", "int page, int q_head, int split"),
-                f"  attention_task<{kv}>(s, task, {em.plan.work_offset}, {args}, {where}, {op.param('num_heads')}, "
-                f"split, {op.parts}, page);",
-                "}",
-                *em.signature(f"produce_{name}", "int page, int q_head, int split"),
-                f"  attention_produce<{kv}>(s, {buf('k_cache', 'bf16_t')}, {buf('v_cache', 'bf16_t')}, {where}, split, "
-                f"{op.parts}, page, task);",
+        return [*em.signature(f"attention_{name}", "int q_head, int split"),
+                f"  attention_task<{hd}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
                 "}",
                 *em.signature(f"prefetch_{name}", "int q_head, int split"),
-                f"  attention_prefetch<{hd}, {rows * pages}>(s, {buf('k_cache')}, {buf('v_cache')}, {where}, split, "
-                f"{op.parts});",
+                f"  attention_prefetch<{hd}>(s, {buf('k_cache')}, {buf('v_cache')}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, split, {op.parts});",
                 "}"]
-
-    def pages(self, op) -> int:
-        return op.param("kv_pages")
-
-    def produce(self, em, op, page) -> str:
-        begin, part = op.tile_range[0], op.part
-        return (f"    produce_{em.op_name(op)}(s, b, {op.task_id.value.data}, {page}, {begin}, {part});  "
-                f"// {em.comment(op)}: its first cached rows")
 
     def prefetch(self, em, op) -> list[str]:
         begin, part = op.tile_range[0], op.part
@@ -130,7 +109,7 @@ class Attention(TaskKind):
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part
-        return self.plain_call(em, op, "attention", (page, begin, part), f"query head {begin}, part {part}")
+        return self.plain_call(em, op, "attention", (begin, part), f"query head {begin}, part {part}")
 
 
 class AttentionCombine(CombineKind):

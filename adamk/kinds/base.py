@@ -67,11 +67,6 @@ class TaskKind:
         """Ring pages a task of the kind streams (the producer's line)."""
         return 0
 
-    def produce(self, em, op, page) -> str:
-        """The producer's line that streams task `op`'s pages into the ring from page `page` on
-        (kinds with pages)."""
-        raise NotImplementedError
-
     def prefetch(self, em, op) -> list[str]:
         """The producer's lines for task `op` before the SM's weight stream starts (reads that do
         not depend on this step, pulled into L2 early)."""

@@ -128,11 +128,6 @@ class Linear(TaskKind):
     def pages(self, op) -> int:
         return op.param("pages")
 
-    def produce(self, em, op, page) -> str:
-        begin, end = op.tile_range
-        args = [op.task_id.value.data, page, begin, end, op.part]
-        return f"    produce_{em.op_name(op)}(s, b, {', '.join(map(str, args))});  // {em.comment(op)}"
-
     def staged(self, op):
         """Tasks of other ops with the same staged input (q, k and v; gate and up) stage nothing."""
         return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),

@@ -62,8 +62,7 @@ class KSplitPass(ModulePass):
                 heads, max_seq = o.num_heads.value.data, shape_of(o.k_cache)[2]
                 parts = max(1, min(max_seq, self.num_sms // heads)) if self.enabled else 1
                 hd = o.head_dim.value.data
-                self.check(f"attention (head_dim {hd})",
-                           smem.attention_footprint(hd, max_seq, parts, self.stage_bytes, self.depth))
+                self.check(f"attention (head_dim {hd})", smem.Footprint(0, smem.attention_work_bytes(hd)))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 
     def check(self, what: str, fp: smem.Footprint):

@@ -46,13 +46,12 @@ class TilePass(ModulePass):
     tile_rows: int = 16
     dtype: str = "bf16"
     page_bytes: int = 32 * 1024      # a weight page of the SM's ring (CompileConfig.stage_bytes)
-    depth: int = 2                   # pages of the SM's ring (an attention part's KV pages fit it)
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fn = next((o for o in op.ops if isinstance(o, func.FuncOp)), None)
         if fn is None:
             raise FrontendError("graph IR has no func.func @decode_step")
-        builder = TaskBuilder(self.tile_rows, self.dtype, self.page_bytes, self.depth)
+        builder = TaskBuilder(self.tile_rows, self.dtype, self.page_bytes)
         builder.build(fn)
         members: dict[str, list[int]] = {}
         for i, r in enumerate(builder.tasks):
@@ -127,8 +126,8 @@ class TaskRecord:
 class TaskBuilder:
     """Tiles the fused `@decode_step` into TaskRecords (program order is topological)."""
 
-    def __init__(self, tile_rows: int, dtype: str, page_bytes: int = 32 * 1024, depth: int = 2):
-        self.tile_rows, self.dtype, self.page_bytes, self.depth = tile_rows, dtype, page_bytes, depth
+    def __init__(self, tile_rows: int, dtype: str, page_bytes: int = 32 * 1024):
+        self.tile_rows, self.dtype, self.page_bytes = tile_rows, dtype, page_bytes
         self.buffers: list[BufferOp] = []
         self.tasks: list[TaskRecord] = []
         self.name_of: dict = {}            # SSA value -> buffer name
@@ -248,10 +247,7 @@ class TaskBuilder:
                   "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
-        # the first kv_pages x kv_rows cached rows of a part come through the SM's ring
-        params |= {"kv_rows": _ivalue(smem.attention_kv_rows(hd, max_seq, k_split, self.page_bytes)),
-                   "kv_pages": _ivalue(smem.attention_kv_pages(hd, max_seq, k_split, self.page_bytes, self.depth))}
-        footprint = smem.attention_footprint(hd, max_seq, k_split, self.page_bytes, self.depth)
+        footprint = smem.Footprint(0, smem.attention_work_bytes(hd))
         if k_split == 1:
             for h in range(nh):
                 self.task(out, f"{out}.h{h}", "attention", (h, h + 1), buffers, params, footprint)

@@ -125,9 +125,9 @@ class CostModel:
 class TaskCost:
     """What the model needs to know of one task."""
     kind: str
-    stage_bytes: int = 0     # bytes streamed through the ring (a linear's weights, an attention's first KV rows)
+    stage_bytes: int = 0     # weights streamed through the ring (linear)
     pages: int = 0           # ring pages they take
-    read_bytes: int = 0      # KV rows past its pages (attention) or partial sums (combines) it reads
+    read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
     @classmethod
@@ -177,11 +177,8 @@ class SmClock:
                 data_in = data_in if data_in is not None else self.landed[-1]
             data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
         elif task.kind == "attention":
-            inputs_in += m.stage_us                      # q, k and v polled; its first KV rows through the
-            t = inputs_in                                # ring, the rest requested at `reached`
-            for _ in range(task.pages):
-                t = self._page(task.stage_bytes / task.pages, t)
-            t = data_in = max(t, reached + task.read_bytes / m.kv_bytes_per_us)
+            inputs_in += m.stage_us                      # q, k and v polled; the KV rows requested at `reached`
+            t = data_in = max(inputs_in, reached + task.read_bytes / m.kv_bytes_per_us)
         else:
             inputs_in += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
             t = data_in = inputs_in

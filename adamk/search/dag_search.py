@@ -121,7 +121,7 @@ class DagSearch:
         self.ksplit = ksplit     # False: only tilings without K-splitting
 
     def tasks(self, fn) -> list[PlacedTask]:
-        builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes, self.stages)
+        builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn)
         return _placed([(r, r.deps) for r in builder.tasks], self.pos)
 

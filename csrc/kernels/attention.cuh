@@ -56,55 +56,32 @@ __device__ __forceinline__ void attention_part(int pos, int split, int n_splits,
 }
 
 // Producer, before the SM's weight stream: pull the cached rows of an attention part on this SM
-// that its KV pages do not hold (past its first PAGED rows) into L2. They do not depend on this
-// step, and a load that reaches DRAM while the weight stream fills the memory system waits
-// microseconds; from L2 the task reads them as soon as it starts.
-template <int HD, int PAGED>
+// into L2. They do not depend on this step, and a load that reaches DRAM while the weight stream
+// fills the memory system waits microseconds; from L2 the task reads them as soon as it starts.
+template <int HD>
 __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
                                                    int q_head, int group, int max_seq, int split, int n_splits) {
   int t_begin, t_end;
   attention_part(s.pos, split, n_splits, t_begin, t_end);
-  const int from = t_begin + PAGED, rows = min(t_end, s.pos) - from;
+  const int rows = min(t_end, s.pos) - t_begin;
   if (rows <= 0) return;
-  const size_t at = ((size_t)(q_head / group) * max_seq + from) * HD;
+  const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
   const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
   l2_prefetch(k_cache + at, bytes);        // kept while the weight stream passes through L2
   l2_prefetch(v_cache + at, bytes);
 }
 
-// A KV page (smem.attention_kv_rows): RPP cached rows of a part, its K rows then its V rows, HD
-// bf16 each. The producer copies the part's first NPAGES * RPP cached rows through the SM's ring
-// like weight pages (Ring::produce, paired: the K rows, then the V rows), in the SM's stream order,
-// so the task reads them from shared memory; rows past its pages come from global memory.
-template <typename R, int HD, int RPP, int NPAGES>
-__device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
-                                                  int q_head, int group, int max_seq, int split, int n_splits,
-                                                  int page, int task) {
-  static_assert(2 * RPP * HD * 2 <= R::kSlotBytes, "a KV page fits its ring slot");
-  int t_begin, t_end;
-  attention_part(s.pos, split, n_splits, t_begin, t_end);
-  const int cached_end = min(t_end, s.pos);       // row pos is the task's own (knew, vnew)
-  const size_t head = (size_t)(q_head / group) * max_seq;
-#pragma unroll 1
-  for (int p = 0; p < NPAGES; ++p) {
-    const int r0 = t_begin + p * RPP, n = max(0, min(RPP, cached_end - r0));   // n = 0: an empty page
-    const size_t at = (head + min(r0, max_seq - 1)) * HD;
-    R::template produce<2, RPP * HD, true>(s, k_cache + at, v_cache + at, 0, 0, 1, 0, n * HD, page + p, task);
-  }
-}
-
 // n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
 // positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
-// unnormalised, for the merge. The cached rows do not depend on this step: the first NPAGES * RPP
-// come through the SM's ring (attention_produce, pages `page`..), and of the rest (pulled into L2 at
-// the start: attention_prefetch) the first kRowsAhead steps are requested before q, k and v are
-// read (the task's wait).
-template <typename R, int HD, int RPP, int NPAGES>
+// unnormalised, for the merge. The cached rows do not depend on this step (the producer pulled
+// them into L2 at the start: attention_prefetch), so the first kRowsAhead steps of them are
+// requested before q, k and v are read (the task's wait).
+template <int HD>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
-                                               int n_splits, int page) {
+                                               int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
@@ -128,11 +105,9 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   const int warp = tid / 32, lane = tid % 32;
   const int sub = lane / kLanesPerPos, chunk = lane % kLanesPerPos;
   const bool has_chunk = chunk < HD / 8;
-  const int t_paged = min(t_begin + NPAGES * RPP, t_end);   // rows before it are in the task's pages
-  // Row t < pos comes from the cache (a page, or global memory past the pages), row pos from the
-  // work area. load_row requests the global ones.
+  // Row t < pos comes from the cache, row pos from the work area.
   auto load_row = [&](int t, uint4& kr, uint4& vr) {
-    const bool cached = t >= t_paged && t < pos && t < t_end && has_chunk;
+    const bool cached = t < pos && t < t_end && has_chunk;
     kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
     vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
   };
@@ -183,8 +158,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   }
   consumer_sync();
   trace_mark(s, task, 1);
-#pragma unroll
-  for (int p = 0; p < NPAGES; ++p) R::wait_page(s, page + p, task);
 
   float qr[8], acc[8], m = kEmpty, l = 0.f;
 #pragma unroll
@@ -199,15 +172,8 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     for (int g = 0; g < kRowsAhead; ++g) {
       const int t = base + g * kStep + sub;
       float kf[8], vf[8];
-      if (t < t_paged) {         // from its page (NPAGES > 0)
-        const u32 at = R::page(s, page + (t - t_begin) / RPP) + ((t - t_begin) % RPP * HD + chunk * 8) * 2;
-        const bool cached = t < pos && has_chunk;
-        unpack8(cached ? lds128(at) : make_uint4(0u, 0u, 0u, 0u), kf);
-        unpack8(cached ? lds128(at + RPP * HD * 2) : make_uint4(0u, 0u, 0u, 0u), vf);
-      } else {
-        unpack8(kr[g], kf);
-        unpack8(vr[g], vf);
-      }
+      unpack8(kr[g], kf);
+      unpack8(vr[g], vf);
       load_row(t + kRowsAhead * kStep, kr[g], vr[g]);
       if (t == pos && has_chunk) {
 #pragma unroll
@@ -225,8 +191,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     }
   }
   trace_mark(s, task, 3);
-#pragma unroll
-  for (int p = 0; p < NPAGES; ++p) R::release(s, page + p);
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
   for (int off = kLanesPerPos; off < 32; off <<= 1) {

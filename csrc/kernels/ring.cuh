@@ -104,26 +104,23 @@ struct Ring {
   }
 
   // Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
-  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed. PAIRED:
-  // those rows of W into the page's first ROWS / 2 rows and the same rows of W2 into the rest (a
-  // gated linear's gate and up rows; an attention part's K rows and V rows). No columns: an empty
-  // page, which completes as soon as it is issued.
-  template <int ROWS, int PC, bool PAIRED>
+  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed. GATED:
+  // those rows of W into the page's first ROWS / 2 rows and the same rows of W2 into the rest.
+  template <int ROWS, int PC, bool GATED>
   static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k,
                                                  int row_begin, int row_end, int c0, int k_end, int j, int task) {
     static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
-    static_assert(!PAIRED || ROWS % 2 == 0, "a paired page holds as many rows of each source");
+    static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
     if (j >= DEPTH) mbarrier_wait(s, empty(s, j), (use(j) - 1) & 1, task);
     if (j >= IN_FLIGHT) mbarrier_wait(s, full(s, j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
     const u32 dst = page(s, j), bar = full(s, j);
-    constexpr int kHalf = PAIRED ? ROWS / 2 : ROWS;       // page rows of one source
-    const int n = min(kHalf, row_end - row_begin), cols = min(PC, k_end - c0);
-    const int rows = cols <= 0 ? 0 : PAIRED ? 2 * n : n;
-    // copied row r: W's row_begin + r into page row r, then (PAIRED) W2's into page row kHalf + r - n
+    constexpr int kHalf = GATED ? ROWS / 2 : ROWS;        // page rows of one weight
+    const int n = min(kHalf, row_end - row_begin), rows = GATED ? 2 * n : n, cols = min(PC, k_end - c0);
+    // copied row r: W's row_begin + r into page row r, then (GATED) W2's into page row kHalf + r - n
     auto source = [&](int r) {
-      return (!PAIRED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0;
+      return (!GATED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0;
     };
-    auto page_row = [&](int r) { return !PAIRED || r < n ? r : kHalf + r - n; };
+    auto page_row = [&](int r) { return !GATED || r < n ? r : kHalf + r - n; };
     const u64 policy = l2_evict_first();
 #if __CUDA_ARCH__ >= 900
     if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
