@@ -172,9 +172,11 @@ def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
     """The smem figure of the best plan without K-splitting at the same bytes in flight (smem.py)."""
     from .dialects.graph import AttentionOp, LinearOp, shape_of
     ops = list(next(iter(graph.ops)).body.block.ops)
-    return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in ops if isinstance(o, LinearOp)],
+    linears = [o for o in ops if isinstance(o, LinearOp)]
+    return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in linears],
                                     [o.head_dim.value.data for o in ops if isinstance(o, AttentionOp)],
-                                    config.depth, config.stage_bytes, config.tile_rows)
+                                    config.depth, config.stage_bytes, config.tile_rows,
+                                    [o.weight2 is not None for o in linears])
 
 
 def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):

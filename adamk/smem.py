@@ -59,10 +59,21 @@ def k_range(k: int, k_chunk: int, k_index: int) -> tuple[int, int]:
 
 def gated_tile_rows(tile_rows: int) -> int:
     """Output rows of one task of a gated linear (the SwiGLU's gate and up, one weight page holding
-    the task's rows of both): half of `tile_rows`, so its pages have `tile_rows` rows, rounded down
-    to whole warps and at least one row per warp (each warp pairs its gate rows with the same up
-    rows, linear.cuh)."""
+    the task's rows of both): half of `tile_rows` (so its pages have `tile_rows` rows when that is a
+    multiple of 2 x WARPS), rounded down to whole warps and at least one row per warp (each warp
+    pairs its gate rows with the same up rows, linear.cuh)."""
     return max(WARPS, tile_rows // 2 // WARPS * WARPS)
+
+
+def linear_tile_rows(tile_rows: int, gated: bool) -> int:
+    """Output rows of one linear task under the config's `tile_rows`."""
+    return gated_tile_rows(tile_rows) if gated else tile_rows
+
+
+def linear_page_rows(rows: int, gated: bool) -> int:
+    """Rows of a linear task's weight pages: its `rows` output rows, of both weights when gated.
+    The functions below take these."""
+    return 2 * rows if gated else rows
 
 
 def linear_page_cols(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
@@ -146,9 +157,11 @@ def sm_plan(footprints, depth: int) -> SmPlan:
 
 
 def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, page_bytes: int,
-                        tile_rows: int) -> int:
+                        tile_rows: int, gated: list[bool] | None = None) -> int:
     """Peak of an SM that runs a task of every op without K-splitting at the same pages in
-    flight: every linear's work area holds all K inputs."""
-    fps = [linear_footprint(tile_rows, k, page_bytes) for k in linear_ks]
+    flight: every linear's work area holds all K inputs (`gated[i]`: linear i is a gated one)."""
+    gated = gated or [False] * len(linear_ks)
+    fps = [linear_footprint(linear_page_rows(linear_tile_rows(tile_rows, g), g), k, page_bytes)
+           for k, g in zip(linear_ks, gated)]
     fps += [Footprint(0, attention_work_bytes(hd)) for hd in head_dims]
     return sm_plan(fps, depth).peak

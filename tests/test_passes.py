@@ -198,3 +198,26 @@ def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
         walk(starved)
     with pytest.raises(ScheduleError, match="the schedule has 3 blocks; only 2 SMs can hold them"):
         validate(module, num_sms=2, smem_per_block=99 * 1024)
+
+
+def test_a_gated_linear_that_does_not_fit_says_how_to_split_it():
+    """A gated linear is never split over K; when it does not fit (the other linears would split),
+    the error names both weights and the option that keeps them two linears, which may be split."""
+    layer = random_layer("tiny")
+    with pytest.raises(ScheduleError, match=r"gated linear 'gate_proj.weight' and 'up_proj.weight'.*--no-gate-up"):
+        lower(layer, stage_bytes=512, budget=1700)
+
+
+def test_a_gated_linear_pairs_rows_per_warp():
+    """A gated linear's tile rows are whole warps (each warp pairs a gate row with its up row) and it
+    is never split over K: the verifier names the value at fault."""
+    from xdsl.utils.exceptions import VerifyException
+    _, fused, _, _ = lower(random_layer("tiny"))
+    gated = next(o for o in ops_of(fused) if isinstance(o, LinearOp) and o.weight2 is not None)
+    gated.properties["tile_rows"] = IntegerAttr(12, i64)
+    with pytest.raises(VerifyException, match="gated linear's tile_rows 12 is not a multiple of 8"):
+        gated.verify()
+    gated.properties["tile_rows"] = IntegerAttr(8, i64)
+    gated.properties["k_split"] = IntegerAttr(2, i64)
+    with pytest.raises(VerifyException, match=r"not split over K \(k_split 2\)"):
+        gated.verify()

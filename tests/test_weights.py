@@ -133,3 +133,19 @@ def test_malformed_checkpoints_are_one_clear_error(tmp_path):
     with pytest.raises(AdamkError, match=r"weights must be a torch module, a mapping of names to tensors or a path, "
                                          r"not int"):
         read_weights(3)
+
+
+def test_a_launch_into_a_foreign_graph_capture_is_refused():
+    """The epoch lives on the device and the host counts launches for its wrap: a launch recorded
+    into someone else's CUDA graph would run uncounted on every replay, so it is refused with one
+    error (before anything is counted or launched). No GPU needed: torch's capture query is stubbed."""
+    from types import SimpleNamespace
+    from adamk.runtime.decode import DecodeStep
+    step = DecodeStep.__new__(DecodeStep)
+    step.max_seq_len, step.timeout_ns, step.epoch, step._args = 16, 1, 5, {"stub": None}
+    step._arguments = lambda pos: None
+    step.torch = SimpleNamespace(cuda=SimpleNamespace(is_current_stream_capturing=lambda: True))
+    for call in (lambda: step.launch(3), lambda: step.graph(3)):
+        with pytest.raises(AdamkError, match="cannot be captured into a CUDA graph from outside"):
+            call()
+    assert step.epoch == 5

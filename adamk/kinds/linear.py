@@ -17,7 +17,7 @@ def _silu(x):
 
 def page_rows(op) -> int:
     """Rows of a task's weight pages: its output rows, of both weights for a gated linear."""
-    return op.param("tile_rows") * (2 if op.buffer("weight2") else 1)
+    return smem.linear_page_rows(op.param("tile_rows"), op.buffer("weight2") is not None)
 
 
 class Linear(TaskKind):
@@ -30,7 +30,8 @@ class Linear(TaskKind):
         # share of each element. A gated task streams two weights' rows.
         prologue, k_len = op.param("prologue"), op.k_range[1]
         per = {"silu_mul": 2, "attn_combine": op.param("parts")}.get(prologue, 1)
-        return {"stage_bytes": page_rows(op) * k_len * BF16,
+        begin, end = op.tile_range       # the rows it streams (a last tile may be short)
+        return {"stage_bytes": smem.linear_page_rows(end - begin, op.buffer("weight2") is not None) * k_len * BF16,
                 "inputs": k_len * per + (op.param("K") if prologue == "rmsnorm" else 0)}
 
     def reads(self, op):
@@ -129,7 +130,7 @@ class Linear(TaskKind):
         return op.param("pages")
 
     def staged(self, op):
-        """Tasks of other ops with the same staged input (q, k and v; gate and up) stage nothing."""
+        """Tasks of other ops with the same staged input (q, k and v; gate and up unless gated) stage nothing."""
         return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
                 op.k_range, op.param("pages") * op.param("page_cols"))
 

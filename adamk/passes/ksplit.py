@@ -45,8 +45,8 @@ class KSplitPass(ModulePass):
         for o in fn.body.block.ops:
             if isinstance(o, LinearOp):
                 k, gated = shape_of(o.weight)[1], o.weight2 is not None
-                rows = smem.gated_tile_rows(self.tile_rows) if gated else self.tile_rows
-                page_rows = 2 * rows if gated else rows
+                rows = smem.linear_tile_rows(self.tile_rows, gated)
+                page_rows = smem.linear_page_rows(rows, gated)
                 parts = (smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.depth, self.smem_budget)
                          if self.enabled and not gated else 1)      # silu needs a gated row's whole sum
                 chunk = smem.k_chunk(k, parts)
@@ -54,7 +54,7 @@ class KSplitPass(ModulePass):
                 if gated:
                     what = (f"gated linear {quoted(o.weight.owner.weight_name.data)} and "
                             f"{quoted(o.weight2.owner.weight_name.data)} ({rows} rows of each x K={k}, not split "
-                            "over K)")
+                            "over K; --no-gate-up keeps them two linears, which may be)")
                 self.check(what, smem.linear_footprint(page_rows, chunk, self.stage_bytes))
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)

@@ -188,14 +188,14 @@ class TaskBuilder:
         n, k = shape_of(op.weight)
         if k % 8:
             raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
-        rows = op.tile_rows.value.data if op.tile_rows is not None else (
-            smem.gated_tile_rows(self.tile_rows) if op.weight2 is not None else self.tile_rows)
+        rows = (op.tile_rows.value.data if op.tile_rows is not None
+                else smem.linear_tile_rows(self.tile_rows, op.weight2 is not None))
         k_split = op.k_split.value.data if op.k_split is not None else 1
         chunk = smem.k_chunk(k, k_split)
         coef = 0     # merge weights of an input from a split attention
         roles = {"input": op.input, "weight": op.weight, "input2": op.input2, "norm_weight": op.norm_weight,
                  "bias": op.bias, "residual": op.residual, "weight2": op.weight2}
-        page_rows = rows * (2 if op.weight2 is not None else 1)    # a gated linear's pages: both weights' rows
+        page_rows = smem.linear_page_rows(rows, op.weight2 is not None)   # gated: both weights' rows
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
         for role in ("input", "input2", "residual"):
             if buffers.get(role) in self.unmerged and (role != "input" or op.prologue.data != "none"):

@@ -112,15 +112,19 @@ class DecodeStep:
     def launch(self, pos: int, stream=None):
         """Enqueue one step on `stream` (torch's current stream by default) without waiting."""
         args = self._arguments(pos)
+        self._not_capturing()
         self._next_epoch()
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
         self._launcher(stream, args, self.smem)
 
     def graph(self, pos: int):
         """One step at `pos` captured in a CUDA graph; returns `replay()`, which enqueues it on
-        torch's current stream (a new epoch every replay, as `launch`)."""
+        torch's current stream (a new epoch every replay, as `launch`). The position and the
+        timeout are the graph's (a later step needs its own graph), and the graph is not handed
+        out: every replay must pass through `replay()`, which counts it for the epoch wrap."""
         torch = self.torch
         args = self._arguments(pos)
+        self._not_capturing()
         graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
         with torch.cuda.graph(graph, stream=capture):
             self._launcher(capture.cuda_stream, args, self.smem)
@@ -128,12 +132,20 @@ class DecodeStep:
         def replay():
             self._next_epoch()
             graph.replay()
-        replay.graph = graph
         return replay
 
+    def _not_capturing(self):
+        """A launch recorded into someone else's CUDA graph would run uncounted on every replay, and
+        the epochs would pass the wrap unnoticed: refuse it (step.graph(pos) counts its replays)."""
+        if self.torch.cuda.is_current_stream_capturing():
+            raise AdamkError("a megakernel launch cannot be captured into a CUDA graph from outside: its replays "
+                             "would not be counted for the epoch wrap; use step.graph(pos), which counts them")
+
     def _next_epoch(self):
-        """Count a launch; before the epoch would pass max_epoch, zero the state (it starts again at 1)."""
+        """Count a launch; before the epoch would pass max_epoch, zero the state (it starts again at 1).
+        The zeroing waits for the GPU first, so no launch queued on another stream still runs."""
         if self.epoch == self.max_epoch:
+            self.torch.cuda.synchronize(self.device)
             self._zero_state()
             self.epoch = 0
         self.epoch += 1
@@ -153,7 +165,9 @@ class DecodeStep:
         return self._args[key]
 
     def check(self):
-        """Wait for the GPU and raise if a wait timed out (names the task and what it waited for)."""
+        """Wait for the GPU and raise if a wait timed out (names the task and what it waited for) or a
+        task found too little shared memory. After either, `reset()` before the next step: the
+        launch's blocks gave up (some without counting their epoch)."""
         self.torch.cuda.synchronize(self.device)
         err = self.error.tolist()
         if err[0]:

@@ -139,7 +139,7 @@ class DagSearch:
         for rows in (8, 16, 32):
             for parts in (1, 2, 4) if self.ksplit and not gated else (1,):     # a gated linear: never split
                 chunk = smem.k_chunk(k, parts)
-                page_rows = 2 * rows if gated else rows
+                page_rows = smem.linear_page_rows(rows, gated)
                 if smem.linear_footprint(page_rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
                     out.append((rows, len(smem.k_parts(k, parts))))
         return list(dict.fromkeys(out))
