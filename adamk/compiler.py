@@ -52,7 +52,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         _check_fits_memory(graph, target)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
     with step("passes: fuse and K-split"):
-        run(FusePass(config.gate_up), graph)                                 # rmsnorm/silu_mul prologues, residual epilogues, RoPE
+        run(FusePass(config.gate_up), graph)       # prologues, residual epilogues, RoPE, gate/up into a gated linear
         smem_without_ksplit = _peak_without_ksplit(graph, config)
         run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
                        config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model

@@ -24,11 +24,15 @@ from xdsl.passes import ModulePass
 from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, shape_of
 
 
+def _eps(lin: LinearOp) -> float | None:
+    return lin.eps.value.data if lin.eps is not None else None
+
+
 def _rebuild(lin: LinearOp, **changes) -> LinearOp:
     """`lin` with some of its operands / prologue replaced."""
     fields = dict(input=lin.input, weight=lin.weight, bias=lin.bias, input2=lin.input2,
                   norm_weight=lin.norm_weight, residual=lin.residual, weight2=lin.weight2, prologue=lin.prologue.data,
-                  eps=lin.eps.value.data if lin.eps is not None else None)
+                  eps=_eps(lin))
     fields.update(changes)
     return LinearOp(fields.pop("input"), fields.pop("weight"), **fields)
 
@@ -50,9 +54,8 @@ def _gate_up(act: SiluMulOp):
     gate, up = act.gate.owner, act.up.owner
     if not (isinstance(gate, LinearOp) and isinstance(up, LinearOp)) or gate is up:
         return None
-    eps = lambda lin: lin.eps.value.data if lin.eps is not None else None
     if (gate.input != up.input or gate.input2 != up.input2 or gate.norm_weight != up.norm_weight
-            or gate.prologue.data != up.prologue.data or eps(gate) != eps(up)):
+            or gate.prologue.data != up.prologue.data or _eps(gate) != _eps(up)):
         return None
     if any(v is not None for v in (gate.bias, up.bias, gate.residual, up.residual, gate.weight2, up.weight2)):
         return None

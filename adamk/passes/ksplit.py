@@ -6,8 +6,9 @@ pass materialises. A linear keeps `tile_rows` output rows per task (a gated line
 many, its pages holding them of both weights: smem.gated_tile_rows); its weights stream
 through the SM's ring in pages of `stage_bytes` whatever K is, so it is split over K only
 into the fewest parts whose work area (the input of a K-chunk) fits the budget with
-`depth` pages in flight; a gated linear is never split (silu needs its rows' whole sums). The attention splits its sequence (flash-decoding) so that its
-query heads x parts cover the SMs. Partial sums are combined in a fixed order by the tasks
+`depth` pages in flight; a gated linear is never split (silu needs its rows' whole sums).
+The attention splits its sequence (flash-decoding) so that its query heads x parts cover
+the SMs. Partial sums are combined in a fixed order by the tasks
 the tile pass adds; the DAG search may choose other splits.
 
 With `enabled=False` every k_split is 1: the plan smem.peak_without_ksplit measures. Either
@@ -50,11 +51,10 @@ class KSplitPass(ModulePass):
                 parts = (smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.depth, self.smem_budget)
                          if self.enabled and not gated else 1)      # silu needs a gated row's whole sum
                 chunk = smem.k_chunk(k, parts)
-                what = f"linear {quoted(o.weight.owner.weight_name.data)} ({rows} rows x {chunk} of K={k})"
-                if gated:
-                    what = (f"gated linear {quoted(o.weight.owner.weight_name.data)} and "
-                            f"{quoted(o.weight2.owner.weight_name.data)} ({rows} rows of each x K={k}, not split "
-                            "over K; --no-gate-up keeps them two linears, which may be)")
+                name = quoted(o.weight.owner.weight_name.data)
+                what = (f"gated linear {name} and {quoted(o.weight2.owner.weight_name.data)} ({rows} rows of each "
+                        f"x K={k}, not split over K; --no-gate-up keeps them two linears, which may be)" if gated
+                        else f"linear {name} ({rows} rows x {chunk} of K={k})")
                 self.check(what, smem.linear_footprint(page_rows, chunk, self.stage_bytes))
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)

@@ -34,8 +34,9 @@ struct LinearWork {
 // Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
 // one op and K-part. Every thread issues its whole share of loads (up to kBatch Vec4 at a time)
 // before it waits for the first, so staging costs about one round trip to L2, and waiting for the
-// producers of a tagged input is part of it (a retry requests the stale Vec4 of the batch again). RMSNorm walks the whole row of K for its sum of squares
-// (xs holds in * norm_w, scaled by 1/rms once the sum is known). Starts with a consumer barrier
+// producers of a tagged input is part of it (a retry requests the stale Vec4 of the batch again).
+// RMSNorm walks the whole row of K for its sum of squares (xs holds in * norm_w, scaled by 1/rms
+// once the sum is known). Starts with a consumer barrier
 // (the previous run is done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
