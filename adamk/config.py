@@ -70,8 +70,8 @@ class CompileConfig:
             raise AdamkError(f"search_budget_s={self.search_budget_s} must be in (0, {MAX_SEARCH_BUDGET_S}] seconds")
         if self.max_seq_len is not None and self.max_seq_len <= 0:
             raise AdamkError(f"max_seq_len={self.max_seq_len} must be positive")
-        if self.stages is not None and not 1 <= self.stages <= 8:
-            raise AdamkError(f"stages={self.stages} outside 1..8")
+        if self.stages is not None and not 1 <= self.stages <= 16:
+            raise AdamkError(f"stages={self.stages} outside 1..16")
         if self.pages_in_flight is not None and not 1 <= self.pages_in_flight <= 8:
             raise AdamkError(f"pages_in_flight={self.pages_in_flight} outside 1..8")
         if self.stage_bytes < 256 or self.stage_bytes % 16:

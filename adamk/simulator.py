@@ -3,8 +3,9 @@
 It walks the SMs' programs with the schedule validator's interleaving (so a deadlock is
 found the same way), and runs each `adamk.exec` with the same tiling as the GPU: a linear
 task computes only its rows (and its K-part's columns) from the prologue-applied input
-vector, an attention task handles one query head (or its part of the sequence), the
-group's first rotating and appending k/v at `pos`; combine tasks add the parts in order.
+vector, an attention task handles the query heads of its tile (or their part of the
+sequence), the group's first rotating and appending k/v at `pos`; combine tasks add the parts
+in order.
 Activations start as NaN, so a read of something no task wrote shows up in the result. It
 is the first oracle for the passes, before any GPU.
 """

@@ -118,9 +118,24 @@ def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: 
     return len(k_parts(k, parts))
 
 
-def attention_work_bytes(head_dim: int) -> int:
-    """qs, knew, vnew [head_dim] floats + per-warp partials [warps][head_dim + 2] (`AttentionWork`)."""
-    return (3 * head_dim + WARPS * (head_dim + 2)) * F32
+MAX_HEADS_PER_TASK = 4   # query heads one attention task scores each cached row against (registers: 16 floats each)
+
+
+def attention_heads_per_task(group: int) -> int:
+    """Query heads of one attention task: the most of its GQA group (a divisor of it) up to
+    MAX_HEADS_PER_TASK, which all read the same cached rows."""
+    return max(h for h in range(1, min(group, MAX_HEADS_PER_TASK) + 1) if group % h == 0)
+
+
+def attention_work_bytes(head_dim: int, heads: int) -> int:
+    """qs [heads][head_dim], knew, vnew [head_dim] floats + per-warp partials [warps][heads][head_dim + 2]
+    (`AttentionWork`)."""
+    return (heads * head_dim + 2 * head_dim + WARPS * heads * (head_dim + 2)) * F32
+
+
+def attention_footprint(head_dim: int, group: int) -> "Footprint":
+    """An attention task of a GQA group of `group` query heads per KV head: no weight stage."""
+    return Footprint(0, attention_work_bytes(head_dim, attention_heads_per_task(group)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,12 +171,13 @@ def sm_plan(footprints, depth: int) -> SmPlan:
     return SmPlan(depth if slot else 0, slot, max((f.work for f in footprints), default=0))
 
 
-def peak_without_ksplit(linear_ks: list[int], head_dims: list[int], depth: int, page_bytes: int,
+def peak_without_ksplit(linear_ks: list[int], attentions: list[tuple[int, int]], depth: int, page_bytes: int,
                         tile_rows: int, gated: list[bool] | None = None) -> int:
     """Peak of an SM that runs a task of every op without K-splitting at the same pages in
-    flight: every linear's work area holds all K inputs (`gated[i]`: linear i is a gated one)."""
+    flight: every linear's work area holds all K inputs (`gated[i]`: linear i is a gated one;
+    `attentions`: (head_dim, GQA group) of each attention)."""
     gated = gated or [False] * len(linear_ks)
     fps = [linear_footprint(linear_page_rows(linear_tile_rows(tile_rows, g), g), k, page_bytes)
            for k, g in zip(linear_ks, gated)]
-    fps += [Footprint(0, attention_work_bytes(hd)) for hd in head_dims]
+    fps += [attention_footprint(hd, group) for hd, group in attentions]
     return sm_plan(fps, depth).peak

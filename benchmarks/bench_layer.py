@@ -8,7 +8,7 @@ KV bytes of the step / measured copy bandwidth), at one or more positions.
 
 A variant is a target GPU, optionally with `:no-ksplit` (the plan without K-splitting),
 `:no-gate-up` (gate and up as two linears, silu(gate) * up staged by down),
-`:stages=N`, `:in_flight=N` (pages copied at once), `:tile_rows=N` or
+`:stages=N`, `:in_flight=N` (pages copied at once), `:page_kb=N` (ring page size), `:tile_rows=N` or
 `:schedule=search|round-robin|barrier|queue`; `--cost-model` compiles every
 variant with a profile from `adamk calibrate`. The artifacts are compiled in parallel
 processes before anything is timed; every variant and baseline is checked against the
@@ -101,6 +101,8 @@ def variant_config(variant: str, cost_model: str | None = None) -> adamk.Compile
             kwargs["stages"] = int(o.split("=")[1])
         elif o.startswith("in_flight="):
             kwargs["pages_in_flight"] = int(o.split("=")[1])
+        elif o.startswith("page_kb="):
+            kwargs["stage_bytes"] = int(o.split("=")[1]) * 1024
         elif o.startswith("tile_rows="):
             kwargs["tile_rows"] = int(o.split("=")[1])
         elif o.startswith("schedule="):

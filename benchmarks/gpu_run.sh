@@ -7,8 +7,9 @@
 #
 #   tests     the GPU tests (tests/test_gpu.py; PYTEST_ARGS adds options, e.g. "-k tiny")
 #   bench     bench_layer at pos 512 and 4095 with the baselines (VARIANTS, default below)
-#   trace     profiling builds' per-SM traces, H200 target, pos 512 (TRACE_SCHEDULES, comma-separated,
-#             default round-robin), each under $OUT/trace-<schedule>
+#   trace     profiling builds' per-SM traces, H200 target, at each of TRACE_POS (default 512) for each
+#             of TRACE_SCHEDULES (default round-robin; both comma-separated), under $OUT/trace-<schedule>-<pos>
+#   stream    benchmarks/stream_bench.cu: the ring's stream alone, and L2-hit / DRAM-miss latency under it
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
-TRACE_SCHEDULES=${TRACE_SCHEDULES:-round-robin}
+TRACE_SCHEDULES=${TRACE_SCHEDULES:-round-robin} TRACE_POS=${TRACE_POS:-512}
 status=0
 for part in "$@"; do
   echo "=== $part ==="
@@ -31,9 +32,14 @@ for part in "$@"; do
         --iters 100 --baselines --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1 ;;
     trace)
       for schedule in ${TRACE_SCHEDULES//,/ }; do
-        python3 benchmarks/trace_layer.py --gpu H200 --pos 512 --schedule "$schedule" --out "$OUT/trace-$schedule" \
-          2>&1 | tee "$OUT/trace-$schedule.log" || status=1
+        for pos in ${TRACE_POS//,/ }; do
+          python3 benchmarks/trace_layer.py --gpu H200 --pos "$pos" --schedule "$schedule" \
+            --out "$OUT/trace-$schedule-$pos" 2>&1 | tee "$OUT/trace-$schedule-$pos.log" || status=1
+        done
       done ;;
+    stream)
+      nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o /tmp/stream_bench \
+        && /tmp/stream_bench 2>&1 | tee "$OUT/stream.log" || status=1 ;;
     sanitize)
       python3 benchmarks/sanitize.py --gpu H200 --out /tmp/san > /dev/null || status=1
       for tool in memcheck racecheck synccheck; do

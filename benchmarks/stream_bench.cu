@@ -1,8 +1,9 @@
 // stream_bench.cu - the SM weight stream of ring.cuh on its own, and what the reads on a decode
 // step's critical path cost while it runs. Every block streams its share of W [132 x 240 rows, 2048]
-// bf16 (127 MB) through Ring<6, 32 KB, IN_FLIGHT> (16 x 1024 pages, bulk copies with the evict-first
-// policy, as the megakernel's linear tasks); its consumer warps wait for each page, compute its dot
-// products and release it. Every 4th page one lane of each block times, with %clock64:
+// bf16 (127 MB) through a Ring of 6 pages of 32 KB (16 x 1024) or 12 of 16 KB (8 x 1024), 1-4 in
+// flight (bulk copies with the evict-first policy, as the megakernel's linear tasks); its consumer
+// warps wait for each page, compute its dot products and release it. Every 128 KB one lane of each
+// block times, with %clock64:
 //   - an L2 hit: a tagged word another block stored at the start (ld.relaxed.gpu, as a staging reads);
 //   - a DRAM miss: a word of a cold 1 GB buffer, a line no one has read;
 // and once, half-way, all 256 consumer threads stage the same 8192 tagged words (64 KB, as the down
@@ -11,8 +12,7 @@
 //
 //     nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o stream_bench && ./stream_bench
 //
-// Rewritten in the v14 session for the current ring.cuh (the v12 version no longer compiled); it
-// compiles (nvcc 13.0) but has not run on the H200 yet: its first figures go to docs/perf.md.
+// Figures of the v15 session's run on the H200: docs/perf.md (v15).
 #define ADAMK_CONSUMER_WARPS 8
 #define ADAMK_PRODUCER_WARPS 1
 #define ADAMK_MAX_WAITS 4
@@ -28,9 +28,8 @@
 
 using namespace adamk;
 
-constexpr int kSms = 132, kK = 2048, kRowsPerSm = 16 * 15, kRows = 16, kCols = 1024;
-constexpr int kPages = kRowsPerSm / kRows * (kK / kCols);   // 30 pages of 32 KB per SM
-constexpr int kProbes = kPages / 4;
+constexpr int kSms = 132, kK = 2048, kRowsPerSm = 16 * 15, kCols = 1024;
+constexpr int kProbes = 7;      // per block: one every 128 KB streamed
 constexpr int kHotWords = 4096, kVecWords = 8192;
 constexpr size_t kColdWords = (size_t)1 << 27;               // 1 GB of u64
 
@@ -51,12 +50,14 @@ __device__ __forceinline__ u64 clock_after(u64 v, u32 sink) {
   return t;
 }
 
-template <int IN_FLIGHT, bool STREAM>
+// ROWS x kCols bf16 per page (16: 32 KB, 8: 16 KB), DEPTH pages in the ring.
+template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM>
 __global__ void __launch_bounds__(288, 1)
 bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_base, const tagged_t* vec,
       u64* stats, u32 epoch, ErrorRecord* err) {
   extern __shared__ __align__(16) unsigned char smem[];
-  using R = Ring<6, kRows * kCols * 2, IN_FLIGHT>;
+  using R = Ring<DEPTH, ROWS * kCols * 2, IN_FLIGHT>;
+  constexpr int kPages = kRowsPerSm / ROWS * (kK / kCols), kEvery = 4 * 16 / ROWS;
   const Step s{nullptr, err, nullptr, 0, epoch, 2000000000ull, smem};
   u64* mine = stats + (size_t)blockIdx.x * kStats;
   const u64 start_ns = global_ns(), start_clk = clock_now();
@@ -67,8 +68,8 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
   if (is_producer()) {
     if (STREAM) {
       for (int j = 0; j < kPages; ++j) {
-        const int r0 = j / (kK / kCols) * kRows, c0 = j % (kK / kCols) * kCols;
-        R::template produce<kRows, kCols, false>(s, mw, nullptr, kK, r0, r0 + kRows, c0, kK, j, 0);
+        const int r0 = j / (kK / kCols) * ROWS, c0 = j % (kK / kCols) * kCols;
+        R::template produce<ROWS, kCols, false>(s, mw, nullptr, kK, r0, r0 + ROWS, c0, kK, j, 0);
       }
       R::drain(s, kPages);
     }
@@ -82,17 +83,17 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
       R::wait_page(s, j, 0);
       const u32 page = R::page(s, j);
       for (int c = lane * 8; c < kCols; c += 256)
-        for (int r = warp; r < kRows; r += kWarps) {
+        for (int r = warp; r < ROWS; r += kWarps) {
           float f[8];
           unpack8(lds128(page + (r * kCols + c) * 2), f);
           for (int e = 0; e < 8; ++e) acc += f[e];
         }
       R::release(s, j);
     } else {
-      __nanosleep(1000);        // about a page's time at the stream's rate
+      __nanosleep(1000 * ROWS / 16);        // about a page's time at the stream's rate
     }
-    if (j % 4 == 3 && threadIdx.x == 0) {
-      const int p = j / 4;
+    if (j % kEvery == kEvery - 1 && j / kEvery < kProbes && threadIdx.x == 0) {
+      const int p = j / kEvery;
       const tagged_t* h = hot + (blockIdx.x * 37 + p * 101 + 1) % kHotWords;   // another block's word
       const u64 t0 = clock_now();
       const u64 a = load_word(h);
@@ -132,11 +133,11 @@ static u64 pct(std::vector<u64> v, double q) {
   return v[(size_t)(q * (v.size() - 1))];
 }
 
-template <int IN_FLIGHT, bool STREAM>
+template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM>
 void run(const char* what, const bf16_t* w, float* out, tagged_t* hot, const u64* cold, const tagged_t* vec,
          u64* stats, ErrorRecord* err) {
-  auto kernel = bench<IN_FLIGHT, STREAM>;
-  const int smem = Ring<6, kRows * kCols * 2, IN_FLIGHT>::kBytes + 16;
+  auto kernel = bench<ROWS, DEPTH, IN_FLIGHT, STREAM>;
+  const int smem = Ring<DEPTH, ROWS * kCols * 2, IN_FLIGHT>::kBytes + 16;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   std::vector<u64> hit, miss, staging, span;
   double cycles_per_ns = 0;
@@ -159,7 +160,7 @@ void run(const char* what, const bf16_t* w, float* out, tagged_t* hot, const u64
     span.push_back(last - first);
   }
   cycles_per_ns /= (double)kSms * 20;
-  const double us = pct(span, 0.5) / 1e3, tbs = (double)kSms * kRowsPerSm * kK * 2 / (us * 1e6) / 1e6;
+  const double us = pct(span, 0.5) / 1e3, tbs = (double)kSms * kRowsPerSm * kK * 2 / us / 1e6;   // bytes per us / 1e6
   auto ns = [&](u64 c) { return c / cycles_per_ns; };
   printf("%-34s kernel %6.1f us%s  L2 hit %5.0f / %5.0f ns  DRAM miss %5.0f / %5.0f ns  64 KB staging %6.0f ns "
          "(median / p90; %.2f GHz)\n", what, us, STREAM ? "" : " (paced)", ns(pct(hit, .5)), ns(pct(hit, .9)),
@@ -177,10 +178,13 @@ int main() {
   cudaMalloc(&cold, kColdWords * 8); cudaMemset(cold, 0, kColdWords * 8);
   cudaMalloc(&stats, (size_t)kSms * kStats * 8);
   cudaMalloc(&err, sizeof(ErrorRecord)); cudaMemset(err, 0, sizeof(ErrorRecord));
-  run<2, false>("no stream", w, out, hot, cold, vec, stats, err);
-  run<1, true>("stream, 1 page in flight", w, out, hot, cold, vec, stats, err);
-  run<2, true>("stream, 2 pages in flight", w, out, hot, cold, vec, stats, err);
-  run<3, true>("stream, 3 pages in flight", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 2, false>("no stream", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 1, true>("32 KB pages, 1 in flight", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 2, true>("32 KB pages, 2 in flight", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 3, true>("32 KB pages, 3 in flight", w, out, hot, cold, vec, stats, err);
+  run<8, 12, 2, true>("16 KB pages, 2 in flight", w, out, hot, cold, vec, stats, err);
+  run<8, 12, 3, true>("16 KB pages, 3 in flight", w, out, hot, cold, vec, stats, err);
+  run<8, 12, 4, true>("16 KB pages, 4 in flight", w, out, hot, cold, vec, stats, err);
   ErrorRecord e;
   cudaMemcpy(&e, err, sizeof e, cudaMemcpyDeviceToHost);
   printf("done: %s, error record flag %u\n", cudaGetErrorString(cudaDeviceSynchronize()), e.flag);

@@ -63,8 +63,10 @@ def draw_inputs(step, cfg):
 
 
 # (preset, gpu, options): both targets with the default (searched) plan, every reduction of the
-# tiny layer split (512 B stages), plans without K-splitting, and the ablation's schedules.
+# tiny layer split (512 B stages), plans without K-splitting, gate and up unfused, a gated linear
+# whose last tile is short (344 rows in tiles of 32), and the ablation's schedules.
 PLANS = [("tiny", "L20", {}), ("tiny", "H100", {}), ("tiny", "H100", {"stage_bytes": 512}),
+         ("tiny", "H100", {"gate_up": False}), ("tiny", "H100", {"tile_rows": 32, "schedule": "round-robin"}),
          ("tiny", "L20", {"ksplit": False}), ("tiny", "H100", {"schedule": "round-robin"}),
          ("tiny", "L20", {"schedule": "barrier"}), ("tiny", "H100", {"schedule": "queue", "stage_bytes": 512}),
          ("llama-3.2-1b", "L20", {}), ("llama-3.2-1b", "H100", {}), ("llama-3.2-1b", "H100", {"ksplit": False}),

@@ -1,6 +1,8 @@
-"""Decode attention tasks: one query head over positions 0..pos of its KV head, or one part
-of them (flash-decoding), the group's first part appending the new k/v; and the combine of
-the parts for a reader that cannot merge them in its input staging (csrc/kernels/attention.cuh)."""
+"""Decode attention tasks: query heads [h0, h1) of one KV head (smem.attention_heads_per_task of
+its GQA group, which read the same cached rows) over positions 0..pos, or one part of them
+(flash-decoding), the part 0 task of the group's first head appending the new k/v; and the
+combine of the parts for a reader that cannot merge them in its input staging
+(csrc/kernels/attention.cuh)."""
 from __future__ import annotations
 
 import numpy as np
@@ -41,19 +43,25 @@ class Attention(TaskKind):
         return {"read_bytes": 2 * -(-(pos + 1) // op.parts) * op.param("head_dim") * BF16}
 
     def reads(self, op):
-        h, hd, g = op.tile_range[0], op.param("head_dim"), op.tile_range[0] // op.param("group")
-        return [(op.buffer("q"), h * hd, (h + 1) * hd), (op.buffer("k"), g * hd, (g + 1) * hd),
+        (h0, h1), hd = op.tile_range, op.param("head_dim")
+        g = h0 // op.param("group")
+        return [(op.buffer("q"), h0 * hd, h1 * hd), (op.buffer("k"), g * hd, (g + 1) * hd),
                 (op.buffer("v"), g * hd, (g + 1) * hd)]
 
     def writes(self, op):
-        h, hd = op.tile_range[0], op.param("head_dim")
+        (h0, h1), hd = op.tile_range, op.param("head_dim")
         if op.parts == 1:
-            return [(op.buffer("out"), h * hd, (h + 1) * hd)]
-        at = (op.part * op.param("num_heads") + h) * (hd + 2)    # (acc[hd], max, sum) of this part
-        return [(op.buffer("out"), at, at + hd + 2)]
+            return [(op.buffer("out"), h0 * hd, h1 * hd)]
+        at = op.part * op.param("num_heads") * (hd + 2)    # (acc[hd], max, sum) of each head of this part
+        return [(op.buffer("out"), at + h0 * (hd + 2), at + h1 * (hd + 2))]
 
     def simulate(self, sim, op) -> None:
-        h, _ = op.tile_range
+        h0, h1 = op.tile_range
+        for h in range(h0, h1):
+            self.simulate_head(sim, op, h)
+
+    @staticmethod
+    def simulate_head(sim, op, h: int) -> None:
         hd, group = op.param("head_dim"), op.param("group")
         g = h // group
         scale = np.float32(op.param("scale"))
@@ -91,10 +99,11 @@ class Attention(TaskKind):
         table = em.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
         args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
                          + [table, f32_literal(op.param("scale"))])
-        em.asserts.add(f"static_assert(AttentionWork<{hd}>::kBytes == {smem.attention_work_bytes(hd)}, "
-                       "\"smem model: attention work area\");")
+        heads = op.tile_range[1] - op.tile_range[0]
+        em.asserts.add(f"static_assert(AttentionWork<{hd}, {heads}>::kBytes == "
+                       f"{smem.attention_work_bytes(hd, heads)}, \"smem model: attention work area\");")
         return [*em.signature(f"attention_{name}", "int q_head, int split"),
-                f"  attention_task<{hd}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
+                f"  attention_task<{hd}, {heads}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
                 f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
                 "}",
                 *em.signature(f"prefetch_{name}", "int q_head, int split"),
@@ -109,7 +118,9 @@ class Attention(TaskKind):
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part
-        return self.plain_call(em, op, "attention", (begin, part), f"query head {begin}, part {part}")
+        end = op.tile_range[1]
+        heads = f"query head {begin}" if end == begin + 1 else f"query heads {begin}..{end - 1}"
+        return self.plain_call(em, op, "attention", (begin, part), f"{heads}, part {part}")
 
 
 class AttentionCombine(CombineKind):

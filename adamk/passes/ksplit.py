@@ -7,8 +7,9 @@ many, its pages holding them of both weights: smem.gated_tile_rows); its weights
 through the SM's ring in pages of `stage_bytes` whatever K is, so it is split over K only
 into the fewest parts whose work area (the input of a K-chunk) fits the budget with
 `depth` pages in flight; a gated linear is never split (silu needs its rows' whole sums).
-The attention splits its sequence (flash-decoding) so that its query heads x parts cover
-the SMs. Partial sums are combined in a fixed order by the tasks
+The attention splits its sequence (flash-decoding) so that its tasks (each a KV head's
+query heads, smem.attention_heads_per_task) x parts cover the SMs, up to MERGED_PARTS parts
+(`attention_parts`). Partial sums are combined in a fixed order by the tasks
 the tile pass adds; the DAG search may choose other splits.
 
 With `enabled=False` every k_split is 1: the plan smem.peak_without_ksplit measures. Either
@@ -28,6 +29,18 @@ from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..errors import ScheduleError
 from ..names import quoted
+
+
+MERGED_PARTS = 8    # most sequence parts by default: a reader's staging merges up to 8 in one round trip
+                    # (attention.cuh attention_input); the DAG search may choose more
+
+
+def attention_parts(op: AttentionOp, num_sms: int) -> int:
+    """The default sequence parts of an attention: its tasks x parts cover the SMs, at most
+    MERGED_PARTS, and no more parts than positions."""
+    nh, group = op.num_heads.value.data, op.num_heads.value.data // op.num_kv_heads.value.data
+    tasks = nh // smem.attention_heads_per_task(group)
+    return max(1, min(shape_of(op.k_cache)[2], num_sms // tasks, MERGED_PARTS))
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,9 @@ class KSplitPass(ModulePass):
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
-                heads, max_seq = o.num_heads.value.data, shape_of(o.k_cache)[2]
-                parts = max(1, min(max_seq, self.num_sms // heads)) if self.enabled else 1
-                hd = o.head_dim.value.data
-                self.check(f"attention (head_dim {hd})", smem.Footprint(0, smem.attention_work_bytes(hd)))
+                hd, group = o.head_dim.value.data, o.num_heads.value.data // o.num_kv_heads.value.data
+                parts = attention_parts(o, self.num_sms) if self.enabled else 1
+                self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, group))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 
     def check(self, what: str, fp: smem.Footprint):

@@ -2,8 +2,9 @@
 
 Reads the fused `adamk.linear` / `adamk.attention` ops of `@decode_step`; writes one
 `adamk.buffer` per tensor the kernel touches and one `adamk.task` per tile: `tile_rows`
-output rows of a linear, one query head of the attention (its KV head's rows are read by
-the whole GQA group; the group's first task appends the new k/v). An op the ksplit pass
+output rows of a linear, the query heads of one KV head of the attention (up to
+smem.MAX_HEADS_PER_TASK of its GQA group, which read the same cached rows once; the task of
+the group's first head appends the new k/v). An op the ksplit pass
 split (`k_split` > 1) becomes k_split parts per tile, writing float partials to a
 `<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`; the
 parts of a split attention are instead merged by the input staging of the linear that reads
@@ -247,20 +248,21 @@ class TaskBuilder:
                   "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
-        footprint = smem.Footprint(0, smem.attention_work_bytes(hd))
+        footprint = smem.attention_footprint(hd, group)
+        heads = smem.attention_heads_per_task(group)    # query heads of one task: they share its rows
         if k_split == 1:
-            for h in range(nh):
-                self.task(out, f"{out}.h{h}", "attention", (h, h + 1), buffers, params, footprint)
+            for h in range(0, nh, heads):
+                self.task(out, f"{out}.h{h}", "attention", (h, h + heads), buffers, params, footprint)
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
         # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
         # or, for several readers, by one combine task per KV group.
         partial = self.unique(f"{out}.partial")
         self.buffers.append(BufferOp(partial, "activation", [k_split, nh, hd + 2], ACTIVATION))
-        for h in range(nh):
+        for h in range(0, nh, heads):
             for j in range(k_split):
-                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + 1), buffers | {"out": partial}, params,
-                          footprint, k_index=j, k_split=k_split)
+                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + heads), buffers | {"out": partial},
+                          params, footprint, k_index=j, k_split=k_split)
         self.unmerged[out] = (op, partial)
         if op.result.uses.get_length() != 1:  # several readers: merged once, by combine tasks
             self.combine_attention(out)

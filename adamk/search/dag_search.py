@@ -13,7 +13,7 @@ predicts slower than round-robin.
 Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate descent over
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
 16 or 32 rows per task, whole or split over K in 2 or 4 parts; attention:
-1, 2, 4, 8 or num_sms // heads sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
+1, 2, 4, 8, 16 or the ksplit default's sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
 without building IR) and placed, and kept if the predicted makespan drops. Deterministic
 (fixed candidate order, strict improvement, stable sorts), bounded by `budget_s`: a
 search that hits its budget stops early, and only then can the result depend on the
@@ -35,6 +35,7 @@ from xdsl.passes import ModulePass
 from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..dialects.task import JoinOp, TaskOp
+from ..passes.ksplit import attention_parts
 from ..passes.tile import TaskBuilder
 from ..kinds import kind as task_kind
 from .cost import CostModel, SmClock, TaskCost, replay
@@ -131,9 +132,8 @@ class DagSearch:
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
-            heads, max_seq = op.num_heads.value.data, shape_of(op.k_cache)[2]
-            parts = {1, 2, 4, 8, max(1, self.num_sms // heads)} if self.ksplit else {1}
-            return [(None, s) for s in sorted(parts) if s <= max_seq]
+            parts = {1, 2, 4, 8, 16, attention_parts(op, self.num_sms)} if self.ksplit else {1}
+            return [(None, s) for s in sorted(parts) if s <= shape_of(op.k_cache)[2]]
         k, gated = shape_of(op.weight)[1], op.weight2 is not None
         out = []
         for rows in (8, 16, 32):

@@ -1,8 +1,11 @@
-// attention.cuh — decode attention: query head `q_head` over positions 0..pos of its KV head, or,
-// split over the sequence (flash-decoding), over part `split` of them, plus the merge of the parts
-// (by the reading linear's input staging, or by a combine task). Part 0 of the group's first query
-// head also appends the new (rotated) k and v at `pos`; every task rotates the new k itself, so no
-// task reads a cache row another task writes this step. q, k, v and the outputs are tagged words.
+// attention.cuh — decode attention: P query heads of one KV head (q_head .. q_head + P - 1, all in
+// its GQA group) over positions 0..pos, or, split over the sequence (flash-decoding), over part
+// `split` of them, plus the merge of the parts (by the reading linear's input staging, or by a
+// combine task). The P heads share every cached row a task reads, so a KV head's rows cross the
+// memory system once per part, not once per query head. Part 0 of the task holding the group's
+// first query head also appends the new (rotated) k and v at `pos`; every task rotates the new k
+// itself, so no task reads a cache row another task writes this step. q, k, v and the outputs are
+// tagged words.
 #pragma once
 #include "common.cuh"
 #include "linear.cuh"
@@ -16,16 +19,16 @@ __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
-constexpr int kRowsAhead = 6;      // steps of cached rows each lane keeps in flight (attention_task)
+constexpr int kRowsAhead = 6;      // steps of cached rows each lane keeps in flight (attention_task, 1-2 heads)
 
-// A task's work area (smem.attention_work_bytes).
-template <int HD>
+// A task's work area (smem.attention_work_bytes): P query heads.
+template <int HD, int P>
 struct AttentionWork {
-  static constexpr int kQs = 0;                    // float[HD]: rotated query, scaled by scale * log2 e
-  static constexpr int kKnew = HD * 4;             // float[HD]: the new key row, rounded to bf16
-  static constexpr int kVnew = 2 * HD * 4;         // float[HD]: the new value row
-  static constexpr int kPart = 3 * HD * 4;         // float[kWarps][HD + 2]: per-warp acc, max, sum
-  static constexpr int kBytes = kPart + kWarps * (HD + 2) * 4;
+  static constexpr int kQs = 0;                    // float[P][HD]: rotated queries, scaled by scale * log2 e
+  static constexpr int kKnew = P * HD * 4;         // float[HD]: the new key row, rounded to bf16
+  static constexpr int kVnew = kKnew + HD * 4;     // float[HD]: the new value row
+  static constexpr int kPart = kVnew + HD * 4;     // float[kWarps][P][HD + 2]: per-warp acc, max, sum
+  static constexpr int kBytes = kPart + kWarps * P * (HD + 2) * 4;
 };
 
 // Merge online-softmax state (m2, l2, a2) into (m, l, a); scores are in base 2.
@@ -71,28 +74,32 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
   l2_prefetch(v_cache + at, bytes);
 }
 
-// n_splits == 1: out[q_head] = softmax(q k^T) v. Otherwise part `split` covers its share of
-// positions 0..pos and writes out[(split * num_heads + q_head) * (HD + 2)...] = (acc[HD], max, sum),
-// unnormalised, for the merge. The cached rows do not depend on this step (the producer pulled
-// them into L2 at the start: attention_prefetch), so the first kRowsAhead steps of them are
-// requested before q, k and v are read (the task's wait).
-template <int HD>
+// n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its
+// share of positions 0..pos and writes out[(split * num_heads + q_head + p) * (HD + 2)...] =
+// (acc[HD], max, sum), unnormalised, for the merge. The cached rows do not depend on this step (the
+// producer pulled them into L2 at the start: attention_prefetch), so the first kAhead steps of
+// them are requested before q, k and v are read (the task's wait). Each row is read once and scored
+// against the P queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK).
+template <int HD, int P>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
                                                int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
+  static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kStep = kWarps * kPosPerWarp;           // rows of one step of all consumer warps
-  constexpr int kStride = HD + 2;                       // per-warp partial: acc[HD], m, l
+  constexpr int kStride = HD + 2;                       // per-warp partial of a head: acc[HD], m, l
   constexpr float kLog2e = 1.4426950408889634f;
+  constexpr int kAhead = P > 2 ? kRowsAhead - 2 : kRowsAhead;   // more heads hold more registers
 
-  check_smem(s, work_offset + AttentionWork<HD>::kBytes, task);
+  check_smem(s, work_offset + AttentionWork<HD, P>::kBytes, task);
   trace_mark(s, task, 0);
-  const int pos = s.pos, kv_head = q_head / group, tid = threadIdx.x, half = HD / 2;
-  using W = AttentionWork<HD>;
+  const int pos = s.pos, kv_head = q_head / group, tid = threadIdx.x;
+  constexpr int half = HD / 2, kQPairs = P * half;
+  using W = AttentionWork<HD, P>;
   float* qs = reinterpret_cast<float*>(s.smem + work_offset + W::kQs);
   float* knew = reinterpret_cast<float*>(s.smem + work_offset + W::kKnew);
   float* vnew = reinterpret_cast<float*>(s.smem + work_offset + W::kVnew);
@@ -112,18 +119,18 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
   };
   const int first = t_begin + warp * kPosPerWarp;       // this warp's first step of rows
-  uint4 kr[kRowsAhead], vr[kRowsAhead];
+  uint4 kr[kAhead], vr[kAhead];
 #pragma unroll
-  for (int g = 0; g < kRowsAhead; ++g) load_row(first + g * kStep + sub, kr[g], vr[g]);
+  for (int g = 0; g < kAhead; ++g) load_row(first + g * kStep + sub, kr[g], vr[g]);
 
   consumer_sync();   // the previous task of this block is done with the work area
   const bool appends = q_head % group == 0 && split == 0;
-  for (int t = tid; t < 2 * HD; t += kConsumerThreads) {
-    // Thread t: the pair (i, i + half) of q (t < half) or of k (t < HD), or element t - HD of v;
-    // its words requested together, then waited for together.
-    const bool is_q = t < half, is_v = t >= HD;
-    const int i = is_v ? t - HD : is_q ? t : t - half;
-    const tagged_t* x = is_v ? v + kv_head * HD : is_q ? q + q_head * HD : k + kv_head * HD;
+  for (int t = tid; t < kQPairs + half + HD; t += kConsumerThreads) {
+    // Thread t: the pair (i, i + half) of query head q_head + t / half (t < kQPairs) or of k, or
+    // element i of v; its words requested together, then waited for together.
+    const bool is_q = t < kQPairs, is_v = t >= kQPairs + half;
+    const int i = is_v ? t - kQPairs - half : is_q ? t % half : t - kQPairs;
+    const tagged_t* x = is_v ? v + kv_head * HD : is_q ? q + (q_head + t / half) * HD : k + kv_head * HD;
     u64 wa, wb = 0;
     auto request = [&] {
       wa = load_word(x + i);
@@ -144,8 +151,9 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     float lo = value_of(wa), hi = value_of(wb);
     rope_pair(lo, hi, i, inv_freq, pos);
     if (is_q) {
-      qs[i] = lo * (scale * kLog2e);
-      qs[i + half] = hi * (scale * kLog2e);
+      float* qh = qs + (t / half) * HD;
+      qh[i] = lo * (scale * kLog2e);
+      qh[i + half] = hi * (scale * kLog2e);
     } else {
       const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
       knew[i] = to_float(kl);
@@ -159,22 +167,27 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   consumer_sync();
   trace_mark(s, task, 1);
 
-  float qr[8], acc[8], m = kEmpty, l = 0.f;
+  float qr[P][8], acc[P][8], m[P], l[P];
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    qr[e] = has_chunk ? qs[chunk * 8 + e] : 0.f;
-    acc[e] = 0.f;
+  for (int p = 0; p < P; ++p) {
+    m[p] = kEmpty;
+    l[p] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      qr[p][e] = has_chunk ? qs[p * HD + chunk * 8 + e] : 0.f;
+      acc[p][e] = 0.f;
+    }
   }
-  // kRowsAhead steps in flight: as step g is used, the load of step g + kRowsAhead goes out. The
+  // kAhead steps in flight: as step g is used, the load of step g + kAhead goes out. The
   // trip count is uniform across the warp, so the shuffles see every lane.
-  for (int base = first; base < t_end; base += kRowsAhead * kStep) {
+  for (int base = first; base < t_end; base += kAhead * kStep) {
 #pragma unroll
-    for (int g = 0; g < kRowsAhead; ++g) {
+    for (int g = 0; g < kAhead; ++g) {
       const int t = base + g * kStep + sub;
       float kf[8], vf[8];
       unpack8(kr[g], kf);
       unpack8(vr[g], vf);
-      load_row(t + kRowsAhead * kStep, kr[g], vr[g]);
+      load_row(t + kAhead * kStep, kr[g], vr[g]);
       if (t == pos && has_chunk) {
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
@@ -182,48 +195,55 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
           vf[e] = vnew[chunk * 8 + e];
         }
       }
-      float score = 0.f;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) score = fmaf(qr[e], kf[e], score);
+      for (int p = 0; p < P; ++p) {
+        float score = 0.f;
 #pragma unroll
-      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-      if (t < t_end) merge_state(m, l, acc, score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+        for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
+#pragma unroll
+        for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+        if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+      }
     }
   }
   trace_mark(s, task, 3);
   // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll
-  for (int off = kLanesPerPos; off < 32; off <<= 1) {
-    float a2[8];
+  for (int p = 0; p < P; ++p) {
 #pragma unroll
-    for (int e = 0; e < 8; ++e) a2[e] = shfl_xor(acc[e], off);
-    const float m2 = shfl_xor(m, off), l2 = shfl_xor(l, off);
-    merge_state(m, l, acc, m2, l2, a2);
-  }
-  float* mine = part + warp * kStride;
-  if (sub == 0 && has_chunk) {
+    for (int off = kLanesPerPos; off < 32; off <<= 1) {
+      float a2[8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) mine[chunk * 8 + e] = acc[e];
-  }
-  if (lane == 0) {
-    mine[HD] = m;
-    mine[HD + 1] = l;
+      for (int e = 0; e < 8; ++e) a2[e] = shfl_xor(acc[p][e], off);
+      const float m2 = shfl_xor(m[p], off), l2 = shfl_xor(l[p], off);
+      merge_state(m[p], l[p], acc[p], m2, l2, a2);
+    }
+    float* mine = part + (warp * P + p) * kStride;
+    if (sub == 0 && has_chunk) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) mine[chunk * 8 + e] = acc[p][e];
+    }
+    if (lane == 0) {
+      mine[HD] = m[p];
+      mine[HD + 1] = l[p];
+    }
   }
   consumer_sync();
-  for (int d = tid; d < HD; d += kConsumerThreads) {
+  for (int pd = tid; pd < P * HD; pd += kConsumerThreads) {
+    const int p = pd / HD, d = pd % HD;
     float mx = kEmpty;
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[w * kStride + HD]);
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
     float num = 0.f, den = 0.f;
     for (int w = 0; w < kWarps; ++w) {
-      const float* p = part + w * kStride;
-      const float c = fast_exp2(p[HD] - mx);
-      num += p[d] * c;
-      den += p[HD + 1] * c;
+      const float* pw = part + (w * P + p) * kStride;
+      const float c = fast_exp2(pw[HD] - mx);
+      num += pw[d] * c;
+      den += pw[HD + 1] * c;
     }
     if (n_splits == 1) {
-      store(s, out + q_head * HD + d, num / den);
+      store(s, out + (q_head + p) * HD + d, num / den);
     } else {
-      tagged_t* mine_out = out + ((size_t)split * num_heads + q_head) * kStride;
+      tagged_t* mine_out = out + ((size_t)split * num_heads + q_head + p) * kStride;
       store(s, mine_out + d, num);
       if (d == 0) {
         store(s, mine_out + HD, mx);
