@@ -37,30 +37,10 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
 }
 
-// Whether a wait that began at `start` gives up: once another block gave up, or past the timeout
-// (then it records the word it waited for, `p`, and the tag it last saw).
-__device__ __forceinline__ bool give_up(const Step& s, int task, u64 start, const tagged_t* p, u32 tag) {
-  if (*(volatile u32*)&s.err->flag) return true;
-  if (global_ns() - start <= s.timeout_ns) return false;
-  report_error(s, kPollTimeout, task, 0, s.epoch, tag, (u64)p);
-  return true;
-}
-
-// Word p, polled alone until it is this step's or the wait gives up: what it last loaded.
-__device__ __forceinline__ u64 poll_alone(const Step& s, int task, const tagged_t* p, u64 start) {
-  u64 w;
-  while (tag_of(w = load_word(p)) != s.epoch && !give_up(s, task, start, p, tag_of(w))) {
-  }
-  return w;
-}
-
 // Wait until every word a task has requested is this step's. `first_stale(tag)` gives the
 // address of a word that is not (its tag in `tag`), or nullptr; `reload()` requests the stale
 // ones again, all at once, so a retry costs one round trip however many words are stale (a
-// word loaded too early is common: a reader issues its loads as its producers finish). Until
-// then each thread polls only the stale word it found: a reader that reloaded all of its words
-// every round trip (up to 96 KB per SM for a merged attention output) would keep L2 busy with
-// requests that cannot succeed yet, in front of the very loads its producers are waiting on. Bounded
+// word loaded too early is common: a reader issues its loads as its producers finish). Bounded
 // like every wait: past the timeout it records the word and gives up; once any block has given
 // up, it gives up at once. Giving up leaves whatever the words hold and the block runs on, so no
 // thread leaves its warps waiting at a barrier; the host raises the recorded error.
@@ -70,15 +50,22 @@ __device__ __forceinline__ void await_words(const Step& s, int task, FirstStale 
   const tagged_t* p = first_stale(tag);
   if (p == nullptr) return;
   const u64 start = global_ns();
-  do {
-    if (tag_of(poll_alone(s, task, p, start)) != s.epoch) return;   // gave up
+  while (p != nullptr && !*(volatile u32*)&s.err->flag) {
+    if (global_ns() - start > s.timeout_ns) {
+      report_error(s, kPollTimeout, task, 0, s.epoch, tag, (u64)p);
+      return;
+    }
     reload();
-  } while ((p = first_stale(tag)) != nullptr);
+    p = first_stale(tag);
+  }
 }
 
-// One word, polled until it is this step's (for a word read on its own).
+// One word, reloaded until it is this step's (for a word read on its own).
 __device__ __noinline__ u64 poll_word(const Step& s, const tagged_t* p, int task) {
-  return poll_alone(s, task, p, global_ns());
+  u64 w = load_word(p);
+  await_words(s, task, [&](u32& tag) { tag = tag_of(w); return tag == s.epoch ? (const tagged_t*)nullptr : p; },
+              [&] { w = load_word(p); });
+  return w;
 }
 
 // The value of word p, loaded as `w`, once it is this step's.
