@@ -83,15 +83,6 @@ class _Emitter:
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
-        self.num_sms = self.schedule.num_sms.value.data
-        execs = sorted((o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)),
-                       key=lambda o: o.task_id.value.data)
-        firsts: dict[str, ExecOp] = {}
-        for o in execs:
-            firsts.setdefault(o.source.data, o)
-        self.op_firsts = list(firsts.values())             # the first task of each op, in program order
-        for i, source in enumerate(firsts):                # op<n> numbered in program order
-            self.op_number[source] = i
 
     def ptr(self, name: str | None, ctype_if_none: str = "tagged_t") -> str:
         if name is None:
@@ -185,7 +176,7 @@ class _Emitter:
         items = list(_with_waits(sm.ops))
         execs = [op for op, _ in items if isinstance(op, ExecOp)]
         linears = [op for op in execs if op.kind.data == "linear"]
-        prefetches = [line for op in self.op_firsts for line in task_kind(op.kind.data).prefetch(self, op, sm.index)]
+        prefetches = [line for op in execs for line in task_kind(op.kind.data).prefetch(self, op)]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if linears:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream", *prefetches]

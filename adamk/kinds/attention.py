@@ -106,14 +106,15 @@ class Attention(TaskKind):
                 f"  attention_task<{hd}, {heads}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
                 f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
                 "}",
-                *em.signature(f"warm_{name}", "int sm"),
-                f"  attention_warm<{hd}>(s, {buf('k_cache')}, {buf('v_cache')}, {op.param('num_kv_heads')}, "
-                f"{op.param('max_seq_len')}, sm, {em.num_sms});",
+                *em.signature(f"prefetch_{name}", "int q_head, int split"),
+                f"  attention_prefetch<{hd}>(s, {buf('k_cache')}, {buf('v_cache')}, q_head, {op.param('group')}, "
+                f"{op.param('max_seq_len')}, split, {op.parts});",
                 "}"]
 
-    def prefetch(self, em, op, sm: int) -> list[str]:
-        return [f"    warm_{em.op_name(op)}(s, b, {op.task_id.value.data}, {sm});  // SM {sm}'s share of the "
-                "attention's cached rows into L2"]
+    def prefetch(self, em, op) -> list[str]:
+        begin, part = op.tile_range[0], op.part
+        return [f"    prefetch_{em.op_name(op)}(s, b, {op.task_id.value.data}, {begin}, {part});  "
+                f"// {em.comment(op)}: its cached rows into L2"]
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part

@@ -67,10 +67,9 @@ class TaskKind:
         """Ring pages a task of the kind streams (the producer's line)."""
         return 0
 
-    def prefetch(self, em, op, sm: int) -> list[str]:
-        """The producer's lines on SM `sm` before its weight stream starts, for the op of task `op`
-        (called once per op, on every SM): reads that do not depend on this step, pulled into L2
-        early, each SM a share."""
+    def prefetch(self, em, op) -> list[str]:
+        """The producer's lines for task `op` before the SM's weight stream starts (reads that do
+        not depend on this step, pulled into L2 early)."""
         return []
 
     def staged(self, op):

@@ -58,25 +58,20 @@ __device__ __forceinline__ void attention_part(int pos, int split, int n_splits,
   t_end = min(t_begin + share, pos + 1);
 }
 
-// Producer of SM `sm` of `n_sms`, before its weight stream: its share of the cached rows the
-// attention reads (positions 0..pos-1 of every KV head, keys and values) loaded into L2, and waited
-// for, before the SM requests its first weight page. The rows do not depend on this step, but once
-// every SM's ring is filling, a read that misses L2 queues behind ~25 MB of weight copies (the
-// profiles showed every part's rows arriving at the same late moment, wherever the part started);
-// loaded first and spread over all SMs, they are L2 hits by the time the parts run.
+// Producer, before the SM's weight stream: pull the cached rows of an attention part on this SM
+// into L2. They do not depend on this step, and a load that reaches DRAM while the weight stream
+// fills the memory system waits microseconds; from L2 the task reads them as soon as it starts.
 template <int HD>
-__device__ __forceinline__ void attention_warm(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
-                                               int kv_heads, int max_seq, int sm, int n_sms) {
-  const u64 segment = (u64)s.pos * HD * sizeof(bf16_t);   // one head's cached rows in one cache
-  const u64 total = 2 * (u64)kv_heads * segment, blocks = (total + 255) / 256;
-  const u64 begin = blocks * sm / n_sms * 256, end = min(blocks * (sm + 1) / n_sms * 256, total);
-  for (u64 at = begin; at < end;) {    // the segments [c * segment, (c + 1) * segment) it overlaps
-    const u64 c = at / segment, stop = min(end, (c + 1) * segment);
-    const bf16_t* cache = c < (u64)kv_heads ? k_cache : v_cache;
-    const char* head = reinterpret_cast<const char*>(cache + (c % kv_heads) * (u64)max_seq * HD);
-    l2_warm(head + (at - c * segment), stop - at);
-    at = stop;
-  }
+__device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
+                                                   int q_head, int group, int max_seq, int split, int n_splits) {
+  int t_begin, t_end;
+  attention_part(s.pos, split, n_splits, t_begin, t_end);
+  const int rows = min(t_end, s.pos) - t_begin;
+  if (rows <= 0) return;
+  const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
+  const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
+  l2_prefetch(k_cache + at, bytes);        // kept while the weight stream passes through L2
+  l2_prefetch(v_cache + at, bytes);
 }
 
 // n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its

@@ -70,29 +70,20 @@ __device__ __forceinline__ u64 l2_evict_last() {
   return policy;
 }
 
-// Load [p, p + bytes) into L2 with the evict-last policy, from the producer warps, and wait until it
-// is there: each lane reads one word per 256 bytes with the 256-byte L2 fetch size, 16 loads in
-// flight per lane. Unlike a prefetch it tells when the bytes are in, so the caller can hold back
-// traffic that would otherwise queue in front of them.
-__device__ __forceinline__ void l2_warm(const void* p, u64 bytes) {
-  constexpr int kLoads = 16;
+// Pull [p, p + bytes) into L2 (16-byte aligned, whole 16-byte units) with the evict-last policy (it
+// is read after more traffic passed through L2), from the producer warps: on sm_90 one bulk prefetch
+// by the lane that drives the bulk-copy engine, before sm_90 one prefetch per 128-byte line across
+// the producer lanes. Nothing waits for it: a prefetch only makes a later read an L2 hit.
+__device__ __forceinline__ void l2_prefetch(const void* p, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  if (threadIdx.x == kConsumerThreads)
+    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
+                 :: "l"(p), "r"(bytes), "l"(l2_evict_last()) : "memory");
+#else
   const char* c = reinterpret_cast<const char*>(p);
-  const u64 policy = l2_evict_last();
-  const u32 lane = threadIdx.x - kConsumerThreads;
-  u32 sink = 0;
-  for (u64 base = 0; base < bytes; base += (u64)kProducerThreads * 256 * kLoads) {
-    u32 w[kLoads];
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) {
-      const u64 off = base + ((u64)i * kProducerThreads + lane) * 256;
-      w[i] = 0;
-      if (off < bytes)
-        asm volatile("ld.global.L2::cache_hint.L2::256B.u32 %0, [%1], %2;" : "=r"(w[i]) : "l"(c + off), "l"(policy));
-    }
-#pragma unroll
-    for (int i = 0; i < kLoads; ++i) sink ^= w[i];   // waits for every load of the batch
-  }
-  asm volatile("" :: "r"(sink));
+  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128)
+    asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(c + off));
+#endif
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }
