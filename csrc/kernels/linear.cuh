@@ -61,26 +61,18 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
     Vec4<bf16_t> nw[kBatch];
     auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
     auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
-    auto request = [&] {
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-        if (has(b)) {
-          a[b].load(in + base + at(b));
-          if constexpr (kSilu) g[b].load(in2 + base + at(b));
-        }
-    };
     // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
-    auto reload = [&] {
+    auto request = [&](bool retry) {
       u32 tag;
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)
         if (has(b)) {
-          if (a[b].first_stale(s, in + base + at(b), tag)) a[b].load(in + base + at(b));
+          if (!retry || a[b].first_stale(s, in + base + at(b), tag)) a[b].load(in + base + at(b));
           if constexpr (kSilu)
-            if (g[b].first_stale(s, in2 + base + at(b), tag)) g[b].load(in2 + base + at(b));
+            if (!retry || g[b].first_stale(s, in2 + base + at(b), tag)) g[b].load(in2 + base + at(b));
         }
     };
-    request();
+    request(false);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b)
       if (kNorm && has(b)) nw[b].load(norm_w + at(b));
@@ -93,7 +85,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
             if (const tagged_t* p = g[b].first_stale(s, in2 + base + at(b), tag)) return p;
         }
       return nullptr;
-    }, reload);
+    }, [&] { request(true); });
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int i = at(b);
