@@ -70,7 +70,9 @@ def report(out: Path, top: int = 40):
     col = {name: i for i, name in enumerate(head)}
     addr = next(i for n, i in col.items() if "Address" in n)
     src = next((i for n, i in col.items() if n.strip() == "Source"), None)
-    samples = next(i for n, i in col.items() if "Warp Stall Sampling (All" in n)
+    samples = next((i for n, i in col.items() if "Sampling" in n and "All" in n), None)
+    if samples is None:
+        samples = next(i for n, i in col.items() if "Sampling" in n)
     reasons = [(n, i) for n, i in col.items() if n.startswith("stall_") or n.lower().startswith("stall ")]
 
     def num(s):
