@@ -174,8 +174,7 @@ def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
     ops = list(next(iter(graph.ops)).body.block.ops)
     linears = [o for o in ops if isinstance(o, LinearOp)]
     return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in linears],
-                                    [(o.head_dim.value.data, o.num_heads.value.data // o.num_kv_heads.value.data)
-                                     for o in ops if isinstance(o, AttentionOp)],
+                                    [(o.head_dim.value.data, o.group) for o in ops if isinstance(o, AttentionOp)],
                                     config.depth, config.stage_bytes, config.tile_rows,
                                     [o.weight2 is not None for o in linears])
 

@@ -191,6 +191,11 @@ class AttentionOp(IRDLOperation):
             props["rope_inv_freq"] = DenseArrayBase.from_list(f32, [float(f) for f in rope_inv_freq])
         super().__init__(operands=[q, k, v, k_cache, v_cache, pos], properties=props, result_types=[q.type])
 
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (the GQA group; verify_ checks it divides)."""
+        return self.num_heads.value.data // self.num_kv_heads.value.data
+
     def verify_(self):
         nh, nkv, hd = (a.value.data for a in (self.num_heads, self.num_kv_heads, self.head_dim))
         if nkv <= 0 or nh % nkv:

@@ -38,8 +38,7 @@ MERGED_PARTS = 8    # most sequence parts by default: a reader's staging merges 
 def attention_parts(op: AttentionOp, num_sms: int) -> int:
     """The default sequence parts of an attention: its tasks x parts cover the SMs, at most
     MERGED_PARTS, and no more parts than positions."""
-    nh, group = op.num_heads.value.data, op.num_heads.value.data // op.num_kv_heads.value.data
-    tasks = nh // smem.attention_heads_per_task(group)
+    tasks = op.num_heads.value.data // smem.attention_heads_per_task(op.group)
     return max(1, min(shape_of(op.k_cache)[2], num_sms // tasks, MERGED_PARTS))
 
 
@@ -72,9 +71,9 @@ class KSplitPass(ModulePass):
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
-                hd, group = o.head_dim.value.data, o.num_heads.value.data // o.num_kv_heads.value.data
+                hd = o.head_dim.value.data
                 parts = attention_parts(o, self.num_sms) if self.enabled else 1
-                self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, group))
+                self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, o.group))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 
     def check(self, what: str, fp: smem.Footprint):

@@ -238,7 +238,7 @@ class TaskBuilder:
 
     def attention(self, op: AttentionOp, out: str):
         nh, nkv, hd = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim))
-        group, max_seq = nh // nkv, shape_of(op.k_cache)[2]
+        group, max_seq = op.group, shape_of(op.k_cache)[2]
         if hd % 8 or hd > 256:
             raise UnsupportedShapeError(f"attention '{out}': head_dim={hd} must be a multiple of 8 and at most 256")
         k_split = op.k_split.value.data if op.k_split is not None else 1
@@ -272,7 +272,7 @@ class TaskBuilder:
         per KV group, adding the parts in order into `out`."""
         op, partial = self.unmerged.pop(out)
         nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
-        group = nh // nkv
+        group = op.group
         for g in range(nkv):
             self.task(out, f"{out}.g{g}", "attention_combine", (g * group, (g + 1) * group),
                       {"partial": partial, "out": out},
