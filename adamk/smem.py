@@ -14,8 +14,8 @@ A task's footprint has three axes:
   inputs of those tasks are ready.
 
 A task's *work area* holds what it computes with besides weights (the prologue-applied
-input of a linear's K-chunk, padded to whole pages; the query / new key and value /
-per-warp partials of an attention part). An SM's dynamic shared memory is laid out as
+input of a linear's K-chunk, padded to whole pages; the query / new key and value / cached
+rows in flight, then per-warp partials, of an attention part). An SM's dynamic shared memory is laid out as
 
     [ slot 0 | slot 1 | ... | slot depth-1 ][ full[depth], empty[depth] ][ work area ]
       slot_bytes each (its largest page)       mbarriers, 8 B each          its largest work area
@@ -119,6 +119,7 @@ def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: 
 
 
 MAX_HEADS_PER_TASK = 4   # query heads one attention task scores each cached row against (registers: 16 floats each)
+ATTENTION_ROW_STEPS = 3  # steps of cached rows an attention task keeps in flight (attention.cuh kRowSteps)
 
 
 def attention_heads_per_task(group: int) -> int:
@@ -128,9 +129,12 @@ def attention_heads_per_task(group: int) -> int:
 
 
 def attention_work_bytes(head_dim: int, heads: int) -> int:
-    """qs [heads][head_dim], knew, vnew [head_dim] floats + per-warp partials [warps][heads][head_dim + 2]
-    (`AttentionWork`)."""
-    return (heads * head_dim + 2 * head_dim + WARPS * heads * (head_dim + 2)) * F32
+    """qs [heads][head_dim], knew, vnew [head_dim] floats, then the cached-row ring
+    [ATTENTION_ROW_STEPS][K, V][threads] x 16 B during the loop over the rows, whose bytes the
+    per-warp partials [warps][heads][head_dim + 2] floats take after it (`AttentionWork`)."""
+    rows = ATTENTION_ROW_STEPS * 2 * WARPS * 32 * 16
+    partials = WARPS * heads * (head_dim + 2) * F32
+    return (heads * head_dim + 2 * head_dim) * F32 + max(rows, partials)
 
 
 def attention_footprint(head_dim: int, group: int) -> "Footprint":

@@ -10,8 +10,8 @@
 #   trace     profiling builds' per-SM traces, H200 target, at each of TRACE_POS (default 512) for each
 #             of TRACE_SCHEDULES (default round-robin; both comma-separated), under $OUT/trace-<schedule>-<pos>
 #   stream    benchmarks/stream_bench.cu: the ring's stream alone, and L2-hit / DRAM-miss latency under it
-#   stalls    Nsight Compute's warp-stall sampling of one step (1B layer, H200 target, pos STALL_POS,
-#             default 512) per inlined function and instruction: benchmarks/stalls.py
+#   stalls    Nsight Compute's warp-stall sampling of one step (1B layer, H200 target, at each of STALL_POS,
+#             default 512) per function and instruction: benchmarks/stalls.py
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv,noheader
-TRACE_SCHEDULES=${TRACE_SCHEDULES:-round-robin} TRACE_POS=${TRACE_POS:-512}
+TRACE_SCHEDULES=${TRACE_SCHEDULES:-round-robin} TRACE_POS=${TRACE_POS:-512} STALL_POS=${STALL_POS:-512}
 status=0
 for part in "$@"; do
   echo "=== $part ==="
@@ -43,13 +43,16 @@ for part in "$@"; do
       nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o /tmp/stream_bench \
         && /tmp/stream_bench 2>&1 | tee "$OUT/stream.log" || status=1 ;;
     stalls)
-      { python3 benchmarks/stalls.py --out /tmp/st > /dev/null \
-        && ncu --clock-control none --section SourceCounters --section WarpStateStats -k regex:adamk_decode_step \
-             --launch-skip 3 --launch-count 1 -f --export /tmp/st/prof \
-             python3 benchmarks/stalls.py --run /tmp/st --pos "${STALL_POS:-512}" > "$OUT/ncu.log" 2>&1 \
-        && ncu --import /tmp/st/prof.ncu-rep --page source --csv --print-source sass > /tmp/st/sass.csv \
-        && python3 benchmarks/stalls.py --report /tmp/st 2>&1 | tee "$OUT/stalls.txt"; } || status=1
-      gzip -c /tmp/st/sass.csv > "$OUT/sass.csv.gz" 2>/dev/null ;;
+      python3 benchmarks/stalls.py --out /tmp/st > /dev/null || status=1
+      for pos in ${STALL_POS//,/ }; do
+        { ncu --clock-control none --section SourceCounters --section WarpStateStats --warp-sampling-interval 2 \
+             -k regex:adamk_decode_step --launch-skip 3 --launch-count 1 -f --export /tmp/st/prof \
+             python3 benchmarks/stalls.py --run /tmp/st --pos "$pos" > "$OUT/ncu-$pos.log" 2>&1 \
+          && ncu --import /tmp/st/prof.ncu-rep --page source --csv --print-source sass > /tmp/st/sass.csv \
+          && python3 benchmarks/stalls.py --report /tmp/st 2>&1 | tee "$OUT/stalls-$pos.txt"; } || status=1
+        gzip -c /tmp/st/sass.csv > "$OUT/sass-$pos.csv.gz" 2>/dev/null
+        ncu --import /tmp/st/prof.ncu-rep --page details --csv > "$OUT/details-$pos.csv" 2>/dev/null
+      done ;;
     sanitize)
       python3 benchmarks/sanitize.py --gpu H200 --out /tmp/san > /dev/null || status=1
       for tool in memcheck racecheck synccheck; do

@@ -55,10 +55,9 @@ template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM>
 __global__ void __launch_bounds__(288, 1)
 bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_base, const tagged_t* vec,
       u64* stats, u32 epoch, ErrorRecord* err) {
-  extern __shared__ __align__(16) unsigned char smem[];
   using R = Ring<DEPTH, ROWS * kCols * 2, IN_FLIGHT>;
   constexpr int kPages = kRowsPerSm / ROWS * (kK / kCols), kEvery = 4 * 16 / ROWS;
-  const Step s{nullptr, err, nullptr, 0, epoch, 2000000000ull, smem};
+  const Step s{nullptr, err, nullptr, 0, epoch, 2000000000ull};
   u64* mine = stats + (size_t)blockIdx.x * kStats;
   const u64 start_ns = global_ns(), start_clk = clock_now();
   for (int i = threadIdx.x; i < kHotWords / kSms + 1; i += blockDim.x)   // this block's hot words
@@ -76,7 +75,7 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
     return;
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const u32 sink = shared_address(smem + R::kBytes);     // one u64 past the ring (kernel smem)
+  const u32 sink = shared_address(smem_at(R::kBytes));     // one u64 past the ring (kernel smem)
   float acc = 0.f;
   for (int j = 0; j < kPages; ++j) {
     if (STREAM) {

@@ -27,6 +27,7 @@ from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
+from .. import smem
 from ..config import CONSUMER_WARPS, producer_warps
 from ..kinds import kind as task_kind
 from ..kinds.base import f32_literal, restages
@@ -241,7 +242,8 @@ class _Emitter:
                f"#define ADAMK_CONSUMER_WARPS {CONSUMER_WARPS}   // adamk/config.py CONSUMER_WARPS",
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
                f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
-               f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS", ""]
+               f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS",
+               f"#define ADAMK_ATTENTION_ROW_STEPS {smem.ATTENTION_ROW_STEPS}   // adamk/smem.py ATTENTION_ROW_STEPS", ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")
@@ -270,11 +272,10 @@ class _Emitter:
         out += ["}  // namespace adamk", "",
                 f'extern "C" __global__ void __launch_bounds__({threads}, 1)',
                 f"{KERNEL_NAME}(\n    {params}) {{",
-                "  extern __shared__ __align__(16) unsigned char smem[];",
                 "  // This launch's epoch: one past the block's last, which the block keeps on the device, so",
                 "  // launches need no new argument (a CUDA graph replays one launch for every step).",
                 "  const u32 epoch = epochs[blockIdx.x] + 1u;",
-                "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns, smem};",
+                "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns};",
                 *(self.queue_loop(n_tasks, n_sms) if self.queue else [
                     "  switch (blockIdx.x) {",
                     *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],

@@ -18,17 +18,27 @@ __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 *
 __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
-constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
-constexpr int kRowsAhead = 6;      // steps of cached rows each lane keeps in flight (attention_task, 1-2 heads)
+#if !defined(ADAMK_ATTENTION_ROW_STEPS)
+#error "ADAMK_ATTENTION_ROW_STEPS comes from the generated kernel (adamk/smem.py ATTENTION_ROW_STEPS)"
+#endif
 
-// A task's work area (smem.attention_work_bytes): P query heads.
+constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
+// Steps of cached rows each consumer thread keeps in flight (attention_task): its 16 bytes of a K
+// row and of a V row per step, copied into the work area's row ring.
+constexpr int kRowSteps = ADAMK_ATTENTION_ROW_STEPS;
+
+// A task's work area (smem.attention_work_bytes): P query heads. The row ring is live during the
+// loop over the cached rows, the per-warp partials after it, so they share bytes.
 template <int HD, int P>
 struct AttentionWork {
   static constexpr int kQs = 0;                    // float[P][HD]: rotated queries, scaled by scale * log2 e
   static constexpr int kKnew = P * HD * 4;         // float[HD]: the new key row, rounded to bf16
   static constexpr int kVnew = kKnew + HD * 4;     // float[HD]: the new value row
-  static constexpr int kPart = kVnew + HD * 4;     // float[kWarps][P][HD + 2]: per-warp acc, max, sum
-  static constexpr int kBytes = kPart + kWarps * P * (HD + 2) * 4;
+  static constexpr int kRows = kVnew + HD * 4;     // [kRowSteps][K, V][kConsumerThreads] x 16 B: the row ring
+  static constexpr int kPart = kRows;              // float[kWarps][P][HD + 2]: per-warp acc, max, sum
+  static constexpr int kRowBytes = kRowSteps * 2 * kConsumerThreads * 16;
+  static constexpr int kPartBytes = kWarps * P * (HD + 2) * 4;
+  static constexpr int kBytes = kRows + cmax(kRowBytes, kPartBytes);
 };
 
 // Merge online-softmax state (m2, l2, a2) into (m, l, a); scores are in base 2.
@@ -77,9 +87,14 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
 // n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its
 // share of positions 0..pos and writes out[(split * num_heads + q_head + p) * (HD + 2)...] =
 // (acc[HD], max, sum), unnormalised, for the merge. The cached rows do not depend on this step (the
-// producer pulled them into L2 at the start: attention_prefetch), so the first kAhead steps of
+// producer pulled them into L2 at the start: attention_prefetch), so the first kRowSteps steps of
 // them are requested before q, k and v are read (the task's wait). Each row is read once and scored
 // against the P queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK).
+// The loop over the rows is one step per trip, not unrolled: a trip's code (~3 KB) stays in the
+// instruction cache, where an unrolled body (kRowSteps x P scorings, ~14 KB) missed in it on every
+// trip under the weight stream (`benchmarks/stalls.py`: "no instruction" was most of its stalls). So
+// the rows in flight live in shared memory (each thread's own cp.async copies, which it alone reads:
+// no barrier), not in registers, which only an unrolled loop can index.
 template <int HD, int P>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
@@ -88,22 +103,23 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
                                                int n_splits) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
+  static_assert(kRowSteps >= 1, "steps of rows in flight");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kStep = kWarps * kPosPerWarp;           // rows of one step of all consumer warps
   constexpr int kStride = HD + 2;                       // per-warp partial of a head: acc[HD], m, l
   constexpr float kLog2e = 1.4426950408889634f;
-  constexpr int kAhead = P > 2 ? kRowsAhead - 2 : kRowsAhead;   // more heads hold more registers
 
   check_smem(s, work_offset + AttentionWork<HD, P>::kBytes, task);
   trace_mark(s, task, 0);
   const int pos = s.pos, kv_head = q_head / group, tid = threadIdx.x;
   constexpr int half = HD / 2, kQPairs = P * half;
   using W = AttentionWork<HD, P>;
-  float* qs = reinterpret_cast<float*>(s.smem + work_offset + W::kQs);
-  float* knew = reinterpret_cast<float*>(s.smem + work_offset + W::kKnew);
-  float* vnew = reinterpret_cast<float*>(s.smem + work_offset + W::kVnew);
-  float* part = reinterpret_cast<float*>(s.smem + work_offset + W::kPart);
+  float* qs = smem_at<float>(work_offset + W::kQs);
+  float* knew = smem_at<float>(work_offset + W::kKnew);
+  float* vnew = smem_at<float>(work_offset + W::kVnew);
+  float* part = smem_at<float>(work_offset + W::kPart);
+  const u32 rows = shared_address(smem_at(work_offset + W::kRows));
   int t_begin, t_end;
   attention_part(pos, split, n_splits, t_begin, t_end);
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
@@ -112,18 +128,25 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   const int warp = tid / 32, lane = tid % 32;
   const int sub = lane / kLanesPerPos, chunk = lane % kLanesPerPos;
   const bool has_chunk = chunk < HD / 8;
-  // Row t < pos comes from the cache, row pos from the work area.
-  auto load_row = [&](int t, uint4& kr, uint4& vr) {
-    const bool cached = t < pos && t < t_end && has_chunk;
-    kr = cached ? *reinterpret_cast<const uint4*>(kc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
-    vr = cached ? *reinterpret_cast<const uint4*>(vc + (size_t)t * HD + chunk * 8) : make_uint4(0u, 0u, 0u, 0u);
-  };
   const int first = t_begin + warp * kPosPerWarp;       // this warp's first step of rows
-  uint4 kr[kAhead], vr[kAhead];
-#pragma unroll
-  for (int g = 0; g < kAhead; ++g) load_row(first + g * kStep + sub, kr[g], vr[g]);
+  // This thread's 16 bytes of step i's K row (its V row kConsumerThreads x 16 B further).
+  auto slot = [&](int i) { return rows + (u32)(((i % kRowSteps) * 2 * kConsumerThreads + tid) * 16); };
+  // Step i's rows into its slot, zero past the cached ones (row pos comes from the work area); a
+  // group per step, empty past the part, so that cp_async_wait counts steps.
+  auto request_step = [&](int i) {
+    const int t = first + i * kStep + sub;
+    if (first + i * kStep < t_end) {                    // uniform across the warp
+      const bool cached = t < pos && t < t_end && has_chunk;
+      const size_t at = cached ? (size_t)t * HD + chunk * 8 : 0;
+      cp_async16(slot(i), kc + at, cached ? 16 : 0);
+      cp_async16(slot(i) + kConsumerThreads * 16, vc + at, cached ? 16 : 0);
+    }
+    cp_async_commit();
+  };
 
   consumer_sync();   // the previous task of this block is done with the work area
+#pragma unroll
+  for (int i = 0; i < kRowSteps; ++i) request_step(i);
   const bool appends = q_head % group == 0 && split == 0;
   for (int t = tid; t < kQPairs + half + HD; t += kConsumerThreads) {
     // Thread t: the pair (i, i + half) of query head q_head + t / half (t < kQPairs) or of k, or
@@ -178,46 +201,51 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       acc[p][e] = 0.f;
     }
   }
-  // kAhead steps in flight: as step g is used, the load of step g + kAhead goes out. The
-  // trip count is uniform across the warp, so the shuffles see every lane.
-  for (int base = first; base < t_end; base += kAhead * kStep) {
+  // Step i is used as step i + kRowSteps is requested into its slot (after its bytes are in
+  // registers). The trip count is uniform across the warp, so the shuffles see every lane.
+#pragma unroll 1
+  for (int i = 0; first + i * kStep < t_end; ++i) {
+    cp_async_wait<kRowSteps - 1>();                    // step i landed
+    const int t = first + i * kStep + sub;
+    float kf[8], vf[8];
+    unpack8(lds128(slot(i)), kf);
+    unpack8(lds128(slot(i) + kConsumerThreads * 16), vf);
+    if (t == pos && has_chunk) {
 #pragma unroll
-    for (int g = 0; g < kAhead; ++g) {
-      const int t = base + g * kStep + sub;
-      float kf[8], vf[8];
-      unpack8(kr[g], kf);
-      unpack8(vr[g], vf);
-      load_row(t + kAhead * kStep, kr[g], vr[g]);
-      if (t == pos && has_chunk) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          kf[e] = knew[chunk * 8 + e];
-          vf[e] = vnew[chunk * 8 + e];
-        }
-      }
-#pragma unroll
-      for (int p = 0; p < P; ++p) {
-        float score = 0.f;
-#pragma unroll
-        for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
-#pragma unroll
-        for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-        if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+      for (int e = 0; e < 8; ++e) {
+        kf[e] = knew[chunk * 8 + e];
+        vf[e] = vnew[chunk * 8 + e];
       }
     }
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      float score = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
+#pragma unroll
+      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+      if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+    }
+    request_step(i + kRowSteps);
   }
   trace_mark(s, task, 3);
-  // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
+  // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory (the
+  // partials take the row ring's bytes once every warp is past its loop; every copy has landed:
+  // steps past the part were never requested).
+#pragma unroll 1
+  for (int off = kLanesPerPos; off < 32; off <<= 1) {
 #pragma unroll
-  for (int p = 0; p < P; ++p) {
-#pragma unroll
-    for (int off = kLanesPerPos; off < 32; off <<= 1) {
+    for (int p = 0; p < P; ++p) {
       float a2[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) a2[e] = shfl_xor(acc[p][e], off);
       const float m2 = shfl_xor(m[p], off), l2 = shfl_xor(l[p], off);
       merge_state(m[p], l[p], acc[p], m2, l2, a2);
     }
+  }
+  consumer_sync();
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
     float* mine = part + (warp * P + p) * kStride;
     if (sub == 0 && has_chunk) {
 #pragma unroll
@@ -302,8 +330,8 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
   constexpr int kBatch = cmax(1, cmin(kElems, 32 / PARTS));                // elements with loads in flight
   using W = LinearWork<XS, HEADS * PARTS>;
   check_smem(s, work_offset + W::kBytes, task);
-  float* xs = reinterpret_cast<float*>(s.smem + work_offset + W::kXs);
-  float* coef = reinterpret_cast<float*>(s.smem + work_offset + W::kScratch);   // [HEADS][PARTS]
+  float* xs = smem_at<float>(work_offset + W::kXs);
+  float* coef = smem_at<float>(work_offset + W::kScratch);   // [HEADS][PARTS]
   trace_mark(s, task, 0);
   consumer_sync();
   u64 acc[kBatch][PARTS], wm[PARTS], wl[PARTS];

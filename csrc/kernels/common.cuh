@@ -38,6 +38,14 @@ __device__ __forceinline__ bool consumer_sync_or(bool flag) {
   return any != 0;
 }
 
+// The block's dynamic shared memory, laid out by the model (smem.py): the ring's slots and barriers,
+// then the work area. Every pointer into it is taken from this symbol, so the compiler knows it is
+// shared memory (LDS / STS), not a generic address (LD.E / ST.E through the global path).
+extern __shared__ __align__(16) unsigned char dynamic_smem[];
+
+template <typename T = unsigned char>
+__device__ __forceinline__ T* smem_at(int offset) { return reinterpret_cast<T*>(dynamic_smem + offset); }
+
 __device__ __forceinline__ u32 shared_address(const void* p) {
   u64 a;
   asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
@@ -50,6 +58,16 @@ __device__ __forceinline__ uint4 lds128(u32 addr) {
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
 }
+
+// 16 bytes from global memory into shared memory, asynchronously (cp.async, sm_80+), by this thread:
+// zero-filled past `src_bytes` (0: nothing is read). cp_async_wait<N> waits until at most N of this
+// thread's committed groups are in flight.
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, u32 src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 __device__ __forceinline__ float4 lds128f(u32 addr) {
   float4 v;

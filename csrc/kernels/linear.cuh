@@ -49,8 +49,8 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   constexpr int kBatch = kSilu ? 4 : 8;                   // Vec4 loads in flight per thread and input
   using W = LinearWork<XS>;
   check_smem(s, work_offset + W::kBytes, task);
-  float* xs = reinterpret_cast<float*>(s.smem + work_offset + W::kXs);
-  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + W::kScratch);
+  float* xs = smem_at<float>(work_offset + W::kXs);
+  float* scratch = smem_at<float>(work_offset + W::kScratch);
   trace_mark(s, task, 0);
   consumer_sync();
   const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
@@ -178,8 +178,8 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
   constexpr int kWarpsPerRow = ROWS >= kWarps ? 1 : kWarps / ROWS;
   constexpr int kOutPerWarp = GATED ? kRowsPerWarp / 2 : kRowsPerWarp;   // output rows a warp finishes
-  const u32 xs = shared_address(s.smem + work_offset + LinearWork<XS>::kXs);
-  float* scratch = reinterpret_cast<float*>(s.smem + work_offset + LinearWork<XS>::kScratch);
+  const u32 xs = shared_address(smem_at(work_offset + LinearWork<XS>::kXs));
+  float* scratch = smem_at<float>(work_offset + LinearWork<XS>::kScratch);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
   // The rows whose sums this thread finishes, and their addends, requested now.
   Addend<ResT> add[kOutPerWarp];

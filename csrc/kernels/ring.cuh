@@ -77,13 +77,13 @@ struct Ring {
   static constexpr int kBytes = kBarriers + 2 * DEPTH * 8;  // smem.SmPlan.work_offset
 
   static __device__ __forceinline__ u32 page(const Step& s, int j) {
-    return shared_address(s.smem) + (j % DEPTH) * SLOT_BYTES;
+    return shared_address(dynamic_smem) + (j % DEPTH) * SLOT_BYTES;
   }
   static __device__ __forceinline__ u32 full(const Step& s, int j) {
-    return shared_address(s.smem) + kBarriers + (j % DEPTH) * 8;
+    return shared_address(dynamic_smem) + kBarriers + (j % DEPTH) * 8;
   }
   static __device__ __forceinline__ u32 empty(const Step& s, int j) {
-    return shared_address(s.smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
+    return shared_address(dynamic_smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
   }
   // The n-th completion of a slot's barrier has parity n & 1; page j is the slot's (j / DEPTH)-th use.
   static __device__ __forceinline__ u32 use(int j) { return (u32)(j / DEPTH); }

@@ -27,7 +27,7 @@ struct ErrorRecord {
 };
 
 // What every task body gets besides its buffers: where the counters live, this launch's
-// epoch and position, the shared memory, and the trace buffer of a profiling build.
+// epoch and position, and the trace buffer of a profiling build (shared memory: smem_at).
 struct Step {
   u32* counters;
   ErrorRecord* err;
@@ -35,7 +35,6 @@ struct Step {
   int pos;
   u32 epoch;
   u64 timeout_ns;
-  unsigned char* smem;   // dynamic shared memory, laid out by the model (smem.py): stages, then work area
 };
 
 constexpr int kMaxWaits = 4;
