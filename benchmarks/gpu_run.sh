@@ -45,7 +45,7 @@ for part in "$@"; do
     stalls)
       python3 benchmarks/stalls.py --out /tmp/st > /dev/null || status=1
       for pos in ${STALL_POS//,/ }; do
-        { ncu --clock-control none --section SourceCounters --section WarpStateStats --warp-sampling-interval 2 \
+        { ncu --clock-control none --cache-control none --section SourceCounters --section WarpStateStats --warp-sampling-interval 2 \
              -k regex:adamk_decode_step --launch-skip 3 --launch-count 1 -f --export /tmp/st/prof \
              python3 benchmarks/stalls.py --run /tmp/st --pos "$pos" > "$OUT/ncu-$pos.log" 2>&1 \
           && ncu --import /tmp/st/prof.ncu-rep --page source --csv --print-source sass > /tmp/st/sass.csv \

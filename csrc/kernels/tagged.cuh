@@ -42,15 +42,19 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
 // ones again, all at once, so a retry costs one round trip however many words are stale (a
 // word loaded too early is common: a reader issues its loads as its producers finish). Bounded
 // like every wait: past the timeout it records the word and gives up; once any block has given
-// up, it gives up at once. Giving up leaves whatever the words hold and the block runs on, so no
-// thread leaves its warps waiting at a barrier; the host raises the recorded error.
+// up, it gives up too. Giving up leaves whatever the words hold and the block runs on, so no
+// thread leaves its warps waiting at a barrier; the host raises the recorded error. The error
+// flag is one word that every waiting warp of every SM would read on each retry (a thousand
+// requests per round trip to one L2 line, queued ahead of the retries' own), so it is read on
+// every 16th retry only; the clock is a register.
 template <typename FirstStale, typename Reload>
 __device__ __forceinline__ void await_words(const Step& s, int task, FirstStale first_stale, Reload reload) {
   u32 tag;
   const tagged_t* p = first_stale(tag);
   if (p == nullptr) return;
   const u64 start = global_ns();
-  while (p != nullptr && !*(volatile u32*)&s.err->flag) {
+  for (u32 retry = 1; p != nullptr; ++retry) {
+    if (retry % 16 == 0 && *(volatile u32*)&s.err->flag) return;
     if (global_ns() - start > s.timeout_ns) {
       report_error(s, kPollTimeout, task, 0, s.epoch, tag, (u64)p);
       return;
