@@ -79,7 +79,8 @@ class Linear(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         k, n, chunk, cols, pages = (op.param(p) for p in ("K", "N", "k_chunk", "page_cols", "pages"))
-        rows, gated = page_rows(op), ", true" if op.buffer("weight2") else ""
+        rows, paged = page_rows(op), paged_input(em, op)
+        gated = ", true" if op.buffer("weight2") else (", false" if paged else "")
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
         xs = pages * cols
@@ -99,20 +100,21 @@ class Linear(TaskKind):
                        "\"smem model: linear page\");")
         em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}>::kBytes == {smem.linear_work_bytes(xs, coef)}, "
                        "\"smem model: linear work area\");")
-        return [*em.signature(f"input_{name}", "int k_index"),
-                f"  const int k0 = k_index * {chunk};",
-                staging,
-                "}",
+        staging_fn = [] if paged else [*em.signature(f"input_{name}", "int k_index"),
+                                       f"  const int k0 = k_index * {chunk};", staging, "}"]
+        return [*staging_fn,
                 *em.signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
                 f"  const int k0 = k_index * {chunk};",
                 f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{gated}>(s, {buf('weight', 'bf16_t')}, "
                 f"{buf('weight2', 'bf16_t')}, {k}, "
                 f"row_begin, row_end, k0, {k_len}, page, task);",
                 "}",
-                *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"),
+                *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"
+                              + (", bool stage" if paged else "")),
                 f"  const int k0 = k_index * {chunk};",
-                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}>(s, task, {wo}, "
-                f"{out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page);",
+                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, task, "
+                f"{wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
+                + (f", {buf('input')}, k0, stage);" if paged else ");"),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:
@@ -121,9 +123,14 @@ class Linear(TaskKind):
         task_id, part = op.task_id.value.data, op.part
         name = em.op_name(op)
         k0, k_len = op.k_range
-        lines = [f"  input_{name}(s, b, {task_id}, {part});"] if new_run else em.marks(task_id)
+        paged = paged_input(em, op)
+        if paged and new_run:           # the task stages its input page by page (it stamps "inputs in")
+            lines = em.marks(task_id)[:1]
+        else:
+            lines = [f"  input_{name}(s, b, {task_id}, {part});"] if new_run else em.marks(task_id)
         what = "rows" if not op.buffer("weight2") else "rows of both weights"
-        return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part});  "
+        stage = f", {int(new_run)}" if paged else ""
+        return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part}{stage});  "
                         f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
     def pages(self, op) -> int:
@@ -133,6 +140,12 @@ class Linear(TaskKind):
         """Tasks of other ops with the same staged input (q, k and v; gate and up unless gated) stage nothing."""
         return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
                 op.k_range, op.param("pages") * op.param("page_cols"))
+
+
+def paged_input(em, op) -> bool:
+    """A plain tagged input (a down projection's: the SwiGLU output) is staged by the task itself,
+    page by page, so that its pages are used as their input columns arrive (linear.cuh PAGED)."""
+    return op.param("prologue") == "none" and em.ctype(op.buffer("input")) == "tagged_t"
 
 
 def finish(sim, op, begin: int, end: int, acc: np.ndarray):

@@ -167,10 +167,19 @@ struct Addend {
 // rows, kWarpsPerRow warps share a row and add up through shared memory in order. Warps meet only on
 // the ring's barriers (and, for shared rows, once at the end). GATED: page rows [0, ROWS/2) are W's,
 // [ROWS/2, ROWS) W2's, so warp w's rows j and j + kOutPerWarp are the gate and up of one output row.
-template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, typename ResT, typename OutT>
+//
+// PAGED (a plain tagged input: kinds/linear.py `paged_input`): the task stages its input itself, page
+// by page, when `stage` (the first task of a run; the others find xs complete): page p's input
+// columns are awaited just before page p is used, and page p + 1's are requested before page p's
+// columns are written. A down projection's input is the whole SwiGLU output, which every SM
+// stages; awaited whole, its last rows (the gate's last tasks) held every page of the ring, so
+// the slots freed and the last pages were requested only after all of it; now the pages whose
+// columns are ready are used as those columns arrive.
+template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, bool PAGED = false, typename ResT,
+          typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
                                             const ResT* residual, int row_begin, int row_end, int k_len,
-                                            int page) {
+                                            int page, const tagged_t* in = nullptr, int k0 = 0, bool stage = false) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
   static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
@@ -192,8 +201,48 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   float acc[kRowsPerWarp];
 #pragma unroll
   for (int j = 0; j < kRowsPerWarp; ++j) acc[j] = 0.f;
+  // PAGED: this thread's Vec4s of a page's input columns: columns p * PC + 4 * (tid + i * threads).
+  constexpr int kVecs = (PC + 4 * kConsumerThreads - 1) / (4 * kConsumerThreads);
+  Vec4<tagged_t> cur[PAGED ? kVecs : 1], next[PAGED ? kVecs : 1];
+  auto column = [&](int p, int i) { return p * PC + 4 * ((int)threadIdx.x + i * kConsumerThreads); };
+  auto has = [&](int p, int i) { return p < NPAGES && column(p, i) < min((p + 1) * PC, k_len); };
+  auto request = [&](int p, Vec4<tagged_t>* v, bool retry) {   // a retry requests the stale Vec4 again
+    u32 tag;
+#pragma unroll
+    for (int i = 0; i < kVecs; ++i)
+      if (has(p, i) && (!retry || v[i].first_stale(s, in + k0 + column(p, i), tag))) v[i].load(in + k0 + column(p, i));
+  };
+  if constexpr (PAGED) {
+    if (stage) {
+      check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
+      consumer_sync();               // the previous run is done with xs
+      request(0, cur, false);
+    }
+  }
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p) {
+    if constexpr (PAGED) {
+      if (stage) {
+        await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+          for (int i = 0; i < kVecs; ++i)
+            if (has(p, i))
+              if (const tagged_t* w = cur[i].first_stale(s, in + k0 + column(p, i), tag)) return w;
+          return nullptr;
+        }, [&] { request(p, cur, true); });
+        request(p + 1, next, false);
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i)
+          if (has(p, i)) {
+            float v[4];
+            cur[i].get(v);
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};"
+                         :: "r"(xs + column(p, i) * 4), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
+          }
+        consumer_sync();             // page p's columns of xs are complete
+        if (p == 0) trace_mark(s, task, 1);
+      }
+    }
     R::wait_page(s, page + p, task);
     if (p == 0) trace_mark(s, task, 3);
     const u32 wt = R::page(s, page + p);
@@ -212,6 +261,12 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
       }
     }
     R::release(s, page + p);
+    if constexpr (PAGED) {
+      if (stage) {
+#pragma unroll
+        for (int i = 0; i < kVecs; ++i) cur[i] = next[i];
+      }
+    }
   }
   if constexpr (kWarpsPerRow == 1) {
 #pragma unroll
