@@ -3,14 +3,17 @@ warp-state sampling of one decode step, mapped onto the functions of the SASS (e
 `attention_op<n>`, `linear_op<n>`, ...: nvdisasm's labels inside the one kernel).
 
     python benchmarks/stalls.py --out /tmp/st                    # compile the 1B layer, H200 target
-    ncu --clock-control none --section SourceCounters --section WarpStateStats \\
+    ncu --clock-control none --cache-control none --section SourceCounters --section WarpStateStats \\
         -k regex:adamk_decode_step --launch-skip 3 --launch-count 1 --export /tmp/st/prof \\
         python benchmarks/stalls.py --run /tmp/st --pos 512        # run steps under the profiler
     ncu --import /tmp/st/prof.ncu-rep --page source --csv --print-source sass > /tmp/st/sass.csv
     python benchmarks/stalls.py --report /tmp/st                   # per function, then per instruction
 
-(`bash benchmarks/gpu_run.sh stalls` does all four.) The report reads the CSV's columns by name
-and prints the header it found, so a change of Nsight Compute's column names shows at once.
+(`bash benchmarks/gpu_run.sh stalls` does all four, at each of STALL_POS.) `--cache-control none`:
+Nsight Compute's default flushes the caches before each replay, so every instruction fetch of the
+step is cold and "no instruction" looks like the bottleneck (58% of the attention's samples with
+the flush, 7% without: docs/perf.md v16). The report reads the CSV's columns by name and prints
+the header it found, so a change of Nsight Compute's column names shows at once.
 """
 from __future__ import annotations
 
