@@ -42,6 +42,7 @@ from .models import compile_presets
 from .runtime.timing import time_launches
 from .kinds import kind as task_kind
 from .kinds.base import restages
+from .kinds.linear import paged_input
 from .search.cost import CostModel, TaskCost, predict_step_us, predict_timeline
 from .search.validate import schedule_of, tagged_sizes
 from .targets import get_gpu
@@ -90,6 +91,7 @@ class Stamped:
     data_in: float
     ready: float          # when the last task whose writes it polls ended (0: it polls nothing)
     stages: bool          # it staged inputs (a linear starting a run, an attention, a combine)
+    paged: bool = False   # a linear that stages its input page by page: "inputs in" is page 0's
 
 
 def stamped(trace: Trace, pos: int) -> list[Stamped]:
@@ -114,8 +116,9 @@ def stamped(trace: Trace, pos: int) -> list[Stamped]:
             elif isinstance(op, ExecOp):
                 reached, inputs_in, end, data_in = us[op.task_id.value.data]
                 key = task_kind(op.kind.data).staged(op)
+                paged = op.kind.data == "linear" and paged_input(op, written)
                 out.append(Stamped(op.kind.data, TaskCost.of_exec(op, pos), reached, inputs_in, end, data_in, ready,
-                                   restages(key, staged)))
+                                   restages(key, staged), paged))
                 ready, staged = 0.0, key
     return out
 
@@ -123,6 +126,8 @@ def stamped(trace: Trace, pos: int) -> list[Stamped]:
 def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> CostModel:
     """Each parameter from the stamps that show it alone (the module docstring)."""
     # a staging that polled: its last writer's end -> inputs in = poll + stage + inputs x per_k
+    # (not a paged staging: its "inputs in" is its first page's columns, and its pages wait for the rest)
+    tasks = [t for t in tasks if not t.paged]
     polled = [(t.cost.inputs, t.inputs_in - t.ready, 1) for t in tasks if t.stages and t.ready > t.reached + 0.1]
     fixed, per_k = _line(polled, (base.poll_latency_us + base.stage_us, base.input_us_per_k), min_intercept=0.15)
     per_k = max(per_k, 1e-6)          # the descent scales it: never from zero

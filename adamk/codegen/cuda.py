@@ -82,6 +82,7 @@ class _Emitter:
         self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (first task, lines)
         # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
+        self.tagged = {name for name, b in self.buffers.items() if b.dtype.data == "f32_tagged"}   # tagged words
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
 

@@ -79,7 +79,7 @@ class Linear(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         k, n, chunk, cols, pages = (op.param(p) for p in ("K", "N", "k_chunk", "page_cols", "pages"))
-        rows, paged = page_rows(op), paged_input(em, op)
+        rows, paged = page_rows(op), paged_input(op, em.tagged)
         gated = ", true" if op.buffer("weight2") else (", false" if paged else "")
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
@@ -123,7 +123,7 @@ class Linear(TaskKind):
         task_id, part = op.task_id.value.data, op.part
         name = em.op_name(op)
         k0, k_len = op.k_range
-        paged = paged_input(em, op)
+        paged = paged_input(op, em.tagged)
         if paged and new_run:           # the task stages its input page by page (it stamps "inputs in")
             lines = em.marks(task_id)[:1]
         else:
@@ -142,10 +142,12 @@ class Linear(TaskKind):
                 op.k_range, op.param("pages") * op.param("page_cols"))
 
 
-def paged_input(em, op) -> bool:
-    """A plain tagged input (a down projection's: the SwiGLU output) is staged by the task itself,
-    page by page, so that its pages are used as their input columns arrive (linear.cuh PAGED)."""
-    return op.param("prologue") == "none" and em.ctype(op.buffer("input")) == "tagged_t"
+def paged_input(op, tagged) -> bool:
+    """A plain tagged input (`tagged`: the names of the tagged buffers), such as a down
+    projection's (the SwiGLU output) or an o_proj's from an unsplit attention, is staged by the
+    task itself, page by page, so that its pages are used as their input columns arrive
+    (linear.cuh PAGED). Its profiling stamp "inputs in" then means page 0's columns are in."""
+    return op.param("prologue") == "none" and op.buffer("input") in tagged
 
 
 def finish(sim, op, begin: int, end: int, acc: np.ndarray):

@@ -168,13 +168,13 @@ struct Addend {
 // the ring's barriers (and, for shared rows, once at the end). GATED: page rows [0, ROWS/2) are W's,
 // [ROWS/2, ROWS) W2's, so warp w's rows j and j + kOutPerWarp are the gate and up of one output row.
 //
-// PAGED (a plain tagged input: kinds/linear.py `paged_input`): the task stages its input itself, page
-// by page, when `stage` (the first task of a run; the others find xs complete): page p's input
-// columns are awaited just before page p is used, and page p + 1's are requested before page p's
-// columns are written. A down projection's input is the whole SwiGLU output, which every SM
-// stages; awaited whole, its last rows (the gate's last tasks) held every page of the ring, so
-// the slots freed and the last pages were requested only after all of it; now the pages whose
-// columns are ready are used as those columns arrive.
+// PAGED (a plain tagged input, such as a down projection's: kinds/linear.py `paged_input`): the
+// task stages its input itself, page by page, when `stage` (the first task of a run; the others
+// find xs complete): page p's input columns are awaited just before page p is used, and page
+// p + 1's are requested before page p's columns are written. A down projection's input is the
+// whole SwiGLU output, which every SM stages; awaited whole, its last rows (the gate's last tasks)
+// held every page of the ring, so the slots freed and the last pages were requested only after
+// all of it; now the pages whose columns are ready are used as those columns arrive.
 template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, bool PAGED = false, typename ResT,
           typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
