@@ -156,3 +156,20 @@ def test_search_budget_holds_and_is_reported():
         art = adamk.compile(layer, adamk.CompileConfig(gpu="H200", search_budget_s=0.5, schedule="search"))
     assert art.manifest["search_complete"] is False
     assert art.search_seconds < 0.5 + 5      # the evaluation in flight when the budget ran out finishes
+
+
+def test_paged_stagings_stay_out_of_the_staging_fit():
+    """A linear that stages a plain tagged input page by page (the down projection) stamps "inputs
+    in" when its first page's columns are in, so its stamps say nothing of a whole staging: the
+    calibration marks those tasks and fits the staging line without them."""
+    from adamk.calibrate import _initial, stamped
+    truth = dataclasses.replace(CostModel.spec(get_gpu("H100")), poll_latency_us=1.3, stage_us=0.6)
+    schedule = lower(random_layer("tiny"), num_sms=20, stage_bytes=2048)[3]
+    tasks = stamped(model_made_trace(schedule, truth, 40), 40)
+    paged = {t.kind for t in tasks if t.paged}
+    assert paged == {"linear"} and 0 < sum(t.paged for t in tasks) < sum(t.kind == "linear" for t in tasks)
+    base = CostModel.spec(get_gpu("H100"))
+    fitted = _initial(tasks, [4.0], base)
+    skewed = [dataclasses.replace(t, inputs_in=t.reached - 50.0, end=t.data_in + 1e-3) if t.paged else t
+              for t in tasks]
+    assert _initial(skewed, [4.0], base) == fitted      # the paged tasks' stamps change nothing
