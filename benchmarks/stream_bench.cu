@@ -80,14 +80,14 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
   for (int j = 0; j < kPages; ++j) {
     if (STREAM) {
       R::wait_page(s, j, 0);
-      const u32 page = R::page(s, j);
+      const u32 page = R::page(j);
       for (int c = lane * 8; c < kCols; c += 256)
         for (int r = warp; r < ROWS; r += kWarps) {
           float f[8];
           unpack8(lds128(page + (r * kCols + c) * 2), f);
           for (int e = 0; e < 8; ++e) acc += f[e];
         }
-      R::release(s, j);
+      R::release(j);
     } else {
       __nanosleep(1000 * ROWS / 16);        // about a page's time at the stream's rate
     }

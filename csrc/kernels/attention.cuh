@@ -90,11 +90,11 @@ __device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* 
 // producer pulled them into L2 at the start: attention_prefetch), so the first kRowSteps steps of
 // them are requested before q, k and v are read (the task's wait). Each row is read once and scored
 // against the P queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK).
-// The loop over the rows is one step per trip, not unrolled: a trip's code (~3 KB) stays in the
-// instruction cache, where an unrolled body (kRowSteps x P scorings, ~14 KB) missed in it on every
-// trip under the weight stream (`benchmarks/stalls.py`: "no instruction" was most of its stalls). So
-// the rows in flight live in shared memory (each thread's own cp.async copies, which it alone reads:
-// no barrier), not in registers, which only an unrolled loop can index.
+// The loop over the rows is one step per trip, not unrolled: a trip's code is ~3 KB, where an
+// unrolled body (steps in flight x P scorings) was ~14 KB of code that every launch may fetch cold
+// (how much that costs is open: docs/perf.md v16). So the rows in flight live in shared memory
+// (each thread's own cp.async copies, which it alone reads: no barrier), not in registers, which
+// only an unrolled loop can index.
 template <int HD, int P>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,

@@ -245,7 +245,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
     }
     R::wait_page(s, page + p, task);
     if (p == 0) trace_mark(s, task, 3);
-    const u32 wt = R::page(s, page + p);
+    const u32 wt = R::page(page + p);
     const int cols = min(PC, k_len - p * PC);    // the page holds these columns; past them, stale bytes
 #pragma unroll 4
     for (int c = (seg * 32 + lane) * 8; c < cols; c += kWarpsPerRow * 256) {
@@ -260,7 +260,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
         for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
       }
     }
-    R::release(s, page + p);
+    R::release(page + p);
     if constexpr (PAGED) {
       if (stage) {
 #pragma unroll

@@ -76,13 +76,13 @@ struct Ring {
   static constexpr int kBarriers = DEPTH * SLOT_BYTES;      // offset of full[0]
   static constexpr int kBytes = kBarriers + 2 * DEPTH * 8;  // smem.SmPlan.work_offset
 
-  static __device__ __forceinline__ u32 page(const Step& s, int j) {
+  static __device__ __forceinline__ u32 page(int j) {
     return shared_address(dynamic_smem) + (j % DEPTH) * SLOT_BYTES;
   }
-  static __device__ __forceinline__ u32 full(const Step& s, int j) {
+  static __device__ __forceinline__ u32 full(int j) {
     return shared_address(dynamic_smem) + kBarriers + (j % DEPTH) * 8;
   }
-  static __device__ __forceinline__ u32 empty(const Step& s, int j) {
+  static __device__ __forceinline__ u32 empty(int j) {
     return shared_address(dynamic_smem) + kBarriers + (DEPTH + j % DEPTH) * 8;
   }
   // The n-th completion of a slot's barrier has parity n & 1; page j is the slot's (j / DEPTH)-th use.
@@ -93,8 +93,8 @@ struct Ring {
   static __device__ __noinline__ void init(const Step& s) {
     if (threadIdx.x == 0) {
       for (int i = 0; i < DEPTH; ++i) {
-        mbarrier_init(full(s, i), kFullArrivals);
-        mbarrier_init(empty(s, i), kConsumerWarps);     // one arrival per consumer warp
+        mbarrier_init(full(i), kFullArrivals);
+        mbarrier_init(empty(i), kConsumerWarps);     // one arrival per consumer warp
       }
 #if __CUDA_ARCH__ >= 900
       asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -111,9 +111,9 @@ struct Ring {
                                                  int row_begin, int row_end, int c0, int k_end, int j, int task) {
     static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
     static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
-    if (j >= DEPTH) mbarrier_wait(s, empty(s, j), (use(j) - 1) & 1, task);
-    if (j >= IN_FLIGHT) mbarrier_wait(s, full(s, j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
-    const u32 dst = page(s, j), bar = full(s, j);
+    if (j >= DEPTH) mbarrier_wait(s, empty(j), (use(j) - 1) & 1, task);
+    if (j >= IN_FLIGHT) mbarrier_wait(s, full(j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
+    const u32 dst = page(j), bar = full(j);
     constexpr int kHalf = GATED ? ROWS / 2 : ROWS;        // page rows of one weight
     const int n = min(kHalf, row_end - row_begin), rows = GATED ? 2 * n : n, cols = min(PC, k_end - c0);
     // copied row r: W's row_begin + r into page row r, then (GATED) W2's into page row kHalf + r - n
@@ -151,20 +151,20 @@ struct Ring {
   static __device__ __noinline__ void drain(const Step& s, int n) {
     for (int j = max(0, n - IN_FLIGHT); j < n; ++j) {
       const u64 start = global_ns();
-      while (!mbarrier_done(full(s, j), use(j) & 1))
+      while (!mbarrier_done(full(j), use(j) & 1))
         if (*(volatile u32*)&s.err->flag && global_ns() - start > 100000) break;
     }
   }
 
   // Consumer: wait for page j's weights.
   static __device__ __forceinline__ void wait_page(const Step& s, int j, int task) {
-    mbarrier_wait(s, full(s, j), use(j) & 1, task);
+    mbarrier_wait(s, full(j), use(j) & 1, task);
   }
 
   // Consumer: this warp is done with page j (every warp arrives, whether it had rows in it or not).
-  static __device__ __forceinline__ void release(const Step& s, int j) {
+  static __device__ __forceinline__ void release(int j) {
     __syncwarp();
-    if (threadIdx.x % 32 == 0) mbarrier_arrive(empty(s, j));
+    if (threadIdx.x % 32 == 0) mbarrier_arrive(empty(j));
   }
 };
 
