@@ -29,17 +29,23 @@ def main():
     ap.add_argument("--out", default="trace")
     ap.add_argument("--cost-model", help="a profile from `adamk calibrate` (compile and predict with it)")
     ap.add_argument("--schedule", default="search", choices=("search", "round-robin", "barrier", "queue"))
+    ap.add_argument("--artifact", help="a profiling build compiled elsewhere (CompileConfig(profile=True) of the "
+                                       "preset for --gpu, --schedule): traced instead of compiling one here")
     args = ap.parse_args()
-    run(args.preset, args.gpu, args.pos, Path(args.out), args.cost_model, args.schedule)
+    run(args.preset, args.gpu, args.pos, Path(args.out), args.cost_model, args.schedule, args.artifact)
 
 
-def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None, schedule: str = "search"):
-    """Trace one step of a profiling build; write trace.json, summary.json and gantt.png to `out`."""
+def run(preset: str, gpu_name: str, pos: int, out: Path, cost_model: str | None = None, schedule: str = "search",
+        artifact: str | None = None):
+    """Trace one step of a profiling build (compiled here, or `artifact`); write trace.json, summary.json and
+    gantt.png to `out`."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        path = compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True, cost_model=cost_model,
-                                                                  schedule=schedule),
-                              f"{tmp}/a")
+        path = artifact or compile_preset(preset, adamk.CompileConfig(gpu=gpu_name, profile=True,
+                                                                      cost_model=cost_model, schedule=schedule),
+                                          f"{tmp}/a")
+        if not json.loads((Path(path) / "manifest.json").read_text())["config"].get("profile"):
+            raise SystemExit(f"{path}: not a profiling build (compile it with CompileConfig(profile=True))")
         trace = measure(path, preset, pos, "traced")
         (out / "schedule.mlir").write_text((Path(path) / "schedule.mlir").read_text())
     (out / "stamps.json").write_text(json.dumps({"preset": preset, "gpu": gpu_name, "pos": pos,
