@@ -2,15 +2,14 @@
 
 It compiles profiling builds of the bundled decoder layer (every task stamps %globaltimer
 when it is reached, when its inputs are in (its polls and staging done), when its data is in
-(a linear's first page landed, an attention's cached rows used) and at its end), runs them,
+(a linear's first page landed, an attention's cached rows scored) and at its end), runs them,
 and fits the parameters of search/cost.py to what their steps did:
 
 - first, each from the stamps that show it: `launch_us` (back-to-back time per launch less
   the traced makespan); the staging line `stage_us` + `input_us_per_k` x inputs (inputs in
   less reached, for tasks that stage inputs written long before); `poll_latency_us` (inputs
-  in less the last write they read, less their staging); `kv_bytes_per_us` (an attention
-  part's KV bytes over its data-in less reached); `smem_bytes_per_us` (a linear task's bytes
-  over its end less data-in, its fastest decile: pages already landed);
+  in less the last write they read, less their staging); `smem_bytes_per_us` (a linear
+  task's bytes over its end less data-in, its fastest decile: pages already landed);
 - then all of them together by coordinate descent on the model's own replay of the traced
   schedules (search/cost.py predict_timeline): each parameter scaled up or down while the
   squared error of every task's predicted end against its measured end drops. The page
@@ -136,19 +135,16 @@ def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> Cost
                              if t.stages and t.kind == "linear" and t.ready < t.reached - 0.5],
                             base.task_overhead_us + base.stage_us)
     stage_us = max(0.1, fixed_staging - base.task_overhead_us)
-    kv = [t.cost.read_bytes / (t.data_in - t.reached) for t in tasks
-          if t.kind == "attention" and t.cost.read_bytes and t.data_in > t.reached]
     rates = sorted(t.cost.stage_bytes / (t.end - t.data_in) for t in tasks
                    if t.kind == "linear" and t.end > t.data_in)
     return dataclasses.replace(
         base, stage_us=stage_us, input_us_per_k=per_k, poll_latency_us=max(0.05, fixed - fixed_staging),
-        kv_bytes_per_us=_median(kv, base.kv_bytes_per_us),
         smem_bytes_per_us=rates[int(0.9 * (len(rates) - 1))] if rates else base.smem_bytes_per_us,
         launch_us=max(0.0, _median(launch, base.launch_us)))
 
 
 FITTED = ("sm_bytes_per_us", "dram_latency_us", "poll_latency_us", "stage_us", "input_us_per_k",
-          "smem_bytes_per_us", "kv_bytes_per_us", "task_overhead_us")
+          "smem_bytes_per_us", "task_overhead_us")
 SCALES = (0.5, 0.7, 0.85, 0.95, 1.05, 1.2, 1.4, 2.0)
 
 

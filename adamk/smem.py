@@ -7,15 +7,17 @@ A task's footprint has three axes:
   weights: of two for a gated linear, so the functions below take the page's rows);
 - reduction: `k_chunk`, the columns of one K-split part (K itself when k_split = 1), and
   within it the columns of one weight *page* (as many as fit `page_bytes` for the tile's rows);
-- temporal: `depth`, the weight pages an SM keeps in flight. The SM's producer warp streams
-  the weights of all its linear tasks, page after page, into a ring of `depth` slots
+- temporal: `depth`, the pages an SM keeps in flight. The SM's producer warp streams the
+  weights of all its linear tasks and the cached rows of its attention parts, page after page,
+  into a ring of `depth` slots
   (ring.cuh); a slot is refilled as soon as the consumer warps release it, so the stream runs
   ahead of the computation by up to depth pages, across task and op boundaries, before the
   inputs of those tasks are ready.
 
-A task's *work area* holds what it computes with besides weights (the prologue-applied
-input of a linear's K-chunk, padded to whole pages; the query / new key and value / cached
-rows in flight, then per-warp partials, of an attention part). An SM's dynamic shared memory is laid out as
+A task's *work area* holds what it computes with besides its pages (the prologue-applied
+input of a linear's K-chunk, padded to whole pages; the query / new key and value rows and the
+per-warp partials of an attention part, whose cached K and V rows come through the ring as
+pages of their own). An SM's dynamic shared memory is laid out as
 
     [ slot 0 | slot 1 | ... | slot depth-1 ][ full[depth], empty[depth] ][ work area ]
       slot_bytes each (its largest page)       mbarriers, 8 B each          its largest work area
@@ -119,7 +121,6 @@ def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: 
 
 
 MAX_HEADS_PER_TASK = 4   # query heads one attention task scores each cached row against (registers: 16 floats each)
-ATTENTION_ROW_STEPS = 3  # steps of cached rows an attention task keeps in flight (attention.cuh kRowSteps)
 
 
 def attention_heads_per_task(group: int) -> int:
@@ -129,17 +130,40 @@ def attention_heads_per_task(group: int) -> int:
 
 
 def attention_work_bytes(head_dim: int, heads: int) -> int:
-    """qs [heads][head_dim], knew, vnew [head_dim] floats, then the cached-row ring
-    [ATTENTION_ROW_STEPS][K, V][threads] x 16 B during the loop over the rows, whose bytes the
-    per-warp partials [warps][heads][head_dim + 2] floats take after it (`AttentionWork`)."""
-    rows = ATTENTION_ROW_STEPS * 2 * WARPS * 32 * 16
-    partials = WARPS * heads * (head_dim + 2) * F32
-    return (heads * head_dim + 2 * head_dim) * F32 + max(rows, partials)
+    """qs [heads][head_dim], knew, vnew [head_dim] floats, then the per-warp partials
+    [warps][heads][head_dim + 2] floats (`AttentionWork`)."""
+    return (heads * head_dim + 2 * head_dim + WARPS * heads * (head_dim + 2)) * F32
 
 
-def attention_footprint(head_dim: int, group: int) -> "Footprint":
-    """An attention task of a GQA group of `group` query heads per KV head: no weight stage."""
-    return Footprint(0, attention_work_bytes(head_dim, attention_heads_per_task(group)))
+def attention_page_rows(head_dim: int, page_bytes: int) -> int:
+    """Cached positions one ring page of an attention part holds (their K rows, then their V rows:
+    `AttentionPage`): as many as fit `page_bytes`, a multiple of the positions a warp reads at once
+    (32 lanes, 16 bytes of a row each, a power of two of lanes per row), and at least those (a
+    page then takes more than `page_bytes`, and the ring's slots grow to it)."""
+    lanes = 1
+    while lanes < head_dim // 8:
+        lanes *= 2
+    per_warp = 32 // lanes
+    return max(1, page_bytes // (2 * head_dim * BF16) // per_warp) * per_warp
+
+
+def attention_page_bytes(head_dim: int, rows: int) -> int:
+    """One ring page of an attention part holding `rows` positions (`AttentionPage`)."""
+    return 2 * rows * head_dim * BF16
+
+
+def attention_pages(max_seq_len: int, parts: int, head_dim: int, page_bytes: int) -> int:
+    """Ring pages of one attention part: its share of the positions at the longest sequence (the
+    last position, max_seq_len - 1: attention.cuh attention_part), page_rows at a time."""
+    share = (max_seq_len - 1 + parts) // parts
+    return -(-share // attention_page_rows(head_dim, page_bytes))
+
+
+def attention_footprint(head_dim: int, group: int, page_bytes: int) -> "Footprint":
+    """An attention task of a GQA group of `group` query heads per KV head: its cached rows' pages
+    and its work area."""
+    return Footprint(attention_page_bytes(head_dim, attention_page_rows(head_dim, page_bytes)),
+                     attention_work_bytes(head_dim, attention_heads_per_task(group)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,5 +207,5 @@ def peak_without_ksplit(linear_ks: list[int], attentions: list[tuple[int, int]],
     gated = gated or [False] * len(linear_ks)
     fps = [linear_footprint(linear_page_rows(linear_tile_rows(tile_rows, g), g), k, page_bytes)
            for k, g in zip(linear_ks, gated)]
-    fps += [attention_footprint(hd, group) for hd, group in attentions]
+    fps += [attention_footprint(hd, group, page_bytes) for hd, group in attentions]
     return sm_plan(fps, depth).peak

@@ -63,7 +63,7 @@ def test_calibration_fit_recovers_the_model_that_made_the_traces(stage_bytes, sm
     pages queue, may trade against each other.)"""
     truth = dataclasses.replace(CostModel.spec(get_gpu("H100")), poll_latency_us=1.3, task_overhead_us=0.4,
                                 sm_bytes_per_us=sm_bytes_per_us, launch_us=4.0, stage_us=0.6,
-                                input_us_per_k=0.002, kv_bytes_per_us=5e3)
+                                input_us_per_k=0.002)
     layer = random_layer("tiny")
     schedules = [lower(layer, num_sms=20, stage_bytes=stage_bytes, tile_rows=rows, linear_parts=parts)[3]
                  for rows, parts in ((16, 3), (8, 1))]      # two tilings: tasks of different sizes
@@ -106,7 +106,7 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
     import adamk.calibrate as calibration
     from adamk.dialects import parse_module
     truth = dataclasses.replace(CostModel.spec(get_gpu("H100")), poll_latency_us=1.3, task_overhead_us=0.4,
-                                launch_us=4.0, stage_us=0.6, input_us_per_k=0.002, kv_bytes_per_us=5e3)
+                                launch_us=4.0, stage_us=0.6, input_us_per_k=0.002)
     spec = CostModel.spec(get_gpu("H100"))
     compiled, profiles, traced = [], [], []
     compile_presets, fit_traces = calibration.compile_presets, calibration.fit
@@ -121,7 +121,7 @@ def test_calibration_rounds_trace_the_schedule_the_search_picks(monkeypatch, rou
 
     def skewed_fit(traces, pos, base):
         model = fit_traces(traces, pos, base)
-        return dataclasses.replace(model, kv_bytes_per_us=1.0) if len(traces) == 2 else model
+        return dataclasses.replace(model, smem_bytes_per_us=10.0) if len(traces) == 2 else model
 
     def fake_measure(path, preset, pos, label, launches=50):
         schedule = parse_module((Path(path) / "schedule.mlir").read_text())

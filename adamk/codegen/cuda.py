@@ -9,8 +9,8 @@ SM, one enumerator per counter (the barrier variant's; identifiers are numbered,
 appear only in comments, escaped by adamk/names.py), static_asserts that the device
 library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
 each op (its constants filled in), and one function per SM. An SM's function has two
-straight lines: its producer warp streams the weights of the SM's linear tasks, page after
-page, through the ring; its consumer warps run the tasks in order, staging a linear op's
+straight lines: its producer warp streams the pages of the SM's tasks (a linear's weights, an
+attention part's cached rows), page after page, through the ring; its consumer warps run the tasks in order, staging a linear op's
 input once per run of its tasks. The schedule's polls need no code of their own: a task's
 staging reads exactly the tagged elements its polls name and waits for each (tagged.cuh).
 The kernel entry only dispatches on blockIdx.x.
@@ -136,11 +136,9 @@ class _Emitter:
         self.functions[key] = (op, body)
         return name
 
-    def produce(self, op: ExecOp, page: int | str) -> str:
-        """The producer's line for a linear task: stream its pages from ring page `page` on."""
-        begin, end = op.tile_range
-        args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
-        return f"    produce_{self.op_name(op)}(s, b, {', '.join(map(str, args))});  // {self.comment(op)}"
+    def produce(self, op: ExecOp, page: int | str) -> list[str]:
+        """The producer's lines that stream task `op`'s pages from ring page `page` on (its kind's)."""
+        return task_kind(op.kind.data).produce(self, op, page)
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
         """The consumers' lines for one task: the barrier variant's counter waits, its kind's call,
@@ -176,19 +174,17 @@ class _Emitter:
 
     def sm_function(self, sm) -> list[str]:
         items = list(_with_waits(sm.ops))
-        execs = [op for op, _ in items if isinstance(op, ExecOp)]
-        linears = [op for op in execs if op.kind.data == "linear"]
-        prefetches = [line for op in execs for line in task_kind(op.kind.data).prefetch(self, op)]
+        streams = [op for op, _ in items if isinstance(op, ExecOp) and self.pages(op)]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
-        if linears:
-            lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's weight stream", *prefetches]
+        if streams:
+            lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's stream"]
             page = 0
-            for op in linears:
-                lines.append(self.produce(op, page))
+            for op in streams:
+                lines += self.produce(op, page)
                 page += self.pages(op)
             lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
         else:
-            lines += ["  if (is_producer()) {   // no weights to stream", *prefetches, "    return;", "  }"]
+            lines += ["  if (is_producer()) return;   // nothing to stream"]
         page, staged = 0, None       # staged: what the work area holds (self.staged)
         for op, waits in items:      # waits run in the consumers' line; the producer is not held
             if isinstance(op, SignalOp):
@@ -216,8 +212,8 @@ class _Emitter:
         for o in execs:
             tid = o.task_id.value.data
             lines.append(f"    case {tid}: {{")
-            if o.kind.data == "linear":
-                lines += ["      if (is_producer()) {", "  " + self.produce(o, "page"),
+            if self.pages(o):
+                lines += ["      if (is_producer()) {", *("  " + line for line in self.produce(o, "page")),
                           f"        return {self.pages(o)};", "      }"]
             else:
                 lines.append("      if (is_producer()) return 0;")
@@ -244,7 +240,7 @@ class _Emitter:
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
                f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
                f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS",
-               f"#define ADAMK_ATTENTION_ROW_STEPS {smem.ATTENTION_ROW_STEPS}   // adamk/smem.py ATTENTION_ROW_STEPS", ""]
+               ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()
             text = re.sub(r'^#include "[^"]+"\n', "", text, flags=re.M).replace("#pragma once\n", "")

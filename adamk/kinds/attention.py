@@ -40,7 +40,9 @@ class Attention(TaskKind):
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
 
     def cost(self, op, pos) -> dict:
-        return {"read_bytes": 2 * -(-(pos + 1) // op.parts) * op.param("head_dim") * BF16}
+        # its cached rows at `pos` (K and V), streamed through the ring in its pages
+        rows = min(-(-(pos + 1) // op.parts), pos)
+        return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16}
 
     def reads(self, op):
         (h0, h1), hd = op.tile_range, op.param("head_dim")
@@ -93,7 +95,7 @@ class Attention(TaskKind):
         state[:hd], state[hd], state[hd + 1] = p @ values[t0:t1], m, p.sum()
 
     def functions(self, em, op, name) -> list[str]:
-        hd = op.param("head_dim")
+        hd, rows, pages = op.param("head_dim"), op.param("page_rows"), op.param("pages")
         buf = em.buf_of(op)
         inv = op.params.data.get("rope_inv_freq")
         table = em.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
@@ -102,25 +104,31 @@ class Attention(TaskKind):
         heads = op.tile_range[1] - op.tile_range[0]
         em.asserts.add(f"static_assert(AttentionWork<{hd}, {heads}>::kBytes == "
                        f"{smem.attention_work_bytes(hd, heads)}, \"smem model: attention work area\");")
-        return [*em.signature(f"attention_{name}", "int q_head, int split"),
-                f"  attention_task<{hd}, {heads}>(s, task, {em.plan.work_offset}, {args}, q_head, {op.param('group')}, "
-                f"{op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts});",
+        em.asserts.add(f"static_assert(AttentionPage<{hd}, {rows}>::kBytes == {smem.attention_page_bytes(hd, rows)}, "
+                       "\"smem model: attention page\");")
+        return [*em.signature(f"attention_{name}", "int page, int q_head, int split"),
+                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}>(s, task, {em.plan.work_offset}, {args}, "
+                f"q_head, {op.param('group')}, {op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts}, "
+                "page);",
                 "}",
-                *em.signature(f"prefetch_{name}", "int q_head, int split"),
-                f"  attention_prefetch<{hd}>(s, {buf('k_cache')}, {buf('v_cache')}, q_head, {op.param('group')}, "
-                f"{op.param('max_seq_len')}, split, {op.parts});",
+                *em.signature(f"produce_{name}", "int page, int q_head, int split"),
+                f"  attention_produce<{em.ring}, {hd}, {rows}, {pages}>(s, {buf('k_cache', 'bf16_t')}, "
+                f"{buf('v_cache', 'bf16_t')}, q_head, {op.param('group')}, {op.param('max_seq_len')}, split, "
+                f"{op.parts}, page, task);",
                 "}"]
 
-    def prefetch(self, em, op) -> list[str]:
-        begin, part = op.tile_range[0], op.part
-        return [f"    prefetch_{em.op_name(op)}(s, b, {op.task_id.value.data}, {begin}, {part});  "
-                f"// {em.comment(op)}: its cached rows into L2"]
+    def produce(self, em, op, page) -> list[str]:
+        return [f"    produce_{em.op_name(op)}(s, b, {op.task_id.value.data}, {page}, {op.tile_range[0]}, {op.part});  "
+                f"// {em.comment(op)}: its cached rows"]
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part
         end = op.tile_range[1]
         heads = f"query head {begin}" if end == begin + 1 else f"query heads {begin}..{end - 1}"
-        return self.plain_call(em, op, "attention", (begin, part), f"{heads}, part {part}")
+        return self.plain_call(em, op, "attention", (page, begin, part), f"{heads}, part {part}, pages {page}..")
+
+    def pages(self, op) -> int:
+        return op.param("pages")
 
 
 class AttentionCombine(CombineKind):

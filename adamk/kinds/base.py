@@ -31,7 +31,8 @@ class TaskKind:
     roles: frozenset           # buffer roles every task of the kind names
 
     def cost(self, op, pos: int) -> dict:
-        """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes, read_bytes, inputs."""
+        """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),
+        read_bytes, inputs."""
         raise NotImplementedError
 
     def reads(self, op) -> list[tuple[str, int, int]]:
@@ -67,9 +68,8 @@ class TaskKind:
         """Ring pages a task of the kind streams (the producer's line)."""
         return 0
 
-    def prefetch(self, em, op) -> list[str]:
-        """The producer's lines for task `op` before the SM's weight stream starts (reads that do
-        not depend on this step, pulled into L2 early)."""
+    def produce(self, em, op, page) -> list[str]:
+        """The producer's lines that stream task `op`'s pages from ring page `page` on (a kind with pages)."""
         return []
 
     def staged(self, op):

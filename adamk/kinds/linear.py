@@ -136,6 +136,11 @@ class Linear(TaskKind):
     def pages(self, op) -> int:
         return op.param("pages")
 
+    def produce(self, em, op, page) -> list[str]:
+        begin, end = op.tile_range
+        args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
+        return [f"    produce_{em.op_name(op)}(s, b, {', '.join(map(str, args))});  // {em.comment(op)}"]
+
     def staged(self, op):
         """Tasks of other ops with the same staged input (q, k and v; gate and up unless gated) stage nothing."""
         return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),

@@ -7,7 +7,8 @@ many, its pages holding them of both weights: smem.gated_tile_rows); its weights
 through the SM's ring in pages of `stage_bytes` whatever K is, so it is split over K only
 into the fewest parts whose work area (the input of a K-chunk) fits the budget with
 `depth` pages in flight; a gated linear is never split (silu needs its rows' whole sums).
-The attention splits its sequence (flash-decoding) so that its tasks (each a KV head's
+The attention's cached rows stream through the same ring in pages of `stage_bytes`. The
+attention splits its sequence (flash-decoding) so that its tasks (each a KV head's
 query heads, smem.attention_heads_per_task) x parts cover the SMs, up to MERGED_PARTS parts
 (`attention_parts`). Partial sums are combined in a fixed order by the tasks
 the tile pass adds; the DAG search may choose other splits.
@@ -73,7 +74,7 @@ class KSplitPass(ModulePass):
             elif isinstance(o, AttentionOp):
                 hd = o.head_dim.value.data
                 parts = attention_parts(o, self.num_sms) if self.enabled else 1
-                self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, o.group))
+                self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, o.group, self.stage_bytes))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 
     def check(self, what: str, fp: smem.Footprint):

@@ -248,7 +248,10 @@ class TaskBuilder:
                   "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
-        footprint = smem.attention_footprint(hd, group)
+        # its cached rows stream through the SM's ring: pages of page_rows positions
+        params |= {"page_rows": _ivalue(smem.attention_page_rows(hd, self.page_bytes)),
+                   "pages": _ivalue(smem.attention_pages(max_seq, k_split, hd, self.page_bytes))}
+        footprint = smem.attention_footprint(hd, group, self.page_bytes)
         heads = smem.attention_heads_per_task(group)    # query heads of one task: they share its rows
         if k_split == 1:
             for h in range(0, nh, heads):

@@ -1,8 +1,8 @@
 """Cost model: the predicted time of every task of a schedule, and the per-SM clock the DAG
 search places tasks with.
 
-Each SM runs two lines (ring.cuh). Its producer streams the pages of its linear tasks, in
-program order, through a ring of `depth` slots: page j is issued once slot j % depth is free
+Each SM runs two lines (ring.cuh). Its producer streams the pages of its tasks (a linear's
+weights, an attention part's cached rows), in program order, through a ring of `depth` slots: page j is issued once slot j % depth is free
 (the consumers released page j - depth) and page j - in_flight has landed; the copies queue
 behind each other at the bandwidth one SM gets when every SM pulls at once
 (`sm_bytes_per_us`) and land `dram_latency_us` later. Its consumers run the tasks in order: a
@@ -13,8 +13,8 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   `input_us_per_k` per element its prologue reads: its K-chunk, twice for silu_mul, every
   part's share for a merged attention, plus the whole row for rmsnorm's sum of squares) and
   reads each page once it has landed, at `smem_bytes_per_us`;
-- an attention part streams its KV rows at `kv_bytes_per_us` from the moment the SM reaches
-  it (the rows do not depend on this step), so it ends when both they and its inputs are in;
+- an attention part polls q, k and v (`stage_us`) and reads its pages of cached rows the same
+  way (their bytes at the step's position, spread over its pages);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 A step costs its makespan plus `launch_us`.
 
@@ -57,7 +57,6 @@ class CostModel:
     stage_us: float = 1.0             # a staging's fixed cost: its barriers and one round trip to L2
     input_us_per_k: float = 0.0002    # a staging, per input element its prologue reads
     smem_bytes_per_us: float = 150e3  # the consumer warps reading a landed page (8 warps, 16 B per lane)
-    kv_bytes_per_us: float = 20e3     # an attention part streaming its KV rows
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
     model: str = MODEL
     source: str = SPEC
@@ -66,7 +65,7 @@ class CostModel:
     def spec(cls, gpu: GPU) -> "CostModel":
         """The spec table's guess: a share of the datasheet bandwidth, everything else a default."""
         share = gpu.dram_gbps * 1e3 / gpu.num_sms            # bytes per us per SM at the datasheet rate
-        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share, kv_bytes_per_us=0.6 * share)
+        return cls(gpu=gpu.name, sm_bytes_per_us=0.85 * share)
 
     @classmethod
     def for_gpu(cls, gpu: GPU) -> "CostModel":
@@ -127,7 +126,7 @@ class TaskCost:
     kind: str
     stage_bytes: int = 0     # weights streamed through the ring (linear)
     pages: int = 0           # ring pages they take
-    read_bytes: int = 0      # KV rows (attention) or partial sums (combines) it reads
+    read_bytes: int = 0      # partial sums a combine reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
     @classmethod
@@ -168,17 +167,14 @@ class SmClock:
         reached = self.now
         start = max(reached, ready)
         inputs_in = start + m.task_overhead_us
-        if task.kind == "linear":
-            if restages(staged, self.staged):
+        if task.pages:                   # a linear's weights or an attention part's cached rows
+            if task.kind != "linear" or restages(staged, self.staged):   # a linear's staging; q, k and v polled
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             t, data_in = inputs_in, None
             for _ in range(task.pages):
                 t = self._page(task.stage_bytes / task.pages, t)
                 data_in = data_in if data_in is not None else self.landed[-1]
             data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
-        elif task.kind == "attention":
-            inputs_in += m.stage_us                      # q, k and v polled; the KV rows requested at `reached`
-            t = data_in = max(inputs_in, reached + task.read_bytes / m.kv_bytes_per_us)
         else:
             inputs_in += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
             t = data_in = inputs_in

@@ -2,10 +2,12 @@
 // its GQA group) over positions 0..pos, or, split over the sequence (flash-decoding), over part
 // `split` of them, plus the merge of the parts (by the reading linear's input staging, or by a
 // combine task). The P heads share every cached row a task reads, so a KV head's rows cross the
-// memory system once per part, not once per query head. Part 0 of the task holding the group's
-// first query head also appends the new (rotated) k and v at `pos`; every task rotates the new k
-// itself, so no task reads a cache row another task writes this step. q, k, v and the outputs are
-// tagged words.
+// memory system once per part, not once per query head. The cached rows come through the SM's ring
+// (ring.cuh) like a linear's weights: they do not depend on this step, so the producer streams them
+// from the launch on, in program order, and the task finds them in shared memory. Part 0 of the
+// task holding the group's first query head also appends the new (rotated) k and v at `pos`; every
+// task rotates the new k itself, so no task reads a cache row another task writes this step. q, k,
+// v and the outputs are tagged words.
 #pragma once
 #include "common.cuh"
 #include "linear.cuh"
@@ -18,27 +20,26 @@ __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 *
 __host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
 __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
-#if !defined(ADAMK_ATTENTION_ROW_STEPS)
-#error "ADAMK_ATTENTION_ROW_STEPS comes from the generated kernel (adamk/smem.py ATTENTION_ROW_STEPS)"
-#endif
-
 constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
-// Steps of cached rows each consumer thread keeps in flight (attention_task): its 16 bytes of a K
-// row and of a V row per step, copied into the work area's row ring.
-constexpr int kRowSteps = ADAMK_ATTENTION_ROW_STEPS;
 
-// A task's work area (smem.attention_work_bytes): P query heads. The row ring is live during the
-// loop over the cached rows, the per-warp partials after it, so they share bytes.
+// A task's work area (smem.attention_work_bytes): P query heads, the new k and v rows, and the
+// per-warp partials of the end.
 template <int HD, int P>
 struct AttentionWork {
   static constexpr int kQs = 0;                    // float[P][HD]: rotated queries, scaled by scale * log2 e
   static constexpr int kKnew = P * HD * 4;         // float[HD]: the new key row, rounded to bf16
   static constexpr int kVnew = kKnew + HD * 4;     // float[HD]: the new value row
-  static constexpr int kRows = kVnew + HD * 4;     // [kRowSteps][K, V][kConsumerThreads] x 16 B: the row ring
-  static constexpr int kPart = kRows;              // float[kWarps][P][HD + 2]: per-warp acc, max, sum
-  static constexpr int kRowBytes = kRowSteps * 2 * kConsumerThreads * 16;
-  static constexpr int kPartBytes = kWarps * P * (HD + 2) * 4;
-  static constexpr int kBytes = kRows + cmax(kRowBytes, kPartBytes);
+  static constexpr int kPart = kVnew + HD * 4;     // float[kWarps][P][HD + 2]: per-warp acc, max, sum
+  static constexpr int kBytes = kPart + kWarps * P * (HD + 2) * 4;
+};
+
+// One ring page of an attention part (smem.attention_page_rows): the K rows of ROWS cached
+// positions ([ROWS][HD] bf16), then their V rows.
+template <int HD, int ROWS>
+struct AttentionPage {
+  static constexpr int kK = 0;
+  static constexpr int kV = ROWS * HD * 2;
+  static constexpr int kBytes = 2 * ROWS * HD * 2;
 };
 
 // Merge online-softmax state (m2, l2, a2) into (m, l, a); scores are in base 2.
@@ -68,47 +69,51 @@ __device__ __forceinline__ void attention_part(int pos, int split, int n_splits,
   t_end = min(t_begin + share, pos + 1);
 }
 
-// Producer, before the SM's weight stream: pull the cached rows of an attention part on this SM
-// into L2. They do not depend on this step, and a load that reaches DRAM while the weight stream
-// fills the memory system waits microseconds; from L2 the task reads them as soon as it starts.
-template <int HD>
-__device__ __forceinline__ void attention_prefetch(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
-                                                   int q_head, int group, int max_seq, int split, int n_splits) {
+// Producer: the cached rows of part `split` (positions [t_begin, min(t_end, pos)); row pos is this
+// step's, which the task takes from k and v) as pages `page` .. `page + NPAGES - 1` of the ring, ROWS
+// positions each: two bulk copies per page (a KV head's rows are contiguous), none for a page past
+// the part's rows. NPAGES covers a part at the longest sequence (smem.attention_pages).
+template <typename R, int HD, int ROWS, int NPAGES>
+__device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k_cache, const bf16_t* v_cache,
+                                                  int q_head, int group, int max_seq, int split, int n_splits,
+                                                  int page, int task) {
+  using Page = AttentionPage<HD, ROWS>;
+  static_assert(Page::kBytes <= R::kSlotBytes, "an attention page fits its ring slot");
   int t_begin, t_end;
   attention_part(s.pos, split, n_splits, t_begin, t_end);
-  const int rows = min(t_end, s.pos) - t_begin;
-  if (rows <= 0) return;
-  const size_t at = ((size_t)(q_head / group) * max_seq + t_begin) * HD;
-  const u32 bytes = (u32)rows * HD * sizeof(bf16_t);
-  l2_prefetch(k_cache + at, bytes);        // kept while the weight stream passes through L2
-  l2_prefetch(v_cache + at, bytes);
+  const size_t head = (size_t)(q_head / group) * max_seq;
+  const int cached = min(t_end, s.pos);
+#pragma unroll 1
+  for (int p = 0; p < NPAGES; ++p) {
+    const int t0 = t_begin + p * ROWS, n = max(0, min(ROWS, cached - t0));
+    R::fill(s, page + p, task, n > 0 ? 2 : 0, n * HD * 2,
+            [&](int i) { return (i == 0 ? k_cache : v_cache) + (head + t0) * HD; },
+            [&](int i) { return (u32)(i == 0 ? Page::kK : Page::kV); });
+  }
 }
 
 // n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its
 // share of positions 0..pos and writes out[(split * num_heads + q_head + p) * (HD + 2)...] =
-// (acc[HD], max, sum), unnormalised, for the merge. The cached rows do not depend on this step (the
-// producer pulled them into L2 at the start: attention_prefetch), so the first kRowSteps steps of
-// them are requested before q, k and v are read (the task's wait). Each row is read once and scored
-// against the P queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK).
-// The loop over the rows is one step per trip, not unrolled: a trip's code is ~3 KB, where an
-// unrolled body (steps in flight x P scorings) was ~14 KB of code that every launch may fetch cold
-// (how much that costs is open: docs/perf.md v16). So the rows in flight live in shared memory
-// (each thread's own cp.async copies, which it alone reads: no barrier), not in registers, which
-// only an unrolled loop can index.
-template <int HD, int P>
+// (acc[HD], max, sum), unnormalised, for the merge. Its cached rows are ring pages `page` ..
+// `page + NPAGES - 1` (attention_produce), in shared memory by the time q, k and v are (the task's
+// wait), so its loop reads shared memory only. Each row is read once and scored against the P
+// queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); a warp's lane groups
+// take kPosPerWarp rows per trip, one trip per step of kStep rows (not unrolled: a small loop body).
+template <typename R, int HD, int P, int ROWS, int NPAGES>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
-                                               int n_splits) {
+                                               int n_splits, int page) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
-  static_assert(kRowSteps >= 1, "steps of rows in flight");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
   constexpr int kStep = kWarps * kPosPerWarp;           // rows of one step of all consumer warps
   constexpr int kStride = HD + 2;                       // per-warp partial of a head: acc[HD], m, l
   constexpr float kLog2e = 1.4426950408889634f;
+  static_assert(ROWS % kPosPerWarp == 0, "a warp's rows of a step lie in one page (smem.attention_page_rows)");
+  using Page = AttentionPage<HD, ROWS>;
 
   check_smem(s, work_offset + AttentionWork<HD, P>::kBytes, task);
   trace_mark(s, task, 0);
@@ -119,7 +124,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   float* knew = smem_at<float>(work_offset + W::kKnew);
   float* vnew = smem_at<float>(work_offset + W::kVnew);
   float* part = smem_at<float>(work_offset + W::kPart);
-  const u32 rows = shared_address(smem_at(work_offset + W::kRows));
   int t_begin, t_end;
   attention_part(pos, split, n_splits, t_begin, t_end);
   bf16_t* kc = k_cache + (size_t)kv_head * max_seq * HD;
@@ -128,25 +132,8 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   const int warp = tid / 32, lane = tid % 32;
   const int sub = lane / kLanesPerPos, chunk = lane % kLanesPerPos;
   const bool has_chunk = chunk < HD / 8;
-  const int first = t_begin + warp * kPosPerWarp;       // this warp's first step of rows
-  // This thread's 16 bytes of step i's K row (its V row kConsumerThreads x 16 B further).
-  auto slot = [&](int i) { return rows + (u32)(((i % kRowSteps) * 2 * kConsumerThreads + tid) * 16); };
-  // Step i's rows into its slot, zero past the cached ones (row pos comes from the work area); a
-  // group per step, empty past the part, so that cp_async_wait counts steps.
-  auto request_step = [&](int i) {
-    const int t = first + i * kStep + sub;
-    if (first + i * kStep < t_end) {                    // uniform across the warp
-      const bool cached = t < pos && t < t_end && has_chunk;
-      const size_t at = cached ? (size_t)t * HD + chunk * 8 : 0;
-      cp_async16(slot(i), kc + at, cached ? 16 : 0);
-      cp_async16(slot(i) + kConsumerThreads * 16, vc + at, cached ? 16 : 0);
-    }
-    cp_async_commit();
-  };
 
   consumer_sync();   // the previous task of this block is done with the work area
-#pragma unroll
-  for (int i = 0; i < kRowSteps; ++i) request_step(i);
   const bool appends = q_head % group == 0 && split == 0;
   for (int t = tid; t < kQPairs + half + HD; t += kConsumerThreads) {
     // Thread t: the pair (i, i + half) of query head q_head + t / half (t < kQPairs) or of k, or
@@ -201,37 +188,41 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       acc[p][e] = 0.f;
     }
   }
-  // Step i is used as step i + kRowSteps is requested into its slot (after its bytes are in
-  // registers). The trip count is uniform across the warp, so the shuffles see every lane.
+  // Page by page: its steps of rows (the trip count is uniform across the warp, so the shuffles
+  // see every lane), then the warp is done with it.
 #pragma unroll 1
-  for (int i = 0; first + i * kStep < t_end; ++i) {
-    cp_async_wait<kRowSteps - 1>();                    // step i landed
-    const int t = first + i * kStep + sub;
-    float kf[8], vf[8];
-    unpack8(lds128(slot(i)), kf);
-    unpack8(lds128(slot(i) + kConsumerThreads * 16), vf);
-    if (t == pos && has_chunk) {
+  for (int pg = 0; pg < NPAGES; ++pg) {
+    R::wait_page(s, page + pg, task);
+    const u32 rows = R::page(page + pg);
+    const int t0 = t_begin + pg * ROWS;
+#pragma unroll 1
+    for (int r0 = warp * kPosPerWarp; r0 < ROWS && t0 + r0 < t_end; r0 += kStep) {
+      const int r = r0 + sub, t = t0 + r;
+      float kf[8], vf[8];
+      if (has_chunk && t < pos) {
+        unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf);
+        unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf);
+      } else {
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        kf[e] = knew[chunk * 8 + e];
-        vf[e] = vnew[chunk * 8 + e];
+        for (int e = 0; e < 8; ++e) {
+          kf[e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos (t >= t_end: not merged below)
+          vf[e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        float score = 0.f;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
+#pragma unroll
+        for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
+        if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
       }
     }
-#pragma unroll
-    for (int p = 0; p < P; ++p) {
-      float score = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
-#pragma unroll
-      for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-      if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
-    }
-    request_step(i + kRowSteps);
+    R::release(page + pg);
   }
   trace_mark(s, task, 3);
-  // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory (the
-  // partials take the row ring's bytes once every warp is past its loop; every copy has landed:
-  // steps past the part were never requested).
+  // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
 #pragma unroll 1
   for (int off = kLanesPerPos; off < 32; off <<= 1) {
 #pragma unroll
@@ -243,7 +234,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       merge_state(m[p], l[p], acc[p], m2, l2, a2);
     }
   }
-  consumer_sync();
 #pragma unroll
   for (int p = 0; p < P; ++p) {
     float* mine = part + (warp * P + p) * kStride;

@@ -59,49 +59,18 @@ __device__ __forceinline__ uint4 lds128(u32 addr) {
   return v;
 }
 
-// 16 bytes from global memory into shared memory, asynchronously (cp.async, sm_80+), by this thread:
-// zero-filled past `src_bytes` (0: nothing is read). cp_async_wait<N> waits until at most N of this
-// thread's committed groups are in flight.
-__device__ __forceinline__ void cp_async16(u32 dst, const void* src, u32 src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
 __device__ __forceinline__ float4 lds128f(u32 addr) {
   float4 v;
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
   return v;
 }
 
-// L2 cache policies (createpolicy, sm_80+): evict-first for data read once (the weight stream, more
-// bytes than L2 holds), evict-last for data pulled into L2 ahead of its use (cached KV rows).
+// The L2 cache policy (createpolicy, sm_80+) of data read once a step: the SM's stream of weights
+// and cached KV rows, more bytes than L2 holds.
 __device__ __forceinline__ u64 l2_evict_first() {
   u64 policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   return policy;
-}
-__device__ __forceinline__ u64 l2_evict_last() {
-  u64 policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
-
-// Pull [p, p + bytes) into L2 (16-byte aligned, whole 16-byte units) with the evict-last policy (it
-// is read after more traffic passed through L2), from the producer warps: on sm_90 one bulk prefetch
-// by the lane that drives the bulk-copy engine, before sm_90 one prefetch per 128-byte line across
-// the producer lanes. Nothing waits for it: a prefetch only makes a later read an L2 hit.
-__device__ __forceinline__ void l2_prefetch(const void* p, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  if (threadIdx.x == kConsumerThreads)
-    asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;"
-                 :: "l"(p), "r"(bytes), "l"(l2_evict_last()) : "memory");
-#else
-  const char* c = reinterpret_cast<const char*>(p);
-  for (u32 off = (threadIdx.x - kConsumerThreads) * 128; off < bytes; off += kProducerThreads * 128)
-    asm volatile("prefetch.global.L2::evict_last [%0];" :: "l"(c + off));
-#endif
 }
 
 __device__ __forceinline__ float to_float(float v) { return v; }

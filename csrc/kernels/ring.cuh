@@ -1,5 +1,7 @@
-// ring.cuh — the SM's weight stream: a ring of DEPTH shared-memory pages, each with a `full` and an
-// `empty` mbarrier. The producer warp fills page j into slot j % DEPTH and the copies complete its
+// ring.cuh — the SM's stream: a ring of DEPTH shared-memory pages, each with a `full` and an
+// `empty` mbarrier. The pages hold its linear tasks' weights and its attention parts' cached K and V
+// rows, none of which depend on this step, so the producer warp streams them from the launch on, in
+// the SM's program order. It fills page j into slot j % DEPTH and the copies complete its
 // `full` barrier as they land: on sm_90 one bulk copy (the TMA engine) per row of the page, counted
 // in bytes; before sm_90 cp.async by every lane, each lane arriving as its copies land. The consumer
 // warps wait on `full`, compute, and arrive on `empty`, which lets the producer refill the slot.
@@ -7,10 +9,10 @@
 // on a slot the consumers still read. At most IN_FLIGHT pages are in flight at once (the rest of
 // the ring holds landed pages): an SM's share of DRAM bandwidth needs only that many bytes in the
 // memory system, and every byte more queues ahead of the small reads on the critical path (tagged
-// activations, KV rows), which then wait behind the weight stream. Columns past the page's valid
-// ones are never read, so a page holds only the valid rows and columns (no zero fill). Weight
-// copies carry an L2 evict-first policy: a step streams more weight bytes than L2 holds and reads
-// each once, so without the hint they evict what is read again (tagged activations, KV rows).
+// activations), which then wait behind the stream. Columns past the page's valid ones are never
+// read, so a page holds only the valid rows and columns (no zero fill). The copies carry an L2
+// evict-first policy: a step streams more bytes than L2 holds and reads each once, so without the
+// hint they evict what is read again (tagged activations).
 #pragma once
 #include "common.cuh"
 #include "sync.cuh"
@@ -103,45 +105,52 @@ struct Ring {
     __syncthreads();
   }
 
-  // Producer: copy rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k)
-  // into page j, a ROWS x PC tile, once the slot is free and page j - IN_FLIGHT has landed. GATED:
-  // those rows of W into the page's first ROWS / 2 rows and the same rows of W2 into the rest.
+  // Producer: page j, once its slot is free and page j - IN_FLIGHT has landed, from `spans` spans of
+  // `bytes` bytes each (a multiple of 16): span i from src(i) to byte offset dst(i) of the page. Its
+  // `full` barrier completes as they land (at once for no spans). Every page of the SM's stream is
+  // filled this way: a linear's weight rows, an attention part's cached K and V rows.
+  template <typename Src, typename Dst>
+  static __device__ __forceinline__ void fill(const Step& s, int j, int task, int spans, int bytes, Src src, Dst dst) {
+    if (j >= DEPTH) mbarrier_wait(s, empty(j), (use(j) - 1) & 1, task);
+    if (j >= IN_FLIGHT) mbarrier_wait(s, full(j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
+    const u32 base = page(j), bar = full(j);
+    const u64 policy = l2_evict_first();
+#if __CUDA_ARCH__ >= 900
+    if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
+      asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
+                   :: "r"(bar), "r"(spans * bytes) : "memory");
+      for (int i = 0; i < spans; ++i)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+                     " [%0], [%1], %2, [%3], %4;"
+                     :: "r"(base + dst(i)), "l"(src(i)), "r"(bytes), "r"(bar), "l"(policy) : "memory");
+    }
+#else
+    const int per_span = bytes / 16;
+#pragma unroll 4
+    for (int p = threadIdx.x - kConsumerThreads; p < spans * per_span; p += kProducerThreads) {
+      const int i = p / per_span, c = (p % per_span) * 16;
+      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;"
+                   :: "r"(base + dst(i) + c), "l"(reinterpret_cast<const char*>(src(i)) + c), "l"(policy)
+                   : "memory");
+    }
+    mbarrier_arrive_copies(bar);
+#endif
+  }
+
+  // Producer: rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k) into
+  // page j, a ROWS x PC tile. GATED: those rows of W into the page's first ROWS / 2 rows and the same
+  // rows of W2 into the rest.
   template <int ROWS, int PC, bool GATED>
   static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k,
                                                  int row_begin, int row_end, int c0, int k_end, int j, int task) {
     static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
     static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
-    if (j >= DEPTH) mbarrier_wait(s, empty(j), (use(j) - 1) & 1, task);
-    if (j >= IN_FLIGHT) mbarrier_wait(s, full(j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
-    const u32 dst = page(j), bar = full(j);
     constexpr int kHalf = GATED ? ROWS / 2 : ROWS;        // page rows of one weight
     const int n = min(kHalf, row_end - row_begin), rows = GATED ? 2 * n : n, cols = min(PC, k_end - c0);
     // copied row r: W's row_begin + r into page row r, then (GATED) W2's into page row kHalf + r - n
-    auto source = [&](int r) {
-      return (!GATED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0;
-    };
-    auto page_row = [&](int r) { return !GATED || r < n ? r : kHalf + r - n; };
-    const u64 policy = l2_evict_first();
-#if __CUDA_ARCH__ >= 900
-    if (threadIdx.x == kConsumerThreads) {             // one lane drives the bulk-copy engine
-      asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
-                   :: "r"(bar), "r"(rows * cols * 2) : "memory");
-      for (int r = 0; r < rows; ++r)
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-                     " [%0], [%1], %2, [%3], %4;"
-                     :: "r"(dst + page_row(r) * PC * 2), "l"(source(r)), "r"(cols * 2), "r"(bar), "l"(policy)
-                     : "memory");
-    }
-#else
-    const int per_row = cols / 8;
-#pragma unroll 4
-    for (int p = threadIdx.x - kConsumerThreads; p < rows * per_row; p += kProducerThreads) {
-      const int r = p / per_row, c = (p % per_row) * 8;
-      asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;"
-                   :: "r"(dst + (page_row(r) * PC + c) * 2), "l"(source(r) + c), "l"(policy) : "memory");
-    }
-    mbarrier_arrive_copies(bar);
-#endif
+    fill(s, j, task, rows, cols * 2,
+         [&](int r) { return (!GATED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0; },
+         [&](int r) { return (u32)((!GATED || r < n ? r : kHalf + r - n) * PC * 2); });
   }
 
   // Producer, after its last page (n pages in all): wait until its copies have landed, so the block
