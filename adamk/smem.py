@@ -121,6 +121,7 @@ def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: 
 
 
 MAX_HEADS_PER_TASK = 4   # query heads one attention task scores each cached row against (registers: 16 floats each)
+ATTENTION_ROWS_PER_LANE = 2   # cached rows a lane scores per trip of the attention's loop (attention.cuh)
 
 
 def attention_heads_per_task(group: int) -> int:
@@ -137,14 +138,15 @@ def attention_work_bytes(head_dim: int, heads: int) -> int:
 
 def attention_page_rows(head_dim: int, page_bytes: int) -> int:
     """Cached positions one ring page of an attention part holds (their K rows, then their V rows:
-    `AttentionPage`): as many as fit `page_bytes`, a multiple of the positions a warp reads at once
-    (32 lanes, 16 bytes of a row each, a power of two of lanes per row), and at least those (a
-    page then takes more than `page_bytes`, and the ring's slots grow to it)."""
+    `AttentionPage`): as many as fit `page_bytes`, a multiple of the positions a warp reads in one
+    trip (32 lanes, 16 bytes of a row each, a power of two of lanes per row, ATTENTION_ROWS_PER_LANE
+    rows each), and at least those (a page then takes more than `page_bytes`, and the ring's slots
+    grow to it)."""
     lanes = 1
     while lanes < head_dim // 8:
         lanes *= 2
-    per_warp = 32 // lanes
-    return max(1, page_bytes // (2 * head_dim * BF16) // per_warp) * per_warp
+    per_trip = 32 // lanes * ATTENTION_ROWS_PER_LANE
+    return max(1, page_bytes // (2 * head_dim * BF16) // per_trip) * per_trip
 
 
 def attention_page_bytes(head_dim: int, rows: int) -> int:

@@ -240,6 +240,8 @@ class _Emitter:
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
                f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
                f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS",
+               f"#define ADAMK_ATTENTION_ROWS_PER_LANE {smem.ATTENTION_ROWS_PER_LANE}"
+               "   // adamk/smem.py ATTENTION_ROWS_PER_LANE",
                ""]
         for h in HEADERS:
             text = (KERNELS_DIR / h).read_text()

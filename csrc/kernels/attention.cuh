@@ -22,6 +22,13 @@ __host__ __device__ constexpr int cmax(int a, int b) { return a > b ? a : b; }
 
 constexpr float kEmpty = -1e30f;   // max score of no positions: finite, so merging two empty states stays finite
 
+#if !defined(ADAMK_ATTENTION_ROWS_PER_LANE)
+#error "ADAMK_ATTENTION_ROWS_PER_LANE comes from the generated kernel (adamk/smem.py ATTENTION_ROWS_PER_LANE)"
+#endif
+// Cached rows a lane group scores per trip of the loop: independent chains (loads, dot products,
+// shuffles) in flight together, and one merge into the running state per head per trip.
+constexpr int kRowsPerLane = ADAMK_ATTENTION_ROWS_PER_LANE;
+
 // A task's work area (smem.attention_work_bytes): P query heads, the new k and v rows, and the
 // per-warp partials of the end.
 template <int HD, int P>
@@ -109,10 +116,11 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
   constexpr int kPosPerWarp = 32 / kLanesPerPos;
-  constexpr int kStep = kWarps * kPosPerWarp;           // rows of one step of all consumer warps
+  constexpr int kPerTrip = kPosPerWarp * kRowsPerLane;  // rows of one trip of a warp
+  constexpr int kStep = kWarps * kPerTrip;              // rows of one trip of all consumer warps
   constexpr int kStride = HD + 2;                       // per-warp partial of a head: acc[HD], m, l
   constexpr float kLog2e = 1.4426950408889634f;
-  static_assert(ROWS % kPosPerWarp == 0, "a warp's rows of a step lie in one page (smem.attention_page_rows)");
+  static_assert(ROWS % kPerTrip == 0, "a warp's rows of a trip lie in one page (smem.attention_page_rows)");
   using Page = AttentionPage<HD, ROWS>;
 
   check_smem(s, work_offset + AttentionWork<HD, P>::kBytes, task);
@@ -196,27 +204,46 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     const u32 rows = R::page(page + pg);
     const int t0 = t_begin + pg * ROWS;
 #pragma unroll 1
-    for (int r0 = warp * kPosPerWarp; r0 < ROWS && t0 + r0 < t_end; r0 += kStep) {
-      const int r = r0 + sub, t = t0 + r;
-      float kf[8], vf[8];
-      if (has_chunk && t < pos) {
-        unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf);
-        unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf);
-      } else {
+    for (int r0 = warp * kPerTrip; r0 < ROWS && t0 + r0 < t_end; r0 += kStep) {
+      float kf[kRowsPerLane][8], vf[kRowsPerLane][8], score[kRowsPerLane][P];
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          kf[e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos (t >= t_end: not merged below)
-          vf[e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
+      for (int u = 0; u < kRowsPerLane; ++u) {
+        const int r = r0 + u * kPosPerWarp + sub, t = t0 + r;
+        if (has_chunk && t < pos) {
+          unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf[u]);
+          unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf[u]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            kf[u][e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos; past t_end masked below
+            vf[u][e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
+          }
+        }
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          float d = 0.f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) d = fmaf(qr[p][e], kf[u][e], d);
+#pragma unroll
+          for (int off = 1; off < kLanesPerPos; off <<= 1) d += shfl_xor(d, off);
+          score[u][p] = t < t_end ? d : -__int_as_float(0x7f800000);   // -inf: a row past the part weighs 0
         }
       }
+      // The trip's rows as one state per head (max m2, sum l2, acc a2), merged into the running one.
 #pragma unroll
       for (int p = 0; p < P; ++p) {
-        float score = 0.f;
+        float m2 = kEmpty;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) score = fmaf(qr[p][e], kf[e], score);
+        for (int u = 0; u < kRowsPerLane; ++u) m2 = fmaxf(m2, score[u][p]);
+        float l2 = 0.f, a2[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int off = 1; off < kLanesPerPos; off <<= 1) score += shfl_xor(score, off);
-        if (t < t_end) merge_state(m[p], l[p], acc[p], score, 1.f, vf);   // one position: m = score, l = 1, acc = v
+        for (int u = 0; u < kRowsPerLane; ++u) {
+          const float c = fast_exp2(score[u][p] - m2);
+          l2 += c;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) a2[e] = fmaf(c, vf[u][e], a2[e]);
+        }
+        merge_state(m[p], l[p], acc[p], m2, l2, a2);
       }
     }
     R::release(page + pg);
