@@ -209,13 +209,13 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
 #pragma unroll
       for (int u = 0; u < kRowsPerLane; ++u) {
         const int r = r0 + u * kPosPerWarp + sub, t = t0 + r;
-        if (has_chunk && t < pos) {
+        if (has_chunk && t < pos && t < t_end) {        // past the part's copied rows: stale bytes, never read
           unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf[u]);
           unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf[u]);
         } else {
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            kf[u][e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos; past t_end masked below
+            kf[u][e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos; past t_end masked below (finite)
             vf[u][e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
           }
         }
