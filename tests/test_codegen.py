@@ -142,6 +142,26 @@ def test_weights_stream_through_mbarrier_pages(tiny_l20, tmp_path):
     assert "UBLKCP.S.G" in sass and "SYNCS.ARRIVE.TRANS64" in sass and "LDGSTS" not in sass
 
 
+def test_producer_and_consumers_agree_on_every_page(tiny_l20):
+    """In every SM's function the producer streams each task's pages (a linear's weights, an
+    attention part's cached rows) from the ring page its consumers read them at, in program order
+    (consecutive, from 0), and every attention task has pages of its own."""
+    art, _ = tiny_l20
+    src = art.files["kernel.cu"].decode()
+    call = re.compile(r"^\s+(produce|linear|attention)_op\d+\(s, b, (\d+), (\d+)", re.M)
+    functions = re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{(.*?)\n\}", src, re.S)
+    assert functions
+    attention_tasks = 0
+    for body in functions:
+        produced, consumed = {}, {}
+        for role, task, page in call.findall(body):
+            (produced if role == "produce" else consumed)[int(task)] = int(page)
+            attention_tasks += role == "attention"
+        assert produced == consumed, "a task's pages are where its consumers look"
+        assert sorted(produced.values()) == list(produced.values()) and (not produced or min(produced.values()) == 0)
+    assert attention_tasks > 0
+
+
 def test_shared_memory_is_reached_as_shared_memory(tiny_l20, tmp_path):
     """Every pointer into the work area comes from the one `dynamic_smem` symbol (common.cuh), so
     work-area accesses are LDS / STS, not generic LD.E / ST.E through the global path. The

@@ -186,6 +186,27 @@ def test_smem_model_of_the_1b_layer(gpu, stages, peak, split_peak):
     assert smem.attention_work_bytes(64, 4) > smem.linear_work_bytes(2048)
 
 
+def test_attention_rows_stream_as_ring_pages():
+    """An attention part's cached rows are ring pages: a page holds as many positions' K and V rows
+    as fit the page size, a multiple of a warp's rows per trip (and at least those, past a small
+    page size), and a part streams enough pages for its share at the longest sequence. In the tiled
+    1B layer every attention task carries those pages (its stage bytes; the ring's slot is the
+    largest page), and a task of a part past every position still has them (its producer copies
+    nothing at a short position; the pages' count is fixed at compile time)."""
+    per_trip = 32 // 8 * smem.ATTENTION_ROWS_PER_LANE          # head_dim 64: 8 lanes per row
+    assert smem.attention_page_rows(64, 32768) == 128 and 128 % per_trip == 0
+    assert smem.attention_page_bytes(64, 128) == 32768
+    assert smem.attention_pages(4096, 8, 64, 32768) == 4          # 512 positions per part
+    assert smem.attention_pages(4096, 7, 64, 32768) == 5          # 586 positions per part
+    assert smem.attention_page_rows(256, 512) == smem.ATTENTION_ROWS_PER_LANE   # at least a trip's rows
+    layer = random_layer("llama-3.2-1b")
+    _, fused, tasks, _ = lower(layer, num_sms=132, stages=6, budget=227 * 1024)
+    parts = next(o for o in next(iter(fused.ops)).body.block.ops if isinstance(o, AttentionOp)).k_split.value.data
+    attention = [t for t in tasks.ops if isinstance(t, TaskOp) and t.kind.data == "attention"]
+    assert attention and all(t.stage_bytes.value.data == 32768 for t in attention)
+    assert {t.params.data["pages"].value.data for t in attention} == {smem.attention_pages(4096, parts, 64, 32768)}
+
+
 def test_validator_names_a_three_sm_cycle_and_a_starved_wait():
     sms = [sm_program(i, _reader(i, n, p)) for i, (n, p) in enumerate([("a", "c"), ("b", "a"), ("c", "b")])]
     module = ModuleOp([*_tagged("a", "b", "c"), ScheduleOp(3, 256, 1, 1, sms), *sms])
