@@ -107,7 +107,7 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
     FusePass().apply(make_context(), graph)
     # q_proj split into its 17 smallest K-parts still needs 16 rows x 8 columns of bf16 = 256 B a
     # page, 3 pages with their 16 B of barriers + 8 floats + 128 B scratch
-    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 8 of K=136\) needs 3 weight "
+    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 8 of K=136\) needs 3 ring "
                                             r"pages x \(256 B \+ 16 B of barriers\) \+ a 160 B work area = 976 B .* "
                                             r"L20 allows 900 B"):
         KSplitPass(16, 3, 32 * 1024, 900, 7, "L20").apply(make_context(), graph)
@@ -232,12 +232,12 @@ def test_a_gated_linear_that_does_not_fit_says_how_to_split_it():
     """A gated linear is never split over K; when it does not fit (the other linears would split),
     the error names both weights and the option that keeps them two linears, which may be split."""
     # A wide hidden size, so the gated linear's input (6400 floats) outgrows the budget, which the
-    # attention's pages (1 KB: a warp's 32 positions) and work area fit.
+    # attention's pages (2 KB: the 64 positions of a warp's trip at head_dim 8) and work area fit.
     cfg = LlamaConfig(hidden_size=6400, num_heads=2, num_kv_heads=1, head_dim=8, intermediate_size=16,
                       num_layers=1, vocab_size=16, rms_eps=1e-5, rope_theta=1e4, qkv_bias=False, max_seq_len=16)
-    budget = 5 * (1024 + 16) + smem.attention_work_bytes(8, 2)
+    budget = 5 * (2048 + 16) + smem.attention_work_bytes(8, 2)
     with pytest.raises(ScheduleError, match=r"gated linear 'gate_proj.weight' and 'up_proj.weight'.*--no-gate-up"):
-        lower(DecoderLayer(cfg, seed=1), stage_bytes=1024, stages=5, budget=budget)
+        lower(DecoderLayer(cfg, seed=1), stage_bytes=2048, stages=5, budget=budget)
 
 
 def test_a_gated_linear_pairs_rows_per_warp():

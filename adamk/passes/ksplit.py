@@ -80,7 +80,7 @@ class KSplitPass(ModulePass):
     def check(self, what: str, fp: smem.Footprint):
         need = fp.alone(self.depth)
         if need > self.smem_budget:
-            stages = f"{self.depth} weight pages x ({fp.stage} B + {smem.RING_BARRIERS} B of barriers) + " \
+            stages = f"{self.depth} ring pages x ({fp.stage} B + {smem.RING_BARRIERS} B of barriers) + " \
                 if fp.stage else ""
             raise ScheduleError(f"{what} needs {stages}a {fp.work} B work area = {need} B of shared memory per "
                                 f"block; {self.gpu} allows {self.smem_budget} B (use fewer stages, a smaller "
