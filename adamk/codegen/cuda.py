@@ -10,8 +10,8 @@ appear only in comments, escaped by adamk/names.py), static_asserts that the dev
 library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
 each op (its constants filled in), and one function per SM. An SM's function has two
 straight lines: its producer warp streams the pages of the SM's tasks (a linear's weights, an
-attention part's cached rows), page after page, through the ring; its consumer warps run the tasks in order, staging a linear op's
-input once per run of its tasks. The schedule's polls need no code of their own: a task's
+attention part's cached rows), page after page, through the ring; its consumer warps run the
+tasks in order, staging a linear op's input once per run of its tasks. The schedule's polls need no code of their own: a task's
 staging reads exactly the tagged elements its polls name and waits for each (tagged.cuh).
 The kernel entry only dispatches on blockIdx.x.
 """

@@ -2,8 +2,8 @@
 search places tasks with.
 
 Each SM runs two lines (ring.cuh). Its producer streams the pages of its tasks (a linear's
-weights, an attention part's cached rows), in program order, through a ring of `depth` slots: page j is issued once slot j % depth is free
-(the consumers released page j - depth) and page j - in_flight has landed; the copies queue
+weights, an attention part's cached rows), in program order, through a ring of `depth` slots:
+page j is issued once slot j % depth is free (the consumers released page j - depth) and page j - in_flight has landed; the copies queue
 behind each other at the bandwidth one SM gets when every SM pulls at once
 (`sm_bytes_per_us`) and land `dram_latency_us` later. Its consumers run the tasks in order: a
 task starts when the previous one has ended and its polls are satisfied (`poll_latency_us`
@@ -124,7 +124,7 @@ class CostModel:
 class TaskCost:
     """What the model needs to know of one task."""
     kind: str
-    stage_bytes: int = 0     # weights streamed through the ring (linear)
+    stage_bytes: int = 0     # what its ring pages carry (a linear's weights, an attention's cached rows)
     pages: int = 0           # ring pages they take
     read_bytes: int = 0      # partial sums a combine reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
@@ -168,7 +168,7 @@ class SmClock:
         start = max(reached, ready)
         inputs_in = start + m.task_overhead_us
         if task.pages:                   # a linear's weights or an attention part's cached rows
-            if task.kind != "linear" or restages(staged, self.staged):   # a linear's staging; q, k and v polled
+            if restages(staged, self.staged):   # a linear's staging (unless its run's input is held); q, k, v
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             t, data_in = inputs_in, None
             for _ in range(task.pages):

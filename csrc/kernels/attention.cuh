@@ -104,8 +104,9 @@ __device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k
 // (acc[HD], max, sum), unnormalised, for the merge. Its cached rows are ring pages `page` ..
 // `page + NPAGES - 1` (attention_produce), in shared memory by the time q, k and v are (the task's
 // wait), so its loop reads shared memory only. Each row is read once and scored against the P
-// queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); a warp's lane groups
-// take kPosPerWarp rows per trip, one trip per step of kStep rows (not unrolled: a small loop body).
+// queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); each lane group of a
+// warp takes kRowsPerLane rows per trip of the loop, kPerTrip rows per warp (not unrolled: a small
+// loop body).
 template <typename R, int HD, int P, int ROWS, int NPAGES>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,

@@ -64,6 +64,10 @@ __device__ __forceinline__ float4 lds128f(u32 addr) {
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
   return v;
 }
+__device__ __forceinline__ void sts128f(u32 addr, const float v[4]) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3])
+               : "memory");
+}
 
 // The L2 cache policy (createpolicy, sm_80+) of data read once a step: the SM's stream of weights
 // and cached KV rows, more bytes than L2 holds.

@@ -236,8 +236,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
           if (has(p, i)) {
             float v[4];
             cur[i].get(v);
-            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};"
-                         :: "r"(xs + column(p, i) * 4), "f"(v[0]), "f"(v[1]), "f"(v[2]), "f"(v[3]) : "memory");
+            sts128f(xs + column(p, i) * 4, v);
           }
         consumer_sync();             // page p's columns of xs are complete
         if (p == 0) trace_mark(s, task, 1);
