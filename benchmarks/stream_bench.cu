@@ -1,7 +1,9 @@
 // stream_bench.cu - the SM weight stream of ring.cuh on its own, and what the reads on a decode
 // step's critical path cost while it runs. Every block streams its share of W [132 x 240 rows, 2048]
 // bf16 (127 MB) through a Ring of 6 pages of 32 KB (16 x 1024) or 12 of 16 KB (8 x 1024), 1-4 in
-// flight (bulk copies with the evict-first policy, as the megakernel's linear tasks); its consumer
+// flight (bulk copies with the evict-first policy, as the megakernel's linear tasks), or as gated
+// pages (8 rows of each half of W, as a gated linear's gate and up rows) with each block's tiles
+// contiguous or every kSms-th (round-robin placement); its consumer
 // warps wait for each page, compute its dot products and release it. Every 128 KB one lane of each
 // block times, with %clock64:
 //   - an L2 hit: a tagged word another block stored at the start (ld.relaxed.gpu, as a staging reads);
@@ -12,7 +14,7 @@
 //
 //     nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o stream_bench && ./stream_bench
 //
-// Figures of the v15 session's run on the H200: docs/perf.md (v15).
+// Figures of the v15 session's run on the H200: docs/perf.md (v15); the gated modes: v18.
 #define ADAMK_CONSUMER_WARPS 8
 #define ADAMK_PRODUCER_WARPS 1
 #define ADAMK_MAX_WAITS 4
@@ -51,7 +53,10 @@ __device__ __forceinline__ u64 clock_after(u64 v, u32 sink) {
 }
 
 // ROWS x kCols bf16 per page (16: 32 KB, 8: 16 KB), DEPTH pages in the ring.
-template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM>
+// MODE 0: a block's rows of one matrix, contiguous; 1: gated pages (ROWS / 2 rows of each half of W
+// as gate and up, as a gated linear's), each block a contiguous stretch of tiles; 2: gated pages,
+// block b taking tiles b, b + kSms, ... (round-robin placement of a gated linear's tasks).
+template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM, int MODE = 0>
 __global__ void __launch_bounds__(288, 1)
 bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_base, const tagged_t* vec,
       u64* stats, u32 epoch, ErrorRecord* err) {
@@ -68,7 +73,15 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
     if (STREAM) {
       for (int j = 0; j < kPages; ++j) {
         const int r0 = j / (kK / kCols) * ROWS, c0 = j % (kK / kCols) * kCols;
-        R::template produce<ROWS, kCols, false>(s, mw, nullptr, kK, r0, r0 + ROWS, c0, kK, j, 0);
+        if constexpr (MODE == 0) {
+          R::template produce<ROWS, kCols, false>(s, mw, nullptr, kK, r0, r0 + ROWS, c0, kK, j, 0);
+        } else {
+          constexpr int kHalfRows = kSms * kRowsPerSm / 2, kTile = ROWS / 2;
+          const int tile = j / (kK / kCols);                          // this block's tile number
+          const int t = MODE == 1 ? blockIdx.x * (kRowsPerSm / ROWS) + tile : tile * kSms + blockIdx.x;
+          R::template produce<ROWS, kCols, true>(s, w, w + (size_t)kHalfRows * kK, kK, t * kTile, t * kTile + kTile,
+                                                 c0, kK, j, 0);
+        }
       }
       R::drain(s, kPages);
     }
@@ -132,10 +145,10 @@ static u64 pct(std::vector<u64> v, double q) {
   return v[(size_t)(q * (v.size() - 1))];
 }
 
-template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM>
+template <int ROWS, int DEPTH, int IN_FLIGHT, bool STREAM, int MODE = 0>
 void run(const char* what, const bf16_t* w, float* out, tagged_t* hot, const u64* cold, const tagged_t* vec,
          u64* stats, ErrorRecord* err) {
-  auto kernel = bench<ROWS, DEPTH, IN_FLIGHT, STREAM>;
+  auto kernel = bench<ROWS, DEPTH, IN_FLIGHT, STREAM, MODE>;
   const int smem = Ring<DEPTH, ROWS * kCols * 2, IN_FLIGHT>::kBytes + 16;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   std::vector<u64> hit, miss, staging, span;
@@ -184,6 +197,9 @@ int main() {
   run<8, 12, 2, true>("16 KB pages, 2 in flight", w, out, hot, cold, vec, stats, err);
   run<8, 12, 3, true>("16 KB pages, 3 in flight", w, out, hot, cold, vec, stats, err);
   run<8, 12, 4, true>("16 KB pages, 4 in flight", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 2, true, 1>("gated 32 KB pages, contiguous tiles", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 2, true, 2>("gated 32 KB pages, round-robin tiles", w, out, hot, cold, vec, stats, err);
+  run<16, 6, 4, true, 2>("gated, round-robin, 4 in flight", w, out, hot, cold, vec, stats, err);
   ErrorRecord e;
   cudaMemcpy(&e, err, sizeof e, cudaMemcpyDeviceToHost);
   printf("done: %s, error record flag %u\n", cudaGetErrorString(cudaDeviceSynchronize()), e.flag);
