@@ -26,6 +26,10 @@ from .errors import AdamkError
 from .names import quoted
 
 MANIFEST = "manifest.json"
+# The manifest's format: what its fields mean to the runtime. 2: linear weights are stored on the
+# device page by page (`packed_weights`); a runtime binding them row-major would compute garbage, so
+# a runtime reads only its own format.
+MANIFEST_FORMAT = 2
 MAX_MANIFEST_BYTES = 16 << 20     # a manifest is a few KB; anything far larger is not one
 
 
@@ -184,7 +188,8 @@ def _signals_raise():
 
 # What `adamk inspect` and the runtime read from a manifest, with the JSON types they need.
 _SCHEMA = {
-    "adamk_version": str, "files": dict, "tasks": list, "counters": list, "buffers": list, "weights": list,
+    "format": int, "adamk_version": str, "files": dict, "tasks": list, "counters": list, "buffers": list,
+    "weights": list, "packed_weights": list,
     "smem_peak_bytes": int, "smem_peak_bytes_without_ksplit": int, "weight_bytes": int,
     "weight_read_floor_us": (int, float), "predicted_step_us": (int, float), "predicted_at_pos": int,
     "cost_model": str, "config": dict,
@@ -219,6 +224,10 @@ def read_manifest(path: str | os.PathLike) -> dict:
     except (ValueError, RecursionError) as e:
         reason = e if isinstance(e, ValueError) else "nested too deeply"
         raise AdamkError(f"{p} is not valid JSON: {reason}") from None
+    fmt = manifest.get("format", 1) if isinstance(manifest, dict) else None
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt != MANIFEST_FORMAT:
+        raise AdamkError(f"{p} is manifest format {fmt}, made by {'a newer' if fmt > MANIFEST_FORMAT else 'an older'} "
+                         f"adamk; this one reads format {MANIFEST_FORMAT}: recompile the model")
     _check_schema(manifest, _SCHEMA, str(p))
     for name, digest in manifest["files"].items():
         if not _plain_name(name):

@@ -9,7 +9,7 @@ import warnings
 from xdsl.dialects.builtin import ModuleOp
 
 from . import __version__, smem
-from .artifact import Artifact, sha256
+from .artifact import MANIFEST_FORMAT, Artifact, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, TRACE_SLOTS, emit_cuda
 from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import CompileConfig
@@ -17,6 +17,7 @@ from .dialects import irdl, make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError, UnsupportedShapeError
+from .kinds import kind as task_kind
 from .kinds.base import DTYPE_BYTES
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
@@ -195,7 +196,13 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     weight_bytes = sum(math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
                        if b.role.data == "weight")
     report = binaries.report
+    packed = {}                         # one entry per device buffer of packed weights, in task order
+    for o in execs:
+        entry = task_kind(o.kind.data).packing(o)
+        if entry is not None:
+            packed.setdefault(entry["buffer"], entry)
     return {
+        "format": MANIFEST_FORMAT,
         "adamk_version": __version__,
         "target": {"gpu": target.name, "arch": target.sm, "num_sms": target.num_sms,
                    "smem_per_block": target.smem_per_block, "dram_gbps": target.dram_gbps},
@@ -217,6 +224,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                      "dtype": b.dtype.data} for b in buffers],
         "weights": [{"name": b.sym_name.data, "shape": list(b.shape.get_values()), "dtype": b.dtype.data,
                      "layout": "row-major"} for b in buffers if b.role.data == "weight"],
+        "packed_weights": list(packed.values()),
         "counters": [{"name": c.sym_name.data, "index": c.index.value.data, "per_step": c.per_step.value.data}
                      for c in schedule.ops if isinstance(c, CounterOp)],
         "tasks": [o.sym_name.data for o in execs],

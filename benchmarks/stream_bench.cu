@@ -52,6 +52,18 @@ __device__ __forceinline__ u64 clock_after(u64 v, u32 sink) {
   return t;
 }
 
+// Page j of rows [row_begin, row_begin + ROWS) x columns [c0, c0 + PC) of row-major W (row length k),
+// one copy per row (GATED: ROWS / 2 rows of W, then the same rows of W2): the megakernel's pages up
+// to v18, before linear weights were stored page by page (linear.cuh linear_produce, one copy each).
+template <typename R, int ROWS, int PC, bool GATED>
+__device__ __forceinline__ void produce_rows(const Step& s, const bf16_t* w, const bf16_t* w2, int k, int row_begin,
+                                             int c0, int j) {
+  constexpr int kHalf = GATED ? ROWS / 2 : ROWS;
+  R::fill(s, j, 0, ROWS, PC * 2,
+          [&](int r) { return (!GATED || r < kHalf ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - kHalf) * k) + c0; },
+          [&](int r) { return (u32)(r * PC * 2); });
+}
+
 // ROWS x kCols bf16 per page (16: 32 KB, 8: 16 KB), DEPTH pages in the ring.
 // MODE 0: a block's rows of one matrix, contiguous; 1: gated pages (ROWS / 2 rows of each half of W
 // as gate and up, as a gated linear's), each block a contiguous stretch of tiles; 2: gated pages,
@@ -74,13 +86,12 @@ bench(const bf16_t* w, float* out, tagged_t* hot, const u64* cold, size_t cold_b
       for (int j = 0; j < kPages; ++j) {
         const int r0 = j / (kK / kCols) * ROWS, c0 = j % (kK / kCols) * kCols;
         if constexpr (MODE == 0) {
-          R::template produce<ROWS, kCols, false>(s, mw, nullptr, kK, r0, r0 + ROWS, c0, kK, j, 0);
+          produce_rows<R, ROWS, kCols, false>(s, mw, nullptr, kK, r0, c0, j);
         } else {
           constexpr int kHalfRows = kSms * kRowsPerSm / 2, kTile = ROWS / 2;
           const int tile = j / (kK / kCols);                          // this block's tile number
           const int t = MODE == 1 ? blockIdx.x * (kRowsPerSm / ROWS) + tile : tile * kSms + blockIdx.x;
-          R::template produce<ROWS, kCols, true>(s, w, w + (size_t)kHalfRows * kK, kK, t * kTile, t * kTile + kTile,
-                                                 c0, kK, j, 0);
+          produce_rows<R, ROWS, kCols, true>(s, w, w + (size_t)kHalfRows * kK, kK, t * kTile, c0, j);
         }
       }
       R::drain(s, kPages);

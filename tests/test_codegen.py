@@ -11,7 +11,7 @@ import pytest
 import adamk
 from adamk.artifact import verify
 from adamk.codegen.nvrtc import compile_cuda, parse_ptxas_log, ptx_isa
-from adamk.errors import ToolchainError
+from adamk.errors import AdamkError, ToolchainError
 from adamk.models import PRESETS, DecoderLayer
 
 ARTIFACT_FILES = {"manifest.json", "graph.mlir", "tasks.mlir", "schedule.mlir", "kernel.cu", "kernel.sm_89.cubin",
@@ -45,6 +45,44 @@ def test_manifest_describes_kernel_and_weights(tiny_l20):
     assert set(names) == set(DecoderLayer(PRESETS["tiny"], seed=None).state_dict())
     assert len(m["tasks"]) == sum(1 for line in art.files["schedule.mlir"].decode().splitlines()
                                   if '"adamk.exec"' in line)
+
+
+def test_every_linear_weight_is_packed_as_its_producer_reads_it(tiny_l20):
+    """The manifest's packed_weights (what the runtime stores page by page) cover every linear's
+    weights, and each entry's geometry is the one kernel.cu's linear_produce streams that buffer with:
+    a page of page_rows rows of every source x page_cols columns, chunk_pages per K-chunk, col_pages
+    across K."""
+    art, path = tiny_l20
+    m = json.loads((path / "manifest.json").read_text())
+    src = art.files["kernel.cu"].decode()
+    buf = dict(re.findall(r"const bf16_t\* (buf\d+);\s+// weight \"([^\"]+)\"", src))
+    produced = {buf[b]: tuple(map(int, (rows, cols, pages, col_pages))) + (gated == ", true",)
+                for rows, cols, pages, gated, b, col_pages in re.findall(
+                    r"linear_produce<SmRing, (\d+), (\d+), (\d+)(, true)?>\(s, b\.(buf\d+), (\d+),", src)}
+    entries = {e["buffer"]: e for e in m["packed_weights"]}
+    assert set(entries) == set(produced)
+    assert sorted(s for e in entries.values() for s in e["sources"]) == sorted(
+        f"{n}.weight" for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    for name, e in entries.items():
+        k = {w["name"]: w["shape"] for w in m["weights"]}[name][1]
+        assert produced[name] == (e["page_rows"] * len(e["sources"]), e["page_cols"], e["chunk_pages"],
+                                  e["col_pages"], len(e["sources"]) == 2), name
+        assert e["col_pages"] == -(-k // e["k_chunk"]) * e["chunk_pages"] and e["chunk_pages"] * e["page_cols"] >= e["k_chunk"]
+
+
+def test_a_manifest_of_another_format_is_refused(tiny_l20, tmp_path):
+    _, path = tiny_l20
+    for fmt, who in ((3, "a newer"), (1, "an older"), (None, "an older")):
+        d = tmp_path / f"f{fmt}"
+        shutil.copytree(path, d)
+        m = json.loads((d / "manifest.json").read_text())
+        if fmt is None:
+            del m["format"]          # the artifacts before format 2 had no field
+        else:
+            m["format"] = fmt
+        (d / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(AdamkError, match=f"format {fmt or 1}, made by {who} adamk; this one reads format 2"):
+            verify(d)
 
 
 def test_ptxas_reports_no_spills_and_ptx_loads_on_cuda_13_0(tiny_l20):

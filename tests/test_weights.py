@@ -3,6 +3,7 @@ checkpoints (adamk/runtime/weights.py), checked against the manifest; hostile ch
 get one clear error."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 import adamk
 from adamk.errors import AdamkError
 from adamk.models import PRESETS, DecoderLayer
-from adamk.runtime.weights import INDEX, check_weights, read_weights
+from adamk.runtime.weights import INDEX, check_weights, pack_pages, packing_plan, read_weights
 
 MANIFEST = {"weights": [{"name": "a.weight", "shape": [4, 8], "dtype": "bf16"},
                         {"name": "b.weight", "shape": [8], "dtype": "bf16"}]}
@@ -149,3 +150,56 @@ def test_a_launch_into_a_foreign_graph_capture_is_refused():
         with pytest.raises(AdamkError, match="cannot be captured into a CUDA graph from outside"):
             call()
     assert step.epoch == 5
+
+
+def test_pack_pages_stores_each_page_contiguous():
+    """Page (b, c) of a gated linear's packed weights is rows [4b, 4b + 4) of the gate, then of the
+    up weight, x page c's columns (K-chunk c // 2, its page c % 2), zeros past the weight: what the
+    producer copies as one span (linear.cuh linear_produce)."""
+    n, k, rows, cols, chunk, chunk_pages = 13, 37, 4, 16, 20, 2
+    gate, up = torch.randn(n, k), torch.randn(n, k)
+    flat = pack_pages([gate, up], rows, cols, chunk, chunk_pages)
+    col_pages = -(-k // chunk) * chunk_pages
+    blocks = -(-n // rows)
+    assert flat.shape == (blocks * col_pages * 2 * rows * cols,)
+    padded = [torch.zeros(blocks * rows, col_pages * cols) for _ in range(2)]
+    for w, p in zip((gate, up), padded):
+        for c0 in range(0, k, chunk):               # each K-chunk starts on a whole page
+            width = min(chunk, k - c0)
+            p[:n, c0 // chunk * chunk_pages * cols:][:, :width] = w[:, c0:c0 + width]
+    for b in range(blocks):
+        for c in range(col_pages):
+            page = flat[(b * col_pages + c) * 2 * rows * cols:][:2 * rows * cols].view(2 * rows, cols)
+            for half, p in enumerate(padded):
+                assert torch.equal(page[half * rows:(half + 1) * rows], p[b * rows:(b + 1) * rows, c * cols:(c + 1) * cols])
+    assert torch.count_nonzero(flat) == 2 * n * k
+
+
+def _packed(**change):
+    e = {"buffer": "g.weight", "sources": ["g.weight", "u.weight"], "page_rows": 4, "page_cols": 16,
+         "k_chunk": 32, "chunk_pages": 2, "col_pages": 2, **change}
+    return {"weights": [{"name": n, "shape": [8, 32], "dtype": "bf16"} for n in ("g.weight", "u.weight", "x.weight")]
+            + [{"name": "norm.weight", "shape": [32], "dtype": "bf16"}], "packed_weights": [e]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sources": []}, "not an entry with a list of sources"),
+    ({"page_rows": 0}, "positive integers"),
+    ({"page_cols": True}, "positive integers"),
+    ({"sources": ["g.weight", "../etc/passwd"]}, "names '../etc/passwd', which is not a weight"),
+    ({"buffer": "u.weight"}, "the first its buffer"),
+    ({"sources": ["g.weight", "norm.weight"]}, "2-D weights of one shape"),
+    ({"col_pages": 3}, "do not cover K = 32 in 3 pages"),
+    ({"chunk_pages": 1, "col_pages": 1}, "do not cover K = 32"),
+])
+def test_packing_plan_refuses_a_tampered_entry(change, message):
+    assert packing_plan(_packed())[0]["sources"] == ["g.weight", "u.weight"]
+    with pytest.raises(AdamkError, match=re.escape(message)):
+        packing_plan(_packed(**change))
+
+
+def test_packing_plan_refuses_a_weight_packed_twice():
+    m = _packed()
+    m["packed_weights"].append({**m["packed_weights"][0], "buffer": "u.weight", "sources": ["u.weight"]})
+    with pytest.raises(AdamkError, match="packs 'u.weight' a second time"):
+        packing_plan(m)

@@ -72,6 +72,11 @@ class TaskKind:
         """The producer's lines that stream task `op`'s pages from ring page `page` on (a kind with pages)."""
         return []
 
+    def packing(self, op) -> dict | None:
+        """How the runtime stores the weights the op's pages stream (a kind whose pages are weights),
+        the same for every task of the op: the manifest's `packed_weights` entry."""
+        return None
+
     def staged(self, op):
         """What the task's input staging leaves in the work area, or None (the work area is
         used otherwise, so the next linear stages again)."""

@@ -103,11 +103,9 @@ class Linear(TaskKind):
         staging_fn = [] if paged else [*em.signature(f"input_{name}", "int k_index"),
                                        f"  const int k0 = k_index * {chunk};", staging, "}"]
         return [*staging_fn,
-                *em.signature(f"produce_{name}", "int page, int row_begin, int row_end, int k_index"),
-                f"  const int k0 = k_index * {chunk};",
-                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{gated}>(s, {buf('weight', 'bf16_t')}, "
-                f"{buf('weight2', 'bf16_t')}, {k}, "
-                f"row_begin, row_end, k0, {k_len}, page, task);",
+                *em.signature(f"produce_{name}", "int page, int row_begin, int k_index"),
+                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"
+                f"(s, {buf('weight', 'bf16_t')}, {self.packing(op)['col_pages']}, row_begin, k_index, page, task);",
                 "}",
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"
                               + (", bool stage" if paged else "")),
@@ -137,9 +135,23 @@ class Linear(TaskKind):
         return op.param("pages")
 
     def produce(self, em, op, page) -> list[str]:
-        begin, end = op.tile_range
-        args = [op.task_id.value.data, page, begin, end, op.k_index.value.data]
+        begin, _ = op.tile_range
+        if begin % op.param("tile_rows"):
+            raise ValueError(f"task {op.task_id.value.data} starts at row {begin}, not a whole page of "
+                             f"{op.param('tile_rows')} rows: its packed pages would not be whole")
+        args = [op.task_id.value.data, page, begin, op.k_index.value.data]
         return [f"    produce_{em.op_name(op)}(s, b, {', '.join(map(str, args))});  // {em.comment(op)}"]
+
+    def packing(self, op) -> dict:
+        """How the runtime stores the op's weights for the device (manifest `packed_weights`,
+        runtime/weights.py `pack_pages`, linear.cuh `linear_produce`): page by page, each page the
+        tile's `page_rows` rows of every source weight x `page_cols` columns, `chunk_pages` pages per
+        K-chunk of `k_chunk` columns, `col_pages` pages across K; so every page is one copy."""
+        sources = [op.buffer("weight")] + ([op.buffer("weight2")] if op.buffer("weight2") else [])
+        chunk, pages = op.param("k_chunk"), op.param("pages")
+        return {"buffer": op.buffer("weight"), "sources": sources, "page_rows": op.param("tile_rows"),
+                "page_cols": op.param("page_cols"), "k_chunk": chunk, "chunk_pages": pages,
+                "col_pages": -(-op.param("K") // chunk) * pages}
 
     def staged(self, op):
         """Tasks of other ops with the same staged input (q, k and v; gate and up unless gated) stage nothing."""

@@ -20,7 +20,7 @@ import ctypes
 from ..artifact import load_files
 from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
 from . import driver as cu
-from .weights import check_weights, read_weights
+from .weights import check_weights, pack_pages, packing_plan, read_weights
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64"}   # a tagged word: float32 value, epoch above it
 SMEM_OVERFLOW, POLL_TIMEOUT = 1, 2   # sync.cuh ErrorReason
@@ -90,6 +90,7 @@ class DecodeStep:
     def _bind(self, weights) -> dict:
         torch = self.torch
         checked = check_weights(self.manifest, weights)
+        plan = packing_plan(self.manifest)
         out = {}
         for b in self.manifest["buffers"]:
             dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
@@ -99,6 +100,11 @@ class DecodeStep:
                 out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)
             else:
                 out[b["name"]] = torch.full(b["shape"], float("nan"), dtype=dtype, device=self.device)
+        for e in plan:       # a linear's weights page by page; the other sources share its buffer (unread)
+            out[e["buffer"]] = pack_pages([out[n] for n in e["sources"]], e["page_rows"], e["page_cols"],
+                                          e["k_chunk"], e["chunk_pages"])
+            for n in e["sources"][1:]:
+                out[n] = out[e["buffer"]]
         return out
 
     @property

@@ -167,3 +167,54 @@ def check_weights(manifest: dict, weights: Mapping) -> dict:
             raise AdamkError(f"weight {quoted(w['name'])} holds NaN or Inf values")
         out[w["name"]] = t
     return out
+
+
+_PACKING_INTS = ("page_rows", "page_cols", "k_chunk", "chunk_pages", "col_pages")
+
+
+def packing_plan(manifest: dict) -> list[dict]:
+    """The manifest's `packed_weights`, checked (the manifest is untrusted input): each entry's
+    sources are weights it lists, of one 2-D shape, and its page geometry covers them."""
+    shapes = {w["name"]: w.get("shape") for w in manifest["weights"] if isinstance(w, dict) and "name" in w}
+    plan, packed = [], set()
+    for i, e in enumerate(manifest["packed_weights"]):
+        where = f"manifest packed_weights[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("sources"), list) or not e["sources"]:
+            raise AdamkError(f"{where} is not an entry with a list of sources")
+        if any(not isinstance(e.get(f), int) or isinstance(e.get(f), bool) or e[f] < 1 for f in _PACKING_INTS):
+            raise AdamkError(f"{where} needs positive integers {', '.join(_PACKING_INTS)}")
+        for name in [e.get("buffer"), *e["sources"]]:
+            if not isinstance(name, str) or name not in shapes:
+                raise AdamkError(f"{where} names {quoted(str(name))}, which is not a weight of the artifact")
+            if name in packed:
+                raise AdamkError(f"{where} packs {quoted(name)} a second time")
+        shape = shapes[e["sources"][0]]
+        if (e["buffer"] != e["sources"][0] or any(shapes[s] != shape for s in e["sources"])
+                or not isinstance(shape, list) or len(shape) != 2):
+            raise AdamkError(f"{where}: its sources must be 2-D weights of one shape, the first its buffer")
+        k = shape[1]
+        if e["chunk_pages"] * e["page_cols"] < e["k_chunk"] or e["col_pages"] != -(-k // e["k_chunk"]) * e["chunk_pages"]:
+            raise AdamkError(f"{where}: {e['chunk_pages']} pages of {e['page_cols']} columns per K-chunk of "
+                             f"{e['k_chunk']} do not cover K = {k} in {e['col_pages']} pages")
+        packed.update(e["sources"])
+        plan.append(e)
+    return plan
+
+
+def pack_pages(sources: list, page_rows: int, page_cols: int, k_chunk: int, chunk_pages: int):
+    """A linear's weights as the device streams them (linear.cuh `linear_produce`), flat: page
+    (b, c), at page index b * col_pages + c, is rows [b * page_rows, (b + 1) * page_rows) of every
+    source in turn (a gated linear's gate rows, then its up rows) x the c-th page of columns (K-chunk
+    c // chunk_pages, its page c % chunk_pages), page_cols contiguous per row; zeros past the weight."""
+    import torch
+    n, k = sources[0].shape
+    blocks, chunks = -(-n // page_rows), -(-k // k_chunk)
+    width = chunk_pages * page_cols                      # a K-chunk's columns, padded to whole pages
+    out = []
+    for w in sources:
+        cols = torch.zeros(n, chunks * k_chunk, dtype=w.dtype, device=w.device)
+        cols[:, :k] = w
+        p = torch.zeros(blocks * page_rows, chunks, width, dtype=w.dtype, device=w.device)
+        p[:n, :, :k_chunk] = cols.view(n, chunks, k_chunk)
+        out.append(p.view(blocks, page_rows, chunks * chunk_pages, page_cols).permute(0, 2, 1, 3))
+    return torch.cat(out, dim=2).contiguous().view(-1)

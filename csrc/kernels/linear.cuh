@@ -1,7 +1,8 @@
 // linear.cuh — linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual),
 // or of a gated linear out = silu(prologue(in) @ W^T) * (prologue(in) @ W2^T) (GATED: its pages hold the
 // tile's rows of W, then the same rows of W2, so a warp has both sums of its output rows at hand).
-// The producer warp streams the tile's weights through the ring as NPAGES pages of ROWS x PC; the
+// The producer warp streams the tile's weights through the ring as NPAGES pages of ROWS x PC (stored
+// page by page, one bulk copy each: linear_produce); the
 // consumer warps stage the prologue-applied input once per run of an op's tasks (linear_input), then
 // every task accumulates its rows over its pages (linear_task). Plus the fixed-order combine of K-split
 // parts. Inputs that are activations are tagged words (tagged.cuh): reading them is the task's wait.
@@ -127,14 +128,24 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   trace_mark(s, task, 1);
 }
 
-// Producer: the NPAGES pages of rows [row_begin, row_end) x columns [k0, k0 + k_len) of W (and W2:
-// GATED) (row length k), as pages `page`, `page + 1`, ... of the ring.
+// Producer: task (row_begin, k_index)'s NPAGES pages, as pages `page`, `page + 1`, ... of the ring, each
+// one bulk copy. The runtime stores a linear's weights page by page (runtime/weights.py `pack_pages`,
+// the manifest's `packed_weights`): page (b, c) holds rows [b * kHalf, (b + 1) * kHalf) of W (then, GATED,
+// the same rows of W2) x the c-th page of columns (PC per page, NPAGES per K-chunk, zeros past the
+// weight) as ROWS x PC contiguous bf16, at page index b * col_pages + c. So a page is one copy of
+// ROWS * PC * 2 bytes: the copy engine spends ~40 ns per copy, and a page of one copy per row (16-32
+// rows of 1-2 KB) held an SM's stream to ~25 GB/s, under its share of DRAM (docs/perf.md, v19).
 template <typename R, int ROWS, int PC, int NPAGES, bool GATED = false>
-__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k, int row_begin,
-                                               int row_end, int k0, int k_len, int page, int task) {
+__device__ __forceinline__ void linear_produce(const Step& s, const bf16_t* packed, int col_pages, int row_begin,
+                                               int k_index, int page, int task) {
+  static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
+  static_assert(ROWS * PC * 2 <= R::kSlotBytes, "a page fits its ring slot");
+  constexpr int kHalf = GATED ? ROWS / 2 : ROWS;          // rows of one weight per page
+  constexpr int kPage = ROWS * PC;                        // elements
+  const bf16_t* src = packed + ((size_t)(row_begin / kHalf) * col_pages + (size_t)k_index * NPAGES) * kPage;
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p)
-    R::template produce<ROWS, PC, GATED>(s, w, w2, k, row_begin, row_end, k0 + p * PC, k0 + k_len, page + p, task);
+    R::fill(s, page + p, task, 1, kPage * 2, [&](int) { return src + (size_t)p * kPage; }, [](int) { return 0u; });
 }
 
 // bias[row] + residual[row] of a finished row. `load` issues the reads before the task's pages, so

@@ -2,15 +2,17 @@
 // `empty` mbarrier. The pages hold its linear tasks' weights and its attention parts' cached K and V
 // rows, none of which depend on this step, so the producer warp streams them from the launch on, in
 // the SM's program order. It fills page j into slot j % DEPTH and the copies complete its
-// `full` barrier as they land: on sm_90 one bulk copy (the TMA engine) per row of the page, counted
-// in bytes; before sm_90 cp.async by every lane, each lane arriving as its copies land. The consumer
+// `full` barrier as they land: on sm_90 bulk copies (the TMA engine) of its spans, counted in
+// bytes (a linear's page is one span, stored page by page: linear_produce; an attention part's
+// page one span of K rows and one of V rows); before sm_90 cp.async by every lane, each lane
+// arriving as its copies land. The consumer
 // warps wait on `full`, compute, and arrive on `empty`, which lets the producer refill the slot.
 // Nothing else synchronises the two roles, so the weight stream never waits on activations, only
 // on a slot the consumers still read. At most IN_FLIGHT pages are in flight at once (the rest of
 // the ring holds landed pages): an SM's share of DRAM bandwidth needs only that many bytes in the
 // memory system, and every byte more queues ahead of the small reads on the critical path (tagged
-// activations), which then wait behind the stream. Columns past the page's valid ones are never
-// read, so a page holds only the valid rows and columns (no zero fill). The copies carry an L2
+// activations), which then wait behind the stream. Consumers never read a page's columns past the
+// valid ones (a packed page's zero padding, an attention page's unused rows). The copies carry an L2
 // evict-first policy: a step streams more bytes than L2 holds and reads each once, so without the
 // hint they evict what is read again (tagged activations).
 #pragma once
@@ -108,7 +110,7 @@ struct Ring {
   // Producer: page j, once its slot is free and page j - IN_FLIGHT has landed, from `spans` spans of
   // `bytes` bytes each (a multiple of 16): span i from src(i) to byte offset dst(i) of the page. Its
   // `full` barrier completes as they land (at once for no spans). Every page of the SM's stream is
-  // filled this way: a linear's weight rows, an attention part's cached K and V rows.
+  // filled this way: a linear's packed weight page (one span), an attention part's cached K and V rows.
   template <typename Src, typename Dst>
   static __device__ __forceinline__ void fill(const Step& s, int j, int task, int spans, int bytes, Src src, Dst dst) {
     if (j >= DEPTH) mbarrier_wait(s, empty(j), (use(j) - 1) & 1, task);
@@ -135,22 +137,6 @@ struct Ring {
     }
     mbarrier_arrive_copies(bar);
 #endif
-  }
-
-  // Producer: rows [row_begin, row_end) x columns [c0, min(c0 + PC, k_end)) of W (row length k) into
-  // page j, a ROWS x PC tile. GATED: those rows of W into the page's first ROWS / 2 rows and the same
-  // rows of W2 into the rest.
-  template <int ROWS, int PC, bool GATED>
-  static __device__ __forceinline__ void produce(const Step& s, const bf16_t* w, const bf16_t* w2, int k,
-                                                 int row_begin, int row_end, int c0, int k_end, int j, int task) {
-    static_assert(ROWS * PC * 2 <= SLOT_BYTES && PC % 8 == 0, "a page fits its slot, 16-byte columns");
-    static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
-    constexpr int kHalf = GATED ? ROWS / 2 : ROWS;        // page rows of one weight
-    const int n = min(kHalf, row_end - row_begin), rows = GATED ? 2 * n : n, cols = min(PC, k_end - c0);
-    // copied row r: W's row_begin + r into page row r, then (GATED) W2's into page row kHalf + r - n
-    fill(s, j, task, rows, cols * 2,
-         [&](int r) { return (!GATED || r < n ? w + (size_t)(row_begin + r) * k : w2 + (size_t)(row_begin + r - n) * k) + c0; },
-         [&](int r) { return (u32)((!GATED || r < n ? r : kHalf + r - n) * PC * 2); });
   }
 
   // Producer, after its last page (n pages in all): wait until its copies have landed, so the block
