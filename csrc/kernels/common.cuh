@@ -59,6 +59,13 @@ __device__ __forceinline__ uint4 lds128(u32 addr) {
   return v;
 }
 
+// 8 bytes from shared memory (four bf16).
+__device__ __forceinline__ uint2 lds64(u32 addr) {
+  uint2 v;
+  asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "r"(addr));
+  return v;
+}
+
 __device__ __forceinline__ float4 lds128f(u32 addr) {
   float4 v;
   asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
@@ -96,6 +103,14 @@ __device__ __forceinline__ void unpack8(const uint4& w, float out[8]) {
     out[2 * i] = __uint_as_float(words[i] << 16);
     out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
   }
+}
+
+// Four bf16 packed in a uint2, lowest address first.
+__device__ __forceinline__ void unpack4(const uint2& w, float out[4]) {
+  out[0] = __uint_as_float(w.x << 16);
+  out[1] = __uint_as_float(w.x & 0xffff0000u);
+  out[2] = __uint_as_float(w.y << 16);
+  out[3] = __uint_as_float(w.y & 0xffff0000u);
 }
 
 // Butterfly shuffle as one instruction (NVRTC's __shfl_xor_sync became a call in task bodies).

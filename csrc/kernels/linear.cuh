@@ -256,16 +256,25 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
     R::wait_page(s, page + p, task);
     if (p == 0) trace_mark(s, task, 3);
     const u32 wt = R::page(page + p);
-    const int cols = min(PC, k_len - p * PC);    // the page holds these columns; past them, stale bytes
+    const int cols = min(PC, k_len - p * PC);    // the page holds these columns (then zero padding)
+    // A warp takes 256 columns at a time, each lane columns c1 = 4 lane and c2 = c1 + 128 of them:
+    // its input reads are 16 bytes at a 16-byte stride (conflict-free), its weight reads 8 bytes at
+    // an 8-byte stride. (8 adjacent columns per lane read the fp32 input at a 32-byte stride: 2-way
+    // bank conflicts on every input load.) The input is zero past k_len; past `cols` the page is
+    // zero padding, not read.
 #pragma unroll 4
-    for (int c = (seg * 32 + lane) * 8; c < cols; c += kWarpsPerRow * 256) {
-      const float4 xa = lds128f(xs + (p * PC + c) * 4), xb = lds128f(xs + (p * PC + c + 4) * 4);
+    for (int b = seg * 256; b < cols; b += kWarpsPerRow * 256) {
+      const int c1 = b + 4 * lane, c2 = c1 + 128;
+      const bool h1 = c1 < cols, h2 = c2 < cols;
+      const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 xa = h1 ? lds128f(xs + (p * PC + c1) * 4) : zero, xb = h2 ? lds128f(xs + (p * PC + c2) * 4) : zero;
       const float x8[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
       for (int j = 0; j < kRowsPerWarp; ++j) {
         const int r = kWarpsPerRow == 1 ? warp + j * kWarps : warp / kWarpsPerRow;
-        float wf[8];
-        unpack8(lds128(wt + (r * PC + c) * 2), wf);
+        float wf[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        if (h1) unpack4(lds64(wt + (r * PC + c1) * 2), wf);
+        if (h2) unpack4(lds64(wt + (r * PC + c2) * 2), wf + 4);
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
       }
