@@ -137,6 +137,8 @@ def inspect(artifact, mlir_check):
     m = read_manifest(artifact)
     status = verify(artifact)
     model, k = m["model"], m["kernel"]
+    packed = sum(len(e["sources"]) for e in m["packed_weights"]      # linear weights (packed_weights)
+                 if isinstance(e, dict) and isinstance(e.get("sources"), list))
     lines = [
         f"artifact      {artifact}  (adamk {m['adamk_version']})",
         f"model         hidden {model['hidden_size']}, heads {model['num_heads']} (kv {model['num_kv_heads']}) x "
@@ -149,7 +151,7 @@ def inspect(artifact, mlir_check):
         f"{m['smem_peak_bytes_without_ksplit']} B",
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
         f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
-        f"{m['target']['dram_gbps']:.0f} GB/s",
+        f"{m['target']['dram_gbps']:.0f} GB/s; {packed} linear weights stored page by page on the device",
         f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
         f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']}"
         f"{'' if m.get('predicted_calibrated') else ', UNCALIBRATED: no measured profile, the figure is a guess'})",

@@ -68,7 +68,7 @@ def test_inspect_reports_and_checks_files(tiny_onnx, tmp_path):
     code, stdout, _ = cli("inspect", out)
     assert code == 0
     for needle in ("hidden 136, heads 6 (kv 2) x 24", "H100 (sm_90), 132 blocks", "tasks", "B per block",
-                   "predicted", "UNCALIBRATED", "ok         kernel.sm_90.cubin"):
+                   "predicted", "UNCALIBRATED", "7 linear weights stored page by page", "ok         kernel.sm_90.cubin"):
         assert needle in stdout, needle
     (out / "kernel.ptx").write_text("tampered")
     code, stdout, err = cli("inspect", out)
