@@ -8,6 +8,7 @@ from .targets import get_gpu
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 CONSUMER_WARPS = 8    # warps of a block that compute (common.cuh kConsumerWarps, emitted into kernel.cu)
+MAX_TILE_ROWS = 32   # rows of a linear task's pages (linear.cuh linear_task static_asserts it)
 
 
 def producer_warps(arch: int) -> int:
@@ -62,6 +63,9 @@ class CompileConfig:
         if self.tile_rows <= 0 or (self.tile_rows % warps and warps % self.tile_rows):
             raise AdamkError(f"tile_rows={self.tile_rows} must be a multiple of {warps} (warps per block) "
                              f"or divide it")
+        if self.tile_rows > MAX_TILE_ROWS:
+            raise AdamkError(f"tile_rows={self.tile_rows} exceeds {MAX_TILE_ROWS}: a task's row sums are "
+                             f"reduced across a warp's lanes (linear.cuh linear_task)")
         if self.schedule not in SCHEDULES:
             raise AdamkError(f"schedule='{self.schedule}' is not one of {', '.join(SCHEDULES)}")
         if self.schedule == "queue" and self.profile:

@@ -100,15 +100,22 @@ def linear_xs(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
     return linear_pages(tile_rows, k_chunk, page_bytes) * linear_page_cols(tile_rows, k_chunk, page_bytes)
 
 
-def linear_work_bytes(xs: int, coef: int = 0) -> int:
+def linear_work_bytes(xs: int, coef: int = 0, rows: int = 0) -> int:
     """xs floats (the prologue-applied input) + the scratch (`LinearWork`): one float per warp for
-    reductions, or the `coef` merge weights of an input merged from a split attention (heads x parts)."""
-    return xs * F32 + max(REDUCE_SCRATCH, coef * F32)
+    block reductions, the `coef` merge weights of an input merged from a split attention (heads x
+    parts), or every warp's sums of a task's `rows` page rows, padded to a power of two (each warp
+    sums a slice of the columns, linear.cuh `linear_task`)."""
+    return xs * F32 + max(REDUCE_SCRATCH, coef * F32, WARPS * pow2_at_least(rows) * F32)
+
+
+def pow2_at_least(n: int) -> int:
+    """The smallest power of two >= n: the rows a warp's row sums reduce over (common.cuh)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int, coef: int = 0) -> "Footprint":
     return Footprint(linear_page_bytes(tile_rows, k_chunk, page_bytes),
-                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes), coef))
+                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes), coef, tile_rows))
 
 
 def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int) -> int:
@@ -142,9 +149,7 @@ def attention_page_rows(head_dim: int, page_bytes: int) -> int:
     trip (32 lanes, 16 bytes of a row each, a power of two of lanes per row, ATTENTION_ROWS_PER_LANE
     rows each), and at least those (a page then takes more than `page_bytes`, and the ring's slots
     grow to it)."""
-    lanes = 1
-    while lanes < head_dim // 8:
-        lanes *= 2
+    lanes = pow2_at_least(head_dim // 8)
     per_trip = 32 // lanes * ATTENTION_ROWS_PER_LANE
     return max(1, page_bytes // (2 * head_dim * BF16) // per_trip) * per_trip
 

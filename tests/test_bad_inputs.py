@@ -338,6 +338,12 @@ def test_compile_config_checks_types(field, value):
         adamk.CompileConfig(**{field: value})
 
 
+@pytest.mark.parametrize("rows,why", [(12, "must be a multiple of 8"), (64, "exceeds 32")])
+def test_compile_config_checks_tile_rows(rows, why):
+    with pytest.raises(AdamkError, match=f"tile_rows={rows} {why}"):
+        adamk.CompileConfig(tile_rows=rows)
+
+
 # ---- the output directory -------------------------------------------------------------------
 
 def test_force_never_deletes_a_users_directory(tiny_onnx, tmp_path):

@@ -98,7 +98,7 @@ class Linear(TaskKind):
             coef = 0
         em.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
                        "\"smem model: linear page\");")
-        em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}>::kBytes == {smem.linear_work_bytes(xs, coef)}, "
+        em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}, {rows}>::kBytes == {smem.linear_work_bytes(xs, coef, rows)}, "
                        "\"smem model: linear work area\");")
         staging_fn = [] if paged else [*em.signature(f"input_{name}", "int k_index"),
                                        f"  const int k0 = k_index * {chunk};", staging, "}"]

@@ -126,6 +126,72 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// kV adjacent floats (kV = 1, 2 or 4) from shared memory.
+template <int kV>
+__device__ __forceinline__ void lds_floats(u32 addr, float out[kV]) {
+  static_assert(kV == 1 || kV == 2 || kV == 4, "1, 2 or 4 floats");
+  if constexpr (kV == 4) {
+    const float4 v = lds128f(addr);
+    out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
+  } else if constexpr (kV == 2) {
+    asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(out[0]), "=f"(out[1]) : "r"(addr));
+  } else {
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(out[0]) : "r"(addr));
+  }
+}
+
+// kV adjacent bf16 (kV = 1, 2 or 4) from shared memory, as floats.
+template <int kV>
+__device__ __forceinline__ void lds_bf16(u32 addr, float out[kV]) {
+  static_assert(kV == 1 || kV == 2 || kV == 4, "1, 2 or 4 bf16");
+  if constexpr (kV == 4) {
+    unpack4(lds64(addr), out);
+  } else {
+    u32 w;
+    if constexpr (kV == 2) asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w) : "r"(addr));
+    else asm volatile("{\n .reg .u16 h;\n ld.shared.u16 h, [%1];\n cvt.u32.u16 %0, h;\n}" : "=r"(w) : "r"(addr));
+    out[0] = __uint_as_float(w << 16);
+    if constexpr (kV == 2) out[1] = __uint_as_float(w & 0xffff0000u);
+  }
+}
+
+// The smallest power of two >= n (n <= 32): the rows a warp's row sums reduce over.
+__host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
+
+// p ? x : y as one SEL of registers: a plain ?: of two array elements may become a select of their
+// addresses, which puts the array in local memory.
+__device__ __forceinline__ float select(bool p, float x, float y) {
+  float r;
+  asm("{\n .reg .pred q;\n setp.ne.u32 q, %3, 0;\n selp.f32 %0, %1, %2, q;\n}" : "=f"(r) : "f"(x), "f"(y), "r"((u32)p));
+  return r;
+}
+
+// Sums over the warp's lanes of N per-lane values v[0, N) (N a power of two <= 32): each butterfly
+// step (lane distance OFF = 16, 8, ...) halves the values a lane keeps (the lower or upper half, by its
+// lane bit) and adds its partner's sums of them, so N values cost ~N shuffles instead of 5 N. Lane l
+// ends with the sum of value warp_row_of<N>(l) in v[0]; the 32 / N lanes of one value agree.
+// Recursive templates keep every index a constant, so the values stay in registers.
+template <int N, int OFF = 16>
+__device__ __forceinline__ void warp_reduce_rows(float* v) {
+  static_assert(N >= 1 && (N <= 2 * OFF || N == 1) && (N & (N - 1)) == 0, "a power of two of at most 32 values");
+  if constexpr (OFF > 0) {
+    const bool upper = (threadIdx.x & OFF) != 0;
+    if constexpr (N > 1) {
+#pragma unroll
+      for (int i = 0; i < N / 2; ++i) {
+        const float lo = v[i], hi = v[i + N / 2];
+        v[i] = select(upper, hi, lo) + shfl_xor(select(upper, lo, hi), OFF);
+      }
+      warp_reduce_rows<N / 2, OFF / 2>(v);
+    } else {
+      v[0] += shfl_xor(v[0], OFF);
+      warp_reduce_rows<1, OFF / 2>(v);
+    }
+  }
+}
+template <int R>
+__device__ __forceinline__ int warp_row_of(int lane) { return lane / (32 / R); }
+
 // The SwiGLU's activation.
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
 

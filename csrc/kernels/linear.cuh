@@ -23,13 +23,16 @@ struct WeightPage {
 };
 
 // A linear op's work area (smem.linear_work_bytes): the input columns of its K-chunk, padded to
-// whole pages (zeros past the chunk), and the scratch of reductions (one float per warp) or, for an
-// input merged from a split attention, its COEF merge weights.
-template <int XS, int COEF = 0>
+// whole pages (zeros past the chunk), and the scratch: one float per warp of block reductions, for
+// an input merged from a split attention its COEF merge weights, or every warp's sums of the task's
+// ROWS page rows (linear_task: each warp sums its slice of the columns).
+template <int XS, int COEF = 0, int ROWS = 0>
 struct LinearWork {
   static constexpr int kXs = 0;                // float[XS]: the prologue-applied input slice
-  static constexpr int kScratch = XS * 4;      // float[max(32, COEF)]
-  static constexpr int kBytes = kScratch + (COEF > 32 ? COEF : 32) * 4;
+  static constexpr int kScratch = XS * 4;      // float[max(32, COEF, kWarps * ROWS)]
+  static constexpr int kFloats = COEF > 32 ? COEF : 32;
+  static constexpr int kSums = kWarps * pow2_at_least(ROWS);
+  static constexpr int kBytes = kScratch + (kFloats > kSums ? kFloats : kSums) * 4;
 };
 
 // Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
@@ -174,10 +177,12 @@ struct Addend {
 
 // Consumers: rows [row_begin, row_end) of out from pages `page` .. `page + NPAGES - 1` (their first
 // k_len columns in all) and the staged input. A K-split part gets out = its row of the partial
-// buffer and no bias or residual. With ROWS >= warps, warp w owns page rows w + j*warps; with fewer
-// rows, kWarpsPerRow warps share a row and add up through shared memory in order. Warps meet only on
-// the ring's barriers (and, for shared rows, once at the end). GATED: page rows [0, ROWS/2) are W's,
-// [ROWS/2, ROWS) W2's, so warp w's rows j and j + kOutPerWarp are the gate and up of one output row.
+// buffer and no bias or residual. Every warp takes a slice of each page's columns across all its
+// rows, so the input is read from shared memory once per page (a warp per row read it once per warp:
+// half the shared-memory traffic of a page, docs/perf.md v20); the task's row sums are reduced
+// across lanes (warp_reduce_rows), then across warps through the scratch, in warp order. Warps meet
+// on the ring's barriers and twice at the task's end. GATED: page rows [0, ROWS/2) are W's,
+// [ROWS/2, ROWS) W2's: output row r is silu(row r) * row r + ROWS/2.
 //
 // PAGED (a plain tagged input, such as a down projection's: kinds/linear.py `paged_input`): the
 // task stages its input itself, page by page, when `stage` (the first task of a run; the others
@@ -192,26 +197,27 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
                                             const ResT* residual, int row_begin, int row_end, int k_len,
                                             int page, const tagged_t* in = nullptr, int k0 = 0, bool stage = false) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
-  static_assert(ROWS % kWarps == 0 || kWarps % ROWS == 0, "warps split rows evenly");
   static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
-  static_assert(!GATED || (ROWS / 2) % kWarps == 0, "a warp pairs each gate row with the same up row");
-  constexpr int kRowsPerWarp = ROWS >= kWarps ? ROWS / kWarps : 1;
-  constexpr int kWarpsPerRow = ROWS >= kWarps ? 1 : kWarps / ROWS;
-  constexpr int kOutPerWarp = GATED ? kRowsPerWarp / 2 : kRowsPerWarp;   // output rows a warp finishes
-  const u32 xs = shared_address(smem_at(work_offset + LinearWork<XS>::kXs));
-  float* scratch = smem_at<float>(work_offset + LinearWork<XS>::kScratch);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, seg = warp % kWarpsPerRow;
-  // The rows whose sums this thread finishes, and their addends, requested now.
-  Addend<ResT> add[kOutPerWarp];
+  static_assert(ROWS >= 1 && ROWS <= 32, "a warp's row sums reduce by halves, at most 32 rows");
+  static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
+  // Each thread takes kV adjacent columns of every page row, the block kSweep columns at a time: a
+  // warp's reads are 32 x kV contiguous bf16 of a row and 32 x kV floats of the input (conflict-free),
+  // the input is read once per page, and every weight byte once.
+  constexpr int kV = PC % (4 * kConsumerThreads) == 0 ? 4 : PC % (2 * kConsumerThreads) == 0 ? 2 : 1;
+  constexpr int kSweep = kV * kConsumerThreads;
+  constexpr int kOut = GATED ? ROWS / 2 : ROWS;          // output rows the task finishes
+  constexpr int kR = pow2_at_least(ROWS);                // rows reduced (zero past ROWS)
+  using W = LinearWork<XS, 0, ROWS>;
+  const u32 xs = shared_address(smem_at(work_offset + W::kXs));
+  float* scratch = smem_at<float>(work_offset + W::kScratch);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // The row this thread finishes, and its addends, requested now.
+  Addend<ResT> add;
+  const int my_row = row_begin + (int)threadIdx.x;
+  if (threadIdx.x < kOut && my_row < row_end) add.load(bias, residual, my_row);
+  float acc[kR];
 #pragma unroll
-  for (int j = 0; j < kOutPerWarp; ++j) {
-    const int row = kWarpsPerRow == 1 ? row_begin + warp + j * kWarps : row_begin + threadIdx.x;
-    const bool finishes = kWarpsPerRow == 1 ? lane == 0 : threadIdx.x < ROWS;
-    if (finishes && row < row_end) add[j].load(bias, residual, row);
-  }
-  float acc[kRowsPerWarp];
-#pragma unroll
-  for (int j = 0; j < kRowsPerWarp; ++j) acc[j] = 0.f;
+  for (int j = 0; j < kR; ++j) acc[j] = 0.f;
   // PAGED: this thread's Vec4s of a page's input columns: columns p * PC + 4 * (tid + i * threads).
   constexpr int kVecs = (PC + 4 * kConsumerThreads - 1) / (4 * kConsumerThreads);
   Vec4<tagged_t> cur[PAGED ? kVecs : 1], next[PAGED ? kVecs : 1];
@@ -225,7 +231,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   };
   if constexpr (PAGED) {
     if (stage) {
-      check_smem(s, work_offset + LinearWork<XS>::kBytes, task);
+      check_smem(s, work_offset + W::kBytes, task);
       consumer_sync();               // the previous run is done with xs
       request(0, cur, false);
     }
@@ -256,27 +262,20 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
     R::wait_page(s, page + p, task);
     if (p == 0) trace_mark(s, task, 3);
     const u32 wt = R::page(page + p);
-    const int cols = min(PC, k_len - p * PC);    // the page holds these columns (then zero padding)
-    // A warp takes 256 columns at a time, each lane columns c1 = 4 lane and c2 = c1 + 128 of them:
-    // its input reads are 16 bytes at a 16-byte stride (conflict-free), its weight reads 8 bytes at
-    // an 8-byte stride. (8 adjacent columns per lane read the fp32 input at a 32-byte stride: 2-way
-    // bank conflicts on every input load.) The input is zero past k_len; past `cols` the page is
-    // zero padding, not read.
-#pragma unroll 4
-    for (int b = seg * 256; b < cols; b += kWarpsPerRow * 256) {
-      const int c1 = b + 4 * lane, c2 = c1 + 128;
-      const bool h1 = c1 < cols, h2 = c2 < cols;
-      const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-      const float4 xa = h1 ? lds128f(xs + (p * PC + c1) * 4) : zero, xb = h2 ? lds128f(xs + (p * PC + c2) * 4) : zero;
-      const float x8[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+    const int cols = min(PC, k_len - p * PC);    // the page holds these columns (then zero padding, not read)
 #pragma unroll
-      for (int j = 0; j < kRowsPerWarp; ++j) {
-        const int r = kWarpsPerRow == 1 ? warp + j * kWarps : warp / kWarpsPerRow;
-        float wf[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-        if (h1) unpack4(lds64(wt + (r * PC + c1) * 2), wf);
-        if (h2) unpack4(lds64(wt + (r * PC + c2) * 2), wf + 4);
+    for (int b = 0; b < PC; b += kSweep) {
+      const int c = b + kV * (int)threadIdx.x;
+      if (c < cols) {                            // cols is a multiple of 8, so of kV
+        float x[kV];
+        lds_floats<kV>(xs + (p * PC + c) * 4, x);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[j] = fmaf(wf[e], x8[e], acc[j]);
+        for (int r = 0; r < ROWS; ++r) {
+          float w[kV];
+          lds_bf16<kV>(wt + (r * PC + c) * 2, w);
+#pragma unroll
+          for (int e = 0; e < kV; ++e) acc[r] = fmaf(w[e], x[e], acc[r]);
+        }
       }
     }
     R::release(page + p);
@@ -287,25 +286,23 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
       }
     }
   }
-  if constexpr (kWarpsPerRow == 1) {
-#pragma unroll
-    for (int j = 0; j < kOutPerWarp; ++j) {
-      float v = warp_sum(acc[j]);
-      if constexpr (GATED) v = silu(v) * warp_sum(acc[j + kOutPerWarp]);
-      const int row = row_begin + warp + j * kWarps;
-      if (lane == 0 && row < row_end) store(s, out + row, v + add[j].value(s, bias, residual, row, task));
-    }
-  } else {
-    const float v = warp_sum(acc[0]);
-    consumer_sync();                 // the previous task's shared-row sums are read
-    if (lane == 0) scratch[warp] = v;
-    consumer_sync();
-    const int row = row_begin + threadIdx.x;
-    if (threadIdx.x < ROWS && row < row_end) {
+  // Row sums: the warp's 32 lanes by halves (a lane keeps half its rows and adds its partner's sums of
+  // them), then the warps' sums through shared memory, added in warp order.
+  warp_reduce_rows<kR>(acc);
+  const float sum = acc[0];
+  consumer_sync();                   // the previous task's sums are read
+  if (lane % (32 / kR) == 0) scratch[warp * kR + warp_row_of<kR>(lane)] = sum;
+  consumer_sync();
+  if (threadIdx.x < kOut && my_row < row_end) {
+    auto row_sum = [&](int r) {
       float t = 0.f;
-      for (int i = 0; i < kWarpsPerRow; ++i) t += scratch[threadIdx.x * kWarpsPerRow + i];
-      store(s, out + row, t + add[0].value(s, bias, residual, row, task));
-    }
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) t += scratch[w * kR + r];
+      return t;
+    };
+    float v = row_sum(threadIdx.x);
+    if constexpr (GATED) v = silu(v) * row_sum(threadIdx.x + kOut);
+    store(s, out + my_row, v + add.value(s, bias, residual, my_row, task));
   }
 }
 
