@@ -62,8 +62,7 @@ def k_range(k: int, k_chunk: int, k_index: int) -> tuple[int, int]:
 def gated_tile_rows(tile_rows: int) -> int:
     """Output rows of one task of a gated linear (the SwiGLU's gate and up, one weight page holding
     the task's rows of both): half of `tile_rows` (so its pages have `tile_rows` rows when that is a
-    multiple of 2 x WARPS), rounded down to whole warps and at least one row per warp (each warp
-    pairs its gate rows with the same up rows, linear.cuh)."""
+    multiple of 2 x WARPS), rounded down to whole warps and at least one row per warp."""
     return max(WARPS, tile_rows // 2 // WARPS * WARPS)
 
 
