@@ -8,7 +8,7 @@ from .targets import get_gpu
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 CONSUMER_WARPS = 8    # warps of a block that compute (common.cuh kConsumerWarps, emitted into kernel.cu)
-MAX_TILE_ROWS = 32   # rows of a linear task's pages (linear.cuh linear_task static_asserts it)
+MAX_TILE_ROWS = 32   # rows of a linear task's pages (emitted into kernel.cu; linear.cuh static_asserts it)
 
 
 def producer_warps(arch: int) -> int:

@@ -28,7 +28,7 @@ from ..dialects.task import BufferOp
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from .. import smem
-from ..config import CONSUMER_WARPS, producer_warps
+from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
 from ..kinds.base import f32_literal, restages
 from ..targets import GPU
@@ -239,6 +239,7 @@ class _Emitter:
                f"#define ADAMK_CONSUMER_WARPS {CONSUMER_WARPS}   // adamk/config.py CONSUMER_WARPS",
                f"#define ADAMK_PRODUCER_WARPS {producer_warps(arch)}   // adamk/config.py producer_warps",
                f"#define ADAMK_MAX_WAITS {MAX_WAITS}   // adamk/codegen/cuda.py MAX_WAITS",
+               f"#define ADAMK_MAX_TILE_ROWS {MAX_TILE_ROWS}   // adamk/config.py MAX_TILE_ROWS",
                f"#define ADAMK_TRACE_SLOTS {len(TRACE_SLOTS)}   // adamk/codegen/cuda.py TRACE_SLOTS",
                f"#define ADAMK_ATTENTION_ROWS_PER_LANE {smem.ATTENTION_ROWS_PER_LANE}"
                "   // adamk/smem.py ATTENTION_ROWS_PER_LANE",

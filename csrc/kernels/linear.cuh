@@ -16,6 +16,13 @@ namespace adamk {
 
 enum Prologue { kPlain = 0, kRmsNorm = 1, kSiluMul = 2 };
 
+// Rows of a linear task's pages at most (adamk/config.py MAX_TILE_ROWS, emitted into kernel.cu):
+// linear_task reduces a task's row sums across a warp's lanes.
+#if !defined(ADAMK_MAX_TILE_ROWS)
+#error "ADAMK_MAX_TILE_ROWS comes from the generated kernel (adamk/config.py)"
+#endif
+static_assert(ADAMK_MAX_TILE_ROWS <= 32, "a task's row sums fit one warp's lanes");
+
 // One weight page of a linear task: ROWS x PC bf16, row-major (smem.linear_page_bytes).
 template <int ROWS, int PC>
 struct WeightPage {
@@ -198,7 +205,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
                                             int page, const tagged_t* in = nullptr, int k0 = 0, bool stage = false) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
-  static_assert(ROWS >= 1 && ROWS <= 32, "a warp's row sums reduce by halves, at most 32 rows");
+  static_assert(ROWS >= 1 && ROWS <= ADAMK_MAX_TILE_ROWS, "a warp's row sums reduce by halves: at most ADAMK_MAX_TILE_ROWS rows");
   static_assert(!GATED || ROWS % 2 == 0, "a gated page holds as many rows of each weight");
   // Each thread takes kV adjacent columns of every page row, the block kSweep columns at a time: a
   // warp's reads are 32 x kV contiguous bf16 of a row and 32 x kV floats of the input (conflict-free),
