@@ -95,22 +95,23 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
   return (bf16_t)(u >> 16);
 }
 
+// Two bf16 packed in a u32, lowest address first: the low half is element 0.
+__device__ __forceinline__ void unpack2(u32 w, float out[2]) {
+  out[0] = __uint_as_float(w << 16);
+  out[1] = __uint_as_float(w & 0xffff0000u);
+}
+
 // Eight bf16 packed in a uint4, lowest address first.
 __device__ __forceinline__ void unpack8(const uint4& w, float out[8]) {
   const u32 words[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(words[i] << 16);
-    out[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-  }
+  for (int i = 0; i < 4; ++i) unpack2(words[i], out + 2 * i);
 }
 
 // Four bf16 packed in a uint2, lowest address first.
 __device__ __forceinline__ void unpack4(const uint2& w, float out[4]) {
-  out[0] = __uint_as_float(w.x << 16);
-  out[1] = __uint_as_float(w.x & 0xffff0000u);
-  out[2] = __uint_as_float(w.y << 16);
-  out[3] = __uint_as_float(w.y & 0xffff0000u);
+  unpack2(w.x, out);
+  unpack2(w.y, out + 2);
 }
 
 // Butterfly shuffle as one instruction (NVRTC's __shfl_xor_sync became a call in task bodies).
@@ -148,10 +149,13 @@ __device__ __forceinline__ void lds_bf16(u32 addr, float out[kV]) {
     unpack4(lds64(addr), out);
   } else {
     u32 w;
-    if constexpr (kV == 2) asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w) : "r"(addr));
-    else asm volatile("{\n .reg .u16 h;\n ld.shared.u16 h, [%1];\n cvt.u32.u16 %0, h;\n}" : "=r"(w) : "r"(addr));
-    out[0] = __uint_as_float(w << 16);
-    if constexpr (kV == 2) out[1] = __uint_as_float(w & 0xffff0000u);
+    if constexpr (kV == 2) {
+      asm volatile("ld.shared.u32 %0, [%1];" : "=r"(w) : "r"(addr));
+      unpack2(w, out);
+    } else {
+      asm volatile("{\n .reg .u16 h;\n ld.shared.u16 h, [%1];\n cvt.u32.u16 %0, h;\n}" : "=r"(w) : "r"(addr));
+      out[0] = to_float((bf16_t)w);
+    }
   }
 }
 
