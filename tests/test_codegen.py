@@ -292,3 +292,35 @@ def test_kernel_signature_and_runtime_arguments_come_from_one_list(tiny_l20):
     assert kernel_arguments(list(KERNEL_ARGS), values) == list(reversed(range(len(KERNEL_ARGS))))
     with pytest.raises(AdamkError, match="the artifact's kernel takes arguments"):
         kernel_arguments(list(KERNEL_ARGS) + ["extra"], values)
+
+
+def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
+    """kernel.cu's kOneAtATime table gives each SM the count ring.cuh streams one page at a time:
+    its pages of the ops whose first task comes before the step's largest op (most weight pages;
+    the MLP's gate/up) plus a ring's worth, 0 for an SM that streams none of them."""
+    art, _ = tiny_l20
+    src = art.files["kernel.cu"].decode()
+    depth = int(re.search(r"using SmRing = Ring<(\d+), \d+, \d+>;", src).group(1))
+    table = [int(v) for v in re.search(r"__constant__ int kOneAtATime\[\d+\] = \{([^}]*)\};", src).group(1).split(",")]
+    streams = []       # per SM: [(op, task, first page, pages)]
+    for body in re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{(.*?)\n\}", src, re.S):
+        calls = [(int(op), int(task), int(page)) for op, task, page in
+                 re.findall(r"produce_op(\d+)\(s, b, (\d+), (\d+)", body)]
+        drain = re.search(r"SmRing::drain\(s, (\d+)\)", body)
+        ends = [page for _, _, page in calls[1:]] + ([int(drain.group(1))] if drain else [])
+        streams.append([(op, task, page, end - page) for (op, task, page), end in zip(calls, ends)])
+    assert len(table) == len(streams)
+    total, first = {}, {}
+    for stream in streams:
+        for op, task, _, pages in stream:
+            total[op] = total.get(op, 0) + pages
+            first[op] = min(first.get(op, task), task)
+    largest = max(total, key=lambda op: (total[op], -first[op]))
+    for stream, count in zip(streams, table):
+        chain = 0
+        for op, _, _, pages in stream:
+            if first[op] >= first[largest]:
+                break
+            chain += pages
+        assert count == (chain + depth if chain else 0)
+    assert any(table), "the tiny layer's SMs stream chain pages"

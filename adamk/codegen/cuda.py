@@ -5,7 +5,7 @@ The output is one self-contained, readable `.cu`: the facts it shares with the c
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
 the host fills it in the same order; activations are tagged words), the ring type of every
-SM, one enumerator per counter (the barrier variant's; identifiers are numbered, model names
+SM and how many of each SM's first pages it streams one at a time (`one_at_a_time`), one enumerator per counter (the barrier variant's; identifiers are numbered, model names
 appear only in comments, escaped by adamk/names.py), static_asserts that the device
 library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
 each op (its constants filled in), and one function per SM. An SM's function has two
@@ -61,6 +61,37 @@ def _with_waits(ops):
             yield op, []
 
 
+def one_at_a_time(sms, pages, depth: int) -> list[int]:
+    """Per SM, how many of its stream's first pages go one at a time (ring.cuh `fill`): its pages of
+    the ops before the step's largest op (by weight pages; the first of equals in program order:
+    the MLP's gate/up), that is the latency-bound chain of q/k/v, the attention and o_proj, plus a
+    ring's worth after them, the refill that streams while the chain runs. With more pages in
+    flight those copies fill the memory system's queues ahead of the chain's small reads (tagged
+    words, instruction fetch): measured 1-2 us slower per step on the H200 (docs/perf.md v22)."""
+    total: dict[str, int] = {}
+    first: dict[str, int] = {}
+    for sm in sms:
+        for op in sm.ops:
+            if isinstance(op, ExecOp) and pages(op):
+                src = op.source.data
+                total[src] = total.get(src, 0) + pages(op)
+                first[src] = min(first.get(src, op.task_id.value.data), op.task_id.value.data)
+    if not total:
+        return [0] * len(sms)
+    largest = max(total, key=lambda src: (total[src], -first[src]))
+    chain = {src for src in total if first[src] < first[largest]}
+    counts = []
+    for sm in sms:
+        n = 0
+        for op in sm.ops:
+            if isinstance(op, ExecOp) and pages(op):
+                if op.source.data not in chain:
+                    break
+                n += pages(op)
+        counts.append(n + depth if n else 0)
+    return counts
+
+
 def _signature(name: str, params: str) -> list[str]:
     """The opening line of a per-op function: what every one takes, then its own `params`."""
     return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, int task, {params}) {{"]
@@ -85,6 +116,8 @@ class _Emitter:
         self.tagged = {name for name, b in self.buffers.items() if b.dtype.data == "f32_tagged"}   # tagged words
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
+        self.one_at_a_time = ([0] * len(self.schedule.sms) if queue      # the queue variant: tasks go anywhere
+                              else one_at_a_time(self.schedule.sms, self.pages, self.plan.depth))
 
     def ptr(self, name: str | None, ctype_if_none: str = "tagged_t") -> str:
         if name is None:
@@ -253,7 +286,10 @@ class _Emitter:
                 *([f"// Every SM's ring: {self.plan.depth} pages of {self.plan.slot_bytes} B, {self.in_flight} "
                    "copied at once (smem.SmPlan).",
                    f"using {RING} = Ring<{self.plan.depth}, {self.plan.slot_bytes}, {self.in_flight}>;",
-                   f"static_assert({RING}::kBytes == {self.plan.work_offset}, \"smem model: the ring\");", ""]
+                   f"static_assert({RING}::kBytes == {self.plan.work_offset}, \"smem model: the ring\");", "",
+                   "// The pages each SM streams one at a time (codegen/cuda.py one_at_a_time; ring.cuh).",
+                   f"__constant__ int kOneAtATime[{len(self.one_at_a_time)}] = "
+                   f"{{{', '.join(map(str, self.one_at_a_time))}}};", ""]
                   if self.plan.depth else []),
                 "// Device pointers, in the order of the adamk.buffer ops (the host fills them in that order).",
                 "struct Buffers {", *self.buffer_fields(), "};", "",

@@ -11,7 +11,10 @@
 // on a slot the consumers still read. At most IN_FLIGHT pages are in flight at once (the rest of
 // the ring holds landed pages): an SM's share of DRAM bandwidth needs only that many bytes in the
 // memory system, and every byte more queues ahead of the small reads on the critical path (tagged
-// activations), which then wait behind the stream. Consumers never read a page's columns past the
+// activations, instruction fetch), which then wait behind the stream. For the same reason the SM's
+// first kOneAtATime[block] pages go one at a time: its pages of the step's latency-bound chain and
+// the refill that streams while the chain runs (a table the generator fills per SM:
+// codegen/cuda.py one_at_a_time). Consumers never read a page's columns past the
 // valid ones (a packed page's zero padding, an attention page's unused rows). The copies carry an L2
 // evict-first policy: a step streams more bytes than L2 holds and reads each once, so without the
 // hint they evict what is read again (tagged activations).
@@ -20,6 +23,8 @@
 #include "sync.cuh"
 
 namespace adamk {
+
+extern __constant__ int kOneAtATime[];   // per block (SM): defined by the generated kernel
 
 __device__ __forceinline__ void mbarrier_init(u32 bar, u32 count) {
   asm volatile("mbarrier.init.shared.b64 [%0], %1;" :: "r"(bar), "r"(count) : "memory");
@@ -107,14 +112,16 @@ struct Ring {
     __syncthreads();
   }
 
-  // Producer: page j, once its slot is free and page j - IN_FLIGHT has landed, from `spans` spans of
-  // `bytes` bytes each (a multiple of 16): span i from src(i) to byte offset dst(i) of the page. Its
-  // `full` barrier completes as they land (at once for no spans). Every page of the SM's stream is
-  // filled this way: a linear's packed weight page (one span), an attention part's cached K and V rows.
+  // Producer: page j, once its slot is free and page j - IN_FLIGHT (j - 1 among the SM's first
+  // kOneAtATime pages) has landed, from `spans` spans of `bytes` bytes each (a multiple of 16): span
+  // i from src(i) to byte offset dst(i) of the page. Its `full` barrier completes as they land (at
+  // once for no spans). Every page of the SM's stream is filled this way: a linear's packed weight
+  // page (one span), an attention part's cached K and V rows.
   template <typename Src, typename Dst>
   static __device__ __forceinline__ void fill(const Step& s, int j, int task, int spans, int bytes, Src src, Dst dst) {
     if (j >= DEPTH) mbarrier_wait(s, empty(j), (use(j) - 1) & 1, task);
-    if (j >= IN_FLIGHT) mbarrier_wait(s, full(j - IN_FLIGHT), use(j - IN_FLIGHT) & 1, task);
+    const int in_flight = j < kOneAtATime[blockIdx.x] ? 1 : IN_FLIGHT;
+    if (j >= in_flight) mbarrier_wait(s, full(j - in_flight), use(j - in_flight) & 1, task);
     const u32 base = page(j), bar = full(j);
     const u64 policy = l2_evict_first();
 #if __CUDA_ARCH__ >= 900
