@@ -5,9 +5,10 @@ The output is one self-contained, readable `.cu`: the facts it shares with the c
 (csrc/kernels/*.cuh, pasted in include order so the file compiles on its own), then the
 generated part: the `Buffers` pointer table (one field per `adamk.buffer`, in IR order:
 the host fills it in the same order; activations are tagged words), the ring type of every
-SM and how many of each SM's first pages it streams one at a time (`one_at_a_time`), one enumerator per counter (the barrier variant's; identifiers are numbered, model names
-appear only in comments, escaped by adamk/names.py), static_asserts that the device
-library's shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
+SM and how many of each SM's first pages it streams one at a time (`one_at_a_time`), one
+enumerator per counter (the barrier variant's; identifiers are numbered, model names appear
+only in comments, escaped by adamk/names.py), static_asserts that the device library's
+shared-memory layouts are the model's (smem.py), RoPE tables, the functions of
 each op (its constants filled in), and one function per SM. An SM's function has two
 straight lines: its producer warp streams the pages of the SM's tasks (a linear's weights, an
 attention part's cached rows), page after page, through the ring; its consumer warps run the
@@ -61,6 +62,11 @@ def _with_waits(ops):
             yield op, []
 
 
+def _stream(sm, pages) -> list[ExecOp]:
+    """The tasks whose pages SM `sm`'s producer streams, in program order."""
+    return [op for op in sm.ops if isinstance(op, ExecOp) and pages(op)]
+
+
 def one_at_a_time(sms, pages, depth: int) -> list[int]:
     """Per SM, how many of its stream's first pages go one at a time (ring.cuh `fill`): its pages of
     the ops before the step's largest op (by weight pages; the first of equals in program order:
@@ -71,11 +77,10 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     total: dict[str, int] = {}
     first: dict[str, int] = {}
     for sm in sms:
-        for op in sm.ops:
-            if isinstance(op, ExecOp) and pages(op):
-                src = op.source.data
-                total[src] = total.get(src, 0) + pages(op)
-                first[src] = min(first.get(src, op.task_id.value.data), op.task_id.value.data)
+        for op in _stream(sm, pages):
+            src = op.source.data
+            total[src] = total.get(src, 0) + pages(op)
+            first[src] = min(first.get(src, op.task_id.value.data), op.task_id.value.data)
     if not total:
         return [0] * len(sms)
     largest = max(total, key=lambda src: (total[src], -first[src]))
@@ -83,11 +88,10 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     counts = []
     for sm in sms:
         n = 0
-        for op in sm.ops:
-            if isinstance(op, ExecOp) and pages(op):
-                if op.source.data not in chain:
-                    break
-                n += pages(op)
+        for op in _stream(sm, pages):
+            if op.source.data not in chain:
+                break
+            n += pages(op)
         counts.append(n + depth if n else 0)
     return counts
 
@@ -207,7 +211,7 @@ class _Emitter:
 
     def sm_function(self, sm) -> list[str]:
         items = list(_with_waits(sm.ops))
-        streams = [op for op, _ in items if isinstance(op, ExecOp) and self.pages(op)]
+        streams = _stream(sm, self.pages)
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
         if streams:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's stream"]
