@@ -21,6 +21,7 @@ from .kinds import kind as task_kind
 from .kinds.base import DTYPE_BYTES
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
+from .passes.layers import LayersPass
 from .passes.tile import TilePass
 from .search.cost import CostModel, predict_step_us
 from .search.dag_search import DagSearch, SearchSchedulePass
@@ -54,6 +55,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
     with step("passes: fuse and K-split"):
         run(FusePass(config.gate_up), graph)       # prologues, residual epilogues, RoPE, gate/up into a gated linear
+        if model_dims["whole_model"]:
+            run(LayersPass(), graph)               # its identical decoder layers: one loop body
         smem_without_ksplit = _peak_without_ksplit(graph, config)
         run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
                        config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model
@@ -156,17 +159,23 @@ def import_model(model, example_inputs=None) -> ModuleOp:
 
 
 def _model_dims(graph: ModuleOp) -> dict:
-    from .dialects.graph import AttentionOp, LinearOp, shape_of
+    from .dialects.graph import AttentionOp, EmbeddingOp, LinearOp, shape_of
     ops = list(next(iter(graph.ops)).body.block.ops)
     attn = [o for o in ops if isinstance(o, AttentionOp)]
     linears = [shape_of(o.weight) for o in ops if isinstance(o, LinearOp)]
     if not attn:
         raise AdamkError("the model has no attention: adamk compiles decoder layers")
     a = attn[0]
-    hidden = shape_of(next(iter(graph.ops)).body.block.args[0])[1]
-    return {"hidden_size": hidden, "num_heads": a.num_heads.value.data, "num_kv_heads": a.num_kv_heads.value.data,
-            "head_dim": a.head_dim.value.data, "max_seq_len": shape_of(a.k_cache)[2], "layers": len(attn),
-            "intermediate_size": max((n for n, k in linears if k == hidden), default=0)}
+    whole = a.layer is not None
+    tables = [shape_of(o.table) for o in ops if isinstance(o, EmbeddingOp)]
+    hidden = tables[0][1] if whole else shape_of(next(iter(graph.ops)).body.block.args[0])[1]
+    dims = {"hidden_size": hidden, "num_heads": a.num_heads.value.data, "num_kv_heads": a.num_kv_heads.value.data,
+            "head_dim": a.head_dim.value.data, "max_seq_len": a.max_seq_len,
+            "layers": shape_of(a.k_cache)[0] if whole else len(attn),
+            "intermediate_size": max((n for n, k in linears if k == hidden), default=0), "whole_model": whole}
+    if whole:
+        dims["vocab_size"] = tables[0][0]
+    return dims
 
 
 def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
@@ -182,7 +191,7 @@ def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
 
 def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):
     fn = next(iter(graph.ops))
-    traced = list(fn.body.block.args[2].type.get_shape())[2]
+    traced = list(fn.body.block.args[2].type.get_shape())[-2]
     if traced != max_seq_len:
         raise AdamkError(f"max_seq_len={max_seq_len} but the traced KV cache holds {traced} positions")
 
@@ -193,7 +202,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     buffers = [b for b in schedule.ops if isinstance(b, BufferOp)]
     execs = sorted((o for sm in sched.sms for o in sm.ops if isinstance(o, ExecOp)),
                    key=lambda o: o.task_id.value.data)
-    weight_bytes = sum(math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
+    weight_bytes = sum(b.copies * math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
                        if b.role.data == "weight")
     report = binaries.report
     packed = {}                         # one entry per device buffer of packed weights, in task order
@@ -220,10 +229,12 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    # counters beyond the schedule's: the work-queue variant's queue and per-block tickets
                    "extra_counters": 1 + sched.num_sms.value.data if config.schedule == "queue" else 0,
                    "queue_per_step": len(execs) + sched.num_sms.value.data if config.schedule == "queue" else 0},
+        # a layer-indexed buffer holds `slots` copies of `shape`; each of its weights names its slot
         "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
-                     "dtype": b.dtype.data} for b in buffers],
-        "weights": [{"name": b.sym_name.data, "shape": list(b.shape.get_values()), "dtype": b.dtype.data,
-                     "layout": "row-major"} for b in buffers if b.role.data == "weight"],
+                     "dtype": b.dtype.data, **({"slots": b.copies} if b.slots is not None else {})} for b in buffers],
+        "weights": [{"name": n, "shape": list(b.shape.get_values()), "dtype": b.dtype.data, "layout": "row-major",
+                     **({"buffer": b.sym_name.data, "slot": i} if b.slots is not None else {})}
+                    for b in buffers if b.role.data == "weight" for i, n in enumerate(b.names)],
         "packed_weights": list(packed.values()),
         "counters": [{"name": c.sym_name.data, "index": c.index.value.data, "per_step": c.per_step.value.data}
                      for c in schedule.ops if isinstance(c, CounterOp)],

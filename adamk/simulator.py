@@ -15,41 +15,69 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from .dialects.schedule import ExecOp
-from .dialects.task import BufferOp
+from .dialects.task import BufferOp, slot_index
 from .kinds import kind as task_kind
-from .search.validate import walk
+from .search.validate import schedule_of, walk
+
+
+def _shape(b: BufferOp) -> tuple[int, ...]:
+    shape = tuple(b.shape.get_values())
+    return shape if b.slots is None else (b.copies, *shape)
 
 
 class Simulator:
-    def __init__(self, module: ModuleOp, weights: dict[str, np.ndarray]):
+    """`weights`: name -> array; a layer-indexed weight (a whole model's) is given per layer,
+    by each layer's name (the buffer's `layer_names`), or stacked under the buffer's name."""
+
+    def __init__(self, module: ModuleOp, weights: dict[str, np.ndarray], layer_names: dict | None = None):
         self.module = module
         self.decls = {b.sym_name.data: b for b in module.ops if isinstance(b, BufferOp)}
-        self.mem: dict[str, np.ndarray] = {}
+        self.mem: dict[str, np.ndarray] = {}        # a layer-indexed buffer as [slots, *shape]
         for name, b in self.decls.items():
-            shape = tuple(b.shape.get_values())
+            shape = _shape(b)
             if b.role.data == "weight":
-                w = np.asarray(weights[name], dtype=np.float32)
+                names = (layer_names or {}).get(name)
+                w = (np.stack([np.asarray(weights[n], np.float32) for n in names]) if names
+                     else np.asarray(weights[name], dtype=np.float32).reshape(shape))
                 if w.shape != shape:
                     raise ValueError(f"weight '{name}' has shape {w.shape}, the schedule expects {shape}")
                 self.mem[name] = w
-            elif b.role.data == "kv_cache":
-                self.mem[name] = np.zeros(shape, np.float32)
+            elif b.role.data in ("kv_cache", "tokens", "position"):
+                self.mem[name] = np.zeros(shape, np.int64 if b.dtype.data == "i32" else np.float32)
         self.counters = None
         self.epoch = 0
+        execs = [o for sm in schedule_of(module).sms for o in sm.ops if isinstance(o, ExecOp)]
+        self.logits = next((o.buffer("logits") for o in execs if o.kind.data == "argmax"), None)
 
-    def step(self, x: np.ndarray, pos: int) -> np.ndarray:
+    def step(self, x, pos: int) -> np.ndarray:
+        """One step at `pos`: of a layer, `x` the hidden state in and the output returned; of a
+        whole model, `x` the token id at `pos` and the logits returned (the next id is then
+        `self.mem["tokens"][0, pos + 1]`)."""
         for name, b in self.decls.items():
             if b.role.data in ("activation", "output"):
-                self.mem[name] = np.full(tuple(b.shape.get_values()), np.nan, np.float32)
-        self.mem["x"] = np.asarray(x, np.float32).reshape(tuple(self.decls["x"].shape.get_values()))
+                self.mem[name] = np.full(_shape(b), np.nan, np.float32)
         self.pos = int(pos)
+        if "tokens" in self.decls:
+            self.mem["tokens"][self.pos] = int(x)
+        else:
+            self.mem["x"] = np.asarray(x, np.float32).reshape(_shape(self.decls["x"]))
         self.epoch += 1
         self.counters = walk(self.module, self.exec, epoch=self.epoch, counters=self.counters)
+        if "tokens" in self.decls:
+            return self.mem[self.logits].reshape(-1).copy()
         return self.mem["y"].copy()
 
-    def exec(self, op: ExecOp):
+    def exec(self, op: ExecOp, layer: int):
+        self.layer = layer
         task_kind(op.kind.data).simulate(self, op)      # adamk/kinds: one description per kind
 
+    def buf(self, op: ExecOp, role: str) -> np.ndarray:
+        """The buffer `op` names in `role`: its slot at the current layer (task.py)."""
+        name = op.buffer(role)
+        if self.decls[name].slots is None:
+            return self.mem[name]
+        return self.mem[name][slot_index(op, name, self.layer)]
+
     def vec(self, op: ExecOp, role: str) -> np.ndarray:
-        """The buffer `op` names in `role`, flat."""
-        return self.mem[op.buffer(role)].reshape(-1)
+        """The buffer `op` names in `role`, flat (its slot at the current layer)."""
+        return self.buf(op, role).reshape(-1)

@@ -172,6 +172,11 @@ def attention_footprint(head_dim: int, group: int, page_bytes: int) -> "Footprin
                      attention_work_bytes(head_dim, attention_heads_per_task(group)))
 
 
+def argmax_work_bytes() -> int:
+    """An argmax task's work area: each consumer warp's (largest, index) (argmax.cuh ArgmaxWork)."""
+    return CONSUMER_WARPS * 8
+
+
 @dataclasses.dataclass(frozen=True)
 class Footprint:
     """A task's shared memory: its weight stage (0: none) and its work area."""

@@ -305,7 +305,7 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
     streams = []       # per SM: [(op, task, first page, pages)]
     for body in re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{(.*?)\n\}", src, re.S):
         calls = [(int(op), int(task), int(page)) for op, task, page in
-                 re.findall(r"produce_op(\d+)\(s, b, (\d+), (\d+)", body)]
+                 re.findall(r"produce_op(\d+)\(s, b, (\d+), 0, (\d+)", body)]
         drain = re.search(r"SmRing::drain\(s, (\d+)\)", body)
         ends = [page for _, _, page in calls[1:]] + ([int(drain.group(1))] if drain else [])
         streams.append([(op, task, page, end - page) for (op, task, page), end in zip(calls, ends)])

@@ -4,9 +4,12 @@ import math
 import pytest
 import torch
 
-from adamk.dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp
+from adamk.compiler import import_model
+from adamk.dialects.graph import (
+    AddOp, ArgmaxOp, AttentionOp, EmbeddingOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp,
+)
 from adamk.errors import FrontendError
-from adamk.models import PRESETS, DecoderLayer
+from adamk.models import PRESETS, DecoderLayer, LlamaModel
 from helpers import graph_of, random_layer
 
 
@@ -143,3 +146,93 @@ def test_outer_product_rope_is_recognised_by_both_frontends(tmp_path):
     torch.onnx.export(layer, layer.example_inputs(), dynamo=True, opset_version=18, verbose=False,
                       optimize=False).save(str(path))
     assert import_onnx(path).is_structurally_equivalent(ref)
+
+
+# ---- a whole model: embedding, the layers on stacked KV caches, final norm, LM head, argmax ----
+
+def test_whole_model_becomes_flat_graph_ops():
+    cfg = PRESETS["tiny"]
+    module = import_model(LlamaModel(cfg, seed=0))
+    module.verify()
+    fn = next(iter(module.ops))
+    ops = body(module)
+    stack = f"tensor<{cfg.num_layers}x1x{cfg.num_kv_heads}x{cfg.max_seq_len}x{cfg.head_dim}xf32>"
+    assert [str(a.type) for a in fn.body.block.args] == ["tensor<1xi64>", "tensor<i64>", stack, stack]
+    token, pos, k_caches, v_caches = fn.body.block.args
+    embeddings = [op for op in ops if isinstance(op, EmbeddingOp)]
+    assert len(embeddings) == 1 and embeddings[0].token is token
+    assert embeddings[0].table.owner.weight_name.data == "embed_tokens.weight"
+    attns = [op for op in ops if isinstance(op, AttentionOp)]
+    assert [a.layer.value.data for a in attns] == list(range(cfg.num_layers))
+    assert all(a.k_cache is k_caches and a.v_cache is v_caches and a.pos is pos for a in attns)
+    argmax = [op for op in ops if isinstance(op, ArgmaxOp)]
+    assert len(argmax) == 1 and ops[-1].operands[0] is argmax[0].result
+    assert argmax[0].logits.owner.weight.owner.weight_name.data == "lm_head.weight"
+    assert [str(t) for t in fn.function_type.outputs.data] == ["tensor<1xi64>"]
+    weights = {op.weight_name.data for op in ops if isinstance(op, WeightOp)}
+    assert {"embed_tokens.weight", "layers.1.q_proj.weight", "norm.weight", "lm_head.weight"} <= weights
+    assert weights == set(LlamaModel(cfg, seed=0).state_dict())      # every parameter, by its state_dict name
+
+
+def test_whole_model_layers_have_one_structure():
+    """Layer l's ops are layer 0's, in order, on layer l's weights: the layers pass folds them."""
+    cfg = PRESETS["tiny"]
+    ops = [op for op in body(import_model(LlamaModel(cfg, seed=0))) if not isinstance(op, WeightOp)]
+    assert [op.name for op in ops[:1]] == ["adamk.embedding"]
+    assert [op.name for op in ops[-4:]] == ["adamk.rmsnorm", "adamk.linear", "adamk.argmax", "func.return"]
+    per_layer = len(LAYER_OPS) - 1
+    layers = [ops[1 + i * per_layer:1 + (i + 1) * per_layer] for i in range(cfg.num_layers)]
+    assert 1 + cfg.num_layers * per_layer + 4 == len(ops)
+
+    def weights_of(layer_ops, i):
+        return [v.owner.weight_name.data.replace(f"layers.{i}.", "layers.L.") for op in layer_ops
+                for v in op.operands if isinstance(v.owner, WeightOp)]
+    for i, layer in enumerate(layers):
+        assert [op.name for op in layer] == LAYER_OPS[:-1]
+        assert weights_of(layer, i) == weights_of(layers[0], 0)
+
+
+def _whole_model(forward):
+    """The tiny LlamaModel with `forward` (token, pos, k_caches, v_caches) in place of its own."""
+    model = LlamaModel(PRESETS["tiny"], seed=0)
+    model.forward = forward.__get__(model)
+    return model
+
+
+def _layers_on_caches(pick):
+    """A whole model whose layer i runs on the caches `pick(i, pos, k_caches, v_caches)`."""
+    def forward(self, token, pos, k_caches, v_caches):
+        x = self.embed_tokens(token)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, pos, *pick(i, pos, k_caches, v_caches))
+        return self.lm_head(self.norm(x))
+    return forward
+
+
+@pytest.mark.parametrize("pick, message", [
+    (lambda i, pos, k, v: (k[pos].clone(), v[pos].clone()),     # (torch.export refuses k[pos] written in place)
+     r"select of KV cache layer pos: the layer index must be a constant at node 'select' \('aten\.select\.int'\)"),
+    (lambda i, pos, k, v: (k[i], v[1 - i]), r"attention over the keys of KV cache layer 0 and the values of layer 1"),
+], ids=["cache_at_position", "keys_and_values_of_two_layers"])
+def test_whole_model_with_bad_cache_use_is_refused(pick, message):
+    with pytest.raises(FrontendError, match=message):
+        import_model(_whole_model(_layers_on_caches(pick)))
+
+
+def test_whole_model_with_int32_tokens_is_refused():
+    model = LlamaModel(PRESETS["tiny"], seed=0)
+    token, pos, k, v = model.example_inputs()
+    with pytest.raises(FrontendError, match=r"'token' holds token ids of dtype torch\.int32; adamk takes int64 ids"):
+        import_model(model, (token.int(), pos, k, v))
+
+
+class WritesUnreadCache(DecoderLayer):
+    def forward(self, x, pos, k_cache, v_cache):
+        k_cache.index_copy_(2, pos.view(1), self.k_proj(x).view(1, self.cfg.num_kv_heads, 1, self.cfg.head_dim))
+        return x + self.o_proj(self.q_proj(x))
+
+
+def test_cache_append_that_no_attention_reads_is_refused():
+    """Only an adamk.attention writes a KV cache: an append without one would be dropped."""
+    with pytest.raises(FrontendError, match="a KV cache append that no attention reads at node 'output'"):
+        graph_of(WritesUnreadCache(PRESETS["tiny"], seed=0))

@@ -18,13 +18,14 @@ The kernel entry only dispatches on blockIdx.x.
 """
 from __future__ import annotations
 
+import math
 import re
 
 from xdsl.dialects.builtin import ModuleOp
 
 from .. import __version__
 from ..names import c_comment
-from ..dialects.schedule import CounterOp, ExecOp, SignalOp, WaitOp
+from ..dialects.schedule import CounterOp, ExecOp, LoopBeginOp, LoopEndOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
@@ -32,11 +33,13 @@ from .. import smem
 from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
 from ..kinds.base import f32_literal, restages
+from ..kinds.linear import packed_elements
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh")
-CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t"}
+HEADERS = ("common.cuh", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh", "embedding.cuh",
+           "argmax.cuh")
+CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "i32": "int"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
 # The stamps a profiling build records per task, in slot order (sync.cuh kTraceSlots).
@@ -63,8 +66,37 @@ def _with_waits(ops):
 
 
 def _stream(sm, pages) -> list[ExecOp]:
-    """The tasks whose pages SM `sm`'s producer streams, in program order."""
-    return [op for op in sm.ops if isinstance(op, ExecOp) and pages(op)]
+    """The tasks whose pages SM `sm`'s producer streams, in program order (a layer loop's body once)."""
+    return _stream_ops(sm.ops, pages)
+
+
+def _stream_ops(ops, pages) -> list[ExecOp]:
+    return [op for op in ops if isinstance(op, ExecOp) and pages(op)]
+
+
+def _segments(ops) -> tuple[list, list | None, list, int]:
+    """(before the layer loop, its body or None, after it, its trip count) of an SM's ops."""
+    begin = next((i for i, o in enumerate(ops) if isinstance(o, LoopBeginOp)), None)
+    if begin is None:
+        return list(ops), None, [], 1
+    end = next(i for i, o in enumerate(ops) if isinstance(o, LoopEndOp))
+    return list(ops[:begin]), list(ops[begin + 1:end]), list(ops[end + 1:]), ops[begin].layers.value.data
+
+
+def _page(first: int, per_layer: int, local: int) -> str:
+    """The ring page index of a task's first page: `first` + `local`, plus `layer * per_layer` in
+    the layer loop (per_layer 0 outside it)."""
+    if not per_layer:
+        return str(first + local)
+    return f"layer * {per_layer} + {first + local}" if first + local else f"layer * {per_layer}"
+
+
+def slot_elements(buffer, packing: dict | None) -> int:
+    """Elements of one slot of a layer-indexed buffer (a packed weight's: its pages, padding
+    included; runtime/weights.py pack_pages)."""
+    if packing is None:
+        return math.prod(buffer.shape.get_values())
+    return packed_elements(packing, buffer.shape.get_values()[0])
 
 
 def one_at_a_time(sms, pages, depth: int) -> list[int]:
@@ -73,11 +105,15 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     the MLP's gate/up), that is the latency-bound chain of q/k/v, the attention and o_proj, plus a
     ring's worth after them, the refill that streams while the chain runs. With more pages in
     flight those copies fill the memory system's queues ahead of the chain's small reads (tagged
-    words, instruction fetch): measured 1-2 us slower per step on the H200 (docs/perf.md v22)."""
+    words, instruction fetch): measured 1-2 us slower per step on the H200 (docs/perf.md v22).
+    In a whole model the ops are the layer loop's and the pages its first layer's (the table is
+    per SM, not per layer; the prologue streams nothing)."""
+    looped = any(op.in_loop for sm in sms for op in _stream(sm, pages))
+    stream = (lambda sm: [op for op in _stream(sm, pages) if op.in_loop]) if looped else (lambda sm: _stream(sm, pages))
     total: dict[str, int] = {}
     first: dict[str, int] = {}
     for sm in sms:
-        for op in _stream(sm, pages):
+        for op in stream(sm):
             src = op.source.data
             total[src] = total.get(src, 0) + pages(op)
             first[src] = min(first.get(src, op.task_id.value.data), op.task_id.value.data)
@@ -88,7 +124,7 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     counts = []
     for sm in sms:
         n = 0
-        for op in _stream(sm, pages):
+        for op in stream(sm):
             if op.source.data not in chain:
                 break
             n += pages(op)
@@ -97,8 +133,9 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
 
 
 def _signature(name: str, params: str) -> list[str]:
-    """The opening line of a per-op function: what every one takes, then its own `params`."""
-    return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, int task, {params}) {{"]
+    """The opening line of a per-op function: what every one takes (the layer loop's layer: 0
+    outside it), then its own `params`."""
+    return [f"__device__ __noinline__ void {name}(const Step& s, const Buffers& b, int task, int layer, {params}) {{"]
 
 
 class _Emitter:
@@ -117,16 +154,32 @@ class _Emitter:
         self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (first task, lines)
         # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
+        execs = [o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)]
+        self.packing = {e["buffer"]: e for e in (task_kind(o.kind.data).packing(o) for o in execs) if e}
         self.tagged = {name for name, b in self.buffers.items() if b.dtype.data == "f32_tagged"}   # tagged words
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
         self.one_at_a_time = ([0] * len(self.schedule.sms) if queue      # the queue variant: tasks go anywhere
                               else one_at_a_time(self.schedule.sms, self.pages, self.plan.depth))
+        self.layer = "0"                                  # the layer expression of the calls being emitted
+        self.slot_elements = {name: slot_elements(b, self.packing.get(name)) for name, b in self.buffers.items()
+                              if b.copies > 1}
+        self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
 
-    def ptr(self, name: str | None, ctype_if_none: str = "tagged_t") -> str:
+    def ptr(self, name: str | None, ctype_if_none: str = "tagged_t", op=None) -> str:
+        """Buffer `name` as task `op` names it: a layer-indexed one at its slot (task.py), `layer`
+        being the per-op function's parameter."""
         if name is None:
             return f"(const {ctype_if_none}*)nullptr"
-        return f"b.{self.field[name]}"
+        c = op.slot(name) if op is not None else None
+        if c is None:
+            return f"b.{self.field[name]}"
+        slot = ("layer" + (f" + {c}" if c else "")) if op.in_loop else str(c)
+        return f"(b.{self.field[name]} + (size_t)({slot}) * {self.slot_elements[name]})"
+
+    def args(self, task_id: int) -> str:
+        """What every per-op function's call passes first: the step, the buffers, the task, the layer."""
+        return f"s, b, {task_id}, {self.layer}"
 
     def ctype(self, name: str) -> str:
         """The element type of buffer `name` in kernel.cu."""
@@ -188,7 +241,7 @@ class _Emitter:
     # ---- what the kinds' emitters use (adamk/kinds) ---------------------------------------
     def buf_of(self, op: ExecOp):
         """role -> the pointer expression of `op`'s buffer in that role (a typed nullptr if none)."""
-        return lambda role, ctype="tagged_t": self.ptr(op.buffer(role), ctype)
+        return lambda role, ctype="tagged_t": self.ptr(op.buffer(role), ctype, op)
 
     signature = staticmethod(_signature)
 
@@ -210,31 +263,55 @@ class _Emitter:
         return task_kind(op.kind.data).staged(op)
 
     def sm_function(self, sm) -> list[str]:
-        items = list(_with_waits(sm.ops))
-        streams = _stream(sm, self.pages)
+        """The SM's two straight lines; a whole model's layer loop is a `for` over layers in both,
+        its pages numbered on: the prologue's P0, then Pb per layer, then the epilogue's."""
+        pre, body, post, layers = _segments(sm.ops)
+        segments = [(pre, False), (body or [], True), (post, False)]
+        counts = [sum(self.pages(o) for o in _stream_ops(ops, self.pages)) for ops, _ in segments]
+        firsts = [0, counts[0], counts[0] + layers * counts[1]]
+        total = firsts[2] + counts[2]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
-        if streams:
+        loop = f"for (int layer = 0; layer < {layers}; ++layer) {{   // the layer loop"
+        if total:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's stream"]
-            page = 0
-            for op in streams:
-                lines += self.produce(op, page)
-                page += self.pages(op)
-            lines += [f"    {RING}::drain(s, {page});", "    return;", "  }"]
+            for (ops, in_loop), first, count in zip(segments, firsts, counts):
+                streams = _stream_ops(ops, self.pages)
+                if in_loop and streams:
+                    lines.append(f"    {loop}")
+                self.layer = "layer" if in_loop else "0"
+                local = 0
+                for op in streams:
+                    lines += [("  " if in_loop else "") + line
+                              for line in self.produce(op, _page(first, count if in_loop else 0, local))]
+                    local += self.pages(op)
+                if in_loop and streams:
+                    lines.append("    }")
+            lines += [f"    {RING}::drain(s, {total});", "    return;", "  }"]
         else:
             lines += ["  if (is_producer()) return;   // nothing to stream"]
-        page, staged = 0, None       # staged: what the work area holds (self.staged)
-        for op, waits in items:      # waits run in the consumers' line; the producer is not held
-            if isinstance(op, SignalOp):
-                lines.append(f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
-                             f"  // {c_comment(op.counter.data)}")
-                continue
-            while len(waits) > MAX_WAITS:    # more producers than one call takes: wait for some first
-                head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
-                lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, {op.task_id.value.data});")
-            key = self.staged(op)    # None after a task that uses the work area otherwise
-            lines += self.consume(op, waits, page, new_run=restages(key, staged))
-            staged = key
-            page += self.pages(op)
+        for (ops, in_loop), first, count in zip(segments, firsts, counts):
+            if in_loop and body is not None:
+                lines.append(f"  {loop}")
+            self.layer = "layer" if in_loop else "0"
+            local, staged = 0, None       # staged: what the work area holds (self.staged)
+            for op, waits in _with_waits(ops):   # waits run in the consumers' line; the producer is not held
+                if isinstance(op, SignalOp):
+                    lines.append(f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
+                                 f"  // {c_comment(op.counter.data)}")
+                    continue
+                while len(waits) > MAX_WAITS:    # more producers than one call takes: wait for some first
+                    head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
+                    lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, "
+                                 f"{op.task_id.value.data});")
+                key = self.staged(op)    # None after a task that uses the work area otherwise
+                lines += [("  " if in_loop else "") + line for line in
+                          self.consume(op, waits, _page(first, count if in_loop else 0, local),
+                                       new_run=restages(key, staged))]
+                staged = key
+                local += self.pages(op)
+            if in_loop and body is not None:
+                lines.append("  }")
+        self.layer = "0"
         return lines + ["}"]
 
     def queue_function(self) -> list[str]:
@@ -315,11 +392,7 @@ class _Emitter:
                 "  // This launch's epoch: one past the block's last, which the block keeps on the device, so",
                 "  // launches need no new argument (a CUDA graph replays one launch for every step).",
                 "  const u32 epoch = epochs[blockIdx.x] + 1u;",
-                "  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns};",
-                *(self.queue_loop(n_tasks, n_sms) if self.queue else [
-                    "  switch (blockIdx.x) {",
-                    *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)],
-                    "  }"]),
+                *self.entry(n_tasks, n_sms),
                 "  __syncthreads();   // every thread of the block has read this launch's epoch",
                 "  if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;", "}", ""]
         tables = [f"__constant__ float {name}[{len(vals)}] = {{{', '.join(f32_literal(v) for v in vals)}}};"
@@ -328,6 +401,26 @@ class _Emitter:
                    *sorted(self.asserts), ""] if self.asserts else []
         out[tables_at:tables_at] = asserts + tables + ([""] if tables else [])
         return "\n".join(out)
+
+    def entry(self, n_tasks: int, n_sms: int) -> list[str]:
+        """The launch's Step and the dispatch on the block index. A whole model reads its position
+        from the device, the slot of this epoch's parity (the last step's argmax wrote it there),
+        so launches and graph replays need no host; a position outside the KV cache is an error."""
+        dispatch = self.queue_loop(n_tasks, n_sms) if self.queue else [
+            "  switch (blockIdx.x) {", *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)], "  }"]
+        if not self.whole:
+            return ["  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns};", *dispatch]
+        position = next(n for n, b in self.buffers.items() if b.role.data == "position")
+        max_seq = self.buffers["tokens"].shape.get_values()[0] - 1
+        return ["  // A whole model's position: on the device, in the slot of this epoch's parity (the `pos`",
+                "  // argument is not read).",
+                f"  const int at = b->{self.field[position]}[epoch & 1u];",
+                "  const adamk::Step s{counters, err, trace, at, epoch, timeout_ns};",
+                f"  if (at < 0 || at >= {max_seq}) {{",
+                f"    if (threadIdx.x == 0) adamk::report_error(s, adamk::kBadPosition, 0, 0, {max_seq}, (u32)at);",
+                "  } else {",
+                *["  " + line for line in dispatch],
+                "  }"]
 
     def queue_loop(self, n_tasks: int, n_sms: int) -> list[str]:
         """Blocks take task numbers from one atomic counter (after the schedule's counters) until

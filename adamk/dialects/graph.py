@@ -5,12 +5,19 @@ named after the source model's parameters; the KV caches are function arguments 
 shape ``[batch, kv_heads, max_seq_len, head_dim]`` that `adamk.attention` appends to.
 After fusion, `adamk.linear` carries its prologue (rmsnorm or silu_mul of its inputs),
 bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k.
+
+A whole model takes the token ids (`adamk.embedding` gathers the hidden state), keeps every
+layer's KV cache in one stacked argument ``[layers, batch, kv_heads, max_seq_len, head_dim]``
+(an attention names its `layer`), and ends in `adamk.argmax` of the LM head's logits. The
+`layers` pass folds its identical decoder layers into one: the ops between `adamk.layer_input`
+and `adamk.layer_output` then run once per layer, on layer-indexed weights (`layer_names`),
+caches and activations (passes/layers.py).
 """
 from __future__ import annotations
 
 from typing import ClassVar
 
-from xdsl.dialects.builtin import DenseArrayBase, FloatAttr, IntegerAttr, StringAttr, TensorType, f32, i64
+from xdsl.dialects.builtin import ArrayAttr, DenseArrayBase, FloatAttr, IntegerAttr, StringAttr, TensorType, f32, i64
 from xdsl.irdl import (
     AttrSizedOperandSegments, IRDLOperation, irdl_op_definition, operand_def, opt_operand_def,
     opt_prop_def, prop_def, result_def,
@@ -35,13 +42,31 @@ def _features(op, value, what: str) -> int:
 
 @irdl_op_definition
 class WeightOp(IRDLOperation):
-    """A model parameter bound at load time; `weight_name` is its state_dict key."""
+    """A model parameter bound at load time; `weight_name` is its state_dict key. Inside a layer
+    loop, `layer_names` names the parameter of every layer in turn (the first is `weight_name`)."""
     name = "adamk.weight"
     weight_name = prop_def(StringAttr)
+    layer_names = opt_prop_def(ArrayAttr)
     result = result_def(TensorType)
 
-    def __init__(self, weight_name: str, type: TensorType):
-        super().__init__(properties={"weight_name": StringAttr(weight_name)}, result_types=[type])
+    def __init__(self, weight_name: str, type: TensorType, layer_names=None):
+        props = {"weight_name": StringAttr(weight_name)}
+        if layer_names is not None:
+            props["layer_names"] = ArrayAttr([StringAttr(n) for n in layer_names])
+        super().__init__(properties=props, result_types=[type])
+
+    @property
+    def names(self) -> list[str]:
+        """The parameter's name per layer (one name outside a layer loop)."""
+        if self.layer_names is None:
+            return [self.weight_name.data]
+        return [n.data for n in self.layer_names.data]
+
+    def verify_(self):
+        names = self.names
+        if names[0] != self.weight_name.data or len(set(names)) != len(names):
+            raise VerifyException(f"adamk.weight '{self.weight_name.data}': layer_names must start with its "
+                                  "weight_name and name each layer's parameter once")
 
 
 @irdl_op_definition
@@ -180,15 +205,18 @@ class AttentionOp(IRDLOperation):
     head_dim = prop_def(IntegerAttr)
     scale = prop_def(FloatAttr)
     rope_inv_freq = opt_prop_def(DenseArrayBase)
+    layer = opt_prop_def(IntegerAttr)       # stacked caches [layers, ...]: the layer it reads and appends to
     k_split = opt_prop_def(IntegerAttr)     # set by the ksplit pass: parts of the sequence (flash-decoding)
     result = result_def(TensorType)
 
     def __init__(self, q, k, v, k_cache, v_cache, pos, *, num_heads, num_kv_heads, head_dim, scale,
-                 rope_inv_freq=None):
+                 rope_inv_freq=None, layer=None):
         props = {"num_heads": IntegerAttr(num_heads, i64), "num_kv_heads": IntegerAttr(num_kv_heads, i64),
                  "head_dim": IntegerAttr(head_dim, i64), "scale": FloatAttr(scale, f32)}
         if rope_inv_freq is not None:
             props["rope_inv_freq"] = DenseArrayBase.from_list(f32, [float(f) for f in rope_inv_freq])
+        if layer is not None:
+            props["layer"] = IntegerAttr(layer, i64)
         super().__init__(operands=[q, k, v, k_cache, v_cache, pos], properties=props, result_types=[q.type])
 
     @property
@@ -204,14 +232,23 @@ class AttentionOp(IRDLOperation):
             if _features(self, value, name) != heads * hd:
                 raise VerifyException(f"adamk.attention: {name} has {shape_of(value)[1]} features, "
                                       f"expected {heads} heads x {hd}")
+        stacked = self.layer is not None       # [layers, batch, kv_heads, max_seq_len, head_dim]
         for value, name in ((self.k_cache, "k_cache"), (self.v_cache, "v_cache")):
             s = shape_of(value)
+            s = s[1:] if stacked else s
             if len(s) != 4 or s[1] != nkv or s[3] != hd:
-                raise VerifyException(f"adamk.attention: {name} has shape {list(s)}, "
-                                      f"expected [batch, {nkv}, max_seq_len, {hd}]")
+                raise VerifyException(f"adamk.attention: {name} has shape {list(shape_of(value))}, expected "
+                                      f"[{'layers, ' if stacked else ''}batch, {nkv}, max_seq_len, {hd}]")
+            if stacked and not 0 <= self.layer.value.data < shape_of(value)[0]:
+                raise VerifyException(f"adamk.attention: layer {self.layer.value.data} outside {name}'s "
+                                      f"{shape_of(value)[0]} layers")
         if self.rope_inv_freq is not None and len(self.rope_inv_freq.get_values()) != hd // 2:
             raise VerifyException(f"adamk.attention: rope_inv_freq needs {hd // 2} entries")
-        _verify_tiling(self, shape_of(self.k_cache)[2])
+        _verify_tiling(self, self.max_seq_len)
+
+    @property
+    def max_seq_len(self) -> int:
+        return shape_of(self.k_cache)[-2]
 
 
 def _verify_tiling(op, reduction: int):
@@ -257,4 +294,74 @@ class AddOp(_SameShapeBinary):
     result = result_def(TensorType)
 
 
-GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, AttentionOp, SiluMulOp, AddOp]
+@irdl_op_definition
+class EmbeddingOp(IRDLOperation):
+    """The hidden state of `token` [1] (the id at `pos`): row `token` of `table` [vocab, hidden].
+    On the device the ids live in one sequence buffer, which the step's `adamk.argmax` extends,
+    so consecutive steps need no host (passes/tile.py)."""
+    name = "adamk.embedding"
+    token = operand_def(TensorType)
+    table = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, token, table):
+        super().__init__(operands=[token, table],
+                         result_types=[TensorType(table.type.get_element_type(), [1, shape_of(table)[1]])])
+
+    def verify_(self):
+        if len(shape_of(self.table)) != 2:
+            raise VerifyException(f"adamk.embedding: table must be [vocab, hidden], got {list(shape_of(self.table))}")
+        if shape_of(self.token) != (1,):
+            raise VerifyException(f"adamk.embedding: token must be [1], got {list(shape_of(self.token))}")
+        if shape_of(self.result) != (1, shape_of(self.table)[1]):
+            raise VerifyException(f"adamk.embedding: result {list(shape_of(self.result))} != [1, hidden]")
+
+
+@irdl_op_definition
+class ArgmaxOp(IRDLOperation):
+    """Greedy sampling: the index of the largest of `logits` [1, vocab] (the lowest on ties), the
+    id of the token at pos + 1."""
+    name = "adamk.argmax"
+    logits = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, logits):
+        super().__init__(operands=[logits], result_types=[TensorType(i64, [1])])
+
+    def verify_(self):
+        _features(self, self.logits, "logits")
+
+
+@irdl_op_definition
+class LayerInputOp(IRDLOperation):
+    """Opens a layer loop of `layers` iterations: the hidden state entering layer l, `input` for
+    l = 0 and the `adamk.layer_output` operand of layer l - 1 after. The ops up to that
+    layer_output are the loop's body; their weights and caches are layer-indexed."""
+    name = "adamk.layer_input"
+    input = operand_def(TensorType)
+    layers = prop_def(IntegerAttr)
+    result = result_def(TensorType)
+
+    def __init__(self, input, layers: int):
+        super().__init__(operands=[input], properties={"layers": IntegerAttr(layers, i64)},
+                         result_types=[input.type])
+
+    def verify_(self):
+        if self.layers.value.data < 1:
+            raise VerifyException(f"adamk.layer_input: layers {self.layers.value.data} must be at least 1")
+
+
+@irdl_op_definition
+class LayerOutputOp(IRDLOperation):
+    """Closes the layer loop: `input` is the body's output, carried into the next layer; the
+    result is the last layer's."""
+    name = "adamk.layer_output"
+    input = operand_def(TensorType)
+    result = result_def(TensorType)
+
+    def __init__(self, input):
+        super().__init__(operands=[input], result_types=[input.type])
+
+
+GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, AttentionOp, SiluMulOp, AddOp, EmbeddingOp, ArgmaxOp,
+             LayerInputOp, LayerOutputOp]

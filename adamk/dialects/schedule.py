@@ -12,6 +12,10 @@ An upstream function rather than an adamk region op: upstream MLIR verifies a re
 only with a terminator, and an IRDL-defined op can be neither a terminator nor exempt from one
 (adamk/dialects/irdl.py). Counters are declared by `adamk.counter`; they only grow, and the
 launch's epoch makes every wait target fresh, so nothing resets them between steps.
+
+A whole model's program runs the layer loop's body tasks once per layer: they stand between
+`adamk.loop_begin` (with the trip count) and `adamk.loop_end`, markers in the straight line
+rather than a region, for the same reason. `Program.expanded()` is the line as it runs.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import NamedTuple
 from xdsl.dialects.builtin import FunctionType, IntegerAttr, StringAttr, i64
 from xdsl.dialects.func import FuncOp, ReturnOp
 from xdsl.ir import Block, Region
-from xdsl.irdl import IRDLOperation, irdl_op_definition, prop_def
+from xdsl.irdl import IRDLOperation, irdl_op_definition, opt_prop_def, prop_def
 from xdsl.utils.exceptions import VerifyException
 
 from .. import smem
@@ -55,14 +59,21 @@ class PollOp(IRDLOperation):
     buffer = prop_def(StringAttr)
     begin = prop_def(IntegerAttr)
     end = prop_def(IntegerAttr)
+    slot = opt_prop_def(IntegerAttr)     # a layer-indexed buffer: slot (layer +) c, as its task's (task.py)
 
-    def __init__(self, buffer: str, begin: int, end: int):
-        super().__init__(properties={"buffer": StringAttr(buffer), "begin": IntegerAttr(begin, i64),
-                                     "end": IntegerAttr(end, i64)})
+    def __init__(self, buffer: str, begin: int, end: int, slot: int | None = None):
+        props = {"buffer": StringAttr(buffer), "begin": IntegerAttr(begin, i64), "end": IntegerAttr(end, i64)}
+        if slot is not None:
+            props["slot"] = IntegerAttr(slot, i64)
+        super().__init__(properties=props)
 
     @property
     def range(self) -> tuple[int, int]:
         return self.begin.value.data, self.end.value.data
+
+    def slot_at(self, layer: int) -> int:
+        """Its slot at layer `layer` (layer 0 outside the loop)."""
+        return (self.slot.value.data + layer) if self.slot is not None else 0
 
     def verify_(self):
         begin, end = self.range
@@ -111,11 +122,50 @@ class ExecOp(TaskBody):
         super().__init__(properties={**properties, "task_id": IntegerAttr(task_id, i64)})
 
 
+@irdl_op_definition
+class LoopBeginOp(IRDLOperation):
+    """The ops up to `adamk.loop_end` run `layers` times, at layer 0, 1, ...: the layer loop."""
+    name = "adamk.loop_begin"
+    layers = prop_def(IntegerAttr)
+
+    def __init__(self, layers: int):
+        super().__init__(properties={"layers": IntegerAttr(layers, i64)})
+
+    def verify_(self):
+        if self.layers.value.data < 1:
+            raise VerifyException(f"adamk.loop_begin: layers {self.layers.value.data} must be at least 1")
+
+
+@irdl_op_definition
+class LoopEndOp(IRDLOperation):
+    """Ends the layer loop's body."""
+    name = "adamk.loop_end"
+
+    def __init__(self):
+        super().__init__()
+
+
 class Program(NamedTuple):
     """One block's program: `func.func @sm<index>`, its ops without the closing `func.return`."""
     index: int
     ops: list
     func: FuncOp
+
+    def expanded(self) -> list[tuple[object, int]]:
+        """(op, layer) in the order the block runs them: the loop's body once per layer (layer 0
+        outside the loop), without the markers."""
+        out, body, layers = [], None, 0
+        for op in self.ops:
+            if isinstance(op, LoopBeginOp):
+                body, layers = [], op.layers.value.data
+            elif isinstance(op, LoopEndOp):
+                out += [(o, layer) for layer in range(layers) for o in body]
+                body = None
+            elif body is not None:
+                body.append(op)
+            else:
+                out.append((op, 0))
+        return out
 
 
 _SM_NAME = re.compile(r"sm(0|[1-9][0-9]*)")
@@ -177,9 +227,21 @@ class ScheduleOp(IRDLOperation):
             raise VerifyException(f"adamk.schedule: expected func.func @sm0..@sm{self.num_sms.value.data - 1} in "
                                   f"order, got {['@sm%d' % s.index for s in sms]}")
         for s in sms:
+            in_loop = False
             for op in s.ops:
-                if not isinstance(op, (PollOp, WaitOp, ExecOp, SignalOp)):
-                    raise VerifyException(f"@sm{s.index}: '{op.name}' is not an adamk.poll, wait, exec or signal")
+                if not isinstance(op, (PollOp, WaitOp, ExecOp, SignalOp, LoopBeginOp, LoopEndOp)):
+                    raise VerifyException(f"@sm{s.index}: '{op.name}' is not an adamk.poll, wait, exec, signal or "
+                                          "loop marker")
+                if isinstance(op, (LoopBeginOp, LoopEndOp)):
+                    if in_loop == isinstance(op, LoopBeginOp):
+                        raise VerifyException(f"@sm{s.index}: unbalanced {op.name} (one loop, not nested)")
+                    in_loop = not in_loop
+                elif isinstance(op, ExecOp) and op.in_loop != in_loop:
+                    raise VerifyException(f"@sm{s.index}: task {op.sym_name.data} is "
+                                          f"{'a loop body task outside' if op.in_loop else 'not a loop body task but in'}"
+                                          " the layer loop")
+            if in_loop:
+                raise VerifyException(f"@sm{s.index}: adamk.loop_begin without adamk.loop_end")
             if not isinstance(s.func.body.block.last_op, ReturnOp) or s.func.function_type.inputs.data:
                 raise VerifyException(f"@sm{s.index}: a program takes no arguments and ends with func.return")
         if self.stages.value.data < 1:
@@ -193,4 +255,4 @@ class ScheduleOp(IRDLOperation):
                                   "what its shared-memory plan needs")
 
 
-SCHEDULE_OPS = [CounterOp, PollOp, WaitOp, SignalOp, ExecOp, ScheduleOp]
+SCHEDULE_OPS = [CounterOp, PollOp, WaitOp, SignalOp, ExecOp, ScheduleOp, LoopBeginOp, LoopEndOp]

@@ -9,15 +9,20 @@ smem.py). A split op's parts write float partials; its `*_combine` tasks add the
 part order. Dependencies are `!adamk.token` SSA values: the task DAG is the use-def
 graph, so a task can only name producers that come before it; `adamk.join` stands for
 all tasks of one op.
+
+A whole model's layer loop (passes/layers.py) makes buffers layer-indexed: `slots` copies of
+`shape`, one per layer (the hidden state one more: the embedding's, then each layer's output).
+A task of the loop's body (`loop`) runs once per layer and reads and writes slot `layer + c` of
+each layer-indexed buffer it names (`slots`: buffer -> c); a task outside it slot c.
 """
 from __future__ import annotations
 
 from xdsl.dialects.builtin import (
-    DenseArrayBase, DictionaryAttr, IntegerAttr, StringAttr, i64,
+    ArrayAttr, DenseArrayBase, DictionaryAttr, IntegerAttr, StringAttr, i64,
 )
 from xdsl.ir import ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import (
-    IRDLOperation, irdl_attr_definition, irdl_op_definition, prop_def, result_def, var_operand_def,
+    IRDLOperation, irdl_attr_definition, irdl_op_definition, opt_prop_def, prop_def, result_def, var_operand_def,
 )
 from xdsl.utils.exceptions import VerifyException
 
@@ -25,11 +30,11 @@ from ..kinds import KINDS
 from ..kinds.base import DTYPE_BYTES
 from ..smem import Footprint, k_range
 
-BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation")
+BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation", "tokens", "position")
 TASK_KINDS = {name: k.roles for name, k in KINDS.items()}     # kind -> buffer roles it must name
 DTYPES = tuple(DTYPE_BYTES)     # bf16, and f32_tagged for activations (a value and the epoch that wrote it)
 BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "stage_bytes",
-                   "work_bytes", "buffers", "params")
+                   "work_bytes", "buffers", "params", "loop", "slots")
 
 
 @irdl_attr_definition
@@ -47,20 +52,50 @@ class BufferOp(IRDLOperation):
     role = prop_def(StringAttr)
     shape = prop_def(DenseArrayBase)
     dtype = prop_def(StringAttr)
+    slots = opt_prop_def(IntegerAttr)     # layer-indexed: this many copies of `shape`
+    layer_names = opt_prop_def(ArrayAttr)   # a layer-indexed weight: each slot's parameter name
 
-    def __init__(self, sym_name: str, role: str, shape, dtype: str):
-        super().__init__(properties={"sym_name": StringAttr(sym_name), "role": StringAttr(role),
-                                     "shape": DenseArrayBase.from_list(i64, list(shape)),
-                                     "dtype": StringAttr(dtype)})
+    def __init__(self, sym_name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None):
+        props = {"sym_name": StringAttr(sym_name), "role": StringAttr(role),
+                 "shape": DenseArrayBase.from_list(i64, list(shape)), "dtype": StringAttr(dtype)}
+        if slots is not None:
+            props["slots"] = IntegerAttr(slots, i64)
+        if layer_names is not None:
+            props["layer_names"] = ArrayAttr([StringAttr(n) for n in layer_names])
+        super().__init__(properties=props)
+
+    @property
+    def names(self) -> list[str]:
+        """The parameter name of each slot of a weight (its own name if not layer-indexed)."""
+        if self.layer_names is None:
+            return [self.sym_name.data]
+        return [n.data for n in self.layer_names.data]
+
+    @property
+    def copies(self) -> int:
+        """Layer slots (1 for a buffer that is not layer-indexed)."""
+        return self.slots.value.data if self.slots is not None else 1
 
     def verify_(self):
         if self.role.data not in BUFFER_ROLES:
             raise VerifyException(f"adamk.buffer @{self.sym_name.data}: unknown role '{self.role.data}'")
         if self.dtype.data not in DTYPES:
             raise VerifyException(f"adamk.buffer @{self.sym_name.data}: unknown dtype '{self.dtype.data}'")
-        if any(d <= 0 for d in self.shape.get_values()):
+        if self.layer_names is not None and len(self.layer_names.data) != self.copies:
+            raise VerifyException(f"adamk.buffer @{self.sym_name.data}: {len(self.layer_names.data)} layer_names for "
+                                  f"{self.copies} slots")
+        if any(d <= 0 for d in self.shape.get_values()) or self.copies <= 0:
             raise VerifyException(f"adamk.buffer @{self.sym_name.data}: shape {list(self.shape.get_values())} "
-                                  "has a non-positive extent")
+                                  f"x {self.copies} slots has a non-positive extent")
+
+
+def slot_index(op, buffer: str, layer: int) -> int:
+    """The slot of `buffer` task `op` (an adamk.task / adamk.exec or a tile.TaskRecord) uses at
+    layer `layer` of the loop: 0 for a buffer that is not layer-indexed."""
+    c = op.slot(buffer)
+    if c is None:
+        return 0
+    return c + (layer if op.in_loop else 0)
 
 
 def attr_value(a):
@@ -81,17 +116,25 @@ class TaskBody(IRDLOperation):
     work_bytes = prop_def(IntegerAttr)
     buffers = prop_def(DictionaryAttr)
     params = prop_def(DictionaryAttr)
+    loop = opt_prop_def(IntegerAttr)          # 1: runs once per layer (the layer loop's body)
+    slots = opt_prop_def(DictionaryAttr)      # layer-indexed buffer -> c: it uses slot (layer +) c
 
     @staticmethod
     def body_properties(sym_name, kind, source, tile, buffers: dict[str, str], params: dict,
-                        footprint=None, k_index: int = 0, k_split: int = 1):
-        return {"sym_name": StringAttr(sym_name), "kind": StringAttr(kind), "source": StringAttr(source),
-                "tile": DenseArrayBase.from_list(i64, list(tile)),
-                "k_index": IntegerAttr(k_index, i64), "k_split": IntegerAttr(k_split, i64),
-                "stage_bytes": IntegerAttr(footprint.stage if footprint else 0, i64),
-                "work_bytes": IntegerAttr(footprint.work if footprint else 0, i64),
-                "buffers": DictionaryAttr({k: StringAttr(v) for k, v in sorted(buffers.items())}),
-                "params": DictionaryAttr(dict(sorted(params.items())))}
+                        footprint=None, k_index: int = 0, k_split: int = 1, loop: bool = False,
+                        slots: dict[str, int] | None = None):
+        props = {"sym_name": StringAttr(sym_name), "kind": StringAttr(kind), "source": StringAttr(source),
+                 "tile": DenseArrayBase.from_list(i64, list(tile)),
+                 "k_index": IntegerAttr(k_index, i64), "k_split": IntegerAttr(k_split, i64),
+                 "stage_bytes": IntegerAttr(footprint.stage if footprint else 0, i64),
+                 "work_bytes": IntegerAttr(footprint.work if footprint else 0, i64),
+                 "buffers": DictionaryAttr({k: StringAttr(v) for k, v in sorted(buffers.items())}),
+                 "params": DictionaryAttr(dict(sorted(params.items())))}
+        if loop:
+            props["loop"] = IntegerAttr(1, i64)
+        if slots:
+            props["slots"] = DictionaryAttr({k: IntegerAttr(v, i64) for k, v in sorted(slots.items())})
+        return props
 
     def copy_body_properties(self):
         return {k: v for k, v in self.properties.items() if k in BODY_PROPERTIES}
@@ -136,6 +179,16 @@ class TaskBody(IRDLOperation):
     def param(self, key: str):
         a = self.params.data.get(key)
         return None if a is None else attr_value(a)
+
+    @property
+    def in_loop(self) -> bool:
+        return self.loop is not None and self.loop.value.data == 1
+
+    def slot(self, buffer: str) -> int | None:
+        """c of the slot (layer + c in the loop) of a layer-indexed buffer it names, else None."""
+        if self.slots is None or buffer not in self.slots.data:
+            return None
+        return self.slots.data[buffer].value.data
 
     def verify_(self):
         name, kind = self.sym_name.data, self.kind.data

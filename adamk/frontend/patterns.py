@@ -6,6 +6,10 @@ the graph IR (`act`), or a partial pattern (`normed`, `rot`, `scores`, ...) that
 becomes IR once it completes. RMSNorm, RoPE, GQA attention with a KV cache and SwiGLU
 are recognised in their decomposed forms; anything else stops with the op and node
 named. Both frontends share this code, so they build the same IR for the same model.
+
+A whole model (token ids in, logits out) is the layers' patterns in sequence between an
+embedding and the LM head; its KV caches are one stack per K and V, whose layer i a
+decoder layer reads as a view (`select_layer`) and writes back (`select_scatter`).
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from xdsl.dialects import func
 from xdsl.dialects.builtin import ModuleOp, TensorType, bf16, f32, i64
 from xdsl.ir import Block, Region
 
-from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp
+from ..dialects.graph import (
+    AddOp, ArgmaxOp, AttentionOp, EmbeddingOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp,
+)
 from ..errors import FrontendError
 
 ELEMENT_TYPES = {"float32": f32, "bfloat16": bf16}
@@ -83,13 +89,27 @@ class GraphBuilder:
             raise FrontendError(f"hidden-state input must be [batch, hidden], got {list(shape)} ({self.where})")
         return Sym("act", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
 
+    def token(self, shape) -> Sym:
+        """A whole model's first input: the id of the token at `pos`, which `embedding` turns
+        into the hidden state."""
+        if tuple(shape) != (1,):
+            raise FrontendError(f"token ids must be [1] (one token per decode step), got {list(shape)} ({self.where})")
+        return Sym("token", (1,), self._arg(TensorType(i64, [1])))
+
     def position(self) -> Sym:
         return Sym("pos", (), self._arg(TensorType(i64, [])))
 
     def kv_cache(self, shape) -> Sym:
-        if len(shape) != 4:
-            raise FrontendError(f"KV cache must be [batch, kv_heads, max_seq_len, head_dim], got {list(shape)} ({self.where})")
-        return Sym("cache", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
+        """One layer's cache [batch, kv_heads, max_seq_len, head_dim], or every layer's stacked
+        [layers, ...] (a whole model): `appended` maps a layer to the KV append that
+        `select_scatter` put back into the stack."""
+        if len(shape) not in (4, 5):
+            raise FrontendError(f"KV cache must be [batch, kv_heads, max_seq_len, head_dim] or stacked per layer "
+                                f"[layers, batch, kv_heads, max_seq_len, head_dim], got {list(shape)} ({self.where})")
+        ssa = self._arg(TensorType(self.elem, list(shape)))
+        if len(shape) == 4:
+            return Sym("cache", tuple(shape), ssa)
+        return Sym("cache_stack", tuple(shape), ssa, {"appended": {}})
 
     def weight(self, name: str, shape, check=None) -> Sym:
         """`check()` runs if the tensor is used as a weight (its dtype, finite values)."""
@@ -136,6 +156,12 @@ class GraphBuilder:
         if _is(a, "pos"):
             return Sym("posf", (), a.ssa)
         return a
+
+    def item(self, a):
+        """A tensor as a Python number: only the position is one (an index, e.g. k_caches[pos])."""
+        if _is(a, "pos"):
+            return a
+        self.fail(f"item of {_kind(a)}")
 
     def reshape(self, a, shape):
         shape = [int(s) for s in shape]
@@ -336,6 +362,36 @@ class GraphBuilder:
             return Sym("appended", cache.shape, None, {"cache": cache, "new": _with_flat(value)})
         self.fail(f"index_copy into {_kind(cache)} at {_kind(index)}")
 
+    def select_layer(self, stack, dim, index):
+        """Layer `index` of a stacked KV cache (k_caches[i]): a cache whose ssa is the stack's and
+        that remembers its `layer`; once `select_scatter` put the layer's append back, the append
+        itself (torch reads an index_copy_ into k_caches[i] back out of the updated stack)."""
+        if not (_is(stack, "cache_stack") and dim % 5 == 0):
+            self.fail(f"select(dim={dim}) of {_kind(stack)}")
+        if not isinstance(index, int):
+            self.fail(f"select of KV cache layer {_kind(index)}: the layer index must be a constant")
+        layer = index % stack.shape[0]
+        if layer in stack.appended:
+            return stack.appended[layer]
+        return Sym("cache", stack.shape[1:], stack.ssa, {"layer": layer})
+
+    def select_scatter(self, stack, src, dim, index):
+        """Layer `index` of a stacked KV cache replaced (torch's functional index_copy_ into
+        k_caches[i]): only by that layer's append, which gives the stack again."""
+        layer = index % stack.shape[0] if _is(stack, "cache_stack") and isinstance(index, int) else None
+        if layer is None or dim % 5 != 0 or not _is(src, "appended") or src.cache.ssa is not stack.ssa \
+                or src.cache.f.get("layer") != layer:
+            at = index if isinstance(index, int) else _kind(index)
+            self.fail(f"select_scatter of {_kind(src)} into {_kind(stack)} (dim {dim}, index {at}): only the KV "
+                      "cache append of a layer of the stack goes back into that layer")
+        return Sym("cache_stack", stack.shape, stack.ssa, {"appended": {**stack.appended, layer: src}})
+
+    def embedding(self, table, token):
+        """Row `token` of `table` [vocab, hidden]: a whole model's hidden state entering layer 0."""
+        if not (_is(token, "token") and _is(table, "weight") and len(table.shape) == 2):
+            self.fail(f"embedding of {_kind(token)} in {_kind(table)}")
+        return self._emit(EmbeddingOp(token.ssa, self._placed_weight(table)), (1, table.shape[1]))
+
     def repeat_interleave(self, a, repeats, dim):
         if _is(a, "appended") and dim % 4 == 1:
             return Sym("repeated", a.shape, None, {**a.f, "group": int(repeats)})
@@ -424,18 +480,35 @@ class GraphBuilder:
         nh = nkv * keys.group
         if q.shape_flat[-1] != nh * hd or keys.group != values.group:
             self.fail(f"attention with q of {q.shape_flat[-1]} features for {nh} heads x {hd}")
+        layer = kcache.f.get("layer")            # set for a layer of stacked caches
+        if vcache.f.get("layer") != layer:
+            self.fail(f"attention over the keys of KV cache layer {layer} and the values of layer "
+                      f"{vcache.f.get('layer')}")
         op = AttentionOp(_flat(self, q), _flat(self, keys.new), _flat(self, values.new), kcache.ssa, vcache.ssa,
-                         self._pos, num_heads=nh, num_kv_heads=nkv, head_dim=hd, scale=probs.scale)
+                         self._pos, num_heads=nh, num_kv_heads=nkv, head_dim=hd, scale=probs.scale, layer=layer)
         self.ops.append(op)
         return Sym("act", (1, nh, 1, hd), op.result)
 
     # ---- result ------------------------------------------------------------------------
     def finish(self, output: Sym, mutated: list[Sym]) -> ModuleOp:
+        """A layer returns its output; a whole model (it placed an embedding) the argmax of its
+        logits, the next token. The mutated inputs are the KV caches: a layer's append, or a
+        stack with its layers' appends put back. Only an `adamk.attention` writes a cache, so
+        each append must be one that an attention reads."""
         if not _is(output, "act"):
             self.fail(f"graph output that is a {_kind(output)}")
-        if any(not _is(m, "appended") for m in mutated):
+        if any(not _is(m, "appended", "cache_stack") for m in mutated):
             self.fail("a mutated input that is not a KV cache append")
-        ret = func.ReturnOp(_flat(self, output))
+        attended = {(cache, None if op.layer is None else op.layer.value.data)
+                    for op in self.ops if isinstance(op, AttentionOp) for cache in (op.k_cache, op.v_cache)}
+        for append in (a for m in mutated for a in ([m] if _is(m, "appended") else m.appended.values())):
+            if (append.cache.ssa, append.cache.f.get("layer")) not in attended:
+                self.fail("a KV cache append that no attention reads")
+        result = _flat(self, output)
+        if any(isinstance(op, EmbeddingOp) for op in self.ops):
+            self.ops.append(ArgmaxOp(result))
+            result = self.ops[-1].result
+        ret = func.ReturnOp(result)
         self.block.add_ops([*self.ops, ret])
         fn = func.FuncOp("decode_step", ([a.type for a in self.block.args], [ret.operands[0].type]),
                          Region(self.block))

@@ -1,5 +1,9 @@
 """torch frontend: `torch.export` a decoder module, then feed its functional aten graph,
-node by node, to the shared pattern recogniser (`patterns.GraphBuilder`)."""
+node by node, to the shared pattern recogniser (`patterns.GraphBuilder`).
+
+The module is one decoder layer, forward(x, pos, k_cache, v_cache) -> y, or a whole model,
+forward(token, pos, k_caches, v_caches) -> logits with the caches stacked per layer (its
+integer first input tells them apart)."""
 from __future__ import annotations
 
 
@@ -22,6 +26,7 @@ def _passthrough(b, a, *rest, **kw):
 # aten op -> how it becomes recogniser calls. Arguments arrive already mapped to Syms.
 _ATEN = {
     aten._assert_tensor_metadata.default: None,
+    aten.item.default: lambda b, a: b.item(a),
     aten.to.dtype: _passthrough,
     aten._to_copy.default: _passthrough,
     aten.clone.default: _passthrough,
@@ -58,6 +63,9 @@ _ATEN = {
     aten.softmax.int: lambda b, a, dim, dtype=None: b.softmax(a, dim),
     aten._softmax.default: lambda b, a, dim, half_to_float: b.softmax(a, dim),
     aten.index_copy.default: lambda b, c, dim, idx, v: b.index_copy(c, dim, idx, v),
+    aten.select.int: lambda b, a, dim, index: b.select_layer(a, dim, index),
+    aten.select_scatter.default: lambda b, a, src, dim, index: b.select_scatter(a, src, dim, index),
+    aten.embedding.default: lambda b, table, token, *flags: b.embedding(table, token),
     aten.repeat_interleave.self_int: lambda b, a, r, dim=None, **kw: b.repeat_interleave(a, r, dim),
     aten.arange.default: lambda b, n, **kw: b.arange(n),
     aten.gt.Tensor: lambda b, x, y: b.gt(x, y),
@@ -82,21 +90,24 @@ def import_module(module: torch.nn.Module, example_inputs):
     tensors = {**sig.inputs_to_buffers, **sig.inputs_to_lifted_tensor_constants}
     user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in sig.user_inputs]
     if len(user_inputs) != 4:
-        raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache), got {len(user_inputs)} "
-                            f"inputs ({', '.join(quoted(n.name) for n in user_inputs[:6])})")
-    if not user_inputs[0].meta["val"].dtype.is_floating_point:
-        raise FrontendError(f"{quoted(user_inputs[0].name)} is an integer input (token ids): this is a whole model; adamk "
-                            "compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
-    dtype = _DTYPES.get(user_inputs[0].meta["val"].dtype)
+        raise FrontendError(f"expected a decode step taking (x, pos, k_cache, v_cache) or (token, pos, k_caches, "
+                            f"v_caches), got {len(user_inputs)} inputs "
+                            f"({', '.join(quoted(n.name) for n in user_inputs[:6])})")
+    first = user_inputs[0].meta["val"].dtype
+    whole = not first.is_floating_point          # token ids: a whole model
+    if whole and first != torch.int64:
+        raise FrontendError(f"{quoted(user_inputs[0].name)} holds token ids of dtype {first}; adamk takes int64 ids")
+    elem = user_inputs[2 if whole else 0].meta["val"].dtype     # the activations' dtype: the caches' in a whole model
+    dtype = _DTYPES.get(elem)
     if dtype is None:
-        raise FrontendError(f"unsupported input dtype {user_inputs[0].meta['val'].dtype}")
+        raise FrontendError(f"unsupported input dtype {elem}")
     b = GraphBuilder(dtype)
     env: dict = {}
-    roles = ["input", "position", "kv_cache", "kv_cache"]
+    leaves = {"input": b.input, "token": b.token, "position": lambda shape: b.position(), "kv_cache": b.kv_cache}
+    roles = ["token" if whole else "input", "position", "kv_cache", "kv_cache"]
     for node, role in zip(user_inputs, roles):
         b.where = f"{quoted(node.name)} (placeholder)"
-        shape = tuple(node.meta["val"].shape)
-        env[node.name] = b.input(shape) if role == "input" else b.position() if role == "position" else b.kv_cache(shape)
+        env[node.name] = leaves[role](tuple(node.meta["val"].shape))
     for node in ep.graph.nodes:
         b.where = f"{quoted(node.name)} ({quoted(node.target)})"
         if node.op == "placeholder":

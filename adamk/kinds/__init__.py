@@ -7,11 +7,14 @@ mirrored by its header in csrc/kernels/. A new kind is one file here and one hea
 """
 from __future__ import annotations
 
+from .argmax import Argmax, ArgmaxCombine
 from .attention import Attention, AttentionCombine
 from .base import TaskKind
+from .embedding import Embedding
 from .linear import Linear, LinearCombine
 
-KINDS: dict[str, TaskKind] = {k.name: k for k in (Linear(), LinearCombine(), Attention(), AttentionCombine())}
+KINDS: dict[str, TaskKind] = {k.name: k for k in (Linear(), LinearCombine(), Attention(), AttentionCombine(),
+                                                  Embedding(), Argmax(), ArgmaxCombine())}
 
 
 def kind(name: str) -> TaskKind:

@@ -69,7 +69,7 @@ class Attention(TaskKind):
         scale = np.float32(op.param("scale"))
         inv_freq = op.params.data.get("rope_inv_freq")
         rot = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
-        k_cache, v_cache = sim.mem[op.buffer("k_cache")][0, g], sim.mem[op.buffer("v_cache")][0, g]
+        k_cache, v_cache = sim.buf(op, "k_cache")[0, g], sim.buf(op, "v_cache")[0, g]
         k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd]), sim.vec(op, "v")[g * hd:(g + 1) * hd]
         if h % group == 0 and op.part == 0:   # part 0 of the group's first head appends the row
             k_cache[sim.pos], v_cache[sim.pos] = k_new, v_new
@@ -85,7 +85,7 @@ class Attention(TaskKind):
         share = (sim.pos + parts) // parts                 # this part's positions, as attention.cuh
         t0 = min(j * share, sim.pos + 1)
         t1 = min(t0 + share, sim.pos + 1)
-        state = sim.mem[op.buffer("out")][j, h]             # (acc[hd], max, sum), unnormalised
+        state = sim.buf(op, "out")[j, h]             # (acc[hd], max, sum), unnormalised
         if t0 == t1:
             state[:hd], state[hd], state[hd + 1] = 0.0, EMPTY, 0.0
             return
@@ -118,7 +118,7 @@ class Attention(TaskKind):
                 "}"]
 
     def produce(self, em, op, page) -> list[str]:
-        return [f"    produce_{em.op_name(op)}(s, b, {op.task_id.value.data}, {page}, {op.tile_range[0]}, {op.part});  "
+        return [f"    produce_{em.op_name(op)}({em.args(op.task_id.value.data)}, {page}, {op.tile_range[0]}, {op.part});  "
                 f"// {em.comment(op)}: its cached rows"]
 
     def call(self, em, op, page, new_run) -> list[str]:
@@ -150,7 +150,7 @@ class AttentionCombine(CombineKind):
     def simulate(self, sim, op) -> None:
         h0, h1 = op.tile_range
         hd = op.param("head_dim")
-        sim.vec(op, "out")[h0 * hd:h1 * hd] = merge_parts(sim.mem[op.buffer("partial")][:, h0:h1], hd).reshape(-1)
+        sim.vec(op, "out")[h0 * hd:h1 * hd] = merge_parts(sim.buf(op, "partial")[:, h0:h1], hd).reshape(-1)
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)

@@ -7,7 +7,7 @@ BF16, F32 = 2, 4
 TAGGED = 8          # an activation element: float32 value + the epoch of the step that wrote it (tagged.cuh)
 # Storage of every buffer the kernel touches, bytes per element: weights, KV caches and the host's
 # input and output are bf16; activations passed between tasks are tagged words.
-DTYPE_BYTES = {"bf16": BF16, "f32_tagged": TAGGED}
+DTYPE_BYTES = {"bf16": BF16, "f32_tagged": TAGGED, "i32": 4}   # i32: a whole model's token ids and position
 
 
 def f32_literal(v: float) -> str:
@@ -60,8 +60,8 @@ class TaskKind:
 
     @staticmethod
     def plain_call(em, op, function: str, args, what: str) -> list[str]:
-        """The call of a task whose function stages, polls and stamps itself: `function_op<n>(s, b, task, *args)`."""
-        return [f"  {function}_{em.op_name(op)}(s, b, {op.task_id.value.data}, {', '.join(map(str, args))});  "
+        """The call of a task whose function stages, polls and stamps itself: `function_op<n>(s, b, task, layer, *args)`."""
+        return [f"  {function}_{em.op_name(op)}({em.args(op.task_id.value.data)}, {', '.join(map(str, args))});  "
                 f"// {em.comment(op)}: {what}"]
 
     def pages(self, op) -> int:
@@ -85,7 +85,7 @@ class TaskKind:
 
 class CombineKind(TaskKind):
     """A combine of a split op's parts over the tile [begin, end): it reads the parts in fixed
-    order, each as its words arrive; its function is `combine_op<n>(s, b, task, begin, end)`."""
+    order, each as its words arrive; its function is `combine_op<n>(s, b, task, layer, begin, end)`."""
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, end = op.tile_range

@@ -60,7 +60,7 @@ class Linear(TaskKind):
         k0, k_len = op.k_range
         prologue = op.param("prologue")
         if prologue == "attn_combine":              # the parts of a split attention, merged as the kernel
-            xs = merge_parts(sim.mem[op.buffer("input")], op.param("head_dim")).reshape(-1)
+            xs = merge_parts(sim.buf(op, "input"), op.param("head_dim")).reshape(-1)
         else:
             xs = sim.vec(op, "input").astype(np.float32)
         if prologue == "silu_mul":
@@ -69,11 +69,11 @@ class Linear(TaskKind):
             eps = np.float32(op.param("eps"))
             xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * sim.vec(op, "norm_weight")
         x = xs[k0:k0 + k_len]
-        acc = (sim.mem[op.buffer("weight")][begin:end, k0:k0 + k_len] @ x).astype(np.float32)
+        acc = (sim.buf(op, "weight")[begin:end, k0:k0 + k_len] @ x).astype(np.float32)
         if op.buffer("weight2"):         # gated: silu(x W^T) * (x W2^T)
-            acc = _silu(acc) * (sim.mem[op.buffer("weight2")][begin:end, k0:k0 + k_len] @ x).astype(np.float32)
+            acc = _silu(acc) * (sim.buf(op, "weight2")[begin:end, k0:k0 + k_len] @ x).astype(np.float32)
         if op.parts > 1:                 # a part: its row of the partial sums
-            sim.mem[op.buffer("out")][op.part, begin:end] = acc
+            sim.buf(op, "out")[op.part, begin:end] = acc
             return
         finish(sim, op, begin, end, acc)
 
@@ -125,10 +125,10 @@ class Linear(TaskKind):
         if paged and new_run:           # the task stages its input page by page (it stamps "inputs in")
             lines = em.marks(task_id)[:1]
         else:
-            lines = [f"  input_{name}(s, b, {task_id}, {part});"] if new_run else em.marks(task_id)
+            lines = [f"  input_{name}({em.args(task_id)}, {part});"] if new_run else em.marks(task_id)
         what = "rows" if not op.buffer("weight2") else "rows of both weights"
         stage = f", {int(new_run)}" if paged else ""
-        return lines + [f"  linear_{name}(s, b, {task_id}, {page}, {begin}, {end}, {part}{stage});  "
+        return lines + [f"  linear_{name}({em.args(task_id)}, {page}, {begin}, {end}, {part}{stage});  "
                         f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
     def pages(self, op) -> int:
@@ -139,8 +139,9 @@ class Linear(TaskKind):
         if begin % op.param("tile_rows"):
             raise ValueError(f"task {op.task_id.value.data} starts at row {begin}, not a whole page of "
                              f"{op.param('tile_rows')} rows: its packed pages would not be whole")
-        args = [op.task_id.value.data, page, begin, op.k_index.value.data]
-        return [f"    produce_{em.op_name(op)}(s, b, {', '.join(map(str, args))});  // {em.comment(op)}"]
+        args = [page, begin, op.k_index.value.data]
+        return [f"    produce_{em.op_name(op)}({em.args(op.task_id.value.data)}, {', '.join(map(str, args))});  "
+                f"// {em.comment(op)}"]
 
     def packing(self, op) -> dict:
         """How the runtime stores the op's weights for the device (manifest `packed_weights`,
@@ -157,6 +158,13 @@ class Linear(TaskKind):
         """Tasks of other ops with the same staged input (q, k and v; gate and up unless gated) stage nothing."""
         return (tuple(op.buffer(r) for r in ("input", "input2", "norm_weight")), op.param("prologue"), op.param("eps"),
                 op.k_range, op.param("pages") * op.param("page_cols"))
+
+
+def packed_elements(packing: dict, rows: int) -> int:
+    """Elements of one layer of a packed weight buffer (`packing` its manifest entry, `rows` the
+    weights' rows): every row block's pages of every source, padding included (pack_pages)."""
+    blocks = -(-rows // packing["page_rows"])
+    return blocks * packing["col_pages"] * packing["page_rows"] * packing["page_cols"] * len(packing["sources"])
 
 
 def paged_input(op, tagged) -> bool:
@@ -196,7 +204,7 @@ class LinearCombine(CombineKind):
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
         acc = np.zeros(end - begin, np.float32)
-        for part in sim.mem[op.buffer("partial")][:, begin:end]:   # in part order, as the kernel
+        for part in sim.buf(op, "partial")[:, begin:end]:   # in part order, as the kernel
             acc = acc + part
         finish(sim, op, begin, end, acc)
 

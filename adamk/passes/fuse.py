@@ -110,7 +110,7 @@ class RopeIntoAttention(RewritePattern):
             q.input, k.input, op.v, op.k_cache, op.v_cache, op.pos,
             num_heads=op.num_heads.value.data, num_kv_heads=op.num_kv_heads.value.data,
             head_dim=op.head_dim.value.data, scale=op.scale.value.data,
-            rope_inv_freq=q.inv_freq.get_values()))
+            rope_inv_freq=q.inv_freq.get_values(), layer=op.layer.value.data if op.layer is not None else None))
         for rope in {q, k}:
             if not rope.result.uses.get_length():
                 rewriter.erase_op(rope)

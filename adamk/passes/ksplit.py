@@ -40,7 +40,7 @@ def attention_parts(op: AttentionOp, num_sms: int) -> int:
     """The default sequence parts of an attention: its tasks x parts cover the SMs, at most
     MERGED_PARTS, and no more parts than positions."""
     tasks = op.num_heads.value.data // smem.attention_heads_per_task(op.group)
-    return max(1, min(shape_of(op.k_cache)[2], num_sms // tasks, MERGED_PARTS))
+    return max(1, min(op.max_seq_len, num_sms // tasks, MERGED_PARTS))
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,16 @@ its output (prologue `attn_combine`), in the same fixed order, so they cost no d
 level of their own. A task's tokens are the earlier tasks whose writes overlap its reads (its
 kind's `reads` and `writes`, which also give the schedule's polls), so the DAG is exact at the
 granularity of the data.
+
+A whole model (folded by the layers pass) tiles its embedding and its LM head and argmax once
+and the body of its layer loop once, as tasks that run once per layer (`loop`) on layer-indexed
+buffers (task.py): the layer's weights, its KV caches and every activation the body writes, and
+the hidden state, whose slot 0 the embedding writes, slot l + 1 layer l and the LM head reads
+slot L. The DAG the search costs is the prologue, one layer and the epilogue.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -25,7 +32,9 @@ from xdsl.ir import Block
 from xdsl.passes import ModulePass
 
 from .. import smem
-from ..dialects.graph import AttentionOp, LinearOp, WeightOp, shape_of
+from ..dialects.graph import (
+    ArgmaxOp, AttentionOp, EmbeddingOp, LayerInputOp, LayerOutputOp, LinearOp, WeightOp, shape_of,
+)
 from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
 from ..kinds import kind as task_kind
@@ -34,6 +43,7 @@ from ..names import label, quoted
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats)
+ARGMAX_CHUNK = 4096  # logits one argmax task reduces (the LM head of a 128K vocabulary: 32 tasks)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 
@@ -70,7 +80,7 @@ class TilePass(ModulePass):
                 else:
                     deps += [tasks[d].done for d in mine]
             tasks.append(TaskOp(deps, TaskOp.body_properties(r.name, r.kind, r.source, r.tile, r.buffers, r.params,
-                                                             r.footprint, r.k_index, r.k_split)))
+                                                             r.footprint, r.k_index, r.k_split, r.loop, r.slots)))
             ops.append(tasks[-1])
         op.body.detach_block(0)
         op.body.add_block(Block([*builder.buffers, *ops]))
@@ -91,6 +101,15 @@ class TaskRecord:
     footprint: smem.Footprint | None
     k_index: int
     k_split: int
+    loop: bool = False         # runs once per layer
+    slots: dict = dataclasses.field(default_factory=dict)     # layer-indexed buffer -> c (task.py)
+
+    @property
+    def in_loop(self) -> bool:
+        return self.loop
+
+    def slot(self, buffer: str) -> int | None:
+        return self.slots.get(buffer)
 
     @property
     def kind_name(self) -> str:
@@ -132,44 +151,94 @@ class TaskBuilder:
         self.buffers: list[BufferOp] = []
         self.tasks: list[TaskRecord] = []
         self.name_of: dict = {}            # SSA value -> buffer name
-        self.producers: dict[str, list[tuple[int, int, int]]] = {}   # buffer -> (task index, begin, end) of rows
-        self.known_deps: dict[str, dict] = {}                          # buffer -> (begin, end) -> deps
+        self.slot_of: dict = {}            # SSA value of a layer-indexed buffer -> c of its slot (task.py)
+        self.producers: dict[str, list[tuple[int, int, int, object]]] = {}   # buffer -> (task, begin, end, slot)
+        self.known_deps: dict[str, dict] = {}                                  # buffer -> (begin, end, slot) -> deps
         self.unmerged: dict[str, tuple] = {}   # split attention's out -> (op, partial), parts not yet combined
+        self.layers, self.loop = 1, False      # the layer loop's trip count; building its body
 
-    def buffer(self, value, name: str, role: str, dtype: str, shape=None):
+    def buffer(self, value, name: str, role: str, dtype: str, shape=None, slots: int | None = None,
+               layer_names=None):
         if any(b.sym_name.data == name for b in self.buffers):
             raise FrontendError(f"weight {quoted(name)} has the name of the kernel's {name} buffer; rename the weight")
-        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype))
+        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype, slots, layer_names))
         self.name_of[value] = name
+        if slots is not None:
+            self.slot_of[value] = 0
+
+    def activation(self, value, base: str, role: str = "activation", dtype: str = ACTIVATION) -> str:
+        """A new buffer for `value`, layer-indexed in the loop's body; the loop's carried output is
+        the hidden state's next slot instead."""
+        if value is self.carried:
+            self.name_of[value], self.slot_of[value] = self.hidden, 1
+            return self.hidden
+        name = self.unique(base)
+        self.buffer(value, name, role, dtype, slots=self.layers if self.loop else None)
+        return name
 
     def build(self, fn: func.FuncOp):
         args = fn.body.block.args
         if len(args) != 4:
-            raise FrontendError(f"@decode_step takes {len(args)} arguments, expected (x, pos, k_cache, v_cache)")
-        self.buffer(args[0], "x", "input", self.dtype)
-        self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
-        self.buffer(args[3], "v_cache", "kv_cache", self.dtype)
-        self.pos = args[1]
+            raise FrontendError(f"@decode_step takes {len(args)} arguments, expected (x, pos, k_cache, v_cache) or "
+                                "(token, pos, k_caches, v_caches)")
+        ops = list(fn.body.block.ops)
+        loop_in = next((op for op in ops if isinstance(op, LayerInputOp)), None)
+        self.carried = next((op.input for op in ops if isinstance(op, LayerOutputOp)), None)
+        self.hidden = None
+        whole = loop_in is not None
+        if whole:                    # token ids, then caches [layers, ...]: one slot per layer
+            self.layers = loop_in.layers.value.data
+            max_seq = shape_of(args[2])[-2]
+            self.buffer(args[0], "tokens", "tokens", "i32", [max_seq + 1])
+            self.buffer(args[2], "k_cache", "kv_cache", self.dtype, shape_of(args[2])[1:], self.layers)
+            self.buffer(args[3], "v_cache", "kv_cache", self.dtype, shape_of(args[3])[1:], self.layers)
+            self.buffers.append(BufferOp("position", "position", [2], "i32"))
+        else:
+            self.buffer(args[0], "x", "input", self.dtype)
+            self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
+            self.buffer(args[3], "v_cache", "kv_cache", self.dtype)
+        self.pos, self.max_seq = args[1], shape_of(args[2])[-2]
         returned = fn.body.block.last_op.operands[0]
-        weights = [op for op in fn.body.block.ops if isinstance(op, WeightOp)]
+        weights = [op for op in ops if isinstance(op, WeightOp)]
         # Activation names are labels of the weight names ([A-Za-z0-9_.], adamk/names.py), unique
         # among every buffer: a weight may be called anything, even "q_proj" or "y.partial".
-        self.used = {"x", "k_cache", "v_cache", "y", *(w.weight_name.data for w in weights)}
-        for op in fn.body.block.ops:
+        self.used = {"x", "k_cache", "v_cache", "y", "tokens", "position", *(n for w in weights for n in w.names)}
+        for op in ops:
             if isinstance(op, WeightOp):
-                self.buffer(op.result, op.weight_name.data, "weight", self.dtype)
+                layered = op.layer_names is not None
+                self.buffer(op.result, op.weight_name.data, "weight", self.dtype,
+                            slots=len(op.names) if layered else None, layer_names=op.names if layered else None)
             elif isinstance(op, LinearOp):
                 base = label(re.sub(r"\.weight$", "", self.name_of[op.weight]), "linear")
-                name = "y" if op.result == returned else self.unique(base)
-                role, dtype = ("output", self.dtype) if op.result == returned else ("activation", ACTIVATION)
-                self.buffer(op.result, name, role, dtype)
+                if op.result == returned:
+                    name = "y"
+                    self.buffer(op.result, name, "output", self.dtype)
+                else:
+                    name = self.activation(op.result, "logits" if whole and not self.loop and self.hidden else base)
                 self.linear(op, name)
             elif isinstance(op, AttentionOp):
-                name = self.unique("attention")
-                self.buffer(op.result, name, "activation", ACTIVATION)
-                self.attention(op, name)
+                self.attention(op, self.activation(op.result, "attention"))
+            elif isinstance(op, EmbeddingOp):
+                self.hidden = self.unique("hidden")       # slot 0: the embedding; slot l + 1: layer l's output
+                self.buffer(op.result, self.hidden, "activation", ACTIVATION, slots=self.layers + 1)
+                self.embedding(op)
+            elif isinstance(op, LayerInputOp):
+                if self.name_of.get(op.input) != self.hidden:
+                    raise FrontendError("the layer loop's input must be the embedding's hidden state")
+                self.name_of[op.result], self.slot_of[op.result] = self.hidden, 0
+                self.loop = True
+            elif isinstance(op, LayerOutputOp):
+                self.name_of[op.result], self.slot_of[op.result] = self.hidden, self.layers
+                self.loop = False
+                for out in list(self.unmerged):       # a split attention no linear of the body reads
+                    self.combine_attention(out)
+            elif isinstance(op, ArgmaxOp):
+                self.name_of[op.result] = "tokens"
+                self.argmax(op)
             elif isinstance(op, func.ReturnOp):
-                if op.operands[0] not in self.name_of or self.name_of[op.operands[0]] != "y":
+                if whole and not isinstance(op.operands[0].owner, ArgmaxOp):
+                    raise FrontendError("a whole model's result must be the argmax of its logits")
+                if not whole and self.name_of.get(op.operands[0]) != "y":
                     raise FrontendError("the graph's result must come from a linear (the last projection)")
             else:
                 raise FrontendError(f"cannot tile '{op.name}': after fusion every op must be a linear or the "
@@ -177,13 +246,51 @@ class TaskBuilder:
         for out in list(self.unmerged):       # a split attention no linear reads
             self.combine_attention(out)
 
-    def deps(self, buffer: str, begin: int, end: int):
-        """Indices of the tasks that write elements [begin, end) of `buffer` (remembered until the
-        buffer gets another writer: the tiles of one op mostly read the same range)."""
+    def slots(self, values) -> dict[str, int]:
+        """buffer -> c for the layer-indexed buffers of `values` (SSA values a task names)."""
+        return {self.name_of[v]: self.slot_of[v] for v in values if v is not None and v in self.slot_of}
+
+    def meets(self, a, b) -> bool:
+        """Whether slot (c, in loop) `a` can be slot `b`: the same c in the same place, or the loop's
+        c + layer a constant slot for some layer (the DAG the search costs is one layer's)."""
+        if a is None or b is None:
+            return a == b
+        (ca, la), (cb, lb) = a, b
+        if la == lb:
+            return ca == cb
+        loop_c, fixed = (ca, cb) if la else (cb, ca)
+        return 0 <= fixed - loop_c < self.layers
+
+    def deps(self, buffer: str, begin: int, end: int, slot=None):
+        """Indices of the tasks that write elements [begin, end) of `buffer` (in `slot`; remembered
+        until the buffer gets another writer: the tiles of one op mostly read the same range)."""
         known = self.known_deps.setdefault(buffer, {})
-        if (begin, end) not in known:
-            known[begin, end] = [t for t, b, e in self.producers.get(buffer, []) if b < end and begin < e]
-        return known[begin, end]
+        if (begin, end, slot) not in known:
+            known[begin, end, slot] = [t for t, b, e, s in self.producers.get(buffer, [])
+                                       if b < end and begin < e and self.meets(s, slot)]
+        return known[begin, end, slot]
+
+    def embedding(self, op: EmbeddingOp):
+        hidden = shape_of(op.table)[1]
+        self.task(self.hidden, f"{self.hidden}.embedding", "embedding", (0, hidden),
+                  {"tokens": "tokens", "table": self.name_of[op.table], "out": self.hidden},
+                  {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0])}, slots={self.hidden: 0})
+
+    def argmax(self, op: ArgmaxOp):
+        """Greedy sampling in two fixed-order levels: each task the (max, index) of a chunk of the
+        logits, then one task the first maximum of the chunks', in chunk order (the lowest index
+        on ties), written as the id of the token at pos + 1."""
+        logits, vocab = self.name_of[op.logits], shape_of(op.logits)[1]
+        chunks = -(-vocab // ARGMAX_CHUNK)
+        partial = self.unique(f"{logits}.argmax")
+        self.buffers.append(BufferOp(partial, "activation", [chunks, 2], ACTIVATION))
+        for c in range(chunks):
+            self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
+                      {"logits": logits, "out": partial}, {"N": _ivalue(vocab), "chunk_index": _ivalue(c)},
+                      smem.Footprint(0, smem.argmax_work_bytes()))
+        self.task("tokens", "tokens.argmax", "argmax_combine", (0, chunks),
+                  {"partial": partial, "out": "tokens", "position": "position"},
+                  {"max_seq_len": _ivalue(self.max_seq)})
 
     def linear(self, op: LinearOp, out: str):
         n, k = shape_of(op.weight)
@@ -198,6 +305,7 @@ class TaskBuilder:
                  "bias": op.bias, "residual": op.residual, "weight2": op.weight2}
         page_rows = smem.linear_page_rows(rows, op.weight2 is not None)   # gated: both weights' rows
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
+        slots = self.slots([*roles.values(), op.result])
         for role in ("input", "input2", "residual"):
             if buffers.get(role) in self.unmerged and (role != "input" or op.prologue.data != "none"):
                 self.combine_attention(buffers[role])     # only a plain input merges the parts itself
@@ -209,6 +317,8 @@ class TaskBuilder:
             attention, partial = self.unmerged.pop(buffers["input"])
             self.buffers = [b for b in self.buffers if b.sym_name.data != buffers["input"]]   # never written
             buffers["input"] = partial
+            if self.loop:
+                slots[partial] = 0
             params |= {"prologue": StringAttr("attn_combine"), "head_dim": attention.head_dim,
                        "num_heads": attention.num_heads, "parts": attention.k_split}
             coef = attention.num_heads.value.data * attention.k_split.value.data
@@ -218,32 +328,37 @@ class TaskBuilder:
         if k_split == 1:
             buffers["out"] = out
             for r in range(0, n, rows):
-                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint)
+                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint,
+                          slots=slots)
             return
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
         partial = self.unique(f"{out}.partial")
-        self.buffers.append(BufferOp(partial, "activation", [k_split, n], ACTIVATION))
+        self.buffers.append(BufferOp(partial, "activation", [k_split, n], ACTIVATION,
+                                     self.layers if self.loop else None))
+        if self.loop:
+            slots = slots | {partial: 0}
         part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
         for r in range(0, n, rows):
             end = min(r + rows, n)
             for j in range(k_split):
                 self.task(partial, f"{out}.r{r}.k{j}", "linear", (r, end), part_buffers, params, footprint,
-                          k_index=j, k_split=k_split)
+                          k_index=j, k_split=k_split, slots=slots)
         combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
                                                                                            "out": out}
         for r in range(0, n, COMBINE_ROWS):
             self.task(out, f"{out}.r{r}", "linear_combine", (r, min(r + COMBINE_ROWS, n)), combine_buffers,
-                      {"N": _ivalue(n)}, k_split=k_split)
+                      {"N": _ivalue(n)}, k_split=k_split, slots=slots)
 
     def attention(self, op: AttentionOp, out: str):
         nh, nkv, hd = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim))
-        group, max_seq = op.group, shape_of(op.k_cache)[2]
+        group, max_seq = op.group, op.max_seq_len
         if hd % 8 or hd > 256:
             raise UnsupportedShapeError(f"attention '{out}': head_dim={hd} must be a multiple of 8 and at most 256")
         k_split = op.k_split.value.data if op.k_split is not None else 1
         buffers = {"q": self.name_of[op.q], "k": self.name_of[op.k], "v": self.name_of[op.v],
                    "k_cache": self.name_of[op.k_cache], "v_cache": self.name_of[op.v_cache], "out": out}
+        slots = self.slots([op.q, op.k, op.v, op.k_cache, op.v_cache, op.result])
         params = {"head_dim": _ivalue(hd), "group": _ivalue(group), "num_heads": _ivalue(nh),
                   "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
         if op.rope_inv_freq is not None:
@@ -255,17 +370,20 @@ class TaskBuilder:
         heads = smem.attention_heads_per_task(group)    # query heads of one task: they share its rows
         if k_split == 1:
             for h in range(0, nh, heads):
-                self.task(out, f"{out}.h{h}", "attention", (h, h + heads), buffers, params, footprint)
+                self.task(out, f"{out}.h{h}", "attention", (h, h + heads), buffers, params, footprint, slots=slots)
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
         # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
         # or, for several readers, by one combine task per KV group.
         partial = self.unique(f"{out}.partial")
-        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, hd + 2], ACTIVATION))
+        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, hd + 2], ACTIVATION,
+                                     self.layers if self.loop else None))
+        if self.loop:
+            slots = slots | {partial: 0}
         for h in range(0, nh, heads):
             for j in range(k_split):
                 self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + heads), buffers | {"out": partial},
-                          params, footprint, k_index=j, k_split=k_split)
+                          params, footprint, k_index=j, k_split=k_split, slots=slots)
         self.unmerged[out] = (op, partial)
         if op.result.uses.get_length() != 1:  # several readers: merged once, by combine tasks
             self.combine_attention(out)
@@ -276,27 +394,30 @@ class TaskBuilder:
         op, partial = self.unmerged.pop(out)
         nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
         group = op.group
+        slots = {partial: 0, out: 0} if self.loop else {}
         for g in range(nkv):
             self.task(out, f"{out}.g{g}", "attention_combine", (g * group, (g + 1) * group),
                       {"partial": partial, "out": out},
-                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split)
+                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split, slots=slots)
 
     def task(self, source: str, name: str, kind: str, tile, buffers, params, footprint=None, *,
-             k_index: int = 0, k_split: int = 1):
+             k_index: int = 0, k_split: int = 1, slots: dict | None = None):
         """Append one task of `source` (the buffer it writes); its deps are the earlier tasks whose
-        writes overlap its reads."""
+        writes overlap its reads. `slots`: c of each layer-indexed buffer it names (task.py)."""
         if len(self.tasks) == MAX_TASKS:
             raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
                                         "compiles models up to that size")
+        slots = {b: c for b, c in (slots or {}).items() if b in buffers.values()}
         record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), dict(params), footprint, k_index,
-                            k_split)
+                            k_split, self.loop, slots)
         description = task_kind(kind)
-        ranges = [self.deps(buffer, b, e) for buffer, b, e in description.reads(record)]
+        where = lambda buffer: (slots[buffer], self.loop) if buffer in slots else None
+        ranges = [self.deps(buffer, b, e, where(buffer)) for buffer, b, e in description.reads(record)]
         # one range: its (shared, duplicate-free) list; several: their union, in order
         record.deps = ranges[0] if len(ranges) == 1 else list(dict.fromkeys(d for r in ranges for d in r))
         self.tasks.append(record)
         for buffer, b, e in description.writes(record):
-            self.producers.setdefault(buffer, []).append((len(self.tasks) - 1, b, e))
+            self.producers.setdefault(buffer, []).append((len(self.tasks) - 1, b, e, where(buffer)))
             self.known_deps.pop(buffer, None)
 
     def unique(self, base: str) -> str:

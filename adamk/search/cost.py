@@ -40,7 +40,7 @@ from ..errors import AdamkError
 from ..kinds import kind as task_kind
 from ..kinds.base import TAGGED, restages
 from ..targets import GPU
-from .validate import schedule_of, tagged_sizes, walk
+from .validate import located, schedule_of, tagged_sizes, tagged_slots, walk
 
 MODEL = "ring+tagged v1"    # the execution design the parameters describe (v11's per-task stages had none)
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"    # measured defaults, one per GPU
@@ -207,24 +207,24 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
     depth, in_flight = sched.stages.value.data, sched.in_flight.value.data
     clocks: dict[int, SmClock] = {}
     ready: dict[int, float] = {}
-    written = {name: np.zeros(n) for name, n in tagged_sizes(schedule).items()}    # when each element is
+    sizes, slots = tagged_sizes(schedule), tagged_slots(schedule)
+    written = {name: np.zeros(n * slots[name]) for name, n in sizes.items()}    # when each element is
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
 
-    def on_op(sm: int, op):
+    def on_op(sm: int, op, layer: int):
         clock = clocks.setdefault(sm, SmClock(model, depth, in_flight))
         if isinstance(op, PollOp):
-            b, e = op.range
-            ready[sm] = max(ready.get(sm, 0.0), written[op.buffer.data][b:e].max() + model.poll_latency_us)
+            (buffer, b, e), = located(op, layer, sizes)
+            ready[sm] = max(ready.get(sm, 0.0), written[buffer][b:e].max() + model.poll_latency_us)
         elif isinstance(op, WaitOp):
             times = sorted(signals[op.counter.data])
             ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.poll_latency_us)
         elif isinstance(op, ExecOp):
             description = task_kind(op.kind.data)
             start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), description.staged(op))
-            for buffer, b, e in description.writes(op):
-                if buffer in written:
-                    written[buffer][b:e] = end
+            for buffer, b, e in located(op, layer, sizes):
+                written[buffer][b:e] = end
             tasks[op.task_id.value.data] = (sm, start, end)
             if stamps is not None:
                 stamps[op.task_id.value.data] = clock.stamps

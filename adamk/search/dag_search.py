@@ -133,7 +133,7 @@ class DagSearch:
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
             parts = {1, 2, 4, 8, 16, attention_parts(op, self.num_sms)} if self.ksplit else {1}
-            return [(None, s) for s in sorted(parts) if s <= shape_of(op.k_cache)[2]]
+            return [(None, s) for s in sorted(parts) if s <= op.max_seq_len]
         k, gated = shape_of(op.weight)[1], op.weight2 is not None
         out = []
         for rows in (8, 16, 32):

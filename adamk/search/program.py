@@ -13,7 +13,9 @@ from __future__ import annotations
 from xdsl.dialects.builtin import ModuleOp
 from xdsl.ir import Block
 
-from ..dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program
+from ..dialects.schedule import (
+    CounterOp, ExecOp, LoopBeginOp, LoopEndOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program,
+)
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
 from ..kinds import kind as task_kind
@@ -26,8 +28,9 @@ def op_groups(tasks: list[TaskOp]) -> list[str]:
 
 
 def polls(task, tagged: set[str]) -> list[PollOp]:
-    """The polls before `task`: what its kind reads of the tagged activations."""
-    return [PollOp(buffer, b, e) for buffer, b, e in task_kind(task.kind.data).reads(task) if buffer in tagged]
+    """The polls before `task`: what its kind reads of the tagged activations (in the slot it reads)."""
+    return [PollOp(buffer, b, e, task.slot(buffer)) for buffer, b, e in task_kind(task.kind.data).reads(task)
+            if buffer in tagged]
 
 def check_smem(schedule: ScheduleOp, budget: int):
     """The plan fits the per-block budget, or an error naming its biggest tasks."""
@@ -42,6 +45,18 @@ def check_smem(schedule: ScheduleOp, budget: int):
                             f"is {budget} B")
 
 
+def _with_loop(ops: list, layers: int, first_body: int, last_body: int) -> list:
+    """`ops` with the loop body's tasks (tasks first_body..last_body, with their polls) between
+    loop markers; every SM gets the markers, even with no body task, so every program has the
+    same shape. The program is topological, so prologue, body and epilogue tasks come in order."""
+    execs = [i for i, o in enumerate(ops) if isinstance(o, ExecOp)]
+    before = [i for i in execs if ops[i].task_id.value.data < first_body]
+    body = [i for i in execs if first_body <= ops[i].task_id.value.data <= last_body]
+    start = before[-1] + 1 if before else 0
+    end = body[-1] + 1 if body else start
+    return [*ops[:start], LoopBeginOp(layers), *ops[start:end], LoopEndOp(), *ops[end:]]
+
+
 def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: int, stages: int, in_flight: int,
                   smem_budget: int, barrier: bool = False) -> None:
     """Replace the task-level body of `module` with the schedule of `programs` (task indices
@@ -52,6 +67,15 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
     sources = op_groups(tasks)
     counters = ({f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
                 if barrier else {})
+    layers = max((b.copies for b in buffers if b.role.data == "kv_cache"), default=1)
+    looped = any(t.in_loop for t in tasks)
+    body = [i for i, t in enumerate(tasks) if t.in_loop]
+    body = (body[0], body[-1]) if body else None
+    if body and body[1] - body[0] + 1 != len([t for t in tasks if t.in_loop]):
+        raise ScheduleError("the layer loop's tasks are not consecutive in program order")
+    if looped and barrier:
+        raise ScheduleError("the grid-barrier variant takes one decoder layer; a whole model's layer loop "
+                            "synchronises through its activations (schedule 'search' or 'round-robin')")
     sms = []
     for index, program in enumerate(programs):
         ops = []
@@ -63,6 +87,8 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
                     ops += [*polls(tasks[i], tagged), ExecOp(i, tasks[i].copy_body_properties())]
             if barrier and k < len(sources) - 1:
                 ops.append(SignalOp(f"barrier.{k}", 1))
+        if looped:
+            ops = _with_loop(ops, layers, *body)
         sms.append(sm_program(index, ops))
 
     schedule = ScheduleOp(len(programs), block_threads, stages, in_flight, sms)

@@ -14,7 +14,7 @@ import numpy as np
 from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp
-from ..dialects.task import BufferOp
+from ..dialects.task import BufferOp, slot_index
 from ..errors import ScheduleError
 from ..kinds import kind as task_kind
 from ..passes.tile import ACTIVATION
@@ -28,34 +28,54 @@ def schedule_of(module: ModuleOp) -> ScheduleOp:
 
 
 def tagged_sizes(module: ModuleOp) -> dict[str, int]:
-    """Elements of every tagged activation buffer."""
+    """Elements of one slot of every tagged activation buffer (one layer's; task.py)."""
     return {b.sym_name.data: int(np.prod(b.shape.get_values())) for b in module.ops
             if isinstance(b, BufferOp) and b.dtype.data == ACTIVATION}
 
 
-def _what(op, counters, epoch, written) -> str:
+def tagged_slots(module: ModuleOp) -> dict[str, int]:
+    """Slots of every tagged activation buffer (1 unless layer-indexed)."""
+    return {b.sym_name.data: b.copies for b in module.ops if isinstance(b, BufferOp) and b.dtype.data == ACTIVATION}
+
+
+def located(op, layer: int, sizes: dict[str, int]):
+    """(buffer, begin, end) of what ExecOp or PollOp `op` reads / writes at layer `layer`, as flat
+    ranges of the whole buffer (every slot): the writes of an exec, the range of a poll."""
     if isinstance(op, PollOp):
         b, e = op.range
+        at = op.slot_at(layer) * sizes.get(op.buffer.data, 0)
+        return [(op.buffer.data, at + b, at + e)]
+    return [(buffer, slot_index(op, buffer, layer) * sizes[buffer] + b, slot_index(op, buffer, layer) * sizes[buffer] + e)
+            for buffer, b, e in task_kind(op.kind.data).writes(op) if buffer in sizes]
+
+
+def _what(at, counters, epoch, written, sizes) -> str:
+    op, layer = at
+    if isinstance(op, PollOp):
+        (_, b, e), = located(op, layer, sizes)
         done = int(written[op.buffer.data][b:e].sum())
-        return f"'{op.buffer.data}'[{b}:{e}] ({done}/{e - b} written)"
+        where = f" of layer {layer}" if op.slot is not None else ""
+        return f"'{op.buffer.data}'[{op.range[0]}:{op.range[1]}]{where} ({done}/{e - b} written)"
     return f"'{op.counter.data}' ({counters[op.counter.data]}/{epoch * op.count.value.data})"
 
 
-def _unblocks(wait, op) -> bool:
-    """Would `op`, run later by another SM, make progress on `wait`?"""
-    if isinstance(wait, PollOp):
-        b, e = wait.range
-        return isinstance(op, ExecOp) and any(buf == wait.buffer.data and wb < e and b < we
-                                              for buf, wb, we in task_kind(op.kind.data).writes(op))
-    return isinstance(op, SignalOp) and op.counter == wait.counter
+def _unblocks(wait, at, sizes) -> bool:
+    """Would `at` (an op and its layer), run later by another SM, make progress on `wait`?"""
+    (wop, wlayer), (op, layer) = wait, at
+    if isinstance(wop, PollOp):
+        (buffer, b, e), = located(wop, wlayer, sizes)
+        return isinstance(op, ExecOp) and any(buf == buffer and wb < e and b < we
+                                              for buf, wb, we in located(op, layer, sizes))
+    return isinstance(op, SignalOp) and op.counter == wop.counter
 
 
-def _deadlock(programs, pcs, counters, epoch, written) -> str:
+def _deadlock(programs, pcs, counters, epoch, written, sizes) -> str:
     """Name the cycle: SM a waits for what only SM b (still blocked) will write or signal, ..."""
     waiting = {sm: programs[sm][pc] for sm, pc in enumerate(pcs) if pc < len(programs[sm])}
     releasers = {sm: [other for other, pc in enumerate(pcs) if other != sm and any(
-        _unblocks(wait, o) for o in programs[other][pc:])] for sm, wait in waiting.items()}
-    blocked = ", ".join(f"SM {sm} at {_what(w, counters, epoch, written)}" for sm, w in list(waiting.items())[:8])
+        _unblocks(wait, o, sizes) for o in programs[other][pc:])] for sm, wait in waiting.items()}
+    _what_ = lambda at: _what(at, counters, epoch, written, sizes)
+    blocked = ", ".join(f"SM {sm} at {_what_(w)}" for sm, w in list(waiting.items())[:8])
     blocked += f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""
     for first in waiting:                       # follow "waits for a write or signal from" until an SM repeats
         path, sm = [], first
@@ -64,11 +84,11 @@ def _deadlock(programs, pcs, counters, epoch, written) -> str:
             sm = releasers[sm][0]
         if sm in path:
             cycle = path[path.index(sm):] + [sm]
-            steps = " -> ".join(f"SM {a} waits on {_what(waiting[a], counters, epoch, written)}, which SM {b} "
+            steps = " -> ".join(f"SM {a} waits on {_what_(waiting[a])}, which SM {b} "
                                 "would supply later" for a, b in zip(cycle, cycle[1:]))
             return f"schedule deadlocks: cycle {steps}; blocked: {blocked}"
     starved = next(sm for sm in waiting if not releasers[sm])
-    return (f"schedule deadlocks: SM {starved} waits on {_what(waiting[starved], counters, epoch, written)}, "
+    return (f"schedule deadlocks: SM {starved} waits on {_what_(waiting[starved])}, "
             f"which no SM will supply; blocked: {blocked}")
 
 
@@ -84,9 +104,11 @@ def check_polls(module: ModuleOp):
                 if op.buffer.data not in tagged or e > tagged[op.buffer.data]:
                     raise ScheduleError(f"@sm{sm.index}: adamk.poll of '{op.buffer.data}'[{b}:{e}] is not within a "
                                         "tagged activation")
-                pending.append((op.buffer.data, b, e))
+                slot = () if op.slot is None else (op.slot.value.data,)      # c of a layer-indexed buffer
+                pending.append((op.buffer.data, b, e, *slot))
             elif isinstance(op, ExecOp):
-                want = [r for r in task_kind(op.kind.data).reads(op) if r[0] in tagged]
+                want = [(*r, *(() if op.slot(r[0]) is None else (op.slot(r[0]),)))
+                        for r in task_kind(op.kind.data).reads(op) if r[0] in tagged]
                 if pending != want:
                     raise ScheduleError(f"@sm{sm.index}: task {op.sym_name.data} reads {want} of tagged activations "
                                         f"but is preceded by polls of {pending}")
@@ -113,23 +135,25 @@ def validate(module: ModuleOp, num_sms: int, smem_per_block: int):
 
 def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None, on_op=None) -> dict:
     """Run one step; returns the counters. `counters` carries state across steps.
-    `on_exec(op)` runs each task; `on_op(sm, op)` sees every op as its SM passes it."""
+    `on_exec(op, layer)` runs each task; `on_op(sm, op, layer)` sees every op as its SM passes it
+    (layer: the layer loop's iteration, 0 outside it)."""
     declared = {c.sym_name.data: c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)}
     counters = counters if counters is not None else {name: 0 for name in declared}
-    written = {name: np.zeros(n, bool) for name, n in tagged_sizes(module).items()}
-    programs = [list(sm.ops) for sm in schedule_of(module).sms]
+    sizes, slots = tagged_sizes(module), tagged_slots(module)
+    written = {name: np.zeros(n * slots[name], bool) for name, n in sizes.items()}
+    programs = [sm.expanded() for sm in schedule_of(module).sms]
     pcs = [0] * len(programs)
     while True:
         progress = False
         for sm, prog in enumerate(programs):
             while pcs[sm] < len(prog):
-                op = prog[pcs[sm]]
+                op, layer = prog[pcs[sm]]
                 if isinstance(op, PollOp):
-                    b, e = op.range
-                    if op.buffer.data not in written or e > len(written[op.buffer.data]):
-                        raise ScheduleError(f"SM {sm} polls '{op.buffer.data}'[{b}:{e}], which is not within a "
-                                            "tagged activation")
-                    if not written[op.buffer.data][b:e].all():
+                    (buffer, b, e), = located(op, layer, sizes)
+                    if buffer not in written or e > len(written[buffer]) or op.range[1] > sizes[buffer]:
+                        raise ScheduleError(f"SM {sm} polls '{buffer}'[{op.range[0]}:{op.range[1]}] at layer "
+                                            f"{layer}, which is not within a tagged activation")
+                    if not written[buffer][b:e].all():
                         break
                 elif isinstance(op, WaitOp):
                     name = op.counter.data
@@ -141,28 +165,30 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                     if counters[name] < epoch * op.count.value.data:
                         break
                 elif isinstance(op, ExecOp):
-                    for buffer, b, e in task_kind(op.kind.data).writes(op):
-                        if buffer in written:
-                            if written[buffer][b:e].any():
-                                raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}], "
-                                                    "part of which another task wrote this step")
-                            written[buffer][b:e] = True
+                    for buffer, b, e in located(op, layer, sizes):
+                        if written[buffer][b:e].any():
+                            where = f" (layer {layer})" if op.in_loop else ""
+                            raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}]{where}, "
+                                                "part of which another task wrote this step")
+                        written[buffer][b:e] = True
                     if on_exec is not None:
-                        on_exec(op)
+                        on_exec(op, layer)
                 elif isinstance(op, SignalOp):
                     counters[op.counter.data] += op.count.value.data
                 if on_op is not None:
-                    on_op(sm, op)
+                    on_op(sm, op, layer)
                 pcs[sm] += 1
                 progress = True
         if all(pc == len(p) for pc, p in zip(pcs, programs)):
             break
         if not progress:
-            raise ScheduleError(_deadlock(programs, pcs, counters, epoch, written))
+            raise ScheduleError(_deadlock(programs, pcs, counters, epoch, written, sizes))
     for name, per_step in declared.items():
         if counters[name] != epoch * per_step:
             raise ScheduleError(f"counter '{name}' ends the step at {counters[name]}, expected {epoch * per_step}")
     for name, done in written.items():
         if not done.all():
-            raise ScheduleError(f"no task writes '{name}'[{int(np.argmin(done))}] this step, yet it is an activation")
+            i = int(np.argmin(done))
+            where = f" of slot {i // sizes[name]}" if slots[name] > 1 else ""
+            raise ScheduleError(f"no task writes '{name}'[{i % sizes[name]}]{where} this step, yet it is an activation")
     return counters

@@ -1,0 +1,81 @@
+"""Greedy sampling of a whole model, in two fixed-order levels (csrc/kernels/argmax.cuh): an
+argmax task finds the largest logit of its chunk of the vocabulary and its index (the lowest
+on ties) and writes the pair; the combine task takes the first largest of the chunks' pairs, in
+chunk order, so the result is the lowest index of the largest logit whatever the schedule, and
+writes it as the id of the token at pos + 1, and pos + 1 as the next step's position."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import smem
+from .base import TAGGED, TaskKind
+
+
+def first_max(values: np.ndarray) -> tuple[float, int]:
+    """(largest value, its lowest index), NaNs never chosen."""
+    i = int(np.argmax(np.where(np.isnan(values), -np.inf, values)))
+    return float(values[i]), i
+
+
+class Argmax(TaskKind):
+    name = "argmax"
+    roles = frozenset({"logits", "out"})
+
+    def cost(self, op, pos) -> dict:
+        begin, end = op.tile_range
+        return {"read_bytes": (end - begin) * TAGGED}
+
+    def reads(self, op):
+        return [(op.buffer("logits"), *op.tile_range)]
+
+    def writes(self, op):
+        c = op.param("chunk_index")
+        return [(op.buffer("out"), 2 * c, 2 * c + 2)]
+
+    def simulate(self, sim, op) -> None:
+        begin, end = op.tile_range
+        value, i = first_max(sim.vec(op, "logits")[begin:end])
+        c = op.param("chunk_index")
+        sim.vec(op, "out")[2 * c:2 * c + 2] = (value, begin + i)
+
+    def functions(self, em, op, name) -> list[str]:
+        buf = em.buf_of(op)
+        em.asserts.add(f"static_assert(ArgmaxWork::kBytes == {smem.argmax_work_bytes()}, "
+                       "\"smem model: argmax work area\");")
+        return [*em.signature(f"argmax_{name}", "int begin, int end, int chunk"),
+                f"  argmax_task(s, task, {em.plan.work_offset}, {buf('out')}, {buf('logits')}, begin, end, chunk);",
+                "}"]
+
+    def call(self, em, op, page, new_run) -> list[str]:
+        begin, end = op.tile_range
+        return self.plain_call(em, op, "argmax", (begin, end, op.param("chunk_index")),
+                               f"largest of logits [{begin}, {end})")
+
+
+class ArgmaxCombine(TaskKind):
+    name = "argmax_combine"
+    roles = frozenset({"partial", "out", "position"})
+
+    def cost(self, op, pos) -> dict:
+        return {"read_bytes": 2 * op.tile_range[1] * TAGGED}
+
+    def reads(self, op):
+        return [(op.buffer("partial"), 0, 2 * op.tile_range[1])]
+
+    def writes(self, op):
+        return [(op.buffer("out"), 0, op.param("max_seq_len") + 1)]     # tokens[pos + 1]: no activation
+
+    def simulate(self, sim, op) -> None:
+        pairs = sim.vec(op, "partial")[:2 * op.tile_range[1]].reshape(-1, 2)
+        _, c = first_max(pairs[:, 0])          # the first chunk with the largest: its lowest index
+        sim.buf(op, "out")[sim.pos + 1] = int(pairs[c, 1])
+
+    def functions(self, em, op, name) -> list[str]:
+        buf = em.buf_of(op)
+        return [*em.signature(f"argmax_combine_{name}", "int chunks"),
+                f"  argmax_combine(s, task, {buf('out', 'int')}, {buf('position', 'int')}, {buf('partial')}, chunks);",
+                "}"]
+
+    def call(self, em, op, page, new_run) -> list[str]:
+        return self.plain_call(em, op, "argmax_combine", (op.tile_range[1],),
+                               "the token at pos + 1 from the chunks' largest, in order")
