@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 # The manifest's format: what its fields mean to the runtime. 2: linear weights are stored on the
 # device page by page (`packed_weights`); a runtime binding them row-major would compute garbage, so
 # a runtime reads only its own format.
-MANIFEST_FORMAT = 2
+MANIFEST_FORMAT = 3   # 3: layer-indexed buffers and weights (a whole model)
 MAX_MANIFEST_BYTES = 16 << 20     # a manifest is a few KB; anything far larger is not one
 
 

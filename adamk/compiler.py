@@ -104,6 +104,9 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest = _manifest(graph, graph_text, config, binaries)
     manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
     manifest["model"] = model_dims
+    if model_dims["whole_model"]:           # the buffer the host reads the last step's logits from
+        manifest["model"]["logits_buffer"] = next(o.buffer("logits") for sm in schedule_of(graph).sms
+                                                  for o in sm.ops if isinstance(o, ExecOp) and o.kind.data == "argmax")
     manifest["predicted_at_pos"] = pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
     manifest["cost_model"] = cost.source

@@ -163,9 +163,12 @@ class DecoderLayer(nn.Module):
         return t(x), t(torch.tensor(pos, dtype=torch.int64)), t(k_cache), t(v_cache)
 
 
-def _position_cache(k_cache, v_cache, pos, layer_idx: int):
-    """A `transformers.cache_utils.Cache` over adamk's static caches whose layer writes the new
-    key/value at `pos` (the decode step's position) and returns the whole cache.
+def _position_cache(k_cache, v_cache, pos, layers: int, stacked: bool = False):
+    """A `transformers.cache_utils.Cache` of `layers` layers over adamk's static caches, whose
+    layers write the new key/value at `pos` (the decode step's position) and return their whole
+    cache. The caches are one layer's (every layer index uses them), or `stacked` per layer
+    (`[layers, ...]`: layer i uses `k_cache[i]`, taken when it is written, since a view taken
+    before an earlier layer wrote into the stack is stale for autograd).
 
     Built on transformers' own `Cache` / `CacheLayerMixin` so that the call convention
     (`update(k, v, layer_idx, cache_kwargs)` up to 5.2x, `update(k, v, layer_idx, kwargs=...)`
@@ -174,29 +177,49 @@ def _position_cache(k_cache, v_cache, pos, layer_idx: int):
     from transformers.cache_utils import Cache, CacheLayerMixin
 
     class PositionLayer(CacheLayerMixin):
-        def __init__(self):
+        def __init__(self, index):
             super().__init__()
-            self.keys, self.values, self.is_initialized = k_cache, v_cache, True
+            self.index, self.is_initialized = index, True
+
+        def _caches(self):
+            if stacked:
+                return k_cache[self.index], v_cache[self.index]
+            return k_cache, v_cache
 
         def lazy_initialization(self, key_states, value_states, *args, **kwargs):
             pass                                    # the caches exist before the step
 
         def update(self, key_states, value_states, *args, **kwargs):
+            self.keys, self.values = self._caches()
             self.keys.index_copy_(2, pos.view(1), key_states)
             self.values.index_copy_(2, pos.view(1), value_states)
             return self.keys, self.values
 
         def get_mask_sizes(self, *args, **kwargs):
-            return self.keys.shape[2], 0            # the mask spans the whole static cache
+            return k_cache.shape[-2], 0             # the mask spans the whole static cache
 
         def get_seq_length(self, *args, **kwargs):
             return pos + 1
 
         def get_max_length(self):
-            return self.keys.shape[2]
+            return k_cache.shape[-2]
 
-    layer = PositionLayer()
-    return Cache(layers=[layer] * (layer_idx + 1))
+    return Cache(layers=[PositionLayer(i) for i in range(layers)])
+
+
+def _causal_bias(pos, max_seq_len: int, like):
+    """HF's additive causal mask [1, 1, 1, max_seq_len] over a static cache: 0 up to `pos`, -inf after."""
+    span = torch.arange(max_seq_len, device=like.device)
+    mask = torch.zeros(max_seq_len, device=like.device, dtype=like.dtype).masked_fill(span > pos, float("-inf"))
+    return mask.view(1, 1, 1, -1)
+
+
+def _eager_attention(layer: nn.Module) -> str:
+    """Switch an HF decoder layer's attention to the eager implementation (the decomposed form the
+    frontends recognise); returns the name of the layer's cache argument (transformers 5.2x renamed
+    `past_key_values` to `cache`)."""
+    layer.self_attn.config._attn_implementation = "eager"
+    return "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
 
 
 class HFDecodeStep(nn.Module):
@@ -211,22 +234,18 @@ class HFDecodeStep(nn.Module):
     def __init__(self, layer: nn.Module, rotary_emb: nn.Module, max_seq_len: int):
         super().__init__()
         self.layer, self.rotary_emb, self.max_seq_len = layer, rotary_emb, max_seq_len
-        layer.self_attn.config._attn_implementation = "eager"
+        self._cache_kwarg = _eager_attention(layer)
         attn = layer.self_attn
         self.num_kv_heads = attn.config.num_key_value_heads
         self.head_dim = attn.head_dim
         self.layer_idx = attn.layer_idx or 0
-        # transformers 5.2x renamed the layer's `past_key_values` argument to `cache`
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(layer.forward).parameters else "past_key_values"
 
     def forward(self, x, pos, k_cache, v_cache):
         hidden = x.view(1, 1, -1)
         position_ids = pos.view(1, 1)
         cos, sin = self.rotary_emb(hidden, position_ids)
-        span = torch.arange(self.max_seq_len, device=x.device)
-        mask = torch.zeros(self.max_seq_len, device=x.device, dtype=x.dtype).masked_fill(span > pos, float("-inf"))
-        cache = _position_cache(k_cache, v_cache, pos, self.layer_idx)
-        y = self.layer(hidden, attention_mask=mask.view(1, 1, 1, -1), position_ids=position_ids,
+        cache = _position_cache(k_cache, v_cache, pos, self.layer_idx + 1)
+        y = self.layer(hidden, attention_mask=_causal_bias(pos, self.max_seq_len, x), position_ids=position_ids,
                        **{self._cache_kwarg: cache}, position_embeddings=(cos, sin))
         return y.view(1, -1)
 
@@ -241,14 +260,60 @@ class HFDecodeStep(nn.Module):
         return x, torch.tensor(pos, dtype=torch.int64), k, v
 
 
+class HFDecodeModel(nn.Module):
+    """A Hugging Face causal LM (`LlamaForCausalLM`, `Qwen2ForCausalLM`, ...) behind adamk's
+    whole-model signature `forward(token, pos, k_caches, v_caches) -> logits [1, vocab]` (see
+    `LlamaModel`), for a static KV cache of `max_seq_len` positions.
+
+    It runs the model's own modules (the embedding, each decoder layer with eager attention,
+    the final norm and the LM head) and holds them as `model` and `lm_head`, as the causal LM
+    does, so the parameters keep the checkpoint's names (`model.layers.0.self_attn.q_proj.weight`,
+    `lm_head.weight`) and a state_dict or safetensors file binds as it is. With tied embeddings
+    `lm_head.weight` is `model.embed_tokens.weight`; the torch frontend gives the LM head its
+    own name, since the device stores the two differently (rows; pages).
+    """
+
+    def __init__(self, causal_lm: nn.Module, max_seq_len: int):
+        super().__init__()
+        self.model, self.lm_head, self.max_seq_len = causal_lm.model, causal_lm.lm_head, max_seq_len
+        self.layers = list(self.model.layers[:causal_lm.config.num_hidden_layers])   # not registered twice
+        for layer in self.layers:
+            self._cache_kwarg = _eager_attention(layer)
+        attn = self.layers[0].self_attn
+        self.num_kv_heads, self.head_dim = attn.config.num_key_value_heads, attn.head_dim
+        self.vocab_size = self.model.embed_tokens.weight.shape[0]
+
+    def forward(self, token, pos, k_caches, v_caches):
+        hidden = self.model.embed_tokens(token.view(1, 1))          # [1, 1, hidden]
+        position_ids = pos.view(1, 1)
+        cos, sin = self.model.rotary_emb(hidden, position_ids)
+        mask = _causal_bias(pos, self.max_seq_len, hidden)
+        cache = _position_cache(k_caches, v_caches, pos, len(self.layers), stacked=True)
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask=mask, position_ids=position_ids, **{self._cache_kwarg: cache},
+                           position_embeddings=(cos, sin))
+        return self.lm_head(self.model.norm(hidden)).view(1, -1)
+
+    def example_inputs(self, pos: int = 0, seed: int = 0, device=None):
+        """Random inputs for one step: (token, pos, k_caches, v_caches) with random history."""
+        g = torch.Generator().manual_seed(seed)
+        dtype = self.lm_head.weight.dtype
+        shape = (len(self.layers), 1, self.num_kv_heads, self.max_seq_len, self.head_dim)
+        k = torch.randn(shape, generator=g).to(dtype)
+        v = torch.randn(shape, generator=g).to(dtype)
+        token = torch.randint(0, self.vocab_size, (1,), generator=g)
+        t = lambda a: a.to(device) if device is not None else a
+        return t(token), t(torch.tensor(pos, dtype=torch.int64)), t(k), t(v)
+
+
 class LlamaModel(nn.Module):
     """A whole decoder for one decode step: embedding, `num_layers` DecoderLayers, final
     RMSNorm and LM head. `forward(token, pos, k_caches, v_caches) -> logits [1, vocab]`,
     with `token` an int64 [1] tensor and the caches stacked per layer
     (`[num_layers, 1, num_kv_heads, max_seq_len, head_dim]`).
 
-    A reference and an export source: the compiler takes one DecoderLayer for now and
-    refuses a whole model with a clear error.
+    A reference, an export source (examples/export_onnx.py --whole-model) and a compiler
+    input: both frontends import it as one kernel's graph, its layers folded into one loop.
     """
 
     def __init__(self, cfg: LlamaConfig, seed: int | None = 0, dtype=torch.float32):

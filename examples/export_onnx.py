@@ -5,11 +5,16 @@
     python examples/export_onnx.py -o model.onnx --external-data       # weights in model.onnx.data
     python examples/export_onnx.py -o qwen.onnx --hf qwen2 --preset tiny  # a transformers Qwen2DecoderLayer
     python examples/export_onnx.py -o whole.onnx --whole-model --preset tiny   # embedding, layers, LM head
+    python examples/export_onnx.py -o hf.onnx --whole-model --hf llama --preset tiny   # a LlamaForCausalLM
 
 Uses the dynamo exporter (opset 18): RMSNorm, RoPE, GQA attention and SwiGLU come out
-decomposed, weights as initializers. `--whole-model` writes embedding + all layers + LM head
-(adamk.models.LlamaModel); `adamk compile` refuses those for now with a clear error, since it
-compiles one decoder layer (README, "Status").
+decomposed, weights as initializers. `--whole-model` writes embedding + all layers + final
+norm + LM head (adamk.models.LlamaModel, or with `--hf` a transformers causal LM behind
+adamk.models.HFDecodeModel); `adamk compile` compiles it into one kernel that also takes the
+greedy argmax. The exporter writes each layer's KV cache write-back (`k_caches[i].index_copy_`)
+as a ScatterElements whose int64 indices have a cache layer's shape (each the layer's index),
+so a large model's file carries a cache layer's worth of them per layer and cache: use
+`--external-data`.
 """
 from __future__ import annotations
 
@@ -23,26 +28,49 @@ import torch
 from adamk.models import PRESETS, DecoderLayer, LlamaModel
 
 
+def _hf_config(kind: str, cfg, **extra):
+    """A transformers Llama or Qwen2 config with `cfg`'s dims (eager attention)."""
+    import transformers
+    dims = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+                num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                rms_norm_eps=cfg.rms_eps, max_position_embeddings=cfg.max_seq_len, attn_implementation="eager",
+                rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, **extra)
+    return (transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config)(**dims)
+
+
+def _randomize(module: torch.nn.Module) -> torch.nn.Module:
+    """Random weights (torch's generator, seeded before the module is built) with a trained
+    model's spread: norms ~ 1, the rest ~ N(0, 1/fan_in)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * p.shape[-1] ** -0.5)
+    return module
+
+
 def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
     """A transformers Llama or Qwen2 decoder layer with `cfg`'s dims and seeded random weights,
     wrapped in adamk's decode-step signature."""
-    import transformers
     from adamk.models import HFDecodeStep
-    dims = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
-                rms_norm_eps=cfg.rms_eps, max_position_embeddings=cfg.max_seq_len, attn_implementation="eager")
-    torch.manual_seed(seed)
+    hf_cfg = _hf_config(kind, cfg)
     if kind == "llama":
-        hf_cfg = transformers.LlamaConfig(**dims, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer as Layer, LlamaRotaryEmbedding as Rope
     else:
-        hf_cfg = transformers.Qwen2Config(**dims, rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta})
         from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer as Layer, Qwen2RotaryEmbedding as Rope
-    layer = Layer(hf_cfg, layer_idx=0)
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * p.shape[-1] ** -0.5)
+    torch.manual_seed(seed)
+    layer = _randomize(Layer(hf_cfg, layer_idx=0))
     return HFDecodeStep(layer, Rope(hf_cfg), cfg.max_seq_len).eval()
+
+
+def hf_model(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
+    """A transformers LlamaForCausalLM or Qwen2ForCausalLM with `cfg`'s dims, layers and vocabulary
+    (untied embeddings) and seeded random weights, wrapped in adamk's whole-model signature."""
+    import transformers
+    from adamk.models import HFDecodeModel
+    hf_cfg = _hf_config(kind, cfg, num_hidden_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
+                        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    causal_lm = (transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM)(hf_cfg)
+    return HFDecodeModel(_randomize(causal_lm), cfg.max_seq_len).eval()
 
 
 def export(path: str, preset: str = "llama-3.2-1b", seed: int = 0, external_data: bool = False,
@@ -54,9 +82,10 @@ def export(path: str, preset: str = "llama-3.2-1b", seed: int = 0, external_data
     cfg = PRESETS[preset]
     if max_seq_len is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "max_seq_len": max_seq_len})
-    if whole_model and hf:
-        raise SystemExit("--whole-model and --hf cannot be combined")
-    layer = LlamaModel(cfg, seed=seed) if whole_model else hf_layer(hf, cfg, seed) if hf else DecoderLayer(cfg, seed=seed)
+    if whole_model:
+        layer = hf_model(hf, cfg, seed) if hf else LlamaModel(cfg, seed=seed)
+    else:
+        layer = hf_layer(hf, cfg, seed) if hf else DecoderLayer(cfg, seed=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch").setLevel(logging.ERROR)
@@ -77,11 +106,12 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the preset's)")
     ap.add_argument("--external-data", action="store_true", help="store weights in a .data file next to the model")
-    ap.add_argument("--hf", choices=["llama", "qwen2"], help="export a transformers decoder layer of that family")
+    ap.add_argument("--hf", choices=["llama", "qwen2"], help="export a transformers decoder layer (with "
+                    "--whole-model: causal LM) of that family")
     ap.add_argument("--whole-model", action="store_true", help="embedding, all layers, final norm and LM head")
     args = ap.parse_args()
     export(args.output, args.preset, args.seed, args.external_data, args.max_seq_len, args.hf, args.whole_model)
-    what = "whole model" if args.whole_model else f"{args.hf or 'adamk'} layer"
+    what = f"{args.hf or 'adamk'} {'whole model' if args.whole_model else 'layer'}"
     print(f"wrote {args.output} ({what}, {args.preset} dims, seed {args.seed})")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import adamk
-from adamk.artifact import verify
+from adamk.artifact import MANIFEST_FORMAT, verify
 from adamk.codegen.nvrtc import compile_cuda, parse_ptxas_log, ptx_isa
 from adamk.errors import AdamkError, ToolchainError
 from adamk.models import PRESETS, DecoderLayer
@@ -72,7 +72,7 @@ def test_every_linear_weight_is_packed_as_its_producer_reads_it(tiny_l20):
 
 def test_a_manifest_of_another_format_is_refused(tiny_l20, tmp_path):
     _, path = tiny_l20
-    for fmt, who in ((3, "a newer"), (1, "an older"), (None, "an older")):
+    for fmt, who in ((MANIFEST_FORMAT + 1, "a newer"), (MANIFEST_FORMAT - 1, "an older"), (None, "an older")):
         d = tmp_path / f"f{fmt}"
         shutil.copytree(path, d)
         m = json.loads((d / "manifest.json").read_text())
@@ -81,7 +81,8 @@ def test_a_manifest_of_another_format_is_refused(tiny_l20, tmp_path):
         else:
             m["format"] = fmt
         (d / "manifest.json").write_text(json.dumps(m))
-        with pytest.raises(AdamkError, match=f"format {fmt or 1}, made by {who} adamk; this one reads format 2"):
+        with pytest.raises(AdamkError, match=f"format {fmt or 1}, made by {who} adamk; this one reads format "
+                                             f"{MANIFEST_FORMAT}"):
             verify(d)
 
 

@@ -132,6 +132,48 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     return counts
 
 
+_LITERAL = re.compile(r"(?<![\w.])\d+(?![\w.])")    # an integer literal of a call site (not in a name)
+
+
+def _looped(units: list[list[str]]) -> list[str]:
+    """The lines of consecutive tasks (each unit: one task's lines), every run of units that differ
+    only in integer literals, each an arithmetic progression, as one loop over the run: an SM's
+    tiles of one op become `for (int t = 0; t < n; ++t) op(..., a + t * d, ...)`, so its code
+    grows with its ops, not its tasks (a 128K-row LM head is ~60 tasks per SM). A unit's comment
+    names its task; the loop's names the run's first and last."""
+    def split(unit):
+        code = [line.split("  //")[0] for line in unit]
+        return _LITERAL.sub("#", "\n".join(code)), [int(v) for v in _LITERAL.findall("\n".join(code))]
+
+    out, i = [], 0
+    keys = [split(u) for u in units]
+    while i < len(units):
+        skeleton, first = keys[i]
+        j = i + 1
+        step = None
+        while j < len(units) and keys[j][0] == skeleton:
+            d = [b - a for a, b in zip(keys[j - 1][1], keys[j][1])]
+            if step is None:
+                step = d
+            elif d != step:
+                break
+            j += 1
+        if j - i < 3:           # two tasks read better written out
+            out += units[i]
+            i += 1
+            continue
+        values = iter(f"{a} + t * {d}" if d else str(a) for a, d in zip(first, step))
+        body = _LITERAL.sub(lambda _: next(values), "\n".join(line.split("  //")[0] for line in units[i]))
+        names = [line.split("  //", 1)[1].split(":")[0].strip() for line in (units[i][-1], units[j - 1][-1])
+                 if "  //" in line]
+        note = f"  // {names[0]} .. {names[1]}" if len(names) == 2 else ""
+        indent = units[i][0][:len(units[i][0]) - len(units[i][0].lstrip())]
+        out += [f"{indent}for (int t = 0; t < {j - i}; ++t) {{{note}", *("  " + line for line in body.split("\n")),
+                f"{indent}}}"]
+        i = j
+    return out
+
+
 def _signature(name: str, params: str) -> list[str]:
     """The opening line of a per-op function: what every one takes (the layer loop's layer: 0
     outside it), then its own `params`."""
@@ -279,11 +321,12 @@ class _Emitter:
                 if in_loop and streams:
                     lines.append(f"    {loop}")
                 self.layer = "layer" if in_loop else "0"
-                local = 0
+                local, units = 0, []
                 for op in streams:
-                    lines += [("  " if in_loop else "") + line
-                              for line in self.produce(op, _page(first, count if in_loop else 0, local))]
+                    units.append([("  " if in_loop else "") + line
+                                  for line in self.produce(op, _page(first, count if in_loop else 0, local))])
                     local += self.pages(op)
+                lines += _looped(units)
                 if in_loop and streams:
                     lines.append("    }")
             lines += [f"    {RING}::drain(s, {total});", "    return;", "  }"]
@@ -293,22 +336,24 @@ class _Emitter:
             if in_loop and body is not None:
                 lines.append(f"  {loop}")
             self.layer = "layer" if in_loop else "0"
-            local, staged = 0, None       # staged: what the work area holds (self.staged)
+            local, staged, units = 0, None, []     # staged: what the work area holds (self.staged)
             for op, waits in _with_waits(ops):   # waits run in the consumers' line; the producer is not held
                 if isinstance(op, SignalOp):
-                    lines.append(f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
-                                 f"  // {c_comment(op.counter.data)}")
+                    units.append([f"  signal_counter(s, {self.enumerator[op.counter.data]}, {op.count.value.data}u);"
+                                  f"  // {c_comment(op.counter.data)}"])
                     continue
+                unit = []
                 while len(waits) > MAX_WAITS:    # more producers than one call takes: wait for some first
                     head, waits = waits[:MAX_WAITS], waits[MAX_WAITS:]
-                    lines.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, "
-                                 f"{op.task_id.value.data});")
+                    unit.append(f"  wait_all(s, {self.waits_ref(head, op.task_id.value.data)}, "
+                                f"{op.task_id.value.data});")
                 key = self.staged(op)    # None after a task that uses the work area otherwise
-                lines += [("  " if in_loop else "") + line for line in
-                          self.consume(op, waits, _page(first, count if in_loop else 0, local),
-                                       new_run=restages(key, staged))]
+                unit += self.consume(op, waits, _page(first, count if in_loop else 0, local),
+                                     new_run=restages(key, staged))
+                units.append([("  " if in_loop else "") + line for line in unit])
                 staged = key
                 local += self.pages(op)
+            lines += _looped(units)
             if in_loop and body is not None:
                 lines.append("  }")
         self.layer = "0"

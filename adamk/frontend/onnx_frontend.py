@@ -123,22 +123,24 @@ def import_onnx(path):
         raise FrontendError(f"initializer {quoted(shadowed[0])} has the name of a graph input; rename it")
     inputs = list(g.input)
     if len(inputs) != 4:
-        raise FrontendError(f"expected a decode step with inputs (x, pos, k_cache, v_cache), got {len(inputs)} "
-                            f"inputs ({', '.join(quoted(i.name) for i in inputs[:6])})")
-    elem = inputs[0].type.tensor_type.elem_type
-    if elem in (6, 7):     # int32 / int64 first input: token ids, i.e. a whole model
-        raise FrontendError(f"{quoted(inputs[0].name)} is an integer input (token ids): this is a whole model; "
-                            "adamk compiles one decoder layer so far (inputs x, pos, k_cache, v_cache)")
+        raise FrontendError(f"expected a decode step with inputs (x, pos, k_cache, v_cache) or (token, pos, k_caches, "
+                            f"v_caches), got {len(inputs)} inputs ({', '.join(quoted(i.name) for i in inputs[:6])})")
+    first = inputs[0].type.tensor_type.elem_type
+    whole = first in (6, 7)         # int32 / int64 token ids: a whole model
+    if first == 6:
+        raise FrontendError(f"{quoted(inputs[0].name)} holds token ids of type int32; adamk takes int64 ids")
+    elem = inputs[2 if whole else 0].type.tensor_type.elem_type     # the activations': the caches' in a whole model
     if elem not in _ELEM:
-        raise FrontendError(f"unsupported input element type {elem} for {quoted(inputs[0].name)}")
+        raise FrontendError(f"unsupported input element type {elem} for {quoted(inputs[2 if whole else 0].name)}")
     b = GraphBuilder(_ELEM[elem])
     env: dict = {}
-    for i, role in zip(inputs, ("input", "position", "kv_cache", "kv_cache")):
+    leaves = {"input": b.input, "token": b.token, "position": lambda shape: b.position(), "kv_cache": b.kv_cache}
+    for i, role in zip(inputs, ("token" if whole else "input", "position", "kv_cache", "kv_cache")):
         b.where = f"{quoted(i.name)} (graph input)"
         shape = tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
         if any(d <= 0 for d in shape):
             raise FrontendError(f"input {quoted(i.name)} has a dynamic shape {list(shape)}; export with static shapes")
-        env[i.name] = b.input(shape) if role == "input" else b.position() if role == "position" else b.kv_cache(shape)
+        env[i.name] = leaves[role](shape)
     from onnx.external_data_helper import uses_external_data
     for name, t in init.items():
         if any(d < 0 for d in t.dims):
@@ -173,12 +175,17 @@ def import_onnx(path):
                 aliases[bias[0].output[0]] = node.output[0]
             env[node.output[0]] = b.linear(args[0], args[1].f["of"], bias[1] if bias else None)
             continue
+        if node.op_type == "ScatterElements" and _unread_indices(node.input[1:2], init):
+            # torch's select_scatter writes its (all equal) indices as a tensor the size of a cache layer:
+            # integers, never a weight, so read whatever their size (one at a time, not kept)
+            args[1] = b.const(_array(init[node.input[1]], base))
         if node.op_type == "Shape":
             at = _attrs(node)
             shape = np.array(args[0].shape, dtype=np.int64)[at.get("start", 0):at.get("end", None)]
             env[node.output[0]] = b.const(shape)
             continue
-        if node.op_type == "Constant" or (args and all(_known(a) for a in args) and _small_output(node, args)):
+        if node.op_type == "Constant" or (args and all(_known(a) for a in args) and _small_output(node, args)
+                                          and not _weight_transpose(node, args)):
             for name, value in zip(node.output, _fold(b, node, args)):
                 env[name] = b.const(value)
             continue
@@ -200,6 +207,13 @@ def _known(v) -> bool:
     """A constant small enough to fold through: shapes, indices, scalars, RoPE tables; never a weight."""
     return (isinstance(v, Sym) and v.kind in ("const", "init") and v.f.get("value") is not None
             and v.value.size <= FOLD_LIMIT)
+
+
+def _weight_transpose(node, args) -> bool:
+    """A Transpose of an initializer is a weight's W^T feeding a MatMul (exports without the
+    optimiser write linears so), never folded however small the weight: a toy model's k_proj
+    would otherwise become an unnamed constant."""
+    return node.op_type == "Transpose" and isinstance(args[0], Sym) and args[0].kind == "init"
 
 
 def _small_output(node, args) -> bool:
@@ -224,6 +238,12 @@ def _fold(b: GraphBuilder, node, args) -> list:
         return ReferenceEvaluator(n).run(None, dict(zip(names, values)))
     except Exception as e:       # the reference evaluator's own message names what it refused
         b.fail(f"constant {node.op_type} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+
+def _unread_indices(names, init) -> bool:
+    """Whether `names` is one integer initializer too large to have been read."""
+    return len(names) == 1 and names[0] in init and init[names[0]].data_type in (6, 7) \
+        and math.prod(init[names[0]].dims) > SMALL
 
 
 def _is_weight_t(v) -> bool:
@@ -303,6 +323,9 @@ _OPS = {
     "MatMul": lambda b, a, at: b.matmul(a[0], a[1]),
     "Softmax": lambda b, a, at: b.softmax(a[0], at.get("axis", -1)),
     "ScatterND": lambda b, a, at: b.scatter_nd(a[0], a[1], a[2]),
+    "ScatterElements": lambda b, a, at: b.scatter_elements(a[0], a[1], a[2], at.get("axis", 0))
+    if at.get("reduction", b"none") in (b"none", "none") else b.fail(f"ScatterElements with reduction {at['reduction']}"),
+    "Gather": lambda b, a, at: b.gather(a[0], a[1], at.get("axis", 0)),
     "Greater": lambda b, a, at: b.gt(a[0], a[1]),
     "Where": lambda b, a, at: b.select(a[0], a[1], a[2]),
 }

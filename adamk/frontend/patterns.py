@@ -25,6 +25,7 @@ from ..dialects.graph import (
     AddOp, ArgmaxOp, AttentionOp, EmbeddingOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp,
 )
 from ..errors import FrontendError
+from ..names import quoted
 
 ELEMENT_TYPES = {"float32": f32, "bfloat16": bf16}
 
@@ -77,6 +78,7 @@ class GraphBuilder:
         self.ops: list = []
         self.args: list = []
         self.weights: dict[str, Sym] = {}
+        self.uses: dict[str, str] = {}          # weight name -> what it is used as
         self.where = "?"
         self.block = Block()
 
@@ -127,7 +129,15 @@ class GraphBuilder:
         value = None if value is None else np.asarray(value)
         return Sym("init", tuple(shape), None, {"name": name, "value": value, "check": check})
 
-    def _placed_weight(self, w: Sym):
+    def _placed_weight(self, w: Sym, use: str):
+        """The IR value of weight `w`, placed once; `use` says what it serves as. One tensor with two
+        uses (tied embeddings: the LM head's weight is the embedding table) is refused: the device
+        stores an embedding table by rows, a linear weight by pages, so each use needs its own
+        name (the torch frontend names a tied parameter by each module using it)."""
+        first = self.uses.setdefault(w.name, use)
+        if first != use:
+            self.fail(f"weight {quoted(w.name)} as the {use}: it is already the {first} (tied weights?); the "
+                      f"device stores the two differently, so each use needs a tensor of its own name")
         if w.name not in self.weights:
             if w.f.get("check") is not None:
                 w.check()
@@ -177,7 +187,7 @@ class GraphBuilder:
             return Sym(a.kind, shape, None, dict(a.f))        # broadcast views of RoPE tables / the mask
         if _is(a, "expanded") and len(shape) == 4 and shape[1] == a.cache.shape[1] * a.group:
             return Sym("repeated", shape, None, {"cache": a.cache, "new": a.new, "group": a.group})
-        if _is(a, "pos", "posf") and math.prod(shape) == 1:
+        if _is(a, "pos", "posf", "token") and math.prod(shape) == 1:      # token ids [1] as HF's input_ids [1, 1]
             return Sym(a.kind, shape, a.ssa, dict(a.f))
         self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
 
@@ -290,7 +300,7 @@ class GraphBuilder:
             if _is(x, "act") and _is(y, "invrms") and y.x.ssa is x.ssa:
                 return Sym("normed", x.shape, None, dict(y.f))
             if _is(x, "weight") and _is(y, "normed") and x.shape == y.x.shape[-1:]:
-                return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x), y.eps), y.x.shape)
+                return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x, "RMSNorm weight"), y.eps), y.x.shape)
             if _is(x, "posf") and _vector(y) is not None:
                 self._pos = x.ssa
                 return Sym("freqs", y.shape, None, {"inv_freq": self.finite(_vector(y), "the RoPE inv_freq")})
@@ -352,9 +362,9 @@ class GraphBuilder:
         if bias is not None:
             if not _is(bias, "weight"):
                 self.fail(f"linear bias that is a {_kind(bias)}")
-            b = self._placed_weight(bias)
+            b = self._placed_weight(bias, "linear bias")
         batch = math.prod(a.shape[:-1])
-        return self._emit(LinearOp(_flat(self, a), self._placed_weight(w), bias=b), (batch, w.shape[0]))
+        return self._emit(LinearOp(_flat(self, a), self._placed_weight(w, "linear weight"), bias=b), (batch, w.shape[0]))
 
     def index_copy(self, cache, dim, index, value):
         if _is(cache, "cache") and _is(index, "pos") and _is(value, "act") and dim % 4 == 2:
@@ -386,11 +396,34 @@ class GraphBuilder:
                       "cache append of a layer of the stack goes back into that layer")
         return Sym("cache_stack", stack.shape, stack.ssa, {"appended": {**stack.appended, layer: src}})
 
+    def scatter_elements(self, data, indices, updates, axis):
+        """ONNX's select_scatter (an index_copy_ into k_caches[i]): a layer's append, unsqueezed to
+        [1, ...], scattered into the stack along axis 0 at indices that are all that layer `i`."""
+        if _is(updates, "appended_unsq") and updates.axis == 0 and axis % 5 == 0 and _known_const(indices) \
+                and indices.value.shape == updates.shape and indices.value.dtype.kind in "iu":
+            layers = np.unique(indices.value)
+            if len(layers) == 1:
+                append = Sym("appended", updates.shape[1:], None, {k: v for k, v in updates.f.items() if k != "axis"})
+                return self.select_scatter(data, append, axis, int(layers[0]))
+        self.fail(f"scatter of {_kind(updates)} into {_kind(data)} along axis {axis} at {_kind(indices)}: only a layer's "
+                  "KV cache append goes back into its layer of the stack, at indices that are all that layer")
+
+    def gather(self, data, indices, axis):
+        """ONNX's Gather: the embedding table's row of the token id, or a layer of a stacked KV
+        cache at a constant scalar index (k_caches[i])."""
+        if _is(indices, "token") and axis % 2 == 0:
+            return self.embedding(data, indices)
+        if not _is(data, "cache_stack"):
+            self.fail(f"gather of {_kind(data)} at {_kind(indices)} (axis {axis})")
+        if _known_const(indices) and indices.value.ndim == 0 and indices.value.dtype.kind in "iu":
+            return self.select_layer(data, axis, int(indices.value))
+        return self.select_layer(data, axis, indices)      # which names what it cannot select
+
     def embedding(self, table, token):
         """Row `token` of `table` [vocab, hidden]: a whole model's hidden state entering layer 0."""
         if not (_is(token, "token") and _is(table, "weight") and len(table.shape) == 2):
             self.fail(f"embedding of {_kind(token)} in {_kind(table)}")
-        return self._emit(EmbeddingOp(token.ssa, self._placed_weight(table)), (1, table.shape[1]))
+        return self._emit(EmbeddingOp(token.ssa, self._placed_weight(table, "embedding table")), (*token.shape, table.shape[1]))
 
     def repeat_interleave(self, a, repeats, dim):
         if _is(a, "appended") and dim % 4 == 1:
@@ -412,8 +445,8 @@ class GraphBuilder:
             return Sym(a.kind, tuple(_unsqueezed(a.shape, axis)), a.ssa, dict(a.f))
         if _is(a, "cos", "sin", "causal_bias"):
             return self.reshape(a, _unsqueezed(a.shape, axis))
-        if _is(a, "appended") and axis % 5 == 2:
-            return Sym("appended_unsq", a.shape[:2] + (1,) + a.shape[2:], None, dict(a.f))
+        if _is(a, "appended") and axis % 5 in (0, 2):    # GQA's new head axis; ONNX's select_scatter's layer axis
+            return Sym("appended_unsq", tuple(_unsqueezed(a.shape, axis)), None, {**a.f, "axis": axis % 5})
         if _is(a, "act"):
             return self.reshape(a, _unsqueezed(a.shape, axis))
         self.fail(f"unsqueeze of {_kind(a)}")
@@ -425,7 +458,7 @@ class GraphBuilder:
             return self.const(np.broadcast_to(a.value, np.broadcast_shapes(a.value.shape, tuple(shape))))
         if _is(a, "act") and math.prod(np.broadcast_shapes(a.shape, tuple(shape))) == math.prod(a.shape):
             return self.reshape(a, np.broadcast_shapes(a.shape, tuple(shape)))      # a no-op broadcast
-        if _is(a, "appended_unsq") and len(shape) == 5:
+        if _is(a, "appended_unsq") and a.axis == 2 and len(shape) == 5:
             shape = np.broadcast_shapes(a.shape, tuple(int(s) for s in shape))   # Expand broadcasts
             return Sym("expanded", tuple(shape), None, {**a.f, "group": int(shape[2])})
         self.fail(f"expand of {_kind(a)}")

@@ -108,13 +108,15 @@ def import_module(module: torch.nn.Module, example_inputs):
     for node, role in zip(user_inputs, roles):
         b.where = f"{quoted(node.name)} (placeholder)"
         env[node.name] = leaves[role](tuple(node.meta["val"].shape))
+    def weight(name):
+        return b.weight(name, tuple(state[name].shape), check=lambda: _check_weight(name, state[name]))
+
+    tied = _tied_names(sig.inputs_to_parameters.values(), state)
     for node in ep.graph.nodes:
         b.where = f"{quoted(node.name)} ({quoted(node.target)})"
         if node.op == "placeholder":
             if node.name in sig.inputs_to_parameters:         # bound at load time, never read here
-                target = sig.inputs_to_parameters[node.name]
-                env[node.name] = b.weight(target, tuple(state[target].shape),
-                                          check=lambda t=target: _check_weight(t, state[t]))
+                env[node.name] = weight(sig.inputs_to_parameters[node.name])
             elif node.name in tensors:                         # buffers and constants: a weight or a constant by use
                 target = tensors[node.name]
                 val = state[target].detach()
@@ -131,11 +133,37 @@ def import_module(module: torch.nn.Module, example_inputs):
         fn = _ATEN[node.target]
         if fn is None:
             continue
-        args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
-        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+        user = _module_path(node)
+        args = torch.fx.node.map_arg(node.args, lambda n: _named_by_user(env[n.name], tied, user, weight))
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: _named_by_user(env[n.name], tied, user, weight))
         kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory", "layout", "dtype", "memory_format")}
         env[node.name] = fn(b, *args, **kwargs)
     raise FrontendError("exported graph has no output node")
+
+
+def _tied_names(names, state) -> dict[str, list[str]]:
+    """name -> every name of its tensor, for the parameters that have several (tied embeddings:
+    HF's `lm_head.weight` is `model.embed_tokens.weight`; torch.export keeps one placeholder)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(id(state[name]), []).append(name)
+    return {n: group for group in groups.values() if len(group) > 1 for n in group}
+
+
+def _module_path(node) -> str | None:
+    """The qualified name of the innermost module whose forward made `node` (e.g. `lm_head`)."""
+    stack = node.meta.get("nn_module_stack")
+    return list(stack.values())[-1][0] if stack else None
+
+
+def _named_by_user(value, tied, user, weight):
+    """A tied parameter named, at a use, by the module using it: the embedding reads
+    `model.embed_tokens.weight`, the LM head `lm_head.weight`. Each name becomes a buffer of its
+    own, as it must: the device stores an embedding table by rows and a linear weight by pages."""
+    if getattr(value, "kind", None) != "weight" or value.name not in tied or user is None:
+        return value
+    own = [n for n in tied[value.name] if n.rpartition(".")[0] == user]
+    return weight(own[0]) if own else value
 
 
 def _check_weight(name: str, tensor):

@@ -38,12 +38,12 @@ from ..dialects.graph import (
 from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
 from ..kinds import kind as task_kind
+from ..kinds.argmax import CHUNK as ARGMAX_CHUNK
 from ..names import label, quoted
 
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats)
-ARGMAX_CHUNK = 4096  # logits one argmax task reduces (the LM head of a 128K vocabulary: 32 tasks)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 
@@ -176,7 +176,8 @@ class TaskBuilder:
         self.buffer(value, name, role, dtype, slots=self.layers if self.loop else None)
         return name
 
-    def build(self, fn: func.FuncOp):
+    def build(self, fn: func.FuncOp, stop_after_loop: bool = False):
+        """Tile every op (with `stop_after_loop`, a whole model's only up to its layer loop's end)."""
         args = fn.body.block.args
         if len(args) != 4:
             raise FrontendError(f"@decode_step takes {len(args)} arguments, expected (x, pos, k_cache, v_cache) or "
@@ -215,7 +216,9 @@ class TaskBuilder:
                     self.buffer(op.result, name, "output", self.dtype)
                 else:
                     name = self.activation(op.result, "logits" if whole and not self.loop and self.hidden else base)
-                self.linear(op, name)
+                # the op's name (tasks, source): its buffer's, or for the layer's output, which goes to
+                # the hidden state (the embedding's buffer too), its weight's
+                self.linear(op, name, self.unique(base) if name == self.hidden else name)
             elif isinstance(op, AttentionOp):
                 self.attention(op, self.activation(op.result, "attention"))
             elif isinstance(op, EmbeddingOp):
@@ -229,9 +232,11 @@ class TaskBuilder:
                 self.loop = True
             elif isinstance(op, LayerOutputOp):
                 self.name_of[op.result], self.slot_of[op.result] = self.hidden, self.layers
-                self.loop = False
                 for out in list(self.unmerged):       # a split attention no linear of the body reads
                     self.combine_attention(out)
+                self.loop = False
+                if stop_after_loop:
+                    return
             elif isinstance(op, ArgmaxOp):
                 self.name_of[op.result] = "tokens"
                 self.argmax(op)
@@ -286,13 +291,13 @@ class TaskBuilder:
         self.buffers.append(BufferOp(partial, "activation", [chunks, 2], ACTIVATION))
         for c in range(chunks):
             self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
-                      {"logits": logits, "out": partial}, {"N": _ivalue(vocab), "chunk_index": _ivalue(c)},
+                      {"logits": logits, "out": partial}, {"N": _ivalue(vocab)},
                       smem.Footprint(0, smem.argmax_work_bytes()))
         self.task("tokens", "tokens.argmax", "argmax_combine", (0, chunks),
                   {"partial": partial, "out": "tokens", "position": "position"},
                   {"max_seq_len": _ivalue(self.max_seq)})
 
-    def linear(self, op: LinearOp, out: str):
+    def linear(self, op: LinearOp, out: str, source: str):
         n, k = shape_of(op.weight)
         if k % 8:
             raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
@@ -328,12 +333,12 @@ class TaskBuilder:
         if k_split == 1:
             buffers["out"] = out
             for r in range(0, n, rows):
-                self.task(out, f"{out}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint,
+                self.task(source, f"{source}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint,
                           slots=slots)
             return
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
-        partial = self.unique(f"{out}.partial")
+        partial = self.unique(f"{source}.partial")
         self.buffers.append(BufferOp(partial, "activation", [k_split, n], ACTIVATION,
                                      self.layers if self.loop else None))
         if self.loop:
@@ -342,12 +347,12 @@ class TaskBuilder:
         for r in range(0, n, rows):
             end = min(r + rows, n)
             for j in range(k_split):
-                self.task(partial, f"{out}.r{r}.k{j}", "linear", (r, end), part_buffers, params, footprint,
+                self.task(partial, f"{source}.r{r}.k{j}", "linear", (r, end), part_buffers, params, footprint,
                           k_index=j, k_split=k_split, slots=slots)
         combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
                                                                                            "out": out}
         for r in range(0, n, COMBINE_ROWS):
-            self.task(out, f"{out}.r{r}", "linear_combine", (r, min(r + COMBINE_ROWS, n)), combine_buffers,
+            self.task(source, f"{source}.r{r}", "linear_combine", (r, min(r + COMBINE_ROWS, n)), combine_buffers,
                       {"N": _ivalue(n)}, k_split=k_split, slots=slots)
 
     def attention(self, op: AttentionOp, out: str):

@@ -22,8 +22,8 @@ from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
 from . import driver as cu
 from .weights import check_weights, pack_pages, packing_plan, read_weights
 
-TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64"}   # a tagged word: float32 value, epoch above it
-SMEM_OVERFLOW, POLL_TIMEOUT = 1, 2   # sync.cuh ErrorReason
+TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64", "i32": "int32"}   # a tagged word: float32 value, epoch above it
+SMEM_OVERFLOW, POLL_TIMEOUT, BAD_TOKEN, BAD_POSITION = 1, 2, 3, 4   # sync.cuh ErrorReason
 RING_COUNTER = 0xffffffff           # sync.cuh kRingCounter: a weight page's wait
 
 
@@ -52,7 +52,7 @@ class DecodeStep:
         self.timeout_ns = int(timeout_s * 1e9)
 
         self.buffers = self._bind(read_weights(weights, weights_prefix, names_prefix))
-        self.max_seq_len = self.buffers["k_cache"].shape[2]
+        self.max_seq_len = self.buffers["k_cache"].shape[-2]
         names = [b["name"] for b in self.manifest["buffers"]]
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
                                           device=self.device)
@@ -88,21 +88,32 @@ class DecodeStep:
                              f"{self.smem} B shared memory; this GPU holds {fit}")
 
     def _bind(self, weights) -> dict:
+        """Every buffer on the device: a layer-indexed one (a whole model's) as [slots, *shape], its
+        weights stacked by slot (manifest weights' `buffer` and `slot`)."""
         torch = self.torch
         checked = check_weights(self.manifest, weights)
         plan = packing_plan(self.manifest)
+        slots: dict[str, list] = {}
+        for w in self.manifest["weights"]:
+            slots.setdefault(w.get("buffer", w["name"]), []).append(w["name"])
         out = {}
         for b in self.manifest["buffers"]:
             dtype = getattr(torch, TORCH_DTYPES[b["dtype"]])
+            shape = ([b["slots"]] if "slots" in b else []) + b["shape"]
             if b["role"] == "weight":
-                out[b["name"]] = checked[b["name"]].detach().to(device=self.device, dtype=dtype).contiguous()
-            elif b["role"] == "kv_cache" or b["dtype"] == "f32_tagged":    # tagged words start at epoch 0
-                out[b["name"]] = torch.zeros(b["shape"], dtype=dtype, device=self.device)
+                out[b["name"]] = torch.stack([checked[n].detach().to(device=self.device, dtype=dtype)
+                                              for n in slots[b["name"]]]).view(shape).contiguous()
+            elif b["role"] in ("kv_cache", "tokens", "position") or b["dtype"] == "f32_tagged":
+                out[b["name"]] = torch.zeros(shape, dtype=dtype, device=self.device)   # tagged words: epoch 0
             else:
-                out[b["name"]] = torch.full(b["shape"], float("nan"), dtype=dtype, device=self.device)
-        for e in plan:       # a linear's weights page by page; the other sources share its buffer (unread)
-            out[e["buffer"]] = pack_pages([out[n] for n in e["sources"]], e["page_rows"], e["page_cols"],
-                                          e["k_chunk"], e["chunk_pages"])
+                out[b["name"]] = torch.full(shape, float("nan"), dtype=dtype, device=self.device)
+        for e in plan:       # a linear's weights page by page (each slot's); the other sources share its buffer
+            layered = "slots" in next(b for b in self.manifest["buffers"] if b["name"] == e["buffer"])
+            per_slot = (lambda n, i: out[n][i]) if layered else (lambda n, i: out[n])
+            count = out[e["buffer"]].shape[0] if layered else 1
+            out[e["buffer"]] = torch.cat([pack_pages([per_slot(n, i) for n in e["sources"]], e["page_rows"],
+                                                     e["page_cols"], e["k_chunk"], e["chunk_pages"])
+                                          for i in range(count)])
             for n in e["sources"][1:]:
                 out[n] = out[e["buffer"]]
         return out
@@ -184,6 +195,12 @@ class DecodeStep:
                 raise KernelSharedMemoryError(
                     f"megakernel task '{name}' on block {block} needs {expected} B of shared memory; "
                     f"the launch gave {observed} B")
+            if reason == BAD_TOKEN:
+                raise AdamkError(f"token id {observed if observed < 2**31 else observed - 2**32} outside the "
+                                 f"vocabulary 0..{expected - 1}")
+            if reason == BAD_POSITION:
+                raise AdamkError(f"position {observed if observed < 2**31 else observed - 2**32} outside the KV "
+                                 f"cache's 0..{expected - 1}")
             if reason == POLL_TIMEOUT:
                 raise KernelTimeoutError(
                     f"megakernel wait timed out: block {block} running task '{name}' waited for "
@@ -245,5 +262,9 @@ def kernel_arguments(order: list[str], values: dict) -> list:
 
 def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
          names_prefix: str = "") -> DecodeStep:
-    return DecodeStep(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
-                      names_prefix=names_prefix)
+    """A layer's DecodeStep, or a whole model's ModelStep (runtime/model.py), by the manifest."""
+    from ..artifact import read_manifest
+    from .model import ModelStep
+    whole = read_manifest(path).get("model", {}).get("whole_model", False)
+    return (ModelStep if whole else DecodeStep)(path, weights, device=device, timeout_s=timeout_s,
+                                                 weights_prefix=weights_prefix, names_prefix=names_prefix)

@@ -43,6 +43,9 @@ from .program import emit_schedule
 from .round_robin import round_robin
 
 
+MAX_OP_TASKS = 16384    # tasks of one op a candidate tiling may have (bounds the search's time)
+
+
 @dataclass(frozen=True)
 class PlacedTask:
     source: str
@@ -121,23 +124,31 @@ class DagSearch:
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
 
-    def tasks(self, fn) -> list[PlacedTask]:
+    def tasks(self, fn, part: str = "all") -> list[PlacedTask]:
+        """The tasks of the current tiling: all, or of a whole model only the prologue and one layer
+        ("body") or only the LM head and argmax ("epilogue", which then start at once)."""
         builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
-        builder.build(fn)
-        return _placed([(r, r.deps) for r in builder.tasks], self.pos)
+        builder.build(fn, stop_after_loop=part == "body")
+        records = [(r, r.deps) for r in builder.tasks]
+        if part == "epilogue":
+            first = max((i for i, r in enumerate(builder.tasks) if r.loop), default=-1) + 1
+            records = [(r, [d - first for d in deps if d >= first]) for r, deps in records[first:]]
+        return _placed(records, self.pos)
 
-    def evaluate(self, fn) -> float:
+    def evaluate(self, fn, part: str = "all") -> float:
         """The predicted makespan of the ops' current tiling, placed the better way (`best_placement`)."""
-        return best_placement(self.tasks(fn), self.num_sms, self.model, self.stages, self.in_flight)[1]
+        return best_placement(self.tasks(fn, part), self.num_sms, self.model, self.stages, self.in_flight)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
             parts = {1, 2, 4, 8, 16, attention_parts(op, self.num_sms)} if self.ksplit else {1}
             return [(None, s) for s in sorted(parts) if s <= op.max_seq_len]
-        k, gated = shape_of(op.weight)[1], op.weight2 is not None
+        (n, k), gated = shape_of(op.weight), op.weight2 is not None
         out = []
         for rows in (8, 16, 32):
             for parts in (1, 2, 4) if self.ksplit and not gated else (1,):     # a gated linear: never split
+                if -(-n // rows) * parts > MAX_OP_TASKS:          # an LM head's finest tilings: not worth placing
+                    continue
                 chunk = smem.k_chunk(k, parts)
                 page_rows = smem.linear_page_rows(rows, gated)
                 if smem.linear_footprint(page_rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
@@ -149,12 +160,17 @@ class DagSearch:
         fn = next(o for o in module.ops if isinstance(o, func.FuncOp))
         ops = [o for o in fn.body.block.ops if isinstance(o, (LinearOp, AttentionOp))]
         choices = [self.candidates(o) for o in ops]
-        best, evaluations, complete = self.evaluate(fn), 1, True
-        total = 1 + 2 * sum(len(c) for c in choices)
-        self.progress(evaluations, total, best)
+        # A whole model's layer ops are costed on the prologue and one layer, its LM head on the
+        # epilogue alone (the parts follow each other, so each one's makespan is its own to minimise,
+        # and no evaluation places every task of a 128K-row LM head with the layer's).
+        parts = _parts(fn, ops)
+        best = {part: self.evaluate(fn, part) for part in dict.fromkeys(parts)}
+        evaluations, complete = len(best), True
+        total = len(best) + 2 * sum(len(c) for c in choices)
+        self.progress(evaluations, total, sum(best.values()))
         for _ in range(2):                                   # two sweeps of coordinate descent
             improved = False
-            for op, cands in zip(ops, choices):
+            for op, part, cands in zip(ops, parts, choices):
                 current = _tiling_of(op)
                 for cand in cands:
                     if cand == current:
@@ -163,18 +179,31 @@ class DagSearch:
                         complete = False
                         break
                     _set_tiling(op, cand)
-                    t = self.evaluate(fn)
+                    t = self.evaluate(fn, part)
                     evaluations += 1
-                    self.progress(evaluations, total, min(best, t))
-                    if t < best - 1e-6:
-                        best, current, improved = t, cand, True
+                    self.progress(evaluations, total, sum(best.values()) - best[part] + min(best[part], t))
+                    if t < best[part] - 1e-6:
+                        best[part], current, improved = t, cand, True
                     else:
                         _set_tiling(op, current)
             if not improved:
                 break
+        best = sum(best.values())
         self.progress(total, total, best)
         tiling = {_label(o): _tiling_of(o) for o in ops}
         return SearchResult(best, evaluations, time.perf_counter() - start, tiling, complete)
+
+
+def _parts(fn, ops) -> list[str]:
+    """Per op, the part of the step the search costs it on (DagSearch.tasks): "all" for a layer;
+    "body" for a whole model's layer ops, "epilogue" for its LM head."""
+    from ..dialects.graph import LayerInputOp, LayerOutputOp
+    block = list(fn.body.block.ops)
+    loop = [i for i, o in enumerate(block) if isinstance(o, (LayerInputOp, LayerOutputOp))]
+    if not loop:
+        return ["all"] * len(ops)
+    index = {o: i for i, o in enumerate(block)}
+    return ["epilogue" if index[o] > loop[-1] else "body" for o in ops]
 
 
 def _label(op) -> str:

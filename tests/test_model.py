@@ -1,0 +1,118 @@
+"""A whole model in one kernel, on the CPU: the layers pass folds identical decoder layers into
+one loop, the schedule runs its body once per layer on layer-indexed buffers, and the simulator
+(the first oracle) decodes what float32 PyTorch decodes, greedy token after token."""
+import copy
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+from xdsl.dialects import func
+
+import adamk
+from adamk.compiler import import_model
+from adamk.dialects import make_context, parse_module
+from adamk.dialects.graph import AttentionOp, LayerInputOp, LayerOutputOp, LinearOp, WeightOp
+from adamk.dialects.schedule import ExecOp, LoopBeginOp, LoopEndOp
+from adamk.dialects.task import BufferOp
+from adamk.errors import FrontendError
+from adamk.models import PRESETS, DecoderLayer, LlamaModel
+from adamk.passes.fuse import FusePass
+from adamk.passes.layers import LayersPass
+from adamk.simulator import Simulator
+
+# the tiny preset with a vocabulary of three argmax chunks (4096 logits each), the last one short
+TINY = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=3)
+
+
+def folded(model):
+    graph = import_model(model)
+    FusePass().apply(make_context(), graph)
+    LayersPass().apply(make_context(), graph)
+    graph.verify()
+    return graph
+
+
+def simulator(model, art) -> Simulator:
+    sched = parse_module(art.files["schedule.mlir"].decode())
+    names = {b.sym_name.data: b.names for b in sched.ops if isinstance(b, BufferOp) and b.layer_names is not None}
+    return Simulator(sched, {k: v.detach().float().numpy() for k, v in model.state_dict().items()}, names)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = LlamaModel(TINY, seed=random.randrange(2**31))
+    return model, adamk.compile(model, adamk.CompileConfig(gpu="H200"))
+
+
+def test_layers_fold_into_one_loop_body_with_every_layers_weights():
+    model = LlamaModel(TINY, seed=0)
+    ops = list(next(iter(folded(model).ops)).body.block.ops)
+    assert sum(isinstance(o, AttentionOp) for o in ops) == 1
+    assert [type(o) for o in ops].count(LayerInputOp) == 1 and [type(o) for o in ops].count(LayerOutputOp) == 1
+    q = next(o for o in ops if isinstance(o, LinearOp)).weight.owner
+    assert q.names == [f"layers.{i}.q_proj.weight" for i in range(TINY.num_layers)]
+    head = [o for o in ops if isinstance(o, WeightOp) and o.layer_names is None]
+    assert sorted(w.weight_name.data for w in head) == ["embed_tokens.weight", "lm_head.weight", "norm.weight"]
+
+
+def test_layers_that_differ_are_a_clear_error():
+    model = LlamaModel(TINY, seed=0)
+    model.layers[1] = DecoderLayer(dataclasses.replace(TINY, qkv_bias=True), seed=1)   # q/k/v with biases
+    with pytest.raises(FrontendError, match="layer 1 differs from layer 0 at its op"):
+        folded(model)
+
+
+def test_schedule_runs_the_layer_body_in_a_loop_on_layer_indexed_buffers(tiny):
+    _, art = tiny
+    sched = parse_module(art.files["schedule.mlir"].decode())   # printed and parsed back
+    fns = [o for o in sched.ops if isinstance(o, func.FuncOp)]
+    for fn in fns:
+        marks = [type(o) for o in fn.body.block.ops if isinstance(o, (LoopBeginOp, LoopEndOp))]
+        assert marks == [LoopBeginOp, LoopEndOp]
+    execs = [o for fn in fns for o in fn.body.block.ops if isinstance(o, ExecOp)]
+    kinds = {o.kind.data for o in execs}
+    assert {"embedding", "linear", "attention", "argmax", "argmax_combine"} <= kinds
+    logits = art.manifest["model"]["logits_buffer"]          # the LM head's: outside the loop too
+    assert all(o.in_loop == (o.kind.data not in ("embedding", "argmax", "argmax_combine") and
+                             o.source.data.removesuffix(".partial") != logits) for o in execs)
+    buffers = {b.sym_name.data: b for b in sched.ops if isinstance(b, BufferOp)}
+    assert buffers["k_cache"].copies == TINY.num_layers
+    assert buffers["hidden"].copies == TINY.num_layers + 1       # the embedding's, then each layer's output
+    src = art.files["kernel.cu"].decode()
+    assert f"for (int layer = 0; layer < {TINY.num_layers}; ++layer)" in src
+    weights = art.manifest["weights"]
+    assert {(w["name"], w["slot"]) for w in weights if w.get("buffer") == "layers.0.q_proj.weight"} == \
+        {(f"layers.{i}.q_proj.weight", i) for i in range(TINY.num_layers)}
+
+
+def test_simulator_decodes_greedily_as_float32_pytorch(tiny):
+    model, art = tiny
+    sim = simulator(model, art)
+    pos = random.randrange(1, 30)
+    token, _, k, v = model.example_inputs(pos=pos, seed=random.randrange(2**31))
+    sim.mem["k_cache"][:], sim.mem["v_cache"][:] = k.numpy(), v.numpy()
+    token = int(token)
+    for p in range(pos, pos + 5):
+        logits = sim.step(token, p)
+        with torch.no_grad():
+            ref = model(torch.tensor([token]), torch.tensor(p), k, v).reshape(-1).numpy()
+        assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) < 1e-5, p
+        token = int(sim.mem["tokens"][p + 1])
+        assert token == int(np.argmax(ref)), p           # the first of the largest, across chunks
+    assert np.abs(sim.mem["k_cache"] - k.numpy()).max() < 1e-5   # every layer appended its rows
+
+
+def test_argmax_prefers_the_lowest_index_on_ties(tiny):
+    """Equal largest logits in two chunks: the lower index wins, whatever order the tasks ran."""
+    model, art = tiny
+    model = copy.deepcopy(model)
+    sim = simulator(model, art)
+    top = int(np.argmax(sim.step(5, 0)))                          # a positive logit: twice it is the largest
+    with torch.no_grad():
+        model.lm_head.weight[17] = 2 * model.lm_head.weight[top]  # ... twice, in chunks 0 and 2
+        model.lm_head.weight[8500] = model.lm_head.weight[17]
+    sim = simulator(model, art)
+    sim.step(5, 0)
+    assert int(sim.mem["tokens"][1]) == 17
