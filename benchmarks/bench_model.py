@@ -8,7 +8,8 @@ preset. One random bf16 model serves every variant. The megakernel is checked fi
 logits against the float32 reference at `pos`, within 1e-2 relative error. It is then timed as
 steps launched back to back, with the token and the position on the device. Its position
 therefore advances from `pos` over the timed steps (the KV rows read per step grow with it;
-the floor counts them at `pos`). The baselines run at `pos`:
+the floor counts them at `pos`). The floor is the bytes a step must read (every weight once, one row of the embedding table,
+the KV rows at `pos`) at the measured copy bandwidth. The baselines run at `pos`:
 - eager: the tuned step (baselines.TunedStep) per layer, then the LM head and argmax;
 - the same captured in a CUDA graph;
 - torch.compile(max-autotune-no-cudagraphs) of it, captured the same way.
@@ -99,7 +100,8 @@ def main():
     if err > max(1e-2, 1.5 * base_err):
         raise SystemExit("the megakernel's logits are wrong; not timing it")
 
-    weight_bytes = sum(p.numel() * 2 for p in model.parameters())
+    # bytes a step reads: every weight but the embedding table, of which one row
+    weight_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "embed" not in n) + c.hidden_size * 2
     kv_bytes = 2 * c.num_layers * c.num_kv_heads * (pos + 1) * c.head_dim * 2
     bw = copy_bandwidth()
     floor = (weight_bytes + kv_bytes) / bw * 1e6

@@ -144,9 +144,12 @@ class DagSearch:
             parts = {1, 2, 4, 8, 16, attention_parts(op, self.num_sms)} if self.ksplit else {1}
             return [(None, s) for s in sorted(parts) if s <= op.max_seq_len]
         (n, k), gated = shape_of(op.weight), op.weight2 is not None
+        # splitting K buys parallelism; an op with 8 tiles of 32 rows per SM (an LM head) has plenty,
+        # and its split would only add a combine level
+        split = self.ksplit and not gated and -(-n // 32) < 8 * self.num_sms      # a gated linear: never split
         out = []
         for rows in (8, 16, 32):
-            for parts in (1, 2, 4) if self.ksplit and not gated else (1,):     # a gated linear: never split
+            for parts in (1, 2, 4) if split else (1,):
                 if -(-n // rows) * parts > MAX_OP_TASKS:          # an LM head's finest tilings: not worth placing
                     continue
                 chunk = smem.k_chunk(k, parts)
