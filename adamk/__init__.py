@@ -4,6 +4,7 @@
     art = adamk.compile(module_or_onnx_path, cfg)
     art.save("out/")
     step = adamk.load("out/", weights)      # on a GPU machine
+    engine = adamk.Engine("out/", weights)  # a whole model: prefill in PyTorch, decode on the megakernel
 """
 __version__ = "0.1.0"
 
@@ -21,4 +22,11 @@ def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str
                  names_prefix=names_prefix)
 
 
-__all__ = ["Artifact", "AdamkError", "CompileConfig", "compile", "load", "__version__"]
+def __getattr__(name):
+    if name == "Engine":          # imported on use: it needs torch and a GPU, the compiler neither
+        from .runtime.engine import Engine
+        return Engine
+    raise AttributeError(f"module 'adamk' has no attribute {name!r}")
+
+
+__all__ = ["Artifact", "AdamkError", "CompileConfig", "Engine", "compile", "load", "__version__"]

@@ -1,4 +1,4 @@
-"""The `adamk` command line: compile, inspect, calibrate, gpus, dialect.
+"""The `adamk` command line: compile, inspect, run, bench, calibrate, gpus, dialect.
 
 User mistakes (bad paths, unsupported models, unknown GPUs, ...) end with one line on
 stderr and exit status 1; nothing half-written is left behind.
@@ -124,6 +124,92 @@ def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_fli
          f"{m['kernel']['grid']} SMs, {m['smem_peak_bytes']} B shared memory per block "
          f"({m['smem_peak_bytes_without_ksplit']} B without K-splitting)"
          + (f"; searched for {artifact.search_seconds:.1f} s" if config.schedule == "search" else ""))
+
+
+def _need_gpu(what: str):
+    """A command that runs the kernel: one clear line on a machine without a CUDA GPU."""
+    import torch
+    if not torch.cuda.is_available():
+        raise AdamkError(f"adamk {what} runs the megakernel and needs a CUDA GPU; this machine has none "
+                         "(torch.cuda.is_available() is False)")
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise AdamkError(f"--prompt-ids {quoted(text)} is not a comma-separated list of token ids") from None
+    if not ids:
+        raise AdamkError("--prompt-ids names no token")
+    return ids
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--weights", required=True, type=click.Path(path_type=Path),
+              help="The model's weights: a safetensors file, a (sharded) checkpoint directory or the ONNX file.")
+@click.option("--prompt-ids", required=True, help="The prompt's token ids, comma-separated.")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--weights-prefix", default="", help="Bind only the weights under this name prefix ...")
+@click.option("--names-prefix", default="", help="... renamed to this prefix (the artifact's names).")
+def run(artifact, weights, prompt_ids, max_new_tokens, weights_prefix, names_prefix):
+    """Generate greedily from a whole-model ARTIFACT: the prompt prefilled in PyTorch, each new token
+    from the megakernel, printed as it comes; then tokens/s."""
+    ids = _ids(prompt_ids)
+    _need_gpu("run")
+    from .runtime.engine import Engine
+    engine = Engine(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
+    out = click.get_text_stream("stdout")
+    result = engine.generate(ids, max_new_tokens, on_token=lambda t: (out.write(f"{t} "), out.flush()))
+    out.write("\n")
+    _say(f"{len(result.tokens)} tokens: {result.tokens_per_s:.1f} tokens/s on the megakernel (steps waited for "
+         f"one by one to stream them); prefill of {len(ids) - 1} tokens {result.prefill_s * 1e3:.1f} ms")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--weights", required=True, type=click.Path(path_type=Path),
+              help="The model's weights: a safetensors file, a (sharded) checkpoint directory or the ONNX file.")
+@click.option("--pos", default=512, show_default=True, type=click.IntRange(min=0), help="The first step's position.")
+@click.option("--steps", default=100, show_default=True, type=click.IntRange(min=10))
+@click.option("--weights-prefix", default="", help="Bind only the weights under this name prefix ...")
+@click.option("--names-prefix", default="", help="... renamed to this prefix (the artifact's names).")
+def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
+    """Median time of a whole-model ARTIFACT's decode step (steps back to back from --pos, random KV
+    history) against the weight-read floor."""
+    _need_gpu("bench")
+    import statistics
+    import torch
+    from . import load
+    step = load(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
+    from .runtime.model import ModelStep
+    if not isinstance(step, ModelStep):
+        raise AdamkError("adamk bench times a whole model; this artifact is one decoder layer "
+                         "(benchmarks/bench_layer.py times layers)")
+    if pos + 2 * steps + 10 > step.max_seq_len:
+        raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len}")
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    m, bf16 = step.manifest, 2
+    read = sum(w["shape"][0] * (w["shape"][1] if len(w["shape"]) > 1 else 1) * bf16 for w in m["weights"]
+               if w["name"] != m["model"]["prefill"]["embed"]) if m["model"].get("prefill") else m["weight_bytes"]
+    dims = m["model"]
+    kv = 2 * dims["layers"] * dims["num_kv_heads"] * (pos + 1) * dims["head_dim"] * bf16
+    a = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
+    b = torch.empty_like(a)
+    copies = []
+    for _ in range(13):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); b.copy_(a); e.record(); e.synchronize()             # noqa: E702
+        copies.append(2 * a.numel() * bf16 / (s.elapsed_time(e) / 1e3))
+    bw = statistics.median(copies[3:])
+    from .runtime.timing import time_launches
+    step.start(0, pos)
+    single, b2b = time_launches(step.launch, steps)
+    step.check()
+    floor = (read + kv) / bw * 1e6
+    _say(f"step {b2b:.1f} us back to back ({single:.1f} us alone), positions {pos}..{pos + 2 * steps + 10}; "
+         f"floor {floor:.1f} us ({(read + kv) / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s copy): {floor / b2b:.0%} of it")
 
 
 @main.command()

@@ -57,6 +57,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         run(FusePass(config.gate_up), graph)       # prologues, residual epilogues, RoPE, gate/up into a gated linear
         if model_dims["whole_model"]:
             run(LayersPass(), graph)               # its identical decoder layers: one loop body
+            model_dims["prefill"] = prefill_plan(graph)
         smem_without_ksplit = _peak_without_ksplit(graph, config)
         run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
                        config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model
@@ -179,6 +180,44 @@ def _model_dims(graph: ModuleOp) -> dict:
     if whole:
         dims["vocab_size"] = tables[0][0]
     return dims
+
+
+def prefill_plan(graph: ModuleOp) -> dict | None:
+    """What the engine's PyTorch prefill (runtime/engine.py) needs of a folded whole model: the
+    parameter names of each weight by role (per layer inside the loop), the RMSNorm epsilons, the
+    RoPE frequencies and the attention scale; None for a layer of another structure (the engine
+    then refuses to prefill, naming why)."""
+    from .dialects.graph import AttentionOp, EmbeddingOp, LayerOutputOp, LinearOp
+    ops = list(next(iter(graph.ops)).body.block.ops)
+    names = lambda v: v.owner.names if v is not None else None     # noqa: E731 (a weight's per-layer names)
+    attn = next(o for o in ops if isinstance(o, AttentionOp))
+    down = next(o for o in ops if isinstance(o, LayerOutputOp)).input.owner
+    head = next(o for o in ops if isinstance(o, LinearOp) and o.prologue.data == "rmsnorm"
+                and o.weight.owner.layer_names is None)
+    embed = next(o for o in ops if isinstance(o, EmbeddingOp))
+    q, k, v = (x.owner for x in (attn.q, attn.k, attn.v))
+    o_proj = next((o for o in ops if isinstance(o, LinearOp) and o.input == attn.result), None)
+    if not isinstance(down, LinearOp) or o_proj is None or attn.rope_inv_freq is None:
+        return None
+    if down.prologue.data == "silu_mul":                   # gate and up as two linears
+        gate, up = down.input.owner, down.input2.owner
+        gate_up = (gate.weight, up.weight, gate)
+    elif isinstance(down.input.owner, LinearOp) and down.input.owner.weight2 is not None:
+        gated = down.input.owner
+        gate_up = (gated.weight, gated.weight2, gated)
+    else:
+        return None
+    if any(not isinstance(x, LinearOp) or x.prologue.data != "rmsnorm" for x in (q, k, v, gate_up[2])) or \
+            o_proj.bias is not None or down.bias is not None:
+        return None
+    return {"embed": embed.table.owner.weight_name.data, "lm_head": head.weight.owner.weight_name.data,
+            "final_norm": head.norm_weight.owner.weight_name.data, "final_eps": head.eps.value.data,
+            "input_norm": names(q.norm_weight), "eps": q.eps.value.data,
+            "q": names(q.weight), "k": names(k.weight), "v": names(v.weight),
+            "q_bias": names(q.bias), "k_bias": names(k.bias), "v_bias": names(v.bias),
+            "o": names(o_proj.weight), "post_norm": names(gate_up[2].norm_weight), "post_eps": gate_up[2].eps.value.data,
+            "gate": names(gate_up[0]), "up": names(gate_up[1]), "down": names(down.weight),
+            "rope_inv_freq": [float(f) for f in attn.rope_inv_freq.get_values()], "scale": attn.scale.value.data}
 
 
 def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:

@@ -1,5 +1,6 @@
-"""Run the tiny preset's kernels under compute-sanitizer: every schedule variant, two steps each,
-checked against the float32 reference (a run the sanitizer slows down must still be right).
+"""Run the tiny preset's kernels under compute-sanitizer: every schedule variant of the layer, two
+steps each, and the whole tiny model (searched and round-robin), three steps each, checked
+against the float32 reference (a run the sanitizer slows down must still be right).
 
     python benchmarks/sanitize.py --gpu H200 --out /tmp/san          # compile the variants
     compute-sanitizer --tool racecheck --error-exitcode 1 \\
@@ -12,6 +13,17 @@ import sys
 from pathlib import Path
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
+MODEL_SCHEDULES = ("search", "round-robin")    # a whole model's layer loop takes these two
+
+
+def tiny_model():
+    import torch
+    from adamk.models import PRESETS, LlamaModel
+    model = LlamaModel(PRESETS["tiny"], seed=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.bfloat16().float())
+    return model
 
 
 def compile_all(gpu: str, out: Path):
@@ -19,7 +31,32 @@ def compile_all(gpu: str, out: Path):
     from adamk.models import compile_presets
     out.mkdir(parents=True, exist_ok=True)
     paths = compile_presets([("tiny", adamk.CompileConfig(gpu=gpu, schedule=s)) for s in SCHEDULES], out)
+    for s in MODEL_SCHEDULES:
+        paths.append(str(adamk.compile(tiny_model(), adamk.CompileConfig(gpu=gpu, schedule=s)).save(out / f"model-{s}")))
     print("\n".join(paths))
+
+
+def run_model(path: Path):
+    import torch
+
+    import adamk
+    model = tiny_model()
+    ref = model.cuda()
+    step = adamk.load(path, model, timeout_s=60.0)
+    c = model.cfg
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
+    token, pos = 7, c.max_seq_len - 4
+    for p in range(pos, pos + 3):
+        logits, nxt = step(token, p)
+        with torch.no_grad():
+            want = ref(torch.tensor([token], device="cuda"), torch.tensor(p, device="cuda"), kc, vc).reshape(-1)
+        err = ((logits - want).norm() / want.norm()).item()
+        print(f"{path.name} whole model pos {p}: relative error {err:.2e}")
+        if not err <= 1e-2:
+            sys.exit(f"{path}: wrong result under the sanitizer")
+        token = nxt
 
 
 def run_all(out: Path):
@@ -34,6 +71,9 @@ def run_all(out: Path):
             p.copy_(p.bfloat16().float())
     ref = layer.cuda()
     for path in sorted(p for p in out.iterdir() if (p / "manifest.json").is_file()):
+        if path.name.startswith("model-"):
+            run_model(path)
+            continue
         step = adamk.load(path, layer, timeout_s=60.0)        # the sanitizer slows every wait down
         for pos in (0, cfg.max_seq_len - 1):
             x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()

@@ -30,7 +30,9 @@ def tiny(request, tmp_path_factory):
     """(a random bf16 tiny model, its loaded whole-model step) for the target."""
     model = bf16_model("tiny")
     path = adamk.compile(model, adamk.CompileConfig(gpu=request.param)).save(tmp_path_factory.mktemp("model"))
-    return model, adamk.load(path, model)
+    step = adamk.load(path, model)
+    step.path = path
+    return model, step
 
 
 def history(model, step, pos):
@@ -101,3 +103,50 @@ def test_bad_token_and_position_are_clear_errors(tiny):
     with pytest.raises(AdamkError, match="position 200 outside the KV cache's 0..79"):
         step.check()
     step.reset()
+
+
+def reference_greedy(model, ids, new):
+    """Float32 PyTorch decoding token by token from empty caches: the logits before each new token
+    (teacher-forced on `new`, the kernel's tokens, so a near tie cannot derail the comparison)."""
+    c = model.cfg
+    k = torch.zeros(c.num_layers, 1, c.num_kv_heads, c.max_seq_len, c.head_dim)
+    v = torch.zeros_like(k)
+    seq, out = list(ids) + list(new), []
+    with torch.no_grad():
+        for p in range(len(seq) - 1):
+            logits = model(torch.tensor([seq[p]]), torch.tensor(p), k, v).reshape(-1)
+            if p >= len(ids) - 1:
+                out.append(logits)
+    return out
+
+
+def test_engine_prefills_in_pytorch_and_decodes_what_float32_decodes(tiny):
+    model, step = tiny
+    engine = adamk.Engine(step.path, model)
+    prompt = [random.randrange(model.cfg.vocab_size) for _ in range(random.randrange(2, 30))]
+    result = engine.generate(prompt, 24)
+    assert len(result.tokens) == 24 and len(result.step_s) == 24 and result.tokens_per_s > 0
+    for i, (ref, token) in enumerate(zip(reference_greedy(model.cpu(), prompt, result.tokens), result.tokens)):
+        assert agrees(None, ref, token), (i, token, int(ref.argmax()))
+    with pytest.raises(AdamkError, match="exceed the artifact's max_seq_len 80"):
+        engine.generate(prompt, 81 - len(prompt))
+
+
+def test_cli_run_streams_the_engines_tokens(tiny, tmp_path):
+    import subprocess
+    import sys
+    from safetensors.torch import save_file
+    model, step = tiny
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "model.safetensors")
+    prompt = [random.randrange(model.cfg.vocab_size) for _ in range(5)]
+    want = adamk.Engine(step.path, model).generate(prompt, 6).tokens
+    run = subprocess.run([sys.executable, "-m", "adamk", "run", str(step.path), "--weights", str(tmp_path / "model.safetensors"),
+                          "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", "6"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert [int(t) for t in run.stdout.split()] == want
+    assert "tokens/s" in run.stderr
+    bench = subprocess.run([sys.executable, "-m", "adamk", "bench", str(step.path), "--weights",
+                            str(tmp_path / "model.safetensors"), "--pos", "5", "--steps", "20"],
+                           capture_output=True, text=True, timeout=300)
+    assert bench.returncode == 0 and "of it" in bench.stderr, bench.stderr

@@ -1,0 +1,131 @@
+"""`adamk.Engine(artifact_dir, weights)`: prefill on a high-throughput PyTorch path, decode on
+the megakernel (the paper's hybrid).
+
+The prompt's tokens but the last go through PyTorch in one batched pass per layer (cuBLAS
+matmuls, SDPA with a causal mask), which writes their keys and values straight into the
+megakernel's KV caches (`[layers, 1, kv_heads, max_seq_len, head_dim]`, bf16). The last prompt
+token is then the first decode step's input, so every new token comes from the megakernel, whose
+steps run back to back with the token and the position on the device. What the prefill computes
+comes from the artifact's manifest (`model.prefill`: each weight's role, the epsilons, the RoPE
+frequencies, the attention scale), so it serves any model the compiler folded, under its own
+weight names.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from ..errors import AdamkError
+from .model import ModelStep
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list[int]              # the new tokens
+    prefill_s: float               # the PyTorch prefill of the prompt
+    step_s: list[float]            # per decode step (CUDA events), the first included
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
+
+
+class Engine:
+    def __init__(self, path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
+                 names_prefix: str = ""):
+        from .decode import load
+        from .weights import check_weights, read_weights
+        self.step = load(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
+                         names_prefix=names_prefix)
+        if not isinstance(self.step, ModelStep):
+            raise AdamkError("adamk.Engine runs a whole model; this artifact is one decoder layer (adamk.load it)")
+        self.plan = self.step.manifest["model"].get("prefill")
+        if self.plan is None:
+            raise AdamkError("this artifact's model has no PyTorch prefill (its layer is not the Llama/Qwen2 "
+                             "structure the engine knows); decode it with adamk.load instead")
+        torch = self.torch = self.step.torch
+        checked = check_weights(self.step.manifest, read_weights(weights, weights_prefix, names_prefix))
+        bf = lambda name: checked[name].detach().to(self.step.device, torch.bfloat16)       # noqa: E731
+        self.w = {role: ([bf(n) for n in names] if isinstance(names, list) else bf(names))
+                  for role, names in self.plan.items() if isinstance(names, (list, str)) and role in _WEIGHTS}
+        self.inv_freq = torch.tensor(self.plan["rope_inv_freq"], dtype=torch.float32, device=self.step.device)
+        m = self.step.manifest["model"]
+        self.heads, self.kv_heads, self.head_dim = m["num_heads"], m["num_kv_heads"], m["head_dim"]
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.step.max_seq_len
+
+    def prefill(self, ids):
+        """Keys and values of positions 0..len(ids)-1 into the megakernel's caches."""
+        torch, F = self.torch, self.torch.nn.functional
+        n, w, p = len(ids), self.w, self.plan
+        ids_t = torch.tensor(ids, device=self.step.device)
+        x = F.embedding(ids_t, w["embed"]).float()                                    # [n, hidden]
+        angle = torch.arange(n, device=self.step.device, dtype=torch.float32)[:, None] * self.inv_freq
+        cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)  # [n, head_dim]
+        half = self.head_dim // 2
+
+        def rms(t, weight, eps):
+            return weight.float() * (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps))
+
+        def rope(t):                    # [heads, n, head_dim]
+            return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+
+        def proj(t, role, layer):
+            bias = w[f"{role}_bias"][layer] if f"{role}_bias" in w else None
+            return F.linear(t.bfloat16(), w[role][layer], bias).float()
+
+        for layer in range(len(w["q"])):
+            h = rms(x, w["input_norm"][layer], p["eps"])
+            q = proj(h, "q", layer).view(n, self.heads, self.head_dim).transpose(0, 1)
+            k = proj(h, "k", layer).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            v = proj(h, "v", layer).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            q, k = rope(q), rope(k)
+            self.step.k_cache[layer, 0, :, :n] = k.bfloat16()
+            self.step.v_cache[layer, 0, :, :n] = v.bfloat16()
+            attn = F.scaled_dot_product_attention(q[None].bfloat16(), k[None].bfloat16(), v[None].bfloat16(),
+                                                  is_causal=True, scale=p["scale"], enable_gqa=True)
+            x = x + F.linear(attn[0].transpose(0, 1).reshape(n, -1), w["o"][layer]).float()
+            h = rms(x, w["post_norm"][layer], p["post_eps"])
+            gate, up = proj(h, "gate", layer), proj(h, "up", layer)
+            x = x + F.linear((F.silu(gate) * up).bfloat16(), w["down"][layer]).float()
+
+    def generate(self, input_ids, max_new_tokens: int, on_token=None) -> Generation:
+        """Greedy: the prompt prefilled, then `max_new_tokens` megakernel steps. `on_token(id)` sees
+        each new token as it comes (the steps then wait for the GPU one by one; without it they
+        run back to back and the tokens are read at the end)."""
+        ids = [int(t) for t in input_ids]
+        if not ids or max_new_tokens < 1:
+            raise AdamkError("generate needs a prompt of at least one token and max_new_tokens >= 1")
+        if len(ids) + max_new_tokens > self.max_seq_len:
+            raise AdamkError(f"the prompt's {len(ids)} tokens and {max_new_tokens} new ones exceed the artifact's "
+                             f"max_seq_len {self.max_seq_len}")
+        vocab = self.step.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise AdamkError(f"prompt token id {bad} outside the vocabulary 0..{vocab - 1}")
+        torch = self.torch
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.prefill(ids[:-1])
+        torch.cuda.synchronize(self.step.device)
+        prefill_s = time.perf_counter() - start
+        pos = len(ids) - 1
+        self.step.start(ids[-1], pos)
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(max_new_tokens + 1)]
+        events[0].record()
+        tokens = []
+        for i in range(max_new_tokens):
+            self.step.launch()
+            events[i + 1].record()
+            if on_token is not None:
+                tokens = self.step.generated(pos, i + 1)
+                on_token(tokens[-1])
+        tokens = self.step.generated(pos, max_new_tokens)
+        step_s = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(max_new_tokens)]
+        return Generation(tokens, prefill_s, step_s)
+
+
+_WEIGHTS = ("embed", "lm_head", "final_norm", "input_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o",
+            "post_norm", "gate", "up", "down")
