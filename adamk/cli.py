@@ -106,7 +106,7 @@ def _progress(name: str):
               help="Also write the IR after every pass into this directory.")
 def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit, no_gate_up,
             schedule, search_budget, cost_model, output, force, dump_ir):
-    """Compile MODEL (an ONNX decoder layer) into an artifact directory."""
+    """Compile MODEL (an ONNX decoder layer or whole model) into an artifact directory."""
     from . import compiler
     from .artifact import check_dump_dir, check_output_dir
     from .config import CompileConfig

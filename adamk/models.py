@@ -167,8 +167,8 @@ def _position_cache(k_cache, v_cache, pos, layers: int, stacked: bool = False):
     """A `transformers.cache_utils.Cache` of `layers` layers over adamk's static caches, whose
     layers write the new key/value at `pos` (the decode step's position) and return their whole
     cache. The caches are one layer's (every layer index uses them), or `stacked` per layer
-    (`[layers, ...]`: layer i uses `k_cache[i]`, taken when it is written, since a view taken
-    before an earlier layer wrote into the stack is stale for autograd).
+    (`[layers, ...]`: layer i uses `k_cache[i]`, taken when it is written; torch.export refuses
+    an in-place write into a view taken before an earlier layer wrote into the stack).
 
     Built on transformers' own `Cache` / `CacheLayerMixin` so that the call convention
     (`update(k, v, layer_idx, cache_kwargs)` up to 5.2x, `update(k, v, layer_idx, kwargs=...)`
@@ -268,9 +268,10 @@ class HFDecodeModel(nn.Module):
     It runs the model's own modules (the embedding, each decoder layer with eager attention,
     the final norm and the LM head) and holds them as `model` and `lm_head`, as the causal LM
     does, so the parameters keep the checkpoint's names (`model.layers.0.self_attn.q_proj.weight`,
-    `lm_head.weight`) and a state_dict or safetensors file binds as it is. With tied embeddings
+    `lm_head.weight`) and the causal LM's state_dict binds as it is. With tied embeddings
     `lm_head.weight` is `model.embed_tokens.weight`; the torch frontend gives the LM head its
-    own name, since the device stores the two differently (rows; pages).
+    own name, since the device stores the two differently (rows; pages). (A checkpoint that
+    `save_pretrained` wrote holds that tensor once, as `model.embed_tokens.weight`.)
     """
 
     def __init__(self, causal_lm: nn.Module, max_seq_len: int):

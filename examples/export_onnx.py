@@ -61,25 +61,27 @@ def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
     return HFDecodeStep(layer, Rope(hf_cfg), cfg.max_seq_len).eval()
 
 
-def hf_model(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
+def hf_model(kind: str, cfg, seed: int = 0, tie: bool = False) -> torch.nn.Module:
     """A transformers LlamaForCausalLM or Qwen2ForCausalLM with `cfg`'s dims, layers and vocabulary
-    (untied embeddings) and seeded random weights, wrapped in adamk's whole-model signature."""
+    (the LM head tied to the embedding if `tie`) and seeded random weights, wrapped in adamk's
+    whole-model signature."""
     import transformers
     from adamk.models import HFDecodeModel
     hf_cfg = _hf_config(kind, cfg, num_hidden_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
-                        tie_word_embeddings=False)
+                        tie_word_embeddings=tie)
     torch.manual_seed(seed)
     causal_lm = (transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM)(hf_cfg)
     return HFDecodeModel(_randomize(causal_lm), cfg.max_seq_len).eval()
 
 
-def export(path: str, preset: str = "llama-3.2-1b", seed: int = 0, external_data: bool = False,
+def export(path: str, preset="llama-3.2-1b", seed: int = 0, external_data: bool = False,
            max_seq_len: int | None = None, hf: str | None = None, whole_model: bool = False) -> str:
+    """Write the model to `path`; `preset` is a PRESETS name or an adamk.models.LlamaConfig."""
     needed = {"onnxscript": "onnx", **({"transformers": "hf"} if hf else {})}    # module -> adamk extra
     for module, extra in needed.items():
         if importlib.util.find_spec(module) is None:
             raise SystemExit(f"error: this export needs {module}, which is not installed: pip install 'adamk[{extra}]'")
-    cfg = PRESETS[preset]
+    cfg = PRESETS[preset] if isinstance(preset, str) else preset
     if max_seq_len is not None:
         cfg = type(cfg)(**{**cfg.__dict__, "max_seq_len": max_seq_len})
     if whole_model:

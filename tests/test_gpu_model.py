@@ -150,3 +150,83 @@ def test_cli_run_streams_the_engines_tokens(tiny, tmp_path):
                             str(tmp_path / "model.safetensors"), "--pos", "5", "--steps", "20"],
                            capture_output=True, text=True, timeout=300)
     assert bench.returncode == 0 and "of it" in bench.stderr, bench.stderr
+
+
+def test_soak_twenty_thousand_steps_across_epoch_wraps(tiny):
+    """20,000 consecutive launches (sequences restarted at position 0 as the cache fills), the
+    epoch forced to wrap every 997 steps; every 1,000th step and the first after each wrap checked
+    against float32 PyTorch on the caches the kernel holds just before it."""
+    model, step = tiny
+    ref = model.cuda() if next(model.parameters()).device.type == "cpu" else model
+    step.reset()
+    step.max_epoch = 997
+    c = model.cfg
+    step.k_cache.normal_()
+    step.v_cache.normal_()
+    token, pos, checked = 3, 0, 0
+    step.start(token, pos)
+    for i in range(20000):
+        check = i % 1000 == 999 or step.epoch == step.max_epoch        # the next launch wraps the epoch
+        if check:
+            step.check()
+            token = int(step.buffers["tokens"][pos])
+            kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
+        if pos == c.max_seq_len - 1:                # the cache is full: a new sequence from position 0
+            step.check()
+            token, pos = int(step.buffers["tokens"][pos]), 0
+            step.start(token, pos)
+            if check:
+                kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
+        step.launch()
+        if check:
+            step.check()
+            with torch.no_grad():
+                want = ref(torch.tensor([token], device="cuda"), torch.tensor(pos, device="cuda"), kc, vc).reshape(-1)
+            assert rel(step.logits(), want) < 1e-2, (i, pos)
+            assert agrees(None, want.cpu(), int(step.buffers["tokens"][pos + 1])), (i, pos)
+            checked += 1
+        pos += 1
+    step.check()
+    assert checked >= 40
+    model.cpu()
+
+
+@pytest.mark.parametrize("kind,vocab,tie", [("llama", 5000, False), ("qwen2", 301, True)])
+def test_greedy_tokens_equal_hugging_face_generate(kind, vocab, tie, tmp_path):
+    """64 new tokens after a 32-token random prompt: the engine's (PyTorch prefill, megakernel
+    decode) equal transformers' `generate` (eager attention, float32) up to the first near tie,
+    where the top two reference logits are within bf16 rounding; there the logits agree instead."""
+    pytest.importorskip("transformers")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from export_onnx import hf_model
+    from adamk.models import LlamaConfig
+    cfg = LlamaConfig(hidden_size=96, num_heads=6, num_kv_heads=2, head_dim=16, intermediate_size=200, num_layers=3,
+                      vocab_size=vocab, rms_eps=1e-6, rope_theta=10000.0, max_seq_len=128)
+    step = hf_model(kind, cfg, seed=random.randrange(2**31), tie=tie)
+    with torch.no_grad():
+        for p in step.parameters():
+            p.copy_(p.bfloat16().float())
+    path = adamk.compile(step, adamk.CompileConfig(gpu="H200")).save(tmp_path / kind)
+    engine = adamk.Engine(path, step)
+    prompt = [random.randrange(vocab) for _ in range(32)]
+    ours = engine.generate(prompt, 64).tokens
+    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
+    lm = (LlamaForCausalLM if kind == "llama" else Qwen2ForCausalLM)(step.model.config)
+    lm.model, lm.lm_head = step.model, step.lm_head
+    lm.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = lm.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, output_logits=True,
+                          return_dict_in_generate=True, pad_token_id=0)
+    theirs = out.sequences[0, 32:].tolist()
+    if ours == theirs:
+        return
+    i = next(j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+    ref = out.logits[i][0].float()
+    top = ref.topk(2).values
+    assert (top[0] - top[1]).item() <= 1e-2 * ref.abs().max().item(), f"token {i} differs without a near tie"
+    pos = 32 + i - 1
+    seq = prompt + ours
+    logits, _ = engine.step(seq[pos], pos)
+    assert rel(logits.cpu(), ref) < 1e-2

@@ -116,3 +116,10 @@ def test_argmax_prefers_the_lowest_index_on_ties(tiny):
     sim = simulator(model, art)
     sim.step(5, 0)
     assert int(sim.mem["tokens"][1]) == 17
+
+
+def test_the_same_model_compiles_to_the_same_bytes(tiny):
+    model, art = tiny
+    again = adamk.compile(model, adamk.CompileConfig(gpu="H200"))
+    assert again.files == art.files and again.manifest_bytes() == art.manifest_bytes()
+    assert art.manifest["search_complete"]

@@ -241,17 +241,3 @@ def test_console_script_and_module_entry_point(tmp_path):
         assert run.returncode == 1
         assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'x.onnx'}: no such file"]
 
-
-def test_whole_model_exports_and_is_refused_with_a_clear_error(tmp_path):
-    import torch
-
-    from adamk.models import LlamaModel
-    model = LlamaModel(PRESETS["tiny"], seed=2)
-    token, pos, kc, vc = model.example_inputs(pos=3)
-    with torch.no_grad():
-        logits = model(token, pos, kc.clone(), vc.clone())
-    assert logits.shape == (1, PRESETS["tiny"].vocab_size) and torch.isfinite(logits).all()
-    path = export(str(tmp_path / "whole.onnx"), "tiny", seed=2, whole_model=True)
-    code, _, err = cli("compile", path, "-o", tmp_path / "out")
-    assert_user_error(code, err, "'token' is an integer input (token ids): this is a whole model")
-    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 frontends: Hugging Face causal LMs behind `HFDecodeModel` through torch.export, and adamk's
 `LlamaModel` and an HF causal LM through ONNX, compiled and checked in the simulator against
 float32 PyTorch (the HF model's own forward, with its own KV cache)."""
+import dataclasses
 import inspect
 import sys
 from pathlib import Path
@@ -24,13 +25,13 @@ from adamk.simulator import Simulator
 from helpers import rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from export_onnx import export  # noqa: E402
+from export_onnx import export, hf_model  # noqa: E402
 
 MAX_SEQ = 40
 HF_CONFIG = adamk.CompileConfig(gpu="H200", num_sms=32)     # fewer blocks: less straight-line code for NVRTC
 # a cache layer of 2 x 1400 x 24 > 65536 elements: the exporter's ScatterElements indices are
 # an initializer too large to be read with the small constants
-ONNX_CFG = LlamaConfig(**{**PRESETS["tiny"].__dict__, "max_seq_len": 1400})
+ONNX_CFG = dataclasses.replace(PRESETS["tiny"], max_seq_len=1400)
 
 
 def simulator(schedule: str, weights) -> Simulator:
@@ -50,54 +51,49 @@ def sim_step(sim, token, pos, k, v):
 
 # ---- Hugging Face causal LMs through the torch frontend ------------------------------------------
 
-def causal_lm(kind: str, vocab: int, layers: int, tie: bool, seed: int):
-    """A tiny transformers LlamaForCausalLM / Qwen2ForCausalLM (GQA 6:2, head_dim 16) with
-    seeded random weights of a trained model's spread."""
-    transformers = pytest.importorskip("transformers")
-    dims = dict(hidden_size=96, intermediate_size=200, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
-                num_hidden_layers=layers, vocab_size=vocab, rms_norm_eps=1e-6, max_position_embeddings=MAX_SEQ,
-                attn_implementation="eager", tie_word_embeddings=tie)
-    torch.manual_seed(seed)
-    if kind == "llama":
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**dims))
-    else:
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**dims))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else torch.randn_like(p) * p.shape[-1] ** -0.5)
-    return model.eval()
+# transformers' LlamaConfig wants hidden = heads x head_dim, which the tiny preset is not
+HF_DIMS = LlamaConfig(hidden_size=96, num_heads=6, num_kv_heads=2, head_dim=16, intermediate_size=200, num_layers=2,
+                      vocab_size=301, rms_eps=1e-6, rope_theta=10000.0, max_seq_len=MAX_SEQ)
 
 
-def hf_logits(model, token, pos, k, v):
-    """The HF model's own forward for one token at `pos`, its DynamicCache holding the first
-    `pos` positions of the caches."""
+def hf_step(kind: str, seed: int, vocab: int = 301, layers: int = 2, tie: bool = False) -> HFDecodeModel:
+    """A tiny transformers LlamaForCausalLM / Qwen2ForCausalLM (GQA 6:2) with seeded random
+    weights, behind adamk's whole-model signature (examples/export_onnx.py `hf_model`)."""
+    pytest.importorskip("transformers")
+    return hf_model(kind, dataclasses.replace(HF_DIMS, vocab_size=vocab, num_layers=layers), seed, tie)
+
+
+def hf_logits(step: HFDecodeModel, token, pos, k, v):
+    """The HF model's own forward (its mask, rotary and DynamicCache holding the first `pos`
+    positions of the caches) and LM head, for one token at `pos`."""
     from transformers import DynamicCache
+    model = step.model
     cache = DynamicCache(config=model.config)
     for i in range(model.config.num_hidden_layers):
         cache.update(k[i, :, :, :pos], v[i, :, :, :pos], i)
     kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.no_grad():
         out = model(input_ids=token.view(1, 1), position_ids=torch.tensor([[pos]]), use_cache=True, **{kwarg: cache})
-    return out.logits.reshape(-1).numpy()
+        return step.lm_head(out.last_hidden_state).reshape(-1).numpy()
 
 
-# llama: untied, a vocabulary of two argmax chunks (4096 logits each, the last short); qwen2: q/k/v biases, tied embeddings
-HF_MODELS = {"llama": dict(vocab=5000, layers=2, tie=False), "qwen2": dict(vocab=301, layers=2, tie=True)}
+# llama: untied, a vocabulary of two argmax chunks (4096 logits each, the last short);
+# qwen2: q/k/v biases, tied embeddings
+HF_MODELS = {"llama": dict(vocab=5000, tie=False), "qwen2": dict(vocab=301, tie=True)}
 
 
 @pytest.fixture(scope="module", params=sorted(HF_MODELS))
 def hf_compiled(request):
-    model = causal_lm(request.param, seed=11, **HF_MODELS[request.param])
-    step = HFDecodeModel(model, MAX_SEQ).eval()
-    return request.param, model, step, adamk.compile(step, HF_CONFIG)
+    step = hf_step(request.param, seed=11, **HF_MODELS[request.param])
+    return request.param, step, adamk.compile(step, HF_CONFIG)
 
 
 def test_hf_causal_lm_compiles_and_decodes_what_transformers_decodes(hf_compiled):
-    kind, model, step, art = hf_compiled
+    kind, step, art = hf_compiled
     sim = simulator(art.files["schedule.mlir"].decode(), step.state_dict())
     for pos in (0, 17, MAX_SEQ - 1):
         token, p, k, v = step.example_inputs(pos, seed=pos)
-        ref = hf_logits(model, token, pos, k, v)
+        ref = hf_logits(step, token, pos, k, v)
         with torch.no_grad():
             assert rel(step(token, p, k.clone(), v.clone()).reshape(-1).numpy(), ref) < 1e-6    # the wrapper is HF
         logits, next_id = sim_step(sim, token, pos, k, v)
@@ -108,21 +104,21 @@ def test_hf_causal_lm_compiles_and_decodes_what_transformers_decodes(hf_compiled
 def test_hf_weights_keep_their_checkpoint_names(hf_compiled):
     """Every parameter by its HF name; tied embeddings as two weights (the table by rows, the LM
     head's paged), both names in the model's state_dict."""
-    kind, model, _, art = hf_compiled
+    kind, step, art = hf_compiled
     names = {w["name"] for w in art.manifest["weights"]}
-    assert names == set(model.state_dict()) and "model.layers.1.self_attn.q_proj.weight" in names
+    assert names == set(step.state_dict()) and "model.layers.1.self_attn.q_proj.weight" in names
     assert ("model.layers.0.self_attn.q_proj.bias" in names) == (kind == "qwen2")
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= names
     assert "lm_head.weight" in {e["buffer"] for e in art.manifest["packed_weights"]}
     assert "model.embed_tokens.weight" not in {s for e in art.manifest["packed_weights"] for s in e["sources"]}
     if HF_MODELS[kind]["tie"]:
-        assert model.lm_head.weight is model.model.embed_tokens.weight
+        assert step.lm_head.weight is step.model.embed_tokens.weight
 
 
 def test_a_tied_weight_used_as_table_and_linear_under_one_name_is_refused():
     """An LM head that is the embedding table through no module of its own (F.linear) leaves the
     tensor one name for two layouts: one clear error."""
-    model = LlamaModel(LlamaConfig(**{**PRESETS["tiny"].__dict__, "num_layers": 1}), seed=0)
+    model = LlamaModel(dataclasses.replace(PRESETS["tiny"], num_layers=1), seed=0)
 
     def forward(self, token, pos, k_caches, v_caches):
         x = self.embed_tokens(token)
@@ -174,14 +170,11 @@ def test_onnx_whole_model_compiles_with_the_cli_and_decodes_what_torch_decodes(w
 
 
 def test_hf_causal_lm_onnx_export_gives_the_torch_import(tmp_path):
-    model = causal_lm("qwen2", vocab=301, layers=2, tie=False, seed=3)
-    step = HFDecodeModel(model, MAX_SEQ).eval()
-    args = step.example_inputs(1)
-    path = tmp_path / "qwen2.onnx"
-    # optimize=False keeps Transpose(weight) nodes: the optimiser folds small ones into unnamed constants
-    torch.onnx.export(step, args, dynamo=True, opset_version=18, verbose=False, optimize=False,
-                      input_names=["token", "pos", "k_cache", "v_cache"]).save(str(path))
-    from_torch, _ = import_module(step, args)
+    """examples/export_onnx.py --whole-model --hf llama: the ONNX frontend builds the torch import's IR."""
+    step = hf_step("llama", seed=3, layers=1)
+    path = export(str(tmp_path / "llama.onnx"), dataclasses.replace(HF_DIMS, num_layers=1), seed=3, hf="llama",
+                  whole_model=True)
+    from_torch, _ = import_module(step, step.example_inputs(1))
     assert import_onnx(path).is_structurally_equivalent(from_torch)
 
 

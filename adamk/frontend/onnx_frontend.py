@@ -1,10 +1,14 @@
 """ONNX frontend: walk an ONNX decoder graph node by node into the shared pattern recogniser.
 
+The graph is one decoder layer (inputs x, pos, k_cache, v_cache) or a whole model (int64
+token ids, pos, and the caches stacked per layer), as examples/export_onnx.py writes them.
+
 Weights stay where they are: the model is loaded without external data, and only small
-constants (RoPE frequencies, eps, scales, shapes) are read. A weight's existence is still
-checked (inline data, or an external file inside the model's directory that is long
-enough), so a missing initializer is an error here, not on the GPU. Inline weights are
-checked to be finite (they are in memory anyway); external ones when they are bound.
+constants (RoPE frequencies, eps, scales, shapes) and the integer indices of a cache
+write-back are read. A weight's existence is still checked (inline data, or an external
+file inside the model's directory that is long enough), so a missing initializer is an
+error here, not on the GPU. Inline weights are checked to be finite (they are in memory
+anyway); external ones when they are bound.
 """
 from __future__ import annotations
 
@@ -175,7 +179,7 @@ def import_onnx(path):
                 aliases[bias[0].output[0]] = node.output[0]
             env[node.output[0]] = b.linear(args[0], args[1].f["of"], bias[1] if bias else None)
             continue
-        if node.op_type == "ScatterElements" and _unread_indices(node.input[1:2], init):
+        if node.op_type == "ScatterElements" and len(node.input) == 3 and _unread_indices(node.input[1], init):
             # torch's select_scatter writes its (all equal) indices as a tensor the size of a cache layer:
             # integers, never a weight, so read whatever their size (one at a time, not kept)
             args[1] = b.const(_array(init[node.input[1]], base))
@@ -240,10 +244,9 @@ def _fold(b: GraphBuilder, node, args) -> list:
         b.fail(f"constant {node.op_type} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 
-def _unread_indices(names, init) -> bool:
-    """Whether `names` is one integer initializer too large to have been read."""
-    return len(names) == 1 and names[0] in init and init[names[0]].data_type in (6, 7) \
-        and math.prod(init[names[0]].dims) > SMALL
+def _unread_indices(name: str, init) -> bool:
+    """Whether `name` is an integer initializer too large to have been read with the small ones."""
+    return name in init and init[name].data_type in (6, 7) and math.prod(init[name].dims) > SMALL
 
 
 def _is_weight_t(v) -> bool:
@@ -291,6 +294,13 @@ def _unsqueeze(b, args, at):
     return out
 
 
+def _scatter_elements(b, args, at):
+    reduction = at.get("reduction", b"none")
+    if reduction not in (b"none", "none"):
+        b.fail(f"ScatterElements with reduction {reduction!r}")
+    return b.scatter_elements(args[0], args[1], args[2], at.get("axis", 0))
+
+
 def _cast(b, args, at):
     return b.cast(args[0])
 
@@ -323,8 +333,7 @@ _OPS = {
     "MatMul": lambda b, a, at: b.matmul(a[0], a[1]),
     "Softmax": lambda b, a, at: b.softmax(a[0], at.get("axis", -1)),
     "ScatterND": lambda b, a, at: b.scatter_nd(a[0], a[1], a[2]),
-    "ScatterElements": lambda b, a, at: b.scatter_elements(a[0], a[1], a[2], at.get("axis", 0))
-    if at.get("reduction", b"none") in (b"none", "none") else b.fail(f"ScatterElements with reduction {at['reduction']}"),
+    "ScatterElements": _scatter_elements,
     "Gather": lambda b, a, at: b.gather(a[0], a[1], at.get("axis", 0)),
     "Greater": lambda b, a, at: b.gt(a[0], a[1]),
     "Where": lambda b, a, at: b.select(a[0], a[1], a[2]),

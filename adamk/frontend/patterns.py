@@ -9,7 +9,8 @@ named. Both frontends share this code, so they build the same IR for the same mo
 
 A whole model (token ids in, logits out) is the layers' patterns in sequence between an
 embedding and the LM head; its KV caches are one stack per K and V, whose layer i a
-decoder layer reads as a view (`select_layer`) and writes back (`select_scatter`).
+decoder layer reads as a view (`select_layer`; ONNX: `gather`) and writes back
+(`select_scatter`; ONNX: `scatter_elements`).
 """
 from __future__ import annotations
 
@@ -364,7 +365,8 @@ class GraphBuilder:
                 self.fail(f"linear bias that is a {_kind(bias)}")
             b = self._placed_weight(bias, "linear bias")
         batch = math.prod(a.shape[:-1])
-        return self._emit(LinearOp(_flat(self, a), self._placed_weight(w, "linear weight"), bias=b), (batch, w.shape[0]))
+        return self._emit(LinearOp(_flat(self, a), self._placed_weight(w, "linear weight"), bias=b),
+                          (batch, w.shape[0]))
 
     def index_copy(self, cache, dim, index, value):
         if _is(cache, "cache") and _is(index, "pos") and _is(value, "act") and dim % 4 == 2:
@@ -405,8 +407,8 @@ class GraphBuilder:
             if len(layers) == 1:
                 append = Sym("appended", updates.shape[1:], None, {k: v for k, v in updates.f.items() if k != "axis"})
                 return self.select_scatter(data, append, axis, int(layers[0]))
-        self.fail(f"scatter of {_kind(updates)} into {_kind(data)} along axis {axis} at {_kind(indices)}: only a layer's "
-                  "KV cache append goes back into its layer of the stack, at indices that are all that layer")
+        self.fail(f"scatter of {_kind(updates)} into {_kind(data)} along axis {axis} at {_kind(indices)}: only a "
+                  "layer's KV cache append goes back into its layer of the stack, at indices that are all that layer")
 
     def gather(self, data, indices, axis):
         """ONNX's Gather: the embedding table's row of the token id, or a layer of a stacked KV
@@ -423,7 +425,8 @@ class GraphBuilder:
         """Row `token` of `table` [vocab, hidden]: a whole model's hidden state entering layer 0."""
         if not (_is(token, "token") and _is(table, "weight") and len(table.shape) == 2):
             self.fail(f"embedding of {_kind(token)} in {_kind(table)}")
-        return self._emit(EmbeddingOp(token.ssa, self._placed_weight(table, "embedding table")), (*token.shape, table.shape[1]))
+        return self._emit(EmbeddingOp(token.ssa, self._placed_weight(table, "embedding table")),
+                          (*token.shape, table.shape[1]))
 
     def repeat_interleave(self, a, repeats, dim):
         if _is(a, "appended") and dim % 4 == 1:

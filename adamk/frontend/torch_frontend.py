@@ -108,6 +108,7 @@ def import_module(module: torch.nn.Module, example_inputs):
     for node, role in zip(user_inputs, roles):
         b.where = f"{quoted(node.name)} (placeholder)"
         env[node.name] = leaves[role](tuple(node.meta["val"].shape))
+
     def weight(name):
         return b.weight(name, tuple(state[name].shape), check=lambda: _check_weight(name, state[name]))
 
@@ -134,8 +135,11 @@ def import_module(module: torch.nn.Module, example_inputs):
         if fn is None:
             continue
         user = _module_path(node)
-        args = torch.fx.node.map_arg(node.args, lambda n: _named_by_user(env[n.name], tied, user, weight))
-        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: _named_by_user(env[n.name], tied, user, weight))
+
+        def value(n):
+            return _named_by_user(env[n.name], tied, user, weight)
+        args = torch.fx.node.map_arg(node.args, value)
+        kwargs = torch.fx.node.map_arg(node.kwargs, value)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("device", "pin_memory", "layout", "dtype", "memory_format")}
         env[node.name] = fn(b, *args, **kwargs)
     raise FrontendError("exported graph has no output node")
