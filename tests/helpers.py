@@ -19,6 +19,20 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def rel_t(a, b) -> float:
+    """rel of two torch tensors where they are (a GPU's stay there)."""
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def bf16_exact(module):
+    """`module` with every float32 parameter rounded to bf16, so the float32 reference computes
+    what the kernel's bf16 weights do."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.bfloat16().float())
+    return module
+
+
 def random_layer(preset="tiny", seed=None) -> DecoderLayer:
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
     return DecoderLayer(PRESETS[preset], seed=seed)

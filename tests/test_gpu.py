@@ -10,21 +10,15 @@ from adamk.models import compile_presets
 from adamk.errors import KernelSharedMemoryError, KernelTimeoutError
 from adamk.runtime import driver as cu
 from adamk.models import PRESETS, DecoderLayer
+from helpers import bf16_exact
+from helpers import rel_t as rel
 
 pytestmark = pytest.mark.gpu
 
 
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def bf16_layer(preset: str) -> DecoderLayer:
     """A random layer whose float32 weights are exactly representable in bf16."""
-    layer = DecoderLayer(PRESETS[preset], seed=random.randrange(2**31))
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(p.bfloat16().float())
-    return layer
+    return bf16_exact(DecoderLayer(PRESETS[preset], seed=random.randrange(2**31)))
 
 
 def _key(preset, gpu, options):

@@ -8,21 +8,15 @@ import torch
 import adamk
 from adamk.errors import AdamkError
 from adamk.models import PRESETS, LlamaModel
+from helpers import bf16_exact
+from helpers import rel_t as rel
 
 pytestmark = pytest.mark.gpu
 
 
-def rel(a, b):
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
-
-
 def bf16_model(preset: str) -> LlamaModel:
     """A random model whose float32 weights are exactly representable in bf16."""
-    model = LlamaModel(PRESETS[preset], seed=random.randrange(2**31))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.bfloat16().float())
-    return model
+    return bf16_exact(LlamaModel(PRESETS[preset], seed=random.randrange(2**31)))
 
 
 @pytest.fixture(scope="module", params=["H200", "L20"])
@@ -204,10 +198,7 @@ def test_greedy_tokens_equal_hugging_face_generate(kind, vocab, tie, tmp_path):
     from adamk.models import LlamaConfig
     cfg = LlamaConfig(hidden_size=96, num_heads=6, num_kv_heads=2, head_dim=16, intermediate_size=200, num_layers=3,
                       vocab_size=vocab, rms_eps=1e-6, rope_theta=10000.0, max_seq_len=128)
-    step = hf_model(kind, cfg, seed=random.randrange(2**31), tie=tie)
-    with torch.no_grad():
-        for p in step.parameters():
-            p.copy_(p.bfloat16().float())
+    step = bf16_exact(hf_model(kind, cfg, seed=random.randrange(2**31), tie=tie))
     path = adamk.compile(step, adamk.CompileConfig(gpu="H200")).save(tmp_path / kind)
     engine = adamk.Engine(path, step)
     prompt = [random.randrange(vocab) for _ in range(32)]

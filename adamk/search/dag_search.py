@@ -43,7 +43,7 @@ from .program import emit_schedule
 from .round_robin import round_robin
 
 
-MAX_OP_TASKS = 16384    # tasks of one op a candidate tiling may have (bounds the search's time)
+MAX_OP_TASKS = 8192     # tasks of one op a candidate tiling may have (bounds the search's and the IR's size)
 
 
 @dataclass(frozen=True)
