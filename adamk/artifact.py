@@ -190,7 +190,7 @@ def _signals_raise():
 _SCHEMA = {
     "format": int, "adamk_version": str, "files": dict, "tasks": list, "counters": list, "buffers": list,
     "weights": list, "packed_weights": list,
-    "smem_peak_bytes": int, "smem_peak_bytes_without_ksplit": int, "weight_bytes": int,
+    "smem_peak_bytes": int, "smem_peak_bytes_without_ksplit": int, "weight_bytes": int, "weight_read_bytes": int,
     "weight_read_floor_us": (int, float), "predicted_step_us": (int, float), "predicted_at_pos": int,
     "cost_model": str, "config": dict,
     "model": {"hidden_size": int, "num_heads": int, "num_kv_heads": int, "head_dim": int,

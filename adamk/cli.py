@@ -191,8 +191,7 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
     step.k_cache.normal_()
     step.v_cache.normal_()
     m, bf16 = step.manifest, 2
-    read = sum(w["shape"][0] * (w["shape"][1] if len(w["shape"]) > 1 else 1) * bf16 for w in m["weights"]
-               if w["name"] != m["model"]["prefill"]["embed"]) if m["model"].get("prefill") else m["weight_bytes"]
+    read = m["weight_read_bytes"]
     dims = m["model"]
     kv = 2 * dims["layers"] * dims["num_kv_heads"] * (pos + 1) * dims["head_dim"] * bf16
     a = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
@@ -229,14 +228,16 @@ def inspect(artifact, mlir_check):
         f"artifact      {artifact}  (adamk {m['adamk_version']})",
         f"model         hidden {model['hidden_size']}, heads {model['num_heads']} (kv {model['num_kv_heads']}) x "
         f"{model['head_dim']}, intermediate {model['intermediate_size']}, max_seq_len {model['max_seq_len']}, "
-        f"{model['layers']} layer(s)",
+        f"{model['layers']} layer(s)" + (f" in one loop: a whole model (embedding, LM head over {model['vocab_size']} "
+                                         "tokens, greedy argmax)" if model.get("whole_model") else ""),
         f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
         f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
         f"shared mem    {m['smem_peak_bytes']} B per block with {k['stages']} weight pages in flight "
         f"(budget {m['target']['smem_per_block']} B); best plan without K-splitting: "
         f"{m['smem_peak_bytes_without_ksplit']} B",
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
-        f"weights       {m['weight_bytes'] / 1e6:.2f} MB, read floor {m['weight_read_floor_us']} us at "
+        f"weights       {m['weight_bytes'] / 1e6:.2f} MB ({m['weight_read_bytes'] / 1e6:.2f} MB read a step), read "
+        f"floor {m['weight_read_floor_us']} us at "
         f"{m['target']['dram_gbps']:.0f} GB/s; {packed} linear weights stored page by page on the device",
         f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
         f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']}"

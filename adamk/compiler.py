@@ -163,10 +163,11 @@ def import_model(model, example_inputs=None) -> ModuleOp:
 
 
 def _model_dims(graph: ModuleOp) -> dict:
-    from .dialects.graph import AttentionOp, EmbeddingOp, LinearOp, shape_of
+    from .dialects.graph import ArgmaxOp, AttentionOp, EmbeddingOp, LinearOp, shape_of
     ops = list(next(iter(graph.ops)).body.block.ops)
     attn = [o for o in ops if isinstance(o, AttentionOp)]
-    linears = [shape_of(o.weight) for o in ops if isinstance(o, LinearOp)]
+    heads = {o.logits for o in ops if isinstance(o, ArgmaxOp)}          # the LM head is no MLP
+    linears = [shape_of(o.weight) for o in ops if isinstance(o, LinearOp) and o.result not in heads]
     if not attn:
         raise AdamkError("the model has no attention: adamk compiles decoder layers")
     a = attn[0]
@@ -246,6 +247,9 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    key=lambda o: o.task_id.value.data)
     weight_bytes = sum(b.copies * math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
                        if b.role.data == "weight")
+    tables = {o.buffer("table") for o in execs if o.kind.data == "embedding"}
+    read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - b.shape.get_values()[1]) * DTYPE_BYTES[b.dtype.data]
+                                    for b in buffers if b.sym_name.data in tables)
     report = binaries.report
     packed = {}                         # one entry per device buffer of packed weights, in task order
     for o in execs:
@@ -283,5 +287,6 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "tasks": [o.sym_name.data for o in execs],
         "smem_peak_bytes": sched.smem_bytes.value.data,
         "weight_bytes": weight_bytes,
-        "weight_read_floor_us": round(weight_bytes / (target.dram_gbps * 1e3), 3),
+        "weight_read_bytes": read_bytes,     # what a step reads: an embedding table's one row
+        "weight_read_floor_us": round(read_bytes / (target.dram_gbps * 1e3), 3),
     }

@@ -123,3 +123,16 @@ def test_the_same_model_compiles_to_the_same_bytes(tiny):
     again = adamk.compile(model, adamk.CompileConfig(gpu="H200"))
     assert again.files == art.files and again.manifest_bytes() == art.manifest_bytes()
     assert art.manifest["search_complete"]
+
+
+def test_inspect_describes_the_whole_model_and_its_read_floor(tiny, tmp_path):
+    from click.testing import CliRunner
+    from adamk.cli import main
+    model, art = tiny
+    path = art.save(tmp_path / "model")
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"{TINY.num_layers} layer(s) in one loop: a whole model" in result.output
+    table = model.embed_tokens.weight
+    assert art.manifest["weight_read_bytes"] == art.manifest["weight_bytes"] - 2 * (table.numel() - table.shape[1])
+    assert art.manifest["model"]["intermediate_size"] == TINY.intermediate_size     # not the LM head's rows
