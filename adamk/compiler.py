@@ -279,7 +279,8 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
                      "dtype": b.dtype.data, **({"slots": b.copies} if b.slots is not None else {})} for b in buffers],
         "weights": [{"name": n, "shape": list(b.shape.get_values()), "dtype": b.dtype.data, "layout": "row-major",
-                     **({"buffer": b.sym_name.data, "slot": i} if b.slots is not None else {})}
+                     **({"buffer": b.sym_name.data, "slot": i} if b.slots is not None else {}),
+                     **({"aliases": [a.data for a in b.aliases.data]} if b.aliases is not None else {})}
                     for b in buffers if b.role.data == "weight" for i, n in enumerate(b.names)],
         "packed_weights": list(packed.values()),
         "counters": [{"name": c.sym_name.data, "index": c.index.value.data, "per_step": c.per_step.value.data}

@@ -111,8 +111,17 @@ def test_hf_weights_keep_their_checkpoint_names(hf_compiled):
     assert {"model.embed_tokens.weight", "lm_head.weight"} <= names
     assert "lm_head.weight" in {e["buffer"] for e in art.manifest["packed_weights"]}
     assert "model.embed_tokens.weight" not in {s for e in art.manifest["packed_weights"] for s in e["sources"]}
+    aliases = {w["name"]: w.get("aliases") for w in art.manifest["weights"]}
     if HF_MODELS[kind]["tie"]:
         assert step.lm_head.weight is step.model.embed_tokens.weight
+        # a checkpoint that save_pretrained wrote holds the tied tensor once: it binds by its other name
+        assert aliases["lm_head.weight"] == ["model.embed_tokens.weight"]
+        from adamk.runtime.weights import check_weights
+        checkpoint = {k: v for k, v in step.state_dict().items() if k != "lm_head.weight"}
+        bound = check_weights(art.manifest, checkpoint)
+        assert bound["lm_head.weight"] is checkpoint["model.embed_tokens.weight"]
+    else:
+        assert not any(aliases.values())
 
 
 def test_a_tied_weight_used_as_table_and_linear_under_one_name_is_refused():

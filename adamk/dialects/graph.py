@@ -47,13 +47,20 @@ class WeightOp(IRDLOperation):
     name = "adamk.weight"
     weight_name = prop_def(StringAttr)
     layer_names = opt_prop_def(ArrayAttr)
+    aliases = opt_prop_def(ArrayAttr)      # other names of the same tensor in the source (tied embeddings)
     result = result_def(TensorType)
 
-    def __init__(self, weight_name: str, type: TensorType, layer_names=None):
+    def __init__(self, weight_name: str, type: TensorType, layer_names=None, aliases=None):
         props = {"weight_name": StringAttr(weight_name)}
         if layer_names is not None:
             props["layer_names"] = ArrayAttr([StringAttr(n) for n in layer_names])
+        if aliases:
+            props["aliases"] = ArrayAttr([StringAttr(n) for n in aliases])
         super().__init__(properties=props, result_types=[type])
+
+    @property
+    def alias_names(self) -> list[str]:
+        return [n.data for n in self.aliases.data] if self.aliases is not None else []
 
     @property
     def names(self) -> list[str]:

@@ -54,14 +54,18 @@ class BufferOp(IRDLOperation):
     dtype = prop_def(StringAttr)
     slots = opt_prop_def(IntegerAttr)     # layer-indexed: this many copies of `shape`
     layer_names = opt_prop_def(ArrayAttr)   # a layer-indexed weight: each slot's parameter name
+    aliases = opt_prop_def(ArrayAttr)       # a weight: other names of its tensor in the source (tied)
 
-    def __init__(self, sym_name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None):
+    def __init__(self, sym_name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None,
+                 aliases=None):
         props = {"sym_name": StringAttr(sym_name), "role": StringAttr(role),
                  "shape": DenseArrayBase.from_list(i64, list(shape)), "dtype": StringAttr(dtype)}
         if slots is not None:
             props["slots"] = IntegerAttr(slots, i64)
         if layer_names is not None:
             props["layer_names"] = ArrayAttr([StringAttr(n) for n in layer_names])
+        if aliases:
+            props["aliases"] = ArrayAttr([StringAttr(n) for n in aliases])
         super().__init__(properties=props)
 
     @property

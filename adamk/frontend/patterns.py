@@ -114,9 +114,10 @@ class GraphBuilder:
             return Sym("cache", tuple(shape), ssa)
         return Sym("cache_stack", tuple(shape), ssa, {"appended": {}})
 
-    def weight(self, name: str, shape, check=None) -> Sym:
-        """`check()` runs if the tensor is used as a weight (its dtype, finite values)."""
-        return Sym("weight", tuple(shape), None, {"name": name, "check": check})
+    def weight(self, name: str, shape, check=None, aliases=()) -> Sym:
+        """`check()` runs if the tensor is used as a weight (its dtype, finite values); `aliases`:
+        other names of the same tensor (a tied embedding), under which a checkpoint may hold it."""
+        return Sym("weight", tuple(shape), None, {"name": name, "check": check, "aliases": tuple(aliases)})
 
     def const(self, value) -> Sym:
         a = np.asarray(value)
@@ -142,7 +143,7 @@ class GraphBuilder:
         if w.name not in self.weights:
             if w.f.get("check") is not None:
                 w.check()
-            op = WeightOp(w.name, TensorType(self.elem, list(w.shape)))
+            op = WeightOp(w.name, TensorType(self.elem, list(w.shape)), aliases=w.f.get("aliases"))
             self.ops.append(op)
             self.weights[w.name] = op.result
         return self.weights[w.name]

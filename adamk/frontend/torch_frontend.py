@@ -109,10 +109,11 @@ def import_module(module: torch.nn.Module, example_inputs):
         b.where = f"{quoted(node.name)} (placeholder)"
         env[node.name] = leaves[role](tuple(node.meta["val"].shape))
 
-    def weight(name):
-        return b.weight(name, tuple(state[name].shape), check=lambda: _check_weight(name, state[name]))
-
     tied = _tied_names(sig.inputs_to_parameters.values(), state)
+
+    def weight(name):
+        return b.weight(name, tuple(state[name].shape), check=lambda: _check_weight(name, state[name]),
+                        aliases=[n for n in tied.get(name, []) if n != name])
     for node in ep.graph.nodes:
         b.where = f"{quoted(node.name)} ({quoted(node.target)})"
         if node.op == "placeholder":

@@ -158,10 +158,10 @@ class TaskBuilder:
         self.layers, self.loop = 1, False      # the layer loop's trip count; building its body
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None, slots: int | None = None,
-               layer_names=None):
+               layer_names=None, aliases=None):
         if any(b.sym_name.data == name for b in self.buffers):
             raise FrontendError(f"weight {quoted(name)} has the name of the kernel's {name} buffer; rename the weight")
-        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype, slots, layer_names))
+        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype, slots, layer_names, aliases))
         self.name_of[value] = name
         if slots is not None:
             self.slot_of[value] = 0
@@ -208,7 +208,8 @@ class TaskBuilder:
             if isinstance(op, WeightOp):
                 layered = op.layer_names is not None
                 self.buffer(op.result, op.weight_name.data, "weight", self.dtype,
-                            slots=len(op.names) if layered else None, layer_names=op.names if layered else None)
+                            slots=len(op.names) if layered else None, layer_names=op.names if layered else None,
+                            aliases=op.alias_names)
             elif isinstance(op, LinearOp):
                 base = label(re.sub(r"\.weight$", "", self.name_of[op.weight]), "linear")
                 if op.result == returned:

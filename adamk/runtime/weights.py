@@ -151,13 +151,17 @@ def check_weights(manifest: dict, weights: Mapping) -> dict:
     import torch
     names = set(weights)
     expected = manifest["weights"]
-    missing = [w["name"] for w in expected if w["name"] not in names]
+    # a tied weight (an LM head that is the embedding table) under another of its names: a checkpoint
+    # written by save_pretrained holds the tensor once
+    held = {w["name"]: next((a for a in [w["name"], *w.get("aliases", [])] if isinstance(a, str) and a in names),
+                            None) for w in expected}
+    missing = [w["name"] for w in expected if held[w["name"]] is None]
     if missing:
         raise AdamkError(f"weights are missing {', '.join(map(quoted, missing[:5]))}"
                          f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}")
     out = {}
     for w in expected:
-        t = weights[w["name"]]
+        t = weights[held[w["name"]]]
         if not isinstance(t, torch.Tensor) or str(t.dtype).removeprefix("torch.") not in DTYPES:
             raise AdamkError(f"weight {quoted(w['name'])} is {getattr(t, 'dtype', type(t).__name__)}; the "
                              "artifact takes float32 or bfloat16 tensors")
