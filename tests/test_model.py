@@ -136,3 +136,17 @@ def test_inspect_describes_the_whole_model_and_its_read_floor(tiny, tmp_path):
     table = model.embed_tokens.weight
     assert art.manifest["weight_read_bytes"] == art.manifest["weight_bytes"] - 2 * (table.numel() - table.shape[1])
     assert art.manifest["model"]["intermediate_size"] == TINY.intermediate_size     # not the LM head's rows
+
+
+def test_an_sms_run_of_one_ops_tiles_is_one_loop():
+    """Codegen writes consecutive calls that differ only in arithmetic progressions as one loop
+    (the code grows with ops, not tasks); anything else stays written out."""
+    from adamk.codegen.cuda import _looped
+    units = [[f"  linear_op4(s, b, {100 + 132 * t}, 0, {60 + 2 * t}, {832 + 2112 * t}, 0);  // \"logits.r{t}\": rows"]
+             for t in range(5)]
+    out = _looped(units + [["  argmax_op5(s, b, 900, 0, 0, 4096, 0);  // \"c0\""]])
+    assert out[0] == '  for (int t = 0; t < 5; ++t) {  // "logits.r0" .. "logits.r4"'
+    assert out[1] == "    linear_op4(s, b, 100 + t * 132, 0, 60 + t * 2, 832 + t * 2112, 0);"
+    assert out[2:] == ["  }", '  argmax_op5(s, b, 900, 0, 0, 4096, 0);  // "c0"']
+    bent = [["  f(1);"], ["  f(2);"], ["  f(4);"]]          # no single step: written out
+    assert _looped(bent) == ["  f(1);", "  f(2);", "  f(4);"]
