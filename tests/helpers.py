@@ -33,6 +33,17 @@ def bf16_exact(module):
     return module
 
 
+def causal_lm(step):
+    """The transformers causal LM of an adamk.models.HFDecodeModel's modules (built on the meta
+    device, so no second copy of the weights is made), for `generate`."""
+    import transformers
+    with torch.device("meta"):
+        lm = transformers.AutoModelForCausalLM.from_config(step.model.config)
+    lm.model, lm.lm_head = step.model, step.lm_head
+    lm.config._attn_implementation = "eager"
+    return lm
+
+
 def random_layer(preset="tiny", seed=None) -> DecoderLayer:
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else seed
     return DecoderLayer(PRESETS[preset], seed=seed)

@@ -8,7 +8,7 @@ import torch
 import adamk
 from adamk.errors import AdamkError
 from adamk.models import PRESETS, LlamaModel
-from helpers import bf16_exact
+from helpers import bf16_exact, causal_lm
 from helpers import rel_t as rel
 
 pytestmark = pytest.mark.gpu
@@ -185,39 +185,45 @@ def test_soak_twenty_thousand_steps_across_epoch_wraps(tiny):
     model.cpu()
 
 
-@pytest.mark.parametrize("kind,vocab,tie", [("llama", 5000, False), ("qwen2", 301, True)])
-def test_greedy_tokens_equal_hugging_face_generate(kind, vocab, tie, tmp_path):
+def hf_dims(dims: str, vocab: int):
+    from adamk.models import LlamaConfig
+    if dims == "tiny":
+        return LlamaConfig(hidden_size=96, num_heads=6, num_kv_heads=2, head_dim=16, intermediate_size=200,
+                           num_layers=3, vocab_size=vocab, rms_eps=1e-6, rope_theta=10000.0, max_seq_len=128)
+    c = PRESETS["llama-3.2-1b"]            # the 1B preset's dims, a 128-position cache
+    return LlamaConfig(hidden_size=c.hidden_size, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                       head_dim=c.head_dim, intermediate_size=c.intermediate_size, num_layers=c.num_layers,
+                       vocab_size=vocab, rms_eps=c.rms_eps, rope_theta=c.rope_theta, max_seq_len=128)
+
+
+@pytest.mark.parametrize("kind,dims,vocab,tie", [("llama", "tiny", 5000, False), ("qwen2", "tiny", 301, True),
+                                                 ("llama", "1b", 128256, False), ("qwen2", "1b", 128256, True)])
+def test_greedy_tokens_equal_hugging_face_generate(kind, dims, vocab, tie, tmp_path):
     """64 new tokens after a 32-token random prompt: the engine's (PyTorch prefill, megakernel
     decode) equal transformers' `generate` (eager attention, float32) up to the first near tie,
-    where the top two reference logits are within bf16 rounding; there the logits agree instead."""
+    where the top two reference logits are within bf16 rounding; there the logits agree instead.
+    Tiny configs and the 1B preset's dims (16 layers, a 128256-token vocabulary)."""
     pytest.importorskip("transformers")
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from export_onnx import hf_model
-    from adamk.models import LlamaConfig
-    cfg = LlamaConfig(hidden_size=96, num_heads=6, num_kv_heads=2, head_dim=16, intermediate_size=200, num_layers=3,
-                      vocab_size=vocab, rms_eps=1e-6, rope_theta=10000.0, max_seq_len=128)
-    step = bf16_exact(hf_model(kind, cfg, seed=random.randrange(2**31), tie=tie))
+    step = bf16_exact(hf_model(kind, hf_dims(dims, vocab), seed=random.randrange(2**31), tie=tie))
     path = adamk.compile(step, adamk.CompileConfig(gpu="H200")).save(tmp_path / kind)
     engine = adamk.Engine(path, step)
     prompt = [random.randrange(vocab) for _ in range(32)]
     ours = engine.generate(prompt, 64).tokens
-    from transformers import LlamaForCausalLM, Qwen2ForCausalLM
-    lm = (LlamaForCausalLM if kind == "llama" else Qwen2ForCausalLM)(step.model.config)
-    lm.model, lm.lm_head = step.model, step.lm_head
-    lm.config._attn_implementation = "eager"
+    lm = causal_lm(step).cuda()
     with torch.no_grad():
-        out = lm.generate(torch.tensor([prompt]), max_new_tokens=64, do_sample=False, output_logits=True,
-                          return_dict_in_generate=True, pad_token_id=0)
+        out = lm.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=64, do_sample=False,
+                          output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     theirs = out.sequences[0, 32:].tolist()
     if ours == theirs:
         return
     i = next(j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-    ref = out.logits[i][0].float()
+    ref = out.logits[i][0].float().cpu()
     top = ref.topk(2).values
     assert (top[0] - top[1]).item() <= 1e-2 * ref.abs().max().item(), f"token {i} differs without a near tie"
-    pos = 32 + i - 1
     seq = prompt + ours
-    logits, _ = engine.step(seq[pos], pos)
+    logits, _ = engine.step(seq[32 + i - 1], 32 + i - 1)
     assert rel(logits.cpu(), ref) < 1e-2

@@ -22,7 +22,7 @@ from adamk.frontend.onnx_frontend import import_onnx, weights_from_onnx
 from adamk.frontend.torch_frontend import import_module
 from adamk.models import PRESETS, HFDecodeModel, LlamaConfig, LlamaModel
 from adamk.simulator import Simulator
-from helpers import rel
+from helpers import causal_lm, rel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from export_onnx import export, hf_model  # noqa: E402
@@ -99,6 +99,23 @@ def test_hf_causal_lm_compiles_and_decodes_what_transformers_decodes(hf_compiled
         logits, next_id = sim_step(sim, token, pos, k, v)
         assert rel(logits, ref) < 1e-5, (kind, pos)
         assert next_id == int(np.argmax(ref)), (kind, pos)
+
+
+def test_greedy_decoding_in_the_simulator_equals_transformers_generate(hf_compiled):
+    """The prompt fed one token a step, then 16 greedy steps, each next id the kernel's argmax (the
+    simulator's): the ids transformers' `generate` gives (eager attention, float32)."""
+    kind, step, art = hf_compiled
+    sim = simulator(art.files["schedule.mlir"].decode(), step.state_dict())
+    prompt = list(np.random.default_rng().integers(0, step.vocab_size, 8))
+    for pos, token in enumerate(prompt):
+        sim.step(int(token), pos)
+    ours = []
+    for pos in range(len(prompt), len(prompt) + 16):
+        ours.append(int(sim.mem["tokens"][pos]))
+        sim.step(ours[-1], pos)
+    with torch.no_grad():
+        out = causal_lm(step).generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert ours == out[0, len(prompt):].tolist()
 
 
 def test_hf_weights_keep_their_checkpoint_names(hf_compiled):
