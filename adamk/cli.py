@@ -178,8 +178,6 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
     """Median time of a whole-model ARTIFACT's decode step (steps back to back from --pos, random KV
     history) against the weight-read floor."""
     _need_gpu("bench")
-    import statistics
-    import torch
     from . import load
     step = load(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
     from .runtime.model import ModelStep
@@ -190,25 +188,15 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
         raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len}")
     step.k_cache.normal_()
     step.v_cache.normal_()
-    m, bf16 = step.manifest, 2
-    read = m["weight_read_bytes"]
-    dims = m["model"]
-    kv = 2 * dims["layers"] * dims["num_kv_heads"] * (pos + 1) * dims["head_dim"] * bf16
-    a = torch.empty(1 << 29, dtype=torch.bfloat16, device="cuda")
-    b = torch.empty_like(a)
-    copies = []
-    for _ in range(13):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); b.copy_(a); e.record(); e.synchronize()             # noqa: E702
-        copies.append(2 * a.numel() * bf16 / (s.elapsed_time(e) / 1e3))
-    bw = statistics.median(copies[3:])
-    from .runtime.timing import time_launches
+    read = step.read_bytes(pos)
+    from .runtime.timing import copy_bandwidth, time_launches
+    bw = copy_bandwidth()
     step.start(0, pos)
     single, b2b = time_launches(step.launch, steps)
     step.check()
-    floor = (read + kv) / bw * 1e6
+    floor = read / bw * 1e6
     _say(f"step {b2b:.1f} us back to back ({single:.1f} us alone), positions {pos}..{pos + 2 * steps + 10}; "
-         f"floor {floor:.1f} us ({(read + kv) / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s copy): {floor / b2b:.0%} of it")
+         f"floor {floor:.1f} us ({read / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s copy): {floor / b2b:.0%} of it")
 
 
 @main.command()

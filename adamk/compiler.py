@@ -17,7 +17,8 @@ from .dialects import irdl, make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
 from .errors import AdamkError, UnsupportedShapeError
-from .kinds import kind as task_kind
+from .kinds import packings
+from .kinds.argmax import logits_of
 from .kinds.base import DTYPE_BYTES
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
@@ -106,8 +107,8 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
     manifest["model"] = model_dims
     if model_dims["whole_model"]:           # the buffer the host reads the last step's logits from
-        manifest["model"]["logits_buffer"] = next(o.buffer("logits") for sm in schedule_of(graph).sms
-                                                  for o in sm.ops if isinstance(o, ExecOp) and o.kind.data == "argmax")
+        manifest["model"]["logits_buffer"] = logits_of(o for sm in schedule_of(graph).sms for o in sm.ops
+                                                       if isinstance(o, ExecOp))
     manifest["predicted_at_pos"] = pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
     manifest["cost_model"] = cost.source
@@ -251,11 +252,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - b.shape.get_values()[1]) * DTYPE_BYTES[b.dtype.data]
                                     for b in buffers if b.sym_name.data in tables)
     report = binaries.report
-    packed = {}                         # one entry per device buffer of packed weights, in task order
-    for o in execs:
-        entry = task_kind(o.kind.data).packing(o)
-        if entry is not None:
-            packed.setdefault(entry["buffer"], entry)
+    packed = packings(execs)            # one entry per device buffer of packed weights, in task order
     return {
         "format": MANIFEST_FORMAT,
         "adamk_version": __version__,

@@ -17,6 +17,7 @@ from xdsl.dialects.builtin import ModuleOp
 from .dialects.schedule import ExecOp
 from .dialects.task import BufferOp, slot_index
 from .kinds import kind as task_kind
+from .kinds.argmax import logits_of
 from .search.validate import schedule_of, walk
 
 
@@ -46,8 +47,7 @@ class Simulator:
                 self.mem[name] = np.zeros(shape, np.int64 if b.dtype.data == "i32" else np.float32)
         self.counters = None
         self.epoch = 0
-        execs = [o for sm in schedule_of(module).sms for o in sm.ops if isinstance(o, ExecOp)]
-        self.logits = next((o.buffer("logits") for o in execs if o.kind.data == "argmax"), None)
+        self.logits = logits_of(o for sm in schedule_of(module).sms for o in sm.ops if isinstance(o, ExecOp))
 
     def step(self, x, pos: int) -> np.ndarray:
         """One step at `pos`: of a layer, `x` the hidden state in and the output returned; of a

@@ -21,26 +21,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 
 import torch
 
 import adamk
 from adamk.models import PRESETS, DecoderLayer, compile_presets
-from adamk.runtime.timing import time_launches
-
-
-def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
-    """Device-to-device copy, bytes read + written per second (median)."""
-    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
-    b = torch.empty_like(a)
-    times = []
-    for _ in range(reps + 3):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record(); b.copy_(a); e.record(); e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return 2 * nbytes / statistics.median(times[3:])
+from adamk.runtime.timing import copy_bandwidth, time_launches
 
 
 def bf16_exact_layer(cfg, seed: int = 0):

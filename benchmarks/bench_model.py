@@ -25,9 +25,8 @@ import torch.nn.functional as F
 
 import adamk
 from adamk.models import PRESETS, LlamaModel
-from adamk.runtime.timing import time_launches
+from adamk.runtime.timing import copy_bandwidth, time_launches
 from baselines import TunedStep, graphed
-from bench_layer import copy_bandwidth
 
 
 class TunedModel(torch.nn.Module):
@@ -100,13 +99,10 @@ def main():
     if err > max(1e-2, 1.5 * base_err):
         raise SystemExit("the megakernel's logits are wrong; not timing it")
 
-    # bytes a step reads: every weight but the embedding table, of which one row
-    weight_bytes = sum(p.numel() * 2 for n, p in model.named_parameters() if "embed" not in n) + c.hidden_size * 2
-    kv_bytes = 2 * c.num_layers * c.num_kv_heads * (pos + 1) * c.head_dim * 2
+    read = step.read_bytes(pos)        # every weight but the embedding table, of which one row; the KV rows
     bw = copy_bandwidth()
-    floor = (weight_bytes + kv_bytes) / bw * 1e6
-    print(f"floor {floor:.1f} us: {weight_bytes / 1e9:.2f} GB weights + {kv_bytes / 1e6:.1f} MB KV at "
-          f"{bw / 1e12:.2f} TB/s copy")
+    floor = read / bw * 1e6
+    print(f"floor {floor:.1f} us: {read / 1e9:.2f} GB (weights and KV rows at {pos}) at {bw / 1e12:.2f} TB/s copy")
     rows = []
     step.k_cache.copy_(kc)
     step.v_cache.copy_(vc)

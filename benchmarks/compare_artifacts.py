@@ -15,7 +15,8 @@ import torch
 import adamk
 from adamk.models import PRESETS
 from adamk.runtime.timing import time_launches
-from bench_layer import (BASELINE_TOLERANCE, bf16_exact_layer, check, check_numerics, copy_bandwidth, read_bytes,
+from adamk.runtime.timing import copy_bandwidth
+from bench_layer import (BASELINE_TOLERANCE, bf16_exact_layer, check, check_numerics, read_bytes,
                          reference, rel_error)
 
 

@@ -32,6 +32,7 @@ from ..search.validate import schedule_of
 from .. import smem
 from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
+from ..kinds import packings
 from ..kinds.base import f32_literal, restages
 from ..kinds.linear import packed_elements
 from ..targets import GPU
@@ -65,12 +66,9 @@ def _with_waits(ops):
             yield op, []
 
 
-def _stream(sm, pages) -> list[ExecOp]:
-    """The tasks whose pages SM `sm`'s producer streams, in program order (a layer loop's body once)."""
-    return _stream_ops(sm.ops, pages)
-
-
-def _stream_ops(ops, pages) -> list[ExecOp]:
+def _stream(ops, pages) -> list[ExecOp]:
+    """The tasks of `ops` (an SM's program, or part of it) whose pages its producer streams, in
+    program order (a layer loop's body once)."""
     return [op for op in ops if isinstance(op, ExecOp) and pages(op)]
 
 
@@ -108,8 +106,8 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     words, instruction fetch): measured 1-2 us slower per step on the H200 (docs/perf.md v22).
     In a whole model the ops are the layer loop's and the pages its first layer's (the table is
     per SM, not per layer; the prologue streams nothing)."""
-    looped = any(op.in_loop for sm in sms for op in _stream(sm, pages))
-    stream = (lambda sm: [op for op in _stream(sm, pages) if op.in_loop]) if looped else (lambda sm: _stream(sm, pages))
+    looped = any(op.in_loop for sm in sms for op in _stream(sm.ops, pages))
+    stream = lambda sm: [op for op in _stream(sm.ops, pages) if op.in_loop or not looped]     # noqa: E731
     total: dict[str, int] = {}
     first: dict[str, int] = {}
     for sm in sms:
@@ -174,6 +172,17 @@ def _looped(units: list[list[str]]) -> list[str]:
     return out
 
 
+def _indented(lines: list[str]) -> list[str]:
+    return ["  " + line for line in lines]
+
+
+def _in_layer_loop(lines: list[str], layers: int, indent: str) -> list[str]:
+    """`lines` (one segment of an SM's line, indented one level) inside the layer loop; nothing if empty."""
+    if not lines:
+        return []
+    return [f"{indent}for (int layer = 0; layer < {layers}; ++layer) {{   // the layer loop", *lines, f"{indent}}}"]
+
+
 def _signature(name: str, params: str) -> list[str]:
     """The opening line of a per-op function: what every one takes (the layer loop's layer: 0
     outside it), then its own `params`."""
@@ -196,14 +205,12 @@ class _Emitter:
         self.functions: dict[tuple, tuple] = {}           # (kind, op) -> (first task, lines)
         # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
-        execs = [o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)]
-        self.packing = {e["buffer"]: e for e in (task_kind(o.kind.data).packing(o) for o in execs) if e}
+        self.packing = packings(o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp))
         self.tagged = {name for name, b in self.buffers.items() if b.dtype.data == "f32_tagged"}   # tagged words
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
         self.one_at_a_time = ([0] * len(self.schedule.sms) if queue      # the queue variant: tasks go anywhere
                               else one_at_a_time(self.schedule.sms, self.pages, self.plan.depth))
-        self.layer = "0"                                  # the layer expression of the calls being emitted
         self.slot_elements = {name: slot_elements(b, self.packing.get(name)) for name, b in self.buffers.items()
                               if b.copies > 1}
         self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
@@ -219,9 +226,11 @@ class _Emitter:
         slot = ("layer" + (f" + {c}" if c else "")) if op.in_loop else str(c)
         return f"(b.{self.field[name]} + (size_t)({slot}) * {self.slot_elements[name]})"
 
-    def args(self, task_id: int) -> str:
-        """What every per-op function's call passes first: the step, the buffers, the task, the layer."""
-        return f"s, b, {task_id}, {self.layer}"
+    @staticmethod
+    def args(op: ExecOp) -> str:
+        """What every per-op function's call for task `op` passes first: the step, the buffers, the
+        task, the layer (the loop's variable in the layer loop's body, 0 outside it)."""
+        return f"s, b, {op.task_id.value.data}, {'layer' if op.in_loop else 0}"
 
     def ctype(self, name: str) -> str:
         """The element type of buffer `name` in kernel.cu."""
@@ -309,33 +318,22 @@ class _Emitter:
         its pages numbered on: the prologue's P0, then Pb per layer, then the epilogue's."""
         pre, body, post, layers = _segments(sm.ops)
         segments = [(pre, False), (body or [], True), (post, False)]
-        counts = [sum(self.pages(o) for o in _stream_ops(ops, self.pages)) for ops, _ in segments]
+        counts = [sum(self.pages(o) for o in _stream(ops, self.pages)) for ops, _ in segments]
         firsts = [0, counts[0], counts[0] + layers * counts[1]]
         total = firsts[2] + counts[2]
         lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
-        loop = f"for (int layer = 0; layer < {layers}; ++layer) {{   // the layer loop"
         if total:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's stream"]
             for (ops, in_loop), first, count in zip(segments, firsts, counts):
-                streams = _stream_ops(ops, self.pages)
-                if in_loop and streams:
-                    lines.append(f"    {loop}")
-                self.layer = "layer" if in_loop else "0"
                 local, units = 0, []
-                for op in streams:
-                    units.append([("  " if in_loop else "") + line
-                                  for line in self.produce(op, _page(first, count if in_loop else 0, local))])
+                for op in _stream(ops, self.pages):
+                    units.append(self.produce(op, _page(first, count if in_loop else 0, local)))
                     local += self.pages(op)
-                lines += _looped(units)
-                if in_loop and streams:
-                    lines.append("    }")
+                lines += _in_layer_loop(_indented(_looped(units)), layers, "    ") if in_loop else _looped(units)
             lines += [f"    {RING}::drain(s, {total});", "    return;", "  }"]
         else:
             lines += ["  if (is_producer()) return;   // nothing to stream"]
         for (ops, in_loop), first, count in zip(segments, firsts, counts):
-            if in_loop and body is not None:
-                lines.append(f"  {loop}")
-            self.layer = "layer" if in_loop else "0"
             local, staged, units = 0, None, []     # staged: what the work area holds (self.staged)
             for op, waits in _with_waits(ops):   # waits run in the consumers' line; the producer is not held
                 if isinstance(op, SignalOp):
@@ -350,13 +348,10 @@ class _Emitter:
                 key = self.staged(op)    # None after a task that uses the work area otherwise
                 unit += self.consume(op, waits, _page(first, count if in_loop else 0, local),
                                      new_run=restages(key, staged))
-                units.append([("  " if in_loop else "") + line for line in unit])
+                units.append(unit)
                 staged = key
                 local += self.pages(op)
-            lines += _looped(units)
-            if in_loop and body is not None:
-                lines.append("  }")
-        self.layer = "0"
+            lines += _in_layer_loop(_indented(_looped(units)), layers, "  ") if in_loop else _looped(units)
         return lines + ["}"]
 
     def queue_function(self) -> list[str]:

@@ -17,10 +17,21 @@ KINDS: dict[str, TaskKind] = {k.name: k for k in (Linear(), LinearCombine(), Att
                                                   Embedding(), Argmax(), ArgmaxCombine())}
 
 
+def packings(execs) -> dict[str, dict]:
+    """buffer -> how the runtime stores the weights its tasks stream (the kinds' `packing`, the same
+    for every task of an op), in the order of `execs`: the manifest's `packed_weights`."""
+    out: dict[str, dict] = {}
+    for op in execs:
+        entry = kind(op.kind.data).packing(op)
+        if entry is not None:
+            out.setdefault(entry["buffer"], entry)
+    return out
+
+
 def kind(name: str) -> TaskKind:
     if name not in KINDS:
         raise ValueError(f"no task kind '{name}'; known: {', '.join(KINDS)}")
     return KINDS[name]
 
 
-__all__ = ["KINDS", "TaskKind", "kind"]
+__all__ = ["KINDS", "TaskKind", "kind", "packings"]

@@ -13,6 +13,12 @@ from .base import TAGGED, TaskKind
 CHUNK = 4096   # logits one argmax task reduces (the LM head of a 128K vocabulary: 32 tasks)
 
 
+def logits_of(execs) -> str | None:
+    """The logits buffer the argmax tasks among `execs` read (None: a layer, no argmax); the host
+    reads the last step's logits from it."""
+    return next((op.buffer("logits") for op in execs if op.kind_name == Argmax.name), None)
+
+
 def first_max(values: np.ndarray) -> tuple[float, int]:
     """(largest value, its lowest index), NaNs never chosen."""
     i = int(np.argmax(np.where(np.isnan(values), -np.inf, values)))

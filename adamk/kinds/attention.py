@@ -118,7 +118,7 @@ class Attention(TaskKind):
                 "}"]
 
     def produce(self, em, op, page) -> list[str]:
-        return [f"    produce_{em.op_name(op)}({em.args(op.task_id.value.data)}, {page}, {op.tile_range[0]}, {op.part});  "
+        return [f"    produce_{em.op_name(op)}({em.args(op)}, {page}, {op.tile_range[0]}, {op.part});  "
                 f"// {em.comment(op)}: its cached rows"]
 
     def call(self, em, op, page, new_run) -> list[str]:

@@ -61,7 +61,7 @@ class TaskKind:
     @staticmethod
     def plain_call(em, op, function: str, args, what: str) -> list[str]:
         """The call of a task whose function stages, polls and stamps itself: `function_op<n>(s, b, task, layer, *args)`."""
-        return [f"  {function}_{em.op_name(op)}({em.args(op.task_id.value.data)}, {', '.join(map(str, args))});  "
+        return [f"  {function}_{em.op_name(op)}({em.args(op)}, {', '.join(map(str, args))});  "
                 f"// {em.comment(op)}: {what}"]
 
     def pages(self, op) -> int:

@@ -125,10 +125,10 @@ class Linear(TaskKind):
         if paged and new_run:           # the task stages its input page by page (it stamps "inputs in")
             lines = em.marks(task_id)[:1]
         else:
-            lines = [f"  input_{name}({em.args(task_id)}, {part});"] if new_run else em.marks(task_id)
+            lines = [f"  input_{name}({em.args(op)}, {part});"] if new_run else em.marks(task_id)
         what = "rows" if not op.buffer("weight2") else "rows of both weights"
         stage = f", {int(new_run)}" if paged else ""
-        return lines + [f"  linear_{name}({em.args(task_id)}, {page}, {begin}, {end}, {part}{stage});  "
+        return lines + [f"  linear_{name}({em.args(op)}, {page}, {begin}, {end}, {part}{stage});  "
                         f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
     def pages(self, op) -> int:
@@ -140,7 +140,7 @@ class Linear(TaskKind):
             raise ValueError(f"task {op.task_id.value.data} starts at row {begin}, not a whole page of "
                              f"{op.param('tile_rows')} rows: its packed pages would not be whole")
         args = [page, begin, op.k_index.value.data]
-        return [f"    produce_{em.op_name(op)}({em.args(op.task_id.value.data)}, {', '.join(map(str, args))});  "
+        return [f"    produce_{em.op_name(op)}({em.args(op)}, {', '.join(map(str, args))});  "
                 f"// {em.comment(op)}"]
 
     def packing(self, op) -> dict:

@@ -109,7 +109,6 @@ def _check(model: _Layers):
                     carried = at[1:] if same else carried
                 if not same:
                     raise _differs(i, j, op, "it reads an operand from another place than layer 0 does")
-    last = model.layer[-1]
     out = None
     for op in model.epilogue:
         for x in op.operands:
@@ -123,7 +122,7 @@ def _check(model: _Layers):
         carried = out
     if carried is None:
         raise FrontendError("the LM head does not read the last layer's output")
-    return entry, carried, last
+    return entry, carried
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ class LayersPass(ModulePass):
                                 f"reads each of its {layers} stacked cache layers once, in order")
         ops = [o for o in fn.body.block.ops if not isinstance(o, (WeightOp, func.ReturnOp))]
         model = _Layers(ops, layers)
-        entry, (jc, rc), last = _check(model)
+        entry, (jc, rc) = _check(model)
         template = model.layer[0]
         # every weight of layer 0 names its counterpart in each layer
         names: dict = {}
@@ -170,7 +169,7 @@ class LayersPass(ModulePass):
         Rewriter.insert_op(loop_out, InsertPoint.after(template[-1]))
         for op in model.epilogue:
             for k, x in enumerate(op.operands):
-                if x == last[jc].results[rc]:
+                if x == model.layer[-1][jc].results[rc]:
                     op.operands[k] = loop_out.result
         for layer in reversed(model.layer[1:]):
             for op in reversed(layer):

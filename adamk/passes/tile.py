@@ -156,12 +156,25 @@ class TaskBuilder:
         self.known_deps: dict[str, dict] = {}                                  # buffer -> (begin, end, slot) -> deps
         self.unmerged: dict[str, tuple] = {}   # split attention's out -> (op, partial), parts not yet combined
         self.layers, self.loop = 1, False      # the layer loop's trip count; building its body
+        self.layered: set[str] = set()         # the layer-indexed buffers
+
+    def declare(self, name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None,
+                aliases=None):
+        """A new `adamk.buffer` (`slots`: layer-indexed, so many copies of `shape`)."""
+        if any(b.sym_name.data == name for b in self.buffers):
+            raise FrontendError(f"weight {quoted(name)} has the name of the kernel's {name} buffer; rename the weight")
+        self.buffers.append(BufferOp(name, role, shape, dtype, slots, layer_names, aliases))
+        if slots is not None:
+            self.layered.add(name)
+
+    @property
+    def per_layer(self) -> int | None:
+        """The slots of a buffer the loop's body writes (None outside the loop)."""
+        return self.layers if self.loop else None
 
     def buffer(self, value, name: str, role: str, dtype: str, shape=None, slots: int | None = None,
                layer_names=None, aliases=None):
-        if any(b.sym_name.data == name for b in self.buffers):
-            raise FrontendError(f"weight {quoted(name)} has the name of the kernel's {name} buffer; rename the weight")
-        self.buffers.append(BufferOp(name, role, shape or shape_of(value), dtype, slots, layer_names, aliases))
+        self.declare(name, role, shape or shape_of(value), dtype, slots, layer_names, aliases)
         self.name_of[value] = name
         if slots is not None:
             self.slot_of[value] = 0
@@ -173,7 +186,7 @@ class TaskBuilder:
             self.name_of[value], self.slot_of[value] = self.hidden, 1
             return self.hidden
         name = self.unique(base)
-        self.buffer(value, name, role, dtype, slots=self.layers if self.loop else None)
+        self.buffer(value, name, role, dtype, slots=self.per_layer)
         return name
 
     def build(self, fn: func.FuncOp, stop_after_loop: bool = False):
@@ -193,7 +206,7 @@ class TaskBuilder:
             self.buffer(args[0], "tokens", "tokens", "i32", [max_seq + 1])
             self.buffer(args[2], "k_cache", "kv_cache", self.dtype, shape_of(args[2])[1:], self.layers)
             self.buffer(args[3], "v_cache", "kv_cache", self.dtype, shape_of(args[3])[1:], self.layers)
-            self.buffers.append(BufferOp("position", "position", [2], "i32"))
+            self.declare("position", "position", [2], "i32")
         else:
             self.buffer(args[0], "x", "input", self.dtype)
             self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
@@ -280,7 +293,7 @@ class TaskBuilder:
         hidden = shape_of(op.table)[1]
         self.task(self.hidden, f"{self.hidden}.embedding", "embedding", (0, hidden),
                   {"tokens": "tokens", "table": self.name_of[op.table], "out": self.hidden},
-                  {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0])}, slots={self.hidden: 0})
+                  {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0])})
 
     def argmax(self, op: ArgmaxOp):
         """Greedy sampling in two fixed-order levels: each task the (max, index) of a chunk of the
@@ -289,7 +302,7 @@ class TaskBuilder:
         logits, vocab = self.name_of[op.logits], shape_of(op.logits)[1]
         chunks = -(-vocab // ARGMAX_CHUNK)
         partial = self.unique(f"{logits}.argmax")
-        self.buffers.append(BufferOp(partial, "activation", [chunks, 2], ACTIVATION))
+        self.declare(partial, "activation", [chunks, 2], ACTIVATION)
         for c in range(chunks):
             self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
                       {"logits": logits, "out": partial}, {"N": _ivalue(vocab)},
@@ -323,8 +336,6 @@ class TaskBuilder:
             attention, partial = self.unmerged.pop(buffers["input"])
             self.buffers = [b for b in self.buffers if b.sym_name.data != buffers["input"]]   # never written
             buffers["input"] = partial
-            if self.loop:
-                slots[partial] = 0
             params |= {"prologue": StringAttr("attn_combine"), "head_dim": attention.head_dim,
                        "num_heads": attention.num_heads, "parts": attention.k_split}
             coef = attention.num_heads.value.data * attention.k_split.value.data
@@ -340,10 +351,7 @@ class TaskBuilder:
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
         partial = self.unique(f"{source}.partial")
-        self.buffers.append(BufferOp(partial, "activation", [k_split, n], ACTIVATION,
-                                     self.layers if self.loop else None))
-        if self.loop:
-            slots = slots | {partial: 0}
+        self.declare(partial, "activation", [k_split, n], ACTIVATION, self.per_layer)
         part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
         for r in range(0, n, rows):
             end = min(r + rows, n)
@@ -382,10 +390,7 @@ class TaskBuilder:
         # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
         # or, for several readers, by one combine task per KV group.
         partial = self.unique(f"{out}.partial")
-        self.buffers.append(BufferOp(partial, "activation", [k_split, nh, hd + 2], ACTIVATION,
-                                     self.layers if self.loop else None))
-        if self.loop:
-            slots = slots | {partial: 0}
+        self.declare(partial, "activation", [k_split, nh, hd + 2], ACTIVATION, self.per_layer)
         for h in range(0, nh, heads):
             for j in range(k_split):
                 self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + heads), buffers | {"out": partial},
@@ -400,20 +405,20 @@ class TaskBuilder:
         op, partial = self.unmerged.pop(out)
         nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
         group = op.group
-        slots = {partial: 0, out: 0} if self.loop else {}
         for g in range(nkv):
             self.task(out, f"{out}.g{g}", "attention_combine", (g * group, (g + 1) * group),
                       {"partial": partial, "out": out},
-                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split, slots=slots)
+                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split)
 
     def task(self, source: str, name: str, kind: str, tile, buffers, params, footprint=None, *,
              k_index: int = 0, k_split: int = 1, slots: dict | None = None):
         """Append one task of `source` (the buffer it writes); its deps are the earlier tasks whose
-        writes overlap its reads. `slots`: c of each layer-indexed buffer it names (task.py)."""
+        writes overlap its reads. `slots`: c of a layer-indexed buffer it names other than 0 (task.py:
+        the hidden state's, which the loop reads at c = 0 and writes at 1)."""
         if len(self.tasks) == MAX_TASKS:
             raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
                                         "compiles models up to that size")
-        slots = {b: c for b, c in (slots or {}).items() if b in buffers.values()}
+        slots = {b: (slots or {}).get(b, 0) for b in dict.fromkeys(buffers.values()) if b in self.layered}
         record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), dict(params), footprint, k_index,
                             k_split, self.loop, slots)
         description = task_kind(kind)

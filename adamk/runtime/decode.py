@@ -33,10 +33,11 @@ class DecodeStep:
     `weights`: a torch module, a state_dict-like mapping, the path of the ONNX file the
     artifact was compiled from (its initializers), a safetensors file or a (sharded) Hugging
     Face checkpoint directory; `weights_prefix` keeps the names under it, the prefix replaced by
-    `names_prefix` (`adamk.runtime.weights.read_weights`)."""
+    `names_prefix` (`adamk.runtime.weights.read_weights`). With `keep_weights`, `self.weights`
+    keeps the checked source tensors by manifest name (the engine's prefill uses them row-major)."""
 
     def __init__(self, path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
-                 names_prefix: str = ""):
+                 names_prefix: str = "", keep_weights: bool = False):
         import torch
         self.torch = torch
         if not torch.cuda.is_available():
@@ -51,7 +52,9 @@ class DecodeStep:
         self.grid, self.threads, self.smem = k["grid"], k["block_threads"], k["smem_bytes"]
         self.timeout_ns = int(timeout_s * 1e9)
 
-        self.buffers = self._bind(read_weights(weights, weights_prefix, names_prefix))
+        checked = check_weights(self.manifest, read_weights(weights, weights_prefix, names_prefix))
+        self.buffers = self._bind(checked)
+        self.weights = checked if keep_weights else None
         self.max_seq_len = self.buffers["k_cache"].shape[-2]
         names = [b["name"] for b in self.manifest["buffers"]]
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
@@ -87,11 +90,10 @@ class DecodeStep:
             raise AdamkError(f"the megakernel needs {self.grid} co-resident blocks of {self.threads} threads and "
                              f"{self.smem} B shared memory; this GPU holds {fit}")
 
-    def _bind(self, weights) -> dict:
+    def _bind(self, checked) -> dict:
         """Every buffer on the device: a layer-indexed one (a whole model's) as [slots, *shape], its
         weights stacked by slot (manifest weights' `buffer` and `slot`)."""
         torch = self.torch
-        checked = check_weights(self.manifest, weights)
         plan = packing_plan(self.manifest)
         slots: dict[str, list] = {}
         for w in self.manifest["weights"]:

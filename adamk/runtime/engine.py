@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from ..artifact import read_manifest
 from ..errors import AdamkError
 from .model import ModelStep
 
@@ -33,18 +34,18 @@ class Generation:
 class Engine:
     def __init__(self, path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
                  names_prefix: str = ""):
-        from .decode import load
-        from .weights import check_weights, read_weights
-        self.step = load(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
-                         names_prefix=names_prefix)
-        if not isinstance(self.step, ModelStep):
+        model = read_manifest(path)["model"]
+        if not model.get("whole_model"):
             raise AdamkError("adamk.Engine runs a whole model; this artifact is one decoder layer (adamk.load it)")
-        self.plan = self.step.manifest["model"].get("prefill")
+        self.plan = model.get("prefill")
         if self.plan is None:
             raise AdamkError("this artifact's model has no PyTorch prefill (its layer is not the Llama/Qwen2 "
                              "structure the engine knows); decode it with adamk.load instead")
+        # the weights are read and checked once, by the step, which keeps them for the prefill's copies
+        self.step = ModelStep(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
+                              names_prefix=names_prefix, keep_weights=True)
+        checked, self.step.weights = self.step.weights, None
         torch = self.torch = self.step.torch
-        checked = check_weights(self.step.manifest, read_weights(weights, weights_prefix, names_prefix))
         bf = lambda name: checked[name].detach().to(self.step.device, torch.bfloat16)       # noqa: E731
         self.w = {role: ([bf(n) for n in names] if isinstance(names, list) else bf(names))
                   for role, names in self.plan.items() if isinstance(names, (list, str)) and role in _WEIGHTS}

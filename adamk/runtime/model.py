@@ -10,6 +10,7 @@ head_dim]`: positions before the start must hold the prompt's keys and values (a
 """
 from __future__ import annotations
 
+from ..artifact import read_manifest
 from ..errors import AdamkError
 from .decode import DecodeStep
 
@@ -19,10 +20,10 @@ class ModelStep(DecodeStep):
     pos)` then `launch()` / `run(n)` / a `graph()` replay per step, the ids then read with
     `generated(pos, n)`."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not self.manifest["model"].get("whole_model"):
+    def __init__(self, path, *args, **kwargs):
+        if not read_manifest(path)["model"].get("whole_model"):      # before binding any weight
             raise AdamkError("this artifact is one decoder layer: load it with adamk.load for `y = step(x, pos)`")
+        super().__init__(path, *args, **kwargs)
         self.logits_buffer = self.manifest["model"]["logits_buffer"]
         self.vocab_size = self.manifest["model"]["vocab_size"]
         self.position = next(b["name"] for b in self.manifest["buffers"] if b["role"] == "position")
@@ -72,6 +73,13 @@ class ModelStep(DecodeStep):
         """The ids the steps from `pos` wrote: those at pos + 1 .. pos + steps."""
         self.check()
         return self.buffers["tokens"][pos + 1:pos + 1 + steps].tolist()
+
+    def read_bytes(self, pos: int) -> int:
+        """Bytes a step at `pos` must read: its weights (an embedding table's one row) and the KV rows
+        0..pos of every layer: what the weight-read floor divides by the copy bandwidth."""
+        m = self.manifest["model"]
+        kv = 2 * m["layers"] * m["num_kv_heads"] * (pos + 1) * m["head_dim"] * self.k_cache.element_size()
+        return self.manifest["weight_read_bytes"] + kv
 
     def logits(self):
         """The last step's logits (float32 [vocab])."""

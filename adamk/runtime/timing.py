@@ -27,3 +27,17 @@ def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[fl
         e.record(); e.synchronize()
         blocks.append(s.elapsed_time(e) * 1e3 / block)
     return statistics.median(each), statistics.median(blocks)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device-to-device copy, bytes read + written per second (median): the rate the weight-read
+    floors divide by."""
+    import torch
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    times = []
+    for _ in range(reps + 3):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record(); b.copy_(a); e.record(); e.synchronize()         # noqa: E702
+        times.append(s.elapsed_time(e) / 1e3)
+    return 2 * nbytes / statistics.median(times[3:])

@@ -68,12 +68,10 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
     counters = ({f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
                 if barrier else {})
     layers = max((b.copies for b in buffers if b.role.data == "kv_cache"), default=1)
-    looped = any(t.in_loop for t in tasks)
-    body = [i for i, t in enumerate(tasks) if t.in_loop]
-    body = (body[0], body[-1]) if body else None
-    if body and body[1] - body[0] + 1 != len([t for t in tasks if t.in_loop]):
+    body = [i for i, t in enumerate(tasks) if t.in_loop]          # the layer loop's tasks
+    if body and body[-1] - body[0] + 1 != len(body):
         raise ScheduleError("the layer loop's tasks are not consecutive in program order")
-    if looped and barrier:
+    if body and barrier:
         raise ScheduleError("the grid-barrier variant takes one decoder layer; a whole model's layer loop "
                             "synchronises through its activations (schedule 'search' or 'round-robin')")
     sms = []
@@ -87,8 +85,8 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
                     ops += [*polls(tasks[i], tagged), ExecOp(i, tasks[i].copy_body_properties())]
             if barrier and k < len(sources) - 1:
                 ops.append(SignalOp(f"barrier.{k}", 1))
-        if looped:
-            ops = _with_loop(ops, layers, *body)
+        if body:
+            ops = _with_loop(ops, layers, body[0], body[-1])
         sms.append(sm_program(index, ops))
 
     schedule = ScheduleOp(len(programs), block_threads, stages, in_flight, sms)

@@ -45,8 +45,12 @@ def located(op, layer: int, sizes: dict[str, int]):
         b, e = op.range
         at = op.slot_at(layer) * sizes.get(op.buffer.data, 0)
         return [(op.buffer.data, at + b, at + e)]
-    return [(buffer, slot_index(op, buffer, layer) * sizes[buffer] + b, slot_index(op, buffer, layer) * sizes[buffer] + e)
-            for buffer, b, e in task_kind(op.kind.data).writes(op) if buffer in sizes]
+    out = []
+    for buffer, b, e in task_kind(op.kind.data).writes(op):
+        if buffer in sizes:
+            at = slot_index(op, buffer, layer) * sizes[buffer]
+            out.append((buffer, at + b, at + e))
+    return out
 
 
 def _what(at, counters, epoch, written, sizes) -> str:
