@@ -52,6 +52,9 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             _check_max_seq_len(graph, config.max_seq_len)
         graph_text = print_module(graph)
         model_dims = _model_dims(graph)
+        if model_dims["whole_model"] and config.schedule in ("barrier", "queue"):
+            raise AdamkError(f"schedule '{config.schedule}' (an ablation variant) takes one decoder layer; a whole "
+                             "model's layer loop runs with schedule 'search' or 'round-robin'")
         _check_fits_memory(graph, target)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
     with step("passes: fuse and K-split"):

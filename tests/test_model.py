@@ -150,3 +150,9 @@ def test_an_sms_run_of_one_ops_tiles_is_one_loop():
     assert out[2:] == ["  }", '  argmax_op5(s, b, 900, 0, 0, 4096, 0);  // "c0"']
     bent = [["  f(1);"], ["  f(2);"], ["  f(4);"]]          # no single step: written out
     assert _looped(bent) == ["  f(1);", "  f(2);", "  f(4);"]
+
+
+@pytest.mark.parametrize("schedule", ["barrier", "queue"])
+def test_the_ablation_schedules_refuse_a_whole_model(schedule):
+    with pytest.raises(adamk.AdamkError, match=f"schedule '{schedule}' .* takes one decoder layer"):
+        adamk.compile(LlamaModel(PRESETS["tiny"], seed=0), adamk.CompileConfig(gpu="H200", schedule=schedule))

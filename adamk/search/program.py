@@ -71,9 +71,6 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
     body = [i for i, t in enumerate(tasks) if t.in_loop]          # the layer loop's tasks
     if body and body[-1] - body[0] + 1 != len(body):
         raise ScheduleError("the layer loop's tasks are not consecutive in program order")
-    if body and barrier:
-        raise ScheduleError("the grid-barrier variant takes one decoder layer; a whole model's layer loop "
-                            "synchronises through its activations (schedule 'search' or 'round-robin')")
     sms = []
     for index, program in enumerate(programs):
         ops = []
