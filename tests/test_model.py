@@ -24,6 +24,7 @@ from adamk.simulator import Simulator
 
 # the tiny preset with a vocabulary of three argmax chunks (4096 logits each), the last one short
 TINY = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=3)
+CONFIG = adamk.CompileConfig(gpu="H200", num_sms=32)     # fewer blocks: less straight-line code for NVRTC
 
 
 def folded(model):
@@ -43,7 +44,7 @@ def simulator(model, art) -> Simulator:
 @pytest.fixture(scope="module")
 def tiny():
     model = LlamaModel(TINY, seed=random.randrange(2**31))
-    return model, adamk.compile(model, adamk.CompileConfig(gpu="H200"))
+    return model, adamk.compile(model, CONFIG)
 
 
 def test_layers_fold_into_one_loop_body_with_every_layers_weights():
@@ -120,7 +121,7 @@ def test_argmax_prefers_the_lowest_index_on_ties(tiny):
 
 def test_the_same_model_compiles_to_the_same_bytes(tiny):
     model, art = tiny
-    again = adamk.compile(model, adamk.CompileConfig(gpu="H200"))
+    again = adamk.compile(model, CONFIG)
     assert again.files == art.files and again.manifest_bytes() == art.manifest_bytes()
     assert art.manifest["search_complete"]
 
