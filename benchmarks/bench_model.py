@@ -1,7 +1,7 @@
 """The whole decode step of a model (embedding, every layer, final norm, LM head, greedy argmax)
 on the megakernel against what a PyTorch user has, in one process, with the weight-read floor.
 
-    python benchmarks/bench_model.py --artifact out/model-1b [--preset llama-3.2-1b] [--pos 512]
+    python benchmarks/bench_model.py --artifact out/model-1b [--preset llama-3.2-1b] [--layers N] [--pos 512]
 
 The artifact is compiled beforehand (on any machine) from `adamk.models.LlamaModel` of the
 preset. One random bf16 model serves every variant. The megakernel is checked first: its
@@ -18,6 +18,7 @@ Medians of CUDA-event times.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import torch
@@ -70,11 +71,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--artifact", required=True)
     ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--layers", type=int, help="the preset with this many decoder layers (as compiled)")
     ap.add_argument("--pos", type=int, default=512)
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args()
     cfg, pos = PRESETS[args.preset], args.pos
+    if args.layers:
+        cfg = dataclasses.replace(cfg, num_layers=args.layers)
     model = random_model(cfg)
     step = adamk.load(args.artifact, model)
     c = cfg
