@@ -88,14 +88,14 @@ def test_schedule_runs_the_layer_body_in_a_loop_on_layer_indexed_buffers(tiny):
         {(f"layers.{i}.q_proj.weight", i) for i in range(TINY.num_layers)}
 
 
-def test_simulator_decodes_greedily_as_float32_pytorch(tiny):
-    model, art = tiny
+def decodes_as_float32(model, art, steps: int = 5):
+    """The simulator runs `steps` greedy steps from a random position as float32 PyTorch does."""
     sim = simulator(model, art)
     pos = random.randrange(1, 30)
     token, _, k, v = model.example_inputs(pos=pos, seed=random.randrange(2**31))
     sim.mem["k_cache"][:], sim.mem["v_cache"][:] = k.numpy(), v.numpy()
     token = int(token)
-    for p in range(pos, pos + 5):
+    for p in range(pos, pos + steps):
         logits = sim.step(token, p)
         with torch.no_grad():
             ref = model(torch.tensor([token]), torch.tensor(p), k, v).reshape(-1).numpy()
@@ -103,6 +103,18 @@ def test_simulator_decodes_greedily_as_float32_pytorch(tiny):
         token = int(sim.mem["tokens"][p + 1])
         assert token == int(np.argmax(ref)), p           # the first of the largest, across chunks
     assert np.abs(sim.mem["k_cache"] - k.numpy()).max() < 1e-5   # every layer appended its rows
+
+
+def test_simulator_decodes_greedily_as_float32_pytorch(tiny):
+    decodes_as_float32(*tiny)
+
+
+def test_a_one_layer_model_is_a_loop_of_one_layer():
+    """One decoder layer still takes the layer-indexed path (its buffers have one slot each)."""
+    model = LlamaModel(dataclasses.replace(TINY, num_layers=1), seed=random.randrange(2**31))
+    art = adamk.compile(model, CONFIG)
+    assert "for (int layer = 0; layer < 1; ++layer)" in art.files["kernel.cu"].decode()
+    decodes_as_float32(model, art, steps=2)
 
 
 def test_argmax_prefers_the_lowest_index_on_ties(tiny):

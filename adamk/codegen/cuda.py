@@ -212,7 +212,7 @@ class _Emitter:
         self.one_at_a_time = ([0] * len(self.schedule.sms) if queue      # the queue variant: tasks go anywhere
                               else one_at_a_time(self.schedule.sms, self.pages, self.plan.depth))
         self.slot_elements = {name: slot_elements(b, self.packing.get(name)) for name, b in self.buffers.items()
-                              if b.copies > 1}
+                              if b.slots is not None}
         self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
 
     def ptr(self, name: str | None, ctype_if_none: str = "tagged_t", op=None) -> str:
