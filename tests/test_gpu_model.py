@@ -185,6 +185,31 @@ def test_soak_twenty_thousand_steps_across_epoch_wraps(tiny):
     model.cpu()
 
 
+def test_a_profiling_build_stamps_every_layer(tmp_path):
+    """A profiling build of a whole model stamps each layer's tasks in that layer's slice: a task
+    of the loop runs on one SM layer after layer, so its stamps grow with the layer; a task outside
+    the loop stamps layer 0's slice only; and the stamped step still decodes as float32 does."""
+    model = bf16_model("tiny")
+    path = adamk.compile(model, adamk.CompileConfig(gpu="H200", profile=True)).save(tmp_path / "p")
+    step = adamk.load(path, model)
+    pos = random.randrange(1, 40)
+    kc, vc = history(model, step, pos)
+    token = random.randrange(model.cfg.vocab_size)
+    logits, _ = step(token, pos)
+    with torch.no_grad():
+        assert rel(logits.cpu(), model(torch.tensor([token]), torch.tensor(pos), kc, vc).reshape(-1)) < 1e-2
+    layers = [step.trace(layer) for layer in range(model.cfg.num_layers)]
+    loop = {t for t, row in enumerate(layers[1]) if row[1]}
+    assert loop and len(loop) < len(layers[0])          # the embedding, LM head and argmax are not in it
+    for t, row in enumerate(layers[0]):
+        assert row[1] > 0 and row[1] <= row[2] <= row[3], row          # reached <= inputs in <= end
+        for later in layers[1:]:
+            assert (later[t][1] >= row[3]) if t in loop else later[t][1] == 0, (t, row, later[t])
+    n = model.cfg.num_layers
+    with pytest.raises(AdamkError, match=rf"no stamps of layer {n}: the artifact has {n} layer\(s\)"):
+        step.trace(n)
+
+
 def hf_dims(dims: str, vocab: int):
     from adamk.models import LlamaConfig
     if dims == "tiny":

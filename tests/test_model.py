@@ -4,6 +4,7 @@ one loop, the schedule runs its body once per layer on layer-indexed buffers, an
 import copy
 import dataclasses
 import random
+import re
 
 import numpy as np
 import pytest
@@ -149,6 +150,18 @@ def test_inspect_describes_the_whole_model_and_its_read_floor(tiny, tmp_path):
     table = model.embed_tokens.weight
     assert art.manifest["weight_read_bytes"] == art.manifest["weight_bytes"] - 2 * (table.numel() - table.shape[1])
     assert art.manifest["model"]["intermediate_size"] == TINY.intermediate_size     # not the LM head's rows
+
+
+def test_a_profiling_build_moves_the_stamps_per_layer(tiny):
+    """A profiling build's layer loop points the stamps at its layer's slice of the trace buffer
+    ([layers][tasks][slots]) and back to slice 0 after it; a timed build's code has no such line."""
+    model, art = tiny
+    src = adamk.compile(model, dataclasses.replace(CONFIG, profile=True)).files["kernel.cu"].decode()
+    tasks = int(re.search(r"(\d+) tasks\.", src).group(1))
+    assert f"    s.trace = step.trace + (size_t)layer * {tasks * 4};" in src
+    assert src.count("  Step s = step;") == CONFIG.num_sms
+    plain = art.files["kernel.cu"].decode()
+    assert "= step.trace" not in plain and "Step s = step" not in plain
 
 
 def test_an_sms_run_of_one_ops_tiles_is_one_loop():

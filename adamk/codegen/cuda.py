@@ -105,7 +105,8 @@ def one_at_a_time(sms, pages, depth: int) -> list[int]:
     flight those copies fill the memory system's queues ahead of the chain's small reads (tagged
     words, instruction fetch): measured 1-2 us slower per step on the H200 (docs/perf.md v22).
     In a whole model the ops are the layer loop's and the pages its first layer's (the table is
-    per SM, not per layer; the prologue streams nothing)."""
+    per SM, not per layer: a per-layer count measured no faster, docs/perf.md v24; the prologue
+    streams nothing)."""
     looped = any(op.in_loop for sm in sms for op in _stream(sm.ops, pages))
     stream = lambda sm: [op for op in _stream(sm.ops, pages) if op.in_loop or not looped]     # noqa: E731
     total: dict[str, int] = {}
@@ -214,6 +215,7 @@ class _Emitter:
         self.slot_elements = {name: slot_elements(b, self.packing.get(name)) for name, b in self.buffers.items()
                               if b.slots is not None}
         self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
+        self.n_tasks = sum(isinstance(o, ExecOp) for sm in self.schedule.sms for o in sm.ops)
 
     def ptr(self, name: str | None, ctype_if_none: str = "tagged_t", op=None) -> str:
         """Buffer `name` as task `op` names it: a layer-indexed one at its slot (task.py), `layer`
@@ -321,7 +323,12 @@ class _Emitter:
         counts = [sum(self.pages(o) for o in _stream(ops, self.pages)) for ops, _ in segments]
         firsts = [0, counts[0], counts[0] + layers * counts[1]]
         total = firsts[2] + counts[2]
-        lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& s, const Buffers& b) {{"]
+        # A profiling build stamps each layer's tasks in that layer's slice of the trace buffer
+        # ([layers][tasks][slots]; the tasks outside the loop in slice 0): its loop moves s.trace.
+        per_layer_stamps = self.profile and body
+        lines = [f"__device__ __noinline__ void sm_{sm.index}(const Step& {'step' if per_layer_stamps else 's'}, "
+                 "const Buffers& b) {",
+                 *(["  Step s = step;   // s.trace: the layer's slice of the stamps"] if per_layer_stamps else [])]
         if total:
             lines += [f"  {RING}::init(s);", "  if (is_producer()) {   // the SM's stream"]
             for (ops, in_loop), first, count in zip(segments, firsts, counts):
@@ -351,6 +358,9 @@ class _Emitter:
                 units.append(unit)
                 staged = key
                 local += self.pages(op)
+            if in_loop and per_layer_stamps and units:
+                units.insert(0, [f"  s.trace = step.trace + (size_t)layer * {self.n_tasks * len(TRACE_SLOTS)};"])
+                units.append(["  s.trace = step.trace;"])
             lines += _in_layer_loop(_indented(_looped(units)), layers, "  ") if in_loop else _looped(units)
         return lines + ["}"]
 
@@ -380,7 +390,7 @@ class _Emitter:
         sched = self.schedule
         n_sms, threads, smem_bytes = (sched.num_sms.value.data, sched.block_threads.value.data,
                                      sched.smem_bytes.value.data)
-        n_tasks = sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.ops)
+        n_tasks = self.n_tasks
         if self.queue:
             sm_bodies = self.queue_function() + [""]
         else:

@@ -64,8 +64,10 @@ class DecodeStep:
         self.error = torch.zeros(16, dtype=torch.int32, device=self.device)    # sync.cuh ErrorRecord
         n_tasks = len(self.manifest["tasks"])
         self.trace_slots = len(k.get("trace_slots", ()))
-        self.trace_buffer = (torch.zeros(self.trace_slots * n_tasks, dtype=torch.int64, device=self.device)
-                             if k.get("profile") else None)
+        # [layers][tasks][slots]: a whole model's loop stamps each layer in its slice (codegen/cuda.py)
+        self.trace_layers = self.manifest["model"].get("layers", 1) if self.manifest["model"].get("whole_model") else 1
+        self.trace_buffer = (torch.zeros(self.trace_layers * n_tasks * self.trace_slots, dtype=torch.int64,
+                                         device=self.device) if k.get("profile") else None)
         self.epochs = torch.zeros(self.grid, dtype=torch.int32, device=self.device)   # per block: its last epoch
         self.epoch = 0      # launches since the last zeroing: the epoch the last launch ran at
         self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
@@ -222,14 +224,17 @@ class DecodeStep:
                 return f"'{name}'[{i}]"
         return f"the word at {address:#x}"
 
-    def trace(self):
+    def trace(self, layer: int = 0):
         """Per-task globaltimer stamps of the last launch of a profiling build: a list of
         (task name, *stamps) in ns, the stamps in the order of the manifest's kernel.trace_slots
-        (reached, inputs in, end, data in)."""
+        (reached, inputs in, end, data in). A whole model's: those of layer `layer`'s loop tasks
+        (the tasks outside the loop stamp in layer 0's list; 0 where a task has no stamp there)."""
         if self.trace_buffer is None:
             raise AdamkError("this artifact was not compiled with CompileConfig(profile=True)")
+        if not 0 <= layer < self.trace_layers:
+            raise AdamkError(f"no stamps of layer {layer}: the artifact has {self.trace_layers} layer(s)")
         self.check()
-        stamps = self.trace_buffer.view(-1, self.trace_slots).tolist()
+        stamps = self.trace_buffer.view(self.trace_layers, -1, self.trace_slots)[layer].tolist()
         return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
     def _zero_state(self):
