@@ -90,6 +90,8 @@ def _progress(name: str):
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
               help="Bytes of one weight page of the SM's ring (docs/smem.md).")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
+@click.option("--attention-parts", type=click.Choice(["1", "2", "4", "8", "16"]), default=None,
+              help="Sequence parts of every attention (flash-decoding split; default: the search's choice).")
 @click.option("--no-gate-up", is_flag=True,
               help="Keep a SwiGLU's gate and up as two linears (down stages silu(gate) * up) instead of one gated "
                    "linear.")
@@ -104,15 +106,16 @@ def _progress(name: str):
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
               help="Also write the IR after every pass into this directory.")
-def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit, no_gate_up,
-            schedule, search_budget, cost_model, output, force, dump_ir):
+def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit,
+            attention_parts, no_gate_up, schedule, search_budget, cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer or whole model) into an artifact directory."""
     from . import compiler
     from .artifact import check_dump_dir, check_output_dir
     from .config import CompileConfig
     config = CompileConfig(gpu=gpu, batch_size=batch_size, max_seq_len=max_seq_len, tile_rows=tile_rows,
                            stages=stages, pages_in_flight=pages_in_flight, stage_bytes=stage_bytes,
-                           ksplit=not no_ksplit, gate_up=not no_gate_up, schedule=schedule,
+                           ksplit=not no_ksplit, attention_parts=int(attention_parts) if attention_parts else None,
+                           gate_up=not no_gate_up, schedule=schedule,
                            search_budget_s=search_budget, cost_model=cost_model)
     check_output_dir(output, force)          # before a long compile, not after it
     if dump_ir is not None:

@@ -64,14 +64,14 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             model_dims["prefill"] = prefill_plan(graph)
         smem_without_ksplit = _peak_without_ksplit(graph, config)
         run(KSplitPass(config.tile_rows, config.depth, config.stage_bytes, target.smem_per_block,
-                       config.blocks, target.name, config.ksplit), graph)   # tiling from the smem model
+                       config.blocks, target.name, config.ksplit, config.attention_parts), graph)   # tiling from the smem model
     search = None
     if config.schedule == "search":
         with step("search: tiling per op, placement and order of every task") as update:
             search = DagSearch(cost, config.blocks, config.depth, config.in_flight, config.stage_bytes,
                                target.smem_per_block,
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
-                               _search_progress(update), config.ksplit).run(graph)
+                               _search_progress(update), config.ksplit, config.attention_parts).run(graph)
             graph.verify()
             if not search.complete:
                 warnings.warn(f"the DAG search used its {config.search_budget_s} s budget before finishing; the "

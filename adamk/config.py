@@ -21,6 +21,7 @@ def producer_warps(arch: int) -> int:
 def block_threads(arch: int) -> int:
     return 32 * (CONSUMER_WARPS + producer_warps(arch))
 MAX_SEARCH_BUDGET_S = 3600.0
+ATTENTION_PARTS = (1, 2, 4, 8, 16)   # the sequence splits of an attention the search considers (dag_search.py)
 _TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "int | None": (int, type(None)),
           "str | None": (str, type(None))}
 
@@ -43,6 +44,7 @@ class CompileConfig:
     stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
     pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
+    attention_parts: int | None = None   # sequence parts of every attention; None: the search's choice
     gate_up: bool = True              # fuse a SwiGLU's gate and up linears into one gated linear (fuse.py)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
@@ -80,6 +82,11 @@ class CompileConfig:
             raise AdamkError(f"pages_in_flight={self.pages_in_flight} outside 1..8")
         if self.stage_bytes < 256 or self.stage_bytes % 16:
             raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
+        if self.attention_parts is not None and self.attention_parts not in ATTENTION_PARTS:
+            raise AdamkError(f"attention_parts={self.attention_parts} must be one of "
+                             f"{', '.join(map(str, ATTENTION_PARTS))}")
+        if self.attention_parts not in (None, 1) and not self.ksplit:
+            raise AdamkError(f"attention_parts={self.attention_parts} splits the attention, which ksplit=False forbids")
         if self.num_sms is not None and not 0 < self.num_sms <= target.num_sms:
             raise AdamkError(f"num_sms={self.num_sms} outside 1..{target.num_sms} for {target.name}")
 

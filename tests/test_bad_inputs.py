@@ -338,6 +338,23 @@ def test_compile_config_checks_types(field, value):
         adamk.CompileConfig(**{field: value})
 
 
+@pytest.mark.parametrize("kwargs,match", [({"attention_parts": 3}, "attention_parts=3 must be one of 1, 2, 4, 8, 16"),
+                                          ({"attention_parts": 4, "ksplit": False},
+                                           "attention_parts=4 splits the attention, which ksplit=False forbids")])
+def test_compile_config_checks_attention_parts(kwargs, match):
+    with pytest.raises(AdamkError, match=match):
+        adamk.CompileConfig(**kwargs)
+
+
+def test_more_attention_parts_than_positions():
+    import dataclasses
+    from adamk.errors import ScheduleError
+    from adamk.models import PRESETS, DecoderLayer
+    layer = DecoderLayer(dataclasses.replace(PRESETS["tiny"], max_seq_len=8), seed=0)
+    with pytest.raises(ScheduleError, match="attention_parts=16 exceeds the attention's 8 positions"):
+        adamk.compile(layer, adamk.CompileConfig(attention_parts=16))
+
+
 @pytest.mark.parametrize("rows,why", [(12, "must be a multiple of 8"), (64, "exceeds 32")])
 def test_compile_config_checks_tile_rows(rows, why):
     with pytest.raises(AdamkError, match=f"tile_rows={rows} {why}"):

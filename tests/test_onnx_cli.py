@@ -77,7 +77,7 @@ def test_inspect_reports_and_checks_files(tiny_onnx, tmp_path):
 
 def test_manifest_contract(tiny_onnx, tmp_path):
     out = tmp_path / "art"
-    assert cli("compile", tiny_onnx, "-o", out, "--max-seq-len", "80")[0] == 0
+    assert cli("compile", tiny_onnx, "-o", out, "--max-seq-len", "80", "--attention-parts", "2")[0] == 0
     m = json.loads((out / "manifest.json").read_text())
     for key in ("adamk_version", "target", "config", "model_signature", "weights", "files", "smem_peak_bytes",
                 "predicted_step_us"):
@@ -85,7 +85,9 @@ def test_manifest_contract(tiny_onnx, tmp_path):
     assert isinstance(m["smem_peak_bytes"], int) and isinstance(m["smem_peak_bytes_without_ksplit"], int)
     assert "search_seconds" not in m and m["config"]["schedule"] == "search" and m["cost_model"] == "spec table"
     assert m["predicted_calibrated"] is False
-    assert m["config"]["gpu"] == "L20" and m["config"]["max_seq_len"] == 80
+    assert m["config"]["gpu"] == "L20" and m["config"]["max_seq_len"] == 80 and m["config"]["attention_parts"] == 2
+    schedule = (out / "schedule.mlir").read_text()      # the search kept the attention's two parts
+    assert set(re.findall(r'kind = "attention", .*?k_split = (\d+)', schedule)) == {"2"}
     assert set(m["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
 
 

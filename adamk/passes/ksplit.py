@@ -53,6 +53,7 @@ class KSplitPass(ModulePass):
     num_sms: int = 92
     gpu: str = "the target"
     enabled: bool = True
+    attention_parts: int | None = None    # every attention's sequence parts (CompileConfig); None: the default
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fn = next(o for o in op.ops if isinstance(o, func.FuncOp))
@@ -73,7 +74,9 @@ class KSplitPass(ModulePass):
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
                 hd = o.head_dim.value.data
-                parts = attention_parts(o, self.num_sms) if self.enabled else 1
+                parts = (self.attention_parts or attention_parts(o, self.num_sms)) if self.enabled else 1
+                if parts > o.max_seq_len:
+                    raise ScheduleError(f"attention_parts={parts} exceeds the attention's {o.max_seq_len} positions")
                 self.check(f"attention (head_dim {hd})", smem.attention_footprint(hd, o.group, self.stage_bytes))
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 

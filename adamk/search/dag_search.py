@@ -33,6 +33,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.passes import ModulePass
 
 from .. import smem
+from ..config import ATTENTION_PARTS
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..dialects.task import JoinOp, TaskOp
 from ..passes.ksplit import attention_parts
@@ -117,12 +118,13 @@ class SearchResult:
 class DagSearch:
     def __init__(self, model: CostModel, num_sms: int, stages: int, in_flight: int, stage_bytes: int,
                  smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None,
-                 ksplit: bool = True):
+                 ksplit: bool = True, attention_parts: int | None = None):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
         self.in_flight = in_flight
         self.smem_budget, self.tile_rows, self.dtype, self.pos = smem_budget, tile_rows, dtype, pos
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
+        self.attention_parts = attention_parts    # fixed by the config: the search keeps it
 
     def tasks(self, fn, part: str = "all") -> list[PlacedTask]:
         """The tasks of the current tiling: all, or of a whole model only the prologue and one layer
@@ -141,7 +143,8 @@ class DagSearch:
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
-            parts = {1, 2, 4, 8, 16, attention_parts(op, self.num_sms)} if self.ksplit else {1}
+            parts = ({self.attention_parts} if self.attention_parts else
+                     {*ATTENTION_PARTS, attention_parts(op, self.num_sms)} if self.ksplit else {1})
             return [(None, s) for s in sorted(parts) if s <= op.max_seq_len]
         (n, k), gated = shape_of(op.weight), op.weight2 is not None
         # splitting K buys parallelism; an op with 8 tiles of 32 rows per SM (an LM head) has plenty,
