@@ -1,0 +1,210 @@
+// artifact.cpp — reading and checking an artifact directory (artifact.hpp).
+#include "artifact.hpp"
+
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include <cstdio>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "sha256.hpp"
+
+namespace adamk {
+
+namespace {
+
+const char* kManifest = "manifest.json";
+
+std::string kind_name(const json::Value& v) {
+  switch (v.kind) {
+    case json::Value::Kind::Null: return "null";
+    case json::Value::Kind::Bool: return "bool";
+    case json::Value::Kind::Number: return v.integral ? "int" : "float";
+    case json::Value::Kind::String: return "str";
+    case json::Value::Kind::Array: return "list";
+    case json::Value::Kind::Object: return "dict";
+  }
+  return "?";
+}
+
+// A regular file (not a link), and its size.
+bool regular_file(const std::string& path, uint64_t* size = nullptr) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  if (size) *size = uint64_t(st.st_size);
+  return true;
+}
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return lstat(path.c_str(), &st) == 0;
+}
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw Error("cannot read " + path);
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), std::streamsize(buf.size()));
+    h.update(buf.data(), size_t(in.gcount()));
+  }
+  return h.hexdigest();
+}
+
+// adamk/artifact.py _plain_name
+bool plain_name(const std::string& name) {
+  return !name.empty() && name != "." && name != ".." && name != kManifest &&
+         name.find('/') == std::string::npos && name.find('\\') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
+// The field `key` of object `v` (the manifest or one of its objects, named `where`), of JSON type `type`.
+const json::Value& field(const json::Value& v, const std::string& key, const std::string& type, const std::string& where) {
+  const json::Value* f = v.find(key);
+  if (!f) throw Error(where + " has no field '" + key + "'");
+  const std::string k = kind_name(*f);
+  const bool ok = k == type || (type == "number" && (k == "int" || k == "float"));
+  if (!ok) throw Error(where + " field '" + key + "' is not of type " + (type == "number" ? "int/float" : type));
+  return *f;
+}
+
+int64_t as_int(const json::Value& v) { return static_cast<int64_t>(v.number); }
+
+}  // namespace
+
+std::string quoted(const std::string& name) {
+  static const char* hex = "0123456789abcdef";
+  std::string out = "'";
+  const size_t limit = 120;
+  for (size_t i = 0; i < name.size() && i < limit; ++i) {
+    const unsigned char c = name[i];
+    if (c >= 0x20 && c < 0x7f) {
+      out += char(c);
+    } else {
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  if (name.size() > limit) out += "... (" + std::to_string(name.size()) + " characters)";
+  return out + "'";
+}
+
+int64_t Buffer::elements() const {
+  int64_t n = slots;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+int64_t Buffer::bytes() const {
+  const int64_t size = dtype == "bf16" ? 2 : dtype == "f32_tagged" ? 8 : 4;     // i32, f32: 4
+  return elements() * size;
+}
+
+Artifact Artifact::open(const std::string& dir) {
+  Artifact a;
+  a.dir_ = dir;
+  const std::string path = dir + "/" + kManifest;
+  uint64_t size = 0;
+  if (!regular_file(path, &size)) throw Error(dir + " is not an adamk artifact (no " + kManifest + ")");
+  if (size > kMaxManifestBytes) throw Error(path + " is " + std::to_string(size) + " bytes, not an adamk manifest");
+  try {
+    a.manifest_ = json::parse(read_all(path));
+  } catch (const json::Error& e) {
+    throw Error(path + " is not valid JSON: " + e.what());
+  }
+  const json::Value& m = a.manifest_;
+  if (!m.is_object()) throw Error(path + " has no field 'format'");
+  const json::Value* fmt = m.find("format");
+  if (fmt && fmt->is_int() && as_int(*fmt) != kManifestFormat) {
+    const int64_t f = as_int(*fmt);
+    throw Error(path + " is manifest format " + std::to_string(f) + ", made by " +
+                (f > kManifestFormat ? "a newer" : "an older") + " adamk; this one reads format " +
+                std::to_string(kManifestFormat) + ": recompile the model");
+  }
+  field(m, "format", "int", path);
+  const json::Value& files = field(m, "files", "dict", path);
+  const json::Value& target = field(m, "target", "dict", path);
+  const json::Value& kernel = field(m, "kernel", "dict", path);
+  const json::Value& buffers = field(m, "buffers", "list", path);
+  const json::Value& model = field(m, "model", "dict", path);
+  const std::string where_t = path + " field 'target'", where_k = path + " field 'kernel'";
+  a.arch_ = field(target, "arch", "str", where_t).string;
+  a.gpu_ = field(target, "gpu", "str", where_t).string;
+  const bool sm = a.arch_.size() > 3 && a.arch_.size() < 7 && a.arch_.compare(0, 3, "sm_") == 0 &&
+                  a.arch_.find_first_not_of("0123456789", 3) == std::string::npos;
+  if (!sm) throw Error(where_t + " field 'arch' is " + quoted(a.arch_) + ", not sm_<number>");
+  a.kernel_.name = field(kernel, "name", "str", where_k).string;
+  a.kernel_.grid = int(as_int(field(kernel, "grid", "int", where_k)));
+  a.kernel_.block_threads = int(as_int(field(kernel, "block_threads", "int", where_k)));
+  a.kernel_.smem_bytes = int(as_int(field(kernel, "smem_bytes", "int", where_k)));
+  for (const json::Value& arg : field(kernel, "args", "list", where_k).array) {
+    if (!arg.is_string()) throw Error(where_k + " field 'args' holds a non-string");
+    a.kernel_.args.push_back(arg.string);
+  }
+  const json::Value* whole = model.find("whole_model");
+  a.whole_model_ = whole && whole->kind == json::Value::Kind::Bool && whole->boolean;
+  for (size_t i = 0; i < buffers.array.size(); ++i) {
+    const std::string where = path + " buffer " + std::to_string(i);
+    const json::Value& b = buffers.array[i];
+    Buffer buf;
+    buf.name = field(b, "name", "str", where).string;
+    buf.role = field(b, "role", "str", where).string;
+    buf.dtype = field(b, "dtype", "str", where).string;
+    for (const json::Value& d : field(b, "shape", "list", where).array) {
+      if (!d.is_int() || d.number <= 0) throw Error(where + " " + quoted(buf.name) + " has a bad shape");
+      buf.shape.push_back(as_int(d));
+    }
+    if (b.find("slots")) buf.slots = as_int(field(b, "slots", "int", where));
+    if (buf.slots <= 0) throw Error(where + " " + quoted(buf.name) + " has a bad slot count");
+    a.buffers_.push_back(std::move(buf));
+  }
+
+  // Every listed file: a plain name, its sha256 as the manifest says; nothing else in the directory.
+  std::vector<std::string> bad;
+  std::set<std::string> listed;
+  for (const auto& [name, digest] : files.object) {
+    if (!plain_name(name))
+      throw Error(path + " lists " + quoted(name) + ", which is not a plain file name in the artifact directory");
+    if (!digest.is_string()) throw Error(path + " gives no sha256 for " + quoted(name));
+    listed.insert(name);
+    const std::string f = dir + "/" + name;
+    if (!exists(f)) bad.push_back(quoted(name) + " missing");
+    else if (!regular_file(f)) bad.push_back(quoted(name) + " not a file");
+    else if (sha256_file(f) != digest.string) bad.push_back(quoted(name) + " modified");
+  }
+  if (DIR* d = opendir(dir.c_str())) {
+    std::set<std::string> extra;
+    while (const dirent* e = readdir(d)) {
+      const std::string name = e->d_name;
+      if (name != "." && name != ".." && name != kManifest && !listed.count(name)) extra.insert(name);
+    }
+    closedir(d);
+    for (const std::string& name : extra) bad.push_back(quoted(name) + " unexpected");
+  }
+  if (!bad.empty()) {
+    std::string msg = "artifact " + dir + " fails its sha256 check: ";
+    for (size_t i = 0; i < bad.size(); ++i) msg += (i ? ", " : "") + bad[i];
+    throw Error(msg);
+  }
+  return a;
+}
+
+std::string Artifact::file(const std::string& name) const {
+  const json::Value* files = manifest_.find("files");
+  if (!files || !files->find(name)) throw Error("artifact " + dir_ + " has no file " + quoted(name));
+  return read_all(dir_ + "/" + name);
+}
+
+}  // namespace adamk

@@ -1,0 +1,133 @@
+"""The C++ runtime (csrc/runtime, built by the top-level CMakeLists.txt with a C++17 compiler
+alone) on the CPU: it reads the compiler's artifacts and refuses what the Python runtime refuses
+(a tampered, missing or extra file, another manifest format, a malformed manifest), each with
+one `error:` line naming the problem; the CUDA driver is loaded only when a GPU is asked for."""
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import adamk
+from adamk.artifact import MANIFEST_FORMAT
+from adamk.models import PRESETS, DecoderLayer, LlamaModel
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def check(tmp_path_factory):
+    """The built `adamk-runtime-check` (a fresh CMake build of the repository's runtime)."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path_factory.mktemp("build")
+    for cmd in (["cmake", "-S", ROOT, "-B", build], ["cmake", "--build", build, "-j2"]):
+        result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+    return build / "adamk-runtime-check"
+
+
+def run(check, *args):
+    r = subprocess.run([str(check), *map(str, args)], capture_output=True, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.fixture(scope="module")
+def layer_dir(tmp_path_factory):
+    layer = DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31))
+    return adamk.compile(layer, adamk.CompileConfig(gpu="L20")).save(tmp_path_factory.mktemp("a") / "layer")
+
+
+def copy(src, tmp_path) -> Path:
+    dst = tmp_path / "art"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def refused(check, path, match):
+    code, out, err = run(check, path)
+    assert code == 1 and out == "", (code, out, err)
+    assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+    return err
+
+
+def test_reads_what_the_compiler_wrote(check, layer_dir, tmp_path):
+    code, out, err = run(check, layer_dir)
+    assert code == 0, err
+    m = json.loads((layer_dir / "manifest.json").read_text())
+    k = m["kernel"]
+    assert out.startswith(f"ok: layer artifact for L20 (sm_89): kernel {k['name']}, {k['grid']} blocks x "
+                          f"{k['block_threads']} threads, {k['smem_bytes']} B shared memory, {len(m['buffers'])} "
+                          f"buffers"), out
+    assert f"{len(k['args'])} kernel arguments" in out
+    model = adamk.compile(LlamaModel(PRESETS["tiny"], seed=0), adamk.CompileConfig(gpu="H200", num_sms=32))
+    code, out, err = run(check, model.save(tmp_path / "model"))
+    assert code == 0 and out.startswith("ok: whole-model artifact for H200 (sm_90)"), err
+
+
+def test_a_tampered_file_is_named(check, layer_dir, tmp_path):
+    art = copy(layer_dir, tmp_path)
+    cubin = art / "kernel.sm_89.cubin" if (art / "kernel.sm_89.cubin").exists() else art / "kernel.ptx"
+    data = bytearray(cubin.read_bytes())
+    data[len(data) // 2] ^= 1
+    cubin.write_bytes(bytes(data))
+    (art / "notes.txt").write_text("mine")
+    (art / "kernel.cu").unlink()
+    err = refused(check, art, f"artifact {art} fails its sha256 check: ")
+    assert f"'{cubin.name}' modified" in err and "'kernel.cu' missing" in err and "'notes.txt' unexpected" in err
+
+
+@pytest.mark.parametrize("fmt,word", [(MANIFEST_FORMAT + 1, "a newer"), (MANIFEST_FORMAT - 1, "an older")])
+def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, word):
+    art = copy(layer_dir, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    m["format"] = fmt
+    (art / "manifest.json").write_text(json.dumps(m))
+    refused(check, art, f"is manifest format {fmt}, made by {word} adamk; this one reads format "
+                        f"{MANIFEST_FORMAT}: recompile the model")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.pop("kernel"), "has no field 'kernel'"),
+    (lambda m: m["kernel"].update(grid="132"), "field 'kernel' field 'grid' is not of type int"),
+    (lambda m: m["target"].update(arch="sm_9x"), "field 'target' field 'arch' is 'sm_9x', not sm_<number>"),
+    (lambda m: m["files"].update({"../etc/passwd": "0" * 64}),
+     "lists '../etc/passwd', which is not a plain file name in the artifact directory"),
+    (lambda m: m["files"].update({"kernel.cu": 7}), "gives no sha256 for 'kernel.cu'"),
+    (lambda m: m["buffers"][0].update(name="\x1b[31mred", shape=[0]), "'\\x1b[31mred' has a bad shape"),
+])
+def test_a_malformed_manifest_is_one_clear_error(check, layer_dir, tmp_path, edit, match):
+    art = copy(layer_dir, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    edit(m)
+    (art / "manifest.json").write_text(json.dumps(m))
+    err = refused(check, art, match)
+    assert "\x1b" not in err
+
+
+@pytest.mark.parametrize("text,match", [("{\"format\": 3,", "is not valid JSON: unexpected end"),
+                                        ("[" * 100 + "]" * 100, "is not valid JSON: nested too deeply"),
+                                        ('{"a": 1, "a": 2}', "is not valid JSON: duplicate key")])
+def test_not_json(check, layer_dir, tmp_path, text, match):
+    art = copy(layer_dir, tmp_path)
+    (art / "manifest.json").write_text(text)
+    refused(check, art, match)
+
+
+def test_not_an_artifact(check, tmp_path):
+    refused(check, tmp_path, f"{tmp_path} is not an adamk artifact (no manifest.json)")
+
+
+def test_the_driver_is_loaded_only_for_a_gpu(check, layer_dir):
+    """Reading an artifact needs no driver; asking for a GPU loads it: on a machine without one,
+    one clear error."""
+    code, out, err = run(check, layer_dir, "--device", "0")
+    if shutil.which("nvidia-smi") is None and not Path("/dev/nvidiactl").exists():
+        assert code == 1 and out.startswith("ok: layer artifact")
+        assert err.startswith("error: cannot load the CUDA driver (libcuda.so.1): ") or \
+            err.startswith("error: the CUDA driver finds no GPU"), err
+    else:
+        assert code == 0, err
+        assert "driver " in out and ("loads kernel.ptx" in out or "loads kernel.sm_89.cubin" in out), out
