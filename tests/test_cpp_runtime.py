@@ -131,3 +131,27 @@ def test_the_driver_is_loaded_only_for_a_gpu(check, layer_dir):
     else:
         assert code == 0, err
         assert "driver " in out and ("loads kernel.ptx" in out or "loads kernel.sm_89.cubin" in out), out
+
+
+def test_the_python_module_checks_as_the_python_runtime_does(layer_dir, tmp_path):
+    """adamk._runtime (pybind11, built by `pip install .`): the same artifact, the same buffers as
+    the manifest, and a tampered copy refused with the Python runtime's own words."""
+    from adamk import _runtime
+    from adamk.artifact import load_files
+    from adamk.errors import AdamkError
+    assert _runtime.MANIFEST_FORMAT == MANIFEST_FORMAT
+    a = _runtime.Artifact.open(str(layer_dir))
+    m = json.loads((layer_dir / "manifest.json").read_text())
+    assert (a.gpu, a.arch, a.whole_model) == ("L20", "sm_89", False)
+    assert a.kernel == {k: m["kernel"][k] for k in ("name", "grid", "block_threads", "smem_bytes", "args")}
+    assert [(b.name, b.role, b.dtype, list(b.shape), b.slots) for b in a.buffers] == \
+        [(b["name"], b["role"], b["dtype"], b["shape"], b.get("slots", 1)) for b in m["buffers"]]
+    art = copy(layer_dir, tmp_path)
+    (art / "kernel.cu").write_text("// edited\n")
+    (art / "zz.txt").write_text("mine")
+    with pytest.raises(AdamkError) as theirs:
+        load_files(art)
+    with pytest.raises(AdamkError) as ours:
+        _runtime.Artifact.open(str(art))
+    assert str(ours.value) == str(theirs.value)
+    assert "'kernel.cu' modified, 'zz.txt' unexpected" in str(ours.value)
