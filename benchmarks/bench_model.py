@@ -67,18 +67,27 @@ def random_model(cfg) -> LlamaModel:
     return model
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def model_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments naming a whole-model artifact and the model it was compiled from (this script's
+    and trace_model.py's): `preset_of(args)` is that model's config."""
     ap.add_argument("--artifact", required=True)
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--layers", type=int, help="the preset with this many decoder layers (as compiled)")
     ap.add_argument("--pos", type=int, default=512)
+    return ap
+
+
+def preset_of(args):
+    cfg = PRESETS[args.preset]
+    return dataclasses.replace(cfg, num_layers=args.layers) if args.layers else cfg
+
+
+def main():
+    ap = model_arguments(argparse.ArgumentParser())
     ap.add_argument("--iters", type=int, default=100)
     ap.add_argument("--no-baselines", action="store_true")
     args = ap.parse_args()
-    cfg, pos = PRESETS[args.preset], args.pos
-    if args.layers:
-        cfg = dataclasses.replace(cfg, num_layers=args.layers)
+    cfg, pos = preset_of(args), args.pos
     model = random_model(cfg)
     step = adamk.load(args.artifact, model)
     c = cfg

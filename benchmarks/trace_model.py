@@ -12,7 +12,6 @@ position on the device, from `pos`). Per task: reached (before its waits), input
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import re
 import statistics
@@ -22,9 +21,8 @@ from pathlib import Path
 import torch
 
 import adamk
-from adamk.models import PRESETS
 from adamk.runtime.timing import time_launches
-from bench_model import random_model
+from bench_model import model_arguments, preset_of, random_model
 
 _TASK = re.compile(r'task_id = (\d+) : i64, sym_name = "[^"]*", kind = "\w+", source = "([^"]*)"')
 
@@ -47,17 +45,11 @@ def task_map(schedule_text: str) -> dict[int, tuple[int, str, str]]:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--artifact", required=True)
-    ap.add_argument("--preset", default="llama-3.2-1b")
-    ap.add_argument("--layers", type=int, help="the preset with this many decoder layers (as compiled)")
-    ap.add_argument("--pos", type=int, default=512)
+    ap = model_arguments(argparse.ArgumentParser())
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="trace-model")
     args = ap.parse_args()
-    cfg = PRESETS[args.preset]
-    if args.layers:
-        cfg = dataclasses.replace(cfg, num_layers=args.layers)
+    cfg = preset_of(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(args.artifact)

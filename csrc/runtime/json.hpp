@@ -4,7 +4,6 @@
 #pragma once
 #include <cstdint>
 #include <map>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,10 +24,8 @@ struct Value {
   std::map<std::string, Value> object;         // keys sorted, as the compiler writes them
 
   bool is_object() const { return kind == Kind::Object; }
-  bool is_array() const { return kind == Kind::Array; }
   bool is_string() const { return kind == Kind::String; }
   bool is_int() const { return kind == Kind::Number && integral; }
-  bool is_number() const { return kind == Kind::Number; }
 
   // The member `key` of an object, or nullptr.
   const Value* find(const std::string& key) const {
