@@ -14,12 +14,14 @@ from .config import CompileConfig  # noqa: E402
 from .errors import AdamkError  # noqa: E402
 
 
-def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "", names_prefix: str = ""):
+def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "", names_prefix: str = "",
+         launcher: str = "cuda-bindings"):
     """Load an artifact on a GPU; see `adamk.runtime.DecodeStep` (weights: a module, a state_dict,
-    an .onnx or .safetensors file, or a checkpoint directory)."""
+    an .onnx or .safetensors file, or a checkpoint directory; launcher: "cuda-bindings" or "cpp",
+    the C++ runtime)."""
     from .runtime import load as _load
     return _load(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
-                 names_prefix=names_prefix)
+                 names_prefix=names_prefix, launcher=launcher)
 
 
 def __getattr__(name):

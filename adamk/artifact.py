@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 # The manifest's format: what its fields mean to the runtime. 2: linear weights are stored on the
 # device page by page (`packed_weights`); a runtime binding them row-major would compute garbage, so
 # a runtime reads only its own format.
-MANIFEST_FORMAT = 3   # 3: layer-indexed buffers and weights (a whole model)
+MANIFEST_FORMAT = 4   # 3: layer-indexed buffers and weights (a whole model); 4: kernel.max_epoch
 MAX_MANIFEST_BYTES = 16 << 20     # a manifest is a few KB; anything far larger is not one
 
 
@@ -197,7 +197,8 @@ _SCHEMA = {
               "intermediate_size": int, "max_seq_len": int, "layers": int},
     "target": {"gpu": str, "arch": str, "num_sms": int, "smem_per_block": int, "dram_gbps": (int, float)},
     "kernel": {"name": str, "grid": int, "block_threads": int, "smem_bytes": int, "stages": int,
-               "pages_in_flight": int, "registers": int, "spill_bytes": int, "trace_slots": list},
+               "pages_in_flight": int, "registers": int, "spill_bytes": int, "trace_slots": list,
+               "max_epoch": int},
 }
 
 

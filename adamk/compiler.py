@@ -10,7 +10,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from . import __version__, smem
 from .artifact import MANIFEST_FORMAT, Artifact, sha256
-from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, TRACE_SLOTS, emit_cuda
+from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, TRACE_SLOTS, emit_cuda, max_epoch
 from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import CompileConfig
 from .dialects import irdl, make_context, print_module
@@ -274,7 +274,8 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
                    "trace_slots": list(TRACE_SLOTS) if config.profile else [],
                    # counters beyond the schedule's: the work-queue variant's queue and per-block tickets
                    "extra_counters": 1 + sched.num_sms.value.data if config.schedule == "queue" else 0,
-                   "queue_per_step": len(execs) + sched.num_sms.value.data if config.schedule == "queue" else 0},
+                   # the last epoch before the state is zeroed (the kernel refuses a later one)
+                   "max_epoch": max_epoch(schedule, config.schedule == "queue")},
         # a layer-indexed buffer holds `slots` copies of `shape`; each of its weights names its slot
         "buffers": [{"name": b.sym_name.data, "role": b.role.data, "shape": list(b.shape.get_values()),
                      "dtype": b.dtype.data, **({"slots": b.copies} if b.slots is not None else {})} for b in buffers],

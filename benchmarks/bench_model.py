@@ -10,7 +10,9 @@ steps launched back to back, with the token and the position on the device. Its 
 therefore advances from `pos` over the timed steps (the KV rows read per step grow with it;
 the floor counts them at `pos`). The floor is the bytes a step must read (every weight once, one row of the embedding table,
 the KV rows at `pos`) at the measured copy bandwidth. The baselines run at `pos`:
-- eager: the tuned step (baselines.TunedStep) per layer, then the LM head and argmax;
+- eager: the tuned step (baselines.TunedStep) per layer, then the LM head and argmax, each layer's
+  KV cache its own tensor (as serving stacks keep them: one [L, ...] tensor written through views
+  makes torch.compile's functionalised graph slower: measured in docs/perf.md v25);
 - the same captured in a CUDA graph;
 - torch.compile(max-autotune-no-cudagraphs) of it, captured the same way.
 Medians of CUDA-event times.
@@ -41,7 +43,8 @@ class TunedModel(torch.nn.Module):
         self.norm = model.norm.weight.detach().to("cuda", torch.bfloat16)
         self.head = model.lm_head.weight.detach().to("cuda", torch.bfloat16)
 
-    def forward(self, token, pos: int, k_caches, v_caches, logits: bool = False):
+    def forward(self, token, pos: int, k_caches: list, v_caches: list, logits: bool = False):
+        """`k_caches[i]`, `v_caches[i]`: layer i's [1, kv_heads, max_seq_len, head_dim] caches."""
         x = F.embedding(token, self.embed)
         for i, layer in enumerate(self.layers):
             x = layer(x, pos, k_caches[i], v_caches[i])
@@ -105,7 +108,8 @@ def main():
                     kc.float().clone(), vc.float().clone()).reshape(-1)
     err = ((logits - ref).norm() / ref.norm()).item()
     with torch.no_grad():       # what bf16 PyTorch itself gives: the noise floor of bf16 weights and caches
-        base = TunedModel(model)(torch.tensor([token], device="cuda"), pos, kc.clone(), vc.clone(), logits=True)
+        base = TunedModel(model)(torch.tensor([token], device="cuda"), pos, [t.clone() for t in kc.unbind(0)],
+                                 [t.clone() for t in vc.unbind(0)], logits=True)
     base_err = ((base.float().reshape(-1) - ref).norm() / ref.norm()).item()
     print(f"logits vs float32 at pos {pos}: megakernel rel error {err:.2e} (token {nxt}), bf16 PyTorch "
           f"{base_err:.2e} (token {int(base.argmax())}); float32 token {int(ref.argmax())}")
@@ -127,7 +131,7 @@ def main():
         tuned = TunedModel(model)
         tok = torch.tensor([token], device="cuda")
         with torch.no_grad():
-            kcc, vcc = kc.clone(), vc.clone()
+            kcc, vcc = [t.clone() for t in kc.unbind(0)], [t.clone() for t in vc.unbind(0)]
             eager_single, eager = time_launches(lambda: tuned(tok, pos, kcc, vcc), 20, block=10)
             rows.append(("PyTorch eager (tuned step)", eager, eager_single))
             g = graphed(lambda: tuned(tok, pos, kcc, vcc))

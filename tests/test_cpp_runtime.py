@@ -63,7 +63,7 @@ def test_reads_what_the_compiler_wrote(check, layer_dir, tmp_path):
                           f"buffers"), out
     assert f"{len(k['args'])} kernel arguments" in out
     art = copy(layer_dir, tmp_path)                   # the manifest is not among the hashed files
-    m["model"]["whole_model"] = True
+    m["model"].update(whole_model=True, vocab_size=256)
     (art / "manifest.json").write_text(json.dumps(m))
     code, out, err = run(check, art)
     assert code == 0 and out.startswith("ok: whole-model artifact for L20 (sm_89)"), err
@@ -99,6 +99,9 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
      "lists '../etc/passwd', which is not a plain file name in the artifact directory"),
     (lambda m: m["files"].update({"kernel.cu": 7}), "gives no sha256 for 'kernel.cu'"),
     (lambda m: m["buffers"][0].update(name="\x1b[31mred", shape=[0]), "'\\x1b[31mred' has a bad shape"),
+    (lambda m: m["kernel"].pop("max_epoch"), "field 'kernel' has no field 'max_epoch'"),
+    (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
+    (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
 ])
 def test_a_malformed_manifest_is_one_clear_error(check, layer_dir, tmp_path, edit, match):
     art = copy(layer_dir, tmp_path)
@@ -120,6 +123,24 @@ def test_not_json(check, layer_dir, tmp_path, text, match):
 
 def test_not_an_artifact(check, tmp_path):
     refused(check, tmp_path, f"{tmp_path} is not an adamk artifact (no manifest.json)")
+
+
+def test_the_example_refuses_before_it_needs_a_gpu(check, layer_dir, tmp_path):
+    """examples/cpp adamk-decode (built with the runtime): a layer artifact or an unreadable
+    checkpoint is one `error:` line; on a machine without a driver, so is a whole model."""
+    decode = check.parent / "examples" / "cpp" / "adamk-decode"
+    r = subprocess.run([str(decode), str(layer_dir), str(tmp_path / "w.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr == "error: this artifact is one decoder layer; adamk-decode runs a whole model\n"
+    r = subprocess.run([str(decode)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("usage: adamk-decode ARTIFACT_DIR WEIGHTS")
+    art = copy(layer_dir, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    m["model"].update(whole_model=True, vocab_size=256)
+    (art / "manifest.json").write_text(json.dumps(m))
+    r = subprocess.run([str(decode), str(art), str(tmp_path / "w.safetensors")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
+    if shutil.which("nvidia-smi") is None and not Path("/dev/nvidiactl").exists():
+        assert "CUDA driver" in r.stderr, r.stderr
 
 
 def test_the_driver_is_loaded_only_for_a_gpu(check, layer_dir):
@@ -157,3 +178,20 @@ def test_the_python_module_checks_as_the_python_runtime_does(layer_dir, tmp_path
         _runtime.Artifact.open(str(art))
     assert str(ours.value) == str(theirs.value)
     assert "'kernel.cu' modified, 'zz.txt' unexpected" in str(ours.value)
+    if shutil.which("nvidia-smi") is None and not Path("/dev/nvidiactl").exists():
+        with pytest.raises(AdamkError, match="CUDA driver"):      # a session needs the GPU
+            _runtime.Session(str(layer_dir))
+
+
+def test_pack_pages_lays_out_pages_as_the_python_runtime():
+    """The C++ packing (weights.hpp, what adamk-decode uploads) and runtime/weights.py pack_pages
+    give the same bytes: a gated pair with partial row blocks, K-chunks and pages."""
+    import torch
+    from adamk import _runtime
+    from adamk.runtime.weights import pack_pages
+    n, k, rows, cols, chunk, chunk_pages = 37, 300, 16, 64, 100, 2
+    gate, up = (torch.randn(n, k).bfloat16() for _ in range(2))
+    want = pack_pages([gate, up], rows, cols, chunk, chunk_pages).view(torch.int16).numpy().tobytes()
+    got = _runtime.pack_pages([t.view(torch.int16).numpy().tobytes() for t in (gate, up)], n, k, rows, cols, chunk,
+                              chunk_pages)
+    assert got == want and len(got) == 2 * 3 * 6 * 2 * rows * cols

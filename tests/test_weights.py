@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 import adamk
 from adamk.errors import AdamkError
 from adamk.models import PRESETS, DecoderLayer
+from adamk.runtime.decode import DecodeStep
 from adamk.runtime.weights import INDEX, check_weights, pack_pages, packing_plan, read_weights
 
 MANIFEST = {"weights": [{"name": "a.weight", "shape": [4, 8], "dtype": "bf16"},
@@ -136,20 +137,9 @@ def test_malformed_checkpoints_are_one_clear_error(tmp_path):
         read_weights(3)
 
 
-def test_a_launch_into_a_foreign_graph_capture_is_refused():
-    """The epoch lives on the device and the host counts launches for its wrap: a launch recorded
-    into someone else's CUDA graph would run uncounted on every replay, so it is refused with one
-    error (before anything is counted or launched). No GPU needed: torch's capture query is stubbed."""
-    from types import SimpleNamespace
-    from adamk.runtime.decode import DecodeStep
-    step = DecodeStep.__new__(DecodeStep)
-    step.max_seq_len, step.timeout_ns, step.epoch, step._args = 16, 1, 5, {"stub": None}
-    step._arguments = lambda pos: None
-    step.torch = SimpleNamespace(cuda=SimpleNamespace(is_current_stream_capturing=lambda: True))
-    for call in (lambda: step.launch(3), lambda: step.graph(3)):
-        with pytest.raises(AdamkError, match="cannot be captured into a CUDA graph from outside"):
-            call()
-    assert step.epoch == 5
+def test_an_unknown_launcher_is_refused_before_anything_is_loaded(tmp_path):
+    with pytest.raises(AdamkError, match="launcher 'rust' is not one of cuda-bindings, cpp"):
+        DecodeStep(tmp_path, {}, launcher="rust")
 
 
 def test_pack_pages_stores_each_page_contiguous():

@@ -52,6 +52,19 @@ KERNEL_PARAMS = (("buffers", "const adamk::Buffers* __restrict__ b"), ("counters
 KERNEL_ARGS = tuple(name for name, _ in KERNEL_PARAMS)
 
 
+def max_epoch(module: ModuleOp, queue: bool = False) -> int:
+    """The last epoch a launch may run at before the state must be zeroed: counters count
+    `per_step` signals a step (the queue's counter n_tasks + n_sms takes) and hold 32 bits. The
+    kernel refuses a later epoch (kEpochsExhausted) and the manifest's kernel.max_epoch tells the
+    runtimes when to zero the state (adamk/runtime/decode.py, csrc/runtime/session.cpp)."""
+    sched = schedule_of(module)
+    per_step = [c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)]
+    if queue:
+        per_step.append(sum(isinstance(o, ExecOp) for sm in sched.sms for o in sm.ops) + sched.num_sms.value.data)
+    # and the epoch itself is 32 bits: one past the last must not wrap to 0, the tag of a zeroed word
+    return min((2**32 - 1) // max(per_step + [1]), 2**32 - 2)
+
+
 def _with_waits(ops):
     """(op, the counter waits just before it) for each task and signal of an SM's program;
     waits after an SM's last task guard nothing and are dropped. Polls are the staging's."""
@@ -216,6 +229,7 @@ class _Emitter:
                               if b.slots is not None}
         self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
         self.n_tasks = sum(isinstance(o, ExecOp) for sm in self.schedule.sms for o in sm.ops)
+        self.max_epoch = max_epoch(module, queue)
 
     def ptr(self, name: str | None, ctype_if_none: str = "tagged_t", op=None) -> str:
         """Buffer `name` as task `op` names it: a layer-indexed one at its slot (task.py), `layer`
@@ -442,6 +456,13 @@ class _Emitter:
                 "  // This launch's epoch: one past the block's last, which the block keeps on the device, so",
                 "  // launches need no new argument (a CUDA graph replays one launch for every step).",
                 "  const u32 epoch = epochs[blockIdx.x] + 1u;",
+                "  // Past the last epoch the counters would wrap: every block refuses the launch (the host",
+                "  // zeroes the state first; a graph replayed past it ends here, with the error recorded).",
+                f"  if (epoch > {self.max_epoch}u) {{",
+                f"    if (threadIdx.x == 0) adamk::report_error(adamk::Step{{counters, err, trace, pos, epoch, timeout_ns}},",
+                f"                                              adamk::kEpochsExhausted, 0, 0, {self.max_epoch}u, epoch);",
+                "    return;",
+                "  }",
                 *self.entry(n_tasks, n_sms),
                 "  __syncthreads();   // every thread of the block has read this launch's epoch",
                 "  if (threadIdx.x == 0) epochs[blockIdx.x] = epoch;", "}", ""]

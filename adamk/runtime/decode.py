@@ -23,8 +23,9 @@ from . import driver as cu
 from .weights import check_weights, pack_pages, packing_plan, read_weights
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64", "i32": "int32"}   # a tagged word: float32 value, epoch above it
-SMEM_OVERFLOW, POLL_TIMEOUT, BAD_TOKEN, BAD_POSITION = 1, 2, 3, 4   # sync.cuh ErrorReason
+SMEM_OVERFLOW, POLL_TIMEOUT, BAD_TOKEN, BAD_POSITION, EPOCHS_EXHAUSTED = 1, 2, 3, 4, 5   # sync.cuh ErrorReason
 RING_COUNTER = 0xffffffff           # sync.cuh kRingCounter: a weight page's wait
+LAUNCHERS = ("cuda-bindings", "cpp")   # who owns the launch state: this module, or the C++ runtime's Session
 
 
 class DecodeStep:
@@ -37,9 +38,11 @@ class DecodeStep:
     keeps the checked source tensors by manifest name (the engine's prefill uses them row-major)."""
 
     def __init__(self, path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
-                 names_prefix: str = "", keep_weights: bool = False):
+                 names_prefix: str = "", keep_weights: bool = False, launcher: str = "cuda-bindings"):
         import torch
         self.torch = torch
+        if launcher not in LAUNCHERS:
+            raise AdamkError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
         if not torch.cuda.is_available():
             raise AdamkError("adamk.load needs a CUDA GPU (torch.cuda.is_available() is False)")
         self.manifest, files = load_files(path)
@@ -50,13 +53,22 @@ class DecodeStep:
         cu.ensure_context(index)
         k = self.manifest["kernel"]
         self.grid, self.threads, self.smem = k["grid"], k["block_threads"], k["smem_bytes"]
-        self.timeout_ns = int(timeout_s * 1e9)
+        self._timeout_ns = int(timeout_s * 1e9)
 
         checked = check_weights(self.manifest, read_weights(weights, weights_prefix, names_prefix))
         self.buffers = self._bind(checked)
         self.weights = checked if keep_weights else None
         self.max_seq_len = self.buffers["k_cache"].shape[-2]
         names = [b["name"] for b in self.manifest["buffers"]]
+        self._session = None
+        if launcher == "cpp":       # the C++ runtime owns the launch state; the buffers stay torch's
+            self._session = _cpp_session(path, index, timeout_s)
+            for name in names:
+                t = self.buffers[name]
+                self._session.bind(name, t.data_ptr(), t.numel() * t.element_size())
+            self._session.prepare()
+            self.loaded_from = self._session.loaded_from
+            return
         self.pointer_table = torch.tensor([self.buffers[n].data_ptr() for n in names], dtype=torch.int64,
                                           device=self.device)
         self.counters = torch.zeros(max(1, len(self.manifest["counters"]) + k.get("extra_counters", 0)),
@@ -69,9 +81,8 @@ class DecodeStep:
         self.trace_buffer = (torch.zeros(self.trace_layers * n_tasks * self.trace_slots, dtype=torch.int64,
                                          device=self.device) if k.get("profile") else None)
         self.epochs = torch.zeros(self.grid, dtype=torch.int32, device=self.device)   # per block: its last epoch
-        self.epoch = 0      # launches since the last zeroing: the epoch the last launch ran at
-        self.max_epoch = (2**32 - 1) // max([c["per_step"] for c in self.manifest["counters"]] +
-                                            [k.get("queue_per_step", 0), 1])
+        self._epoch = 0      # launches since the last zeroing: the epoch the last launch ran at
+        self._max_epoch = k["max_epoch"]     # the kernel refuses a later epoch (codegen/cuda.py max_epoch)
         self.tagged = [n for n, b in zip(names, self.manifest["buffers"]) if b["dtype"] == "f32_tagged"]
 
         arch = int(self.manifest["target"]["arch"].removeprefix("sm_"))
@@ -122,6 +133,35 @@ class DecodeStep:
                 out[n] = out[e["buffer"]]
         return out
 
+    # The launch state's figures, the C++ session's with launcher="cpp".
+    @property
+    def epoch(self) -> int:
+        """The epoch the last launch ran at (launches since the last zeroing)."""
+        return self._session.epoch if self._session else self._epoch
+
+    @property
+    def max_epoch(self) -> int:
+        """The last epoch before the runtime zeroes the state (tests lower it to force a wrap)."""
+        return self._session.max_epoch if self._session else self._max_epoch
+
+    @max_epoch.setter
+    def max_epoch(self, value: int):
+        if self._session:
+            self._session.max_epoch = value
+        else:
+            self._max_epoch = value
+
+    @property
+    def timeout_ns(self) -> int:
+        return round(self._session.timeout_s * 1e9) if self._session else self._timeout_ns
+
+    @timeout_ns.setter
+    def timeout_ns(self, value: int):
+        if self._session:
+            self._session.timeout_s = value * 1e-9
+        else:
+            self._timeout_ns = value
+
     @property
     def k_cache(self):
         return self.buffers["k_cache"]
@@ -131,11 +171,15 @@ class DecodeStep:
         return self.buffers["v_cache"]
 
     def launch(self, pos: int, stream=None):
-        """Enqueue one step on `stream` (torch's current stream by default) without waiting."""
-        args = self._arguments(pos)
-        self._not_capturing()
-        self._next_epoch()
+        """Enqueue one step on `stream` (torch's current stream by default) without waiting. Inside
+        a CUDA graph capture the launch is recorded; replays of that graph are not counted, and the
+        kernel refuses one that passes max_epoch (check() says so; `graph(pos)` counts its replays)."""
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
+        if self._session:
+            self._session.launch(pos, stream)
+            return
+        args = self._arguments(pos)
+        self._next_epoch()
         self._launcher(stream, args, self.smem)
 
     def graph(self, pos: int):
@@ -144,44 +188,45 @@ class DecodeStep:
         timeout are the graph's (a later step needs its own graph), and the graph is not handed
         out: every replay must pass through `replay()`, which counts it for the epoch wrap."""
         torch = self.torch
-        args = self._arguments(pos)
-        self._not_capturing()
         graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
+        if self._session:
+            self._check_position(pos)           # before the capture starts
+            self._session.prepare()
+            enqueue, advance = (lambda: self._session.enqueue(pos, capture.cuda_stream)), self._session.advance
+        else:
+            args = self._arguments(pos)
+            enqueue, advance = (lambda: self._launcher(capture.cuda_stream, args, self.smem)), self._next_epoch
         with torch.cuda.graph(graph, stream=capture):
-            self._launcher(capture.cuda_stream, args, self.smem)
+            enqueue()
 
         def replay():
-            self._next_epoch()
+            advance()
             graph.replay()
         return replay
-
-    def _not_capturing(self):
-        """A launch recorded into someone else's CUDA graph would run uncounted on every replay, and
-        the epochs would pass the wrap unnoticed: refuse it (step.graph(pos) counts its replays)."""
-        if self.torch.cuda.is_current_stream_capturing():
-            raise AdamkError("a megakernel launch cannot be captured into a CUDA graph from outside: its replays "
-                             "would not be counted for the epoch wrap; use step.graph(pos), which counts them")
 
     def _next_epoch(self):
         """Count a launch; before the epoch would pass max_epoch, zero the state (it starts again at 1).
         The zeroing waits for the GPU first, so no launch queued on another stream still runs."""
-        if self.epoch == self.max_epoch:
+        if self._epoch == self._max_epoch:
             self.torch.cuda.synchronize(self.device)
             self._zero_state()
-            self.epoch = 0
-        self.epoch += 1
+            self._epoch = 0
+        self._epoch += 1
 
-    def _arguments(self, pos: int) -> cu.KernelArgs:
+    def _check_position(self, pos: int):
         if not 0 <= pos < self.max_seq_len:
             raise AdamkError(f"position {pos} outside the KV cache's 0..{self.max_seq_len - 1}")
-        key = (pos, self.timeout_ns)
+
+    def _arguments(self, pos: int) -> cu.KernelArgs:
+        self._check_position(pos)
+        key = (pos, self._timeout_ns)
         if key not in self._args:
             values = {"buffers": ctypes.c_uint64(self.pointer_table.data_ptr()),
                       "counters": ctypes.c_uint64(self.counters.data_ptr()),
                       "error_record": ctypes.c_uint64(self.error.data_ptr()),
                       "trace": ctypes.c_uint64(self.trace_buffer.data_ptr() if self.trace_buffer is not None else 0),
                       "pos": ctypes.c_int32(pos), "epochs": ctypes.c_uint64(self.epochs.data_ptr()),
-                      "timeout_ns": ctypes.c_uint64(self.timeout_ns)}
+                      "timeout_ns": ctypes.c_uint64(self._timeout_ns)}
             self._args = {key: cu.KernelArgs(*kernel_arguments(self.manifest["kernel"]["args"], values))}
         return self._args[key]
 
@@ -189,6 +234,9 @@ class DecodeStep:
         """Wait for the GPU and raise if a wait timed out (names the task and what it waited for) or a
         task found too little shared memory. After either, `reset()` before the next step: the
         launch's blocks gave up (some without counting their epoch)."""
+        if self._session:
+            self._session.check()
+            return
         self.torch.cuda.synchronize(self.device)
         err = self.error.tolist()
         if err[0]:
@@ -205,6 +253,10 @@ class DecodeStep:
             if reason == BAD_POSITION:
                 raise AdamkError(f"position {observed if observed < 2**31 else observed - 2**32} outside the KV "
                                  f"cache's 0..{expected - 1}")
+            if reason == EPOCHS_EXHAUSTED:
+                raise AdamkError(f"the megakernel ran out of epochs (launch at epoch {observed}, the last is "
+                                 f"{expected}): launches the runtime did not count (a CUDA graph it did not "
+                                 "capture, replayed) passed the wrap; reset() the step")
             if reason == POLL_TIMEOUT:
                 raise KernelTimeoutError(
                     f"megakernel wait timed out: block {block} running task '{name}' waited for "
@@ -234,7 +286,9 @@ class DecodeStep:
         if not 0 <= layer < self.trace_layers:
             raise AdamkError(f"no stamps of layer {layer}: the artifact has {self.trace_layers} layer(s)")
         self.check()
-        stamps = self.trace_buffer.view(self.trace_layers, -1, self.trace_slots)[layer].tolist()
+        words = (self.torch.tensor(self._session.trace(), dtype=self.torch.int64) if self._session
+                 else self.trace_buffer)
+        stamps = words.view(self.trace_layers, -1, self.trace_slots)[layer].tolist()
         return [(name, *t) for name, t in zip(self.manifest["tasks"], stamps)]
 
     def _zero_state(self):
@@ -246,16 +300,29 @@ class DecodeStep:
 
     def reset(self):
         """Zero the counters, the activations' tags, the epochs and the error record (after a timed-out launch)."""
+        if self._session:
+            self._session.reset()
+            return
         self.torch.cuda.synchronize(self.device)
         self._zero_state()
         self.error.zero_()
-        self.epoch = 0
+        self._epoch = 0
 
     def __call__(self, x, pos: int):
         self.buffers["x"].copy_(x.reshape(self.buffers["x"].shape))
         self.launch(int(pos))
         self.check()
         return self.buffers["y"].clone()
+
+
+def _cpp_session(path, device_index: int, timeout_s: float):
+    """The C++ runtime's session of the artifact at `path` (csrc/runtime/session.hpp)."""
+    try:
+        from .. import _runtime
+    except ImportError as e:
+        raise AdamkError(f"launcher 'cpp' needs the C++ runtime adamk._runtime, which this install lacks ({e}); "
+                         "`pip install .` builds it") from None
+    return _runtime.Session(str(path), device_index, timeout_s)
 
 
 def kernel_arguments(order: list[str], values: dict) -> list:
@@ -268,10 +335,12 @@ def kernel_arguments(order: list[str], values: dict) -> list:
 
 
 def load(path, weights, device=None, timeout_s: float = 2.0, weights_prefix: str = "",
-         names_prefix: str = "") -> DecodeStep:
-    """A layer's DecodeStep, or a whole model's ModelStep (runtime/model.py), by the manifest."""
+         names_prefix: str = "", launcher: str = "cuda-bindings") -> DecodeStep:
+    """A layer's DecodeStep, or a whole model's ModelStep (runtime/model.py), by the manifest.
+    `launcher="cpp"`: the C++ runtime (adamk._runtime.Session) owns the launch state and launches."""
     from ..artifact import read_manifest
     from .model import ModelStep
     whole = read_manifest(path).get("model", {}).get("whole_model", False)
     return (ModelStep if whole else DecodeStep)(path, weights, device=device, timeout_s=timeout_s,
-                                                 weights_prefix=weights_prefix, names_prefix=names_prefix)
+                                                 weights_prefix=weights_prefix, names_prefix=names_prefix,
+                                                 launcher=launcher)

@@ -35,10 +35,12 @@ class ModelStep(DecodeStep):
     def start(self, token: int, pos: int):
         """The next launch decodes `token` at `pos`: the id into the sequence, the position into the
         slot that launch reads."""
-        if not 0 <= pos < self.max_seq_len:
-            raise AdamkError(f"position {pos} outside the KV cache's 0..{self.max_seq_len - 1}")
+        self._check_position(pos)
         if not 0 <= int(token) < self.vocab_size:
             raise AdamkError(f"token id {int(token)} outside the vocabulary 0..{self.vocab_size - 1}")
+        if self._session:
+            self._session.start(int(token), pos, self.torch.cuda.current_stream(self.device).cuda_stream)
+            return
         self.buffers["tokens"][pos] = int(token)
         self.buffers[self.position][self._next_epoch_value() & 1] = pos
 

@@ -11,8 +11,11 @@
 namespace adamk {
 
 // kBadToken: a whole model's token id outside its vocabulary (expected: the vocabulary size,
-// observed: the id); kBadPosition: its position outside the KV cache (expected: max_seq_len).
-enum ErrorReason : u32 { kWaitTimeout = 0, kSmemOverflow = 1, kPollTimeout = 2, kBadToken = 3, kBadPosition = 4 };
+// observed: the id); kBadPosition: its position outside the KV cache (expected: max_seq_len);
+// kEpochsExhausted: a launch past the last epoch (expected: that epoch, observed: the launch's).
+enum ErrorReason : u32 {
+  kWaitTimeout = 0, kSmemOverflow = 1, kPollTimeout = 2, kBadToken = 3, kBadPosition = 4, kEpochsExhausted = 5
+};
 constexpr u32 kRingCounter = 0xffffffffu;   // ErrorRecord.counter of a timed-out weight-page wait
 
 // Written once by the first block that gives up; the host reads it after the launch.

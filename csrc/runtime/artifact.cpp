@@ -83,6 +83,74 @@ int64_t as_int(const json::Value& v) { return static_cast<int64_t>(v.number); }
 
 }  // namespace
 
+// The manifest's weights and packed_weights, checked as adamk/runtime/weights.py packing_plan does.
+void Artifact::read_weights(Artifact& a, const json::Value& m, const std::string& path) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const json::Value& w : field(m, "weights", "list", path).array) {
+    const std::string where = path + " weight";
+    Weight weight;
+    weight.name = field(w, "name", "str", where).string;
+    for (const json::Value& d : field(w, "shape", "list", where).array) {
+      if (!d.is_int() || d.number <= 0) throw Error(where + " " + quoted(weight.name) + " has a bad shape");
+      weight.shape.push_back(as_int(d));
+    }
+    weight.buffer = w.find("buffer") ? field(w, "buffer", "str", where).string : weight.name;
+    if (w.find("slot")) weight.slot = as_int(field(w, "slot", "int", where));
+    if (const json::Value* al = w.find("aliases"))
+      for (const json::Value& n : al->array)
+        if (n.is_string()) weight.aliases.push_back(n.string);
+    shapes[weight.name] = weight.shape;
+    a.weights_.push_back(std::move(weight));
+  }
+  std::set<std::string> packed;
+  const json::Value& plan = field(m, "packed_weights", "list", path);
+  for (size_t i = 0; i < plan.array.size(); ++i) {
+    const std::string where = path + " packed_weights[" + std::to_string(i) + "]";
+    const json::Value& e = plan.array[i];
+    Packing p;
+    p.buffer = field(e, "buffer", "str", where).string;
+    for (const json::Value& n : field(e, "sources", "list", where).array) {
+      if (!n.is_string()) throw Error(where + " is not an entry with a list of sources");
+      p.sources.push_back(n.string);
+    }
+    int64_t* ints[] = {&p.page_rows, &p.page_cols, &p.k_chunk, &p.chunk_pages, &p.col_pages};
+    const char* names[] = {"page_rows", "page_cols", "k_chunk", "chunk_pages", "col_pages"};
+    for (int j = 0; j < 5; ++j) {
+      *ints[j] = as_int(field(e, names[j], "int", where));
+      if (*ints[j] < 1) throw Error(where + " needs positive integers page_rows, page_cols, k_chunk, chunk_pages, col_pages");
+    }
+    if (p.sources.empty() || p.sources[0] != p.buffer)
+      throw Error(where + ": its sources must be 2-D weights of one shape, the first its buffer");
+    for (const std::string& n : p.sources) {
+      if (!shapes.count(n)) throw Error(where + " names " + quoted(n) + ", which is not a weight of the artifact");
+      if (!packed.insert(n).second) throw Error(where + " packs " + quoted(n) + " a second time");
+      if (shapes[n] != shapes[p.buffer] || shapes[n].size() != 2)
+        throw Error(where + ": its sources must be 2-D weights of one shape, the first its buffer");
+    }
+    p.n = shapes[p.buffer][0];
+    p.k = shapes[p.buffer][1];
+    if (p.chunk_pages * p.page_cols < p.k_chunk || p.col_pages != (p.k + p.k_chunk - 1) / p.k_chunk * p.chunk_pages)
+      throw Error(where + ": " + std::to_string(p.chunk_pages) + " pages of " + std::to_string(p.page_cols) +
+                  " columns per K-chunk of " + std::to_string(p.k_chunk) + " do not cover K = " + std::to_string(p.k) +
+                  " in " + std::to_string(p.col_pages) + " pages");
+    a.packings_.push_back(std::move(p));
+  }
+}
+
+const Packing* Artifact::packing_of(const std::string& name) const {
+  for (const Packing& p : packings_)
+    for (const std::string& s : p.sources)
+      if (s == name) return &p;
+  return nullptr;
+}
+
+int64_t Artifact::device_bytes(const Buffer& b) const {
+  const Packing* p = packing_of(b.name);
+  if (!p) return b.bytes();
+  const int64_t blocks = (p->n + p->page_rows - 1) / p->page_rows;
+  return b.slots * int64_t(p->sources.size()) * blocks * p->page_rows * p->col_pages * p->page_cols * 2;
+}
+
 std::string quoted(const std::string& name) {
   static const char* hex = "0123456789abcdef";
   std::string out = "'";
@@ -153,8 +221,29 @@ Artifact Artifact::open(const std::string& dir) {
     if (!arg.is_string()) throw Error(where_k + " field 'args' holds a non-string");
     a.kernel_.args.push_back(arg.string);
   }
+  a.kernel_.max_epoch = uint32_t(as_int(field(kernel, "max_epoch", "int", where_k)));
+  if (kernel.find("extra_counters")) a.kernel_.extra_counters = int(as_int(field(kernel, "extra_counters", "int", where_k)));
+  a.kernel_.trace_slots = int(field(kernel, "trace_slots", "list", where_k).array.size());
+  if (a.kernel_.max_epoch < 1 || a.kernel_.extra_counters < 0)
+    throw Error(where_k + " has a bad max_epoch or extra_counters");
+  for (const json::Value& t : field(m, "tasks", "list", path).array) {
+    if (!t.is_string()) throw Error(path + " field 'tasks' holds a non-string");
+    a.tasks_.push_back(t.string);
+  }
+  const json::Value& counters = field(m, "counters", "list", path);
+  for (size_t i = 0; i < counters.array.size(); ++i) {
+    const std::string where = path + " counter " + std::to_string(i);
+    const json::Value& c = counters.array[i];
+    a.counters_.push_back({field(c, "name", "str", where).string, int(as_int(field(c, "index", "int", where)))});
+  }
+  read_weights(a, m, path);
   const json::Value* whole = model.find("whole_model");
   a.whole_model_ = whole && whole->kind == json::Value::Kind::Bool && whole->boolean;
+  if (a.whole_model_) {
+    const std::string where_m = path + " field 'model'";
+    a.layers_ = int(as_int(field(model, "layers", "int", where_m)));
+    a.vocab_size_ = int(as_int(field(model, "vocab_size", "int", where_m)));
+  }
   for (size_t i = 0; i < buffers.array.size(); ++i) {
     const std::string where = path + " buffer " + std::to_string(i);
     const json::Value& b = buffers.array[i];

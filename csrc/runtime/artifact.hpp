@@ -38,6 +38,31 @@ struct Kernel {
   std::string name;             // the entry point
   int grid = 0, block_threads = 0, smem_bytes = 0;
   std::vector<std::string> args;   // the kernel's parameters, in order (adamk/codegen/cuda.py KERNEL_ARGS)
+  uint32_t max_epoch = 0;       // the last epoch before the state is zeroed (codegen/cuda.py max_epoch)
+  int extra_counters = 0;       // counters beyond the schedule's (the work-queue variant's)
+  int trace_slots = 0;          // stamps per task of a profiling build (0: not one)
+};
+
+struct Counter {
+  std::string name;
+  int index = 0;
+};
+
+// A weight the kernel reads (manifest "weights"): which buffer holds it, at which layer slot.
+struct Weight {
+  std::string name, buffer;
+  std::vector<int64_t> shape;
+  int64_t slot = 0;
+  std::vector<std::string> aliases;     // other names of a tied weight (an LM head that is the embedding)
+};
+
+// How a linear's weights are stored page by page (manifest "packed_weights"; weights.hpp
+// pack_pages): `buffer` holds every source's pages, the other sources' buffers name it too.
+struct Packing {
+  std::string buffer;
+  std::vector<std::string> sources;
+  int64_t page_rows = 0, page_cols = 0, k_chunk = 0, chunk_pages = 0, col_pages = 0;
+  int64_t n = 0, k = 0;                 // the sources' shape
 };
 
 class Artifact {
@@ -51,16 +76,32 @@ class Artifact {
   const std::string& gpu() const { return gpu_; }
   const Kernel& kernel() const { return kernel_; }
   const std::vector<Buffer>& buffers() const { return buffers_; }
+  const std::vector<std::string>& tasks() const { return tasks_; }      // by task id
+  const std::vector<Counter>& counters() const { return counters_; }
+  const std::vector<Weight>& weights() const { return weights_; }
+  const std::vector<Packing>& packings() const { return packings_; }
+  // The packing buffer `name` belongs to (as its buffer or another source), or nullptr.
+  const Packing* packing_of(const std::string& name) const;
+  // The bytes buffer `name` takes on the device: its manifest size, or a packed linear's pages.
+  int64_t device_bytes(const Buffer& b) const;
   bool whole_model() const { return whole_model_; }
+  int layers() const { return layers_; }                 // a whole model's decoder layers (1 otherwise)
+  int vocab_size() const { return vocab_size_; }         // a whole model's
   // The bytes of a listed file (checked): the cubin for the artifact's arch, say.
   std::string file(const std::string& name) const;
 
  private:
+  static void read_weights(Artifact& a, const json::Value& m, const std::string& path);
   std::string dir_, arch_, gpu_;
   json::Value manifest_;
   Kernel kernel_;
   std::vector<Buffer> buffers_;
+  std::vector<std::string> tasks_;
+  std::vector<Counter> counters_;
+  std::vector<Weight> weights_;
+  std::vector<Packing> packings_;
   bool whole_model_ = false;
+  int layers_ = 1, vocab_size_ = 0;
 };
 
 // `name` as an error message shows a model-derived string: quoted, non-printable bytes escaped,

@@ -1,0 +1,58 @@
+// decode.cpp — the C++ runtime end to end: load a whole-model artifact, bind its weights from a
+// safetensors checkpoint, decode N tokens on the GPU with no host work between steps, print them.
+//
+//   adamk-decode ARTIFACT_DIR WEIGHTS(.safetensors | checkpoint dir) [--token T] [--pos P] [--steps N] [--device D]
+//
+// The KV caches start empty, so this decodes from token T at position P (default 0) as if
+// nothing came before it (a serving engine prefills the caches first: adamk/runtime/engine.py).
+// One `error:` line and exit 1 on any problem.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "session.hpp"
+#include "weights.hpp"
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: adamk-decode ARTIFACT_DIR WEIGHTS [--token T] [--pos P] [--steps N] [--device D]\n");
+    return 2;
+  }
+  int token = 0, pos = 0, steps = 16, device = 0;
+  for (int i = 3; i + 1 < argc; i += 2) {
+    int* into = !std::strcmp(argv[i], "--token") ? &token : !std::strcmp(argv[i], "--pos") ? &pos
+              : !std::strcmp(argv[i], "--steps") ? &steps : !std::strcmp(argv[i], "--device") ? &device : nullptr;
+    if (!into) {
+      std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
+      return 2;
+    }
+    *into = std::atoi(argv[i + 1]);
+  }
+  try {
+    adamk::Artifact artifact = adamk::Artifact::open(argv[1]);
+    if (!artifact.whole_model()) throw adamk::Error("this artifact is one decoder layer; adamk-decode runs a whole model");
+    adamk::Session session(std::move(artifact), device);
+    if (pos + steps > session.max_seq_len())
+      throw adamk::Error(std::to_string(steps) + " steps from position " + std::to_string(pos) + " pass the KV cache's " +
+                         std::to_string(session.max_seq_len()) + " positions (the artifact's max_seq_len)");
+    adamk::upload_weights(session, adamk::Checkpoint::open(argv[2]));
+    session.start(token, pos, nullptr);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < steps; ++i) session.launch(0, nullptr);     // back to back: token and position on the device
+    session.check();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::vector<int32_t> tokens(static_cast<size_t>(steps));
+    session.read("tokens", tokens.data(), 4 * uint64_t(pos + 1), 4 * uint64_t(steps));
+    std::printf("tokens:");
+    for (int32_t t : tokens) std::printf(" %d", t);
+    std::printf("\n%d steps in %.3f ms (%.1f tokens/s, %s)\n", steps, s * 1e3, steps / s,
+                session.loaded_from().c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

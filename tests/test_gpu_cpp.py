@@ -1,0 +1,235 @@
+"""GPU tests of the C++ runtime (adamk._runtime.Session, `launcher="cpp"`) against the Python
+runtime's cuda-bindings launches, and of the PyTorch custom ops (marker `gpu`): the same artifact,
+weights and inputs give bit-identical outputs, errors read the same, and the ops agree eager, in
+a captured CUDA graph and under torch.compile."""
+import random
+import re
+
+import pytest
+import torch
+
+import adamk
+from adamk.errors import AdamkError, KernelTimeoutError
+from adamk.models import PRESETS, DecoderLayer, LlamaModel
+from adamk.runtime import op
+from helpers import bf16_exact
+from helpers import rel_t as rel
+
+pytestmark = pytest.mark.gpu
+pytest.importorskip("adamk._runtime")
+
+
+@pytest.fixture(scope="module", params=["H200", "L20"])
+def layer(request, tmp_path_factory):
+    """(a random bf16 tiny layer, its artifact) for the target."""
+    layer = bf16_exact(DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31)))
+    return layer, adamk.compile(layer, adamk.CompileConfig(gpu=request.param)).save(tmp_path_factory.mktemp("l"))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    model = bf16_exact(LlamaModel(PRESETS["tiny"], seed=random.randrange(2**31)))
+    return model, adamk.compile(model, adamk.CompileConfig(gpu="H200")).save(tmp_path_factory.mktemp("m"))
+
+
+def both(path, weights, **kwargs):
+    return adamk.load(path, weights, **kwargs), adamk.load(path, weights, launcher="cpp", **kwargs)
+
+
+def same_history(steps, shape):
+    kc, vc = torch.randn(shape).bfloat16().cuda(), torch.randn(shape).bfloat16().cuda()
+    for s in steps:
+        s.k_cache.copy_(kc)
+        s.v_cache.copy_(vc)
+    return kc, vc
+
+
+def test_layer_steps_are_bit_identical_across_launchers(layer):
+    """Seven steps across two forced epoch wraps, then graph replays: the C++ session's outputs and
+    caches equal the cuda-bindings launches' bit for bit, and match float32."""
+    mod, path = layer
+    a, b = both(path, mod)
+    assert b.loaded_from == a.loaded_from and b.max_epoch == a.max_epoch
+    a.max_epoch = b.max_epoch = 3
+    c = mod.cfg
+    for i in range(7):
+        pos = random.randrange(c.max_seq_len)
+        kc, vc = same_history((a, b), (1, c.num_kv_heads, c.max_seq_len, c.head_dim))
+        x = torch.randn(1, c.hidden_size).bfloat16().cuda()
+        ya, yb = a(x, pos), b(x, pos)
+        assert torch.equal(ya, yb), (i, pos, rel(ya, yb))
+        assert torch.equal(a.k_cache, b.k_cache) and torch.equal(a.v_cache, b.v_cache), (i, pos)
+    assert a.epoch == b.epoch == 1
+    with torch.no_grad():
+        ref = mod.cuda()(x.float(), torch.tensor(pos, device="cuda"), kc.float(), vc.float())
+    assert rel(yb, ref) <= 1e-2, (pos, rel(yb, ref))
+    ra, rb = a.graph(pos), b.graph(pos)
+    for i in range(4):                     # epochs 2, 3, then the wrap: 1, 2
+        ra()
+        rb()
+        a.check()
+        b.check()
+        assert torch.equal(a.buffers["y"], yb) and torch.equal(b.buffers["y"], yb), i
+    assert a.epoch == b.epoch == 2
+
+
+def test_model_steps_are_bit_identical_across_launchers(model):
+    """A whole model: steps one at a time, back to back and as graph replays generate the same
+    tokens and logits through both launchers."""
+    mod, path = model
+    a, b = both(path, mod)
+    c = mod.cfg
+    pos = random.randrange(1, 40)
+    shape = (c.num_layers, 1, c.num_kv_heads, c.max_seq_len, c.head_dim)
+    kc, vc = same_history((a, b), shape)
+    token = random.randrange(c.vocab_size)
+    la, ta = a(token, pos)
+    lb, tb = b(token, pos)
+    assert torch.equal(la, lb) and ta == tb
+    for s in (a, b):
+        s.k_cache.copy_(kc)
+        s.v_cache.copy_(vc)
+        s.start(token, pos)
+        s.run(12, pos)
+    assert a.generated(pos, 12) == b.generated(pos, 12)
+    assert torch.equal(a.logits(), b.logits())
+    for s in (a, b):
+        s.k_cache.copy_(kc)
+        s.v_cache.copy_(vc)
+        s.start(token, pos)
+        replay = s.graph()
+        for _ in range(12):
+            replay()
+    assert a.generated(pos, 12) == b.generated(pos, 12)
+    assert torch.equal(a.logits(), b.logits())
+
+
+def test_errors_read_the_same_through_both_launchers(layer, model):
+    """A timed-out wait names the task and the word it waited for, a bad device position is named,
+    in the same words; both steps work again after reset()."""
+    mod, path = layer
+    x = torch.randn(1, mod.cfg.hidden_size).bfloat16().cuda()
+    for s in both(path, mod, timeout_s=1e-9):
+        s.buffers["x"].copy_(x)
+        s.launch(3)
+        with pytest.raises(KernelTimeoutError, match=r"megakernel wait timed out: block \d+ running task '[\w.]+' "
+                                                     r"waited (for '[\w.]+'\[\d+\] of step 1, saw a word of step 0|"
+                                                     r"on a weight page for \d+, saw \d+)"):
+            s.check()
+        s.reset()
+        s.timeout_ns = int(2e9)
+        assert torch.isfinite(s(x, 3).float()).all() and s.epoch == 1
+    mod, path = model
+    messages = []
+    for s in both(path, mod):
+        s.buffers[s.position].fill_(200)
+        s.launch()
+        with pytest.raises(AdamkError) as e:
+            s.check()
+        messages.append(str(e.value))
+        s.reset()
+        assert s(5, 3)[1] >= 0
+    assert messages[0] == messages[1] == "position 200 outside the KV cache's 0..79"
+
+
+def test_a_graph_someone_else_captured_runs_until_the_kernel_refuses_an_exhausted_epoch(layer):
+    """A launch recorded into the caller's own CUDA graph replays correctly; its replays are not
+    counted, so once the device's epochs pass max_epoch the kernel refuses to run and check()
+    says why; reset() recovers."""
+    mod, path = layer
+    step = adamk.load(path, mod)
+    c = mod.cfg
+    same_history((step,), (1, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    x = torch.randn(1, c.hidden_size).bfloat16().cuda()
+    want = step(x, 9)
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    with torch.cuda.graph(graph, stream=stream):
+        step.launch(9)
+    for _ in range(3):
+        graph.replay()
+        step.check()
+        assert torch.equal(step.buffers["y"], want)
+    last = step.max_epoch                      # as if that many launches had passed uncounted (u32 words)
+    step.epochs.fill_(last - 2**32 if last >= 2**31 else last)
+    graph.replay()
+    with pytest.raises(AdamkError, match=rf"ran out of epochs \(launch at epoch {step.max_epoch + 1}, the last is "
+                                         rf"{step.max_epoch}\).*reset\(\) the step"):
+        step.check()
+    step.reset()
+    assert torch.equal(step(x, 9), want)
+
+
+@pytest.mark.parametrize("launcher", ["cuda-bindings", "cpp"])
+def test_the_ops_agree_eager_in_a_graph_and_under_torch_compile(layer, model, launcher):
+    mod, path = layer
+    step = adamk.load(path, mod, launcher=launcher)
+    c = mod.cfg
+    same_history((step,), (1, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    x = torch.randn(1, c.hidden_size).bfloat16().cuda()
+    pos = random.randrange(c.max_seq_len)
+    eager = op.call(step, x, pos)
+    assert torch.equal(eager, step(x, pos))
+    graph, out = torch.cuda.CUDAGraph(), None
+    with torch.cuda.graph(graph):
+        out = op.call(step, x, pos)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager)
+    h, order = op.register(step), step.op_order
+    compiled = torch.compile(lambda t: torch.ops.adamk.layer_step(h, t, pos, order) * 1.0, fullgraph=True,
+                             dynamic=False)
+    assert torch.equal(compiled(x), eager)
+    step.check()
+
+    mod, path = model
+    step = adamk.load(path, mod, launcher=launcher)
+    c = mod.cfg
+    same_history((step,), (c.num_layers, 1, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    token = torch.tensor([random.randrange(c.vocab_size)], dtype=torch.int32, device="cuda")
+    at = torch.tensor([random.randrange(1, 40)], dtype=torch.int32, device="cuda")
+    logits, nxt = op.call(step, token, at)
+    want_logits, want = step(int(token), int(at))
+    assert torch.equal(logits, want_logits) and int(nxt) == want
+    with torch.cuda.graph(graph := torch.cuda.CUDAGraph()):
+        g_logits, g_next = op.call(step, token, at)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(g_logits, want_logits) and int(g_next) == want
+    h, order = op.register(step), step.op_order
+    compiled = torch.compile(lambda t, p: torch.ops.adamk.model_step(h, t, p, order), fullgraph=True, dynamic=False)
+    c_logits, c_next = compiled(token, at)
+    assert torch.equal(c_logits, want_logits) and int(c_next) == want
+    step.check()
+    with pytest.raises(AdamkError, match=re.escape("op handle")):
+        torch.ops.adamk.layer_step(op.register(step), x, 0, step.op_order)
+
+
+def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, tmp_path):
+    """examples/cpp (adamk-decode, built by CMake): the artifact, weights from a safetensors file,
+    twelve steps back to back from one token at position 0; the tokens equal the Python runtime's."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    from safetensors.torch import save_file
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake is not installed")
+    root, build = Path(__file__).resolve().parents[1], tmp_path / "build"
+    for cmd in (["cmake", "-S", root, "-B", build], ["cmake", "--build", build, "-j8", "--target", "adamk-decode"]):
+        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    mod, path = model
+    save_file({k: v.detach().contiguous().clone() for k, v in mod.state_dict().items()}, tmp_path / "w.safetensors")
+    token = random.randrange(mod.cfg.vocab_size)
+    r = subprocess.run([str(build / "examples/cpp/adamk-decode"), str(path), str(tmp_path / "w.safetensors"),
+                        "--token", str(token), "--steps", "12"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = [int(t) for t in r.stdout.splitlines()[0].removeprefix("tokens:").split()]
+    step = adamk.load(path, mod)
+    step.k_cache.zero_()
+    step.v_cache.zero_()
+    step.start(token, 0)
+    step.run(12, 0)
+    assert got == step.generated(0, 12)
+    r = subprocess.run([str(build / "examples/cpp/adamk-decode"), str(path), str(tmp_path / "w.safetensors"),
+                        "--steps", str(mod.cfg.max_seq_len + 1)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and "pass the KV cache's" in r.stderr
