@@ -233,3 +233,19 @@ def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, tmp_path
     r = subprocess.run([str(build / "examples/cpp/adamk-decode"), str(path), str(tmp_path / "w.safetensors"),
                         "--steps", str(mod.cfg.max_seq_len + 1)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "pass the KV cache's" in r.stderr
+
+
+def test_the_session_refuses_an_artifact_for_a_newer_gpu(layer, tmp_path):
+    """An artifact whose target is newer than the GPU has no image this GPU can run: one error."""
+    import json
+    import shutil
+    from adamk import _runtime
+    _, path = layer
+    art = tmp_path / "newer"
+    shutil.copytree(path, art)
+    m = json.loads((art / "manifest.json").read_text())      # not among the hashed files
+    m["target"]["arch"] = "sm_120"
+    (art / "manifest.json").write_text(json.dumps(m))
+    major, minor = torch.cuda.get_device_capability()
+    with pytest.raises(AdamkError, match=rf"^artifact targets sm_120; this GPU is sm_{major}{minor}$"):
+        _runtime.Session(str(art))

@@ -226,7 +226,8 @@ def hf_dims(dims: str, vocab: int):
 def test_greedy_tokens_equal_hugging_face_generate(kind, dims, vocab, tie, tmp_path):
     """64 new tokens after a 32-token random prompt: the engine's (PyTorch prefill, megakernel
     decode) equal transformers' `generate` (eager attention, float32) up to the first near tie,
-    where the top two reference logits are within bf16 rounding; there the logits agree instead.
+    where the reference prefers its token to ours by less than our logits' error (bf16 rounding);
+    there the logits agree instead.
     Tiny configs and the 1B preset's dims (16 layers, a 128256-token vocabulary)."""
     pytest.importorskip("transformers")
     import sys
@@ -247,8 +248,11 @@ def test_greedy_tokens_equal_hugging_face_generate(kind, dims, vocab, tie, tmp_p
         return
     i = next(j for j, (a, b) in enumerate(zip(ours, theirs)) if a != b)
     ref = out.logits[i][0].float().cpu()
-    top = ref.topk(2).values
-    assert (top[0] - top[1]).item() <= 1e-2 * ref.abs().max().item(), f"token {i} differs without a near tie"
     seq = prompt + ours
     logits, _ = engine.step(seq[32 + i - 1], 32 + i - 1)
-    assert rel(logits.cpu(), ref) < 1e-2
+    logits = logits.cpu()
+    assert rel(logits, ref) < 1e-2
+    # a near tie: the reference prefers its token to ours by less than our logits' own error (bf16
+    # weights and KV rows against float32), so either pick is within rounding
+    margin, error = (ref.max() - ref[ours[i]]).item(), (logits - ref).abs().max().item()
+    assert margin <= 2 * error, f"token {i} differs by {margin:.3g}, beyond the logits' error {error:.3g}"
