@@ -38,8 +38,8 @@ from ..kinds.linear import packed_elements
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh", "embedding.cuh",
-           "argmax.cuh")
+HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh",
+           "embedding.cuh", "argmax.cuh")
 CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "i32": "int"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)

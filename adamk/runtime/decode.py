@@ -16,15 +16,25 @@ zeroed and the epochs start again.
 from __future__ import annotations
 
 import ctypes
+import re
 
 from ..artifact import load_files
 from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
+from ..paths import KERNELS_DIR
 from . import driver as cu
 from .weights import check_weights, pack_pages, packing_plan, read_weights
 
 TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64", "i32": "int32"}   # a tagged word: float32 value, epoch above it
-SMEM_OVERFLOW, POLL_TIMEOUT, BAD_TOKEN, BAD_POSITION, EPOCHS_EXHAUSTED = 1, 2, 3, 4, 5   # sync.cuh ErrorReason
-RING_COUNTER = 0xffffffff           # sync.cuh kRingCounter: a weight page's wait
+
+
+def _error_record_facts() -> dict[str, int]:
+    """ErrorReason's enumerators, kRingCounter and kErrorRecordWords, read from their one source
+    (csrc/kernels/error_record.h, which the device code and the C++ runtime include)."""
+    text = (KERNELS_DIR / "error_record.h").read_text()
+    return {name: int(value.rstrip("u"), 0) for name, value in re.findall(r"\b(k\w+) = (0x[0-9a-f]+u?|\d+)", text)}
+
+
+ERROR = _error_record_facts()
 LAUNCHERS = ("cuda-bindings", "cpp")   # who owns the launch state: this module, or the C++ runtime's Session
 
 
@@ -73,7 +83,7 @@ class DecodeStep:
                                           device=self.device)
         self.counters = torch.zeros(max(1, len(self.manifest["counters"]) + k.get("extra_counters", 0)),
                                     dtype=torch.int32, device=self.device)
-        self.error = torch.zeros(16, dtype=torch.int32, device=self.device)    # sync.cuh ErrorRecord
+        self.error = torch.zeros(ERROR["kErrorRecordWords"], dtype=torch.int32, device=self.device)  # ErrorRecord
         n_tasks = len(self.manifest["tasks"])
         self.trace_slots = len(k.get("trace_slots", ()))
         # [layers][tasks][slots]: a whole model's loop stamps each layer in its slice (codegen/cuda.py)
@@ -243,26 +253,26 @@ class DecodeStep:
             flag, task, counter, expected, observed, block, reason, lo, hi = (e & 0xffffffff for e in err[:9])
             tasks = self.manifest["tasks"]
             name = tasks[task] if task < len(tasks) else task
-            if reason == SMEM_OVERFLOW:
+            if reason == ERROR["kSmemOverflow"]:
                 raise KernelSharedMemoryError(
                     f"megakernel task '{name}' on block {block} needs {expected} B of shared memory; "
                     f"the launch gave {observed} B")
-            if reason == BAD_TOKEN:
+            if reason == ERROR["kBadToken"]:
                 raise AdamkError(f"token id {observed if observed < 2**31 else observed - 2**32} outside the "
                                  f"vocabulary 0..{expected - 1}")
-            if reason == BAD_POSITION:
+            if reason == ERROR["kBadPosition"]:
                 raise AdamkError(f"position {observed if observed < 2**31 else observed - 2**32} outside the KV "
                                  f"cache's 0..{expected - 1}")
-            if reason == EPOCHS_EXHAUSTED:
+            if reason == ERROR["kEpochsExhausted"]:
                 raise AdamkError(f"the megakernel ran out of epochs (launch at epoch {observed}, the last is "
                                  f"{expected}): launches the runtime did not count (a CUDA graph it did not "
                                  "capture, replayed) passed the wrap; reset() the step")
-            if reason == POLL_TIMEOUT:
+            if reason == ERROR["kPollTimeout"]:
                 raise KernelTimeoutError(
                     f"megakernel wait timed out: block {block} running task '{name}' waited for "
                     f"{self._element_at((hi << 32) | lo)} of step {expected}, saw a word of step {observed}")
             counters = {c["index"]: c["name"] for c in self.manifest["counters"]}
-            what = "a weight page" if counter == RING_COUNTER else f"counter '{counters.get(counter, counter)}'"
+            what = "a weight page" if counter == ERROR["kRingCounter"] else f"counter '{counters.get(counter, counter)}'"
             raise KernelTimeoutError(
                 f"megakernel wait timed out: block {block} running task '{name}' "
                 f"waited on {what} for {expected}, saw {observed}")

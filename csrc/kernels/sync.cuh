@@ -3,20 +3,13 @@
 // work-queue variants. Tasks themselves pass data through tagged activations (tagged.cuh).
 #pragma once
 #include "common.cuh"
+#include "error_record.h"
 
 #ifndef ADAMK_PROFILE
 #define ADAMK_PROFILE 0   // 1: record globaltimer stamps per task (a profiling build)
 #endif
 
 namespace adamk {
-
-// kBadToken: a whole model's token id outside its vocabulary (expected: the vocabulary size,
-// observed: the id); kBadPosition: its position outside the KV cache (expected: max_seq_len);
-// kEpochsExhausted: a launch past the last epoch (expected: that epoch, observed: the launch's).
-enum ErrorReason : u32 {
-  kWaitTimeout = 0, kSmemOverflow = 1, kPollTimeout = 2, kBadToken = 3, kBadPosition = 4, kEpochsExhausted = 5
-};
-constexpr u32 kRingCounter = 0xffffffffu;   // ErrorRecord.counter of a timed-out weight-page wait
 
 // Written once by the first block that gives up; the host reads it after the launch.
 struct ErrorRecord {
@@ -30,6 +23,7 @@ struct ErrorRecord {
   u32 address_lo; // kPollTimeout: the address of the word it polled (the host names its buffer)
   u32 address_hi;
 };
+static_assert(sizeof(ErrorRecord) <= 4 * kErrorRecordWords, "the host's record buffer holds it");
 
 // What every task body gets besides its buffers: where the counters live, this launch's
 // epoch and position, and the trace buffer of a profiling build (shared memory: smem_at).

@@ -20,9 +20,9 @@ const char* error_class(const adamk::Error& e) {
   const auto* k = dynamic_cast<const adamk::KernelError*>(&e);
   if (!k) return "AdamkError";
   switch (k->reason) {
-    case adamk::KernelError::kSmemOverflow: return "KernelSharedMemoryError";
-    case adamk::KernelError::kWaitTimeout:
-    case adamk::KernelError::kPollTimeout: return "KernelTimeoutError";
+    case adamk::kSmemOverflow: return "KernelSharedMemoryError";
+    case adamk::kWaitTimeout:
+    case adamk::kPollTimeout: return "KernelTimeoutError";
     default: return "AdamkError";
   }
 }

@@ -9,8 +9,6 @@ namespace adamk {
 
 namespace {
 
-constexpr int kErrorWords = 16;                 // sync.cuh ErrorRecord, padded as the Python runtime's
-constexpr uint32_t kRingCounter = 0xffffffffu;  // sync.cuh kRingCounter: a weight page's wait
 constexpr uint16_t kBf16Nan = 0x7fc0;
 constexpr uint32_t kF32Nan = 0x7fc00000u;
 
@@ -46,11 +44,11 @@ Session::Session(Artifact artifact, int device, double timeout_s)
     n_counters_ = std::max<size_t>(1, artifact_.counters().size() + size_t(k.extra_counters));
     table_ = state(8 * artifact_.buffers().size());
     counters_ = state(4 * n_counters_);
-    error_ = state(4 * kErrorWords);
+    error_ = state(4 * kErrorRecordWords);
     epochs_ = state(4 * size_t(k.grid));
     trace_words_ = size_t(artifact_.layers()) * artifact_.tasks().size() * size_t(k.trace_slots);
     if (trace_words_) trace_ = state(8 * trace_words_);
-    driver_.fill32(error_, 0, kErrorWords, nullptr);
+    driver_.fill32(error_, 0, kErrorRecordWords, nullptr);
     zero_state(nullptr);
     driver_.synchronize(nullptr);
   } catch (...) {
@@ -250,7 +248,7 @@ std::string Session::element_at(uint64_t address) {
 // The messages of adamk/runtime/decode.py DecodeStep.check, word for word.
 void Session::check() {
   driver_.synchronize_context();
-  uint32_t e[kErrorWords];
+  uint32_t e[kErrorRecordWords];
   driver_.copy_to_host(e, error_, sizeof e, nullptr);
   driver_.synchronize(nullptr);
   if (!e[0]) return;
@@ -258,22 +256,22 @@ void Session::check() {
   const std::vector<std::string>& tasks = artifact_.tasks();
   const std::string name = task < tasks.size() ? tasks[task] : std::to_string(task);
   switch (reason) {
-    case KernelError::kSmemOverflow:
+    case kSmemOverflow:
       throw KernelError(reason, "megakernel task '" + name + "' on block " + std::to_string(block) + " needs " +
                                     std::to_string(expected) + " B of shared memory; the launch gave " +
                                     std::to_string(observed) + " B");
-    case KernelError::kBadToken:
+    case kBadToken:
       throw KernelError(reason, "token id " + as_signed(observed) + " outside the vocabulary 0.." +
                                     std::to_string(expected - 1));
-    case KernelError::kBadPosition:
+    case kBadPosition:
       throw KernelError(reason, "position " + as_signed(observed) + " outside the KV cache's 0.." +
                                     std::to_string(expected - 1));
-    case KernelError::kEpochsExhausted:
+    case kEpochsExhausted:
       throw KernelError(reason, "the megakernel ran out of epochs (launch at epoch " + std::to_string(observed) +
                                     ", the last is " + std::to_string(expected) +
                                     "): launches the runtime did not count (a CUDA graph it did not capture, "
                                     "replayed) passed the wrap; reset() the step");
-    case KernelError::kPollTimeout:
+    case kPollTimeout:
       throw KernelError(reason, "megakernel wait timed out: block " + std::to_string(block) + " running task '" +
                                     name + "' waited for " + element_at((uint64_t(e[8]) << 32) | e[7]) +
                                     " of step " + std::to_string(expected) + ", saw a word of step " +
@@ -295,7 +293,7 @@ void Session::check() {
 void Session::reset() {
   driver_.synchronize_context();
   zero_state(nullptr);
-  driver_.fill32(error_, 0, kErrorWords, nullptr);
+  driver_.fill32(error_, 0, kErrorRecordWords, nullptr);
   driver_.synchronize(nullptr);
   epoch_ = 0;
 }

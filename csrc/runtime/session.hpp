@@ -19,13 +19,12 @@
 
 #include "artifact.hpp"
 #include "driver.hpp"
+#include "error_record.h"      // csrc/kernels: the device code's ErrorReason
 
 namespace adamk {
 
-// A failure the kernel reported (sync.cuh ErrorReason); `reason` lets a binding pick its type.
+// A failure the kernel reported; `reason` (error_record.h ErrorReason) lets a binding pick its type.
 struct KernelError : Error {
-  enum Reason : uint32_t { kWaitTimeout = 0, kSmemOverflow = 1, kPollTimeout = 2, kBadToken = 3,
-                           kBadPosition = 4, kEpochsExhausted = 5 };
   KernelError(uint32_t r, const std::string& what) : Error(what), reason(r) {}
   uint32_t reason;
 };
