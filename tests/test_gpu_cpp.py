@@ -249,3 +249,19 @@ def test_the_session_refuses_an_artifact_for_a_newer_gpu(layer, tmp_path):
     major, minor = torch.cuda.get_device_capability()
     with pytest.raises(AdamkError, match=rf"^artifact targets sm_120; this GPU is sm_{major}{minor}$"):
         _runtime.Session(str(art))
+
+
+def test_a_profiling_build_stamps_the_same_tasks_through_both_launchers(tmp_path):
+    """The C++ session owns a profiling build's stamps: every task is stamped in order (reached <=
+    inputs in <= end) as through the cuda-bindings launches, and the outputs still agree."""
+    mod = bf16_exact(DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31)))
+    path = adamk.compile(mod, adamk.CompileConfig(gpu="H200", profile=True)).save(tmp_path / "p")
+    a, b = both(path, mod)
+    c = mod.cfg
+    same_history((a, b), (1, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    x = torch.randn(1, c.hidden_size).bfloat16().cuda()
+    assert torch.equal(a(x, 11), b(x, 11))
+    ta, tb = a.trace(), b.trace()
+    assert [row[0] for row in ta] == [row[0] for row in tb] == a.manifest["tasks"]
+    for row in tb:
+        assert 0 < row[1] <= row[2] <= row[3], row

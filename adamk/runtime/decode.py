@@ -10,8 +10,12 @@ error. Each step runs at a new epoch: the tag a task writes into every activatio
 lives on the device (every block keeps the last one in `epochs` and adds one per launch), so a
 launch takes the same arguments every step and `graph(pos)` can replay one captured launch.
 Tagged activations start at epoch 0 and epochs at 1; the host counts the launches, and before
-the 32-bit epoch (or a counter's target) would wrap, the counters, activations and epochs are
-zeroed and the epochs start again.
+the epoch passes the manifest's kernel.max_epoch (past it a counter's target or the 32-bit epoch
+would wrap) the counters, activations and epochs are zeroed and the epochs start again. The
+kernel refuses a launch past max_epoch, so replays the host did not count (a launch captured into
+the caller's own CUDA graph) end in a clear error. With `launcher="cpp"` the C++ runtime
+(adamk._runtime.Session, csrc/runtime/session.hpp) owns that state and launches; the buffers are
+still this module's torch tensors.
 """
 from __future__ import annotations
 
@@ -70,6 +74,10 @@ class DecodeStep:
         self.weights = checked if keep_weights else None
         self.max_seq_len = self.buffers["k_cache"].shape[-2]
         names = [b["name"] for b in self.manifest["buffers"]]
+        n_tasks = len(self.manifest["tasks"])
+        self.trace_slots = len(k.get("trace_slots", ()))
+        # [layers][tasks][slots]: a whole model's loop stamps each layer in its slice (codegen/cuda.py)
+        self.trace_layers = self.manifest["model"].get("layers", 1) if self.manifest["model"].get("whole_model") else 1
         self._session = None
         if launcher == "cpp":       # the C++ runtime owns the launch state; the buffers stay torch's
             self._session = _cpp_session(path, index, timeout_s)
@@ -84,10 +92,6 @@ class DecodeStep:
         self.counters = torch.zeros(max(1, len(self.manifest["counters"]) + k.get("extra_counters", 0)),
                                     dtype=torch.int32, device=self.device)
         self.error = torch.zeros(ERROR["kErrorRecordWords"], dtype=torch.int32, device=self.device)  # ErrorRecord
-        n_tasks = len(self.manifest["tasks"])
-        self.trace_slots = len(k.get("trace_slots", ()))
-        # [layers][tasks][slots]: a whole model's loop stamps each layer in its slice (codegen/cuda.py)
-        self.trace_layers = self.manifest["model"].get("layers", 1) if self.manifest["model"].get("whole_model") else 1
         self.trace_buffer = (torch.zeros(self.trace_layers * n_tasks * self.trace_slots, dtype=torch.int64,
                                          device=self.device) if k.get("profile") else None)
         self.epochs = torch.zeros(self.grid, dtype=torch.int32, device=self.device)   # per block: its last epoch
@@ -291,7 +295,7 @@ class DecodeStep:
         (task name, *stamps) in ns, the stamps in the order of the manifest's kernel.trace_slots
         (reached, inputs in, end, data in). A whole model's: those of layer `layer`'s loop tasks
         (the tasks outside the loop stamp in layer 0's list; 0 where a task has no stamp there)."""
-        if self.trace_buffer is None:
+        if not self.manifest["kernel"].get("profile"):
             raise AdamkError("this artifact was not compiled with CompileConfig(profile=True)")
         if not 0 <= layer < self.trace_layers:
             raise AdamkError(f"no stamps of layer {layer}: the artifact has {self.trace_layers} layer(s)")
