@@ -100,6 +100,7 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["files"].update({"kernel.cu": 7}), "gives no sha256 for 'kernel.cu'"),
     (lambda m: m["buffers"][0].update(name="\x1b[31mred", shape=[0]), "'\\x1b[31mred' has a bad shape"),
     (lambda m: m["kernel"].pop("max_epoch"), "field 'kernel' has no field 'max_epoch'"),
+    (lambda m: m["buffers"][0].update(dtype="q4"), "has dtype 'q4', which this runtime does not know"),
     (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
 ])

@@ -176,7 +176,7 @@ int64_t Buffer::elements() const {
 }
 
 int64_t Buffer::bytes() const {
-  const int64_t size = dtype == "bf16" ? 2 : dtype == "f32_tagged" ? 8 : 4;     // i32, f32: 4
+  const int64_t size = dtype == "bf16" ? 2 : dtype == "f32_tagged" ? 8 : 4;     // i32 (Artifact::open checks)
   return elements() * size;
 }
 
@@ -251,6 +251,8 @@ Artifact Artifact::open(const std::string& dir) {
     buf.name = field(b, "name", "str", where).string;
     buf.role = field(b, "role", "str", where).string;
     buf.dtype = field(b, "dtype", "str", where).string;
+    if (buf.dtype != "bf16" && buf.dtype != "f32_tagged" && buf.dtype != "i32")     // adamk/kinds/base.py DTYPE_BYTES
+      throw Error(where + " " + quoted(buf.name) + " has dtype " + quoted(buf.dtype) + ", which this runtime does not know");
     for (const json::Value& d : field(b, "shape", "list", where).array) {
       if (!d.is_int() || d.number <= 0) throw Error(where + " " + quoted(buf.name) + " has a bad shape");
       buf.shape.push_back(as_int(d));
