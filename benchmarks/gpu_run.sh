@@ -13,6 +13,9 @@
 #   stalls    Nsight Compute's warp-stall sampling of one step (1B layer, H200 target, at each of STALL_POS,
 #             default 512) per function and instruction: benchmarks/stalls.py
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
+#   runtime   build the C++ runtime as `pip install .` does (the wheels it needs in .whl too:
+#             bash ../shared/device/wheels.sh scikit-build-core==1.1.2 pybind11==3.1.0 pathspec packaging cmake),
+#             then tests/test_gpu_cpp.py (the C++ runtime against the Python one, the ops, the C++ example)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
@@ -53,6 +56,13 @@ for part in "$@"; do
         gzip -c /tmp/st/sass.csv > "$OUT/sass-$pos.csv.gz" 2>/dev/null
         ncu --import /tmp/st/prof.ncu-rep --page details --csv > "$OUT/details-$pos.csv" 2>/dev/null
       done ;;
+    runtime)
+      start=$(date +%s)
+      PATH=/tmp/site/bin:$PATH python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir \
+          --target /tmp/built . > "$OUT/runtime-build.log" 2>&1 && cp /tmp/built/adamk/_runtime*.so adamk/ \
+        && echo "C++ runtime built in $(( $(date +%s) - start )) s" \
+        && PATH=/tmp/site/bin:$PATH python3 -m pytest -q -p no:cacheprovider tests/test_gpu_cpp.py ${PYTEST_ARGS:-} 2>&1 \
+          | tee "$OUT/runtime.log" || status=1 ;;
     sanitize)
       python3 benchmarks/sanitize.py --gpu H200 --out /tmp/san > /dev/null || status=1
       for tool in memcheck racecheck synccheck; do
