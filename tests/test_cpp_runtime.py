@@ -101,6 +101,9 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["buffers"][0].update(name="\x1b[31mred", shape=[0]), "'\\x1b[31mred' has a bad shape"),
     (lambda m: m["kernel"].pop("max_epoch"), "field 'kernel' has no field 'max_epoch'"),
     (lambda m: m["buffers"][0].update(dtype="q4"), "has dtype 'q4', which this runtime does not know"),
+    (lambda m: m["buffers"][0].update(shape=[2**45]), "is larger than the runtime takes"),
+    (lambda m: m["kernel"].update(grid=2**60), "an integer too large for the runtime"),
+    (lambda m: m["weights"][0].update(shape=[3, 3]), "is not a slot of a weight buffer of its shape"),
     (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
 ])
@@ -196,3 +199,7 @@ def test_pack_pages_lays_out_pages_as_the_python_runtime():
     got = _runtime.pack_pages([t.view(torch.int16).numpy().tobytes() for t in (gate, up)], n, k, rows, cols, chunk,
                               chunk_pages)
     assert got == want and len(got) == 2 * 3 * 6 * 2 * rows * cols
+    with pytest.raises(ValueError, match="positive sizes"):
+        _runtime.pack_pages([b""], 0, k, rows, cols, chunk, chunk_pages)
+    with pytest.raises(ValueError, match="n x k bf16 words"):
+        _runtime.pack_pages([b"\0" * 6], n, k, rows, cols, chunk, chunk_pages)

@@ -265,3 +265,23 @@ def test_a_profiling_build_stamps_the_same_tasks_through_both_launchers(tmp_path
     assert [row[0] for row in ta] == [row[0] for row in tb] == a.manifest["tasks"]
     for row in tb:
         assert 0 < row[1] <= row[2] <= row[3], row
+
+
+def test_start_at_the_epoch_wrap_decodes_at_the_position_it_was_given(model):
+    """With an odd max_epoch the zeroing at the wrap moves the other slot's position into the one the
+    next launch reads: start() writes both, so a step started right at the wrap decodes where it
+    was told (both launchers)."""
+    mod, path = model
+    token = random.randrange(mod.cfg.vocab_size)
+    for launcher in ("cuda-bindings", "cpp"):
+        s = adamk.load(path, mod, launcher=launcher)
+        s.max_epoch = 3
+        s.k_cache.zero_()
+        s.v_cache.zero_()
+        want = s(token, 0)                      # epoch 1
+        s(token, 5)
+        s(token, 6)                             # epoch 3: the next launch wraps
+        s.k_cache.zero_()
+        s.v_cache.zero_()
+        got = s(token, 0)
+        assert s.epoch == 1 and torch.equal(got[0], want[0]) and got[1] == want[1], launcher

@@ -221,7 +221,7 @@ class DecodeStep:
     def _next_epoch(self):
         """Count a launch; before the epoch would pass max_epoch, zero the state (it starts again at 1).
         The zeroing waits for the GPU first, so no launch queued on another stream still runs."""
-        if self._epoch == self._max_epoch:
+        if self._epoch >= self._max_epoch:          # >=: max_epoch may have been lowered below the count
             self.torch.cuda.synchronize(self.device)
             self._zero_state()
             self._epoch = 0

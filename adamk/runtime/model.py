@@ -28,13 +28,10 @@ class ModelStep(DecodeStep):
         self.vocab_size = self.manifest["model"]["vocab_size"]
         self.position = next(b["name"] for b in self.manifest["buffers"] if b["role"] == "position")
 
-    def _next_epoch_value(self) -> int:
-        """The epoch the next launch runs at (the host's count; 1 after the wrap's zeroing)."""
-        return 1 if self.epoch == self.max_epoch else self.epoch + 1
-
     def start(self, token: int, pos: int):
-        """The next launch decodes `token` at `pos`: the id into the sequence, the position into the
-        slot that launch reads."""
+        """The next launch decodes `token` at `pos`: the id into the sequence, the position into both
+        slots (the launch reads the slot of its epoch's parity, and a zeroing at the epoch wrap before
+        it moves one slot into the other)."""
         self._check_position(pos)
         if not 0 <= int(token) < self.vocab_size:
             raise AdamkError(f"token id {int(token)} outside the vocabulary 0..{self.vocab_size - 1}")
@@ -42,7 +39,7 @@ class ModelStep(DecodeStep):
             self._session.start(int(token), pos, self.torch.cuda.current_stream(self.device).cuda_stream)
             return
         self.buffers["tokens"][pos] = int(token)
-        self.buffers[self.position][self._next_epoch_value() & 1] = pos
+        self.buffers[self.position].fill_(pos)
 
     def _zero_state(self):
         """As a layer's, keeping the position: it moves to the slot of epoch 1's parity."""

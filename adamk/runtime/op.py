@@ -68,7 +68,8 @@ def layer_step(handle: int, x: torch.Tensor, pos: int, order: torch.Tensor) -> t
 
 def model_step(handle: int, token: torch.Tensor, pos: torch.Tensor, order: torch.Tensor):
     step = _step(handle, whole=True)
-    at = pos.reshape(1).long()
+    # a position outside the cache indexes nothing here (clamped), so the kernel reports it (check())
+    at = pos.reshape(1).long().clamp(0, step.max_seq_len - 1)
     step.buffers["tokens"].index_copy_(0, at, token.reshape(1).to(torch.int32))
     step.buffers[step.position].copy_(pos.reshape(1).to(torch.int32).expand(2))   # either slot the launch reads
     step.launch()

@@ -79,7 +79,13 @@ const json::Value& field(const json::Value& v, const std::string& key, const std
   return *f;
 }
 
-int64_t as_int(const json::Value& v) { return static_cast<int64_t>(v.number); }
+// An integer of the manifest (field() checked its JSON type): JSON numbers are doubles, so one past
+// 2^53 is not exact, and casting a larger one to int64 is undefined.
+int64_t as_int(const json::Value& v) {
+  if (!(v.number >= -9007199254740992.0 && v.number <= 9007199254740992.0))
+    throw Error("the manifest holds an integer too large for the runtime");
+  return static_cast<int64_t>(v.number);
+}
 
 }  // namespace
 
@@ -144,11 +150,20 @@ const Packing* Artifact::packing_of(const std::string& name) const {
   return nullptr;
 }
 
+int64_t checked_product(std::initializer_list<int64_t> factors, const std::string& what) {
+  int64_t n = 1;
+  for (int64_t f : factors)
+    if (f < 0 || __builtin_mul_overflow(n, f, &n) || n > kMaxBytes)
+      throw Error(what + " is larger than the runtime takes (over " + std::to_string(kMaxBytes) + " bytes)");
+  return n;
+}
+
 int64_t Artifact::device_bytes(const Buffer& b) const {
   const Packing* p = packing_of(b.name);
   if (!p) return b.bytes();
   const int64_t blocks = (p->n + p->page_rows - 1) / p->page_rows;
-  return b.slots * int64_t(p->sources.size()) * blocks * p->page_rows * p->col_pages * p->page_cols * 2;
+  return checked_product({b.slots, int64_t(p->sources.size()), blocks, p->page_rows, p->col_pages, p->page_cols, 2},
+                         "buffer " + quoted(b.name));
 }
 
 std::string quoted(const std::string& name) {
@@ -169,7 +184,7 @@ std::string quoted(const std::string& name) {
   return out + "'";
 }
 
-int64_t Buffer::elements() const {
+int64_t Buffer::elements() const {        // bounded: Artifact::open checked bytes()
   int64_t n = slots;
   for (int64_t d : shape) n *= d;
   return n;
@@ -259,8 +274,20 @@ Artifact Artifact::open(const std::string& dir) {
     }
     if (b.find("slots")) buf.slots = as_int(field(b, "slots", "int", where));
     if (buf.slots <= 0) throw Error(where + " " + quoted(buf.name) + " has a bad slot count");
+    int64_t bytes = checked_product({buf.slots, 8}, where + " " + quoted(buf.name));     // 8: the widest dtype
+    for (int64_t d : buf.shape) bytes = checked_product({bytes, d}, where + " " + quoted(buf.name));
     a.buffers_.push_back(std::move(buf));
   }
+  // Every weight is one slot of its buffer, of its shape (what upload_weights stacks and packs), and
+  // every buffer's device size is bounded.
+  for (const Weight& w : a.weights_) {
+    const Buffer* b = nullptr;
+    for (const Buffer& buf : a.buffers_)
+      if (buf.name == w.buffer) b = &buf;
+    if (!b || b->role != "weight" || b->shape != w.shape || w.slot < 0 || w.slot >= b->slots)
+      throw Error(path + " weight " + quoted(w.name) + " is not a slot of a weight buffer of its shape");
+  }
+  for (const Buffer& b : a.buffers_) a.device_bytes(b);
 
   // Every listed file: a plain name, its sha256 as the manifest says; nothing else in the directory.
   std::vector<std::string> bad;

@@ -4,6 +4,7 @@
 // Python runtime (adamk/artifact.py read_manifest, load_files), with the same wording.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -103,6 +104,11 @@ class Artifact {
   bool whole_model_ = false;
   int layers_ = 1, vocab_size_ = 0;
 };
+
+// Sizes from untrusted files are multiplied through this: a product over kMaxBytes (1 TB) or one
+// that overflows is an Error naming `what`.
+constexpr int64_t kMaxBytes = int64_t(1) << 40;
+int64_t checked_product(std::initializer_list<int64_t> factors, const std::string& what);
 
 // `name` as an error message shows a model-derived string: quoted, non-printable bytes escaped,
 // cut at 120 characters (adamk/names.py quoted).

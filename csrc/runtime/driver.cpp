@@ -14,7 +14,7 @@ constexpr int kMaxDynamicSharedBytes = 8;     // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_S
 constexpr int kNoDevice = 100;                // CUDA_ERROR_NO_DEVICE
 constexpr int kLaunchAttributeCooperative = 2;   // CU_LAUNCH_ATTRIBUTE_COOPERATIVE
 
-struct LaunchAttribute {        // CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union
+struct alignas(8) LaunchAttribute {   // CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte value union
   int id;
   char pad[4];
   union {
@@ -62,6 +62,8 @@ Driver::Driver() {
   bind(primary_retain_, "cuDevicePrimaryCtxRetain");
   bind(primary_release_, "cuDevicePrimaryCtxRelease_v2");
   bind(ctx_set_current_, "cuCtxSetCurrent");
+  bind(ctx_push_current_, "cuCtxPushCurrent_v2");
+  bind(ctx_pop_current_, "cuCtxPopCurrent_v2");
   bind(ctx_synchronize_, "cuCtxSynchronize");
   bind(module_load_data_, "cuModuleLoadData");
   bind(module_unload_, "cuModuleUnload");
@@ -129,7 +131,6 @@ CUcontext Driver::retain_primary(int ordinal) const {
   CUcontext ctx = nullptr;
   check(device_get_(&dev, ordinal), "cuDeviceGet");
   check(primary_retain_(&ctx, dev), "cuDevicePrimaryCtxRetain");
-  make_current(ctx);
   return ctx;
 }
 
@@ -139,6 +140,13 @@ void Driver::release_primary(int ordinal) const {
 }
 
 void Driver::make_current(CUcontext ctx) const { check(ctx_set_current_(ctx), "cuCtxSetCurrent"); }
+
+void Driver::push_current(CUcontext ctx) const { check(ctx_push_current_(ctx), "cuCtxPushCurrent"); }
+
+void Driver::pop_current() const {
+  CUcontext ctx = nullptr;
+  ctx_pop_current_(&ctx);
+}
 
 CUmodule Driver::load_module(const std::string& image) const {
   CUmodule m = nullptr;

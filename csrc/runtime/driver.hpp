@@ -33,11 +33,13 @@ class Driver {
   // the driver) on a newer GPU; an older GPU is refused (adamk/runtime/decode.py, the same rule).
   std::string module_file(const Artifact& artifact, int ordinal) const;
 
-  // Device `ordinal`'s primary context (the one PyTorch uses), retained and made current on this
-  // thread; release_primary undoes the retain.
+  // Device `ordinal`'s primary context (the one PyTorch uses), retained; release_primary undoes
+  // the retain.
   CUcontext retain_primary(int ordinal) const;
   void release_primary(int ordinal) const;
   void make_current(CUcontext ctx) const;
+  void push_current(CUcontext ctx) const;      // ctx current on this thread until pop_current
+  void pop_current() const;
 
   // `image`: a cubin, or PTX with its terminating NUL.
   CUmodule load_module(const std::string& image) const;
@@ -77,6 +79,8 @@ class Driver {
   int (*primary_retain_)(CUcontext*, int) = nullptr;
   int (*primary_release_)(int) = nullptr;
   int (*ctx_set_current_)(CUcontext) = nullptr;
+  int (*ctx_push_current_)(CUcontext) = nullptr;
+  int (*ctx_pop_current_)(CUcontext*) = nullptr;
   int (*ctx_synchronize_)() = nullptr;
   int (*module_load_data_)(CUmodule*, const void*) = nullptr;
   int (*module_unload_)(CUmodule) = nullptr;

@@ -83,11 +83,19 @@ PYBIND11_MODULE(_runtime, m) {
 
   m.def("pack_pages", [](const std::vector<py::bytes>& sources, int64_t n, int64_t k, int64_t page_rows,
                          int64_t page_cols, int64_t k_chunk, int64_t chunk_pages) {
+    if (n < 1 || k < 1 || page_rows < 1 || page_cols < 1 || k_chunk < 1 || chunk_pages < 1 ||
+        chunk_pages * page_cols < k_chunk)
+      throw py::value_error("pack_pages takes positive sizes, chunk_pages * page_cols >= k_chunk");
+    const int64_t bytes = translated([&] {
+      const int64_t rows = (n + page_rows - 1) / page_rows * page_rows, pages = (k + k_chunk - 1) / k_chunk * chunk_pages;
+      adamk::checked_product({rows, pages, page_cols, int64_t(sources.size()), 2}, "the packed weights");
+      return adamk::checked_product({n, k, 2}, "a source");
+    });
     std::vector<std::string> held;
     std::vector<const uint16_t*> words;
     for (const py::bytes& b : sources) {
       held.push_back(std::string(b));
-      if (held.back().size() != size_t(2 * n * k)) throw py::value_error("each source is n x k bf16 words");
+      if (int64_t(held.back().size()) != bytes) throw py::value_error("each source is n x k bf16 words");
     }
     for (const std::string& h : held) words.push_back(reinterpret_cast<const uint16_t*>(h.data()));
     const std::vector<uint16_t> out = adamk::pack_pages(words, n, k, page_rows, page_cols, k_chunk, chunk_pages);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <set>
 
 namespace adamk {
 
@@ -16,6 +17,18 @@ std::string as_signed(uint32_t v) { return std::to_string(int32_t(v)); }
 
 }  // namespace
 
+class Session::Scope {
+ public:
+  explicit Scope(Session& s) : session_(s), lock_(s.mutex_) { s.driver_.push_current(s.ctx_); }
+  ~Scope() { session_.driver_.pop_current(); }
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+ private:
+  Session& session_;
+  std::lock_guard<std::recursive_mutex> lock_;
+};
+
 Session::Session(Artifact artifact, int device, double timeout_s)
     : artifact_(std::move(artifact)), driver_(Driver::get()), device_(device) {
   set_timeout_s(timeout_s);
@@ -23,6 +36,7 @@ Session::Session(Artifact artifact, int device, double timeout_s)
   ctx_ = driver_.retain_primary(device);
   const Kernel& k = artifact_.kernel();
   try {
+    const Scope scope(*this);
     std::string image = artifact_.file(file);
     if (file == "kernel.ptx") image.push_back('\0');                   // the driver JIT-compiles it
     loaded_from_ = file == "kernel.ptx" ? "ptx" : "cubin";
@@ -37,7 +51,7 @@ Session::Session(Artifact artifact, int device, double timeout_s)
     max_epoch_ = k.max_epoch;
     for (const Buffer& b : artifact_.buffers()) {
       slots_[b.name] = Slot{};
-      if (b.name == "k_cache") max_seq_len_ = int(b.shape.at(b.shape.size() - 2));
+      if (b.name == "k_cache" && b.shape.size() >= 2) max_seq_len_ = int(b.shape[b.shape.size() - 2]);
     }
     if (max_seq_len_ == 0) throw Error("artifact " + artifact_.dir() + " has no 'k_cache' buffer");
     auto state = [&](size_t bytes) { return owned_.emplace_back(driver_.alloc(bytes)); };
@@ -62,13 +76,17 @@ Session::~Session() { release(); }
 void Session::release() noexcept {
   if (!ctx_) return;
   try {
-    driver_.make_current(ctx_);
-    driver_.synchronize_context();
-  } catch (const Error&) {
+    driver_.push_current(ctx_);
+    try {
+      driver_.synchronize_context();
+    } catch (const Error&) {      // a failed launch: free what is held all the same
+    }
+    for (CUdeviceptr p : owned_) driver_.free(p);
+    if (module_) driver_.unload_module(module_);
+    driver_.pop_current();
+  } catch (const Error&) {        // the context could not be made current: nothing to free in it
   }
-  for (CUdeviceptr p : owned_) driver_.free(p);
   owned_.clear();
-  if (module_) driver_.unload_module(module_);
   module_ = nullptr;
   driver_.release_primary(device_);
   ctx_ = nullptr;
@@ -81,6 +99,7 @@ const Buffer& Session::describe(const std::string& name) const {
 }
 
 void Session::bind(const std::string& name, CUdeviceptr ptr, uint64_t bytes) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);   // no CUDA call
   const Buffer& b = describe(name);
   if (prepared_) throw Error("buffer " + quoted(name) + " bound after the first launch");
   const int64_t want = artifact_.device_bytes(b);
@@ -92,6 +111,7 @@ void Session::bind(const std::string& name, CUdeviceptr ptr, uint64_t bytes) {
 }
 
 void Session::upload(const std::string& name, const void* data, uint64_t bytes) {
+  const Scope scope(*this);
   const int64_t want = artifact_.device_bytes(describe(name));
   if (bytes != uint64_t(want))
     throw Error("buffer " + quoted(name) + " is " + std::to_string(want) + " bytes; " + std::to_string(bytes) +
@@ -104,6 +124,7 @@ void Session::upload(const std::string& name, const void* data, uint64_t bytes) 
 }
 
 CUdeviceptr Session::buffer(const std::string& name) {
+  const Scope scope(*this);
   const Buffer& b = describe(name);
   Slot& s = slots_[name];
   if (s.ptr) return s.ptr;
@@ -124,6 +145,7 @@ CUdeviceptr Session::buffer(const std::string& name) {
 }
 
 void Session::read(const std::string& name, void* out, uint64_t offset, uint64_t bytes) {
+  const Scope scope(*this);
   const int64_t size = artifact_.device_bytes(describe(name));
   if (offset > uint64_t(size) || bytes > uint64_t(size) - offset)
     throw Error("bytes " + std::to_string(offset) + ".." + std::to_string(offset + bytes) + " lie outside buffer " +
@@ -135,6 +157,7 @@ void Session::read(const std::string& name, void* out, uint64_t offset, uint64_t
 }
 
 void Session::prepare() {
+  const Scope scope(*this);
   if (prepared_) return;
   std::vector<uint64_t> table;
   for (const Buffer& b : artifact_.buffers()) table.push_back(buffer(b.name));
@@ -144,18 +167,21 @@ void Session::prepare() {
 }
 
 void Session::set_max_epoch(uint32_t e) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);   // no CUDA call
   if (e < 1 || e > artifact_.kernel().max_epoch)
     throw Error("max_epoch must be 1.." + std::to_string(artifact_.kernel().max_epoch));
   max_epoch_ = e;
 }
 
 void Session::set_timeout_s(double s) {
+  const std::lock_guard<std::recursive_mutex> lock(mutex_);   // no CUDA call
   if (!(s > 0) || !std::isfinite(s)) throw Error("the wait timeout must be a positive number of seconds");
   timeout_ns_ = uint64_t(s * 1e9) ? uint64_t(s * 1e9) : 1;
 }
 
 // The position a whole model's next launch reads sits in the slot of that launch's epoch parity.
 void Session::start(int token, int pos, CUstream stream) {
+  const Scope scope(*this);
   if (!artifact_.whole_model()) throw Error("start(token, pos) is a whole model's; this artifact is one layer");
   if (pos < 0 || pos >= max_seq_len_)
     throw Error("position " + std::to_string(pos) + " outside the KV cache's 0.." + std::to_string(max_seq_len_ - 1));
@@ -163,16 +189,20 @@ void Session::start(int token, int pos, CUstream stream) {
     throw Error("token id " + std::to_string(token) + " outside the vocabulary 0.." +
                 std::to_string(artifact_.vocab_size() - 1));
   prepare();
-  const uint32_t next = epoch_ == max_epoch_ ? 1 : epoch_ + 1;
-  const int32_t values[2] = {token, pos};
+  // The position into both slots: the next launch reads the slot of its epoch's parity, and a
+  // zeroing at the wrap before it moves one slot into the other.
+  const int32_t values[3] = {token, pos, pos};
+  if (describe("tokens").elements() <= pos || describe("position").elements() < 2)
+    throw Error("the artifact's tokens or position buffer is too small for position " + std::to_string(pos));
   driver_.copy_to_device(buffer("tokens") + 4 * uint64_t(pos), &values[0], 4, stream);
-  driver_.copy_to_device(buffer("position") + 4 * (next & 1u), &values[1], 4, stream);
+  driver_.copy_to_device(buffer("position"), &values[1], 8, stream);
   driver_.synchronize(stream);         // the host values above live on this stack frame
 }
 
 void Session::advance() {
+  const Scope scope(*this);
   prepare();
-  if (epoch_ == max_epoch_) {
+  if (epoch_ >= max_epoch_) {          // >=: max_epoch may have been lowered below the count
     driver_.synchronize_context();     // no launch queued on another stream still runs
     zero_state(nullptr);
     driver_.synchronize(nullptr);
@@ -207,19 +237,26 @@ int Session::launch_position(int pos) const {
 }
 
 void Session::launch(int pos, CUstream stream) {
+  const Scope scope(*this);
   launch_position(pos);                 // before the launch is counted
   advance();
   enqueue(pos, stream);
 }
 
 void Session::enqueue(int pos, CUstream stream) {
+  const Scope scope(*this);
   pos = launch_position(pos);
   prepare();
   uint64_t table = table_, counters = counters_, error = error_, trace = trace_, epochs = epochs_;
   int32_t position = pos;
   uint64_t timeout = timeout_ns_;
   std::vector<void*> args;
-  for (const std::string& a : artifact_.kernel().args) {
+  const std::vector<std::string>& names = artifact_.kernel().args;
+  const std::set<std::string> known = {"buffers", "counters", "error_record", "trace", "pos", "epochs", "timeout_ns"};
+  if (std::set<std::string>(names.begin(), names.end()) != known || names.size() != known.size())
+    throw Error("the artifact's kernel takes arguments other than this runtime passes (an artifact of another "
+                "adamk version?)");
+  for (const std::string& a : names) {
     if (a == "buffers") args.push_back(&table);
     else if (a == "counters") args.push_back(&counters);
     else if (a == "error_record") args.push_back(&error);
@@ -247,6 +284,7 @@ std::string Session::element_at(uint64_t address) {
 
 // The messages of adamk/runtime/decode.py DecodeStep.check, word for word.
 void Session::check() {
+  const Scope scope(*this);
   driver_.synchronize_context();
   uint32_t e[kErrorRecordWords];
   driver_.copy_to_host(e, error_, sizeof e, nullptr);
@@ -291,6 +329,7 @@ void Session::check() {
 }
 
 void Session::reset() {
+  const Scope scope(*this);
   driver_.synchronize_context();
   zero_state(nullptr);
   driver_.fill32(error_, 0, kErrorRecordWords, nullptr);
@@ -299,6 +338,7 @@ void Session::reset() {
 }
 
 std::vector<uint64_t> Session::trace() {
+  const Scope scope(*this);
   if (!trace_words_) throw Error("this artifact was not compiled with CompileConfig(profile=True)");
   check();
   std::vector<uint64_t> out(trace_words_);

@@ -14,6 +14,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,8 @@ struct KernelError : Error {
   uint32_t reason;
 };
 
+// A session may be called from any thread: each public call holds its lock and makes the
+// session's context current for its duration (the caller's is restored after).
 class Session {
  public:
   // Loads the kernel on GPU `device` (its primary context made current on this thread) and
@@ -84,6 +87,7 @@ class Session {
   std::vector<uint64_t> trace();
 
  private:
+  class Scope;                   // the lock and the session's context, for one public call
   void release() noexcept;       // frees what the session holds (the destructor's and a failed constructor's)
   int launch_position(int pos) const;   // the kernel's `pos` argument, checked
   void zero_state(CUstream s);
@@ -108,6 +112,7 @@ class Session {
   int max_seq_len_ = 0;
   uint32_t epoch_ = 0, max_epoch_ = 0;
   uint64_t timeout_ns_ = 0;
+  std::recursive_mutex mutex_;   // public calls nest (launch = advance + enqueue)
 };
 
 }  // namespace adamk

@@ -45,9 +45,24 @@ float float_of(uint16_t h) {
 
 }  // namespace
 
-Checkpoint::~Checkpoint() {
+void Checkpoint::unmap() noexcept {
   for (const Mapping& m : mappings_) munmap(m.base, m.length);
+  mappings_.clear();
+  tensors_.clear();
 }
+
+Checkpoint& Checkpoint::operator=(Checkpoint&& other) noexcept {
+  if (this != &other) {
+    unmap();
+    mappings_ = std::move(other.mappings_);
+    tensors_ = std::move(other.tensors_);
+    other.mappings_.clear();
+    other.tensors_.clear();
+  }
+  return *this;
+}
+
+Checkpoint::~Checkpoint() { unmap(); }
 
 const TensorView& Checkpoint::at(const std::string& name) const {
   auto it = tensors_.find(name);
@@ -92,7 +107,8 @@ void Checkpoint::map_file(const std::string& path, const std::map<std::string, b
     TensorView v;
     v.dtype = dtype->string;
     for (const json::Value& d : shape->array) {
-      if (!d.is_int() || d.number < 0) throw Error(quoted(path) + ": tensor " + quoted(name) + " has a bad shape");
+      if (!d.is_int() || d.number < 0 || d.number > double(kMaxBytes))
+        throw Error(quoted(path) + ": tensor " + quoted(name) + " has a bad shape");
       v.shape.push_back(int64_t(d.number));
     }
     const double begin = offsets->array[0].number, end = offsets->array[1].number;
@@ -214,8 +230,8 @@ void upload_weights(Session& session, const Checkpoint& ckpt) {
     };
     if (t.shape != w.shape)
       throw Error("weight " + quoted(w.name) + " has shape " + list(t.shape) + ", the artifact expects " + list(w.shape));
-    int64_t count = 1;
-    for (int64_t d : w.shape) count *= d;
+    int64_t count = 1;               // the manifest's shape (bounded by Artifact::open), equal to the tensor's
+    for (int64_t d : w.shape) count = checked_product({count, d}, "weight " + quoted(w.name));
     if (t.bytes != uint64_t(count) * (t.dtype == "F32" ? 4 : 2))
       throw Error("weight " + quoted(w.name) + ": its bytes do not match its shape");
     std::vector<uint16_t> out(static_cast<size_t>(count));

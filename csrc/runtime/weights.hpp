@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "session.hpp"
@@ -28,8 +29,10 @@ class Checkpoint {
  public:
   static Checkpoint open(const std::string& path);     // a .safetensors file or a checkpoint directory
   Checkpoint() = default;
-  Checkpoint(Checkpoint&&) = default;
-  Checkpoint& operator=(Checkpoint&&) = default;
+  Checkpoint(Checkpoint&& other) noexcept { *this = std::move(other); }
+  Checkpoint& operator=(Checkpoint&& other) noexcept;       // unmaps what this one held
+  Checkpoint(const Checkpoint&) = delete;
+  Checkpoint& operator=(const Checkpoint&) = delete;
   ~Checkpoint();
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   const TensorView& at(const std::string& name) const;
@@ -37,6 +40,7 @@ class Checkpoint {
 
  private:
   void map_file(const std::string& path, const std::map<std::string, bool>* wanted);
+  void unmap() noexcept;
   struct Mapping {
     void* base;
     size_t length;

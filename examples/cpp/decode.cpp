@@ -22,14 +22,20 @@ int main(int argc, char** argv) {
     return 2;
   }
   int token = 0, pos = 0, steps = 16, device = 0;
-  for (int i = 3; i + 1 < argc; i += 2) {
+  for (int i = 3; i < argc; i += 2) {
     int* into = !std::strcmp(argv[i], "--token") ? &token : !std::strcmp(argv[i], "--pos") ? &pos
               : !std::strcmp(argv[i], "--steps") ? &steps : !std::strcmp(argv[i], "--device") ? &device : nullptr;
     if (!into) {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
     }
-    *into = std::atoi(argv[i + 1]);
+    char* end = nullptr;
+    const long value = i + 1 < argc ? std::strtol(argv[i + 1], &end, 10) : -1;
+    if (i + 1 >= argc || *end != '\0' || value < 0 || value > 1 << 30 || (into == &steps && value < 1)) {
+      std::fprintf(stderr, "error: %s needs a %s number\n", argv[i], into == &steps ? "positive" : "non-negative");
+      return 2;
+    }
+    *into = int(value);
   }
   try {
     adamk::Artifact artifact = adamk::Artifact::open(argv[1]);
