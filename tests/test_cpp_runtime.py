@@ -12,6 +12,7 @@ import pytest
 
 import adamk
 from adamk.artifact import MANIFEST_FORMAT
+from adamk.codegen.cuda import KERNEL_ARGS
 from adamk.models import PRESETS, DecoderLayer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,9 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["files"].update({"kernel.cu": 7}), "gives no sha256 for 'kernel.cu'"),
     (lambda m: m["buffers"][0].update(name="\x1b[31mred", shape=[0]), "'\\x1b[31mred' has a bad shape"),
     (lambda m: m["kernel"].pop("max_epoch"), "field 'kernel' has no field 'max_epoch'"),
+    (lambda m: m["kernel"]["args"].append("extra"), "takes an argument 'extra' this runtime does not pass"),
+    (lambda m: m["kernel"]["args"].pop(), "lacks arguments this runtime passes"),
+    (lambda m: m["kernel"]["args"].__setitem__(1, m["kernel"]["args"][0]), "names its argument 'buffers' twice"),
     (lambda m: m["buffers"][0].update(dtype="q4"), "has dtype 'q4', which this runtime does not know"),
     (lambda m: m["buffers"][0].update(shape=[2**45]), "is larger than the runtime takes"),
     (lambda m: m["kernel"].update(grid=2**60), "an integer too large for the runtime"),
@@ -167,6 +171,7 @@ def test_the_python_module_checks_as_the_python_runtime_does(layer_dir, tmp_path
     from adamk.artifact import load_files
     from adamk.errors import AdamkError
     assert _runtime.MANIFEST_FORMAT == MANIFEST_FORMAT
+    assert _runtime.KERNEL_ARGS == KERNEL_ARGS
     a = _runtime.Artifact.open(str(layer_dir))
     m = json.loads((layer_dir / "manifest.json").read_text())
     assert (a.gpu, a.arch, a.whole_model) == ("L20", "sm_89", False)

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <algorithm>
 #include <set>
 #include <sstream>
 
@@ -234,8 +235,16 @@ Artifact Artifact::open(const std::string& dir) {
   a.kernel_.smem_bytes = int(as_int(field(kernel, "smem_bytes", "int", where_k)));
   for (const json::Value& arg : field(kernel, "args", "list", where_k).array) {
     if (!arg.is_string()) throw Error(where_k + " field 'args' holds a non-string");
+    const auto known = std::find(std::begin(kKernelArgNames), std::end(kKernelArgNames), arg.string);
+    if (known == std::end(kKernelArgNames))
+      throw Error(where_k + " takes an argument " + quoted(arg.string) +
+                  " this runtime does not pass (an artifact of another adamk version?)");
+    if (std::find(a.kernel_.args.begin(), a.kernel_.args.end(), arg.string) != a.kernel_.args.end())
+      throw Error(where_k + " names its argument " + quoted(arg.string) + " twice");
     a.kernel_.args.push_back(arg.string);
   }
+  if (a.kernel_.args.size() != size_t(kKernelArgs))
+    throw Error(where_k + " lacks arguments this runtime passes (an artifact of another adamk version?)");
   a.kernel_.max_epoch = uint32_t(as_int(field(kernel, "max_epoch", "int", where_k)));
   if (kernel.find("extra_counters")) a.kernel_.extra_counters = int(as_int(field(kernel, "extra_counters", "int", where_k)));
   a.kernel_.trace_slots = int(field(kernel, "trace_slots", "list", where_k).array.size());

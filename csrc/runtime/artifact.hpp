@@ -35,10 +35,16 @@ struct Buffer {
   int64_t bytes() const;
 };
 
+// The kernel's parameters this runtime passes (adamk/codegen/cuda.py KERNEL_ARGS; a CPU test compares
+// them); a manifest lists each once, in the kernel's order.
+constexpr int kKernelArgs = 7;
+constexpr const char* kKernelArgNames[kKernelArgs] = {"buffers", "counters", "error_record", "trace", "pos",
+                                                      "epochs", "timeout_ns"};
+
 struct Kernel {
   std::string name;             // the entry point
   int grid = 0, block_threads = 0, smem_bytes = 0;
-  std::vector<std::string> args;   // the kernel's parameters, in order (adamk/codegen/cuda.py KERNEL_ARGS)
+  std::vector<std::string> args;   // the kernel's parameters, in order: kKernelArgNames, each once
   uint32_t max_epoch = 0;       // the last epoch before the state is zeroed (codegen/cuda.py max_epoch)
   int extra_counters = 0;       // counters beyond the schedule's (the work-queue variant's)
   int trace_slots = 0;          // stamps per task of a profiling build (0: not one)

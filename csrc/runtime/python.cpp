@@ -51,6 +51,9 @@ adamk::CUstream stream_of(uint64_t handle) { return reinterpret_cast<adamk::CUst
 PYBIND11_MODULE(_runtime, m) {
   m.doc() = "The adamk C++ runtime (csrc/runtime): artifacts read and checked as the Python runtime does.";
   m.attr("MANIFEST_FORMAT") = adamk::kManifestFormat;
+  py::tuple args(adamk::kKernelArgs);
+  for (int i = 0; i < adamk::kKernelArgs; ++i) args[size_t(i)] = adamk::kKernelArgNames[i];
+  m.attr("KERNEL_ARGS") = args;
 
   py::class_<adamk::Buffer>(m, "Buffer")
       .def_readonly("name", &adamk::Buffer::name)

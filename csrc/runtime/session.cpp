@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <set>
 
 namespace adamk {
 
@@ -32,6 +31,12 @@ class Session::Scope {
 Session::Session(Artifact artifact, int device, double timeout_s)
     : artifact_(std::move(artifact)), driver_(Driver::get()), device_(device) {
   set_timeout_s(timeout_s);
+  // Artifact::open checked that the kernel takes kKernelArgNames, each once; enqueue() passes them
+  // in that order of values.
+  const std::vector<std::string>& names = artifact_.kernel().args;
+  for (int i = 0; i < kKernelArgs; ++i)
+    arg_order_[size_t(i)] = int(std::find(std::begin(kKernelArgNames), std::end(kKernelArgNames), names[size_t(i)]) -
+                                std::begin(kKernelArgNames));
   const std::string file = driver_.module_file(artifact_, device);     // refuses an older GPU
   ctx_ = driver_.retain_primary(device);
   const Kernel& k = artifact_.kernel();
@@ -183,8 +188,7 @@ void Session::set_timeout_s(double s) {
 void Session::start(int token, int pos, CUstream stream) {
   const Scope scope(*this);
   if (!artifact_.whole_model()) throw Error("start(token, pos) is a whole model's; this artifact is one layer");
-  if (pos < 0 || pos >= max_seq_len_)
-    throw Error("position " + std::to_string(pos) + " outside the KV cache's 0.." + std::to_string(max_seq_len_ - 1));
+  check_position(pos);
   if (token < 0 || token >= artifact_.vocab_size())
     throw Error("token id " + std::to_string(token) + " outside the vocabulary 0.." +
                 std::to_string(artifact_.vocab_size() - 1));
@@ -229,10 +233,14 @@ void Session::zero_state(CUstream s) {
   }
 }
 
-int Session::launch_position(int pos) const {
-  if (artifact_.whole_model()) return 0;      // the kernel reads the position from the device
+void Session::check_position(int pos) const {
   if (pos < 0 || pos >= max_seq_len_)
     throw Error("position " + std::to_string(pos) + " outside the KV cache's 0.." + std::to_string(max_seq_len_ - 1));
+}
+
+int Session::launch_position(int pos) const {
+  if (artifact_.whole_model()) return 0;      // the kernel reads the position from the device
+  check_position(pos);
   return pos;
 }
 
@@ -250,25 +258,11 @@ void Session::enqueue(int pos, CUstream stream) {
   uint64_t table = table_, counters = counters_, error = error_, trace = trace_, epochs = epochs_;
   int32_t position = pos;
   uint64_t timeout = timeout_ns_;
-  std::vector<void*> args;
-  const std::vector<std::string>& names = artifact_.kernel().args;
-  const std::set<std::string> known = {"buffers", "counters", "error_record", "trace", "pos", "epochs", "timeout_ns"};
-  if (std::set<std::string>(names.begin(), names.end()) != known || names.size() != known.size())
-    throw Error("the artifact's kernel takes arguments other than this runtime passes (an artifact of another "
-                "adamk version?)");
-  for (const std::string& a : names) {
-    if (a == "buffers") args.push_back(&table);
-    else if (a == "counters") args.push_back(&counters);
-    else if (a == "error_record") args.push_back(&error);
-    else if (a == "trace") args.push_back(&trace);
-    else if (a == "pos") args.push_back(&position);
-    else if (a == "epochs") args.push_back(&epochs);
-    else if (a == "timeout_ns") args.push_back(&timeout);
-    else throw Error("the artifact's kernel takes an argument " + quoted(a) +
-                     " this runtime does not know (an artifact of another adamk version?)");
-  }
+  void* const values[kKernelArgs] = {&table, &counters, &error, &trace, &position, &epochs, &timeout};   // kKernelArgNames
+  void* args[kKernelArgs];
+  for (int i = 0; i < kKernelArgs; ++i) args[i] = values[arg_order_[size_t(i)]];
   const Kernel& k = artifact_.kernel();
-  driver_.launch_cooperative(fn_, k.grid, k.block_threads, k.smem_bytes, stream, args.data());
+  driver_.launch_cooperative(fn_, k.grid, k.block_threads, k.smem_bytes, stream, args);
 }
 
 std::string Session::element_at(uint64_t address) {

@@ -12,6 +12,7 @@
 // manifest's kernel.max_epoch it zeroes the state; a launch it did not count (a replay of a graph
 // someone else captured) that passes it is refused by the kernel and reported by `check`.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -89,6 +90,7 @@ class Session {
  private:
   class Scope;                   // the lock and the session's context, for one public call
   void release() noexcept;       // frees what the session holds (the destructor's and a failed constructor's)
+  void check_position(int pos) const;   // a KV cache row: 0..max_seq_len-1
   int launch_position(int pos) const;   // the kernel's `pos` argument, checked
   void zero_state(CUstream s);
   std::string element_at(uint64_t address);
@@ -112,6 +114,9 @@ class Session {
   int max_seq_len_ = 0;
   uint32_t epoch_ = 0, max_epoch_ = 0;
   uint64_t timeout_ns_ = 0;
+  // The kernel's arguments in the manifest's order, each an index into kKernelArgNames: found once
+  // by the constructor, so a launch fills a fixed array.
+  std::array<int, kKernelArgs> arg_order_{};
   std::recursive_mutex mutex_;   // public calls nest (launch = advance + enqueue)
 };
 

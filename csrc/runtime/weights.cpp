@@ -203,12 +203,14 @@ void upload_weights(Session& session, const Checkpoint& ckpt) {
   const Artifact& a = session.artifact();
   // Every weight in bf16 words, checked (adamk/runtime/weights.py check_weights, the same order).
   std::vector<std::string> missing;
+  std::vector<const std::string*> held_as;     // the checkpoint's name of each weight, in a.weights()'s order
   std::map<std::string, std::vector<uint16_t>> words;
   for (const Weight& w : a.weights()) {
     const std::string* held = ckpt.has(w.name) ? &w.name : nullptr;
     for (const std::string& alias : w.aliases)
       if (!held && ckpt.has(alias)) held = &alias;
     if (!held) missing.push_back(quoted(w.name));
+    held_as.push_back(held);
   }
   if (!missing.empty()) {
     std::string msg = "weights are missing ";
@@ -216,11 +218,9 @@ void upload_weights(Session& session, const Checkpoint& ckpt) {
     if (missing.size() > 5) msg += " and " + std::to_string(missing.size() - 5) + " more";
     throw Error(msg);
   }
-  for (const Weight& w : a.weights()) {
-    const std::string* held = ckpt.has(w.name) ? &w.name : nullptr;
-    for (const std::string& alias : w.aliases)
-      if (!held && ckpt.has(alias)) held = &alias;
-    const TensorView& t = ckpt.at(*held);
+  for (size_t wi = 0; wi < a.weights().size(); ++wi) {
+    const Weight& w = a.weights()[wi];
+    const TensorView& t = ckpt.at(*held_as[wi]);
     if (t.dtype != "F32" && t.dtype != "BF16")
       throw Error("weight " + quoted(w.name) + " is " + t.dtype + "; the artifact takes float32 or bfloat16 tensors");
     auto list = [](const std::vector<int64_t>& v) {
