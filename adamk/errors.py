@@ -13,6 +13,10 @@ class UnsupportedShapeError(AdamkError):
     """A shape the kernel cannot take."""
 
 
+class UnsupportedOpError(AdamkError):
+    """An op the frontends recognise and the simulator runs, but the device library cannot yet."""
+
+
 class UnknownGPUError(AdamkError):
     """A GPU name not in the spec table."""
 

@@ -4,6 +4,7 @@
     python examples/export_onnx.py -o tiny.onnx --preset tiny --seed 3
     python examples/export_onnx.py -o model.onnx --external-data       # weights in model.onnx.data
     python examples/export_onnx.py -o qwen.onnx --hf qwen2 --preset tiny  # a transformers Qwen2DecoderLayer
+    python examples/export_onnx.py -o qwen3.onnx --hf qwen3 --preset tiny  # Qwen3 (per-head q/k RMSNorm)
     python examples/export_onnx.py -o whole.onnx --whole-model --preset tiny   # embedding, layers, LM head
     python examples/export_onnx.py -o hf.onnx --whole-model --hf llama --preset tiny   # a LlamaForCausalLM
 
@@ -29,13 +30,14 @@ from adamk.models import PRESETS, DecoderLayer, LlamaModel
 
 
 def _hf_config(kind: str, cfg, **extra):
-    """A transformers Llama or Qwen2 config with `cfg`'s dims (eager attention)."""
+    """A transformers Llama, Qwen2 or Qwen3 config with `cfg`'s dims (eager attention)."""
     import transformers
     dims = dict(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 rms_norm_eps=cfg.rms_eps, max_position_embeddings=cfg.max_seq_len, attn_implementation="eager",
                 rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta}, **extra)
-    return (transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config)(**dims)
+    return {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+            "qwen3": transformers.Qwen3Config}[kind](**dims)
 
 
 def _randomize(module: torch.nn.Module) -> torch.nn.Module:
@@ -48,29 +50,32 @@ def _randomize(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def hf_layer(kind: str, cfg, seed: int = 0) -> torch.nn.Module:
-    """A transformers Llama or Qwen2 decoder layer with `cfg`'s dims and seeded random weights,
+    """A transformers Llama, Qwen2 or Qwen3 decoder layer with `cfg`'s dims and seeded random weights,
     wrapped in adamk's decode-step signature."""
     from adamk.models import HFDecodeStep
     hf_cfg = _hf_config(kind, cfg)
     if kind == "llama":
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer as Layer, LlamaRotaryEmbedding as Rope
-    else:
+    elif kind == "qwen2":
         from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer as Layer, Qwen2RotaryEmbedding as Rope
+    else:
+        from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer as Layer, Qwen3RotaryEmbedding as Rope
     torch.manual_seed(seed)
     layer = _randomize(Layer(hf_cfg, layer_idx=0))
     return HFDecodeStep(layer, Rope(hf_cfg), cfg.max_seq_len).eval()
 
 
 def hf_model(kind: str, cfg, seed: int = 0, tie: bool = False) -> torch.nn.Module:
-    """A transformers LlamaForCausalLM or Qwen2ForCausalLM with `cfg`'s dims, layers and vocabulary
-    (the LM head tied to the embedding if `tie`) and seeded random weights, wrapped in adamk's
-    whole-model signature."""
+    """A transformers LlamaForCausalLM, Qwen2ForCausalLM or Qwen3ForCausalLM with `cfg`'s dims,
+    layers and vocabulary (the LM head tied to the embedding if `tie`) and seeded random weights,
+    wrapped in adamk's whole-model signature."""
     import transformers
     from adamk.models import HFDecodeModel
     hf_cfg = _hf_config(kind, cfg, num_hidden_layers=cfg.num_layers, vocab_size=cfg.vocab_size,
                         tie_word_embeddings=tie)
     torch.manual_seed(seed)
-    causal_lm = (transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM)(hf_cfg)
+    causal_lm = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+                 "qwen3": transformers.Qwen3ForCausalLM}[kind](hf_cfg)
     return HFDecodeModel(_randomize(causal_lm), cfg.max_seq_len).eval()
 
 
@@ -108,7 +113,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seq-len", type=int, default=None, help="KV cache length (default: the preset's)")
     ap.add_argument("--external-data", action="store_true", help="store weights in a .data file next to the model")
-    ap.add_argument("--hf", choices=["llama", "qwen2"], help="export a transformers decoder layer (with "
+    ap.add_argument("--hf", choices=["llama", "qwen2", "qwen3"], help="export a transformers decoder layer (with "
                     "--whole-model: causal LM) of that family")
     ap.add_argument("--whole-model", action="store_true", help="embedding, all layers, final norm and LM head")
     args = ap.parse_args()

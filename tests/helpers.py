@@ -78,6 +78,20 @@ def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, st
     return graph, fused, tasks, schedule
 
 
+def lower_model(model, num_sms=32, budget=227 * 1024) -> str:
+    """A whole model's schedule IR text (round-robin, Hopper's budget), as `adamk.compile` builds it up to
+    code generation: for the simulator where the device library lacks an op."""
+    from adamk.dialects import print_module
+    from adamk.passes.layers import LayersPass
+    module, _ = import_module(model, model.example_inputs())
+    ctx = make_context()
+    for pass_ in (FusePass(), LayersPass(), KSplitPass(16, 6, 32 * 1024, budget, num_sms, "the target"),
+                  TilePass(), RoundRobinSchedulePass(num_sms=num_sms, smem_budget=budget, stages=6, in_flight=2)):
+        pass_.apply(ctx, module)
+        module.verify()
+    return print_module(module)
+
+
 def fresh_inputs(layer, pos):
     """Random x and a random KV history (fresh every call; never zeros)."""
     cfg = layer.cfg

@@ -5,7 +5,7 @@ from xdsl.utils.exceptions import VerifyException
 from xdsl.utils.test_value import create_ssa_value
 
 from adamk.dialects import parse_module, print_module
-from adamk.dialects.graph import AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
+from adamk.dialects.graph import AttentionOp, HeadRMSNormOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp
 from adamk.dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp, WaitOp, sm_program
 from adamk.dialects.task import BufferOp, TaskOp
 from helpers import lower, random_layer
@@ -36,6 +36,12 @@ def test_graph_verifiers_name_the_value_at_fault():
                  "k has 24 features, expected 2 heads x 8")
     verify_fails(AttentionOp(q, kv, kv, t(1, 2, 16, 4), cache, t(), num_heads=6, num_kv_heads=2, head_dim=8,
                              scale=0.3), r"k_cache has shape \[1, 2, 16, 4\]")
+    verify_fails(HeadRMSNormOp(t(1, 48), t(10), 1e-6), r"head_rmsnorm: weight has shape \[10\], expected \[head_dim\]")
+    norm = dict(num_heads=6, num_kv_heads=2, head_dim=8, scale=0.3)
+    verify_fails(AttentionOp(q, kv, kv, cache, cache, t(), q_norm=t(8), **norm), "q_norm, k_norm and norm_eps come together")
+    verify_fails(AttentionOp(q, kv, kv, cache, cache, t(), q_norm=t(8), k_norm=t(16), norm_eps=1e-6, **norm),
+                 r"k_norm has shape \[16\], expected \[8\]")
+    AttentionOp(q, kv, kv, cache, cache, t(), q_norm=t(8), k_norm=t(8), norm_eps=1e-6, **norm).verify()
 
 
 def test_task_and_schedule_verifiers():

@@ -1,4 +1,4 @@
-"""Hugging Face decoder layers (Llama, Qwen2) through both frontends, checked in the simulator."""
+"""Hugging Face decoder layers (Llama, Qwen2, Qwen3) through both frontends, checked in the simulator."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +6,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding  # noqa: E402
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding  # noqa: E402
+from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding  # noqa: E402
 
 from adamk.dialects import make_context  # noqa: E402
 from adamk.frontend.onnx_frontend import import_onnx  # noqa: E402
@@ -30,9 +31,12 @@ def hf_step(kind: str) -> HFDecodeStep:
                                                                 "high_freq_factor": 4.0,
                                                                 "original_max_position_embeddings": 8})
         layer, rope = LlamaDecoderLayer(cfg, layer_idx=0), LlamaRotaryEmbedding(cfg)
-    else:
+    elif kind == "qwen2":
         cfg = transformers.Qwen2Config(**DIMS)
         layer, rope = Qwen2DecoderLayer(cfg, layer_idx=0), Qwen2RotaryEmbedding(cfg)
+    else:       # per-head RMSNorm of q and k; heads x head_dim (192) wider than the hidden state, as in Qwen3
+        cfg = transformers.Qwen3Config(**{**DIMS, "head_dim": 32})
+        layer, rope = Qwen3DecoderLayer(cfg, layer_idx=0), Qwen3RotaryEmbedding(cfg)
     with torch.no_grad():
         for name, p in layer.named_parameters():
             p.copy_(torch.randn_like(p) * (1.0 if "norm" in name else 0.2) + (1.0 if "norm" in name else 0.0))
@@ -54,7 +58,7 @@ def simulate(step, module, pos):
     return y, ref.numpy(), sim.mem["k_cache"], kc.numpy()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_hf_layer_through_torch_frontend_matches_transformers(kind):
     step = hf_step(kind)
     module, _ = import_module(step, step.example_inputs(1))
@@ -63,7 +67,7 @@ def test_hf_layer_through_torch_frontend_matches_transformers(kind):
     assert rel(k_sim, k_ref) < 1e-6
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
 def test_hf_layer_onnx_export_gives_the_same_ir(kind, tmp_path):
     step = hf_step(kind)
     args = step.example_inputs(1)
@@ -75,3 +79,23 @@ def test_hf_layer_onnx_export_gives_the_same_ir(kind, tmp_path):
     assert from_onnx.is_structurally_equivalent(from_torch)
     y, ref, *_ = simulate(step, from_onnx, MAX_SEQ - 1)
     assert rel(y, ref) < 1e-5
+
+
+def test_qwen3_head_norms_ride_on_the_attention_and_the_device_says_it_lacks_them():
+    """The per-head RMSNorm of q and k is recognised (one adamk.head_rmsnorm each), fused into the
+    attention with its weights (then RoPE), and the compile stops at code generation with one clear
+    error: the device library does not run it yet."""
+    import adamk
+    from adamk.dialects.graph import AttentionOp, HeadRMSNormOp, WeightOp
+    from adamk.errors import UnsupportedOpError
+    step = hf_step("qwen3")
+    module, _ = import_module(step, step.example_inputs(1))
+    assert sum(isinstance(o, HeadRMSNormOp) for o in module.walk()) == 2
+    FusePass().apply(make_context(), module)
+    assert not any(isinstance(o, HeadRMSNormOp) for o in module.walk())
+    (att,) = [o for o in module.walk() if isinstance(o, AttentionOp)]
+    names = {o.result: o.weight_name.data for o in module.walk() if isinstance(o, WeightOp)}
+    assert (names[att.q_norm], names[att.k_norm]) == ("layer.self_attn.q_norm.weight", "layer.self_attn.k_norm.weight")
+    assert att.rope_inv_freq is not None and att.norm_eps.value.data == pytest.approx(1e-6)
+    with pytest.raises(UnsupportedOpError, match=r"per-head RMSNorm of q and k \(Qwen3\) .* not yet in the device"):
+        adamk.compile(step, adamk.CompileConfig(gpu="H200"))

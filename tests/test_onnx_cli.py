@@ -176,6 +176,17 @@ def test_unsupported_op_names_op_and_node(tiny_onnx, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_qwen3_layer_stops_at_code_generation_with_one_line(tmp_path):
+    """examples/export_onnx.py --hf qwen3: recognised and fused, but the device library lacks its
+    per-head q/k RMSNorm: one error line, exit 1, no artifact."""
+    pytest.importorskip("transformers")
+    path = export(str(tmp_path / "qwen3.onnx"), "tiny", seed=2, hf="qwen3")
+    code, _, err = cli("compile", path, "--gpu", "L20", "-o", tmp_path / "out")
+    assert_user_error(code, err, "the per-head RMSNorm of q and k (Qwen3) runs in the CPU simulator but not yet "
+                                 "in the device library")
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_initializer(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     victim = next(t for t in model.graph.initializer if t.name == "up_proj.weight")

@@ -4,7 +4,8 @@ Activations are rank-2 tensors ``[batch, features]``; weights are `adamk.weight`
 named after the source model's parameters; the KV caches are function arguments of
 shape ``[batch, kv_heads, max_seq_len, head_dim]`` that `adamk.attention` appends to.
 After fusion, `adamk.linear` carries its prologue (rmsnorm or silu_mul of its inputs),
-bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k.
+bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k (and, for Qwen3,
+their per-head RMSNorm).
 
 A whole model takes the token ids (`adamk.embedding` gathers the hidden state), keeps every
 layer's KV cache in one stacked argument ``[layers, batch, kv_heads, max_seq_len, head_dim]``
@@ -196,17 +197,41 @@ class RopeOp(IRDLOperation):
 
 
 @irdl_op_definition
+class HeadRMSNormOp(IRDLOperation):
+    """RMSNorm of every head of `input` on its own: y[h] = x[h] * rsqrt(mean(x[h]^2) + eps) * weight
+    (Qwen3's q_norm and k_norm, before RoPE). The fuse pass moves it into `adamk.attention`."""
+    name = "adamk.head_rmsnorm"
+    input = operand_def(TensorType)
+    weight = operand_def(TensorType)
+    eps = prop_def(FloatAttr)
+    result = result_def(TensorType)
+
+    def __init__(self, input, weight, eps: float):
+        super().__init__(operands=[input, weight], properties={"eps": FloatAttr(eps, f32)},
+                         result_types=[input.type])
+
+    def verify_(self):
+        n, w = _features(self, self.input, "input"), shape_of(self.weight)
+        if len(w) != 1 or w[0] <= 0 or n % w[0]:
+            raise VerifyException(f"adamk.head_rmsnorm: weight has shape {list(w)}, expected [head_dim] with "
+                                  f"head_dim dividing the input's {n} features")
+
+
+@irdl_op_definition
 class AttentionOp(IRDLOperation):
     """GQA decode attention for the token at `pos`: appends k, v at `pos` to the caches,
     then attends q over cache positions 0..pos. With `rope_inv_freq` set, q and k are
     rotated first (fused RoPE)."""
     name = "adamk.attention"
+    irdl_options = (AttrSizedOperandSegments(as_property=True),)
     q = operand_def(TensorType)
     k = operand_def(TensorType)
     v = operand_def(TensorType)
     k_cache = operand_def(TensorType)
     v_cache = operand_def(TensorType)
     pos = operand_def(TensorType)
+    q_norm = opt_operand_def(TensorType)    # fused per-head RMSNorm of q and k (before RoPE): [head_dim]
+    k_norm = opt_operand_def(TensorType)
     num_heads = prop_def(IntegerAttr)
     num_kv_heads = prop_def(IntegerAttr)
     head_dim = prop_def(IntegerAttr)
@@ -214,17 +239,34 @@ class AttentionOp(IRDLOperation):
     rope_inv_freq = opt_prop_def(DenseArrayBase)
     layer = opt_prop_def(IntegerAttr)       # stacked caches [layers, ...]: the layer it reads and appends to
     k_split = opt_prop_def(IntegerAttr)     # set by the ksplit pass: parts of the sequence (flash-decoding)
+    norm_eps = opt_prop_def(FloatAttr)      # of q_norm and k_norm
     result = result_def(TensorType)
 
     def __init__(self, q, k, v, k_cache, v_cache, pos, *, num_heads, num_kv_heads, head_dim, scale,
-                 rope_inv_freq=None, layer=None):
+                 rope_inv_freq=None, layer=None, q_norm=None, k_norm=None, norm_eps=None):
         props = {"num_heads": IntegerAttr(num_heads, i64), "num_kv_heads": IntegerAttr(num_kv_heads, i64),
                  "head_dim": IntegerAttr(head_dim, i64), "scale": FloatAttr(scale, f32)}
         if rope_inv_freq is not None:
             props["rope_inv_freq"] = DenseArrayBase.from_list(f32, [float(f) for f in rope_inv_freq])
         if layer is not None:
             props["layer"] = IntegerAttr(layer, i64)
-        super().__init__(operands=[q, k, v, k_cache, v_cache, pos], properties=props, result_types=[q.type])
+        if norm_eps is not None:
+            props["norm_eps"] = FloatAttr(norm_eps, f32)
+        opt = lambda v: [v] if v is not None else []     # noqa: E731
+        super().__init__(operands=[q, k, v, k_cache, v_cache, pos, opt(q_norm), opt(k_norm)], properties=props,
+                         result_types=[q.type])
+
+    def rebuilt(self, **changes) -> "AttentionOp":
+        """This op with some operands or properties replaced (the fuse pass's rewrites)."""
+        get = lambda a: a.value.data if a is not None else None     # noqa: E731
+        fields = dict(q=self.q, k=self.k, v=self.v, k_cache=self.k_cache, v_cache=self.v_cache, pos=self.pos,
+                      num_heads=get(self.num_heads), num_kv_heads=get(self.num_kv_heads),
+                      head_dim=get(self.head_dim), scale=get(self.scale),
+                      rope_inv_freq=self.rope_inv_freq.get_values() if self.rope_inv_freq is not None else None,
+                      layer=get(self.layer), q_norm=self.q_norm, k_norm=self.k_norm, norm_eps=get(self.norm_eps))
+        fields.update(changes)
+        operands = [fields.pop(n) for n in ("q", "k", "v", "k_cache", "v_cache", "pos")]
+        return AttentionOp(*operands, **fields)
 
     @property
     def group(self) -> int:
@@ -251,6 +293,12 @@ class AttentionOp(IRDLOperation):
                                       f"{shape_of(value)[0]} layers")
         if self.rope_inv_freq is not None and len(self.rope_inv_freq.get_values()) != hd // 2:
             raise VerifyException(f"adamk.attention: rope_inv_freq needs {hd // 2} entries")
+        norms = (self.q_norm is not None, self.k_norm is not None, self.norm_eps is not None)
+        if any(norms) and not all(norms):
+            raise VerifyException("adamk.attention: q_norm, k_norm and norm_eps come together")
+        for value, name in ((self.q_norm, "q_norm"), (self.k_norm, "k_norm")):
+            if value is not None and shape_of(value) != (hd,):
+                raise VerifyException(f"adamk.attention: {name} has shape {list(shape_of(value))}, expected [{hd}]")
         _verify_tiling(self, self.max_seq_len)
 
     @property
@@ -370,5 +418,5 @@ class LayerOutputOp(IRDLOperation):
         super().__init__(operands=[input], result_types=[input.type])
 
 
-GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, AttentionOp, SiluMulOp, AddOp, EmbeddingOp, ArgmaxOp,
+GRAPH_OPS = [WeightOp, RMSNormOp, LinearOp, RopeOp, HeadRMSNormOp, AttentionOp, SiluMulOp, AddOp, EmbeddingOp, ArgmaxOp,
              LayerInputOp, LayerOutputOp]

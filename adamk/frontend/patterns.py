@@ -3,9 +3,9 @@
 A frontend walks its graph in order and calls one method per primitive (`mul`, `pow`,
 `linear`, ...). Each call returns a symbolic value: either a tensor already placed in
 the graph IR (`act`), or a partial pattern (`normed`, `rot`, `scores`, ...) that only
-becomes IR once it completes. RMSNorm, RoPE, GQA attention with a KV cache and SwiGLU
-are recognised in their decomposed forms; anything else stops with the op and node
-named. Both frontends share this code, so they build the same IR for the same model.
+becomes IR once it completes. RMSNorm (of the hidden state, or of each head of q and k as
+Qwen3 does), RoPE, GQA attention with a KV cache and SwiGLU are recognised in their
+decomposed forms; anything else stops with the op and node named. Both frontends share this code, so they build the same IR for the same model.
 
 A whole model (token ids in, logits out) is the layers' patterns in sequence between an
 embedding and the LM head; its KV caches are one stack per K and V, whose layer i a
@@ -23,7 +23,7 @@ from xdsl.dialects.builtin import ModuleOp, TensorType, bf16, f32, i64
 from xdsl.ir import Block, Region
 
 from ..dialects.graph import (
-    AddOp, ArgmaxOp, AttentionOp, EmbeddingOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp,
+    AddOp, ArgmaxOp, AttentionOp, EmbeddingOp, HeadRMSNormOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, WeightOp,
 )
 from ..errors import FrontendError
 from ..names import quoted
@@ -302,6 +302,9 @@ class GraphBuilder:
             if _is(x, "act") and _is(y, "invrms") and y.x.ssa is x.ssa:
                 return Sym("normed", x.shape, None, dict(y.f))
             if _is(x, "weight") and _is(y, "normed") and x.shape == y.x.shape[-1:]:
+                if x.shape[0] < y.x.ssa.type.get_shape()[-1]:     # each head of a [.., heads, head_dim] view
+                    return self._emit(HeadRMSNormOp(y.x.ssa, self._placed_weight(x, "head RMSNorm weight"), y.eps),
+                                      y.x.shape)
                 return self._emit(RMSNormOp(y.x.ssa, self._placed_weight(x, "RMSNorm weight"), y.eps), y.x.shape)
             if _is(x, "posf") and _vector(y) is not None:
                 self._pos = x.ssa

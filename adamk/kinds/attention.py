@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
+from ..errors import UnsupportedOpError
+from ..names import quoted
 from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal
 
 EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
@@ -37,7 +39,7 @@ def merge_parts(state: np.ndarray, hd: int) -> np.ndarray:
 
 class Attention(TaskKind):
     name = "attention"
-    roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
+    roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
 
     def cost(self, op, pos) -> dict:
         # its cached rows at `pos` (K and V), streamed through the ring in its pages
@@ -68,14 +70,20 @@ class Attention(TaskKind):
         g = h // group
         scale = np.float32(op.param("scale"))
         inv_freq = op.params.data.get("rope_inv_freq")
-        rot = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
+        rotate = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
+        eps = op.params.data.get("norm_eps")
+
+        def rot(v, norm):   # Qwen3: each head's RMSNorm before its RoPE
+            if eps is None:
+                return rotate(v)
+            return rotate(v / np.sqrt(np.mean(v * v, dtype=np.float32) + np.float32(eps.value.data)) * sim.vec(op, norm))
         k_cache, v_cache = sim.buf(op, "k_cache")[0, g], sim.buf(op, "v_cache")[0, g]
-        k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd]), sim.vec(op, "v")[g * hd:(g + 1) * hd]
+        k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd], "k_norm"), sim.vec(op, "v")[g * hd:(g + 1) * hd]
         if h % group == 0 and op.part == 0:   # part 0 of the group's first head appends the row
             k_cache[sim.pos], v_cache[sim.pos] = k_new, v_new
         keys = np.concatenate([k_cache[: sim.pos], k_new[None]])       # row pos from the task itself
         values = np.concatenate([v_cache[: sim.pos], v_new[None]])
-        q = rot(sim.vec(op, "q")[h * hd:(h + 1) * hd]) * scale
+        q = rot(sim.vec(op, "q")[h * hd:(h + 1) * hd], "q_norm") * scale
         parts, j = op.parts, op.part
         if parts == 1:
             scores = keys @ q
@@ -95,6 +103,9 @@ class Attention(TaskKind):
         state[:hd], state[hd], state[hd + 1] = p @ values[t0:t1], m, p.sum()
 
     def functions(self, em, op, name) -> list[str]:
+        if op.buffer("q_norm"):
+            raise UnsupportedOpError(f"attention {quoted(op.source.data)}: the per-head RMSNorm of q and k (Qwen3) runs "
+                                     "in the CPU simulator but not yet in the device library")
         hd, rows, pages = op.param("head_dim"), op.param("page_rows"), op.param("pages")
         buf = em.buf_of(op)
         inv = op.params.data.get("rope_inv_freq")

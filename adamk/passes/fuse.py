@@ -1,10 +1,11 @@
 """fuse: graph IR -> graph IR in which every elementwise op rides on a linear or the attention.
 
-Reads `adamk.rmsnorm`, `adamk.silu_mul`, `adamk.add` and `adamk.rope`; writes them into
+Reads `adamk.rmsnorm`, `adamk.silu_mul`, `adamk.add`, `adamk.rope` and `adamk.head_rmsnorm`; writes them into
 their consumers: rmsnorm becomes the prologue of the `adamk.linear` that reads it (the input
 vector is tiny, so every tile recomputes it instead of waiting on a separate task), a
 residual `adamk.add` becomes the linear's epilogue, and the RoPE of q and k moves into
-`adamk.attention` (the task that appends k to the cache). Then the SwiGLU: silu(gate) * up of
+`adamk.attention` (the task that appends k to the cache), and so does Qwen3's per-head RMSNorm of
+q and k before it (`adamk.head_rmsnorm`). Then the SwiGLU: silu(gate) * up of
 two linears of one input (same prologue, no bias or residual) becomes one gated linear
 (`weight2`), whose task computes a row of both and writes the product, so no task stages the
 two 8192-wide vectors; any other silu_mul becomes the prologue of the linear that reads it.
@@ -21,7 +22,7 @@ from xdsl.pattern_rewriter import (
 )
 from xdsl.passes import ModulePass
 
-from ..dialects.graph import AddOp, AttentionOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, shape_of
+from ..dialects.graph import AddOp, AttentionOp, HeadRMSNormOp, LinearOp, RMSNormOp, RopeOp, SiluMulOp, shape_of
 
 
 def _eps(lin: LinearOp) -> float | None:
@@ -106,14 +107,28 @@ class RopeIntoAttention(RewritePattern):
             return
         if q.inv_freq != k.inv_freq or q.pos != op.pos or k.pos != op.pos:
             return
-        rewriter.replace_matched_op(AttentionOp(
-            q.input, k.input, op.v, op.k_cache, op.v_cache, op.pos,
-            num_heads=op.num_heads.value.data, num_kv_heads=op.num_kv_heads.value.data,
-            head_dim=op.head_dim.value.data, scale=op.scale.value.data,
-            rope_inv_freq=q.inv_freq.get_values(), layer=op.layer.value.data if op.layer is not None else None))
+        rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, rope_inv_freq=q.inv_freq.get_values()))
         for rope in {q, k}:
             if not rope.result.uses.get_length():
                 rewriter.erase_op(rope)
+
+
+class HeadNormIntoAttention(RewritePattern):
+    """Qwen3's per-head RMSNorm of q and k, applied before their RoPE, into the attention (which
+    then normalises, then rotates). A norm of an already rotated q or k stays, and the tile pass
+    names it: the attention rotates after it normalises."""
+    @op_type_rewrite_pattern
+    def match_and_rewrite(self, op: AttentionOp, rewriter: PatternRewriter):
+        q, k = op.q.owner, op.k.owner
+        if op.q_norm is not None or not (isinstance(q, HeadRMSNormOp) and isinstance(k, HeadRMSNormOp)):
+            return
+        if q.eps != k.eps or isinstance(q.input.owner, RopeOp) or isinstance(k.input.owner, RopeOp):
+            return
+        rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, q_norm=q.weight, k_norm=k.weight,
+                                               norm_eps=q.eps.value.data))
+        for norm in {q, k}:
+            if not norm.result.uses.get_length():
+                rewriter.erase_op(norm)
 
 
 @dataclass(frozen=True)
@@ -125,7 +140,7 @@ class FusePass(ModulePass):
         # first the prologues and epilogues, so that gate and up show their final form; then the
         # SwiGLU, the gated form first (it visits the silu_mul before its consumer)
         PatternRewriteWalker(GreedyRewritePatternApplier([
-            RMSNormIntoLinear(), ResidualIntoLinear(), RopeIntoAttention(),
+            RMSNormIntoLinear(), ResidualIntoLinear(), RopeIntoAttention(), HeadNormIntoAttention(),
         ])).rewrite_module(op)
         swiglu = [GateUpIntoLinear()] if self.gate_up else []
         PatternRewriteWalker(GreedyRewritePatternApplier([*swiglu, SiluMulIntoLinear()])).rewrite_module(op)

@@ -372,9 +372,14 @@ class TaskBuilder:
         k_split = op.k_split.value.data if op.k_split is not None else 1
         buffers = {"q": self.name_of[op.q], "k": self.name_of[op.k], "v": self.name_of[op.v],
                    "k_cache": self.name_of[op.k_cache], "v_cache": self.name_of[op.v_cache], "out": out}
-        slots = self.slots([op.q, op.k, op.v, op.k_cache, op.v_cache, op.result])
+        norms = [v for v in (op.q_norm, op.k_norm) if v is not None]      # Qwen3's per-head RMSNorm
+        if norms:
+            buffers |= {"q_norm": self.name_of[op.q_norm], "k_norm": self.name_of[op.k_norm]}
+        slots = self.slots([op.q, op.k, op.v, op.k_cache, op.v_cache, *norms, op.result])
         params = {"head_dim": _ivalue(hd), "group": _ivalue(group), "num_heads": _ivalue(nh),
                   "num_kv_heads": _ivalue(nkv), "max_seq_len": _ivalue(max_seq), "scale": op.scale}
+        if op.norm_eps is not None:
+            params["norm_eps"] = op.norm_eps
         if op.rope_inv_freq is not None:
             params["rope_inv_freq"] = op.rope_inv_freq
         # its cached rows stream through the SM's ring: pages of page_rows positions
