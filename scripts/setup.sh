@@ -5,7 +5,7 @@
 #   bash scripts/setup.sh --latest   # the newest releases the registry serves (a fresh .venv-latest)
 #   bash scripts/setup.sh --freeze [VENV]   # write VENV's versions (default .venv) into constraints.txt
 #
-# Moving to newer releases: bash scripts/setup.sh --latest && .venv-latest/bin/python -m pytest -q
+# Moving to newer releases: bash scripts/setup.sh --latest && .venv-latest/bin/python -m pytest -q -n 2
 # and, once that passes, bash scripts/setup.sh --freeze .venv-latest; commit constraints.txt.
 #
 # PyTorch comes first as torch==2.13.0, the CPU build this machine keeps on disk, so nothing
@@ -30,5 +30,5 @@ pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" "${constraints[@]}" -e ".[test,mlir]"
 if [ "$venv" != .venv ]; then
-  echo "installed the newest releases into $venv: run $venv/bin/python -m pytest -q"
+  echo "installed the newest releases into $venv: run $venv/bin/python -m pytest -q -n 2"
 fi

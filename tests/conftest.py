@@ -1,7 +1,12 @@
+import os
+
 import pytest
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):      # one core per worker (README's -n 2): no oversubscription
+        import torch
+        torch.set_num_threads(1)
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (run through the device tool)")
 
 
