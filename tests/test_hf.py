@@ -8,7 +8,7 @@ from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRot
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RotaryEmbedding  # noqa: E402
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RotaryEmbedding  # noqa: E402
 
-from adamk.dialects import make_context  # noqa: E402
+from adamk.dialects import make_context, parse_module, print_module  # noqa: E402
 from adamk.frontend.onnx_frontend import import_onnx  # noqa: E402
 from adamk.frontend.torch_frontend import import_module  # noqa: E402
 from adamk.models import HFDecodeStep  # noqa: E402
@@ -35,7 +35,8 @@ def hf_step(kind: str) -> HFDecodeStep:
         cfg = transformers.Qwen2Config(**DIMS)
         layer, rope = Qwen2DecoderLayer(cfg, layer_idx=0), Qwen2RotaryEmbedding(cfg)
     else:       # per-head RMSNorm of q and k; heads x head_dim (192) wider than the hidden state, as in Qwen3
-        cfg = transformers.Qwen3Config(**{**DIMS, "head_dim": 32})
+        kv = {"qwen3": 2, "qwen3-1kv": 1}[kind]     # one KV head: its norm looks like a plain RMSNorm
+        cfg = transformers.Qwen3Config(**{**DIMS, "head_dim": 32, "num_key_value_heads": kv})
         layer, rope = Qwen3DecoderLayer(cfg, layer_idx=0), Qwen3RotaryEmbedding(cfg)
     with torch.no_grad():
         for name, p in layer.named_parameters():
@@ -58,7 +59,7 @@ def simulate(step, module, pos):
     return y, ref.numpy(), sim.mem["k_cache"], kc.numpy()
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "qwen3-1kv"])
 def test_hf_layer_through_torch_frontend_matches_transformers(kind):
     step = hf_step(kind)
     module, _ = import_module(step, step.example_inputs(1))
@@ -97,5 +98,6 @@ def test_qwen3_head_norms_ride_on_the_attention_and_the_device_says_it_lacks_the
     names = {o.result: o.weight_name.data for o in module.walk() if isinstance(o, WeightOp)}
     assert (names[att.q_norm], names[att.k_norm]) == ("layer.self_attn.q_norm.weight", "layer.self_attn.k_norm.weight")
     assert att.rope_inv_freq is not None and att.norm_eps.value.data == pytest.approx(1e-6)
+    assert parse_module(print_module(module)).is_structurally_equivalent(module)
     with pytest.raises(UnsupportedOpError, match=r"per-head RMSNorm of q and k \(Qwen3\) .* not yet in the device"):
         adamk.compile(step, adamk.CompileConfig(gpu="H200"))

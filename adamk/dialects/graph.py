@@ -266,7 +266,10 @@ class AttentionOp(IRDLOperation):
                       layer=get(self.layer), q_norm=self.q_norm, k_norm=self.k_norm, norm_eps=get(self.norm_eps))
         fields.update(changes)
         operands = [fields.pop(n) for n in ("q", "k", "v", "k_cache", "v_cache", "pos")]
-        return AttentionOp(*operands, **fields)
+        op = AttentionOp(*operands, **fields)
+        if self.k_split is not None:
+            op.properties["k_split"] = self.k_split
+        return op
 
     @property
     def group(self) -> int:

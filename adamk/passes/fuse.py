@@ -105,6 +105,8 @@ class RopeIntoAttention(RewritePattern):
         q, k = op.q.owner, op.k.owner
         if op.rope_inv_freq is not None or not (isinstance(q, RopeOp) and isinstance(k, RopeOp)):
             return
+        if op.q_norm is not None:      # a fused norm runs before the RoPE: this RoPE came first
+            return
         if q.inv_freq != k.inv_freq or q.pos != op.pos or k.pos != op.pos:
             return
         rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, rope_inv_freq=q.inv_freq.get_values()))
@@ -113,16 +115,27 @@ class RopeIntoAttention(RewritePattern):
                 rewriter.erase_op(rope)
 
 
+def _head_norm(value, head_dim: int):
+    """The per-head RMSNorm producing `value` (weight [head_dim]), or None. With a single head (a
+    GQA model's one KV head) the frontend saw a plain RMSNorm over head_dim values: the same op."""
+    norm = value.owner
+    if isinstance(norm, (HeadRMSNormOp, RMSNormOp)) and shape_of(norm.weight) == (head_dim,):
+        if isinstance(norm, HeadRMSNormOp) or shape_of(norm.input)[-1] == head_dim:
+            return norm
+    return None
+
+
 class HeadNormIntoAttention(RewritePattern):
     """Qwen3's per-head RMSNorm of q and k, applied before their RoPE, into the attention (which
     then normalises, then rotates). A norm of an already rotated q or k stays, and the tile pass
     names it: the attention rotates after it normalises."""
     @op_type_rewrite_pattern
     def match_and_rewrite(self, op: AttentionOp, rewriter: PatternRewriter):
-        q, k = op.q.owner, op.k.owner
-        if op.q_norm is not None or not (isinstance(q, HeadRMSNormOp) and isinstance(k, HeadRMSNormOp)):
+        hd = op.head_dim.value.data
+        q, k = _head_norm(op.q, hd), _head_norm(op.k, hd)
+        if op.q_norm is not None or q is None or k is None or q.eps != k.eps:
             return
-        if q.eps != k.eps or isinstance(q.input.owner, RopeOp) or isinstance(k.input.owner, RopeOp):
+        if isinstance(q.input.owner, RopeOp) or isinstance(k.input.owner, RopeOp):
             return
         rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, q_norm=q.weight, k_norm=k.weight,
                                                norm_eps=q.eps.value.data))

@@ -33,7 +33,7 @@ from xdsl.passes import ModulePass
 
 from .. import smem
 from ..dialects.graph import (
-    ArgmaxOp, AttentionOp, EmbeddingOp, LayerInputOp, LayerOutputOp, LinearOp, WeightOp, shape_of,
+    ArgmaxOp, AttentionOp, EmbeddingOp, HeadRMSNormOp, LayerInputOp, LayerOutputOp, LinearOp, WeightOp, shape_of,
 )
 from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
@@ -259,6 +259,9 @@ class TaskBuilder:
                     raise FrontendError("a whole model's result must be the argmax of its logits")
                 if not whole and self.name_of.get(op.operands[0]) != "y":
                     raise FrontendError("the graph's result must come from a linear (the last projection)")
+            elif isinstance(op, HeadRMSNormOp):
+                raise FrontendError("cannot tile 'adamk.head_rmsnorm': a per-head RMSNorm runs only inside the "
+                                    "attention, on q and k both, before their RoPE (as Qwen3 applies it)")
             else:
                 raise FrontendError(f"cannot tile '{op.name}': after fusion every op must be a linear or the "
                                     "attention (this elementwise op has no consumer to fuse into)")
