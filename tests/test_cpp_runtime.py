@@ -208,3 +208,40 @@ def test_pack_pages_lays_out_pages_as_the_python_runtime():
         _runtime.pack_pages([b""], 0, k, rows, cols, chunk, chunk_pages)
     with pytest.raises(ValueError, match="n x k bf16 words"):
         _runtime.pack_pages([b"\0" * 6], n, k, rows, cols, chunk, chunk_pages)
+
+
+def test_a_hugging_face_cache_snapshot_reads_as_in_python(tmp_path):
+    """A Hub cache snapshot: the index and every shard are symbolic links into ../../blobs. Both
+    runtimes follow them (to regular files only) and read the same tensors; a link to a directory
+    is refused by both with the same words."""
+    import os
+    import torch
+    from safetensors.torch import save_file
+    from adamk import _runtime
+    from adamk.errors import AdamkError
+    from adamk.runtime.weights import INDEX, read_weights
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "0123abc"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    want = {"a.weight": torch.randn(4, 8), "b.weight": torch.randn(8).bfloat16()}
+    for i, name in enumerate(sorted(want)):
+        save_file({name: want[name]}, str(blobs / f"blob{i}"))
+        os.symlink(f"../../blobs/blob{i}", snap / f"model-{i}.safetensors")
+    (blobs / "index").write_text(json.dumps({"weight_map": {n: f"model-{i}.safetensors"
+                                                            for i, n in enumerate(sorted(want))}}))
+    os.symlink("../../blobs/index", snap / INDEX)
+    ours = read_weights(snap)
+    theirs = _runtime.read_checkpoint(str(snap))
+    assert set(ours) == set(theirs) == set(want)
+    for name, t in want.items():
+        dtype, shape, data = theirs[name]
+        assert (dtype, shape) == ({torch.float32: "F32", torch.bfloat16: "BF16"}[t.dtype], list(t.shape))
+        assert data == t.contiguous().view(torch.uint8).numpy().tobytes() and torch.equal(ours[name], t)
+    os.remove(snap / "model-0.safetensors")
+    os.symlink(str(blobs), snap / "model-0.safetensors")
+    errors = []
+    for read in (read_weights, lambda p: _runtime.read_checkpoint(str(p))):
+        with pytest.raises(AdamkError, match="is not a regular file") as e:
+            dict(read(snap))
+        errors.append(str(e.value))
+    assert errors[0] == errors[1]

@@ -97,12 +97,12 @@ def test_mismatches_name_the_first_tensor_at_fault(tmp_path):
                                        ("/etc/passwd", "a shard must be a plain file name"),
                                        ("..", "a shard must be a plain file name"),
                                        ("absent.safetensors", "is missing"),
-                                       ("link.safetensors", "is a symbolic link")])
+                                       ("dir.safetensors", "is not a regular file")])
 def test_an_index_names_only_files_of_its_own_directory(tmp_path, shard, why):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     save_file(tensors(), str(tmp_path / "outside.safetensors"))
-    os.symlink(tmp_path / "outside.safetensors", ckpt / "link.safetensors")
+    os.symlink(tmp_path, ckpt / "dir.safetensors")          # a link to a directory
     (ckpt / INDEX).write_text(json.dumps({"weight_map": {"a.weight": shard}}))
     with pytest.raises(AdamkError, match=why):
         read_weights(ckpt)

@@ -81,14 +81,15 @@ def _sharded(index: Path) -> _Safetensors:
         raise AdamkError(f"{quoted(str(index))} has no 'weight_map' of tensor names to shard file names")
     where = {}
     for name, shard in weight_map.items():
-        # a shard is a plain file beside the index: no path, no link out of the checkpoint
+        # a shard is named by a plain file name beside the index (no path); the entry may be a symbolic
+        # link to a regular file, as every file of a Hugging Face cache snapshot is (to its blob)
         if shard in ("", ".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
             raise AdamkError(f"{quoted(str(index))} names shard {quoted(shard)} for {quoted(name)}; a shard must be a "
                              "plain file name in the index's directory")
         path = index.parent / shard
-        if path.is_symlink() or not path.is_file():
+        if not path.is_file():
             raise AdamkError(f"shard {quoted(shard)} of {quoted(str(index))} (for {quoted(name)}) is "
-                             f"{'a symbolic link' if path.is_symlink() else 'missing'}")
+                             f"{'not a regular file' if path.exists() else 'missing'}")
         where[name] = path
     return _Safetensors(where)
 

@@ -84,6 +84,14 @@ PYBIND11_MODULE(_runtime, m) {
         return translated([&] { return adamk::Driver::get().module_file(a, ordinal); });
       }, py::arg("device") = 0, "The file GPU `device` loads (loads the CUDA driver).");
 
+  // A checkpoint as upload_weights reads it: name -> (safetensors dtype, shape, bytes), for the CPU tests.
+  m.def("read_checkpoint", [](const std::string& path) {
+    const adamk::Checkpoint c = translated([&] { return adamk::Checkpoint::open(path); });
+    py::dict out;
+    for (const auto& [name, t] : c.tensors())
+      out[py::str(name)] = py::make_tuple(t.dtype, t.shape, py::bytes(reinterpret_cast<const char*>(t.data), t.bytes));
+    return out;
+  });
   m.def("pack_pages", [](const std::vector<py::bytes>& sources, int64_t n, int64_t k, int64_t page_rows,
                          int64_t page_cols, int64_t k_chunk, int64_t chunk_pages) {
     if (n < 1 || k < 1 || page_rows < 1 || page_cols < 1 || k_chunk < 1 || chunk_pages < 1 ||

@@ -25,9 +25,9 @@ bool is_dir(const std::string& p) {
   return stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-bool is_file(const std::string& p, bool follow = true) {
+bool is_file(const std::string& p) {          // a regular file, or a symbolic link to one
   struct stat st;
-  return (follow ? stat(p.c_str(), &st) : lstat(p.c_str(), &st)) == 0 && S_ISREG(st.st_mode);
+  return stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
 uint16_t bf16_of(float f) {           // round to nearest even, as torch's .to(torch.bfloat16)
@@ -129,13 +129,15 @@ Checkpoint Checkpoint::open(const std::string& path) {
     c.map_file(path, nullptr);
     return c;
   }
+  // The index and the shards may be symbolic links to regular files, as every file of a Hugging Face
+  // cache snapshot is (to its blob); shards are named by plain file names beside the index.
   const std::string index = path + "/" + kIndex;
-  if (!is_file(index, false) && is_file(path + "/" + kSingle)) {
+  struct stat st;
+  if (stat(index.c_str(), &st) != 0 && is_file(path + "/" + kSingle)) {
     c.map_file(path + "/" + kSingle, nullptr);
     return c;
   }
-  struct stat st;
-  if (lstat(index.c_str(), &st) != 0)
+  if (stat(index.c_str(), &st) != 0)
     throw Error(quoted(path) + " holds neither " + kIndex + " nor " + kSingle);
   if (!S_ISREG(st.st_mode) || uint64_t(st.st_size) > kMaxIndexBytes)
     throw Error(quoted(index) + " is not a regular file of at most 16 MB");
@@ -164,10 +166,9 @@ Checkpoint Checkpoint::open(const std::string& path) {
                   "; a shard must be a plain file name in the index's directory");
     const std::string file = path + "/" + s;
     struct stat ss;
-    const bool link = lstat(file.c_str(), &ss) == 0 && S_ISLNK(ss.st_mode);
-    if (link || !is_file(file))
+    if (!is_file(file))
       throw Error("shard " + quoted(s) + " of " + quoted(index) + " (for " + quoted(name) + ") is " +
-                  (link ? "a symbolic link" : "missing"));
+                  (stat(file.c_str(), &ss) == 0 ? "not a regular file" : "missing"));
     shards[s][name] = true;
   }
   for (const auto& [s, names] : shards) {

@@ -37,6 +37,7 @@ class Checkpoint {
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   const TensorView& at(const std::string& name) const;
   size_t size() const { return tensors_.size(); }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
 
  private:
   void map_file(const std::string& path, const std::map<std::string, bool>* wanted);
