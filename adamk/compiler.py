@@ -36,15 +36,23 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     config = config or CompileConfig()
     target, ctx = config.target, make_context()
     step = progress or (lambda name: contextlib.nullcontext())
-    dumps: dict[str, str] = {}
+    dumped = 0
     # the cost profile first: a bad one should not cost a frontend run
     cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
+
+    def dump(name: str, module):
+        """The IR after a pass, written at once: a later stage that fails leaves what ran before it."""
+        nonlocal dumped
+        if dump_dir is not None:
+            os.makedirs(dump_dir, exist_ok=True)
+            with open(os.path.join(dump_dir, f"{dumped:02d}-{name}.mlir"), "w") as f:
+                f.write(print_module(module))
+            dumped += 1
 
     def run(pass_, module):                                     # one pass, optionally dumped
         pass_.apply(ctx, module)
         module.verify()
-        if dump_dir is not None:
-            dumps[f"{len(dumps):02d}-{pass_.name}.mlir"] = print_module(module)
+        dump(pass_.name, module)
 
     with step("frontend: trace and recognise the decoder"):
         graph = import_model(model, example_inputs)           # graph IR (adamk.linear, adamk.attention, ...)
@@ -76,8 +84,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
             if not search.complete:
                 warnings.warn(f"the DAG search used its {config.search_budget_s} s budget before finishing; the "
                               "schedule may differ on a faster or slower machine (raise search_budget_s)")
-            if dump_dir is not None:
-                dumps[f"{len(dumps):02d}-search-tiling.mlir"] = print_module(graph)
+            dump("search-tiling", graph)
     with step("passes: tile into tasks"):
         run(TilePass(config.tile_rows, config.dtype, config.stage_bytes), graph)   # task DAG: parts, combines, one task per tile
         tasks_text = print_module(graph)
@@ -101,11 +108,6 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
              f"kernel.{target.sm}.cubin": binaries.cubin, "kernel.ptx": binaries.ptx.encode(),
              "ptxas.log": binaries.ptxas_log.encode(),
              irdl.FILE_NAME: irdl.dialect_irdl().encode()}     # the dialect, for upstream MLIR tools
-    if dump_dir is not None:
-        os.makedirs(dump_dir, exist_ok=True)
-        for name, text in dumps.items():
-            with open(os.path.join(dump_dir, name), "w") as f:
-                f.write(text)
     manifest = _manifest(graph, graph_text, config, binaries)
     manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
     manifest["model"] = model_dims

@@ -181,10 +181,14 @@ def test_a_qwen3_layer_stops_at_code_generation_with_one_line(tmp_path):
     per-head q/k RMSNorm: one error line, exit 1, no artifact."""
     pytest.importorskip("transformers")
     path = export(str(tmp_path / "qwen3.onnx"), "tiny", seed=2, hf="qwen3")
-    code, _, err = cli("compile", path, "--gpu", "L20", "-o", tmp_path / "out")
+    code, _, err = cli("compile", path, "--gpu", "L20", "-o", tmp_path / "out", "--dump-ir", tmp_path / "ir")
     assert_user_error(code, err, "the per-head RMSNorm of q and k (Qwen3) runs in the CPU simulator but not yet "
                                  "in the device library")
     assert not (tmp_path / "out").exists()
+    # --dump-ir keeps the IR of every pass that ran: the norms fused into the attention
+    fused = (tmp_path / "ir" / "00-fuse.mlir").read_text()
+    assert "adamk.head_rmsnorm" not in fused and "norm_eps" in fused
+    assert sorted(p.name for p in (tmp_path / "ir").iterdir())[-1].endswith("-schedule-search.mlir")
 
 
 def test_missing_initializer(tiny_onnx, tmp_path):
