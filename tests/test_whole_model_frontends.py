@@ -210,13 +210,18 @@ def test_qwen3_causal_lm_decodes_what_transformers_decodes_in_the_simulator():
         assert next_id == int(np.argmax(ref)), pos
 
 
-def test_hf_causal_lm_onnx_export_gives_the_torch_import(tmp_path):
-    """examples/export_onnx.py --whole-model --hf llama: the ONNX frontend builds the torch import's IR."""
-    step = hf_step("llama", seed=3, layers=1)
-    path = export(str(tmp_path / "llama.onnx"), dataclasses.replace(HF_DIMS, num_layers=1), seed=3, hf="llama",
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_hf_causal_lm_onnx_export_gives_the_torch_import(tmp_path, kind):
+    """examples/export_onnx.py --whole-model --hf llama|qwen3: the ONNX frontend builds the torch
+    import's IR (Qwen3: with its two adamk.head_rmsnorm per layer)."""
+    step = hf_step(kind, seed=3, layers=1)
+    path = export(str(tmp_path / f"{kind}.onnx"), dataclasses.replace(HF_DIMS, num_layers=1), seed=3, hf=kind,
                   whole_model=True)
     from_torch, _ = import_module(step, step.example_inputs(1))
-    assert import_onnx(path).is_structurally_equivalent(from_torch)
+    from_onnx = import_onnx(path)
+    assert from_onnx.is_structurally_equivalent(from_torch)
+    heads = sum(o.name == "adamk.head_rmsnorm" for o in from_onnx.walk())
+    assert heads == (2 if kind == "qwen3" else 0)
 
 
 def edited(path: Path, tmp_path: Path, edit) -> Path:
