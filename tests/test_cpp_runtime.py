@@ -245,3 +245,32 @@ def test_a_hugging_face_cache_snapshot_reads_as_in_python(tmp_path):
             dict(read(snap))
         errors.append(str(e.value))
     assert errors[0] == errors[1]
+
+
+@pytest.mark.parametrize("edit", ["float16", "shape", "nan", "missing"])
+def test_a_bad_checkpoint_is_refused_in_the_python_runtimes_words(layer_dir, tmp_path, edit):
+    """The C++ runtime's weight checks (weight_words, what upload_weights runs first) against the
+    Python runtime's check_weights: a float16 tensor, a wrong shape, a NaN, a missing tensor."""
+    import torch
+    from safetensors.torch import save_file
+    from adamk import _runtime
+    from adamk.errors import AdamkError
+    from adamk.runtime.weights import check_weights, read_weights
+    ts = {n: t.clone().contiguous() for n, t in DecoderLayer(PRESETS["tiny"], seed=1).state_dict().items()}
+    victim = "down_proj.weight"
+    if edit == "float16":
+        ts[victim] = ts[victim].half()
+    elif edit == "shape":
+        ts[victim] = ts[victim][:, :-8].contiguous()
+    elif edit == "nan":
+        ts[victim][3, 5] = float("nan")
+    else:
+        del ts[victim]
+    path = tmp_path / "w.safetensors"
+    save_file(ts, str(path))
+    manifest = json.loads((layer_dir / "manifest.json").read_text())
+    with pytest.raises(AdamkError) as ours:
+        check_weights(manifest, read_weights(path))
+    with pytest.raises(AdamkError) as theirs:
+        _runtime.check_weights(str(layer_dir), str(path))
+    assert str(theirs.value) == str(ours.value) and victim in str(ours.value)

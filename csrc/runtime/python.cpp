@@ -92,6 +92,12 @@ PYBIND11_MODULE(_runtime, m) {
       out[py::str(name)] = py::make_tuple(t.dtype, t.shape, py::bytes(reinterpret_cast<const char*>(t.data), t.bytes));
     return out;
   });
+  // weight_words's checks of a checkpoint against an artifact (no GPU), for the CPU tests.
+  m.def("check_weights", [](const std::string& artifact_dir, const std::string& path) {
+    translated([&] {
+      adamk::weight_words(adamk::Artifact::open(artifact_dir), adamk::Checkpoint::open(path));
+    });
+  });
   m.def("pack_pages", [](const std::vector<py::bytes>& sources, int64_t n, int64_t k, int64_t page_rows,
                          int64_t page_cols, int64_t k_chunk, int64_t chunk_pages) {
     if (n < 1 || k < 1 || page_rows < 1 || page_cols < 1 || k_chunk < 1 || chunk_pages < 1 ||

@@ -200,9 +200,19 @@ std::vector<uint16_t> pack_pages(const std::vector<const uint16_t*>& sources, in
   return out;
 }
 
-void upload_weights(Session& session, const Checkpoint& ckpt) {
-  const Artifact& a = session.artifact();
-  // Every weight in bf16 words, checked (adamk/runtime/weights.py check_weights, the same order).
+// A safetensors dtype by torch's name, as the Python runtime's messages print it.
+static std::string torch_dtype(const std::string& dtype) {
+  static const std::map<std::string, std::string> names = {
+      {"F64", "torch.float64"}, {"F32", "torch.float32"}, {"F16", "torch.float16"}, {"BF16", "torch.bfloat16"},
+      {"F8_E4M3", "torch.float8_e4m3fn"}, {"F8_E5M2", "torch.float8_e5m2"}, {"I64", "torch.int64"},
+      {"I32", "torch.int32"}, {"I16", "torch.int16"}, {"I8", "torch.int8"}, {"U8", "torch.uint8"},
+      {"BOOL", "torch.bool"}};
+  const auto it = names.find(dtype);
+  return it != names.end() ? it->second : dtype;
+}
+
+std::map<std::string, std::vector<uint16_t>> weight_words(const Artifact& a, const Checkpoint& ckpt) {
+  // adamk/runtime/weights.py check_weights: the same order and the same words.
   std::vector<std::string> missing;
   std::vector<const std::string*> held_as;     // the checkpoint's name of each weight, in a.weights()'s order
   std::map<std::string, std::vector<uint16_t>> words;
@@ -223,7 +233,8 @@ void upload_weights(Session& session, const Checkpoint& ckpt) {
     const Weight& w = a.weights()[wi];
     const TensorView& t = ckpt.at(*held_as[wi]);
     if (t.dtype != "F32" && t.dtype != "BF16")
-      throw Error("weight " + quoted(w.name) + " is " + t.dtype + "; the artifact takes float32 or bfloat16 tensors");
+      throw Error("weight " + quoted(w.name) + " is " + torch_dtype(t.dtype) +
+                  "; the artifact takes float32 or bfloat16 tensors");
     auto list = [](const std::vector<int64_t>& v) {
       std::string s = "[";
       for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
@@ -251,6 +262,12 @@ void upload_weights(Session& session, const Checkpoint& ckpt) {
     if (!finite) throw Error("weight " + quoted(w.name) + " holds NaN or Inf values");
     words[w.name] = std::move(out);
   }
+  return words;
+}
+
+void upload_weights(Session& session, const Checkpoint& ckpt) {
+  const Artifact& a = session.artifact();
+  std::map<std::string, std::vector<uint16_t>> words = weight_words(a, ckpt);
   // Each weight buffer: its weights stacked by slot, packed where the manifest says so.
   for (const Buffer& b : a.buffers()) {
     if (b.role != "weight") continue;

@@ -57,6 +57,10 @@ std::vector<uint16_t> pack_pages(const std::vector<const uint16_t*>& sources, in
 
 // Checks and uploads every weight the session's manifest lists from `ckpt`; throws Error naming
 // the first weight that is missing, misshapen, of another dtype or not finite.
+// Every weight the artifact lists, from the checkpoint, in bf16 words: the first missing, mistyped,
+// misshapen or non-finite one is one Error in adamk/runtime/weights.py check_weights's words.
+std::map<std::string, std::vector<uint16_t>> weight_words(const Artifact& artifact, const Checkpoint& ckpt);
+
 void upload_weights(Session& session, const Checkpoint& ckpt);
 
 }  // namespace adamk
