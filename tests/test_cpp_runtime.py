@@ -237,14 +237,16 @@ def test_a_hugging_face_cache_snapshot_reads_as_in_python(tmp_path):
         dtype, shape, data = theirs[name]
         assert (dtype, shape) == ({torch.float32: "F32", torch.bfloat16: "BF16"}[t.dtype], list(t.shape))
         assert data == t.contiguous().view(torch.uint8).numpy().tobytes() and torch.equal(ours[name], t)
-    os.remove(snap / "model-0.safetensors")
-    os.symlink(str(blobs), snap / "model-0.safetensors")
-    errors = []
-    for read in (read_weights, lambda p: _runtime.read_checkpoint(str(p))):
-        with pytest.raises(AdamkError, match="is not a regular file") as e:
-            dict(read(snap))
-        errors.append(str(e.value))
-    assert errors[0] == errors[1]
+    os.mkfifo(blobs / "fifo")                  # would block a reader that opened it
+    for target in (blobs, blobs / "fifo"):     # a link to a directory, to a FIFO: refused before any open
+        os.remove(snap / "model-0.safetensors")
+        os.symlink(str(target), snap / "model-0.safetensors")
+        errors = []
+        for read in (read_weights, lambda p: _runtime.read_checkpoint(str(p))):
+            with pytest.raises(AdamkError, match="is not a regular file") as e:
+                dict(read(snap))
+            errors.append(str(e.value))
+        assert errors[0] == errors[1]
 
 
 @pytest.mark.parametrize("edit", ["float16", "shape", "nan", "missing"])

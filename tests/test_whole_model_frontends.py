@@ -200,7 +200,15 @@ def test_qwen3_causal_lm_decodes_what_transformers_decodes_in_the_simulator():
     state): both layers' norms fold into one loop body with layer-indexed weights, and the simulated
     steps give transformers' logits and argmax. (The device library lacks the norm: `adamk.compile`
     stops at code generation, tests/test_hf.py.)"""
+    from adamk.compiler import prefill_plan
+    from adamk.dialects import make_context
+    from adamk.passes.fuse import FusePass
+    from adamk.passes.layers import LayersPass
     step = hf_model("qwen3", dataclasses.replace(HF_DIMS, head_dim=24), seed=5)
+    graph, _ = import_module(step, step.example_inputs())
+    for pass_ in (FusePass(), LayersPass()):
+        pass_.apply(make_context(), graph)
+    assert prefill_plan(graph) is None          # the engine's PyTorch prefill lacks the norms: it refuses
     sim = simulator(lower_model(step), step.state_dict())
     for pos in (0, 17, MAX_SEQ - 1):
         token, p, k, v = step.example_inputs(pos, seed=pos)

@@ -9,8 +9,9 @@ from (its initializers), a Hugging Face safetensors file, or a directory holding
 names leave the file. `check_weights` gives every tensor the manifest names, or one clear error
 naming the first that is missing, of the wrong shape or dtype, or not finite.
 
-The files are untrusted input like the model: an index names only plain files of its own
-directory, sizes are bounded, and a malformed file is one error naming it.
+The files are untrusted input like the model: an index names only plain file names of its own
+directory (which may be symbolic links to regular files, as in a Hugging Face cache snapshot),
+sizes are bounded, and a malformed file is one error naming it.
 """
 from __future__ import annotations
 
@@ -87,9 +88,13 @@ def _sharded(index: Path) -> _Safetensors:
             raise AdamkError(f"{quoted(str(index))} names shard {quoted(shard)} for {quoted(name)}; a shard must be a "
                              "plain file name in the index's directory")
         path = index.parent / shard
-        if not path.is_file():
+        try:
+            regular, exists = path.is_file(), path.exists()
+        except OSError:             # e.g. a link into a directory we may not read: as the C++ runtime's stat
+            regular = exists = False
+        if not regular:
             raise AdamkError(f"shard {quoted(shard)} of {quoted(str(index))} (for {quoted(name)}) is "
-                             f"{'not a regular file' if path.exists() else 'missing'}")
+                             f"{'not a regular file' if exists else 'missing'}")
         where[name] = path
     return _Safetensors(where)
 

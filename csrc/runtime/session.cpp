@@ -34,6 +34,8 @@ Session::Session(Artifact artifact, int device, double timeout_s)
   // Artifact::open checked that the kernel takes kKernelArgNames, each once; enqueue() passes them
   // in that order of values.
   const std::vector<std::string>& names = artifact_.kernel().args;
+  if (names.size() != size_t(kKernelArgs))      // an Artifact not made by Artifact::open
+    throw Error("the artifact's kernel takes arguments other than this runtime passes");
   for (int i = 0; i < kKernelArgs; ++i)
     arg_order_[size_t(i)] = int(std::find(std::begin(kKernelArgNames), std::end(kKernelArgNames), names[size_t(i)]) -
                                 std::begin(kKernelArgNames));

@@ -205,8 +205,9 @@ static std::string torch_dtype(const std::string& dtype) {
   static const std::map<std::string, std::string> names = {
       {"F64", "torch.float64"}, {"F32", "torch.float32"}, {"F16", "torch.float16"}, {"BF16", "torch.bfloat16"},
       {"F8_E4M3", "torch.float8_e4m3fn"}, {"F8_E5M2", "torch.float8_e5m2"}, {"I64", "torch.int64"},
-      {"I32", "torch.int32"}, {"I16", "torch.int16"}, {"I8", "torch.int8"}, {"U8", "torch.uint8"},
-      {"BOOL", "torch.bool"}};
+      {"I32", "torch.int32"}, {"I16", "torch.int16"}, {"I8", "torch.int8"}, {"U64", "torch.uint64"},
+      {"U32", "torch.uint32"}, {"U16", "torch.uint16"}, {"U8", "torch.uint8"}, {"BOOL", "torch.bool"},
+      {"C64", "torch.complex64"}};
   const auto it = names.find(dtype);
   return it != names.end() ? it->second : dtype;
 }

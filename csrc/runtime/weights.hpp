@@ -1,6 +1,7 @@
 // weights.hpp — weights for a Session from Hugging Face safetensors, with the Python runtime's
 // rules (adamk/runtime/weights.py): a `model.safetensors` file, or a checkpoint directory holding
-// it or a sharded one (`model.safetensors.index.json` and its shards, plain files beside it).
+// it or a sharded one (`model.safetensors.index.json` and its shards, named by plain file names
+// beside it; symbolic links to regular files are followed, as in a Hugging Face cache snapshot).
 // Every weight the manifest lists is found (under its name or a tied alias), checked (shape,
 // float32 or bfloat16, finite), converted to the storage dtype, stacked by layer slot, packed
 // page by page where the manifest's packed_weights says so, and uploaded.
@@ -55,12 +56,12 @@ class Checkpoint {
 std::vector<uint16_t> pack_pages(const std::vector<const uint16_t*>& sources, int64_t n, int64_t k,
                                  int64_t page_rows, int64_t page_cols, int64_t k_chunk, int64_t chunk_pages);
 
-// Checks and uploads every weight the session's manifest lists from `ckpt`; throws Error naming
-// the first weight that is missing, misshapen, of another dtype or not finite.
 // Every weight the artifact lists, from the checkpoint, in bf16 words: the first missing, mistyped,
 // misshapen or non-finite one is one Error in adamk/runtime/weights.py check_weights's words.
 std::map<std::string, std::vector<uint16_t>> weight_words(const Artifact& artifact, const Checkpoint& ckpt);
 
+// Checks and uploads every weight the session's manifest lists from `ckpt` (weight_words); throws
+// Error naming the first weight that is missing, misshapen, of another dtype or not finite.
 void upload_weights(Session& session, const Checkpoint& ckpt);
 
 }  // namespace adamk
