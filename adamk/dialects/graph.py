@@ -77,10 +77,8 @@ class WeightOp(IRDLOperation):
                                   "weight_name and name each layer's parameter once")
 
 
-@irdl_op_definition
-class RMSNormOp(IRDLOperation):
-    """y = x * rsqrt(mean(x^2) + eps) * weight, over the feature axis."""
-    name = "adamk.rmsnorm"
+class _RMSNorm(IRDLOperation):
+    """An RMSNorm's operands: the input, its weight and eps; the result has the input's shape."""
     input = operand_def(TensorType)
     weight = operand_def(TensorType)
     eps = prop_def(FloatAttr)
@@ -89,6 +87,12 @@ class RMSNormOp(IRDLOperation):
     def __init__(self, input, weight, eps: float):
         super().__init__(operands=[input, weight], properties={"eps": FloatAttr(eps, f32)},
                          result_types=[input.type])
+
+
+@irdl_op_definition
+class RMSNormOp(_RMSNorm):
+    """y = x * rsqrt(mean(x^2) + eps) * weight, over the feature axis."""
+    name = "adamk.rmsnorm"
 
     def verify_(self):
         n = _features(self, self.input, "input")
@@ -197,18 +201,10 @@ class RopeOp(IRDLOperation):
 
 
 @irdl_op_definition
-class HeadRMSNormOp(IRDLOperation):
+class HeadRMSNormOp(_RMSNorm):
     """RMSNorm of every head of `input` on its own: y[h] = x[h] * rsqrt(mean(x[h]^2) + eps) * weight
     (Qwen3's q_norm and k_norm, before RoPE). The fuse pass moves it into `adamk.attention`."""
     name = "adamk.head_rmsnorm"
-    input = operand_def(TensorType)
-    weight = operand_def(TensorType)
-    eps = prop_def(FloatAttr)
-    result = result_def(TensorType)
-
-    def __init__(self, input, weight, eps: float):
-        super().__init__(operands=[input, weight], properties={"eps": FloatAttr(eps, f32)},
-                         result_types=[input.type])
 
     def verify_(self):
         n, w = _features(self, self.input, "input"), shape_of(self.weight)

@@ -5,7 +5,8 @@ A frontend walks its graph in order and calls one method per primitive (`mul`, `
 the graph IR (`act`), or a partial pattern (`normed`, `rot`, `scores`, ...) that only
 becomes IR once it completes. RMSNorm (of the hidden state, or of each head of q and k as
 Qwen3 does), RoPE, GQA attention with a KV cache and SwiGLU are recognised in their
-decomposed forms; anything else stops with the op and node named. Both frontends share this code, so they build the same IR for the same model.
+decomposed forms; anything else stops with the op and node named. Both frontends share this
+code, so they build the same IR for the same model.
 
 A whole model (token ids in, logits out) is the layers' patterns in sequence between an
 embedding and the LM head; its KV caches are one stack per K and V, whose layer i a

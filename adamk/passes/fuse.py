@@ -1,7 +1,7 @@
 """fuse: graph IR -> graph IR in which every elementwise op rides on a linear or the attention.
 
-Reads `adamk.rmsnorm`, `adamk.silu_mul`, `adamk.add`, `adamk.rope` and `adamk.head_rmsnorm`; writes them into
-their consumers: rmsnorm becomes the prologue of the `adamk.linear` that reads it (the input
+Reads `adamk.rmsnorm`, `adamk.silu_mul`, `adamk.add`, `adamk.rope` and `adamk.head_rmsnorm`;
+writes them into their consumers: rmsnorm becomes the prologue of the `adamk.linear` that reads it (the input
 vector is tiny, so every tile recomputes it instead of waiting on a separate task), a
 residual `adamk.add` becomes the linear's epilogue, and the RoPE of q and k moves into
 `adamk.attention` (the task that appends k to the cache), and so does Qwen3's per-head RMSNorm of
