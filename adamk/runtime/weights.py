@@ -89,7 +89,8 @@ def _sharded(index: Path) -> _Safetensors:
                              "plain file name in the index's directory")
         path = index.parent / shard
         try:
-            regular, exists = path.is_file(), path.exists()
+            regular = path.is_file()
+            exists = regular or path.exists()
         except OSError:             # e.g. a link into a directory we may not read: as the C++ runtime's stat
             regular = exists = False
         if not regular:

@@ -16,10 +16,18 @@ std::string as_signed(uint32_t v) { return std::to_string(int32_t(v)); }
 
 }  // namespace
 
+// The lock and the session's context for one public call. Calls nest (launch = advance + enqueue,
+// each preparing): only the outermost pushes and pops the context (the lock makes the depth this
+// thread's), so a launch makes one push, not four.
 class Session::Scope {
  public:
-  explicit Scope(Session& s) : session_(s), lock_(s.mutex_) { s.driver_.push_current(s.ctx_); }
-  ~Scope() { session_.driver_.pop_current(); }
+  explicit Scope(Session& s) : session_(s), lock_(s.mutex_) {
+    if (s.scope_depth_ == 0) s.driver_.push_current(s.ctx_);
+    ++s.scope_depth_;
+  }
+  ~Scope() {
+    if (--session_.scope_depth_ == 0) session_.driver_.pop_current();
+  }
   Scope(const Scope&) = delete;
   Scope& operator=(const Scope&) = delete;
 

@@ -118,6 +118,7 @@ class Session {
   // by the constructor, so a launch fills a fixed array.
   std::array<int, kKernelArgs> arg_order_{};
   std::recursive_mutex mutex_;   // public calls nest (launch = advance + enqueue)
+  int scope_depth_ = 0;          // Scopes open on the thread holding mutex_ (the context is pushed once)
 };
 
 }  // namespace adamk

@@ -133,11 +133,12 @@ Checkpoint Checkpoint::open(const std::string& path) {
   // cache snapshot is (to its blob); shards are named by plain file names beside the index.
   const std::string index = path + "/" + kIndex;
   struct stat st;
-  if (stat(index.c_str(), &st) != 0 && is_file(path + "/" + kSingle)) {
+  const bool has_index = stat(index.c_str(), &st) == 0;
+  if (!has_index && is_file(path + "/" + kSingle)) {
     c.map_file(path + "/" + kSingle, nullptr);
     return c;
   }
-  if (stat(index.c_str(), &st) != 0)
+  if (!has_index)
     throw Error(quoted(path) + " holds neither " + kIndex + " nor " + kSingle);
   if (!S_ISREG(st.st_mode) || uint64_t(st.st_size) > kMaxIndexBytes)
     throw Error(quoted(index) + " is not a regular file of at most 16 MB");
