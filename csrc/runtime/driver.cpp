@@ -61,7 +61,6 @@ Driver::Driver() {
   bind(get_error_name_, "cuGetErrorName");
   bind(primary_retain_, "cuDevicePrimaryCtxRetain");
   bind(primary_release_, "cuDevicePrimaryCtxRelease_v2");
-  bind(ctx_set_current_, "cuCtxSetCurrent");
   bind(ctx_push_current_, "cuCtxPushCurrent_v2");
   bind(ctx_pop_current_, "cuCtxPopCurrent_v2");
   bind(ctx_synchronize_, "cuCtxSynchronize");
@@ -138,8 +137,6 @@ void Driver::release_primary(int ordinal) const {
   int dev = 0;
   if (device_get_(&dev, ordinal) == 0) primary_release_(dev);
 }
-
-void Driver::make_current(CUcontext ctx) const { check(ctx_set_current_(ctx), "cuCtxSetCurrent"); }
 
 void Driver::push_current(CUcontext ctx) const { check(ctx_push_current_(ctx), "cuCtxPushCurrent"); }
 

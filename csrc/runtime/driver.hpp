@@ -37,7 +37,6 @@ class Driver {
   // the retain.
   CUcontext retain_primary(int ordinal) const;
   void release_primary(int ordinal) const;
-  void make_current(CUcontext ctx) const;
   void push_current(CUcontext ctx) const;      // ctx current on this thread until pop_current
   void pop_current() const;
 
@@ -78,7 +77,6 @@ class Driver {
   int (*get_error_name_)(int, const char**) = nullptr;
   int (*primary_retain_)(CUcontext*, int) = nullptr;
   int (*primary_release_)(int) = nullptr;
-  int (*ctx_set_current_)(CUcontext) = nullptr;
   int (*ctx_push_current_)(CUcontext) = nullptr;
   int (*ctx_pop_current_)(CUcontext*) = nullptr;
   int (*ctx_synchronize_)() = nullptr;
