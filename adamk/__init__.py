@@ -3,13 +3,14 @@
     cfg = adamk.CompileConfig(gpu="L20")
     art = adamk.compile(module_or_onnx_path, cfg)
     art.save("out/")
+    lowered = adamk.lower(module_or_onnx_path, cfg)   # up to the schedule IR, for the CPU simulator
     step = adamk.load("out/", weights)      # on a GPU machine
     engine = adamk.Engine("out/", weights)  # a whole model: prefill in PyTorch, decode on the megakernel
 """
 __version__ = "0.1.0"
 
 from .artifact import Artifact  # noqa: E402
-from .compiler import compile  # noqa: E402
+from .compiler import compile, lower  # noqa: E402
 from .config import CompileConfig  # noqa: E402
 from .errors import AdamkError  # noqa: E402
 
@@ -31,4 +32,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'adamk' has no attribute {name!r}")
 
 
-__all__ = ["Artifact", "AdamkError", "CompileConfig", "Engine", "compile", "load", "__version__"]
+__all__ = ["Artifact", "AdamkError", "CompileConfig", "Engine", "compile", "load", "lower", "__version__"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import warnings
@@ -16,10 +17,11 @@ from .config import CompileConfig
 from .dialects import irdl, make_context, print_module
 from .dialects.schedule import CounterOp, ExecOp
 from .dialects.task import BufferOp
-from .errors import AdamkError, UnsupportedShapeError
+from .errors import AdamkError, UnsupportedOpError, UnsupportedShapeError
 from .kinds import packings
 from .kinds.argmax import logits_of
 from .kinds.base import DTYPE_BYTES
+from .passes.batch import BatchPass
 from .passes.fuse import FusePass
 from .passes.ksplit import KSplitPass
 from .passes.layers import LayersPass
@@ -30,9 +32,61 @@ from .search.round_robin import RoundRobinSchedulePass
 from .search.validate import schedule_of, validate
 
 
+@dataclasses.dataclass
+class Lowered:
+    """The pipeline's result up to code generation: the schedule IR and what the manifest keeps."""
+    schedule: ModuleOp          # schedule-level IR (what the CPU simulator runs)
+    graph_text: str             # graph IR as imported (graph.mlir)
+    tasks_text: str             # task IR (tasks.mlir)
+    schedule_text: str          # schedule IR (schedule.mlir)
+    model_dims: dict
+    smem_without_ksplit: int
+    pos: int                    # the position the schedule was costed at
+    cost: CostModel
+    search: object              # the DAG search's result, None for another schedule
+
+
 def compile(model, config: CompileConfig | None = None, example_inputs=None, *, dump_dir=None,
             progress=None) -> Artifact:
     """Compile a decoder (torch.nn.Module or ONNX path) into a megakernel artifact."""
+    config = config or CompileConfig()
+    if config.batch_size > 1:      # before the frontend and the search: nothing to wait for
+        raise UnsupportedOpError(f"batch_size={config.batch_size}: batches run in the CPU simulator "
+                                 "(adamk.lower); the device library decodes one sequence per step")
+    step = progress or (lambda name: contextlib.nullcontext())
+    lowered = lower(model, config, example_inputs, dump_dir=dump_dir, progress=progress)
+    graph, target = lowered.schedule, config.target
+    with step("codegen: emit CUDA C++ and compile with NVRTC"):
+        source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
+        binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
+        _check_kernel(binaries, config.block_threads)          # co-resident registers, no smem outside the model
+
+    files = {"graph.mlir": lowered.graph_text.encode(), "tasks.mlir": lowered.tasks_text.encode(),
+             "schedule.mlir": lowered.schedule_text.encode(), "kernel.cu": source.encode(),
+             f"kernel.{target.sm}.cubin": binaries.cubin, "kernel.ptx": binaries.ptx.encode(),
+             "ptxas.log": binaries.ptxas_log.encode(),
+             irdl.FILE_NAME: irdl.dialect_irdl().encode()}     # the dialect, for upstream MLIR tools
+    manifest = _manifest(graph, lowered.graph_text, config, binaries)
+    manifest["smem_peak_bytes_without_ksplit"] = lowered.smem_without_ksplit
+    manifest["model"] = model_dims = lowered.model_dims
+    if model_dims["whole_model"]:           # the buffer the host reads the last step's logits from
+        manifest["model"]["logits_buffer"] = logits_of(o for sm in schedule_of(graph).sms for o in sm.ops
+                                                       if isinstance(o, ExecOp))
+    search, cost = lowered.search, lowered.cost
+    manifest["predicted_at_pos"] = lowered.pos
+    manifest["predicted_step_us"] = round(predict_step_us(graph, cost, lowered.pos), 1)
+    manifest["cost_model"] = cost.source
+    manifest["predicted_calibrated"] = cost.calibrated            # the spec table's figure is a guess
+    manifest["search_complete"] = search.complete if search else True
+    # The search's wall-clock time is not in the manifest: the same input must give the same bytes.
+    return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)
+
+
+def lower(model, config: CompileConfig | None = None, example_inputs=None, *, dump_dir=None,
+          progress=None) -> Lowered:
+    """The pipeline up to code generation: frontend, passes, search, tiling, schedule and its
+    validation. Its schedule is what `compile` generates code for and what the CPU simulator
+    (adamk.simulator) runs, at any batch size."""
     config = config or CompileConfig()
     target, ctx = config.target, make_context()
     step = progress or (lambda name: contextlib.nullcontext())
@@ -58,6 +112,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         graph = import_model(model, example_inputs)           # graph IR (adamk.linear, adamk.attention, ...)
         if config.max_seq_len is not None:
             _check_max_seq_len(graph, config.max_seq_len)
+        run(BatchPass(config.batch_size), graph)              # the deployment's batch on every sequence's value
         graph_text = print_module(graph)
         model_dims = _model_dims(graph)
         if model_dims["whole_model"] and config.schedule in ("barrier", "queue"):
@@ -66,7 +121,10 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
         _check_fits_memory(graph, target)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
     with step("passes: fuse and K-split"):
-        run(FusePass(config.gate_up), graph)       # prologues, residual epilogues, RoPE, gate/up into a gated linear
+        # a gated linear is never split over K: at a large batch its inputs may not fit beside the ring
+        gate_up = config.gate_up and smem.gated_fits(model_dims["hidden_size"], config.tile_rows, config.stage_bytes,
+                                                     config.depth, target.smem_per_block, config.batch_size)
+        run(FusePass(gate_up), graph)              # prologues, residual epilogues, RoPE, gate/up into a gated linear
         if model_dims["whole_model"]:
             run(LayersPass(), graph)               # its identical decoder layers: one loop body
             model_dims["prefill"] = prefill_plan(graph)
@@ -98,29 +156,7 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
                                        config.in_flight, barrier=config.schedule == "barrier"), graph)
         validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
-    with step("codegen: emit CUDA C++ and compile with NVRTC"):
-        source = emit_cuda(graph, target, config.profile, config.schedule == "queue")   # straight-line per SM
-        binaries = compile_cuda(source, target.arch)           # cubin + PTX + ptxas report
-        _check_kernel(binaries, config.block_threads)          # co-resident registers, no smem outside the model
-
-    files = {"graph.mlir": graph_text.encode(), "tasks.mlir": tasks_text.encode(),
-             "schedule.mlir": schedule_text.encode(), "kernel.cu": source.encode(),
-             f"kernel.{target.sm}.cubin": binaries.cubin, "kernel.ptx": binaries.ptx.encode(),
-             "ptxas.log": binaries.ptxas_log.encode(),
-             irdl.FILE_NAME: irdl.dialect_irdl().encode()}     # the dialect, for upstream MLIR tools
-    manifest = _manifest(graph, graph_text, config, binaries)
-    manifest["smem_peak_bytes_without_ksplit"] = smem_without_ksplit
-    manifest["model"] = model_dims
-    if model_dims["whole_model"]:           # the buffer the host reads the last step's logits from
-        manifest["model"]["logits_buffer"] = logits_of(o for sm in schedule_of(graph).sms for o in sm.ops
-                                                       if isinstance(o, ExecOp))
-    manifest["predicted_at_pos"] = pos
-    manifest["predicted_step_us"] = round(predict_step_us(graph, cost, pos), 1)
-    manifest["cost_model"] = cost.source
-    manifest["predicted_calibrated"] = cost.calibrated            # the spec table's figure is a guess
-    manifest["search_complete"] = search.complete if search else True
-    # The search's wall-clock time is not in the manifest: the same input must give the same bytes.
-    return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)
+    return Lowered(graph, graph_text, tasks_text, schedule_text, model_dims, smem_without_ksplit, pos, cost, search)
 
 
 def _check_kernel(binaries, threads: int):
@@ -235,7 +271,7 @@ def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:
     return smem.peak_without_ksplit([shape_of(o.weight)[1] for o in linears],
                                     [(o.head_dim.value.data, o.group) for o in ops if isinstance(o, AttentionOp)],
                                     config.depth, config.stage_bytes, config.tile_rows,
-                                    [o.weight2 is not None for o in linears])
+                                    [o.weight2 is not None for o in linears], config.batch_size)
 
 
 def _check_max_seq_len(graph: ModuleOp, max_seq_len: int):

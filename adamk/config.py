@@ -21,6 +21,7 @@ def producer_warps(arch: int) -> int:
 def block_threads(arch: int) -> int:
     return 32 * (CONSUMER_WARPS + producer_warps(arch))
 MAX_SEARCH_BUDGET_S = 3600.0
+MAX_BATCH = 16        # sequences one kernel decodes per step (a linear's batch is the N of one mma tile)
 ATTENTION_PARTS = (1, 2, 4, 8, 16)   # the sequence splits of an attention the search considers (dag_search.py)
 _TYPES = {"int": (int,), "bool": (bool,), "str": (str,), "float": (int, float), "int | None": (int, type(None)),
           "str | None": (str, type(None))}
@@ -45,7 +46,8 @@ class CompileConfig:
     pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)
     attention_parts: int | None = None   # sequence parts of every attention; None: the search's choice
-    gate_up: bool = True              # fuse a SwiGLU's gate and up linears into one gated linear (fuse.py)
+    gate_up: bool = True              # fuse a SwiGLU's gate and up linears into one gated linear (fuse.py) where
+                                      # its work area fits (a large batch's may not: smem.gated_fits)
     num_sms: int | None = None        # blocks of the persistent kernel; None: every SM of the GPU
     profile: bool = False             # record globaltimer stamps per task (see benchmarks/trace_layer.py)
     schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin", "barrier",
@@ -57,8 +59,8 @@ class CompileConfig:
         for field in dataclasses.fields(self):   # the declared types, checked: 16.0 is not a tile_rows
             _check_type(field.name, getattr(self, field.name), field.type)
         target = get_gpu(self.gpu)   # raises on an unknown name
-        if self.batch_size != 1:
-            raise NotImplementedError(f"batch_size={self.batch_size}: only batch 1 decode is implemented")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise AdamkError(f"batch_size={self.batch_size} outside 1..{MAX_BATCH}")
         if self.dtype != "bf16":
             raise NotImplementedError(f"dtype={self.dtype}: only bf16 storage is implemented")
         warps = CONSUMER_WARPS

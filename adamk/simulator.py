@@ -3,9 +3,9 @@
 It walks the SMs' programs with the schedule validator's interleaving (so a deadlock is
 found the same way), and runs each `adamk.exec` with the same tiling as the GPU: a linear
 task computes only its rows (and its K-part's columns) from the prologue-applied input
-vector, an attention task handles the query heads of its tile (or their part of the
-sequence), the group's first rotating and appending k/v at `pos`; combine tasks add the parts
-in order.
+of every sequence of the batch, an attention task handles the query heads of its tile (or
+their part of the sequence) of its one sequence, the group's first rotating and appending k/v
+at that sequence's position; combine tasks add the parts in order.
 Activations start as NaN, so a read of something no task wrote shows up in the result. It
 is the first oracle for the passes, before any GPU.
 """
@@ -49,22 +49,30 @@ class Simulator:
         self.epoch = 0
         self.logits = logits_of(o for sm in schedule_of(module).sms for o in sm.ops if isinstance(o, ExecOp))
 
-    def step(self, x, pos: int) -> np.ndarray:
-        """One step at `pos`: of a layer, `x` the hidden state in and the output returned; of a
-        whole model, `x` the token id at `pos` and the logits returned (the next id is then
-        `self.mem["tokens"][0, pos + 1]`)."""
+    def step(self, x, pos) -> np.ndarray:
+        """One step, each sequence b of the batch at its position `pos[b]` (an int for a batch of
+        one): of a layer, `x` [batch, hidden] the hidden states in and the outputs returned; of a
+        whole model, `x` [batch] the token ids at `pos` and the logits [batch, vocab] returned (the
+        next ids are then `self.mem["tokens"][b, pos[b] + 1]`)."""
         for name, b in self.decls.items():
             if b.role.data in ("activation", "output"):
                 self.mem[name] = np.full(_shape(b), np.nan, np.float32)
-        self.pos = int(pos)
-        if "tokens" in self.decls:
-            self.mem["tokens"][self.pos] = int(x)
+        whole = "tokens" in self.decls
+        batch = self.decls["tokens" if whole else "x"].shape.get_values()[0]
+        self.pos = np.array(pos, np.int64).reshape(-1)
+        if self.pos.shape != (batch,):
+            raise ValueError(f"{self.pos.size} positions for a batch of {batch}")
+        max_seq = self.mem["k_cache"].shape[-2]
+        if not ((0 <= self.pos) & (self.pos < max_seq)).all():
+            raise ValueError(f"positions {self.pos.tolist()} outside the KV cache's 0..{max_seq - 1}")
+        if whole:
+            self.mem["tokens"][np.arange(batch), self.pos] = np.array(x, np.int64).reshape(batch)
         else:
             self.mem["x"] = np.asarray(x, np.float32).reshape(_shape(self.decls["x"]))
         self.epoch += 1
         self.counters = walk(self.module, self.exec, epoch=self.epoch, counters=self.counters)
-        if "tokens" in self.decls:
-            return self.mem[self.logits].reshape(-1).copy()
+        if whole:
+            return self.mem[self.logits].reshape(batch, -1).copy()
         return self.mem["y"].copy()
 
     def exec(self, op: ExecOp, layer: int):

@@ -15,7 +15,8 @@ A task's footprint has three axes:
   inputs of those tasks are ready.
 
 A task's *work area* holds what it computes with besides its pages (the prologue-applied
-input of a linear's K-chunk, padded to whole pages; the query / new key and value rows and the
+input of a linear's K-chunk, padded to whole pages, and its scratch, once per sequence of the
+batch: a linear task computes its rows for every sequence from one read of its pages; the query / new key and value rows and the
 per-warp partials of an attention part, whose cached K and V rows come through the ring as
 pages of their own). An SM's dynamic shared memory is laid out as
 
@@ -99,12 +100,20 @@ def linear_xs(tile_rows: int, k_chunk: int, page_bytes: int) -> int:
     return linear_pages(tile_rows, k_chunk, page_bytes) * linear_page_cols(tile_rows, k_chunk, page_bytes)
 
 
-def linear_work_bytes(xs: int, coef: int = 0, rows: int = 0) -> int:
-    """xs floats (the prologue-applied input) + the scratch (`LinearWork`): one float per warp for
-    block reductions, the `coef` merge weights of an input merged from a split attention (heads x
-    parts), or every warp's sums of a task's `rows` page rows, padded to a power of two (each warp
-    sums a slice of the columns, linear.cuh `linear_task`)."""
-    return xs * F32 + max(REDUCE_SCRATCH, coef * F32, WARPS * pow2_at_least(rows) * F32)
+def linear_input_bytes(batch: int) -> int:
+    """Bytes of one staged input element: float32 for one sequence (the CUDA cores' dot products
+    read it as it is), bf16 for a batch (the operand of the tensor cores' bf16 mma)."""
+    return F32 if batch == 1 else BF16
+
+
+def linear_work_bytes(xs: int, coef: int = 0, rows: int = 0, batch: int = 1) -> int:
+    """Per sequence of the batch: xs elements (the prologue-applied input, linear_input_bytes each)
+    + the scratch (`LinearWork`): one float per warp for block reductions, the `coef` merge weights
+    of an input merged from a split attention (heads x parts), or every warp's sums of a task's
+    `rows` page rows, padded to a power of two (each warp sums a slice of the columns, linear.cuh
+    `linear_task`)."""
+    scratch = max(REDUCE_SCRATCH, coef * F32, WARPS * pow2_at_least(rows) * F32)
+    return batch * (xs * linear_input_bytes(batch) + scratch)
 
 
 def pow2_at_least(n: int) -> int:
@@ -112,16 +121,26 @@ def pow2_at_least(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int, coef: int = 0) -> "Footprint":
+def linear_footprint(tile_rows: int, k_chunk: int, page_bytes: int, coef: int = 0, batch: int = 1) -> "Footprint":
+    """A linear task's pages (its rows, once for the whole batch) and its work area (per sequence)."""
     return Footprint(linear_page_bytes(tile_rows, k_chunk, page_bytes),
-                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes), coef, tile_rows))
+                     linear_work_bytes(linear_xs(tile_rows, k_chunk, page_bytes), coef, tile_rows, batch))
 
 
-def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int) -> int:
+def gated_fits(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int, batch: int = 1) -> bool:
+    """Whether a gated linear (a SwiGLU's gate and up in one, never split over K) over K inputs
+    fits `budget` for the batch (the fuse pass keeps the two linears apart where it does not)."""
+    rows = linear_page_rows(linear_tile_rows(tile_rows, True), True)
+    return linear_footprint(rows, k, page_bytes, batch=batch).alone(depth, page_bytes) <= budget
+
+
+def fewest_k_parts(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int, batch: int = 1,
+                   coef: int = 0) -> int:
     """The fewest K-parts whose footprint fits `budget` with `depth` pages in flight: pages
-    stream any K, so only the work area (the input of the K-chunk) can need a split."""
+    stream any K, so only the work area (the batch's inputs of the K-chunk) can need a split."""
     parts = 1
-    while parts < k // 8 and linear_footprint(tile_rows, k_chunk(k, parts), page_bytes).alone(depth) > budget:
+    while parts < k // 8 and \
+            linear_footprint(tile_rows, k_chunk(k, parts), page_bytes, coef, batch).alone(depth, page_bytes) > budget:
         parts += 1
     return len(k_parts(k, parts))
 
@@ -183,9 +202,11 @@ class Footprint:
     stage: int
     work: int
 
-    def alone(self, depth: int) -> int:
-        """Bytes an SM needs to run this task with `depth` pages of its size in flight."""
-        return (depth * (self.stage + RING_BARRIERS) if self.stage else 0) + self.work
+    def alone(self, depth: int, slot: int = 0) -> int:
+        """Bytes an SM needs to run this task with `depth` pages in flight in slots of its page's
+        size or `slot`, if larger (the ring's slots take the largest page of the SM's tasks: with
+        other ops' tasks, a whole `page_bytes`)."""
+        return (depth * (max(self.stage, slot) + RING_BARRIERS) if self.stage else 0) + self.work
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,12 +232,12 @@ def sm_plan(footprints, depth: int) -> SmPlan:
 
 
 def peak_without_ksplit(linear_ks: list[int], attentions: list[tuple[int, int]], depth: int, page_bytes: int,
-                        tile_rows: int, gated: list[bool] | None = None) -> int:
+                        tile_rows: int, gated: list[bool] | None = None, batch: int = 1) -> int:
     """Peak of an SM that runs a task of every op without K-splitting at the same pages in
-    flight: every linear's work area holds all K inputs (`gated[i]`: linear i is a gated one;
-    `attentions`: (head_dim, GQA group) of each attention)."""
+    flight: every linear's work area holds all K inputs of the batch (`gated[i]`: linear i is a
+    gated one; `attentions`: (head_dim, GQA group) of each attention)."""
     gated = gated or [False] * len(linear_ks)
-    fps = [linear_footprint(linear_page_rows(linear_tile_rows(tile_rows, g), g), k, page_bytes)
+    fps = [linear_footprint(linear_page_rows(linear_tile_rows(tile_rows, g), g), k, page_bytes, batch=batch)
            for k, g in zip(linear_ks, gated)]
     fps += [attention_footprint(hd, group, page_bytes) for hd, group in attentions]
     return sm_plan(fps, depth).peak

@@ -8,6 +8,7 @@ from adamk.dialects import make_context
 from adamk.dialects.graph import LinearOp
 from adamk.frontend.torch_frontend import import_module
 from adamk.models import PRESETS, DecoderLayer
+from adamk.passes.batch import BatchPass
 from adamk.passes.fuse import FusePass
 from adamk.passes.ksplit import KSplitPass
 from adamk.passes.tile import TilePass
@@ -55,14 +56,15 @@ def graph_of(layer):
 
 
 def lower(layer, num_sms=7, tile_rows=16, stage_bytes=32 * 1024, ksplit=True, stages=2, budget=99 * 1024,
-          linear_parts=None, barrier=False, gate_up=True):
-    """graph -> fused (and K-split) -> tasks -> schedule, returning the module at each level.
+          linear_parts=None, barrier=False, gate_up=True, batch=1, attention_parts=None):
+    """graph -> (batched) -> fused (and K-split) -> tasks -> schedule, returning the module at each level.
     `linear_parts` splits every linear but a gated one over K into that many parts (as the search may)."""
     ctx = make_context()
     graph = graph_of(layer)
+    BatchPass(batch).apply(ctx, graph)
     fused = graph.clone()
     FusePass(gate_up).apply(ctx, fused)
-    KSplitPass(tile_rows, stages, stage_bytes, budget, num_sms, "the target", ksplit).apply(ctx, fused)
+    KSplitPass(tile_rows, stages, stage_bytes, budget, num_sms, "the target", ksplit, attention_parts).apply(ctx, fused)
     if linear_parts is not None:
         for op in next(iter(fused.ops)).body.block.ops:
             if isinstance(op, LinearOp) and op.weight2 is None:

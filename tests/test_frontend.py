@@ -157,7 +157,7 @@ def test_whole_model_becomes_flat_graph_ops():
     fn = next(iter(module.ops))
     ops = body(module)
     stack = f"tensor<{cfg.num_layers}x1x{cfg.num_kv_heads}x{cfg.max_seq_len}x{cfg.head_dim}xf32>"
-    assert [str(a.type) for a in fn.body.block.args] == ["tensor<1xi64>", "tensor<i64>", stack, stack]
+    assert [str(a.type) for a in fn.body.block.args] == ["tensor<1xi64>", "tensor<1xi64>", stack, stack]
     token, pos, k_caches, v_caches = fn.body.block.args
     embeddings = [op for op in ops if isinstance(op, EmbeddingOp)]
     assert len(embeddings) == 1 and embeddings[0].token is token

@@ -84,6 +84,7 @@ def test_schedule_runs_the_layer_body_in_a_loop_on_layer_indexed_buffers(tiny):
     assert buffers["hidden"].copies == TINY.num_layers + 1       # the embedding's, then each layer's output
     src = art.files["kernel.cu"].decode()
     assert f"for (int layer = 0; layer < {TINY.num_layers}; ++layer)" in src
+    assert f"if (at < 0 || at >= {TINY.max_seq_len}) {{" in src      # the device position's bound
     weights = art.manifest["weights"]
     assert {(w["name"], w["slot"]) for w in weights if w.get("buffer") == "layers.0.q_proj.weight"} == \
         {(f"layers.{i}.q_proj.weight", i) for i in range(TINY.num_layers)}
@@ -97,11 +98,11 @@ def decodes_as_float32(model, art, steps: int = 5):
     sim.mem["k_cache"][:], sim.mem["v_cache"][:] = k.numpy(), v.numpy()
     token = int(token)
     for p in range(pos, pos + steps):
-        logits = sim.step(token, p)
+        logits = sim.step(token, p)[0]
         with torch.no_grad():
             ref = model(torch.tensor([token]), torch.tensor(p), k, v).reshape(-1).numpy()
         assert np.linalg.norm(logits - ref) / np.linalg.norm(ref) < 1e-5, p
-        token = int(sim.mem["tokens"][p + 1])
+        token = int(sim.mem["tokens"][0, p + 1])
         assert token == int(np.argmax(ref)), p           # the first of the largest, across chunks
     assert np.abs(sim.mem["k_cache"] - k.numpy()).max() < 1e-5   # every layer appended its rows
 
@@ -123,13 +124,13 @@ def test_argmax_prefers_the_lowest_index_on_ties(tiny):
     model, art = tiny
     model = copy.deepcopy(model)
     sim = simulator(model, art)
-    top = int(np.argmax(sim.step(5, 0)))                          # a positive logit: twice it is the largest
+    top = int(np.argmax(sim.step(5, 0)[0]))                          # a positive logit: twice it is the largest
     with torch.no_grad():
         model.lm_head.weight[17] = 2 * model.lm_head.weight[top]  # ... twice, in chunks 0 and 2
         model.lm_head.weight[8500] = model.lm_head.weight[17]
     sim = simulator(model, art)
     sim.step(5, 0)
-    assert int(sim.mem["tokens"][1]) == 17
+    assert int(sim.mem["tokens"][0, 1]) == 17
 
 
 def test_the_same_model_compiles_to_the_same_bytes(tiny):

@@ -136,9 +136,10 @@ def test_dump_ir_writes_ir_after_each_pass(tiny_onnx, tmp_path):
     code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--dump-ir", tmp_path / "ir")
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
-    assert names == ["00-fuse.mlir", "01-ksplit.mlir", "02-search-tiling.mlir", "03-tile.mlir", "04-schedule-search.mlir"]
+    assert names == ["00-batch.mlir", "01-fuse.mlir", "02-ksplit.mlir", "03-search-tiling.mlir", "04-tile.mlir",
+                     "05-schedule-search.mlir"]
     # the attention: 2 tasks (a KV head's 3 query heads each) x 8 parts (ksplit.MERGED_PARTS; 92 SMs // 2 is more)
-    assert "k_split = 8" in (tmp_path / "ir" / "01-ksplit.mlir").read_text()
+    assert "k_split = 8" in (tmp_path / "ir" / "02-ksplit.mlir").read_text()
 
 
 # ---- bad input: one line on stderr, exit 1, no traceback, no output directory ----------------
@@ -186,7 +187,7 @@ def test_a_qwen3_layer_stops_at_code_generation_with_one_line(tmp_path):
                                  "in the device library")
     assert not (tmp_path / "out").exists()
     # --dump-ir keeps the IR of every pass that ran: the norms fused into the attention
-    fused = (tmp_path / "ir" / "00-fuse.mlir").read_text()
+    fused = (tmp_path / "ir" / "01-fuse.mlir").read_text()
     assert "adamk.head_rmsnorm" not in fused and "norm_eps" in fused
     assert sorted(p.name for p in (tmp_path / "ir").iterdir())[-1].endswith("-schedule-search.mlir")
 

@@ -105,11 +105,12 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
     from adamk.search.round_robin import RoundRobinSchedulePass
     graph, _, tasks, _ = lower(random_layer())
     FusePass().apply(make_context(), graph)
-    # q_proj split into its 17 smallest K-parts still needs 16 rows x 8 columns of bf16 = 256 B a
-    # page, 3 pages with their 16 B of barriers + 8 floats + the 8 warps' sums of 16 rows (512 B)
+    # q_proj split into its 17 smallest K-parts still needs 3 ring slots of a whole page (32 KB:
+    # the ring's slots take the largest page of any task) with their 16 B of barriers + 8 floats +
+    # the 8 warps' sums of 16 rows (512 B)
     with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 8 of K=136\) needs 3 ring "
-                                            r"pages x \(256 B \+ 16 B of barriers\) \+ a 544 B work area = 1360 B .* "
-                                            r"L20 allows 900 B"):
+                                            r"pages x \(32768 B \+ 16 B of barriers\) \+ a 544 B work area = 98896 B "
+                                            r".* L20 allows 900 B"):
         KSplitPass(16, 3, 32 * 1024, 900, 7, "L20").apply(make_context(), graph)
     # the schedule checks its plan the same way
     with pytest.raises(ScheduleError, match=r"the kernel needs \d+ B of shared memory per block .*the per-block "
@@ -125,7 +126,8 @@ def _reader(i, name, reads):
     """Task `i`: linear `name` writing its activation's 8 rows from all 8 of `reads`, after its poll."""
     props = ExecOp.body_properties(name, "linear", name, (0, 8), {"input": reads, "weight": "w", "out": name},
                                    {"K": IntegerAttr(8, i64), "k_chunk": IntegerAttr(8, i64),
-                                    "N": IntegerAttr(8, i64), "prologue": StringAttr("none")})
+                                    "N": IntegerAttr(8, i64), "prologue": StringAttr("none"),
+                                    "batch": IntegerAttr(1, i64)})
     return [PollOp(reads, 0, 8), ExecOp(i, props)]
 
 
@@ -156,7 +158,8 @@ def test_validator_checks_polls_and_single_writes():
 
 
 def test_validator_catches_unbalanced_counters():
-    props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"}, {})
+    props = ExecOp.body_properties("a", "linear", "a", (0, 8), {"input": "x", "weight": "w", "out": "a"},
+                                   {"N": IntegerAttr(8, i64), "batch": IntegerAttr(1, i64)})
     sm0 = sm_program(0, [ExecOp(0, props), SignalOp("a.done", 2)])
     module = ModuleOp([CounterOp("a.done", 0, 1), ScheduleOp(1, 256, 1, 1, [sm0]), sm0])
     with pytest.raises(ScheduleError, match="ends the step at 2, expected 1"):

@@ -45,8 +45,8 @@ def sim_step(sim, token, pos, k, v):
     """(logits, next id) of one simulated step on a copy of the caches."""
     sim.mem["k_cache"][:] = k.numpy()
     sim.mem["v_cache"][:] = v.numpy()
-    logits = sim.step(int(token), pos)
-    return logits, int(sim.mem["tokens"][pos + 1])
+    logits = sim.step(int(token), pos)[0]
+    return logits, int(sim.mem["tokens"][0, pos + 1])
 
 
 # ---- Hugging Face causal LMs through the torch frontend ------------------------------------------
@@ -111,7 +111,7 @@ def test_greedy_decoding_in_the_simulator_equals_transformers_generate(hf_compil
         sim.step(int(token), pos)
     ours = []
     for pos in range(len(prompt), len(prompt) + 16):
-        ours.append(int(sim.mem["tokens"][pos]))
+        ours.append(int(sim.mem["tokens"][0, pos]))
         sim.step(ours[-1], pos)
     with torch.no_grad():
         out = causal_lm(step).generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0)

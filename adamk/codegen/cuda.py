@@ -27,6 +27,7 @@ from .. import __version__
 from ..names import c_comment
 from ..dialects.schedule import CounterOp, ExecOp, LoopBeginOp, LoopEndOp, SignalOp, WaitOp
 from ..dialects.task import BufferOp
+from ..errors import UnsupportedOpError
 from ..paths import KERNELS_DIR
 from ..search.validate import schedule_of
 from .. import smem
@@ -482,7 +483,7 @@ class _Emitter:
         if not self.whole:
             return ["  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns};", *dispatch]
         position = next(n for n, b in self.buffers.items() if b.role.data == "position")
-        max_seq = self.buffers["tokens"].shape.get_values()[0] - 1
+        max_seq = self.buffers["tokens"].shape.get_values()[-1] - 1   # [batch, max_seq_len + 1]
         return ["  // A whole model's position: on the device, in the slot of this epoch's parity (the `pos`",
                 "  // argument is not read).",
                 f"  const int at = b->{self.field[position]}[epoch & 1u];",
@@ -517,4 +518,8 @@ class _Emitter:
 def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False) -> str:
     """`queue=True`: the dynamic work-queue variant of the ablation instead of the schedule's
     straight-line programs (the schedule's placement is then not used)."""
+    batch = max((o.param("batch") for o in module.walk() if isinstance(o, ExecOp)), default=1)
+    if batch > 1:
+        raise UnsupportedOpError(f"a batch of {batch} sequences runs in the CPU simulator; the device library "
+                                 "decodes one sequence per step")
     return _Emitter(module, gpu, profile, queue).emit()

@@ -2,7 +2,10 @@
 
 Activations are rank-2 tensors ``[batch, features]``; weights are `adamk.weight` ops
 named after the source model's parameters; the KV caches are function arguments of
-shape ``[batch, kv_heads, max_seq_len, head_dim]`` that `adamk.attention` appends to.
+shape ``[batch, kv_heads, max_seq_len, head_dim]`` that `adamk.attention` appends to, and
+``pos`` ``[batch]`` holds each sequence's position. A frontend writes a batch of 1 (one traced
+sequence); the batch pass widens it to the deployment's (passes/batch.py): the sequences of a
+batch share the weights and nothing else.
 After fusion, `adamk.linear` carries its prologue (rmsnorm or silu_mul of its inputs),
 bias and residual epilogue, and `adamk.attention` carries the RoPE of q and k (and, for Qwen3,
 their per-head RMSNorm).
@@ -32,6 +35,12 @@ PROLOGUES = ("none", "rmsnorm", "silu_mul")
 
 def shape_of(value) -> tuple[int, ...]:
     return tuple(value.type.get_shape())
+
+
+def _check_positions(op, pos, batch: int):
+    if shape_of(pos) != (batch,):
+        raise VerifyException(f"{op.name}: pos has shape {list(shape_of(pos))}, expected [{batch}] (one position per "
+                              "sequence of the batch)")
 
 
 def _features(op, value, what: str) -> int:
@@ -198,6 +207,7 @@ class RopeOp(IRDLOperation):
             raise VerifyException(f"adamk.rope: head_dim {hd} must be even and divide input features {n}")
         if len(self.inv_freq.get_values()) != hd // 2:
             raise VerifyException(f"adamk.rope: inv_freq has {len(self.inv_freq.get_values())} entries, expected {hd // 2}")
+        _check_positions(self, self.pos, shape_of(self.input)[0])
 
 
 @irdl_op_definition
@@ -215,9 +225,9 @@ class HeadRMSNormOp(_RMSNorm):
 
 @irdl_op_definition
 class AttentionOp(IRDLOperation):
-    """GQA decode attention for the token at `pos`: appends k, v at `pos` to the caches,
-    then attends q over cache positions 0..pos. With `rope_inv_freq` set, q and k are
-    rotated first (fused RoPE)."""
+    """GQA decode attention of each sequence b of the batch for its token at `pos[b]`: appends
+    k, v at `pos[b]` to its caches, then attends q over its cache positions 0..pos[b]. With
+    `rope_inv_freq` set, q and k are rotated first (fused RoPE)."""
     name = "adamk.attention"
     irdl_options = (AttrSizedOperandSegments(as_property=True),)
     q = operand_def(TensorType)
@@ -281,12 +291,17 @@ class AttentionOp(IRDLOperation):
                 raise VerifyException(f"adamk.attention: {name} has {shape_of(value)[1]} features, "
                                       f"expected {heads} heads x {hd}")
         stacked = self.layer is not None       # [layers, batch, kv_heads, max_seq_len, head_dim]
+        batch = shape_of(self.q)[0]
+        for value, name in ((self.k, "k"), (self.v, "v")):
+            if shape_of(value)[0] != batch:
+                raise VerifyException(f"adamk.attention: {name} has batch {shape_of(value)[0]}, q {batch}")
+        _check_positions(self, self.pos, batch)
         for value, name in ((self.k_cache, "k_cache"), (self.v_cache, "v_cache")):
             s = shape_of(value)
             s = s[1:] if stacked else s
-            if len(s) != 4 or s[1] != nkv or s[3] != hd:
+            if len(s) != 4 or s[0] != batch or s[1] != nkv or s[3] != hd:
                 raise VerifyException(f"adamk.attention: {name} has shape {list(shape_of(value))}, expected "
-                                      f"[{'layers, ' if stacked else ''}batch, {nkv}, max_seq_len, {hd}]")
+                                      f"[{'layers, ' if stacked else ''}{batch}, {nkv}, max_seq_len, {hd}]")
             if stacked and not 0 <= self.layer.value.data < shape_of(value)[0]:
                 raise VerifyException(f"adamk.attention: layer {self.layer.value.data} outside {name}'s "
                                       f"{shape_of(value)[0]} layers")
@@ -350,40 +365,43 @@ class AddOp(_SameShapeBinary):
 
 @irdl_op_definition
 class EmbeddingOp(IRDLOperation):
-    """The hidden state of `token` [1] (the id at `pos`): row `token` of `table` [vocab, hidden].
-    On the device the ids live in one sequence buffer, which the step's `adamk.argmax` extends,
-    so consecutive steps need no host (passes/tile.py)."""
+    """The hidden state of `token` [batch] (each sequence's id at its `pos`): row `token[b]` of
+    `table` [vocab, hidden]. On the device the ids live in one buffer per sequence, which the
+    step's `adamk.argmax` extends, so consecutive steps need no host (passes/tile.py)."""
     name = "adamk.embedding"
     token = operand_def(TensorType)
     table = operand_def(TensorType)
     result = result_def(TensorType)
 
     def __init__(self, token, table):
-        super().__init__(operands=[token, table],
-                         result_types=[TensorType(table.type.get_element_type(), [1, shape_of(table)[1]])])
+        super().__init__(operands=[token, table], result_types=[
+            TensorType(table.type.get_element_type(), [shape_of(token)[0], shape_of(table)[1]])])
 
     def verify_(self):
         if len(shape_of(self.table)) != 2:
             raise VerifyException(f"adamk.embedding: table must be [vocab, hidden], got {list(shape_of(self.table))}")
-        if shape_of(self.token) != (1,):
-            raise VerifyException(f"adamk.embedding: token must be [1], got {list(shape_of(self.token))}")
-        if shape_of(self.result) != (1, shape_of(self.table)[1]):
-            raise VerifyException(f"adamk.embedding: result {list(shape_of(self.result))} != [1, hidden]")
+        if len(shape_of(self.token)) != 1:
+            raise VerifyException(f"adamk.embedding: token must be [batch], got {list(shape_of(self.token))}")
+        if shape_of(self.result) != (shape_of(self.token)[0], shape_of(self.table)[1]):
+            raise VerifyException(f"adamk.embedding: result {list(shape_of(self.result))} != [batch, hidden]")
 
 
 @irdl_op_definition
 class ArgmaxOp(IRDLOperation):
-    """Greedy sampling: the index of the largest of `logits` [1, vocab] (the lowest on ties), the
-    id of the token at pos + 1."""
+    """Greedy sampling: per sequence, the index of the largest of `logits` [batch, vocab] (the lowest
+    on ties), the id of its token at pos + 1."""
     name = "adamk.argmax"
     logits = operand_def(TensorType)
     result = result_def(TensorType)
 
     def __init__(self, logits):
-        super().__init__(operands=[logits], result_types=[TensorType(i64, [1])])
+        super().__init__(operands=[logits], result_types=[TensorType(i64, [shape_of(logits)[0]])])
 
     def verify_(self):
         _features(self, self.logits, "logits")
+        if shape_of(self.result) != shape_of(self.logits)[:1]:
+            raise VerifyException(f"adamk.argmax: result {list(shape_of(self.result))} != [batch] of the logits "
+                                  f"{list(shape_of(self.logits))}")
 
 
 @irdl_op_definition

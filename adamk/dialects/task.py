@@ -2,7 +2,8 @@
 
 `adamk.buffer` declares every tensor the kernel touches (its role, shape and storage
 dtype). An `adamk.task` names the buffers it reads and writes by role, its tile (output
-rows of a linear, query heads of an attention), its K-split part (`k_index` of
+rows of a linear, query heads of an attention) and, for a task of one sequence of the batch
+(an attention's), that sequence (`seq`), its K-split part (`k_index` of
 `k_split`: columns of K, or positions of the sequence) and its shared-memory footprint
 (`stage_bytes` of weights staged through the SM's ring, `work_bytes` of work area; see
 smem.py). A split op's parts write float partials; its `*_combine` tasks add them up in
@@ -34,7 +35,7 @@ BUFFER_ROLES = ("input", "output", "weight", "kv_cache", "activation", "tokens",
 TASK_KINDS = {name: k.roles for name, k in KINDS.items()}     # kind -> buffer roles it must name
 DTYPES = tuple(DTYPE_BYTES)     # bf16, and f32_tagged for activations (a value and the epoch that wrote it)
 BODY_PROPERTIES = ("sym_name", "kind", "source", "tile", "k_index", "k_split", "stage_bytes",
-                   "work_bytes", "buffers", "params", "loop", "slots")
+                   "work_bytes", "buffers", "params", "loop", "slots", "seq")
 
 
 @irdl_attr_definition
@@ -122,11 +123,12 @@ class TaskBody(IRDLOperation):
     params = prop_def(DictionaryAttr)
     loop = opt_prop_def(IntegerAttr)          # 1: runs once per layer (the layer loop's body)
     slots = opt_prop_def(DictionaryAttr)      # layer-indexed buffer -> c: it uses slot (layer +) c
+    seq = opt_prop_def(IntegerAttr)           # the one sequence of the batch it serves; absent: all of them
 
     @staticmethod
     def body_properties(sym_name, kind, source, tile, buffers: dict[str, str], params: dict,
                         footprint=None, k_index: int = 0, k_split: int = 1, loop: bool = False,
-                        slots: dict[str, int] | None = None):
+                        slots: dict[str, int] | None = None, seq: int | None = None):
         props = {"sym_name": StringAttr(sym_name), "kind": StringAttr(kind), "source": StringAttr(source),
                  "tile": DenseArrayBase.from_list(i64, list(tile)),
                  "k_index": IntegerAttr(k_index, i64), "k_split": IntegerAttr(k_split, i64),
@@ -138,6 +140,8 @@ class TaskBody(IRDLOperation):
             props["loop"] = IntegerAttr(1, i64)
         if slots:
             props["slots"] = DictionaryAttr({k: IntegerAttr(v, i64) for k, v in sorted(slots.items())})
+        if seq is not None:
+            props["seq"] = IntegerAttr(seq, i64)
         return props
 
     def copy_body_properties(self):
@@ -171,6 +175,11 @@ class TaskBody(IRDLOperation):
     def k_range(self) -> tuple[int, int]:
         """(k0, k_len): the columns of K a linear part reduces over."""
         return k_range(self.param("K"), self.param("k_chunk"), self.part)
+
+    @property
+    def sequence(self) -> int | None:
+        """The sequence of the batch the task serves (None: every sequence)."""
+        return self.seq.value.data if self.seq is not None else None
 
     @property
     def footprint(self):
@@ -210,6 +219,11 @@ class TaskBody(IRDLOperation):
         for prop in ("stage_bytes", "work_bytes"):
             if getattr(self, prop).value.data < 0:
                 raise VerifyException(f"{self.name} @{name}: negative {prop}")
+        batch = self.param("batch")
+        if batch is None or batch < 1:
+            raise VerifyException(f"{self.name} @{name}: param batch {batch} is not a positive number of sequences")
+        if self.sequence is not None and not 0 <= self.sequence < batch:
+            raise VerifyException(f"{self.name} @{name}: seq {self.sequence} outside its batch of {batch}")
 
 
 

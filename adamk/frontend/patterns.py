@@ -91,6 +91,9 @@ class GraphBuilder:
     def input(self, shape) -> Sym:
         if len(shape) != 2:
             raise FrontendError(f"hidden-state input must be [batch, hidden], got {list(shape)} ({self.where})")
+        if shape[0] != 1:
+            raise FrontendError(f"the model was traced at batch {shape[0]}: trace one sequence ([1, hidden]); "
+                                f"CompileConfig.batch_size sets the batch ({self.where})")
         return Sym("act", tuple(shape), self._arg(TensorType(self.elem, list(shape))))
 
     def token(self, shape) -> Sym:
@@ -101,7 +104,9 @@ class GraphBuilder:
         return Sym("token", (1,), self._arg(TensorType(i64, [1])))
 
     def position(self) -> Sym:
-        return Sym("pos", (), self._arg(TensorType(i64, [])))
+        """The step's position: a scalar in the traced model, [batch] in the graph (one per
+        sequence; the batch pass widens the traced batch of 1)."""
+        return Sym("pos", (), self._arg(TensorType(i64, [1])))
 
     def kv_cache(self, shape) -> Sym:
         """One layer's cache [batch, kv_heads, max_seq_len, head_dim], or every layer's stacked

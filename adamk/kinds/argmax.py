@@ -1,14 +1,15 @@
-"""Greedy sampling of a whole model, in two fixed-order levels (csrc/kernels/argmax.cuh): an
-argmax task finds the largest logit of its chunk of the vocabulary and its index (the lowest
-on ties) and writes the pair; the combine task takes the first largest of the chunks' pairs, in
-chunk order, so the result is the lowest index of the largest logit whatever the schedule, and
-writes it as the id of the token at pos + 1, and pos + 1 as the next step's position."""
+"""Greedy sampling of a whole model, in two fixed-order levels (csrc/kernels/argmax.cuh), for
+each sequence of the batch: an argmax task finds the largest logit of its chunk of the
+vocabulary and its index (the lowest on ties) and writes the pair ([batch, chunks, 2]); the
+combine task takes the first largest of the chunks' pairs, in chunk order, so the result is the
+lowest index of the largest logit whatever the schedule, and writes it as the id of the
+sequence's token at pos + 1, and pos + 1 as its next step's position."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import smem
-from .base import TAGGED, TaskKind
+from .base import TAGGED, TaskKind, rows
 
 CHUNK = 4096   # logits one argmax task reduces (the LM head of a 128K vocabulary: 32 tasks)
 
@@ -25,26 +26,32 @@ def first_max(values: np.ndarray) -> tuple[float, int]:
     return float(values[i]), i
 
 
+def chunks(op) -> int:
+    """The chunks of the vocabulary (op.param N) the argmax tasks reduce."""
+    return -(-op.param("N") // CHUNK)
+
+
 class Argmax(TaskKind):
     name = "argmax"
     roles = frozenset({"logits", "out"})
 
     def cost(self, op, pos) -> dict:
         begin, end = op.tile_range
-        return {"read_bytes": (end - begin) * TAGGED}
+        return {"read_bytes": op.param("batch") * (end - begin) * TAGGED}
 
     def reads(self, op):
-        return [(op.buffer("logits"), *op.tile_range)]
+        return rows(op, op.buffer("logits"), op.param("N"), *op.tile_range)
 
     def writes(self, op):
         c = op.tile_range[0] // CHUNK
-        return [(op.buffer("out"), 2 * c, 2 * c + 2)]
+        return rows(op, op.buffer("out"), 2 * chunks(op), 2 * c, 2 * c + 2)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
-        value, i = first_max(sim.vec(op, "logits")[begin:end])
-        c = begin // CHUNK
-        sim.vec(op, "out")[2 * c:2 * c + 2] = (value, begin + i)
+        c, logits = begin // CHUNK, sim.buf(op, "logits").reshape(op.param("batch"), -1)
+        for b in range(op.param("batch")):
+            value, i = first_max(logits[b, begin:end])
+            sim.buf(op, "out")[b, c] = (value, begin + i)
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
@@ -65,18 +72,19 @@ class ArgmaxCombine(TaskKind):
     roles = frozenset({"partial", "out", "position"})
 
     def cost(self, op, pos) -> dict:
-        return {"read_bytes": 2 * op.tile_range[1] * TAGGED}
+        return {"read_bytes": op.param("batch") * 2 * op.tile_range[1] * TAGGED}
 
     def reads(self, op):
-        return [(op.buffer("partial"), 0, 2 * op.tile_range[1])]
+        return [(op.buffer("partial"), 0, op.param("batch") * 2 * op.tile_range[1])]
 
-    def writes(self, op):
-        return [(op.buffer("out"), 0, op.param("max_seq_len") + 1)]     # tokens[pos + 1]: no activation
+    def writes(self, op):   # each sequence's tokens[pos + 1]: no activation
+        return [(op.buffer("out"), 0, op.param("batch") * (op.param("max_seq_len") + 1))]
 
     def simulate(self, sim, op) -> None:
-        pairs = sim.vec(op, "partial")[:2 * op.tile_range[1]].reshape(-1, 2)
-        _, c = first_max(pairs[:, 0])          # the first chunk with the largest: its lowest index
-        sim.buf(op, "out")[sim.pos + 1] = int(pairs[c, 1])
+        for b in range(op.param("batch")):
+            pairs = sim.buf(op, "partial")[b, :op.tile_range[1]]
+            _, c = first_max(pairs[:, 0])          # the first chunk with the largest: its lowest index
+            sim.buf(op, "out")[b, sim.pos[b] + 1] = int(pairs[c, 1])
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)

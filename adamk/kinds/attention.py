@@ -1,8 +1,10 @@
 """Decode attention tasks: query heads [h0, h1) of one KV head (smem.attention_heads_per_task of
-its GQA group, which read the same cached rows) over positions 0..pos, or one part of them
-(flash-decoding), the part 0 task of the group's first head appending the new k/v; and the
-combine of the parts for a reader that cannot merge them in its input staging
-(csrc/kernels/attention.cuh)."""
+its GQA group, which read the same cached rows) of one sequence of the batch (`seq`) over its
+positions 0..pos, or one part of them (flash-decoding), the part 0 task of the group's first head
+appending the new k/v; and the combine of the parts for a reader that cannot merge them in its
+input staging (csrc/kernels/attention.cuh). q, k, v and out are [batch, heads x head_dim], the
+caches [batch, kv_heads, max_seq_len, head_dim], a split attention's parts [parts, batch, heads,
+head_dim + 2]."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,16 +49,17 @@ class Attention(TaskKind):
         return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16}
 
     def reads(self, op):
-        (h0, h1), hd = op.tile_range, op.param("head_dim")
+        (h0, h1), hd, b = op.tile_range, op.param("head_dim"), op.sequence
         g = h0 // op.param("group")
-        return [(op.buffer("q"), h0 * hd, h1 * hd), (op.buffer("k"), g * hd, (g + 1) * hd),
-                (op.buffer("v"), g * hd, (g + 1) * hd)]
+        q, kv = b * op.param("num_heads") * hd, b * op.param("num_kv_heads") * hd    # its sequence's rows
+        return [(op.buffer("q"), q + h0 * hd, q + h1 * hd), (op.buffer("k"), kv + g * hd, kv + (g + 1) * hd),
+                (op.buffer("v"), kv + g * hd, kv + (g + 1) * hd)]
 
     def writes(self, op):
-        (h0, h1), hd = op.tile_range, op.param("head_dim")
+        (h0, h1), hd, nh, b = op.tile_range, op.param("head_dim"), op.param("num_heads"), op.sequence
         if op.parts == 1:
-            return [(op.buffer("out"), h0 * hd, h1 * hd)]
-        at = op.part * op.param("num_heads") * (hd + 2)    # (acc[hd], max, sum) of each head of this part
+            return [(op.buffer("out"), (b * nh + h0) * hd, (b * nh + h1) * hd)]
+        at = (op.part * op.param("batch") + b) * nh * (hd + 2)    # (acc[hd], max, sum) of each head of this part
         return [(op.buffer("out"), at + h0 * (hd + 2), at + h1 * (hd + 2))]
 
     def simulate(self, sim, op) -> None:
@@ -66,34 +69,35 @@ class Attention(TaskKind):
 
     @staticmethod
     def simulate_head(sim, op, h: int) -> None:
-        hd, group = op.param("head_dim"), op.param("group")
-        g = h // group
+        hd, group, b = op.param("head_dim"), op.param("group"), op.sequence
+        g, pos = h // group, int(sim.pos[b])            # its sequence's position
         scale = np.float32(op.param("scale"))
         inv_freq = op.params.data.get("rope_inv_freq")
-        rotate = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), sim.pos)) if inv_freq else (lambda v: v)
+        rotate = (lambda v: rope(v, np.array(inv_freq.get_values(), np.float32), pos)) if inv_freq else (lambda v: v)
         eps = op.params.data.get("norm_eps")
 
         def rot(v, norm):   # Qwen3: each head's RMSNorm before its RoPE
             if eps is None:
                 return rotate(v)
             return rotate(v / np.sqrt(np.mean(v * v, dtype=np.float32) + np.float32(eps.value.data)) * sim.vec(op, norm))
-        k_cache, v_cache = sim.buf(op, "k_cache")[0, g], sim.buf(op, "v_cache")[0, g]
-        k_new, v_new = rot(sim.vec(op, "k")[g * hd:(g + 1) * hd], "k_norm"), sim.vec(op, "v")[g * hd:(g + 1) * hd]
+        k_cache, v_cache = sim.buf(op, "k_cache")[b, g], sim.buf(op, "v_cache")[b, g]
+        k, v = sim.buf(op, "k")[b], sim.buf(op, "v")[b]
+        k_new, v_new = rot(k[g * hd:(g + 1) * hd], "k_norm"), v[g * hd:(g + 1) * hd]
         if h % group == 0 and op.part == 0:   # part 0 of the group's first head appends the row
-            k_cache[sim.pos], v_cache[sim.pos] = k_new, v_new
-        keys = np.concatenate([k_cache[: sim.pos], k_new[None]])       # row pos from the task itself
-        values = np.concatenate([v_cache[: sim.pos], v_new[None]])
-        q = rot(sim.vec(op, "q")[h * hd:(h + 1) * hd], "q_norm") * scale
+            k_cache[pos], v_cache[pos] = k_new, v_new
+        keys = np.concatenate([k_cache[:pos], k_new[None]])       # row pos from the task itself
+        values = np.concatenate([v_cache[:pos], v_new[None]])
+        q = rot(sim.buf(op, "q")[b, h * hd:(h + 1) * hd], "q_norm") * scale
         parts, j = op.parts, op.part
         if parts == 1:
             scores = keys @ q
             p = np.exp(scores - scores.max())
-            sim.vec(op, "out")[h * hd:(h + 1) * hd] = (p @ values) / p.sum()
+            sim.buf(op, "out")[b, h * hd:(h + 1) * hd] = (p @ values) / p.sum()
             return
-        share = (sim.pos + parts) // parts                 # this part's positions, as attention.cuh
-        t0 = min(j * share, sim.pos + 1)
-        t1 = min(t0 + share, sim.pos + 1)
-        state = sim.buf(op, "out")[j, h]             # (acc[hd], max, sum), unnormalised
+        share = (pos + parts) // parts                 # this part's positions, as attention.cuh
+        t0 = min(j * share, pos + 1)
+        t1 = min(t0 + share, pos + 1)
+        state = sim.buf(op, "out")[j, b, h]           # (acc[hd], max, sum), unnormalised
         if t0 == t1:
             state[:hd], state[hd], state[hd + 1] = 0.0, EMPTY, 0.0
             return
@@ -151,17 +155,18 @@ class AttentionCombine(CombineKind):
         return {"read_bytes": (h1 - h0) * (hd + 2) * op.parts * TAGGED}
 
     def reads(self, op):
-        (h0, h1), nh, stride = op.tile_range, op.param("num_heads"), op.param("head_dim") + 2
-        return [(op.buffer("partial"), (j * nh + h0) * stride, (j * nh + h1) * stride) for j in range(op.parts)]
+        (h0, h1), nh, stride, b = op.tile_range, op.param("num_heads"), op.param("head_dim") + 2, op.sequence
+        return [(op.buffer("partial"), ((j * op.param("batch") + b) * nh + h0) * stride,
+                 ((j * op.param("batch") + b) * nh + h1) * stride) for j in range(op.parts)]
 
     def writes(self, op):
-        (h0, h1), hd = op.tile_range, op.param("head_dim")
-        return [(op.buffer("out"), h0 * hd, h1 * hd)]
+        (h0, h1), hd, nh, b = op.tile_range, op.param("head_dim"), op.param("num_heads"), op.sequence
+        return [(op.buffer("out"), (b * nh + h0) * hd, (b * nh + h1) * hd)]
 
     def simulate(self, sim, op) -> None:
         h0, h1 = op.tile_range
-        hd = op.param("head_dim")
-        sim.vec(op, "out")[h0 * hd:h1 * hd] = merge_parts(sim.buf(op, "partial")[:, h0:h1], hd).reshape(-1)
+        hd, b = op.param("head_dim"), op.sequence
+        sim.buf(op, "out")[b, h0 * hd:h1 * hd] = merge_parts(sim.buf(op, "partial")[:, b, h0:h1], hd).reshape(-1)
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)

@@ -26,6 +26,12 @@ def restages(key, held) -> bool:
     return key is None or key != held
 
 
+def rows(op, buffer: str, width: int, begin: int, end: int, at: int = 0) -> list[tuple[str, int, int]]:
+    """(buffer, begin, end) of columns [begin, end) of every sequence's row of `width` elements
+    (from element `at`): what a task of the whole batch reads or writes of a [batch, width] tensor."""
+    return [(buffer, at + b * width + begin, at + b * width + end) for b in range(op.param("batch"))]
+
+
 class TaskKind:
     name: str
     roles: frozenset           # buffer roles every task of the kind names

@@ -1,10 +1,10 @@
-"""The embedding task of a whole model: the hidden state of the token at `pos`, row
-`tokens[pos]` of the embedding table, written to the hidden state's slot 0
-(csrc/kernels/embedding.cuh). The ids live on the device: the host writes the prompt's, each
-step's argmax the next one."""
+"""The embedding task of a whole model: for each sequence b of the batch the hidden state of its
+token at its position pos[b], row `tokens[b, pos[b]]` of the embedding table, written to the
+hidden state's slot 0 (csrc/kernels/embedding.cuh). The ids live on the device, one row
+[max_seq_len + 1] per sequence: the host writes the prompt's, each step's argmax the next one."""
 from __future__ import annotations
 
-from .base import BF16, TaskKind
+from .base import BF16, TaskKind, rows
 
 
 class Embedding(TaskKind):
@@ -13,20 +13,21 @@ class Embedding(TaskKind):
 
     def cost(self, op, pos) -> dict:
         begin, end = op.tile_range
-        return {"read_bytes": (end - begin) * BF16}
+        return {"read_bytes": op.param("batch") * (end - begin) * BF16}
 
     def reads(self, op):
         return []          # the token id: host memory of this step (no activation)
 
     def writes(self, op):
-        return [(op.buffer("out"), *op.tile_range)]
+        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
-        token = int(sim.buf(op, "tokens")[sim.pos])
-        if not 0 <= token < op.param("vocab"):
-            raise ValueError(f"token id {token} outside the vocabulary 0..{op.param('vocab') - 1}")
-        sim.vec(op, "out")[begin:end] = sim.buf(op, "table")[token, begin:end]
+        for b in range(op.param("batch")):
+            token = int(sim.buf(op, "tokens")[b, sim.pos[b]])
+            if not 0 <= token < op.param("vocab"):
+                raise ValueError(f"token id {token} of sequence {b} outside the vocabulary 0..{op.param('vocab') - 1}")
+            sim.buf(op, "out")[b, begin:end] = sim.buf(op, "table")[token, begin:end]
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)

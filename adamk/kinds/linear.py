@@ -1,12 +1,13 @@
 """Linear tasks: a tile of rows x one K-chunk of out = prologue(in) @ W^T (+bias) (+residual),
-its weights streamed through the SM's ring (csrc/kernels/linear.cuh); and the fixed-order
-combine of a K-split linear's parts."""
+for every sequence of the batch from one read of its weights, streamed through the SM's ring
+(csrc/kernels/linear.cuh); and the fixed-order combine of a K-split linear's parts. Activations
+are [batch, features] row-major; a split op's partial sums [parts, batch, N]."""
 from __future__ import annotations
 
 import numpy as np
 
 from .. import smem
-from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal
+from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal, rows
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
 
@@ -25,55 +26,60 @@ class Linear(TaskKind):
     roles = frozenset({"input", "weight", "out"})
 
     def cost(self, op, pos) -> dict:
-        # its K-chunk of inputs; silu_mul reads two per element; rmsnorm first reads the whole
-        # row of K for its sum of squares (every K-part does); attn_combine reads every part's
-        # share of each element. A gated task streams two weights' rows.
+        # its K-chunk of inputs of each sequence; silu_mul reads two per element; rmsnorm first
+        # reads the whole row of K for its sum of squares (every K-part does); attn_combine reads
+        # every part's share of each element. A gated task streams two weights' rows.
         prologue, k_len = op.param("prologue"), op.k_range[1]
         per = {"silu_mul": 2, "attn_combine": op.param("parts")}.get(prologue, 1)
         begin, end = op.tile_range       # the rows it streams (a last tile may be short)
         return {"stage_bytes": smem.linear_page_rows(end - begin, op.buffer("weight2") is not None) * k_len * BF16,
-                "inputs": k_len * per + (op.param("K") if prologue == "rmsnorm" else 0)}
+                "inputs": op.param("batch") * (k_len * per + (op.param("K") if prologue == "rmsnorm" else 0))}
 
     def reads(self, op):
         k0, k_len = op.k_range
-        prologue, source = op.param("prologue"), op.buffer("input")
-        if prologue == "attn_combine":      # every part's (acc, max, sum) of the chunk's heads
-            hd, nh = op.param("head_dim"), op.param("num_heads")
+        prologue, source, k, n = op.param("prologue"), op.buffer("input"), op.param("K"), op.param("N")
+        if prologue == "attn_combine":      # every part's (acc, max, sum) of the chunk's heads, of each sequence
+            hd, nh, batch = op.param("head_dim"), op.param("num_heads"), op.param("batch")
             h0, h1, stride = k0 // hd, -(-(k0 + k_len) // hd), hd + 2
-            out = [(source, (j * nh + h0) * stride, (j * nh + h1) * stride) for j in range(op.param("parts"))]
+            out = [r for j in range(op.param("parts"))
+                   for r in rows(op, source, nh * stride, h0 * stride, h1 * stride, at=j * batch * nh * stride)]
         elif prologue == "rmsnorm":         # the whole row, for its sum of squares
-            out = [(source, 0, op.param("K"))]
+            out = rows(op, source, k, 0, k)
         else:
-            out = [(source, k0, k0 + k_len)] + ([(op.buffer("input2"), k0, k0 + k_len)] if op.buffer("input2") else [])
+            out = rows(op, source, k, k0, k0 + k_len) + \
+                (rows(op, op.buffer("input2"), k, k0, k0 + k_len) if op.buffer("input2") else [])
         if op.buffer("residual"):
-            out.append((op.buffer("residual"), *op.tile_range))
+            out += rows(op, op.buffer("residual"), n, *op.tile_range)
         return out
 
     def writes(self, op):
-        begin, end = op.tile_range
-        at = op.part * op.param("N") if op.parts > 1 else 0     # a part: its row of the partial sums
-        return [(op.buffer("out"), at + begin, at + end)]
+        n = op.param("N")
+        at = op.part * op.param("batch") * n if op.parts > 1 else 0     # a part: its rows of the partial sums
+        return rows(op, op.buffer("out"), n, *op.tile_range, at=at)
 
     def simulate(self, sim, op) -> None:
         from .attention import merge_parts
         begin, end = op.tile_range
         k0, k_len = op.k_range
-        prologue = op.param("prologue")
+        prologue, batch = op.param("prologue"), op.param("batch")
         if prologue == "attn_combine":              # the parts of a split attention, merged as the kernel
-            xs = merge_parts(sim.buf(op, "input"), op.param("head_dim")).reshape(-1)
+            state = sim.buf(op, "input")            # [parts, batch, heads, hd + 2]
+            xs = merge_parts(state.reshape(state.shape[0], -1, state.shape[-1]), op.param("head_dim"))
+            xs = xs.reshape(batch, -1)
         else:
-            xs = sim.vec(op, "input").astype(np.float32)
+            xs = sim.buf(op, "input").reshape(batch, -1).astype(np.float32)
         if prologue == "silu_mul":
-            xs = _silu(xs) * sim.vec(op, "input2")
-        elif prologue == "rmsnorm":
+            xs = _silu(xs) * sim.buf(op, "input2").reshape(batch, -1)
+        elif prologue == "rmsnorm":                 # each sequence's row on its own
             eps = np.float32(op.param("eps"))
-            xs = xs * (np.float32(1.0) / np.sqrt(np.mean(xs * xs, dtype=np.float32) + eps)) * sim.vec(op, "norm_weight")
-        x = xs[k0:k0 + k_len]
-        acc = (sim.buf(op, "weight")[begin:end, k0:k0 + k_len] @ x).astype(np.float32)
+            scale = np.float32(1.0) / np.sqrt(np.mean(xs * xs, axis=1, keepdims=True, dtype=np.float32) + eps)
+            xs = xs * scale * sim.vec(op, "norm_weight")
+        x = xs[:, k0:k0 + k_len]                    # [batch, k_len]
+        acc = (x @ sim.buf(op, "weight")[begin:end, k0:k0 + k_len].T).astype(np.float32)
         if op.buffer("weight2"):         # gated: silu(x W^T) * (x W2^T)
-            acc = _silu(acc) * (sim.buf(op, "weight2")[begin:end, k0:k0 + k_len] @ x).astype(np.float32)
-        if op.parts > 1:                 # a part: its row of the partial sums
-            sim.buf(op, "out")[op.part, begin:end] = acc
+            acc = _silu(acc) * (x @ sim.buf(op, "weight2")[begin:end, k0:k0 + k_len].T).astype(np.float32)
+        if op.parts > 1:                 # a part: its rows of the partial sums
+            sim.buf(op, "out")[op.part, :, begin:end] = acc
             return
         finish(sim, op, begin, end, acc)
 
@@ -176,12 +182,13 @@ def paged_input(op, tagged) -> bool:
 
 
 def finish(sim, op, begin: int, end: int, acc: np.ndarray):
-    """Rows [begin, end) of a linear's out: + bias + residual."""
+    """Rows [begin, end) of a linear's out, `acc` [batch, end - begin]: + bias + residual."""
+    batch = op.param("batch")
     if op.buffer("bias"):
         acc = acc + sim.vec(op, "bias")[begin:end]
     if op.buffer("residual"):
-        acc = acc + sim.vec(op, "residual")[begin:end]
-    sim.vec(op, "out")[begin:end] = acc
+        acc = acc + sim.buf(op, "residual").reshape(batch, -1)[:, begin:end]
+    sim.buf(op, "out").reshape(batch, -1)[:, begin:end] = acc
 
 
 class LinearCombine(CombineKind):
@@ -190,21 +197,20 @@ class LinearCombine(CombineKind):
 
     def cost(self, op, pos) -> dict:
         begin, end = op.tile_range
-        return {"read_bytes": (end - begin) * op.parts * TAGGED}
+        return {"read_bytes": op.param("batch") * (end - begin) * op.parts * TAGGED}
 
     def reads(self, op):
-        begin, end = op.tile_range
-        n = op.param("N")
-        out = [(op.buffer("partial"), j * n + begin, j * n + end) for j in range(op.parts)]
-        return out + ([(op.buffer("residual"), begin, end)] if op.buffer("residual") else [])
+        n, batch = op.param("N"), op.param("batch")
+        out = [r for j in range(op.parts) for r in rows(op, op.buffer("partial"), n, *op.tile_range, at=j * batch * n)]
+        return out + (rows(op, op.buffer("residual"), n, *op.tile_range) if op.buffer("residual") else [])
 
     def writes(self, op):
-        return [(op.buffer("out"), *op.tile_range)]
+        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
-        acc = np.zeros(end - begin, np.float32)
-        for part in sim.buf(op, "partial")[:, begin:end]:   # in part order, as the kernel
+        acc = np.zeros((op.param("batch"), end - begin), np.float32)
+        for part in sim.buf(op, "partial")[:, :, begin:end]:   # in part order, as the kernel
             acc = acc + part
         finish(sim, op, begin, end, acc)
 

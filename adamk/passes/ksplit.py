@@ -30,6 +30,7 @@ from .. import smem
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..errors import ScheduleError
 from ..names import quoted
+from .tile import merge_weights
 
 
 MERGED_PARTS = 8    # most sequence parts by default: a reader's staging merges up to 8 in one round trip
@@ -62,14 +63,16 @@ class KSplitPass(ModulePass):
                 k, gated = shape_of(o.weight)[1], o.weight2 is not None
                 rows = smem.linear_tile_rows(self.tile_rows, gated)
                 page_rows = smem.linear_page_rows(rows, gated)
-                parts = (smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.depth, self.smem_budget)
+                batch, coef = shape_of(o.input)[0], merge_weights(o)
+                parts = (smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.depth, self.smem_budget, batch, coef)
                          if self.enabled and not gated else 1)      # silu needs a gated row's whole sum
                 chunk = smem.k_chunk(k, parts)
                 name = quoted(o.weight.owner.weight_name.data)
+                of_batch = f", for a batch of {batch}" if batch > 1 else ""
                 what = (f"gated linear {name} and {quoted(o.weight2.owner.weight_name.data)} ({rows} rows of each "
-                        f"x K={k}, not split over K; --no-gate-up keeps them two linears, which may be)" if gated
-                        else f"linear {name} ({rows} rows x {chunk} of K={k})")
-                self.check(what, smem.linear_footprint(page_rows, chunk, self.stage_bytes))
+                        f"x K={k}{of_batch}, not split over K; --no-gate-up keeps them two linears, which may be)"
+                        if gated else f"linear {name} ({rows} rows x {chunk} of K={k}{of_batch})")
+                self.check(what, smem.linear_footprint(page_rows, chunk, self.stage_bytes, coef, batch))
                 o.properties["tile_rows"] = IntegerAttr(rows, i64)
                 o.properties["k_split"] = IntegerAttr(parts, i64)
             elif isinstance(o, AttentionOp):
@@ -81,9 +84,10 @@ class KSplitPass(ModulePass):
                 o.properties["k_split"] = IntegerAttr(parts, i64)
 
     def check(self, what: str, fp: smem.Footprint):
-        need = fp.alone(self.depth)
+        need = fp.alone(self.depth, self.stage_bytes)
         if need > self.smem_budget:
-            stages = f"{self.depth} ring pages x ({fp.stage} B + {smem.RING_BARRIERS} B of barriers) + " \
+            slot = max(fp.stage, self.stage_bytes)
+            stages = f"{self.depth} ring pages x ({slot} B + {smem.RING_BARRIERS} B of barriers) + " \
                 if fp.stage else ""
             raise ScheduleError(f"{what} needs {stages}a {fp.work} B work area = {need} B of shared memory per "
                                 f"block; {self.gpu} allows {self.smem_budget} B (use fewer stages, a smaller "

@@ -51,6 +51,17 @@ def _ivalue(v: int):
     return IntegerAttr(v, i64)
 
 
+def merge_weights(op: LinearOp) -> int:
+    """The merge weights (heads x parts) a linear's work area holds when its input staging merges
+    the parts of a split attention (`attn_combine`): a plain input read by this linear alone
+    (TaskBuilder.linear); else 0."""
+    a = op.input.owner
+    if not isinstance(a, AttentionOp) or op.prologue.data != "none" or a.k_split is None or \
+            a.k_split.value.data == 1 or a.result.uses.get_length() != 1:
+        return 0
+    return a.num_heads.value.data * a.k_split.value.data
+
+
 @dataclass(frozen=True)
 class TilePass(ModulePass):
     name = "tile"
@@ -80,7 +91,8 @@ class TilePass(ModulePass):
                 else:
                     deps += [tasks[d].done for d in mine]
             tasks.append(TaskOp(deps, TaskOp.body_properties(r.name, r.kind, r.source, r.tile, r.buffers, r.params,
-                                                             r.footprint, r.k_index, r.k_split, r.loop, r.slots)))
+                                                             r.footprint, r.k_index, r.k_split, r.loop, r.slots,
+                                                             r.seq)))
             ops.append(tasks[-1])
         op.body.detach_block(0)
         op.body.add_block(Block([*builder.buffers, *ops]))
@@ -103,6 +115,11 @@ class TaskRecord:
     k_split: int
     loop: bool = False         # runs once per layer
     slots: dict = dataclasses.field(default_factory=dict)     # layer-indexed buffer -> c (task.py)
+    seq: int | None = None     # the one sequence of the batch it serves (None: all)
+
+    @property
+    def sequence(self) -> int | None:
+        return self.seq
 
     @property
     def in_loop(self) -> bool:
@@ -200,13 +217,14 @@ class TaskBuilder:
         self.carried = next((op.input for op in ops if isinstance(op, LayerOutputOp)), None)
         self.hidden = None
         whole = loop_in is not None
+        self.batch = shape_of(args[0])[0]      # sequences decoded per step (passes/batch.py)
         if whole:                    # token ids, then caches [layers, ...]: one slot per layer
             self.layers = loop_in.layers.value.data
             max_seq = shape_of(args[2])[-2]
-            self.buffer(args[0], "tokens", "tokens", "i32", [max_seq + 1])
+            self.buffer(args[0], "tokens", "tokens", "i32", [self.batch, max_seq + 1])   # each sequence's ids
             self.buffer(args[2], "k_cache", "kv_cache", self.dtype, shape_of(args[2])[1:], self.layers)
             self.buffer(args[3], "v_cache", "kv_cache", self.dtype, shape_of(args[3])[1:], self.layers)
-            self.declare("position", "position", [2], "i32")
+            self.declare("position", "position", [self.batch, 2], "i32")    # each one's, in two parity slots
         else:
             self.buffer(args[0], "x", "input", self.dtype)
             self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
@@ -296,7 +314,7 @@ class TaskBuilder:
         hidden = shape_of(op.table)[1]
         self.task(self.hidden, f"{self.hidden}.embedding", "embedding", (0, hidden),
                   {"tokens": "tokens", "table": self.name_of[op.table], "out": self.hidden},
-                  {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0])})
+                  {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0]), "max_seq_len": _ivalue(self.max_seq)})
 
     def argmax(self, op: ArgmaxOp):
         """Greedy sampling in two fixed-order levels: each task the (max, index) of a chunk of the
@@ -305,14 +323,14 @@ class TaskBuilder:
         logits, vocab = self.name_of[op.logits], shape_of(op.logits)[1]
         chunks = -(-vocab // ARGMAX_CHUNK)
         partial = self.unique(f"{logits}.argmax")
-        self.declare(partial, "activation", [chunks, 2], ACTIVATION)
+        self.declare(partial, "activation", [self.batch, chunks, 2], ACTIVATION)
         for c in range(chunks):
             self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
                       {"logits": logits, "out": partial}, {"N": _ivalue(vocab)},
                       smem.Footprint(0, smem.argmax_work_bytes()))
         self.task("tokens", "tokens.argmax", "argmax_combine", (0, chunks),
                   {"partial": partial, "out": "tokens", "position": "position"},
-                  {"max_seq_len": _ivalue(self.max_seq)})
+                  {"max_seq_len": _ivalue(self.max_seq), "N": _ivalue(vocab)})
 
     def linear(self, op: LinearOp, out: str, source: str):
         n, k = shape_of(op.weight)
@@ -341,10 +359,10 @@ class TaskBuilder:
             buffers["input"] = partial
             params |= {"prologue": StringAttr("attn_combine"), "head_dim": attention.head_dim,
                        "num_heads": attention.num_heads, "parts": attention.k_split}
-            coef = attention.num_heads.value.data * attention.k_split.value.data
+            coef = merge_weights(op)
         if op.eps is not None:
             params["eps"] = op.eps
-        footprint = smem.linear_footprint(page_rows, chunk, self.page_bytes, coef)
+        footprint = smem.linear_footprint(page_rows, chunk, self.page_bytes, coef, self.batch)
         if k_split == 1:
             buffers["out"] = out
             for r in range(0, n, rows):
@@ -354,7 +372,7 @@ class TaskBuilder:
         # K-split: every part writes float partial sums of its columns; the combine tasks add
         # the parts in order and apply the bias and residual once.
         partial = self.unique(f"{source}.partial")
-        self.declare(partial, "activation", [k_split, n], ACTIVATION, self.per_layer)
+        self.declare(partial, "activation", [k_split, self.batch, n], ACTIVATION, self.per_layer)
         part_buffers = {r: b for r, b in buffers.items() if r not in ("bias", "residual")} | {"out": partial}
         for r in range(0, n, rows):
             end = min(r + rows, n)
@@ -391,18 +409,22 @@ class TaskBuilder:
         footprint = smem.attention_footprint(hd, group, self.page_bytes)
         heads = smem.attention_heads_per_task(group)    # query heads of one task: they share its rows
         if k_split == 1:
-            for h in range(0, nh, heads):
-                self.task(out, f"{out}.h{h}", "attention", (h, h + heads), buffers, params, footprint, slots=slots)
+            for b in range(self.batch):
+                for h in range(0, nh, heads):
+                    self.task(out, f"{out}{self.of_sequence(b)}.h{h}", "attention", (h, h + heads), buffers, params,
+                              footprint, slots=slots, seq=b)
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
         # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
         # or, for several readers, by one combine task per KV group.
         partial = self.unique(f"{out}.partial")
-        self.declare(partial, "activation", [k_split, nh, hd + 2], ACTIVATION, self.per_layer)
-        for h in range(0, nh, heads):
-            for j in range(k_split):
-                self.task(partial, f"{out}.h{h}.s{j}", "attention", (h, h + heads), buffers | {"out": partial},
-                          params, footprint, k_index=j, k_split=k_split, slots=slots)
+        self.declare(partial, "activation", [k_split, self.batch, nh, hd + 2], ACTIVATION, self.per_layer)
+        for b in range(self.batch):
+            for h in range(0, nh, heads):
+                for j in range(k_split):
+                    self.task(partial, f"{out}{self.of_sequence(b)}.h{h}.s{j}", "attention", (h, h + heads),
+                              buffers | {"out": partial}, params, footprint, k_index=j, k_split=k_split,
+                              slots=slots, seq=b)
         self.unmerged[out] = (op, partial)
         if op.result.uses.get_length() != 1:  # several readers: merged once, by combine tasks
             self.combine_attention(out)
@@ -413,22 +435,29 @@ class TaskBuilder:
         op, partial = self.unmerged.pop(out)
         nh, nkv, hd, k_split = (a.value.data for a in (op.num_heads, op.num_kv_heads, op.head_dim, op.k_split))
         group = op.group
-        for g in range(nkv):
-            self.task(out, f"{out}.g{g}", "attention_combine", (g * group, (g + 1) * group),
-                      {"partial": partial, "out": out},
-                      {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split)
+        for b in range(self.batch):
+            for g in range(nkv):
+                self.task(out, f"{out}{self.of_sequence(b)}.g{g}", "attention_combine", (g * group, (g + 1) * group),
+                          {"partial": partial, "out": out},
+                          {"head_dim": _ivalue(hd), "num_heads": _ivalue(nh)}, k_split=k_split, seq=b)
+
+    def of_sequence(self, b: int) -> str:
+        """The part of a per-sequence task's name that names its sequence (none in a batch of one)."""
+        return f".b{b}" if self.batch > 1 else ""
 
     def task(self, source: str, name: str, kind: str, tile, buffers, params, footprint=None, *,
-             k_index: int = 0, k_split: int = 1, slots: dict | None = None):
+             k_index: int = 0, k_split: int = 1, slots: dict | None = None, seq: int | None = None):
         """Append one task of `source` (the buffer it writes); its deps are the earlier tasks whose
         writes overlap its reads. `slots`: c of a layer-indexed buffer it names other than 0 (task.py:
-        the hidden state's, which the loop reads at c = 0 and writes at 1)."""
+        the hidden state's, which the loop reads at c = 0 and writes at 1); `seq`: the one sequence of
+        the batch it serves (an attention's; None: every sequence)."""
         if len(self.tasks) == MAX_TASKS:
             raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
                                         "compiles models up to that size")
         slots = {b: (slots or {}).get(b, 0) for b in dict.fromkeys(buffers.values()) if b in self.layered}
-        record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), dict(params), footprint, k_index,
-                            k_split, self.loop, slots)
+        record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers),
+                            dict(params) | {"batch": _ivalue(self.batch)}, footprint, k_index, k_split, self.loop,
+                            slots, seq)
         description = task_kind(kind)
         where = lambda buffer: (slots[buffer], self.loop) if buffer in slots else None
         ranges = [self.deps(buffer, b, e, where(buffer)) for buffer, b, e in description.reads(record)]

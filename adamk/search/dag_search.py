@@ -24,6 +24,7 @@ machine's speed (the compiler warns).
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from dataclasses import dataclass
 
@@ -37,7 +38,7 @@ from ..config import ATTENTION_PARTS
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..dialects.task import JoinOp, TaskOp
 from ..passes.ksplit import attention_parts
-from ..passes.tile import TaskBuilder
+from ..passes.tile import TaskBuilder, merge_weights
 from ..kinds import kind as task_kind
 from .cost import CostModel, SmClock, TaskCost, replay
 from .program import emit_schedule
@@ -131,6 +132,7 @@ class DagSearch:
         ("body") or only the LM head and argmax ("epilogue", which then start at once)."""
         builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn, stop_after_loop=part == "body")
+        self.peak = smem.sm_plan((r.footprint for r in builder.tasks if r.footprint), self.stages).peak
         records = [(r, r.deps) for r in builder.tasks]
         if part == "epilogue":
             first = max((i for i, r in enumerate(builder.tasks) if r.loop), default=-1) + 1
@@ -138,8 +140,14 @@ class DagSearch:
         return _placed(records, self.pos)
 
     def evaluate(self, fn, part: str = "all") -> float:
-        """The predicted makespan of the ops' current tiling, placed the better way (`best_placement`)."""
-        return best_placement(self.tasks(fn, part), self.num_sms, self.model, self.stages, self.in_flight)[1]
+        """The predicted makespan of the ops' current tiling, placed the better way (`best_placement`);
+        infinite for a tiling whose tasks do not fit the shared-memory budget (a linear's work area
+        depends on the tiling of the attention whose parts it merges; program.check_smem checks the whole
+        plan again)."""
+        tasks = self.tasks(fn, part)
+        if self.peak > self.smem_budget:
+            return math.inf
+        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
@@ -150,14 +158,18 @@ class DagSearch:
         # splitting K buys parallelism; an op with 8 tiles of 32 rows per SM (an LM head) has plenty,
         # and its split would only add a combine level
         split = self.ksplit and not gated and -(-n // 32) < 8 * self.num_sms      # a gated linear: never split
-        out = []
+        out, batch, coef = [], shape_of(op.input)[0], merge_weights(op)
         for rows in (8, 16, 32):
-            for parts in (1, 2, 4) if split else (1,):
+            page_rows = smem.linear_page_rows(rows, gated)
+            # a batch's inputs may need more parts than 4 to fit: then the fewest that do too
+            fewest = smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.stages, self.smem_budget, batch, coef)
+            more = {fewest} if fewest > 4 else set()
+            for parts in sorted({1, 2, 4} | more if split else {1} | more if not gated else {1}):
                 if -(-n // rows) * parts > MAX_OP_TASKS:          # an LM head's finest tilings: not worth placing
                     continue
                 chunk = smem.k_chunk(k, parts)
-                page_rows = smem.linear_page_rows(rows, gated)
-                if smem.linear_footprint(page_rows, chunk, self.stage_bytes).alone(self.stages) <= self.smem_budget:
+                if smem.linear_footprint(page_rows, chunk, self.stage_bytes, coef, batch).alone(self.stages, self.stage_bytes) \
+                        <= self.smem_budget:
                     out.append((rows, len(smem.k_parts(k, parts))))
         return list(dict.fromkeys(out))
 

@@ -1,0 +1,157 @@
+"""Batches of 1 to 16 sequences, each at its own position, on the CPU: the batch pass widens the
+traced graph, a linear task computes its rows for every sequence from one read of its weights,
+an attention task serves one sequence, and the simulator (the first oracle) gives for every
+sequence what float32 PyTorch gives for it alone."""
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import adamk
+from adamk import smem
+from adamk.dialects.graph import LinearOp
+from adamk.dialects.schedule import ExecOp
+from adamk.dialects.task import BufferOp
+from adamk.errors import AdamkError, ScheduleError, UnsupportedOpError
+from adamk.models import PRESETS, LlamaModel
+from adamk.simulator import Simulator
+from helpers import lower, random_layer, rel
+
+
+def positions(batch: int, max_seq: int) -> list[int]:
+    """Different positions per sequence, the first and the last of the cache among them."""
+    ends = [0, max_seq - 1]
+    return (ends + random.sample(range(1, max_seq - 1), batch - 2))[:batch] if batch > 1 else [random.randrange(max_seq)]
+
+
+def check_layer(layer, schedule, batch: int):
+    cfg = layer.cfg
+    pos = positions(batch, cfg.max_seq_len)
+    x = torch.randn(batch, cfg.hidden_size)
+    kc = torch.randn(batch, cfg.num_kv_heads, cfg.max_seq_len, cfg.head_dim)
+    vc = torch.randn_like(kc)
+    sim = Simulator(schedule, {k: v.numpy() for k, v in layer.state_dict().items()})
+    sim.mem["k_cache"][:], sim.mem["v_cache"][:] = kc.numpy(), vc.numpy()
+    y = sim.step(x.numpy(), pos)
+    assert y.shape == (batch, cfg.hidden_size) and not np.isnan(y).any()
+    for b in range(batch):                 # each sequence alone, on its own cache
+        k1, v1 = kc[b:b + 1].clone(), vc[b:b + 1].clone()
+        with torch.no_grad():
+            ref = layer(x[b:b + 1], torch.tensor(pos[b]), k1, v1).numpy()
+        assert rel(y[b], ref[0]) < 1e-5, (b, pos[b])
+        assert rel(sim.mem["k_cache"][b], k1[0].numpy()) < 1e-6 and rel(sim.mem["v_cache"][b], v1[0].numpy()) < 1e-6
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_a_batch_of_sequences_at_their_own_positions_matches_each_alone(batch):
+    layer = random_layer("tiny")
+    schedule = adamk.lower(layer, adamk.CompileConfig(gpu="H200", batch_size=batch, search_budget_s=5)).schedule
+    attention = [o for o in schedule.walk() if isinstance(o, ExecOp) and o.kind.data == "attention"]
+    assert sorted({o.sequence for o in attention}) == list(range(batch))     # one sequence each
+    linear = [o for o in schedule.walk() if isinstance(o, ExecOp) and o.kind.data == "linear"]
+    assert {o.param("batch") for o in linear} == {batch} and all(o.sequence is None for o in linear)
+    check_layer(layer, schedule, batch)
+
+
+@pytest.mark.parametrize("batch", [3, 16])
+def test_split_linears_and_attention_of_a_batch_agree_with_each_sequence(batch):
+    """Every linear split over K in 3 parts and the attention in 4 parts (merged by o_proj's
+    staging), round-robin on 92 SMs: the parts of every sequence land in their own rows."""
+    layer = random_layer("tiny")
+    schedule = lower(layer, num_sms=92, stage_bytes=512, linear_parts=3, gate_up=False, batch=batch,
+                     attention_parts=4)[3]
+    execs = [o for o in schedule.walk() if isinstance(o, ExecOp)]
+    assert {o.param("prologue") for o in execs if o.kind.data == "linear"} == {"rmsnorm", "silu_mul", "attn_combine"}
+    assert all(o.k_split.value.data > 1 for o in execs)
+    check_layer(layer, schedule, batch)
+
+
+TINY_MODEL = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_a_batch_decodes_greedily_as_each_sequence_alone(batch):
+    """A whole model (three argmax chunks per sequence): every sequence's logits and next id at
+    its own position, four steps, equal float32 PyTorch's for that sequence alone."""
+    model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
+    lowered = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
+                                                     schedule="round-robin"))
+    sched = lowered.schedule
+    names = {b.sym_name.data: b.names for b in sched.ops if isinstance(b, BufferOp) and b.layer_names is not None}
+    sim = Simulator(sched, {k: v.float().numpy() for k, v in model.state_dict().items()}, names)
+    pos = np.array(positions(batch, 40))
+    refs = [model.example_inputs(pos=int(p), seed=random.randrange(2**31)) for p in pos]
+    tokens = np.array([int(t) for t, *_ in refs])
+    k = torch.stack([r[2][:, 0] for r in refs], 1)           # [layers, batch, kv_heads, max_seq_len, head_dim]
+    v = torch.stack([r[3][:, 0] for r in refs], 1)
+    sim.mem["k_cache"][:], sim.mem["v_cache"][:] = k.numpy(), v.numpy()
+    for _ in range(4):
+        logits = sim.step(tokens, pos)
+        assert logits.shape == (batch, TINY_MODEL.vocab_size)
+        for b in range(batch):
+            _, _, kb, vb = refs[b]
+            with torch.no_grad():
+                ref = model(torch.tensor([int(tokens[b])]), torch.tensor(int(pos[b])), kb, vb).reshape(-1).numpy()
+            assert rel(logits[b], ref) < 1e-5, (b, pos[b])
+            assert int(sim.mem["tokens"][b, pos[b] + 1]) == int(np.argmax(ref)), (b, pos[b])
+        tokens = sim.mem["tokens"][np.arange(batch), pos + 1].copy()
+        pos = pos + 1
+    for b in range(batch):                # every layer appended each sequence's rows to its own cache
+        assert np.abs(sim.mem["k_cache"][:, b] - refs[b][2][:, 0].numpy()).max() < 1e-5
+
+
+def test_the_smem_model_counts_every_sequences_inputs():
+    """A batch's inputs are staged in bf16 (the mma's operand), each sequence with its scratch."""
+    one = smem.linear_work_bytes(2048, rows=16)
+    assert one == 2048 * 4 + 8 * 16 * 4
+    assert smem.linear_work_bytes(2048, rows=16, batch=16) == 16 * (2048 * 2 + 8 * 16 * 4)
+    # L20, 2 pages of 32 KB in flight: one sequence's 2048 inputs fit whole, sixteen need parts
+    assert smem.fewest_k_parts(2048, 16, 32 * 1024, 2, 99 * 1024) == 1
+    parts = smem.fewest_k_parts(2048, 16, 32 * 1024, 2, 99 * 1024, batch=16)
+    assert parts > 1
+    assert smem.linear_footprint(16, smem.k_chunk(2048, parts), 32 * 1024, batch=16).alone(2) <= 99 * 1024
+
+
+def test_a_large_batch_splits_its_linears_and_keeps_gate_and_up_apart():
+    """The 1B layer on the L20 at batch 16: every linear's inputs are split over K to fit 99 KB,
+    and gate and up stay two linears (a gated one is never split, and would not fit)."""
+    layer = random_layer("llama-3.2-1b")
+    lowered = adamk.lower(layer, adamk.CompileConfig(gpu="L20", batch_size=16, schedule="round-robin"))
+    execs = [o for o in lowered.schedule.walk() if isinstance(o, ExecOp) and o.kind.data == "linear"]
+    assert not any(o.buffer("weight2") for o in execs)
+    assert all(o.k_split.value.data > 1 for o in execs)
+    assert max(o.work_bytes.value.data for o in execs) + 2 * (32 * 1024 + 16) <= 99 * 1024
+    one = adamk.lower(layer, adamk.CompileConfig(gpu="L20", schedule="round-robin")).schedule
+    assert any(o.buffer("weight2") for o in one.walk() if isinstance(o, ExecOp) and o.kind.data == "linear")
+
+
+def test_a_batch_that_cannot_fit_names_the_op_and_the_budget():
+    with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 2048 of K=2048, for a batch of 16\) "
+                                            r"needs .* B of shared memory per block; L20 allows 101376 B"):
+        adamk.lower(random_layer("llama-3.2-1b"),
+                    adamk.CompileConfig(gpu="L20", batch_size=16, ksplit=False, schedule="round-robin"))
+
+
+@pytest.mark.parametrize("batch", [0, 17, -1])
+def test_batch_size_outside_1_to_16_is_refused(batch):
+    with pytest.raises(AdamkError, match=rf"batch_size={batch} outside 1..16"):
+        adamk.CompileConfig(batch_size=batch)
+
+
+def test_compile_refuses_a_batch_before_any_work():
+    with pytest.raises(UnsupportedOpError, match="batch_size=4: batches run in the CPU simulator"):
+        adamk.compile(random_layer("tiny"), adamk.CompileConfig(batch_size=4))
+
+
+def test_the_batch_pass_widens_every_sequence_value_and_no_weight():
+    layer = random_layer("tiny")
+    graph = lower(layer, batch=5)[0]
+    fn = next(iter(graph.ops))
+    assert [tuple(a.type.get_shape())[0] for a in fn.body.block.args] == [5, 5, 5, 5]
+    fused = lower(layer, batch=5)[1]
+    for o in next(iter(fused.ops)).body.block.ops:
+        if isinstance(o, LinearOp):
+            assert o.result.type.get_shape()[0] == 5 and len(o.weight.type.get_shape()) == 2
+            assert o.weight.type.get_shape()[1] == o.input.type.get_shape()[1]
