@@ -101,3 +101,27 @@ def test_qwen3_head_norms_ride_on_the_attention_and_the_device_says_it_lacks_the
     assert parse_module(print_module(module)).is_structurally_equivalent(module)
     with pytest.raises(UnsupportedOpError, match=r"per-head RMSNorm of q and k \(Qwen3\) .* not yet in the device"):
         adamk.compile(step, adamk.CompileConfig(gpu="H200"))
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "qwen2"])
+def test_hf_layer_in_a_batch_at_three_positions_matches_each_sequence_alone(kind, tmp_path):
+    """Through ONNX, widened to a batch of 3 at positions 0, 30 and the last: every sequence's
+    output and cache row is what transformers gives for it alone (Qwen3's head norms per sequence)."""
+    import adamk
+    step = hf_step(kind)
+    path = tmp_path / f"{kind}.onnx"
+    torch.onnx.export(step, step.example_inputs(1), dynamo=True, opset_version=18, verbose=False,
+                      optimize=False).save(str(path))
+    schedule = adamk.lower(path, adamk.CompileConfig(gpu="H200", batch_size=3, num_sms=5,
+                                                     schedule="round-robin")).schedule
+    pos = [0, 30, MAX_SEQ - 1]
+    inputs = [step.example_inputs(p, seed=int(np.random.randint(2**31))) for p in pos]
+    sim = Simulator(schedule, {k: v.detach().numpy() for k, v in step.state_dict().items()})
+    sim.mem["k_cache"][:] = np.concatenate([i[2].numpy() for i in inputs])
+    sim.mem["v_cache"][:] = np.concatenate([i[3].numpy() for i in inputs])
+    y = sim.step(np.concatenate([i[0].numpy() for i in inputs]), pos)
+    for b, (x, p, kc, vc) in enumerate(inputs):
+        with torch.no_grad():
+            ref = step(x, p, kc, vc).numpy()
+        assert rel(y[b], ref[0]) < 1e-5, b
+        assert rel(sim.mem["k_cache"][b], kc[0].numpy()) < 1e-6, b
