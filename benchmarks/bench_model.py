@@ -35,16 +35,17 @@ from baselines import TunedStep, graphed
 class TunedModel(torch.nn.Module):
     """The whole step as a careful PyTorch user writes it: TunedStep per layer, greedy argmax."""
 
-    def __init__(self, model: LlamaModel):
+    def __init__(self, model: LlamaModel, device="cuda", dtype=torch.bfloat16):
         super().__init__()
         self.cfg = model.cfg
-        self.embed = model.embed_tokens.weight.detach().to("cuda", torch.bfloat16)
-        self.layers = [TunedStep(layer) for layer in model.layers]
-        self.norm = model.norm.weight.detach().to("cuda", torch.bfloat16)
-        self.head = model.lm_head.weight.detach().to("cuda", torch.bfloat16)
+        self.embed = model.embed_tokens.weight.detach().to(device, dtype)
+        self.layers = [TunedStep(layer, device, dtype) for layer in model.layers]
+        self.norm = model.norm.weight.detach().to(device, dtype)
+        self.head = model.lm_head.weight.detach().to(device, dtype)
 
     def forward(self, token, pos: int, k_caches: list, v_caches: list, logits: bool = False):
-        """`k_caches[i]`, `v_caches[i]`: layer i's [1, kv_heads, max_seq_len, head_dim] caches."""
+        """`token` [batch] the ids at `pos`; `k_caches[i]`, `v_caches[i]`: layer i's [batch, kv_heads,
+        max_seq_len, head_dim] caches."""
         x = F.embedding(token, self.embed)
         for i, layer in enumerate(self.layers):
             x = layer(x, pos, k_caches[i], v_caches[i])
@@ -70,10 +71,11 @@ def random_model(cfg) -> LlamaModel:
     return model
 
 
-def model_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def model_arguments(ap: argparse.ArgumentParser, artifact: bool = True) -> argparse.ArgumentParser:
     """The arguments naming a whole-model artifact and the model it was compiled from (this script's
-    and trace_model.py's): `preset_of(args)` is that model's config."""
-    ap.add_argument("--artifact", required=True)
+    and trace_model.py's; bench_batch.py's name artifacts per batch): `preset_of(args)` is that model's config."""
+    if artifact:
+        ap.add_argument("--artifact", required=True)
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--layers", type=int, help="the preset with this many decoder layers (as compiled)")
     ap.add_argument("--pos", type=int, default=512)

@@ -155,3 +155,24 @@ def test_the_batch_pass_widens_every_sequence_value_and_no_weight():
         if isinstance(o, LinearOp):
             assert o.result.type.get_shape()[0] == 5 and len(o.weight.type.get_shape()) == 2
             assert o.weight.type.get_shape()[1] == o.input.type.get_shape()[1]
+
+
+def test_the_batch_benchmarks_pytorch_baseline_decodes_each_sequence_as_alone():
+    """benchmarks/bench_batch.py times the tuned PyTorch step at a batch; in float32 on the CPU
+    its logits for every sequence are the reference model's for that sequence alone."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_model import TunedModel
+    model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
+    tuned = TunedModel(model, device="cpu", dtype=torch.float32)
+    batch, pos = 3, 23
+    tokens = torch.randint(0, TINY_MODEL.vocab_size, (batch,))
+    k = torch.randn(TINY_MODEL.num_layers, batch, TINY_MODEL.num_kv_heads, TINY_MODEL.max_seq_len,
+                    TINY_MODEL.head_dim)
+    v = torch.randn_like(k)
+    with torch.no_grad():
+        logits = tuned(tokens, pos, [t.clone() for t in k.unbind(0)], [t.clone() for t in v.unbind(0)], logits=True)
+        for b in range(batch):
+            ref = model(tokens[b:b + 1], torch.tensor(pos), k[:, b:b + 1].clone(), v[:, b:b + 1].clone()).reshape(-1)
+            assert rel(logits[b].numpy(), ref.numpy()) < 1e-5, b

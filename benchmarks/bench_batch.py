@@ -1,0 +1,90 @@
+"""The whole decode step of a model for batches of sequences (issue 14's table): per batch size,
+torch.compile(max-autotune-no-cudagraphs) of the tuned step in a CUDA graph and, where an artifact
+of that batch is given, the megakernel; every sequence at position `pos`, one process, one
+random bf16 model, medians of CUDA-event times, with the weight-read floor (every weight once per
+step whatever the batch, one embedding row and the KV rows at `pos` per sequence).
+
+    python benchmarks/bench_batch.py [--preset llama-3.2-1b] [--pos 512] [--batches 1,4,8,16] \\
+        [--artifact 1=out/model-1b ...]
+
+Each baseline is checked first: its logits for every sequence against float32 PyTorch of that
+sequence alone (relative error within 1e-2). A megakernel compiles for a batch of one today
+(`adamk.compile` refuses more: the device library decodes one sequence per step), so only
+`--artifact 1=...` can be given; the table's ratios say what the targets need: batch 8 at most
+1.15x batch 1, every batch at least 1.5x faster than torch.compile.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import adamk
+from adamk.runtime.timing import copy_bandwidth, time_launches
+from baselines import graphed
+from bench_model import TunedModel, model_arguments, preset_of, random_model
+
+
+def check(tuned, model, tokens, pos, kc, vc):
+    """Every sequence's bf16 logits against float32 PyTorch of that sequence alone."""
+    with torch.no_grad():
+        logits = tuned(tokens, pos, [t.clone() for t in kc.unbind(0)], [t.clone() for t in vc.unbind(0)], logits=True)
+        for b in range(tokens.shape[0]):
+            ref = model(tokens[b:b + 1], torch.tensor(pos, device="cuda"), kc[:, b:b + 1].float().clone(),
+                        vc[:, b:b + 1].float().clone()).reshape(-1)
+            err = ((logits[b].float() - ref).norm() / ref.norm()).item()
+            if err > 1e-2:
+                raise SystemExit(f"batch {tokens.shape[0]}, sequence {b}: the baseline's logits are off by {err:.2e}")
+
+
+def main():
+    ap = model_arguments(argparse.ArgumentParser(), artifact=False)
+    ap.add_argument("--batches", default="1,4,8,16")
+    ap.add_argument("--artifact", action="append", default=[], help="B=DIR: the megakernel for a batch of B")
+    ap.add_argument("--iters", type=int, default=100)
+    args = ap.parse_args()
+    cfg, pos = preset_of(args), args.pos
+    batches = [int(b) for b in args.batches.split(",")]
+    artifacts = dict((int(b), d) for b, d in (a.split("=", 1) for a in args.artifact))
+    model = random_model(cfg)
+    tuned = TunedModel(model)
+    weights = sum(p.numel() * 2 for name, p in model.named_parameters() if "embed" not in name)
+    bw = copy_bandwidth()
+    c, rows = cfg, []
+    for batch in batches:
+        shape = (c.num_layers, batch, c.num_kv_heads, c.max_seq_len, c.head_dim)
+        kc = torch.randn(shape, device="cuda").bfloat16()
+        vc = torch.randn_like(kc)
+        tokens = torch.randint(0, c.vocab_size, (batch,), device="cuda")
+        check(tuned, model, tokens, pos, kc, vc)
+        read = weights + batch * (c.hidden_size + 2 * c.num_layers * c.num_kv_heads * (pos + 1) * c.head_dim) * 2
+        floor = read / bw * 1e6
+        kcc, vcc = [t.clone() for t in kc.unbind(0)], [t.clone() for t in vc.unbind(0)]
+        compiled = torch.compile(tuned, mode="max-autotune-no-cudagraphs", fullgraph=True, dynamic=False)
+        with torch.no_grad():
+            g = graphed(lambda: compiled(tokens, pos, kcc, vcc))
+            _, base = time_launches(g, args.iters)
+        ours = None
+        if batch in artifacts:
+            step = adamk.load(artifacts[batch], model)
+            if step.manifest["config"]["batch_size"] != batch:
+                raise SystemExit(f"{artifacts[batch]} was compiled for a batch of {step.manifest['config']['batch_size']}")
+            step.k_cache.copy_(kc)
+            step.v_cache.copy_(vc)
+            step.start(int(tokens[0]), pos)
+            _, ours = time_launches(step.launch, args.iters)
+            step.check()
+        rows.append((batch, floor, base, ours))
+        print(f"batch {batch}: torch.compile in a CUDA graph {base / 1e3:.3f} ms"
+              + (f", megakernel {ours / 1e3:.3f} ms" if ours else ""), flush=True)
+    one = {name: t for name, t in (("base", rows[0][2]), ("ours", rows[0][3])) if t} if rows[0][0] == 1 else {}
+    print(f"\n{'batch':>5s} {'floor ms':>9s} {'compile ms':>11s} {'x batch 1':>10s} {'adamk ms':>9s} "
+          f"{'x batch 1':>10s} {'vs compile':>11s}")
+    for batch, floor, base, ours in rows:
+        print(f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / one['base'] if 'base' in one else 0:10.2f} "
+              + (f"{ours / 1e3:9.3f} {ours / one['ours'] if 'ours' in one else 0:10.2f} {base / ours:10.2f}x"
+                 if ours else f"{'-':>9s} {'-':>10s} {'-':>11s}"))
+
+
+if __name__ == "__main__":
+    main()
