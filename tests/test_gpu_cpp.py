@@ -122,7 +122,7 @@ def test_errors_read_the_same_through_both_launchers(layer, model):
     mod, path = model
     messages = []
     for s in both(path, mod):
-        s.buffers[s.position].fill_(200)
+        s.positions.fill_(200)
         s.launch()
         with pytest.raises(AdamkError) as e:
             s.check()

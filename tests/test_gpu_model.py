@@ -92,7 +92,7 @@ def test_bad_token_and_position_are_clear_errors(tiny):
         step(model.cfg.vocab_size, 3)
     with pytest.raises(AdamkError, match="10 steps from position 75 pass the KV cache's 80 positions"):
         step.run(10, 75)
-    step.buffers[step.position].fill_(200)        # a position the device holds, out of range
+    step.positions.fill_(200)        # a position the device holds, out of range
     step.launch()
     with pytest.raises(AdamkError, match="position 200 outside the KV cache's 0..79"):
         step.check()
@@ -163,11 +163,11 @@ def test_soak_twenty_thousand_steps_across_epoch_wraps(tiny):
         check = i % 1000 == 999 or step.epoch == step.max_epoch        # the next launch wraps the epoch
         if check:
             step.check()
-            token = int(step.buffers["tokens"][pos])
+            token = int(step.tokens[pos])
             kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
         if pos == c.max_seq_len - 1:                # the cache is full: a new sequence from position 0
             step.check()
-            token, pos = int(step.buffers["tokens"][pos]), 0
+            token, pos = int(step.tokens[pos]), 0
             step.start(token, pos)
             if check:
                 kc, vc = step.k_cache.float().clone(), step.v_cache.float().clone()
@@ -177,7 +177,7 @@ def test_soak_twenty_thousand_steps_across_epoch_wraps(tiny):
             with torch.no_grad():
                 want = ref(torch.tensor([token], device="cuda"), torch.tensor(pos, device="cuda"), kc, vc).reshape(-1)
             assert rel(step.logits(), want) < 1e-2, (i, pos)
-            assert agrees(None, want.cpu(), int(step.buffers["tokens"][pos + 1])), (i, pos)
+            assert agrees(None, want.cpu(), int(step.tokens[pos + 1])), (i, pos)
             checked += 1
         pos += 1
     step.check()

@@ -125,3 +125,4 @@ def test_hf_layer_in_a_batch_at_three_positions_matches_each_sequence_alone(kind
             ref = step(x, p, kc, vc).numpy()
         assert rel(y[b], ref[0]) < 1e-5, b
         assert rel(sim.mem["k_cache"][b], kc[0].numpy()) < 1e-6, b
+        assert rel(sim.mem["v_cache"][b], vc[0].numpy()) < 1e-6, b

@@ -38,9 +38,9 @@ MERGED_PARTS = 8    # most sequence parts by default: a reader's staging merges 
 
 
 def attention_parts(op: AttentionOp, num_sms: int) -> int:
-    """The default sequence parts of an attention: its tasks x parts cover the SMs, at most
-    MERGED_PARTS, and no more parts than positions."""
-    tasks = op.num_heads.value.data // smem.attention_heads_per_task(op.group)
+    """The default sequence parts of an attention: its tasks (of every sequence of the batch) x parts
+    cover the SMs, at most MERGED_PARTS, and no more parts than positions."""
+    tasks = shape_of(op.q)[0] * op.num_heads.value.data // smem.attention_heads_per_task(op.group)
     return max(1, min(op.max_seq_len, num_sms // tasks, MERGED_PARTS))
 
 

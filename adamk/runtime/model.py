@@ -27,6 +27,9 @@ class ModelStep(DecodeStep):
         self.logits_buffer = self.manifest["model"]["logits_buffer"]
         self.vocab_size = self.manifest["model"]["vocab_size"]
         self.position = next(b["name"] for b in self.manifest["buffers"] if b["role"] == "position")
+        # [batch, max_seq_len + 1] ids and [batch, 2] positions; the device library decodes a batch of one,
+        # so these are its sequence's (views: the launches write them)
+        self.tokens, self.positions = self.buffers["tokens"][0], self.buffers[self.position][0]
 
     def start(self, token: int, pos: int):
         """The next launch decodes `token` at `pos`: the id into the sequence, the position into both
@@ -38,14 +41,14 @@ class ModelStep(DecodeStep):
         if self._session:
             self._session.start(int(token), pos, self.torch.cuda.current_stream(self.device).cuda_stream)
             return
-        self.buffers["tokens"][pos] = int(token)
-        self.buffers[self.position].fill_(pos)
+        self.tokens[pos] = int(token)
+        self.positions.fill_(pos)
 
     def _zero_state(self):
         """As a layer's, keeping the position: it moves to the slot of epoch 1's parity."""
-        pos = int(self.buffers[self.position][(self.epoch + 1) & 1])
+        pos = int(self.positions[(self.epoch + 1) & 1])
         super()._zero_state()
-        self.buffers[self.position][1] = pos
+        self.positions[1] = pos
 
     def launch(self, stream=None):
         """Enqueue one step at the device's position (no host work: back-to-back launches decode on)."""
@@ -71,7 +74,7 @@ class ModelStep(DecodeStep):
     def generated(self, pos: int, steps: int) -> list[int]:
         """The ids the steps from `pos` wrote: those at pos + 1 .. pos + steps."""
         self.check()
-        return self.buffers["tokens"][pos + 1:pos + 1 + steps].tolist()
+        return self.tokens[pos + 1:pos + 1 + steps].tolist()
 
     def read_bytes(self, pos: int) -> int:
         """Bytes a step at `pos` must read: its weights (an embedding table's one row) and the KV rows
@@ -89,4 +92,4 @@ class ModelStep(DecodeStep):
         self.start(token, pos)
         self.launch()
         self.check()
-        return self.logits(), int(self.buffers["tokens"][pos + 1])
+        return self.logits(), int(self.tokens[pos + 1])

@@ -70,10 +70,10 @@ def model_step(handle: int, token: torch.Tensor, pos: torch.Tensor, order: torch
     step = _step(handle, whole=True)
     # a position outside the cache indexes nothing here (clamped), so the kernel reports it (check())
     at = pos.reshape(1).long().clamp(0, step.max_seq_len - 1)
-    step.buffers["tokens"].index_copy_(0, at, token.reshape(1).to(torch.int32))
-    step.buffers[step.position].copy_(pos.reshape(1).to(torch.int32).expand(2))   # either slot the launch reads
+    step.tokens.index_copy_(0, at, token.reshape(1).to(torch.int32))
+    step.positions.copy_(pos.reshape(1).to(torch.int32).expand(2))   # either slot the launch reads
     step.launch()
-    return step.logits(), step.buffers["tokens"].index_select(0, at + 1)
+    return step.logits(), step.tokens.index_select(0, at + 1)
 
 
 _LIB.impl("layer_step", layer_step, "CUDA")
