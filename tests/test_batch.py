@@ -176,3 +176,33 @@ def test_the_batch_benchmarks_pytorch_baseline_decodes_each_sequence_as_alone():
         for b in range(batch):
             ref = model(tokens[b:b + 1], torch.tensor(pos), k[:, b:b + 1].clone(), v[:, b:b + 1].clone()).reshape(-1)
             assert rel(logits[b].numpy(), ref.numpy()) < 1e-5, b
+
+
+def test_attention_combine_tasks_of_a_batch_serve_one_sequence_each():
+    """An attention with two readers is merged by combine tasks, one per sequence and KV head (not by
+    its reader's staging): a second o_proj over the same output, whose result nothing reads, makes
+    two; every sequence still gets its own output."""
+    from xdsl.rewriter import InsertPoint, Rewriter
+    from adamk.dialects import make_context
+    from adamk.passes.fuse import FusePass
+    from adamk.passes.ksplit import KSplitPass
+    from adamk.passes.tile import TilePass
+    from adamk.search.round_robin import RoundRobinSchedulePass
+    from helpers import graph_of
+    from adamk.passes.batch import BatchPass
+    layer, ctx, batch = random_layer("tiny"), make_context(), 3
+    module = graph_of(layer)
+    for pass_ in (BatchPass(batch), FusePass(), KSplitPass(16, 2, 32 * 1024, 99 * 1024, 92, "L20", True, 4)):
+        pass_.apply(ctx, module)
+    o_proj = next(o for o in module.walk() if isinstance(o, LinearOp) and o.prologue.data == "none"
+                  and o.input.owner.name == "adamk.attention")
+    twin = LinearOp(o_proj.input, o_proj.weight)
+    twin.properties.update({k: o_proj.properties[k] for k in ("tile_rows", "k_split")})
+    Rewriter.insert_op(twin, InsertPoint.after(o_proj))
+    for pass_ in (TilePass(), RoundRobinSchedulePass(num_sms=7)):
+        pass_.apply(ctx, module)
+    module.verify()
+    combines = [o for o in module.walk() if isinstance(o, ExecOp) and o.kind.data == "attention_combine"]
+    assert sorted((o.sequence, o.tile_range) for o in combines) == \
+        [(b, (g * 3, g * 3 + 3)) for b in range(batch) for g in range(2)]
+    check_layer(layer, module, batch)

@@ -105,13 +105,17 @@ def test_smem_budget_error_names_the_op_its_footprint_and_the_budget():
     from adamk.search.round_robin import RoundRobinSchedulePass
     graph, _, tasks, _ = lower(random_layer())
     FusePass().apply(make_context(), graph)
-    # q_proj split into its 17 smallest K-parts still needs 3 ring slots of a whole page (32 KB:
-    # the ring's slots take the largest page of any task) with their 16 B of barriers + 8 floats +
-    # the 8 warps' sums of 16 rows (512 B)
+    # q_proj split into its 17 smallest K-parts still needs 16 rows x 8 columns of bf16 = 256 B a
+    # page (pages of 256 B), 3 pages with their 16 B of barriers + 8 floats + the 8 warps' sums of
+    # 16 rows (512 B)
     with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 8 of K=136\) needs 3 ring "
-                                            r"pages x \(32768 B \+ 16 B of barriers\) \+ a 544 B work area = 98896 B "
-                                            r".* L20 allows 900 B"):
-        KSplitPass(16, 3, 32 * 1024, 900, 7, "L20").apply(make_context(), graph)
+                                            r"pages x \(256 B \+ 16 B of barriers\) \+ a 544 B work area = 1360 B .* "
+                                            r"L20 allows 900 B"):
+        KSplitPass(16, 3, 256, 900, 7, "L20").apply(make_context(), graph)
+    # a ring that alone takes the budget is named as such (no K-split can help)
+    with pytest.raises(ScheduleError, match=r"3 ring pages of 32768 B and their barriers take 98352 B of shared "
+                                            r"memory per block, leaving no work area within L20's 90000 B"):
+        KSplitPass(16, 3, 32 * 1024, 90000, 7, "L20").apply(make_context(), graph)
     # the schedule checks its plan the same way
     with pytest.raises(ScheduleError, match=r"the kernel needs \d+ B of shared memory per block .*the per-block "
                                             r"budget is 100 B"):

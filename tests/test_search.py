@@ -179,3 +179,23 @@ def test_paged_stagings_stay_out_of_the_staging_fit():
     skewed = [dataclasses.replace(t, inputs_in=t.reached - 50.0, end=t.data_in + 1e-3) if t.paged else t
               for t in tasks]
     assert _initial(skewed, [4.0], base) == fitted      # the paged tasks' stamps change nothing
+
+
+def test_a_tiling_that_does_not_fit_costs_infinitely():
+    """The search's evaluation refuses a tiling whose tasks overflow the budget (a linear's work
+    area depends on the attention parts it merges, which candidates alone do not see)."""
+    import math
+    from adamk.compiler import import_model
+    from adamk.dialects import make_context
+    from adamk.passes.fuse import FusePass
+    from adamk.passes.ksplit import KSplitPass
+    from adamk.search.dag_search import DagSearch
+    from xdsl.dialects import func
+    graph = import_model(random_layer("tiny"))
+    FusePass().apply(make_context(), graph)
+    KSplitPass(16, 2, 32768, 99 * 1024, 92, "L20").apply(make_context(), graph)
+    fn = next(o for o in graph.ops if isinstance(o, func.FuncOp))
+    args = (CostModel.for_gpu(get_gpu("L20")), 92, 2, 2, 32768)
+    fits = DagSearch(*args, 99 * 1024, 16, "bf16", 40).evaluate(fn)
+    assert 0 < fits < math.inf
+    assert DagSearch(*args, 2 * (32768 + 16) + 1000, 16, "bf16", 40).evaluate(fn) == math.inf

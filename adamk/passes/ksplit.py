@@ -58,6 +58,11 @@ class KSplitPass(ModulePass):
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         fn = next(o for o in op.ops if isinstance(o, func.FuncOp))
+        ring = self.depth * (self.stage_bytes + smem.RING_BARRIERS)
+        if ring >= self.smem_budget:        # no K-split can help: name the ring, not the first op
+            raise ScheduleError(f"{self.depth} ring pages of {self.stage_bytes} B and their barriers take {ring} B of "
+                                f"shared memory per block, leaving no work area within {self.gpu}'s "
+                                f"{self.smem_budget} B (use fewer stages or a smaller stage_bytes)")
         for o in fn.body.block.ops:
             if isinstance(o, LinearOp):
                 k, gated = shape_of(o.weight)[1], o.weight2 is not None
