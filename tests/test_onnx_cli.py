@@ -203,12 +203,18 @@ def test_missing_initializer(tiny_onnx, tmp_path):
 
 
 def test_plan_that_cannot_fit_names_op_footprint_and_budget(tiny_onnx, tmp_path):
-    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--stages", "8", "--tile-rows", "32", "--no-ksplit")
+    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--stages", "2", "--stage-bytes", "49664",
+                       "--tile-rows", "32", "--no-ksplit")
     assert_user_error(code, err, "of shared memory per block")
     # the first op that does not fit: its kind and shape (test_passes checks a linear's wording)
-    assert re.search(r"error: (linear '[\w.]+' \(32 rows x \d+ of K=\d+\)|attention \(head_dim \d+\)) needs 8 ring "
+    assert re.search(r"error: (linear '[\w.]+' \(32 rows x \d+ of K=\d+\)|attention \(head_dim \d+\)) needs 2 ring "
                      r"pages x \(\d+ B \+ 16 B of "
                      r"barriers\) \+ a \d+ B work area = \d+ B of shared memory per block; L20 allows 101376 B", err), err
+    assert not (tmp_path / "o").exists()
+    # a ring that takes the budget by itself is named as such
+    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--stages", "8")
+    assert_user_error(code, err, "8 ring pages of 32768 B and their barriers take 262272 B of shared memory per "
+                                 "block, leaving no work area within L20's 101376 B")
     assert not (tmp_path / "o").exists()
 
 
