@@ -183,3 +183,22 @@ def test_an_sms_run_of_one_ops_tiles_is_one_loop():
 def test_the_ablation_schedules_refuse_a_whole_model(schedule):
     with pytest.raises(adamk.AdamkError, match=f"schedule '{schedule}' .* takes one decoder layer"):
         adamk.compile(LlamaModel(PRESETS["tiny"], seed=0), adamk.CompileConfig(gpu="H200", schedule=schedule))
+
+
+def test_the_search_never_gives_a_gated_linear_pages_over_the_row_limit():
+    """On 8 SMs the search once chose 32 rows per gated task: pages of 64 rows (of both weights),
+    which linear.cuh refuses at compile time. Its candidates now stop at pages of MAX_TILE_ROWS, and
+    the verifier names such a tiling."""
+    from adamk.config import MAX_TILE_ROWS
+    from adamk.dialects.graph import LinearOp as Linear
+    from xdsl.dialects.builtin import IntegerAttr, i64
+    from xdsl.utils.exceptions import VerifyException
+    model = LlamaModel(TINY, seed=random.randrange(2**31))
+    art = adamk.compile(model, adamk.CompileConfig(gpu="H200", num_sms=8))
+    gated = [o for o in parse_module(art.files["schedule.mlir"].decode()).walk()
+             if isinstance(o, ExecOp) and o.buffer("weight2")]
+    assert gated and all(2 * o.param("tile_rows") <= MAX_TILE_ROWS for o in gated)
+    op = next(o for o in folded(model).walk() if isinstance(o, Linear) and o.weight2 is not None)
+    op.properties["tile_rows"] = IntegerAttr(32, i64)
+    with pytest.raises(VerifyException, match="a gated linear's tile_rows 32 gives pages of 64 rows"):
+        op.verify()

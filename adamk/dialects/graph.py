@@ -28,7 +28,7 @@ from xdsl.irdl import (
 )
 from xdsl.utils.exceptions import VerifyException
 
-from ..config import CONSUMER_WARPS
+from ..config import CONSUMER_WARPS, MAX_TILE_ROWS
 
 PROLOGUES = ("none", "rmsnorm", "silu_mul")
 
@@ -181,6 +181,10 @@ class LinearOp(IRDLOperation):
             if self.k_split is not None and self.k_split.value.data != 1:
                 raise VerifyException(f"adamk.linear: a gated linear is not split over K (k_split "
                                       f"{self.k_split.value.data}): silu needs the whole sum")
+            if self.tile_rows is not None and 2 * self.tile_rows.value.data > MAX_TILE_ROWS:
+                raise VerifyException(f"adamk.linear: a gated linear's tile_rows {self.tile_rows.value.data} gives pages "
+                                      f"of {2 * self.tile_rows.value.data} rows (of both weights), over "
+                                      f"{MAX_TILE_ROWS}")
             if self.tile_rows is not None and self.tile_rows.value.data % CONSUMER_WARPS:
                 raise VerifyException(f"adamk.linear: a gated linear's tile_rows {self.tile_rows.value.data} is not a "
                                       f"multiple of {CONSUMER_WARPS} (each warp pairs a gate row with its up row)")

@@ -34,7 +34,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.passes import ModulePass
 
 from .. import smem
-from ..config import ATTENTION_PARTS
+from ..config import ATTENTION_PARTS, MAX_TILE_ROWS
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..dialects.task import JoinOp, TaskOp
 from ..passes.ksplit import attention_parts
@@ -161,6 +161,8 @@ class DagSearch:
         out, batch, coef = [], shape_of(op.input)[0], merge_weights(op)
         for rows in (8, 16, 32):
             page_rows = smem.linear_page_rows(rows, gated)
+            if page_rows > MAX_TILE_ROWS:          # a gated task's pages hold its rows of both weights
+                continue
             # a batch's inputs may need more parts than 4 to fit: then the fewest that do too
             fewest = smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.stages, self.smem_budget, batch, coef)
             more = {fewest} if fewest > 4 and self.ksplit else set()
