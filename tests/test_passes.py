@@ -260,3 +260,25 @@ def test_a_gated_linear_pairs_rows_per_warp():
     gated.properties["k_split"] = IntegerAttr(2, i64)
     with pytest.raises(VerifyException, match=r"not split over K \(k_split 2\)"):
         gated.verify()
+
+
+def test_written_ranges_are_found_as_a_scan_finds_them():
+    """tile.Writes (bisection per slot) gives the writers a read overlaps as a scan of every written
+    range does: in the order the ranges were written, a task once per range it overlaps."""
+    import random
+    from adamk.passes.tile import Writes
+    rng = random.Random(7)
+    writes, scan = Writes(), []
+    for task in range(300):
+        slot = rng.choice([None, (0, True), (1, False)])
+        for _ in range(rng.randint(1, 3)):
+            begin = rng.randrange(0, 5000)
+            end = begin + rng.choice([1, 8, 16, 300])
+            writes.add(task, begin, end, slot)
+            scan.append((task, begin, end, slot))
+    for _ in range(500):
+        begin = rng.randrange(0, 5400)
+        end = begin + rng.randint(1, 400)
+        accept = rng.choice([lambda s: True, lambda s: s is None, lambda s: s == (0, True)])
+        assert writes.overlapping(begin, end, accept) == \
+            [t for t, b, e, s in scan if b < end and begin < e and accept(s)]
