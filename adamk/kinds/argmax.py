@@ -26,9 +26,9 @@ def first_max(values: np.ndarray) -> tuple[float, int]:
     return float(values[i]), i
 
 
-def chunks(op) -> int:
-    """The chunks of the vocabulary (op.param N) the argmax tasks reduce."""
-    return -(-op.param("N") // CHUNK)
+def chunks(vocab: int) -> int:
+    """The chunks of a vocabulary the argmax tasks reduce, one task each (the tile pass's tasks)."""
+    return -(-vocab // CHUNK)
 
 
 class Argmax(TaskKind):
@@ -44,7 +44,7 @@ class Argmax(TaskKind):
 
     def writes(self, op):
         c = op.tile_range[0] // CHUNK
-        return rows(op, op.buffer("out"), 2 * chunks(op), 2 * c, 2 * c + 2)
+        return rows(op, op.buffer("out"), 2 * chunks(op.param("N")), 2 * c, 2 * c + 2)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range

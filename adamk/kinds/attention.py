@@ -39,6 +39,14 @@ def merge_parts(state: np.ndarray, hd: int) -> np.ndarray:
     return num / den[:, None]
 
 
+def part_heads(op, j: int, b: int, h0: int, h1: int) -> tuple[int, int]:
+    """The elements of heads [h0, h1) of sequence b in part j of a split attention's partial sums
+    [parts, batch, heads, head_dim + 2] (`op`: a task naming head_dim, num_heads and batch)."""
+    stride = op.param("head_dim") + 2
+    at = (j * op.param("batch") + b) * op.param("num_heads")
+    return (at + h0) * stride, (at + h1) * stride
+
+
 class Attention(TaskKind):
     name = "attention"
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
@@ -59,8 +67,7 @@ class Attention(TaskKind):
         (h0, h1), hd, nh, b = op.tile_range, op.param("head_dim"), op.param("num_heads"), op.sequence
         if op.parts == 1:
             return [(op.buffer("out"), (b * nh + h0) * hd, (b * nh + h1) * hd)]
-        at = (op.part * op.param("batch") + b) * nh * (hd + 2)    # (acc[hd], max, sum) of each head of this part
-        return [(op.buffer("out"), at + h0 * (hd + 2), at + h1 * (hd + 2))]
+        return [(op.buffer("out"), *part_heads(op, op.part, b, h0, h1))]   # (acc[hd], max, sum) of each head
 
     def simulate(self, sim, op) -> None:
         h0, h1 = op.tile_range
@@ -155,9 +162,8 @@ class AttentionCombine(CombineKind):
         return {"read_bytes": (h1 - h0) * (hd + 2) * op.parts * TAGGED}
 
     def reads(self, op):
-        (h0, h1), nh, stride, b = op.tile_range, op.param("num_heads"), op.param("head_dim") + 2, op.sequence
-        return [(op.buffer("partial"), ((j * op.param("batch") + b) * nh + h0) * stride,
-                 ((j * op.param("batch") + b) * nh + h1) * stride) for j in range(op.parts)]
+        (h0, h1), b = op.tile_range, op.sequence
+        return [(op.buffer("partial"), *part_heads(op, j, b, h0, h1)) for j in range(op.parts)]
 
     def writes(self, op):
         (h0, h1), hd, nh, b = op.tile_range, op.param("head_dim"), op.param("num_heads"), op.sequence

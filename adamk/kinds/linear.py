@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
+from .attention import merge_parts, part_heads
 from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal, rows
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
@@ -39,10 +40,10 @@ class Linear(TaskKind):
         k0, k_len = op.k_range
         prologue, source, k, n = op.param("prologue"), op.buffer("input"), op.param("K"), op.param("N")
         if prologue == "attn_combine":      # every part's (acc, max, sum) of the chunk's heads, of each sequence
-            hd, nh, batch = op.param("head_dim"), op.param("num_heads"), op.param("batch")
-            h0, h1, stride = k0 // hd, -(-(k0 + k_len) // hd), hd + 2
-            out = [r for j in range(op.param("parts"))
-                   for r in rows(op, source, nh * stride, h0 * stride, h1 * stride, at=j * batch * nh * stride)]
+            hd = op.param("head_dim")
+            h0, h1 = k0 // hd, -(-(k0 + k_len) // hd)
+            out = [(source, *part_heads(op, j, b, h0, h1)) for j in range(op.param("parts"))
+                   for b in range(op.param("batch"))]
         elif prologue == "rmsnorm":         # the whole row, for its sum of squares
             out = rows(op, source, k, 0, k)
         else:
@@ -58,7 +59,6 @@ class Linear(TaskKind):
         return rows(op, op.buffer("out"), n, *op.tile_range, at=at)
 
     def simulate(self, sim, op) -> None:
-        from .attention import merge_parts
         begin, end = op.tile_range
         k0, k_len = op.k_range
         prologue, batch = op.param("prologue"), op.param("batch")

@@ -39,7 +39,7 @@ from ..dialects.graph import (
 from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
 from ..kinds import kind as task_kind
-from ..kinds.argmax import CHUNK as ARGMAX_CHUNK
+from ..kinds.argmax import CHUNK as ARGMAX_CHUNK, chunks as argmax_chunks
 from ..names import label, quoted
 
 
@@ -351,7 +351,7 @@ class TaskBuilder:
         logits, then one task the first maximum of the chunks', in chunk order (the lowest index
         on ties), written as the id of the token at pos + 1."""
         logits, vocab = self.name_of[op.logits], shape_of(op.logits)[1]
-        chunks = -(-vocab // ARGMAX_CHUNK)
+        chunks = argmax_chunks(vocab)
         partial = self.unique(f"{logits}.argmax")
         self.declare(partial, "activation", [self.batch, chunks, 2], ACTIVATION)
         for c in range(chunks):

@@ -165,8 +165,8 @@ class DagSearch:
                 continue
             # a batch's inputs may need more parts than 4 to fit: then the fewest that do too
             fewest = smem.fewest_k_parts(k, page_rows, self.stage_bytes, self.stages, self.smem_budget, batch, coef)
-            more = {fewest} if fewest > 4 and self.ksplit else set()
-            for parts in sorted({1, 2, 4} | more if split else {1} | more if not gated else {1}):
+            more = {fewest} if fewest > 4 and self.ksplit and not gated else set()
+            for parts in sorted(({1, 2, 4} if split else {1}) | more):
                 if -(-n // rows) * parts > MAX_OP_TASKS:          # an LM head's finest tilings: not worth placing
                     continue
                 chunk = smem.k_chunk(k, parts)
