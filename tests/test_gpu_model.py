@@ -241,7 +241,8 @@ def test_greedy_tokens_equal_hugging_face_generate(kind, dims, vocab, tie, tmp_p
     ours = engine.generate(prompt, 64).tokens
     lm = causal_lm(step).cuda()
     with torch.no_grad():
-        out = lm.generate(torch.tensor([prompt], device="cuda"), max_new_tokens=64, do_sample=False,
+        ids = torch.tensor([prompt], device="cuda")   # the mask given: without it, generate masks prompt ids == pad id
+        out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
                           output_logits=True, return_dict_in_generate=True, pad_token_id=0)
     theirs = out.sequences[0, 32:].tolist()
     if ours == theirs:

@@ -113,8 +113,10 @@ def test_greedy_decoding_in_the_simulator_equals_transformers_generate(hf_compil
     for pos in range(len(prompt), len(prompt) + 16):
         ours.append(int(sim.mem["tokens"][0, pos]))
         sim.step(ours[-1], pos)
-    with torch.no_grad():
-        out = causal_lm(step).generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0)
+    ids = torch.tensor([prompt])
+    with torch.no_grad():    # the mask given: without it, generate masks every prompt id equal to the pad id
+        out = causal_lm(step).generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                                       pad_token_id=0)
     assert ours == out[0, len(prompt):].tolist()
 
 
