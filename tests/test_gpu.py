@@ -1,5 +1,6 @@
 """GPU tests: the megakernel against the float32 PyTorch reference (marker `gpu`)."""
 import random
+import re
 
 import pytest
 import torch
@@ -93,6 +94,27 @@ def test_layer_matches_float32_reference(compiled, preset, gpu, options):
         others = [t for t in range(cfg.max_seq_len) if t != pos]
         assert torch.equal(step.k_cache[:, :, others], kc[:, :, others]), "a task wrote outside its cache row"
         assert torch.equal(step.v_cache[:, :, others], vc[:, :, others])
+
+
+@pytest.mark.parametrize("gpu,parts", [("H200", 1), ("H200", 4), ("L20", 4)])
+def test_attention_on_the_tensor_cores_matches_float32(gpu, parts, tmp_path):
+    """The tiny layer with head_dim 32 (a multiple of 32: attention_rows_mma's path; the preset's 24
+    takes the CUDA-core loop), whole and in 4 sequence parts, at every fourth position and the last:
+    outputs and the appended cache rows against float32."""
+    import dataclasses
+    cfg = dataclasses.replace(PRESETS["tiny"], head_dim=32)
+    layer = bf16_exact(DecoderLayer(cfg, seed=random.randrange(2**31)))
+    path = adamk.compile(layer, adamk.CompileConfig(gpu=gpu, attention_parts=parts)).save(tmp_path / "a")
+    assert re.search(r"attention_task<\w+, 32, ", (path / "kernel.cu").read_text())   # HD 32: the MMA loop
+    step, ref_layer = adamk.load(path, layer), layer.cuda()
+    for pos in [*range(0, cfg.max_seq_len, 4), cfg.max_seq_len - 1]:
+        x, kc, vc = draw_inputs(step, cfg)
+        y = step(x, pos)
+        ref_k, ref_v = kc.float().clone(), vc.float().clone()
+        with torch.no_grad():
+            ref = ref_layer(x.float(), torch.tensor(pos, device="cuda"), ref_k, ref_v)
+        assert rel(y, ref) <= 1e-2, (gpu, parts, pos, rel(y, ref))
+        assert rel(step.k_cache[:, :, pos], ref_k[:, :, pos]) <= 1e-2
 
 
 def test_kernel_shape_matches_target(compiled):
