@@ -62,10 +62,10 @@ def warp_state(HD, P, q, K, V, valid):
         mts = [max(mts[(ln // 4) * 4 + i] for i in range(4)) for ln in range(32)]   # shfl xor 1, 2
         for ln in range(32):
             mn = max(m[ln], mts[ln]); corr = np.exp2(m[ln] - mn)
-            p = np.exp2(rowsets[ln][1] - mn)
+            p = bf16(np.exp2(rowsets[ln][1] - mn))       # as the MMA takes them
             l[ln] = l[ln] * corr + p.sum(); m[ln] = mn
             o[ln, :, 0:2] *= corr
-            pas.append((bf16(p[0:2]), np.zeros(2), bf16(p[2:4]), np.zeros(2)))
+            pas.append((p[0:2], np.zeros(2), p[2:4], np.zeros(2)))
         for c in range(kTiles):
             Bl = []
             for ln in range(32):

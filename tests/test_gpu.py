@@ -96,16 +96,17 @@ def test_layer_matches_float32_reference(compiled, preset, gpu, options):
         assert torch.equal(step.v_cache[:, :, others], vc[:, :, others])
 
 
-@pytest.mark.parametrize("gpu,parts", [("H200", 1), ("H200", 4), ("L20", 4)])
-def test_attention_on_the_tensor_cores_matches_float32(gpu, parts, tmp_path):
-    """The tiny layer with head_dim 32 (a multiple of 32: attention_rows_mma's path; the preset's 24
-    takes the CUDA-core loop), whole and in 4 sequence parts, at every fourth position and the last:
-    outputs and the appended cache rows against float32."""
+@pytest.mark.parametrize("gpu,parts,head_dim", [("H200", 1, 32), ("H200", 4, 32), ("L20", 4, 32), ("H200", 4, 96),
+                                                 ("L20", 2, 128)])
+def test_attention_on_the_tensor_cores_matches_float32(gpu, parts, head_dim, tmp_path):
+    """The tiny layer with head_dim 32 and 128 (attention_rows_mma's path; the preset's 24 and 96,
+    whose 84-row pages are not whole 16-row tiles, take the CUDA-core loop), whole and in sequence
+    parts, at every fourth position and the last: outputs and the appended cache rows against float32."""
     import dataclasses
-    cfg = dataclasses.replace(PRESETS["tiny"], head_dim=32)
+    cfg = dataclasses.replace(PRESETS["tiny"], head_dim=head_dim)
     layer = bf16_exact(DecoderLayer(cfg, seed=random.randrange(2**31)))
     path = adamk.compile(layer, adamk.CompileConfig(gpu=gpu, attention_parts=parts)).save(tmp_path / "a")
-    assert re.search(r"attention_task<\w+, 32, ", (path / "kernel.cu").read_text())   # HD 32: the MMA loop
+    assert re.search(rf"attention_task<\w+, {head_dim}, ", (path / "kernel.cu").read_text())
     step, ref_layer = adamk.load(path, layer), layer.cuda()
     for pos in [*range(0, cfg.max_seq_len, 4), cfg.max_seq_len - 1]:
         x, kc, vc = draw_inputs(step, cfg)

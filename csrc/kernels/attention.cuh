@@ -99,14 +99,18 @@ __device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k
   }
 }
 
-// W u32 words of shared memory at `addr` (16-byte loads; 8 bytes for W = 2).
+// W u32 words of shared memory at `addr`: 16-byte loads where W is a multiple of 4 (`addr` then
+// 16-byte aligned), 8-byte loads otherwise (`addr` 8-byte aligned).
 template <int W>
 __device__ __forceinline__ void lds_words(u32 addr, u32 out[W]) {
-  static_assert(W == 2 || W % 4 == 0, "8 bytes or whole 16-byte loads");
-  if constexpr (W == 2) {
-    const uint2 v = lds64(addr);
-    out[0] = v.x;
-    out[1] = v.y;
+  static_assert(W % 2 == 0, "whole 8-byte loads");
+  if constexpr (W % 4 != 0) {
+#pragma unroll
+    for (int i = 0; i < W / 2; ++i) {
+      const uint2 v = lds64(addr + 8 * i);
+      out[2 * i] = v.x;
+      out[2 * i + 1] = v.y;
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < W / 4; ++i) {
@@ -119,7 +123,8 @@ __device__ __forceinline__ void lds_words(u32 addr, u32 out[W]) {
   }
 }
 
-// attention_task's loop over its cached rows on the tensor cores (HD a multiple of 32): each warp
+// attention_task's loop over its cached rows on the tensor cores (HD a multiple of 32, at most 128; pages
+// of whole 16-row tiles): each warp
 // takes 16 rows of a page at a time and computes S = Q K^T and then O += P V with mma.m16n8k16, the
 // P query heads as M (rows g < P of 16; the others zero), keeping an online-softmax state per head;
 // then it folds in row pos (the task's own k and v) if the part holds it, and leaves its state in
@@ -133,7 +138,7 @@ template <typename R, int HD, int P, int ROWS, int NPAGES>
 __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int page, int t_begin, int t_end,
                                                    const float* qs, const float* knew, const float* vnew,
                                                    float* part) {
-  static_assert(HD % 32 == 0 && ROWS % 16 == 0 && P <= 8, "16-row tiles, 8 dims of V and K per load");
+  static_assert(HD % 32 == 0 && ROWS % 16 == 0 && P <= 8, "16-row tiles of a page; 8-byte loads of K and V");
   using Page = AttentionPage<HD, ROWS>;
   constexpr int kChunks = HD / 16;     // k chunks of S = Q K^T
   constexpr int kTiles = HD / 8;       // n tiles of O = P V
@@ -183,9 +188,9 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
       mt = fmaxf(mt, shfl_xor(mt, 1));
       mt = fmaxf(mt, shfl_xor(mt, 2));
       const float mn = fmaxf(m, mt), corr = fast_exp2(m - mn);
-      float p[4];
+      float p[4];                      // as the MMA takes them (bf16), so the sum weighs what O adds
 #pragma unroll
-      for (int i = 0; i < 4; ++i) p[i] = fast_exp2(sv[i] - mn);
+      for (int i = 0; i < 4; ++i) p[i] = to_float(to_bf16(fast_exp2(sv[i] - mn)));
       l = l * corr + ((p[0] + p[1]) + (p[2] + p[3]));
       m = mn;
 #pragma unroll
@@ -193,15 +198,12 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
         o[c][0] *= corr;
         o[c][1] *= corr;
       }
-      u32 vw[4][kEighth / 2];          // dims g HD/8 .. of rows row[0..3]; zero past the cached rows
+      u32 vw[4][kEighth / 2];          // dims g HD/8 .. of rows row[0..3] (in the page); zero past the cached ones
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        if (row[i] < valid) {
-          lds_words<kEighth / 2>(rows + Page::kV + (row[i] * HD + g * kEighth) * 2, vw[i]);
-        } else {
+        lds_words<kEighth / 2>(rows + Page::kV + (row[i] * HD + g * kEighth) * 2, vw[i]);
 #pragma unroll
-          for (int w = 0; w < kEighth / 2; ++w) vw[i][w] = 0u;
-        }
+        for (int w = 0; w < kEighth / 2; ++w) vw[i][w] = row[i] < valid ? vw[i][w] : 0u;   // stale bytes
       }
       const u32 pa[4] = {pack_bf16(p[0], p[1]), 0u, pack_bf16(p[2], p[3]), 0u};
 #pragma unroll
@@ -331,7 +333,9 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   consumer_sync();
   trace_mark(s, task, 1);
 
-  if constexpr (HD % 32 == 0) {
+  // The tensor cores where the page's rows come in 16-row tiles (smem.attention_page_rows) and the
+  // accumulators fit the registers; the CUDA-core loop otherwise.
+  if constexpr (HD % 32 == 0 && HD <= 128 && ROWS % 16 == 0) {
     attention_rows_mma<R, HD, P, ROWS, NPAGES>(s, task, page, t_begin, t_end, qs, knew, vnew, part);
     trace_mark(s, task, 3);
   } else {
