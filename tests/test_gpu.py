@@ -197,16 +197,19 @@ def test_graph_replay_computes_the_step_and_advances_the_epoch(compiled):
     assert rel(want, ref) <= 1e-2
 
 
-def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):
+@pytest.mark.parametrize("kind,gpu", [("qwen2", "H100"), ("qwen3", "H200"), ("qwen3", "L20")])
+def test_hf_qwen_layer_from_onnx_on_gpu(kind, gpu, tmp_path):
+    """Qwen2 (q/k/v biases) and Qwen3 (each head's RMSNorm of q and k before RoPE, in the attention
+    task) from ONNX, against transformers in float32."""
     pytest.importorskip("transformers")
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from export_onnx import export, hf_layer
-    path = export(str(tmp_path / "hf.onnx"), "tiny", seed=random.randrange(2**31), hf="qwen2")
-    art = adamk.compile(path, adamk.CompileConfig(gpu="H100")).save(tmp_path / "out")
+    path = export(str(tmp_path / "hf.onnx"), "tiny", seed=random.randrange(2**31), hf=kind)
+    art = adamk.compile(path, adamk.CompileConfig(gpu=gpu)).save(tmp_path / "out")
     step = adamk.load(art, path)
-    ref = hf_layer("qwen2", PRESETS["tiny"], seed=0)          # structure only: weights come from the file
+    ref = hf_layer(kind, PRESETS["tiny"], seed=0)          # structure only: weights come from the file
     ref.load_state_dict({k: v for k, v in adamk.frontend.onnx_frontend.weights_from_onnx(path).items()
                          if k in ref.state_dict()})
     ref = ref.cuda()

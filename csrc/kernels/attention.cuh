@@ -246,6 +246,48 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
   }
 }
 
+// Qwen3's per-head RMSNorm of q and k (attention_task with NORM): the P query heads in qs and the
+// new key row in knew, staged raw, each normalised over its HD values (weights q_norm, k_norm: bf16
+// [HD]), rotated, then left as the loop reads them: q scaled by scale * log2 e, k rounded to bf16
+// (and appended to the cache at pos where the task appends). `scratch`: P + 1 floats.
+template <int HD, int P>
+__device__ __forceinline__ void attention_head_norms(float* qs, float* knew, float* scratch, const bf16_t* q_norm,
+                                                     const bf16_t* k_norm, float eps, const float* inv_freq,
+                                                     int pos, float q_scale, bool appends, bf16_t* kc) {
+  static_assert(P + 1 <= kWarps, "a warp per head's sum of squares");
+  constexpr int half = HD / 2;
+  consumer_sync();                   // the raw heads are staged
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp <= P) {                   // warp p < P: query head p; warp P: the key
+    const float* h = warp < P ? qs + warp * HD : knew;
+    float ss = 0.f;
+    for (int d = lane; d < HD; d += 32) ss += h[d] * h[d];
+    ss = warp_sum(ss);
+    if (lane == 0) scratch[warp] = rsqrtf(ss / HD + eps);
+  }
+  consumer_sync();
+  for (int t = threadIdx.x; t < (P + 1) * half; t += kConsumerThreads) {
+    const int head = t / half, i = t % half;
+    const bool is_q = head < P;
+    float* h = is_q ? qs + head * HD : knew;
+    const bf16_t* w = is_q ? q_norm : k_norm;
+    float lo = h[i] * scratch[head] * to_float(w[i]), hi = h[i + half] * scratch[head] * to_float(w[i + half]);
+    rope_pair(lo, hi, i, inv_freq, pos);
+    if (is_q) {
+      h[i] = lo * q_scale;
+      h[i + half] = hi * q_scale;
+    } else {
+      const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
+      h[i] = to_float(kl);
+      h[i + half] = to_float(kh);
+      if (appends) {
+        kc[(size_t)pos * HD + i] = kl;
+        kc[(size_t)pos * HD + i + half] = kh;
+      }
+    }
+  }
+}
+
 // n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its
 // share of positions 0..pos and writes out[(split * num_heads + q_head + p) * (HD + 2)...] =
 // (acc[HD], max, sum), unnormalised, for the merge. Its cached rows are ring pages `page` ..
@@ -254,12 +296,13 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
 // queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); each lane group of a
 // warp takes kRowsPerLane rows per trip of the loop, kPerTrip rows per warp (not unrolled: a small
 // loop body).
-template <typename R, int HD, int P, int ROWS, int NPAGES>
+template <typename R, int HD, int P, int ROWS, int NPAGES, bool NORM = false>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
-                                               int n_splits, int page) {
+                                               int n_splits, int page, const bf16_t* q_norm = nullptr,
+                                               const bf16_t* k_norm = nullptr, float norm_eps = 0.f) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
@@ -315,6 +358,12 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       continue;
     }
     float lo = value_of(wa), hi = value_of(wb);
+    if constexpr (NORM) {            // raw: each head's RMSNorm needs all of it (attention_head_norms)
+      float* h = is_q ? qs + (t / half) * HD : knew;
+      h[i] = lo;
+      h[i + half] = hi;
+      continue;
+    }
     rope_pair(lo, hi, i, inv_freq, pos);
     if (is_q) {
       float* qh = qs + (t / half) * HD;
@@ -330,6 +379,8 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       }
     }
   }
+  if constexpr (NORM)
+    attention_head_norms<HD, P>(qs, knew, part, q_norm, k_norm, norm_eps, inv_freq, pos, scale * kLog2e, appends, kc);
   consumer_sync();
   trace_mark(s, task, 1);
 
