@@ -240,8 +240,8 @@ def prefill_plan(graph: ModuleOp) -> dict | None:
     embed = next(o for o in ops if isinstance(o, EmbeddingOp))
     q, k, v = (x.owner for x in (attn.q, attn.k, attn.v))
     o_proj = next((o for o in ops if isinstance(o, LinearOp) and o.input == attn.result), None)
-    if not isinstance(down, LinearOp) or o_proj is None or attn.rope_inv_freq is None or attn.q_norm is not None:
-        return None            # (Qwen3's per-head q/k norms: not in the prefill yet)
+    if not isinstance(down, LinearOp) or o_proj is None or attn.rope_inv_freq is None:
+        return None
     if down.prologue.data == "silu_mul":                   # gate and up as two linears
         gate, up = down.input.owner, down.input2.owner
         gate_up = (gate.weight, up.weight, gate)
@@ -260,7 +260,9 @@ def prefill_plan(graph: ModuleOp) -> dict | None:
             "q_bias": names(q.bias), "k_bias": names(k.bias), "v_bias": names(v.bias),
             "o": names(o_proj.weight), "post_norm": names(gate_up[2].norm_weight), "post_eps": gate_up[2].eps.value.data,
             "gate": names(gate_up[0]), "up": names(gate_up[1]), "down": names(down.weight),
-            "rope_inv_freq": [float(f) for f in attn.rope_inv_freq.get_values()], "scale": attn.scale.value.data}
+            "rope_inv_freq": [float(f) for f in attn.rope_inv_freq.get_values()], "scale": attn.scale.value.data,
+            **({"q_norm": names(attn.q_norm), "k_norm": names(attn.k_norm), "qk_eps": attn.norm_eps.value.data}
+               if attn.q_norm is not None else {})}         # Qwen3: each head's RMSNorm of q and k before RoPE
 
 
 def _peak_without_ksplit(graph: ModuleOp, config: CompileConfig) -> int:

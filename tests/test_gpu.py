@@ -1,5 +1,6 @@
 """GPU tests: the megakernel against the float32 PyTorch reference (marker `gpu`)."""
 import random
+import re
 
 import pytest
 import torch
@@ -95,6 +96,28 @@ def test_layer_matches_float32_reference(compiled, preset, gpu, options):
         assert torch.equal(step.v_cache[:, :, others], vc[:, :, others])
 
 
+@pytest.mark.parametrize("gpu,parts,head_dim", [("H200", 1, 32), ("H200", 4, 32), ("L20", 4, 32), ("H200", 4, 96),
+                                                 ("L20", 2, 128)])
+def test_attention_on_the_tensor_cores_matches_float32(gpu, parts, head_dim, tmp_path):
+    """The tiny layer with head_dim 32 and 128 (attention_rows_mma's path; the preset's 24 and 96,
+    whose 84-row pages are not whole 16-row tiles, take the CUDA-core loop), whole and in sequence
+    parts, at every fourth position and the last: outputs and the appended cache rows against float32."""
+    import dataclasses
+    cfg = dataclasses.replace(PRESETS["tiny"], head_dim=head_dim)
+    layer = bf16_exact(DecoderLayer(cfg, seed=random.randrange(2**31)))
+    path = adamk.compile(layer, adamk.CompileConfig(gpu=gpu, attention_parts=parts)).save(tmp_path / "a")
+    assert re.search(rf"attention_task<\w+, {head_dim}, ", (path / "kernel.cu").read_text())
+    step, ref_layer = adamk.load(path, layer), layer.cuda()
+    for pos in [*range(0, cfg.max_seq_len, 4), cfg.max_seq_len - 1]:
+        x, kc, vc = draw_inputs(step, cfg)
+        y = step(x, pos)
+        ref_k, ref_v = kc.float().clone(), vc.float().clone()
+        with torch.no_grad():
+            ref = ref_layer(x.float(), torch.tensor(pos, device="cuda"), ref_k, ref_v)
+        assert rel(y, ref) <= 1e-2, (gpu, parts, pos, rel(y, ref))
+        assert rel(step.k_cache[:, :, pos], ref_k[:, :, pos]) <= 1e-2
+
+
 def test_kernel_shape_matches_target(compiled):
     for gpu, blocks in (("L20", 92), ("H100", 132)):
         layer, path = compiled("tiny", gpu)
@@ -174,16 +197,19 @@ def test_graph_replay_computes_the_step_and_advances_the_epoch(compiled):
     assert rel(want, ref) <= 1e-2
 
 
-def test_hf_qwen2_layer_from_onnx_on_gpu(tmp_path):
+@pytest.mark.parametrize("kind,gpu", [("qwen2", "H100"), ("qwen3", "H200"), ("qwen3", "L20")])
+def test_hf_qwen_layer_from_onnx_on_gpu(kind, gpu, tmp_path):
+    """Qwen2 (q/k/v biases) and Qwen3 (each head's RMSNorm of q and k before RoPE, in the attention
+    task) from ONNX, against transformers in float32."""
     pytest.importorskip("transformers")
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
     from export_onnx import export, hf_layer
-    path = export(str(tmp_path / "hf.onnx"), "tiny", seed=random.randrange(2**31), hf="qwen2")
-    art = adamk.compile(path, adamk.CompileConfig(gpu="H100")).save(tmp_path / "out")
+    path = export(str(tmp_path / "hf.onnx"), "tiny", seed=random.randrange(2**31), hf=kind)
+    art = adamk.compile(path, adamk.CompileConfig(gpu=gpu)).save(tmp_path / "out")
     step = adamk.load(art, path)
-    ref = hf_layer("qwen2", PRESETS["tiny"], seed=0)          # structure only: weights come from the file
+    ref = hf_layer(kind, PRESETS["tiny"], seed=0)          # structure only: weights come from the file
     ref.load_state_dict({k: v for k, v in adamk.frontend.onnx_frontend.weights_from_onnx(path).items()
                          if k in ref.state_dict()})
     ref = ref.cuda()

@@ -222,7 +222,8 @@ def hf_dims(dims: str, vocab: int):
 
 
 @pytest.mark.parametrize("kind,dims,vocab,tie", [("llama", "tiny", 5000, False), ("qwen2", "tiny", 301, True),
-                                                 ("llama", "1b", 128256, False), ("qwen2", "1b", 128256, True)])
+                                                 ("qwen3", "tiny", 301, True), ("llama", "1b", 128256, False),
+                                                 ("qwen2", "1b", 128256, True), ("qwen3", "1b", 128256, True)])
 def test_greedy_tokens_equal_hugging_face_generate(kind, dims, vocab, tie, tmp_path):
     """64 new tokens after a 32-token random prompt: the engine's (PyTorch prefill, megakernel
     decode) equal transformers' `generate` (eager attention, float32) up to the first near tie,

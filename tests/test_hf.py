@@ -82,13 +82,11 @@ def test_hf_layer_onnx_export_gives_the_same_ir(kind, tmp_path):
     assert rel(y, ref) < 1e-5
 
 
-def test_qwen3_head_norms_ride_on_the_attention_and_the_device_says_it_lacks_them():
+def test_qwen3_head_norms_ride_on_the_attention_task():
     """The per-head RMSNorm of q and k is recognised (one adamk.head_rmsnorm each), fused into the
-    attention with its weights (then RoPE), and the compile stops at code generation with one clear
-    error: the device library does not run it yet."""
+    attention with its weights (then RoPE), and the kernel instantiates the attention task with it."""
     import adamk
     from adamk.dialects.graph import AttentionOp, HeadRMSNormOp, WeightOp
-    from adamk.errors import UnsupportedOpError
     step = hf_step("qwen3")
     module, _ = import_module(step, step.example_inputs(1))
     assert sum(isinstance(o, HeadRMSNormOp) for o in module.walk()) == 2
@@ -99,8 +97,8 @@ def test_qwen3_head_norms_ride_on_the_attention_and_the_device_says_it_lacks_the
     assert (names[att.q_norm], names[att.k_norm]) == ("layer.self_attn.q_norm.weight", "layer.self_attn.k_norm.weight")
     assert att.rope_inv_freq is not None and att.norm_eps.value.data == pytest.approx(1e-6)
     assert parse_module(print_module(module)).is_structurally_equivalent(module)
-    with pytest.raises(UnsupportedOpError, match=r"per-head RMSNorm of q and k \(Qwen3\) .* not yet in the device"):
-        adamk.compile(step, adamk.CompileConfig(gpu="H200"))
+    source = adamk.compile(step, adamk.CompileConfig(gpu="H200")).files["kernel.cu"].decode()
+    assert ", true>(s, task," in source and "attention_task<" in source
 
 
 @pytest.mark.parametrize("kind", ["qwen3", "qwen2"])

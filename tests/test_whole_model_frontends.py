@@ -200,8 +200,7 @@ def test_onnx_whole_model_compiles_with_the_cli_and_decodes_what_torch_decodes(w
 def test_qwen3_causal_lm_decodes_what_transformers_decodes_in_the_simulator():
     """Qwen3ForCausalLM (per-head q/k RMSNorm before RoPE, heads x head_dim wider than the hidden
     state): both layers' norms fold into one loop body with layer-indexed weights, and the simulated
-    steps give transformers' logits and argmax. (The device library lacks the norm: `adamk.compile`
-    stops at code generation, tests/test_hf.py.)"""
+    steps give transformers' logits and argmax; the engine's prefill plan names the norms."""
     from adamk.compiler import prefill_plan
     from adamk.dialects import make_context
     from adamk.passes.fuse import FusePass
@@ -210,7 +209,8 @@ def test_qwen3_causal_lm_decodes_what_transformers_decodes_in_the_simulator():
     graph, _ = import_module(step, step.example_inputs())
     for pass_ in (FusePass(), LayersPass()):
         pass_.apply(make_context(), graph)
-    assert prefill_plan(graph) is None          # the engine's PyTorch prefill lacks the norms: it refuses
+    plan = prefill_plan(graph)                   # the engine's PyTorch prefill applies them too
+    assert plan["q_norm"][1].endswith("layers.1.self_attn.q_norm.weight") and plan["qk_eps"] > 0
     sim = simulator(lower_model(step), step.state_dict())
     for pos in (0, 17, MAX_SEQ - 1):
         token, p, k, v = step.example_inputs(pos, seed=pos)

@@ -39,7 +39,7 @@ from ..kinds.linear import packed_elements
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "attention.cuh",
+HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "mma.cuh", "attention.cuh",
            "embedding.cuh", "argmax.cuh")
 CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "i32": "int"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from .. import smem
-from ..errors import UnsupportedOpError
-from ..names import quoted
 from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal
 
 EMPTY = np.float32(-1e30)   # max score of a part with no positions (attention.cuh kEmpty)
@@ -114,9 +112,6 @@ class Attention(TaskKind):
         state[:hd], state[hd], state[hd + 1] = p @ values[t0:t1], m, p.sum()
 
     def functions(self, em, op, name) -> list[str]:
-        if op.buffer("q_norm"):
-            raise UnsupportedOpError(f"attention {quoted(op.source.data)}: the per-head RMSNorm of q and k (Qwen3) runs "
-                                     "in the CPU simulator but not yet in the device library")
         hd, rows, pages = op.param("head_dim"), op.param("page_rows"), op.param("pages")
         buf = em.buf_of(op)
         inv = op.params.data.get("rope_inv_freq")
@@ -128,10 +123,14 @@ class Attention(TaskKind):
                        f"{smem.attention_work_bytes(hd, heads)}, \"smem model: attention work area\");")
         em.asserts.add(f"static_assert(AttentionPage<{hd}, {rows}>::kBytes == {smem.attention_page_bytes(hd, rows)}, "
                        "\"smem model: attention page\");")
+        norms = ""           # Qwen3: each head's RMSNorm of q and k before RoPE
+        if op.buffer("q_norm"):
+            norms = (f", {buf('q_norm', 'bf16_t')}, {buf('k_norm', 'bf16_t')}, "
+                     f"{f32_literal(op.param('norm_eps'))}")
         return [*em.signature(f"attention_{name}", "int page, int q_head, int split"),
-                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}>(s, task, {em.plan.work_offset}, {args}, "
-                f"q_head, {op.param('group')}, {op.param('max_seq_len')}, {op.param('num_heads')}, split, {op.parts}, "
-                "page);",
+                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}{', true' if norms else ''}>(s, task, "
+                f"{em.plan.work_offset}, {args}, q_head, {op.param('group')}, {op.param('max_seq_len')}, "
+                f"{op.param('num_heads')}, split, {op.parts}, page{norms});",
                 "}",
                 *em.signature(f"produce_{name}", "int page, int q_head, int split"),
                 f"  attention_produce<{em.ring}, {hd}, {rows}, {pages}>(s, {buf('k_cache', 'bf16_t')}, "

@@ -39,7 +39,7 @@ class Engine:
             raise AdamkError("adamk.Engine runs a whole model; this artifact is one decoder layer (adamk.load it)")
         self.plan = model.get("prefill")
         if self.plan is None:
-            raise AdamkError("this artifact's model has no PyTorch prefill (its layer is not the Llama/Qwen2 "
+            raise AdamkError("this artifact's model has no PyTorch prefill (its layer is not the Llama/Qwen2/Qwen3 "
                              "structure the engine knows); decode it with adamk.load instead")
         # the weights are read and checked once, by the step, which keeps them for the prefill's copies
         self.step = ModelStep(path, weights, device=device, timeout_s=timeout_s, weights_prefix=weights_prefix,
@@ -82,6 +82,8 @@ class Engine:
             q = proj(h, "q", layer).view(n, self.heads, self.head_dim).transpose(0, 1)
             k = proj(h, "k", layer).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
             v = proj(h, "v", layer).view(n, self.kv_heads, self.head_dim).transpose(0, 1)
+            if "q_norm" in w:       # Qwen3: each head's RMSNorm before RoPE
+                q, k = rms(q, w["q_norm"][layer], p["qk_eps"]), rms(k, w["k_norm"][layer], p["qk_eps"])
             q, k = rope(q), rope(k)
             self.step.k_cache[layer, 0, :, :n] = k.bfloat16()
             self.step.v_cache[layer, 0, :, :n] = v.bfloat16()
@@ -128,5 +130,5 @@ class Engine:
         return Generation(tokens, prefill_s, step_s)
 
 
-_WEIGHTS = ("embed", "lm_head", "final_norm", "input_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "o",
-            "post_norm", "gate", "up", "down")
+_WEIGHTS = ("embed", "lm_head", "final_norm", "input_norm", "q", "k", "v", "q_bias", "k_bias", "v_bias", "q_norm",
+            "k_norm", "o", "post_norm", "gate", "up", "down")

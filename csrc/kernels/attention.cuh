@@ -11,6 +11,7 @@
 #pragma once
 #include "common.cuh"
 #include "linear.cuh"
+#include "mma.cuh"
 #include "sync.cuh"
 #include "tagged.cuh"
 
@@ -98,6 +99,195 @@ __device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k
   }
 }
 
+// W u32 words of shared memory at `addr`: 16-byte loads where W is a multiple of 4 (`addr` then
+// 16-byte aligned), 8-byte loads otherwise (`addr` 8-byte aligned).
+template <int W>
+__device__ __forceinline__ void lds_words(u32 addr, u32 out[W]) {
+  static_assert(W % 2 == 0, "whole 8-byte loads");
+  if constexpr (W % 4 != 0) {
+#pragma unroll
+    for (int i = 0; i < W / 2; ++i) {
+      const uint2 v = lds64(addr + 8 * i);
+      out[2 * i] = v.x;
+      out[2 * i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < W / 4; ++i) {
+      const uint4 v = lds128(addr + 16 * i);
+      out[4 * i] = v.x;
+      out[4 * i + 1] = v.y;
+      out[4 * i + 2] = v.z;
+      out[4 * i + 3] = v.w;
+    }
+  }
+}
+
+// attention_task's loop over its cached rows on the tensor cores (HD a multiple of 32, at most 128; pages
+// of whole 16-row tiles): each warp
+// takes 16 rows of a page at a time and computes S = Q K^T and then O += P V with mma.m16n8k16, the
+// P query heads as M (rows g < P of 16; the others zero), keeping an online-softmax state per head;
+// then it folds in row pos (the task's own k and v) if the part holds it, and leaves its state in
+// `part` as [warp][P][HD + 2] = (acc, max, sum), as the CUDA-core loop does. Lane 4g + t holds head
+// g's max, its share of the sum and acc for dims [t HD/4, (t+1) HD/4). The k index of S runs over
+// the dims in another order (dims t HD/4 + 4c + {0, 1}, {2, 3} in chunk c, the same for Q and K), so
+// a lane reads HD/4 contiguous dims of its K row; the n index of P V is dim g HD/8 + c in n-tile c,
+// so a lane reads HD/8 contiguous dims of each of its 4 V rows. q and the weights p are rounded to
+// bf16 for the MMA (accumulation in float); rows past the page's cached ones never reach it.
+template <typename R, int HD, int P, int ROWS, int NPAGES>
+__device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int page, int t_begin, int t_end,
+                                                   const float* qs, const float* knew, const float* vnew,
+                                                   float* part) {
+  static_assert(HD % 32 == 0 && ROWS % 16 == 0 && P <= 8, "16-row tiles of a page; 8-byte loads of K and V");
+  using Page = AttentionPage<HD, ROWS>;
+  constexpr int kChunks = HD / 16;     // k chunks of S = Q K^T
+  constexpr int kTiles = HD / 8;       // n tiles of O = P V
+  constexpr int kQuarter = HD / 4;     // dims of a lane's K row, and of its acc
+  constexpr int kEighth = HD / 8;      // dims of each of a lane's V rows
+  constexpr int kStride = HD + 2;
+  const float kNegInf = -__int_as_float(0x7f800000);
+  const int pos = s.pos, warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const bool mine = g < P;
+  u32 qa[kChunks][2];                  // Q's A fragments: row g, k slots (2t, 2t+1) and (2t+8, 2t+9)
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const float* q = qs + (mine ? g : 0) * HD + t * kQuarter + 4 * c;
+    qa[c][0] = mine ? pack_bf16(q[0], q[1]) : 0u;
+    qa[c][1] = mine ? pack_bf16(q[2], q[3]) : 0u;
+  }
+  float m = kEmpty, l = 0.f, o[kTiles][4];    // o[c][e], e < 2: head g, dim (2t + e) HD/8 + c
+#pragma unroll
+  for (int c = 0; c < kTiles; ++c) o[c][0] = o[c][1] = o[c][2] = o[c][3] = 0.f;
+#pragma unroll 1
+  for (int pg = 0; pg < NPAGES; ++pg) {
+    R::wait_page(s, page + pg, task);
+    const u32 rows = R::page(page + pg);
+    const int valid = max(0, min(ROWS, min(t_end, pos) - (t_begin + pg * ROWS)));   // the page's cached rows
+#pragma unroll 1
+    for (int r0 = warp * 16; r0 < valid; r0 += kWarps * 16) {
+      float sc[2][4];                  // S of rows r0 .. r0+7 and r0+8 .. r0+15 (n = row g of each)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        u32 kw[kQuarter / 2];          // dims t HD/4 + 2i, +1 of row r0 + 8h + g
+        lds_words<kQuarter / 2>(rows + Page::kK + ((r0 + 8 * h + g) * HD + t * kQuarter) * 2, kw);
+        sc[h][0] = sc[h][1] = sc[h][2] = sc[h][3] = 0.f;
+#pragma unroll
+        for (int c = 0; c < kChunks; ++c) {
+          const u32 a[4] = {qa[c][0], 0u, qa[c][1], 0u}, b[2] = {kw[2 * c], kw[2 * c + 1]};
+          mma_16816(sc[h], a, b, sc[h]);
+        }
+      }
+      // head g's scores of rows r0 + 2t, +1, r0 + 8 + 2t, +1; the tile's max over the group's 4 lanes
+      const int row[4] = {r0 + 2 * t, r0 + 2 * t + 1, r0 + 8 + 2 * t, r0 + 9 + 2 * t};
+      float sv[4] = {sc[0][0], sc[0][1], sc[1][0], sc[1][1]}, mt = kEmpty;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        sv[i] = row[i] < valid ? sv[i] : kNegInf;     // past the cached rows: weight 0 (stale bytes)
+        mt = fmaxf(mt, sv[i]);
+      }
+      mt = fmaxf(mt, shfl_xor(mt, 1));
+      mt = fmaxf(mt, shfl_xor(mt, 2));
+      const float mn = fmaxf(m, mt), corr = fast_exp2(m - mn);
+      float p[4];                      // as the MMA takes them (bf16), so the sum weighs what O adds
+#pragma unroll
+      for (int i = 0; i < 4; ++i) p[i] = to_float(to_bf16(fast_exp2(sv[i] - mn)));
+      l = l * corr + ((p[0] + p[1]) + (p[2] + p[3]));
+      m = mn;
+#pragma unroll
+      for (int c = 0; c < kTiles; ++c) {
+        o[c][0] *= corr;
+        o[c][1] *= corr;
+      }
+      u32 vw[4][kEighth / 2];          // dims g HD/8 .. of rows row[0..3] (in the page); zero past the cached ones
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        lds_words<kEighth / 2>(rows + Page::kV + (row[i] * HD + g * kEighth) * 2, vw[i]);
+#pragma unroll
+        for (int w = 0; w < kEighth / 2; ++w) vw[i][w] = row[i] < valid ? vw[i][w] : 0u;   // stale bytes
+      }
+      const u32 pa[4] = {pack_bf16(p[0], p[1]), 0u, pack_bf16(p[2], p[3]), 0u};
+#pragma unroll
+      for (int c = 0; c < kTiles; ++c) {
+        const u32 b[2] = {pair_of_halves(vw[0][c / 2], vw[1][c / 2], c % 2),
+                          pair_of_halves(vw[2][c / 2], vw[3][c / 2], c % 2)};
+        mma_16816(o[c], pa, b, o[c]);
+      }
+    }
+    R::release(page + pg);
+  }
+  if (t_begin <= pos && pos < t_end && warp == 0) {   // row pos: the task's own k and v (float)
+    float d = 0.f;
+#pragma unroll
+    for (int i = 0; i < kQuarter; ++i) d = fmaf(qs[(mine ? g : 0) * HD + t * kQuarter + i], knew[t * kQuarter + i], d);
+    d += shfl_xor(d, 1);
+    d += shfl_xor(d, 2);
+    const float mn = fmaxf(m, d), corr = fast_exp2(m - mn), pn = fast_exp2(d - mn);
+    l = l * corr + (t == 0 ? pn : 0.f);
+    m = mn;
+#pragma unroll
+    for (int c = 0; c < kTiles; ++c) {
+      o[c][0] = fmaf(o[c][0], corr, pn * vnew[(2 * t) * kEighth + c]);
+      o[c][1] = fmaf(o[c][1], corr, pn * vnew[(2 * t + 1) * kEighth + c]);
+    }
+  }
+  l += shfl_xor(l, 1);
+  l += shfl_xor(l, 2);
+  if (mine) {
+    float* state = part + (warp * P + g) * kStride;
+#pragma unroll
+    for (int c = 0; c < kTiles; ++c) {
+      state[(2 * t) * kEighth + c] = o[c][0];
+      state[(2 * t + 1) * kEighth + c] = o[c][1];
+    }
+    if (t == 0) {
+      state[HD] = m;
+      state[HD + 1] = l;
+    }
+  }
+}
+
+// Qwen3's per-head RMSNorm of q and k (attention_task with NORM): the P query heads in qs and the
+// new key row in knew, staged raw, each normalised over its HD values (weights q_norm, k_norm: bf16
+// [HD]), rotated, then left as the loop reads them: q scaled by scale * log2 e, k rounded to bf16
+// (and appended to the cache at pos where the task appends). `scratch`: P + 1 floats.
+template <int HD, int P>
+__device__ __forceinline__ void attention_head_norms(float* qs, float* knew, float* scratch, const bf16_t* q_norm,
+                                                     const bf16_t* k_norm, float eps, const float* inv_freq,
+                                                     int pos, float q_scale, bool appends, bf16_t* kc) {
+  static_assert(P + 1 <= kWarps, "a warp per head's sum of squares");
+  constexpr int half = HD / 2;
+  consumer_sync();                   // the raw heads are staged
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (warp <= P) {                   // warp p < P: query head p; warp P: the key
+    const float* h = warp < P ? qs + warp * HD : knew;
+    float ss = 0.f;
+    for (int d = lane; d < HD; d += 32) ss += h[d] * h[d];
+    ss = warp_sum(ss);
+    if (lane == 0) scratch[warp] = rsqrtf(ss / HD + eps);
+  }
+  consumer_sync();
+  for (int t = threadIdx.x; t < (P + 1) * half; t += kConsumerThreads) {
+    const int head = t / half, i = t % half;
+    const bool is_q = head < P;
+    float* h = is_q ? qs + head * HD : knew;
+    const bf16_t* w = is_q ? q_norm : k_norm;
+    float lo = h[i] * scratch[head] * to_float(w[i]), hi = h[i + half] * scratch[head] * to_float(w[i + half]);
+    rope_pair(lo, hi, i, inv_freq, pos);
+    if (is_q) {
+      h[i] = lo * q_scale;
+      h[i + half] = hi * q_scale;
+    } else {
+      const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
+      h[i] = to_float(kl);
+      h[i + half] = to_float(kh);
+      if (appends) {
+        kc[(size_t)pos * HD + i] = kl;
+        kc[(size_t)pos * HD + i + half] = kh;
+      }
+    }
+  }
+}
+
 // n_splits == 1: out[q_head + p] = softmax(q_p k^T) v for p < P. Otherwise part `split` covers its
 // share of positions 0..pos and writes out[(split * num_heads + q_head + p) * (HD + 2)...] =
 // (acc[HD], max, sum), unnormalised, for the merge. Its cached rows are ring pages `page` ..
@@ -106,12 +296,13 @@ __device__ __forceinline__ void attention_produce(const Step& s, const bf16_t* k
 // queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); each lane group of a
 // warp takes kRowsPerLane rows per trip of the loop, kPerTrip rows per warp (not unrolled: a small
 // loop body).
-template <typename R, int HD, int P, int ROWS, int NPAGES>
+template <typename R, int HD, int P, int ROWS, int NPAGES, bool NORM = false>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
-                                               int n_splits, int page) {
+                                               int n_splits, int page, const bf16_t* q_norm = nullptr,
+                                               const bf16_t* k_norm = nullptr, float norm_eps = 0.f) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
@@ -167,6 +358,12 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       continue;
     }
     float lo = value_of(wa), hi = value_of(wb);
+    if constexpr (NORM) {            // raw: each head's RMSNorm needs all of it (attention_head_norms)
+      float* h = is_q ? qs + (t / half) * HD : knew;
+      h[i] = lo;
+      h[i + half] = hi;
+      continue;
+    }
     rope_pair(lo, hi, i, inv_freq, pos);
     if (is_q) {
       float* qh = qs + (t / half) * HD;
@@ -182,95 +379,104 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       }
     }
   }
+  if constexpr (NORM)
+    attention_head_norms<HD, P>(qs, knew, part, q_norm, k_norm, norm_eps, inv_freq, pos, scale * kLog2e, appends, kc);
   consumer_sync();
   trace_mark(s, task, 1);
 
-  float qr[P][8], acc[P][8], m[P], l[P];
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    m[p] = kEmpty;
-    l[p] = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      qr[p][e] = has_chunk ? qs[p * HD + chunk * 8 + e] : 0.f;
-      acc[p][e] = 0.f;
+  // The tensor cores where the page's rows come in 16-row tiles (smem.attention_page_rows) and the
+  // accumulators fit the registers; the CUDA-core loop otherwise.
+  if constexpr (HD % 32 == 0 && HD <= 128 && ROWS % 16 == 0) {
+    attention_rows_mma<R, HD, P, ROWS, NPAGES>(s, task, page, t_begin, t_end, qs, knew, vnew, part);
+    trace_mark(s, task, 3);
+  } else {
+    float qr[P][8], acc[P][8], m[P], l[P];
+  #pragma unroll
+    for (int p = 0; p < P; ++p) {
+      m[p] = kEmpty;
+      l[p] = 0.f;
+  #pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        qr[p][e] = has_chunk ? qs[p * HD + chunk * 8 + e] : 0.f;
+        acc[p][e] = 0.f;
+      }
     }
-  }
-  // Page by page: its steps of rows (the trip count is uniform across the warp, so the shuffles
-  // see every lane), then the warp is done with it.
-#pragma unroll 1
-  for (int pg = 0; pg < NPAGES; ++pg) {
-    R::wait_page(s, page + pg, task);
-    const u32 rows = R::page(page + pg);
-    const int t0 = t_begin + pg * ROWS;
-#pragma unroll 1
-    for (int r0 = warp * kPerTrip; r0 < ROWS && t0 + r0 < t_end; r0 += kStep) {
-      float kf[kRowsPerLane][8], vf[kRowsPerLane][8], score[kRowsPerLane][P];
-#pragma unroll
-      for (int u = 0; u < kRowsPerLane; ++u) {
-        const int r = r0 + u * kPosPerWarp + sub, t = t0 + r;
-        if (has_chunk && t < pos && t < t_end) {        // past the part's copied rows: stale bytes, never read
-          unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf[u]);
-          unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf[u]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            kf[u][e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos; past t_end masked below (finite)
-            vf[u][e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
+    // Page by page: its steps of rows (the trip count is uniform across the warp, so the shuffles
+    // see every lane), then the warp is done with it.
+  #pragma unroll 1
+    for (int pg = 0; pg < NPAGES; ++pg) {
+      R::wait_page(s, page + pg, task);
+      const u32 rows = R::page(page + pg);
+      const int t0 = t_begin + pg * ROWS;
+  #pragma unroll 1
+      for (int r0 = warp * kPerTrip; r0 < ROWS && t0 + r0 < t_end; r0 += kStep) {
+        float kf[kRowsPerLane][8], vf[kRowsPerLane][8], score[kRowsPerLane][P];
+  #pragma unroll
+        for (int u = 0; u < kRowsPerLane; ++u) {
+          const int r = r0 + u * kPosPerWarp + sub, t = t0 + r;
+          if (has_chunk && t < pos && t < t_end) {        // past the part's copied rows: stale bytes, never read
+            unpack8(lds128(rows + Page::kK + (r * HD + chunk * 8) * 2), kf[u]);
+            unpack8(lds128(rows + Page::kV + (r * HD + chunk * 8) * 2), vf[u]);
+          } else {
+  #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              kf[u][e] = has_chunk ? knew[chunk * 8 + e] : 0.f;     // row pos; past t_end masked below (finite)
+              vf[u][e] = has_chunk ? vnew[chunk * 8 + e] : 0.f;
+            }
+          }
+  #pragma unroll
+          for (int p = 0; p < P; ++p) {
+            float d = 0.f;
+  #pragma unroll
+            for (int e = 0; e < 8; ++e) d = fmaf(qr[p][e], kf[u][e], d);
+  #pragma unroll
+            for (int off = 1; off < kLanesPerPos; off <<= 1) d += shfl_xor(d, off);
+            score[u][p] = t < t_end ? d : -__int_as_float(0x7f800000);   // -inf: a row past the part weighs 0
           }
         }
-#pragma unroll
+        // The trip's rows as one state per head (max m2, sum l2, acc a2), merged into the running one.
+  #pragma unroll
         for (int p = 0; p < P; ++p) {
-          float d = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) d = fmaf(qr[p][e], kf[u][e], d);
-#pragma unroll
-          for (int off = 1; off < kLanesPerPos; off <<= 1) d += shfl_xor(d, off);
-          score[u][p] = t < t_end ? d : -__int_as_float(0x7f800000);   // -inf: a row past the part weighs 0
+          float m2 = kEmpty;
+  #pragma unroll
+          for (int u = 0; u < kRowsPerLane; ++u) m2 = fmaxf(m2, score[u][p]);
+          float l2 = 0.f, a2[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  #pragma unroll
+          for (int u = 0; u < kRowsPerLane; ++u) {
+            const float c = fast_exp2(score[u][p] - m2);
+            l2 += c;
+  #pragma unroll
+            for (int e = 0; e < 8; ++e) a2[e] = fmaf(c, vf[u][e], a2[e]);
+          }
+          merge_state(m[p], l[p], acc[p], m2, l2, a2);
         }
       }
-      // The trip's rows as one state per head (max m2, sum l2, acc a2), merged into the running one.
-#pragma unroll
+      R::release(page + pg);
+    }
+    trace_mark(s, task, 3);
+    // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
+  #pragma unroll 1
+    for (int off = kLanesPerPos; off < 32; off <<= 1) {
+  #pragma unroll
       for (int p = 0; p < P; ++p) {
-        float m2 = kEmpty;
-#pragma unroll
-        for (int u = 0; u < kRowsPerLane; ++u) m2 = fmaxf(m2, score[u][p]);
-        float l2 = 0.f, a2[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int u = 0; u < kRowsPerLane; ++u) {
-          const float c = fast_exp2(score[u][p] - m2);
-          l2 += c;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) a2[e] = fmaf(c, vf[u][e], a2[e]);
-        }
+        float a2[8];
+  #pragma unroll
+        for (int e = 0; e < 8; ++e) a2[e] = shfl_xor(acc[p][e], off);
+        const float m2 = shfl_xor(m[p], off), l2 = shfl_xor(l[p], off);
         merge_state(m[p], l[p], acc[p], m2, l2, a2);
       }
     }
-    R::release(page + pg);
-  }
-  trace_mark(s, task, 3);
-  // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
-#pragma unroll 1
-  for (int off = kLanesPerPos; off < 32; off <<= 1) {
-#pragma unroll
+  #pragma unroll
     for (int p = 0; p < P; ++p) {
-      float a2[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) a2[e] = shfl_xor(acc[p][e], off);
-      const float m2 = shfl_xor(m[p], off), l2 = shfl_xor(l[p], off);
-      merge_state(m[p], l[p], acc[p], m2, l2, a2);
-    }
-  }
-#pragma unroll
-  for (int p = 0; p < P; ++p) {
-    float* mine = part + (warp * P + p) * kStride;
-    if (sub == 0 && has_chunk) {
-#pragma unroll
-      for (int e = 0; e < 8; ++e) mine[chunk * 8 + e] = acc[p][e];
-    }
-    if (lane == 0) {
-      mine[HD] = m[p];
-      mine[HD + 1] = l[p];
+      float* mine = part + (warp * P + p) * kStride;
+      if (sub == 0 && has_chunk) {
+  #pragma unroll
+        for (int e = 0; e < 8; ++e) mine[chunk * 8 + e] = acc[p][e];
+      }
+      if (lane == 0) {
+        mine[HD] = m[p];
+        mine[HD + 1] = l[p];
+      }
     }
   }
   consumer_sync();
