@@ -215,3 +215,13 @@ def test_attention_combine_tasks_of_a_batch_serve_one_sequence_each():
     assert sorted((o.sequence, o.tile_range) for o in combines) == \
         [(b, (g * 3, g * 3 + 3)) for b in range(batch) for g in range(2)]
     check_layer(layer, module, batch)
+
+
+def test_the_batched_linears_fragment_layout_in_numpy():
+    """benchmarks/linear_mma_emulation.py: linear_task_batch's loads, fragments and warp sums,
+    lane by lane, give W @ x (whole and short pages, 8 to 32 rows, gated, batches of 3 to 16)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import linear_mma_emulation
+    assert linear_mma_emulation.main() < 1e-5

@@ -81,3 +81,26 @@ def test_batched_whole_model_decodes_each_sequence_as_float32(gpu, tmp_path):
     step.start(first, start)
     step.run(6, start)
     assert step.generated(start, 6) == [[s[b] for s in steps] for b in range(batch)]
+
+
+def test_engine_decodes_several_prompts_together(tmp_path):
+    """Four prompts of different lengths prefilled into their rows, then decoded together: each
+    sequence's every new id is float32 PyTorch's argmax given the ids before it (or within bf16
+    rounding of it), at its own positions."""
+    batch, model = 4, bf16_exact(LlamaModel(PRESETS["tiny"], seed=random.randrange(2**31)))
+    c = model.cfg
+    path = adamk.compile(model, adamk.CompileConfig(gpu="H200", batch_size=batch)).save(tmp_path / "model")
+    engine = adamk.Engine(path, model)
+    prompts = [[random.randrange(c.vocab_size) for _ in range(n)] for n in (1, 5, 17, 30)]
+    result = engine.generate(prompts, 12)
+    assert len(result.tokens) == batch and all(len(t) == 12 for t in result.tokens)
+    for prompt, new in zip(prompts, result.tokens):
+        kc = torch.zeros(c.num_layers, 1, c.num_kv_heads, c.max_seq_len, c.head_dim)
+        vc = torch.zeros_like(kc)
+        seq = prompt + new
+        for pos in range(len(seq) - 1):
+            with torch.no_grad():
+                ref = model(torch.tensor([seq[pos]]), torch.tensor(pos), kc, vc).reshape(-1)
+            if pos >= len(prompt) - 1:
+                token = seq[pos + 1]
+                assert token == int(ref.argmax()) or ref.max() - ref[token] <= 1e-2 * ref.abs().max(), (prompt, pos)

@@ -76,9 +76,6 @@ class DecodeStep:
         self.batch = self.manifest["config"].get("batch_size", 1)      # sequences decoded per step
         # a batch's positions are on the device, one per sequence (a layer's: the host writes them)
         self.position_buffer = next((b["name"] for b in self.manifest["buffers"] if b["role"] == "position"), None)
-        if self.batch > 1 and launcher == "cpp":
-            raise AdamkError(f"the C++ runtime launches one sequence per step; this artifact decodes a batch of "
-                             f"{self.batch}: use launcher='cuda-bindings'")
         names = [b["name"] for b in self.manifest["buffers"]]
         n_tasks = len(self.manifest["tasks"])
         self.trace_slots = len(k.get("trace_slots", ()))
