@@ -64,6 +64,8 @@ class Engine:
         rows of a batch's)."""
         torch, F = self.torch, self.torch.nn.functional
         n, w, p = len(ids), self.w, self.plan
+        if n == 0:                  # a one-token prompt: its token is the first step's input
+            return
         ids_t = torch.tensor(ids, device=self.step.device)
         x = F.embedding(ids_t, w["embed"]).float()                                    # [n, hidden]
         angle = torch.arange(n, device=self.step.device, dtype=torch.float32)[:, None] * self.inv_freq
