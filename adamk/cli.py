@@ -151,22 +151,30 @@ def _ids(text: str) -> list[int]:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--weights", required=True, type=click.Path(path_type=Path),
               help="The model's weights: a safetensors file, a (sharded) checkpoint directory or the ONNX file.")
-@click.option("--prompt-ids", required=True, help="The prompt's token ids, comma-separated.")
+@click.option("--prompt-ids", required=True, multiple=True,
+              help="The prompt's token ids, comma-separated; once per sequence for an artifact of a batch.")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--weights-prefix", default="", help="Bind only the weights under this name prefix ...")
 @click.option("--names-prefix", default="", help="... renamed to this prefix (the artifact's names).")
 def run(artifact, weights, prompt_ids, max_new_tokens, weights_prefix, names_prefix):
     """Generate greedily from a whole-model ARTIFACT: the prompt prefilled in PyTorch, each new token
-    from the megakernel, printed as it comes; then tokens/s."""
-    ids = _ids(prompt_ids)
+    from the megakernel, printed as it comes; then tokens/s. An artifact of a batch of B takes B
+    prompts (--prompt-ids once each), decoded together: each step prints its B ids, joined by '/'."""
+    prompts = [_ids(p) for p in prompt_ids]
     _need_gpu("run")
     from .runtime.engine import Engine
     engine = Engine(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
+    batch = engine.step.batch
+    if len(prompts) != batch:
+        raise AdamkError(f"{len(prompts)} --prompt-ids for an artifact that decodes a batch of {batch}")
     out = click.get_text_stream("stdout")
-    result = engine.generate(ids, max_new_tokens, on_token=lambda t: (out.write(f"{t} "), out.flush()))
+    shown = (lambda t: str(t)) if batch == 1 else (lambda ts: "/".join(map(str, ts)))     # noqa: E731
+    result = engine.generate(prompts[0] if batch == 1 else prompts, max_new_tokens,
+                             on_token=lambda t: (out.write(f"{shown(t)} "), out.flush()))
     out.write("\n")
-    _say(f"{len(result.tokens)} tokens: {result.tokens_per_s:.1f} tokens/s on the megakernel (steps waited for "
-         f"one by one to stream them); prefill of {len(ids) - 1} tokens {result.prefill_s * 1e3:.1f} ms")
+    _say(f"{max_new_tokens * batch} tokens: {result.tokens_per_s:.1f} tokens/s on the megakernel (steps waited "
+         f"for one by one to stream them); prefill of {sum(len(p) - 1 for p in prompts)} tokens "
+         f"{result.prefill_s * 1e3:.1f} ms")
 
 
 @main.command()
@@ -191,10 +199,11 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
         raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len}")
     step.k_cache.normal_()
     step.v_cache.normal_()
-    read = step.read_bytes(pos)
+    positions = pos if step.batch == 1 else [pos] * step.batch        # every sequence of a batch at --pos
+    read = step.read_bytes(positions)
     from .runtime.timing import copy_bandwidth, time_launches
     bw = copy_bandwidth()
-    step.start(0, pos)
+    step.start(0 if step.batch == 1 else [0] * step.batch, positions)
     single, b2b = time_launches(step.launch, steps)
     step.check()
     floor = read / bw * 1e6

@@ -89,16 +89,21 @@ def warp_state(HD, P, q, K, V, valid):
         ms[g], ls[g] = m[ln], l[ln]
     return acc, ms, ls
 
-for HD, P, valid in ((64, 4, 128), (64, 3, 37), (32, 4, 16), (128, 2, 50), (64, 1, 1)):
-    q = rng.standard_normal((P, HD)).astype(np.float32) * 0.3
-    K = bf16(rng.standard_normal((128, HD))); V = bf16(rng.standard_normal((128, HD)))
-    acc, m, l = warp_state(HD, P, q, K, V, valid)
-    s = (q.astype(np.float64) @ K[:valid].T)            # base-2 scores (q pre-scaled)
-    mm = s.max(1); p = np.exp2(s - mm[:, None])
-    ref = p @ V[:valid]
-    got = acc * np.exp2(m - mm)[:, None]
-    lref = p.sum(1); lgot = l * np.exp2(m - mm)
-    err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
-    print(HD, P, valid, "acc rel err", f"{err:.2e}", "l rel err", f"{np.abs(lgot - lref).max() / lref.max():.2e}")
-    assert err < 1e-2 and np.abs(lgot - lref).max() / lref.max() < 1e-2
-print("ok")
+def main():
+    for HD, P, valid in ((64, 4, 128), (64, 3, 37), (32, 4, 16), (128, 2, 50), (64, 1, 1)):
+        q = rng.standard_normal((P, HD)).astype(np.float32) * 0.3
+        K = bf16(rng.standard_normal((128, HD))); V = bf16(rng.standard_normal((128, HD)))
+        acc, m, l = warp_state(HD, P, q, K, V, valid)
+        s = (q.astype(np.float64) @ K[:valid].T)            # base-2 scores (q pre-scaled)
+        mm = s.max(1); p = np.exp2(s - mm[:, None])
+        ref = p @ V[:valid]
+        got = acc * np.exp2(m - mm)[:, None]
+        lref = p.sum(1); lgot = l * np.exp2(m - mm)
+        err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        print(HD, P, valid, "acc rel err", f"{err:.2e}", "l rel err", f"{np.abs(lgot - lref).max() / lref.max():.2e}")
+        assert err < 1e-2 and np.abs(lgot - lref).max() / lref.max() < 1e-2
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,10 +9,9 @@ step whatever the batch, one embedding row and the KV rows at `pos` per sequence
 
 Each baseline is checked first: its logits for every sequence against float32 PyTorch of that
 sequence alone (relative error within BASELINE_TOLERANCE: its activations are bf16 through every
-layer, 1.9-2.0e-2 for the 1B preset on the H200, docs/perf.md v28). A megakernel compiles for a batch of one today
-(`adamk.compile` refuses more: the device library decodes one sequence per step), so only
-`--artifact 1=...` can be given; the table's ratios say what the targets need: batch 8 at most
-1.15x batch 1, every batch at least 1.5x faster than torch.compile.
+layer, 1.9-2.0e-2 for the 1B preset on the H200, docs/perf.md v28). The megakernel of a batch
+B is timed where `--artifact B=DIR` gives one (compiled with `--batch-size B`); the table's
+ratios say what the targets need: batch 8 at most 1.15x batch 1, every batch at least 1.5x faster than torch.compile.
 """
 from __future__ import annotations
 
@@ -74,7 +73,8 @@ def main():
                 raise SystemExit(f"{artifacts[batch]} was compiled for a batch of {step.manifest['config']['batch_size']}")
             step.k_cache.copy_(kc)
             step.v_cache.copy_(vc)
-            step.start(int(tokens[0]), pos)
+            ids = tokens.tolist()
+            step.start(ids[0], pos) if batch == 1 else step.start(ids, [pos] * batch)
             _, ours = time_launches(step.launch, args.iters)
             step.check()
         rows.append((batch, floor, base, ours))

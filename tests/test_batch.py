@@ -14,7 +14,7 @@ from adamk import smem
 from adamk.dialects.graph import LinearOp
 from adamk.dialects.schedule import ExecOp
 from adamk.dialects.task import BufferOp
-from adamk.errors import AdamkError, ScheduleError, UnsupportedOpError
+from adamk.errors import AdamkError, ScheduleError
 from adamk.models import PRESETS, LlamaModel
 from adamk.simulator import Simulator
 from helpers import lower, random_layer, rel
@@ -140,9 +140,18 @@ def test_batch_size_outside_1_to_16_is_refused(batch):
         adamk.CompileConfig(batch_size=batch)
 
 
-def test_compile_refuses_a_batch_before_any_work():
-    with pytest.raises(UnsupportedOpError, match="batch_size=4: batches run in the CPU simulator"):
-        adamk.compile(random_layer("tiny"), adamk.CompileConfig(batch_size=4))
+@pytest.mark.parametrize("gpu", ["H200", "L20"])
+def test_a_batch_compiles_to_the_tensor_cores_linears_and_per_sequence_positions(gpu):
+    """NVRTC builds the batch's kernel for the target's arch: every linear on linear_task_batch
+    with its bf16 staging, the attention at its sequence's position from the device buffer
+    [batch] (a layer's launch argument is one sequence's)."""
+    art = adamk.compile(random_layer("tiny"), adamk.CompileConfig(gpu=gpu, batch_size=4))
+    position = next(b for b in art.manifest["buffers"] if b["role"] == "position")
+    assert position["shape"] == [4] and position["dtype"] == "i32"
+    source = art.files["kernel.cu"].decode()
+    assert "linear_task_batch<SmRing" in source and "linear_task<SmRing" not in source
+    assert source.count("at_position(s, b.") >= 2            # the attention's and its producer's
+    assert art.files[f"kernel.{art.manifest['target']['arch']}.cubin"]
 
 
 def test_the_batch_pass_widens_every_sequence_value_and_no_weight():
@@ -206,3 +215,13 @@ def test_attention_combine_tasks_of_a_batch_serve_one_sequence_each():
     assert sorted((o.sequence, o.tile_range) for o in combines) == \
         [(b, (g * 3, g * 3 + 3)) for b in range(batch) for g in range(2)]
     check_layer(layer, module, batch)
+
+
+def test_the_batched_linears_fragment_layout_in_numpy():
+    """benchmarks/linear_mma_emulation.py: linear_task_batch's loads, fragments and warp sums,
+    lane by lane, give W @ x (whole and short pages, 8 to 32 rows, gated, batches of 3 to 16)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import linear_mma_emulation
+    assert linear_mma_emulation.main() < 1e-5

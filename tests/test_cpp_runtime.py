@@ -110,6 +110,7 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["weights"][0].update(shape=[3, 3]), "is not a slot of a weight buffer of its shape"),
     (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
+    (lambda m: m["config"].update(batch_size=4), "decodes a batch of 4 sequences per step; this runtime launches one"),
 ])
 def test_a_malformed_manifest_is_one_clear_error(check, layer_dir, tmp_path, edit, match):
     art = copy(layer_dir, tmp_path)

@@ -39,8 +39,8 @@ from ..kinds.linear import packed_elements
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
-HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "linear.cuh", "mma.cuh", "attention.cuh",
-           "embedding.cuh", "argmax.cuh")
+HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "mma.cuh", "linear.cuh", "linear_mma.cuh",
+           "attention.cuh", "embedding.cuh", "argmax.cuh")
 CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "i32": "int"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
@@ -229,6 +229,10 @@ class _Emitter:
         self.slot_elements = {name: slot_elements(b, self.packing.get(name)) for name, b in self.buffers.items()
                               if b.slots is not None}
         self.whole = any(b.role.data == "tokens" for b in self.buffers.values())
+        # sequences decoded per step: a batch's positions are on the device, one per sequence
+        self.batch = max((o.param("batch") for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp)),
+                         default=1)
+        self.position_field = next((self.field[n] for n, b in self.buffers.items() if b.role.data == "position"), None)
         self.n_tasks = sum(isinstance(o, ExecOp) for sm in self.schedule.sms for o in sm.ops)
         self.max_epoch = max_epoch(module, queue)
 
@@ -312,6 +316,21 @@ class _Emitter:
         return lambda role, ctype="tagged_t": self.ptr(op.buffer(role), ctype, op)
 
     signature = staticmethod(_signature)
+
+    def position(self, seq: str) -> str:
+        """The position of sequence `seq` (an expression) of a batch: a whole model's in the slot of
+        this epoch's parity of its row of the position buffer, a layer's in its element."""
+        if self.whole:
+            return f"b.{self.position_field}[({seq}) * 2 + (s.epoch & 1u)]"
+        return f"b.{self.position_field}[{seq}]"
+
+    @staticmethod
+    def at_seq(pointer: str, stride) -> str:
+        """`pointer` advanced to the row of sequence `seq` (rows `stride` elements apart); a null
+        pointer (an absent buffer) stays null."""
+        if pointer.endswith("nullptr"):
+            return pointer
+        return f"({pointer} + (size_t)seq * {stride})"
 
     def marks(self, task_id: int) -> list[str]:
         """The before/after-waits stamps of a task with no waits (a profiling build)."""
@@ -482,11 +501,23 @@ class _Emitter:
             "  switch (blockIdx.x) {", *[f"    case {i}: adamk::sm_{i}(s, *b); break;" for i in range(n_sms)], "  }"]
         if not self.whole:
             return ["  const adamk::Step s{counters, err, trace, pos, epoch, timeout_ns};", *dispatch]
-        position = next(n for n, b in self.buffers.items() if b.role.data == "position")
         max_seq = self.buffers["tokens"].shape.get_values()[-1] - 1   # [batch, max_seq_len + 1]
-        return ["  // A whole model's position: on the device, in the slot of this epoch's parity (the `pos`",
-                "  // argument is not read).",
-                f"  const int at = b->{self.field[position]}[epoch & 1u];",
+        if self.batch == 1:
+            head = ["  // A whole model's position: on the device, in the slot of this epoch's parity (the `pos`",
+                    "  // argument is not read).",
+                    f"  const int at = b->{self.position_field}[epoch & 1u];"]
+        else:       # the first sequence's position outside the KV cache, else sequence 0's
+            head = ["  // A whole model's positions: on the device, each sequence's in the slot of this epoch's",
+                    "  // parity of its row (its tasks read their own: at_position; the `pos` argument is not read).",
+                    f"  int at = b->{self.position_field}[epoch & 1u];",
+                    f"  for (int seq = 0; seq < {self.batch}; ++seq) {{",
+                    f"    const int p = b->{self.position_field}[seq * 2 + (epoch & 1u)];",
+                    f"    if (p < 0 || p >= {max_seq}) {{",
+                    "      at = p;",
+                    "      break;",
+                    "    }",
+                    "  }"]
+        return [*head,
                 "  const adamk::Step s{counters, err, trace, at, epoch, timeout_ns};",
                 f"  if (at < 0 || at >= {max_seq}) {{",
                 f"    if (threadIdx.x == 0) adamk::report_error(s, adamk::kBadPosition, 0, 0, {max_seq}, (u32)at);",
@@ -518,8 +549,4 @@ class _Emitter:
 def emit_cuda(module: ModuleOp, gpu: GPU, profile: bool = False, queue: bool = False) -> str:
     """`queue=True`: the dynamic work-queue variant of the ablation instead of the schedule's
     straight-line programs (the schedule's placement is then not used)."""
-    batch = max((o.param("batch") for o in module.walk() if isinstance(o, ExecOp)), default=1)
-    if batch > 1:
-        raise UnsupportedOpError(f"a batch of {batch} sequences runs in the CPU simulator; the device library "
-                                 "decodes one sequence per step")
     return _Emitter(module, gpu, profile, queue).emit()

@@ -113,7 +113,16 @@ class Attention(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         hd, rows, pages = op.param("head_dim"), op.param("page_rows"), op.param("pages")
-        buf = em.buf_of(op)
+        nh, kvh, batch = op.param("num_heads"), op.param("num_kv_heads"), op.param("batch")
+        buf, step, seq = em.buf_of(op), "s", ""
+        if batch > 1:       # sequence `seq`'s rows of q, k, v, out and the caches, at its position
+            cache = kvh * op.param("max_seq_len") * hd
+            strides = {"out": nh * (hd if op.parts == 1 else hd + 2), "q": nh * hd, "k": kvh * hd, "v": kvh * hd,
+                       "k_cache": cache, "v_cache": cache}
+            of = buf
+            buf = lambda role, ctype="tagged_t": em.at_seq(of(role, ctype), strides[role]) \
+                if role in strides else of(role, ctype)                                      # noqa: E731
+            step, seq = "t", ", int seq"
         inv = op.params.data.get("rope_inv_freq")
         table = em.rope_table(inv.get_values()) if inv is not None else "(const float*)nullptr"
         args = ", ".join([buf(r) for r in ("out", "q", "k", "v", "k_cache", "v_cache")]
@@ -127,26 +136,35 @@ class Attention(TaskKind):
         if op.buffer("q_norm"):
             norms = (f", {buf('q_norm', 'bf16_t')}, {buf('k_norm', 'bf16_t')}, "
                      f"{f32_literal(op.param('norm_eps'))}")
-        return [*em.signature(f"attention_{name}", "int page, int q_head, int split"),
-                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}{', true' if norms else ''}>(s, task, "
+        at = [f"  const Step t = at_position(s, {em.position('seq')});"] if batch > 1 else []
+        return [*em.signature(f"attention_{name}", "int page, int q_head, int split" + seq), *at,
+                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}{', true' if norms else ''}>({step}, task, "
                 f"{em.plan.work_offset}, {args}, q_head, {op.param('group')}, {op.param('max_seq_len')}, "
-                f"{op.param('num_heads')}, split, {op.parts}, page{norms});",
+                f"{batch * nh}, split, {op.parts}, page{norms});",     # a part's heads: [parts, batch, heads]
                 "}",
-                *em.signature(f"produce_{name}", "int page, int q_head, int split"),
-                f"  attention_produce<{em.ring}, {hd}, {rows}, {pages}>(s, {buf('k_cache', 'bf16_t')}, "
+                *em.signature(f"produce_{name}", "int page, int q_head, int split" + seq), *at,
+                f"  attention_produce<{em.ring}, {hd}, {rows}, {pages}>({step}, {buf('k_cache', 'bf16_t')}, "
                 f"{buf('v_cache', 'bf16_t')}, q_head, {op.param('group')}, {op.param('max_seq_len')}, split, "
                 f"{op.parts}, page, task);",
                 "}"]
 
+    @staticmethod
+    def _seq(op) -> tuple:
+        """A batch's task names its sequence (its functions' last argument)."""
+        return (op.sequence,) if op.param("batch") > 1 else ()
+
     def produce(self, em, op, page) -> list[str]:
-        return [f"    produce_{em.op_name(op)}({em.args(op)}, {page}, {op.tile_range[0]}, {op.part});  "
+        args = (page, op.tile_range[0], op.part, *self._seq(op))
+        return [f"    produce_{em.op_name(op)}({em.args(op)}, {', '.join(map(str, args))});  "
                 f"// {em.comment(op)}: its cached rows"]
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, part = op.tile_range[0], op.part
         end = op.tile_range[1]
         heads = f"query head {begin}" if end == begin + 1 else f"query heads {begin}..{end - 1}"
-        return self.plain_call(em, op, "attention", (page, begin, part), f"{heads}, part {part}, pages {page}..")
+        of = f" of sequence {op.sequence}" if op.param("batch") > 1 else ""
+        return self.plain_call(em, op, "attention", (page, begin, part, *self._seq(op)),
+                               f"{heads}{of}, part {part}, pages {page}..")
 
     def pages(self, op) -> int:
         return op.param("pages")
@@ -174,8 +192,22 @@ class AttentionCombine(CombineKind):
         sim.buf(op, "out")[b, h0 * hd:h1 * hd] = merge_parts(sim.buf(op, "partial")[:, b, h0:h1], hd).reshape(-1)
 
     def functions(self, em, op, name) -> list[str]:
-        buf = em.buf_of(op)
-        return [*em.signature(f"combine_{name}", "int head_begin, int head_end"),
-                f"  attention_combine<{op.param('head_dim')}, {op.param('num_heads')}, {op.parts}>(s, task, "
-                f"{buf('out')}, {buf('partial')}, head_begin, head_end);",
+        buf, hd, nh, batch = em.buf_of(op), op.param("head_dim"), op.param("num_heads"), op.param("batch")
+        if batch == 1:
+            return [*em.signature(f"combine_{name}", "int head_begin, int head_end"),
+                    f"  attention_combine<{hd}, {nh}, {op.parts}>(s, task, {buf('out')}, {buf('partial')}, head_begin, "
+                    "head_end);",
+                    "}"]
+        # sequence `seq`'s heads: its row of out, its heads of every part ([parts, batch, heads]: a
+        # part's are batch x heads apart, the stride merged() takes as HEADS)
+        return [*em.signature(f"combine_{name}", "int head_begin, int head_end, int seq"),
+                f"  attention_combine<{hd}, {batch * nh}, {op.parts}>(s, task, {em.at_seq(buf('out'), nh * hd)}, "
+                f"{em.at_seq(buf('partial'), nh * (hd + 2))}, head_begin, head_end);",
                 "}"]
+
+    def call(self, em, op, page, new_run) -> list[str]:
+        begin, end = op.tile_range
+        if op.param("batch") == 1:
+            return super().call(em, op, page, new_run)
+        return self.plain_call(em, op, "combine", (begin, end, op.sequence),
+                               f"[{begin}, {end}) of sequence {op.sequence}, sum of parts")

@@ -85,29 +85,39 @@ class Linear(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         k, n, chunk, cols, pages = (op.param(p) for p in ("K", "N", "k_chunk", "page_cols", "pages"))
-        rows, paged = page_rows(op), paged_input(op, em.tagged)
+        rows, paged, batch = page_rows(op), paged_input(op, em.tagged), op.param("batch")
         gated = ", true" if op.buffer("weight2") else (", false" if paged else "")
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
         xs = pages * cols
-        out = buf("out") + (f" + k_index * {n}" if op.parts > 1 else "")
+        out = buf("out") + (f" + k_index * {batch * n}" if op.parts > 1 else "")   # a part: [parts, batch, N]
         k_len = f"min({chunk}, {k} - k0)"
+        seqs = f", {batch}" if batch > 1 else ""       # a batch: the staging's and the work area's sequences
         if prologue == "attn_combine":      # the input is the parts of a split attention
             hd, nh, parts = op.param("head_dim"), op.param("num_heads"), op.param("parts")
-            staging = f"  attention_input<{xs}, {hd}, {nh}, {parts}>(s, {wo}, {buf('input')}, k0, {k_len}, task);"
+            staging = (f"  attention_input<{xs}, {hd}, {nh}, {parts}{seqs}>(s, {wo}, {buf('input')}, k0, {k_len}, "
+                       "task);")
             coef = nh * parts
         else:
             in_type = em.ctype(op.buffer("input"))
-            staging = (f"  linear_input<{xs}, {k}, {PROLOGUES[prologue]}>(s, {wo}, {buf('input')}, "
-                       f"{buf('input2', in_type)}, {buf('norm_weight', 'bf16_t')}, "
+            staging = (f"  linear_input<{xs}, {k}, {PROLOGUES[prologue]}{f', {in_type}{seqs}' if seqs else ''}>(s, "
+                       f"{wo}, {buf('input')}, {buf('input2', in_type)}, {buf('norm_weight', 'bf16_t')}, "
                        f"{f32_literal(eps if eps is not None else 0.0)}, k0, {k_len}, task);")
             coef = 0
         em.asserts.add(f"static_assert(WeightPage<{rows}, {cols}>::kBytes == {op.stage_bytes.value.data}, "
                        "\"smem model: linear page\");")
-        em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}, {rows}>::kBytes == {smem.linear_work_bytes(xs, coef, rows)}, "
-                       "\"smem model: linear work area\");")
+        em.asserts.add(f"static_assert(LinearWork<{xs}, {coef}, {rows}{f', {batch}' if seqs else ''}>::kBytes == "
+                       f"{smem.linear_work_bytes(xs, coef, rows, batch)}, \"smem model: linear work area\");")
         staging_fn = [] if paged else [*em.signature(f"input_{name}", "int k_index"),
                                        f"  const int k0 = k_index * {chunk};", staging, "}"]
+        if batch > 1:       # the tensor cores' task (linear_mma.cuh), every sequence's rows from one read
+            task = (f"  linear_task_batch<{em.ring}, {xs}, {rows}, {cols}, {pages}, {batch}"
+                    f"{', true' if op.buffer('weight2') else ''}>(s, task, {wo}, {out}, {n}, {buf('bias', 'bf16_t')}, "
+                    f"{buf('residual')}, row_begin, row_end, {k_len}, page);")
+        else:
+            task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, "
+                    f"task, {wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
+                    + (f", {buf('input')}, k0, stage);" if paged else ");"))
         return [*staging_fn,
                 *em.signature(f"produce_{name}", "int page, int row_begin, int k_index"),
                 f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"
@@ -116,9 +126,7 @@ class Linear(TaskKind):
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"
                               + (", bool stage" if paged else "")),
                 f"  const int k0 = k_index * {chunk};",
-                f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, task, "
-                f"{wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
-                + (f", {buf('input')}, k0, stage);" if paged else ");"),
+                task,
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:
@@ -177,8 +185,9 @@ def paged_input(op, tagged) -> bool:
     """A plain tagged input (`tagged`: the names of the tagged buffers), such as a down
     projection's (the SwiGLU output) or an o_proj's from an unsplit attention, is staged by the
     task itself, page by page, so that its pages are used as their input columns arrive
-    (linear.cuh PAGED). Its profiling stamp "inputs in" then means page 0's columns are in."""
-    return op.param("prologue") == "none" and op.buffer("input") in tagged
+    (linear.cuh PAGED). Its profiling stamp "inputs in" then means page 0's columns are in. A batch's
+    task stages every sequence's chunk at its run's start (linear_mma.cuh has no paged staging)."""
+    return op.param("prologue") == "none" and op.buffer("input") in tagged and op.param("batch") == 1
 
 
 def finish(sim, op, begin: int, end: int, acc: np.ndarray):
@@ -216,7 +225,16 @@ class LinearCombine(CombineKind):
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
+        n, batch = op.param("N"), op.param("batch")
+        if batch == 1:
+            return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
+                    f"  linear_combine<{op.parts}>(s, task, {buf('out')}, {buf('partial')}, {n}, "
+                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
+                    "}"]
+        # each sequence's rows: its row of every part ([parts, batch, N]: parts batch x N apart)
+        at = lambda role, ctype="tagged_t": em.at_seq(buf(role, ctype), n)     # noqa: E731
         return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
-                f"  linear_combine<{op.parts}>(s, task, {buf('out')}, {buf('partial')}, {op.param('N')}, "
-                f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
+                f"  for (int seq = 0; seq < {batch}; ++seq)",
+                f"    linear_combine<{op.parts}>(s, task, {at('out')}, {at('partial')}, {batch * n}, "
+                f"{buf('bias', 'bf16_t')}, {at('residual')}, row_begin, row_end);",
                 "}"]

@@ -259,6 +259,8 @@ class TaskBuilder:
             self.buffer(args[0], "x", "input", self.dtype)
             self.buffer(args[2], "k_cache", "kv_cache", self.dtype)
             self.buffer(args[3], "v_cache", "kv_cache", self.dtype)
+            if self.batch > 1:       # each sequence's position, on the device (one sequence's: the launch's argument)
+                self.declare("position", "position", [self.batch], "i32")
         self.pos, self.max_seq = args[1], shape_of(args[2])[-2]
         returned = fn.body.block.last_op.operands[0]
         weights = [op for op in ops if isinstance(op, WeightOp)]

@@ -73,6 +73,9 @@ class DecodeStep:
         self.buffers = self._bind(checked)
         self.weights = checked if keep_weights else None
         self.max_seq_len = self.buffers["k_cache"].shape[-2]
+        self.batch = self.manifest["config"].get("batch_size", 1)      # sequences decoded per step
+        # a batch's positions are on the device, one per sequence (a layer's: the host writes them)
+        self.position_buffer = next((b["name"] for b in self.manifest["buffers"] if b["role"] == "position"), None)
         names = [b["name"] for b in self.manifest["buffers"]]
         n_tasks = len(self.manifest["tasks"])
         self.trace_slots = len(k.get("trace_slots", ()))
@@ -322,8 +325,22 @@ class DecodeStep:
         self.error.zero_()
         self._epoch = 0
 
-    def __call__(self, x, pos: int):
+    def set_positions(self, positions):
+        """A batch's positions, one per sequence, into the device buffer the next launches read."""
+        positions = [int(p) for p in positions]
+        if len(positions) != self.batch:
+            raise AdamkError(f"{len(positions)} positions for a batch of {self.batch} sequences")
+        for p in positions:
+            self._check_position(p)
+        self.buffers[self.position_buffer].copy_(self.torch.tensor(positions, dtype=self.torch.int32))
+
+    def __call__(self, x, pos):
+        """`x` [batch, hidden] (one sequence: any shape of hidden elements) at `pos`, an int, or for a
+        batch one position per sequence; returns y, shaped as the artifact's output."""
         self.buffers["x"].copy_(x.reshape(self.buffers["x"].shape))
+        if self.batch > 1:
+            self.set_positions(pos)
+            pos = int(pos[0])      # the launch's argument: the kernel reads each sequence's from the buffer
         self.launch(int(pos))
         self.check()
         return self.buffers["y"].clone()

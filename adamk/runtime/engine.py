@@ -22,13 +22,15 @@ from .model import ModelStep
 
 @dataclasses.dataclass
 class Generation:
-    tokens: list[int]              # the new tokens
+    tokens: list                   # the new tokens (a batch's artifact: a list per prompt)
     prefill_s: float               # the PyTorch prefill of the prompt
     step_s: list[float]            # per decode step (CUDA events), the first included
 
     @property
     def tokens_per_s(self) -> float:
-        return len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
+        """New tokens per second of decode steps, every sequence's of a batch counted."""
+        sequences = len(self.tokens) if self.tokens and isinstance(self.tokens[0], list) else 1
+        return sequences * len(self.step_s) / sum(self.step_s) if self.step_s else 0.0
 
 
 class Engine:
@@ -57,10 +59,13 @@ class Engine:
     def max_seq_len(self) -> int:
         return self.step.max_seq_len
 
-    def prefill(self, ids):
-        """Keys and values of positions 0..len(ids)-1 into the megakernel's caches."""
+    def prefill(self, ids, seq: int = 0):
+        """Keys and values of positions 0..len(ids)-1 into the megakernel's caches (sequence `seq`'s
+        rows of a batch's)."""
         torch, F = self.torch, self.torch.nn.functional
         n, w, p = len(ids), self.w, self.plan
+        if n == 0:                  # a one-token prompt: its token is the first step's input
+            return
         ids_t = torch.tensor(ids, device=self.step.device)
         x = F.embedding(ids_t, w["embed"]).float()                                    # [n, hidden]
         angle = torch.arange(n, device=self.step.device, dtype=torch.float32)[:, None] * self.inv_freq
@@ -85,8 +90,8 @@ class Engine:
             if "q_norm" in w:       # Qwen3: each head's RMSNorm before RoPE
                 q, k = rms(q, w["q_norm"][layer], p["qk_eps"]), rms(k, w["k_norm"][layer], p["qk_eps"])
             q, k = rope(q), rope(k)
-            self.step.k_cache[layer, 0, :, :n] = k.bfloat16()
-            self.step.v_cache[layer, 0, :, :n] = v.bfloat16()
+            self.step.k_cache[layer, seq, :, :n] = k.bfloat16()
+            self.step.v_cache[layer, seq, :, :n] = v.bfloat16()
             attn = F.scaled_dot_product_attention(q[None].bfloat16(), k[None].bfloat16(), v[None].bfloat16(),
                                                   is_causal=True, scale=p["scale"], enable_gqa=True)
             x = x + F.linear(attn[0].transpose(0, 1).reshape(n, -1), w["o"][layer]).float()
@@ -97,34 +102,45 @@ class Engine:
     def generate(self, input_ids, max_new_tokens: int, on_token=None) -> Generation:
         """Greedy: the prompt prefilled, then `max_new_tokens` megakernel steps. `on_token(id)` sees
         each new token as it comes (the steps then wait for the GPU one by one; without it they
-        run back to back and the tokens are read at the end)."""
-        ids = [int(t) for t in input_ids]
-        if not ids or max_new_tokens < 1:
+        run back to back and the tokens are read at the end). An artifact of a batch of B takes B
+        prompts (a list of id lists, of any lengths): each is prefilled into its sequence's rows,
+        then the B sequences decode together, each at its own position, for `max_new_tokens` steps
+        (a sequence keeps its slot to the end); `tokens` is then a list per prompt and `on_token`
+        sees a list of B ids per step."""
+        batch = self.step.batch
+        prompts = [input_ids] if batch == 1 else list(input_ids)
+        if len(prompts) != batch:
+            raise AdamkError(f"{len(prompts)} prompts for an artifact that decodes a batch of {batch}")
+        prompts = [[int(t) for t in ids] for ids in prompts]
+        if any(not ids for ids in prompts) or max_new_tokens < 1:
             raise AdamkError("generate needs a prompt of at least one token and max_new_tokens >= 1")
-        if len(ids) + max_new_tokens > self.max_seq_len:
-            raise AdamkError(f"the prompt's {len(ids)} tokens and {max_new_tokens} new ones exceed the artifact's "
-                             f"max_seq_len {self.max_seq_len}")
+        for ids in prompts:
+            if len(ids) + max_new_tokens > self.max_seq_len:
+                raise AdamkError(f"the prompt's {len(ids)} tokens and {max_new_tokens} new ones exceed the "
+                                 f"artifact's max_seq_len {self.max_seq_len}")
         vocab = self.step.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        bad = next((t for ids in prompts for t in ids if not 0 <= t < vocab), None)
         if bad is not None:
             raise AdamkError(f"prompt token id {bad} outside the vocabulary 0..{vocab - 1}")
         torch = self.torch
         start = time.perf_counter()
         with torch.no_grad():
-            self.prefill(ids[:-1])
+            for seq, ids in enumerate(prompts):
+                self.prefill(ids[:-1], seq)
         torch.cuda.synchronize(self.step.device)
         prefill_s = time.perf_counter() - start
-        pos = len(ids) - 1
-        self.step.start(ids[-1], pos)
+        last, pos = [ids[-1] for ids in prompts], [len(ids) - 1 for ids in prompts]
+        if batch == 1:
+            last, pos = last[0], pos[0]
+        self.step.start(last, pos)
         events = [torch.cuda.Event(enable_timing=True) for _ in range(max_new_tokens + 1)]
         events[0].record()
-        tokens = []
         for i in range(max_new_tokens):
             self.step.launch()
             events[i + 1].record()
             if on_token is not None:
-                tokens = self.step.generated(pos, i + 1)
-                on_token(tokens[-1])
+                so_far = self.step.generated(pos, i + 1)
+                on_token(so_far[-1] if batch == 1 else [t[-1] for t in so_far])
         tokens = self.step.generated(pos, max_new_tokens)
         step_s = [events[i].elapsed_time(events[i + 1]) / 1e3 for i in range(max_new_tokens)]
         return Generation(tokens, prefill_s, step_s)

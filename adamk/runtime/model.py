@@ -5,8 +5,12 @@ The token ids and the position live on the device: `tokens` holds the sequence's
 writes the one at the start position, each step's argmax the next), and the position sits in
 one of two slots by the epoch's parity (each step reads its slot and writes pos + 1 into the
 other), so consecutive steps are launches with no host work between them, back to back or
-as replays of one captured CUDA graph. The KV caches are `[layers, 1, kv_heads, max_seq_len,
+as replays of one captured CUDA graph. The KV caches are `[layers, batch, kv_heads, max_seq_len,
 head_dim]`: positions before the start must hold the prompt's keys and values (a prefill).
+
+A batch (`CompileConfig(batch_size=B)`) decodes B sequences per step, each at its own position:
+`tokens` [B, max_seq_len + 1] and the positions [B, 2], one row per sequence; `start`, `run`,
+`generated` and a call take one token and one position per sequence.
 """
 from __future__ import annotations
 
@@ -26,29 +30,35 @@ class ModelStep(DecodeStep):
         super().__init__(path, *args, **kwargs)
         self.logits_buffer = self.manifest["model"]["logits_buffer"]
         self.vocab_size = self.manifest["model"]["vocab_size"]
-        self.position = next(b["name"] for b in self.manifest["buffers"] if b["role"] == "position")
-        # [batch, max_seq_len + 1] ids and [batch, 2] positions; the device library decodes a batch of one,
-        # so these are its sequence's (views: the launches write them)
-        self.tokens, self.positions = self.buffers["tokens"][0], self.buffers[self.position][0]
+        self.position = self.position_buffer
+        # [batch, max_seq_len + 1] ids and [batch, 2] positions (views: the launches write them); with
+        # one sequence, `tokens` and `positions` are its row
+        self.batch_tokens, self.batch_positions = self.buffers["tokens"], self.buffers[self.position]
+        self.tokens, self.positions = self.batch_tokens[0], self.batch_positions[0]
 
-    def start(self, token: int, pos: int):
+    def start(self, token, pos):
         """The next launch decodes `token` at `pos`: the id into the sequence, the position into both
         slots (the launch reads the slot of its epoch's parity, and a zeroing at the epoch wrap before
-        it moves one slot into the other)."""
-        self._check_position(pos)
-        if not 0 <= int(token) < self.vocab_size:
-            raise AdamkError(f"token id {int(token)} outside the vocabulary 0..{self.vocab_size - 1}")
+        it moves one slot into the other). A batch: one token and one position per sequence."""
+        tokens, positions = ([token], [pos]) if self.batch == 1 else (list(token), list(pos))
+        if len(tokens) != self.batch or len(positions) != self.batch:
+            raise AdamkError(f"{len(tokens)} tokens and {len(positions)} positions for a batch of {self.batch}")
+        for t, p in zip(tokens, positions):
+            self._check_position(int(p))
+            if not 0 <= int(t) < self.vocab_size:
+                raise AdamkError(f"token id {int(t)} outside the vocabulary 0..{self.vocab_size - 1}")
         if self._session:
-            self._session.start(int(token), pos, self.torch.cuda.current_stream(self.device).cuda_stream)
+            self._session.start(int(token), int(pos), self.torch.cuda.current_stream(self.device).cuda_stream)
             return
-        self.tokens[pos] = int(token)
-        self.positions.fill_(pos)
+        for b, (t, p) in enumerate(zip(tokens, positions)):
+            self.batch_tokens[b, int(p)] = int(t)
+            self.batch_positions[b].fill_(int(p))
 
     def _zero_state(self):
-        """As a layer's, keeping the position: it moves to the slot of epoch 1's parity."""
-        pos = int(self.positions[(self.epoch + 1) & 1])
+        """As a layer's, keeping the positions: each moves to the slot of epoch 1's parity."""
+        positions = self.batch_positions[:, (self.epoch + 1) & 1].clone()
         super()._zero_state()
-        self.positions[1] = pos
+        self.batch_positions[:, 1] = positions
 
     def launch(self, stream=None):
         """Enqueue one step at the device's position (no host work: back-to-back launches decode on)."""
@@ -62,34 +72,45 @@ class ModelStep(DecodeStep):
     def _arguments(self, pos: int):
         return super()._arguments(0)      # the kernel reads the position from the device
 
-    def run(self, steps: int, pos: int):
-        """`steps` launches back to back from position `pos` (started with `start`); checks the
-        sequence fits the KV cache first."""
-        if pos + steps > self.max_seq_len:
-            raise AdamkError(f"{steps} steps from position {pos} pass the KV cache's {self.max_seq_len} positions "
-                             "(the artifact's max_seq_len)")
+    def run(self, steps: int, pos):
+        """`steps` launches back to back from position `pos` (started with `start`; a batch: each
+        sequence's); checks every sequence fits the KV cache first."""
+        for p in ([pos] if self.batch == 1 else list(pos)):
+            if int(p) + steps > self.max_seq_len:
+                raise AdamkError(f"{steps} steps from position {int(p)} pass the KV cache's {self.max_seq_len} "
+                                 "positions (the artifact's max_seq_len)")
         for _ in range(steps):
             self.launch()
 
-    def generated(self, pos: int, steps: int) -> list[int]:
-        """The ids the steps from `pos` wrote: those at pos + 1 .. pos + steps."""
+    def generated(self, pos, steps: int):
+        """The ids the steps from `pos` wrote: those at pos + 1 .. pos + steps (a batch: a list per
+        sequence, each from its own start position)."""
         self.check()
-        return self.tokens[pos + 1:pos + 1 + steps].tolist()
+        if self.batch == 1:
+            return self.tokens[pos + 1:pos + 1 + steps].tolist()
+        rows = self.batch_tokens.tolist()
+        return [rows[b][int(p) + 1:int(p) + 1 + steps] for b, p in enumerate(pos)]
 
-    def read_bytes(self, pos: int) -> int:
-        """Bytes a step at `pos` must read: its weights (an embedding table's one row) and the KV rows
-        0..pos of every layer: what the weight-read floor divides by the copy bandwidth."""
+    def read_bytes(self, pos) -> int:
+        """Bytes a step at `pos` (a batch: each sequence's) must read: its weights (an embedding
+        table's one row) and the KV rows 0..pos of every layer: what the weight-read floor divides
+        by the copy bandwidth."""
         m = self.manifest["model"]
-        kv = 2 * m["layers"] * m["num_kv_heads"] * (pos + 1) * m["head_dim"] * self.k_cache.element_size()
+        rows = sum(int(p) + 1 for p in ([pos] if self.batch == 1 else pos))
+        kv = 2 * m["layers"] * m["num_kv_heads"] * rows * m["head_dim"] * self.k_cache.element_size()
         return self.manifest["weight_read_bytes"] + kv
 
     def logits(self):
-        """The last step's logits (float32 [vocab])."""
+        """The last step's logits (float32 [vocab]; a batch: [batch, vocab])."""
         words = self.buffers[self.logits_buffer].reshape(-1)
-        return words.view(self.torch.int32)[0::2].view(self.torch.float32).clone()    # the low halves
+        values = words.view(self.torch.int32)[0::2].view(self.torch.float32).clone()    # the low halves
+        return values if self.batch == 1 else values.view(self.batch, -1)
 
-    def __call__(self, token: int, pos: int):
+    def __call__(self, token, pos):
+        """One step: (logits, the next token), or for a batch (logits [batch, vocab], a list of next tokens)."""
         self.start(token, pos)
         self.launch()
         self.check()
-        return self.logits(), int(self.tokens[pos + 1])
+        if self.batch == 1:
+            return self.logits(), int(self.tokens[pos + 1])
+        return self.logits(), [int(self.batch_tokens[b, int(p) + 1]) for b, p in enumerate(pos)]

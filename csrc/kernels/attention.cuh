@@ -545,113 +545,117 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 // 8 parts the (max, sum) words first, as holding both would spill); the head's
 // thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF
 // scratch); each element is then sum_j acc_j c_j, in part order.
-template <int XS, int HD, int HEADS, int PARTS>
+template <int XS, int HD, int HEADS, int PARTS, int B = 1>
 __device__ __forceinline__ void attention_input(const Step& s, int work_offset, const tagged_t* partial, int k0,
                                                 int k_len, int task) {
   constexpr int kStride = HD + 2;
   constexpr int kElems = (XS + kConsumerThreads - 1) / kConsumerThreads;   // per thread
   constexpr int kBatch = cmax(1, cmin(kElems, 32 / PARTS));                // elements with loads in flight
-  using W = LinearWork<XS, HEADS * PARTS>;
+  using W = LinearWork<XS, HEADS * PARTS, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
-  float* xs = smem_at<float>(work_offset + W::kXs);
   float* coef = smem_at<float>(work_offset + W::kScratch);   // [HEADS][PARTS]
   trace_mark(s, task, 0);
   consumer_sync();
-  u64 acc[kBatch][PARTS], wm[PARTS], wl[PARTS];
-  auto word = [&](int j, int h, int d) { return partial + ((size_t)j * HEADS + h) * kStride + d; };
-  auto element = [&](int e0, int e, int& h, int& d) {     // false: no element e of batch e0 here
-    const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
-    h = (k0 + i) / HD;
-    d = (k0 + i) % HD;
-    return e0 + e < kElems && i < k_len;
-  };
-  auto issue = [&](int e0, bool retry) {       // a retry requests only the stale words again
-#pragma unroll
-    for (int e = 0; e < kBatch; ++e) {
-      int h, d;
-      if (element(e0, e, h, d))
-#pragma unroll
-        for (int j = 0; j < PARTS; ++j)
-          if (!retry || tag_of(acc[e][j]) != s.epoch) acc[e][j] = load_word(word(j, h, d));
-    }
-  };
-  auto stale_acc = [&](int e0, u32& tag) -> const tagged_t* {
-#pragma unroll
-    for (int e = 0; e < kBatch; ++e) {
-      int h, d;
-      if (element(e0, e, h, d))
-#pragma unroll
-        for (int j = 0; j < PARTS; ++j)
-          if ((tag = tag_of(acc[e][j])) != s.epoch) return word(j, h, d);
-    }
-    return nullptr;
-  };
-  auto request_ml = [&](int h, bool retry) {
-#pragma unroll
-    for (int j = 0; j < PARTS; ++j) {
-      if (!retry || tag_of(wm[j]) != s.epoch) wm[j] = load_word(word(j, h, HD));
-      if (!retry || tag_of(wl[j]) != s.epoch) wl[j] = load_word(word(j, h, HD + 1));
-    }
-  };
-  auto stale_ml = [&](int h, u32& tag) -> const tagged_t* {
-#pragma unroll
-    for (int j = 0; j < PARTS; ++j) {
-      if ((tag = tag_of(wm[j])) != s.epoch) return word(j, h, HD);
-      if ((tag = tag_of(wl[j])) != s.epoch) return word(j, h, HD + 1);
-    }
-    return nullptr;
-  };
-  auto merge_weights = [&](int h) {
-    float m[PARTS], mx = kEmpty, den = 0.f;
-#pragma unroll
-    for (int j = 0; j < PARTS; ++j) {
-      m[j] = value_of(wm[j]);
-      mx = fmaxf(mx, m[j]);
-    }
-#pragma unroll
-    for (int j = 0; j < PARTS; ++j) den += value_of(wl[j]) * fast_exp2(m[j] - mx);
-#pragma unroll
-    for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
-  };
-  // With few parts the (max, sum) words of a thread's first head are awaited with its first acc
-  // words; with many, holding both would spill, so they are awaited first.
-  constexpr bool kTogether = PARTS <= 8;
-  const int h_end = (k0 + k_len + HD - 1) / HD, mine = k0 / HD + threadIdx.x;   // this thread's first head
-  auto request = [&](bool retry) {
-    issue(0, retry);
-    if (kTogether && mine < h_end) request_ml(mine, retry);
-  };
-  request(false);
-  if constexpr (kTogether)
-    await_words(s, task, [&](u32& tag) -> const tagged_t* {
-      if (mine < h_end)
-        if (const tagged_t* p = stale_ml(mine, tag)) return p;
-      return stale_acc(0, tag);
-    }, [&] { request(true); });
-  for (int h = mine; h < h_end; h += kConsumerThreads) {
-    if (!kTogether || h != mine) {
-      request_ml(h, false);
-      await_words(s, task, [&](u32& tag) { return stale_ml(h, tag); }, [&] { request_ml(h, true); });
-    }
-    merge_weights(h);
-  }
-  consumer_sync();
 #pragma unroll 1
-  for (int e0 = 0; e0 < kElems; e0 += kBatch) {
-    if (e0 > 0) issue(e0, false);
-    if (e0 > 0 || !kTogether)
-      await_words(s, task, [&](u32& tag) { return stale_acc(e0, tag); }, [&] { issue(e0, true); });
-#pragma unroll
-    for (int e = 0; e < kBatch; ++e) {
+  for (int seq = 0; seq < B; ++seq) {
+    if (seq > 0) consumer_sync();   // the last sequence's merge weights are read
+    u64 acc[kBatch][PARTS], wm[PARTS], wl[PARTS];
+    auto word = [&](int j, int h, int d) { return partial + ((size_t)(j * B + seq) * HEADS + h) * kStride + d; };
+    auto element = [&](int e0, int e, int& h, int& d) {     // false: no element e of batch e0 here
       const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
-      if (e0 + e >= kElems || i >= XS) continue;
-      float v = 0.f;
-      int h, d;
-      if (element(e0, e, h, d)) {
+      h = (k0 + i) / HD;
+      d = (k0 + i) % HD;
+      return e0 + e < kElems && i < k_len;
+    };
+    auto issue = [&](int e0, bool retry) {       // a retry requests only the stale words again
 #pragma unroll
-        for (int j = 0; j < PARTS; ++j) v += value_of(acc[e][j]) * coef[h * PARTS + j];
+      for (int e = 0; e < kBatch; ++e) {
+        int h, d;
+        if (element(e0, e, h, d))
+#pragma unroll
+          for (int j = 0; j < PARTS; ++j)
+            if (!retry || tag_of(acc[e][j]) != s.epoch) acc[e][j] = load_word(word(j, h, d));
       }
-      xs[i] = v;
+    };
+    auto stale_acc = [&](int e0, u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int e = 0; e < kBatch; ++e) {
+        int h, d;
+        if (element(e0, e, h, d))
+#pragma unroll
+          for (int j = 0; j < PARTS; ++j)
+            if ((tag = tag_of(acc[e][j])) != s.epoch) return word(j, h, d);
+      }
+      return nullptr;
+    };
+    auto request_ml = [&](int h, bool retry) {
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) {
+        if (!retry || tag_of(wm[j]) != s.epoch) wm[j] = load_word(word(j, h, HD));
+        if (!retry || tag_of(wl[j]) != s.epoch) wl[j] = load_word(word(j, h, HD + 1));
+      }
+    };
+    auto stale_ml = [&](int h, u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) {
+        if ((tag = tag_of(wm[j])) != s.epoch) return word(j, h, HD);
+        if ((tag = tag_of(wl[j])) != s.epoch) return word(j, h, HD + 1);
+      }
+      return nullptr;
+    };
+    auto merge_weights = [&](int h) {
+      float m[PARTS], mx = kEmpty, den = 0.f;
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) {
+        m[j] = value_of(wm[j]);
+        mx = fmaxf(mx, m[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) den += value_of(wl[j]) * fast_exp2(m[j] - mx);
+#pragma unroll
+      for (int j = 0; j < PARTS; ++j) coef[h * PARTS + j] = fast_exp2(m[j] - mx) / den;
+    };
+    // With few parts the (max, sum) words of a thread's first head are awaited with its first acc
+    // words; with many, holding both would spill, so they are awaited first.
+    constexpr bool kTogether = PARTS <= 8;
+    const int h_end = (k0 + k_len + HD - 1) / HD, mine = k0 / HD + threadIdx.x;   // this thread's first head
+    auto request = [&](bool retry) {
+      issue(0, retry);
+      if (kTogether && mine < h_end) request_ml(mine, retry);
+    };
+    request(false);
+    if constexpr (kTogether)
+      await_words(s, task, [&](u32& tag) -> const tagged_t* {
+        if (mine < h_end)
+          if (const tagged_t* p = stale_ml(mine, tag)) return p;
+        return stale_acc(0, tag);
+      }, [&] { request(true); });
+    for (int h = mine; h < h_end; h += kConsumerThreads) {
+      if (!kTogether || h != mine) {
+        request_ml(h, false);
+        await_words(s, task, [&](u32& tag) { return stale_ml(h, tag); }, [&] { request_ml(h, true); });
+      }
+      merge_weights(h);
+    }
+    consumer_sync();
+#pragma unroll 1
+    for (int e0 = 0; e0 < kElems; e0 += kBatch) {
+      if (e0 > 0) issue(e0, false);
+      if (e0 > 0 || !kTogether)
+        await_words(s, task, [&](u32& tag) { return stale_acc(e0, tag); }, [&] { issue(e0, true); });
+#pragma unroll
+      for (int e = 0; e < kBatch; ++e) {
+        const int i = (e0 + e) * kConsumerThreads + threadIdx.x;
+        if (e0 + e >= kElems || i >= XS) continue;
+        float v = 0.f;
+        int h, d;
+        if (element(e0, e, h, d)) {
+#pragma unroll
+          for (int j = 0; j < PARTS; ++j) v += value_of(acc[e][j]) * coef[h * PARTS + j];
+        }
+        if constexpr (B == 1) smem_at<float>(work_offset + W::kXs)[i] = v;
+        else smem_at<bf16_t>(work_offset + W::kXs)[(size_t)seq * XS + i] = to_bf16(v);
+      }
     }
   }
   consumer_sync();

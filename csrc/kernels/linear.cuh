@@ -8,6 +8,7 @@
 // parts. Inputs that are activations are tagged words (tagged.cuh): reading them is the task's wait.
 #pragma once
 #include "common.cuh"
+#include "mma.cuh"
 #include "ring.cuh"
 #include "sync.cuh"
 #include "tagged.cuh"
@@ -32,24 +33,40 @@ struct WeightPage {
 // A linear op's work area (smem.linear_work_bytes): the input columns of its K-chunk, padded to
 // whole pages (zeros past the chunk), and the scratch: one float per warp of block reductions, for
 // an input merged from a split attention its COEF merge weights, or every warp's sums of the task's
-// ROWS page rows (linear_task: each warp sums its slice of the columns).
-template <int XS, int COEF = 0, int ROWS = 0>
+// ROWS page rows (linear_task: each warp sums its slice of the columns). A batch of B sequences
+// holds B of each: the inputs as bf16 [B][XS] (the tensor cores' operand, linear_mma.cuh), then B
+// scratches.
+template <int XS, int COEF = 0, int ROWS = 0, int B = 1>
 struct LinearWork {
-  static constexpr int kXs = 0;                // float[XS]: the prologue-applied input slice
-  static constexpr int kScratch = XS * 4;      // float[max(32, COEF, kWarps * ROWS)]
+  static constexpr int kXs = 0;                // float[XS], or for a batch bf16[B][XS]
+  static constexpr int kInputBytes = B == 1 ? 4 : 2;
+  static constexpr int kScratch = B * XS * kInputBytes;   // float[B][kPerSeq]
   static constexpr int kFloats = COEF > 32 ? COEF : 32;
   static constexpr int kSums = kWarps * pow2_at_least(ROWS);
-  static constexpr int kBytes = kScratch + (kFloats > kSums ? kFloats : kSums) * 4;
+  static constexpr int kPerSeq = kFloats > kSums ? kFloats : kSums;
+  static constexpr int kBytes = kScratch + B * kPerSeq * 4;
 };
+
+// Where sequence `seq`'s staged input columns go: float for one sequence, bf16 for a batch.
+template <int XS, int B>
+__device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const float v[4]) {
+  if constexpr (B == 1) {
+    *reinterpret_cast<float4*>(smem_at<float>(work_offset) + j) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+    *reinterpret_cast<uint2*>(smem_at<bf16_t>(work_offset) + (size_t)seq * XS + j) =
+        make_uint2(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]));
+  }
+}
 
 // Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
 // one op and K-part. Every thread issues its whole share of loads (up to kBatch Vec4 at a time)
 // before it waits for the first, so staging costs about one round trip to L2, and waiting for the
 // producers of a tagged input is part of it (a retry requests the stale Vec4 of the batch again).
 // RMSNorm walks the whole row of K for its sum of squares (xs holds in * norm_w, scaled by 1/rms
-// once the sum is known). Starts with a consumer barrier
-// (the previous run is done with xs) and ends with one (xs is complete).
-template <int XS, int K, int PROLOGUE, typename InT>
+// once the sum is known). A batch of B sequences (inputs [B][K]) stages each sequence's row in
+// turn, with its own sum of squares, into its row of xs (bf16: store_xs). Starts with a consumer
+// barrier (the previous run is done with xs) and ends with one (xs is complete).
+template <int XS, int K, int PROLOGUE, typename InT, int B = 1>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
                                              const bf16_t* norm_w, float eps, int k0, int k_len, int task) {
   static_assert(XS % 8 == 0 && K % 8 == 0, "pages read the input 8 columns at a time");
@@ -58,80 +75,93 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   constexpr int kSpan = kNorm ? K : XS;                   // elements the staging walks
   constexpr int kIters = (kSpan + kStride - 1) / kStride;
   constexpr int kBatch = kSilu ? 4 : 8;                   // Vec4 loads in flight per thread and input
-  using W = LinearWork<XS>;
+  using W = LinearWork<XS, 0, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
-  float* xs = smem_at<float>(work_offset + W::kXs);
   float* scratch = smem_at<float>(work_offset + W::kScratch);
   trace_mark(s, task, 0);
   consumer_sync();
   const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
-  float ss = 0.f;
 #pragma unroll 1
-  for (int b0 = 0; b0 < kIters; b0 += kBatch) {
-    Vec4<InT> a[kBatch], g[kBatch];
-    Vec4<bf16_t> nw[kBatch];
-    auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
-    auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
-    // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
-    auto request = [&](bool retry) {
-      u32 tag;
+  for (int seq = 0; seq < B; ++seq) {
+    const InT* x = in + (size_t)seq * K;
+    const InT* x2 = in2 + (size_t)seq * K;
+    float ss = 0.f;
+#pragma unroll 1
+    for (int b0 = 0; b0 < kIters; b0 += kBatch) {
+      Vec4<InT> a[kBatch], g[kBatch];
+      Vec4<bf16_t> nw[kBatch];
+      auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
+      auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
+      // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
+      auto request = [&](bool retry) {
+        u32 tag;
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+          if (has(b)) {
+            if (!retry || a[b].first_stale(s, x + base + at(b), tag)) a[b].load(x + base + at(b));
+            if constexpr (kSilu)
+              if (!retry || g[b].first_stale(s, x2 + base + at(b), tag)) g[b].load(x2 + base + at(b));
+          }
+      };
+      request(false);
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)
-        if (has(b)) {
-          if (!retry || a[b].first_stale(s, in + base + at(b), tag)) a[b].load(in + base + at(b));
-          if constexpr (kSilu)
-            if (!retry || g[b].first_stale(s, in2 + base + at(b), tag)) g[b].load(in2 + base + at(b));
-        }
-    };
-    request(false);
+        if (kNorm && has(b)) nw[b].load(norm_w + at(b));
+      await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b)
-      if (kNorm && has(b)) nw[b].load(norm_w + at(b));
-    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+        for (int b = 0; b < kBatch; ++b)
+          if (has(b)) {
+            if (const tagged_t* p = a[b].first_stale(s, x + base + at(b), tag)) return p;
+            if constexpr (kSilu)
+              if (const tagged_t* p = g[b].first_stale(s, x2 + base + at(b), tag)) return p;
+          }
+        return nullptr;
+      }, [&] { request(true); });
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-        if (has(b)) {
-          if (const tagged_t* p = a[b].first_stale(s, in + base + at(b), tag)) return p;
-          if constexpr (kSilu)
-            if (const tagged_t* p = g[b].first_stale(s, in2 + base + at(b), tag)) return p;
-        }
-      return nullptr;
-    }, [&] { request(true); });
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = at(b);
+        if (b0 + b >= kIters || i >= kSpan) continue;
+        float v[4] = {0.f, 0.f, 0.f, 0.f};
+        if (i < valid) {
+          a[b].get(v);
+          if constexpr (kSilu) {
+            float up[4];
+            g[b].get(up);
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int i = at(b);
-      if (b0 + b >= kIters || i >= kSpan) continue;
-      float v[4] = {0.f, 0.f, 0.f, 0.f};
-      if (i < valid) {
-        a[b].get(v);
-        if constexpr (kSilu) {
-          float up[4];
-          g[b].get(up);
+            for (int e = 0; e < 4; ++e) v[e] = silu(v[e]) * up[e];
+          }
+          if constexpr (kNorm) {
+            float w[4];
+            nw[b].get(w);
 #pragma unroll
-          for (int e = 0; e < 4; ++e) v[e] = silu(v[e]) * up[e];
-        }
-        if constexpr (kNorm) {
-          float w[4];
-          nw[b].get(w);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            ss += v[e] * v[e];
-            v[e] *= w[e];
+            for (int e = 0; e < 4; ++e) {
+              ss += v[e] * v[e];
+              v[e] *= w[e];
+            }
           }
         }
+        const int j = kNorm ? i - k0 : i;                  // its column of xs
+        if (!kNorm || (j >= 0 && j < k_len)) store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
       }
-      const int j = kNorm ? i - k0 : i;                  // its column of xs
-      if (!kNorm || (j >= 0 && j < k_len)) *reinterpret_cast<float4*>(xs + j) = make_float4(v[0], v[1], v[2], v[3]);
     }
-  }
-  if constexpr (kNorm) {
-    for (int j = k_len + 4 * threadIdx.x; j < XS; j += kStride)
-      *reinterpret_cast<float4*>(xs + j) = make_float4(0.f, 0.f, 0.f, 0.f);
-    const float inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);   // its barriers order the xs writes
-    for (int j = 4 * threadIdx.x; j < k_len; j += kStride) {
-      float4* p = reinterpret_cast<float4*>(xs + j);
-      const float4 v = *p;
-      *p = make_float4(v.x * inv_rms, v.y * inv_rms, v.z * inv_rms, v.w * inv_rms);
+    if constexpr (kNorm) {
+      const float zero[4] = {0.f, 0.f, 0.f, 0.f};
+      for (int j = k_len + 4 * threadIdx.x; j < XS; j += kStride) store_xs<XS, B>(work_offset + W::kXs, seq, j, zero);
+      const float inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);   // its barriers order the xs writes
+      for (int j = 4 * threadIdx.x; j < k_len; j += kStride) {
+        float v[4];
+        if constexpr (B == 1) {
+          const float4 f = *reinterpret_cast<const float4*>(smem_at<float>(work_offset + W::kXs) + j);
+          v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+        } else {   // rounded to bf16 twice (before and after the scale): well within the step's 1e-2
+          const uint2 r = *reinterpret_cast<const uint2*>(smem_at<bf16_t>(work_offset + W::kXs) + (size_t)seq * XS + j);
+          v[0] = __uint_as_float(r.x << 16); v[1] = __uint_as_float(r.x & 0xffff0000u);
+          v[2] = __uint_as_float(r.y << 16); v[3] = __uint_as_float(r.y & 0xffff0000u);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] *= inv_rms;
+        store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
+      }
     }
   }
   consumer_sync();

@@ -26,7 +26,8 @@ struct ErrorRecord {
 static_assert(sizeof(ErrorRecord) <= 4 * kErrorRecordWords, "the host's record buffer holds it");
 
 // What every task body gets besides its buffers: where the counters live, this launch's
-// epoch and position, and the trace buffer of a profiling build (shared memory: smem_at).
+// epoch and position (a batch's tasks: their sequence's, at_position), and the trace buffer of a
+// profiling build (shared memory: smem_at).
 struct Step {
   u32* counters;
   ErrorRecord* err;
@@ -35,6 +36,13 @@ struct Step {
   u32 epoch;
   u64 timeout_ns;
 };
+
+// The step as one sequence of a batch sees it: its own position (the rest is the launch's).
+__device__ __forceinline__ Step at_position(const Step& s, int pos) {
+  Step t = s;
+  t.pos = pos;
+  return t;
+}
 
 constexpr int kMaxWaits = 4;
 

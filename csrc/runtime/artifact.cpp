@@ -261,6 +261,13 @@ Artifact Artifact::open(const std::string& dir) {
     a.counters_.push_back({field(c, "name", "str", where).string, int(as_int(field(c, "index", "int", where)))});
   }
   read_weights(a, m, path);
+  // A batch's positions are a device buffer the host fills per step (adamk/runtime/decode.py
+  // set_positions); this runtime launches one sequence per step.
+  const json::Value* config = m.find("config");
+  const json::Value* batch = config ? config->find("batch_size") : nullptr;
+  if (batch && batch->is_int() && as_int(*batch) > 1)
+    throw Error(path + " decodes a batch of " + std::to_string(as_int(*batch)) +
+                " sequences per step; this runtime launches one (load it with adamk.load)");
   const json::Value* whole = model.find("whole_model");
   a.whole_model_ = whole && whole->kind == json::Value::Kind::Bool && whole->boolean;
   if (a.whole_model_) {
