@@ -3,9 +3,10 @@ the megakernel (the paper's hybrid).
 
 The prompt's tokens but the last go through PyTorch in one batched pass per layer (cuBLAS
 matmuls, SDPA with a causal mask), which writes their keys and values straight into the
-megakernel's KV caches (`[layers, 1, kv_heads, max_seq_len, head_dim]`, bf16). The last prompt
-token is then the first decode step's input, so every new token comes from the megakernel, whose
-steps run back to back with the token and the position on the device. What the prefill computes
+megakernel's KV caches (`[layers, batch, kv_heads, max_seq_len, head_dim]`, bf16; a batch's
+prompts each into its sequence's rows). The last prompt token is then the first decode step's
+input, so every new token comes from the megakernel, whose steps run back to back with the token
+and the position on the device (a batch: each sequence's, decoded together). What the prefill computes
 comes from the artifact's manifest (`model.prefill`: each weight's role, the epsilons, the RoPE
 frequencies, the attention scale), so it serves any model the compiler folded, under its own
 weight names.
