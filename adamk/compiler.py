@@ -289,8 +289,9 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     weight_bytes = sum(b.copies * math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
                        if b.role.data == "weight")
     tables = {o.buffer("table") for o in execs if o.kind.data == "embedding"}
-    read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - b.shape.get_values()[1]) * DTYPE_BYTES[b.dtype.data]
-                                    for b in buffers if b.sym_name.data in tables)
+    batch = max((o.param("batch") for o in execs), default=1)     # an embedding table: one row per sequence
+    read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - batch * b.shape.get_values()[1])
+                                    * DTYPE_BYTES[b.dtype.data] for b in buffers if b.sym_name.data in tables)
     report = binaries.report
     packed = packings(execs)            # one entry per device buffer of packed weights, in task order
     return {
@@ -326,6 +327,6 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
         "tasks": [o.sym_name.data for o in execs],
         "smem_peak_bytes": sched.smem_bytes.value.data,
         "weight_bytes": weight_bytes,
-        "weight_read_bytes": read_bytes,     # what a step reads: an embedding table's one row
+        "weight_read_bytes": read_bytes,     # what a step reads: an embedding table's row per sequence
         "weight_read_floor_us": round(read_bytes / (target.dram_gbps * 1e3), 3),
     }

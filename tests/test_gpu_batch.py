@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import adamk
+from adamk.errors import AdamkError
 from adamk.models import PRESETS, DecoderLayer, LlamaModel
 from helpers import bf16_exact
 from helpers import rel_t as rel
@@ -34,6 +35,8 @@ def test_batched_layer_matches_float32_per_sequence(preset, batch, gpu, tmp_path
     step.k_cache.copy_(kc)
     step.v_cache.copy_(vc)
     positions = positions_for(batch, cfg.max_seq_len)
+    with pytest.raises(AdamkError, match="one position per sequence"):
+        step.launch(3)                   # an int would leave the sequences where the buffer had them
     y = step(x, positions).reshape(batch, -1)
     assert torch.isfinite(y.float()).all()
     for b, pos in enumerate(positions):

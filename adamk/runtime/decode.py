@@ -187,11 +187,13 @@ class DecodeStep:
     def v_cache(self):
         return self.buffers["v_cache"]
 
-    def launch(self, pos: int, stream=None):
-        """Enqueue one step on `stream` (torch's current stream by default) without waiting. Inside
+    def launch(self, pos, stream=None):
+        """Enqueue one step at `pos` (a batch: a list of one position per sequence) on `stream`
+        (torch's current stream by default) without waiting. Inside
         a CUDA graph capture the launch is recorded; replays of that graph are not counted, and the
         kernel refuses one that passes max_epoch (check() says so; `graph(pos)` counts its replays)."""
         stream = stream if stream is not None else self.torch.cuda.current_stream(self.device).cuda_stream
+        pos = self._launch_position(pos)
         if self._session:
             self._session.launch(pos, stream)
             return
@@ -199,13 +201,15 @@ class DecodeStep:
         self._next_epoch()
         self._launcher(stream, args, self.smem)
 
-    def graph(self, pos: int):
+    def graph(self, pos):
         """One step at `pos` captured in a CUDA graph; returns `replay()`, which enqueues it on
         torch's current stream (a new epoch every replay, as `launch`). The position and the
-        timeout are the graph's (a later step needs its own graph), and the graph is not handed
+        timeout are the graph's (a later step needs its own graph; a batch's positions are the
+        device buffer's, written now and read by every replay), and the graph is not handed
         out: every replay must pass through `replay()`, which counts it for the epoch wrap."""
         torch = self.torch
         graph, capture = torch.cuda.CUDAGraph(), torch.cuda.Stream(self.device)
+        pos = self._launch_position(pos)        # a batch's positions: written now, replayed as they are then
         if self._session:
             self._check_position(pos)           # before the capture starts
             self._session.prepare()
@@ -229,6 +233,18 @@ class DecodeStep:
             self._zero_state()
             self._epoch = 0
         self._epoch += 1
+
+    def _launch_position(self, pos) -> int:
+        """The launch's position argument. A batch takes one position per sequence (a list), written
+        into the device buffer the kernel reads (`set_positions`); an int would leave the sequences
+        at whatever the buffer held, so it is refused."""
+        if self.batch == 1:
+            return int(pos)
+        if isinstance(pos, int):
+            raise AdamkError(f"a batch of {self.batch} decodes one position per sequence: pass a list of "
+                             f"{self.batch} positions, not {pos}")
+        self.set_positions(pos)
+        return int(pos[0])
 
     def _check_position(self, pos: int):
         if not 0 <= pos < self.max_seq_len:
@@ -338,10 +354,7 @@ class DecodeStep:
         """`x` [batch, hidden] (one sequence: any shape of hidden elements) at `pos`, an int, or for a
         batch one position per sequence; returns y, shaped as the artifact's output."""
         self.buffers["x"].copy_(x.reshape(self.buffers["x"].shape))
-        if self.batch > 1:
-            self.set_positions(pos)
-            pos = int(pos[0])      # the launch's argument: the kernel reads each sequence's from the buffer
-        self.launch(int(pos))
+        self.launch(pos)
         self.check()
         return self.buffers["y"].clone()
 

@@ -69,6 +69,9 @@ class ModelStep(DecodeStep):
         token come from the device, so one graph serves every step)."""
         return super().graph(0)
 
+    def _launch_position(self, pos) -> int:
+        return 0                          # every sequence's position is the device's (start, the argmax)
+
     def _arguments(self, pos: int):
         return super()._arguments(0)      # the kernel reads the position from the device
 

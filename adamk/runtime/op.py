@@ -46,6 +46,9 @@ def _step(handle: int, whole: bool):
     step = _STEPS.get(handle)
     if step is None:
         raise AdamkError(f"no decode step has op handle {handle} in this process (adamk.runtime.op.register)")
+    if step.batch > 1:
+        raise AdamkError(f"op handle {handle} decodes a batch of {step.batch}; the torch ops take one sequence "
+                         "(call the step itself)")
     if bool(step.manifest["model"].get("whole_model")) != whole:
         raise AdamkError(f"op handle {handle} is a {'layer' if whole else 'whole model'}: call "
                          f"torch.ops.adamk.{'layer_step' if whole else 'model_step'}")
