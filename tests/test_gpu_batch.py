@@ -21,7 +21,7 @@ def positions_for(batch: int, max_seq: int) -> list[int]:
 
 
 @pytest.mark.parametrize("gpu", ["H200", "L20"])
-@pytest.mark.parametrize("preset,batch", [("tiny", 4), ("tiny", 16), ("llama-3.2-1b", 4)])
+@pytest.mark.parametrize("preset,batch", [("tiny", 4), ("tiny", 16), ("llama-3.2-1b", 4), ("llama-3.2-1b", 16)])
 def test_batched_layer_matches_float32_per_sequence(preset, batch, gpu, tmp_path):
     cfg = PRESETS[preset]
     layer = bf16_exact(DecoderLayer(cfg, seed=random.randrange(2**31)))
