@@ -289,8 +289,7 @@ def _manifest(schedule: ModuleOp, graph_text: str, config: CompileConfig, binari
     weight_bytes = sum(b.copies * math.prod(b.shape.get_values()) * DTYPE_BYTES[b.dtype.data] for b in buffers
                        if b.role.data == "weight")
     tables = {o.buffer("table") for o in execs if o.kind.data == "embedding"}
-    batch = max((o.param("batch") for o in execs), default=1)     # an embedding table: one row per sequence
-    read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - batch * b.shape.get_values()[1])
+    read_bytes = weight_bytes - sum((math.prod(b.shape.get_values()) - config.batch_size * b.shape.get_values()[1])
                                     * DTYPE_BYTES[b.dtype.data] for b in buffers if b.sym_name.data in tables)
     report = binaries.report
     packed = packings(execs)            # one entry per device buffer of packed weights, in task order

@@ -30,10 +30,9 @@ class ModelStep(DecodeStep):
         super().__init__(path, *args, **kwargs)
         self.logits_buffer = self.manifest["model"]["logits_buffer"]
         self.vocab_size = self.manifest["model"]["vocab_size"]
-        self.position = self.position_buffer
         # [batch, max_seq_len + 1] ids and [batch, 2] positions (views: the launches write them); with
         # one sequence, `tokens` and `positions` are its row
-        self.batch_tokens, self.batch_positions = self.buffers["tokens"], self.buffers[self.position]
+        self.batch_tokens, self.batch_positions = self.buffers["tokens"], self.buffers[self.position_buffer]
         self.tokens, self.positions = self.batch_tokens[0], self.batch_positions[0]
 
     def start(self, token, pos):
