@@ -10,7 +10,8 @@ step whatever the batch, one embedding row and the KV rows at `pos` per sequence
 Each baseline is checked first: its logits for every sequence against float32 PyTorch of that
 sequence alone (relative error within BASELINE_TOLERANCE: its activations are bf16 through every
 layer, 1.9-2.0e-2 for the 1B preset on the H200, docs/perf.md v28). The megakernel of a batch
-B is timed where `--artifact B=DIR` gives one (compiled with `--batch-size B`); the table's
+B is timed where `--artifact B=DIR` gives one (compiled with `--batch-size B`; several for one B are
+each timed, an A/B against the same baseline, named by their directories); the table's
 ratios say what the targets need: batch 8 at most 1.15x batch 1, every batch at least 1.5x faster than torch.compile.
 """
 from __future__ import annotations
@@ -47,7 +48,9 @@ def main():
     args = ap.parse_args()
     cfg, pos = preset_of(args), args.pos
     batches = [int(b) for b in args.batches.split(",")]
-    artifacts = dict((int(b), d) for b, d in (a.split("=", 1) for a in args.artifact))
+    artifacts: dict[int, list[str]] = {}
+    for b, d in (a.split("=", 1) for a in args.artifact):
+        artifacts.setdefault(int(b), []).append(d)
     model = random_model(cfg)
     tuned = TunedModel(model)
     weights = sum(p.numel() * 2 for name, p in model.named_parameters() if "embed" not in name)
@@ -66,27 +69,32 @@ def main():
         with torch.no_grad():
             g = graphed(lambda: compiled(tokens, pos, kcc, vcc))
             _, base = time_launches(g, args.iters)
-        ours = None
-        if batch in artifacts:
-            step = adamk.load(artifacts[batch], model)
+        ours = []                                   # (artifact, median us) for each of this batch's
+        for path in artifacts.get(batch, []):
+            step = adamk.load(path, model)
             if step.manifest["config"]["batch_size"] != batch:
-                raise SystemExit(f"{artifacts[batch]} was compiled for a batch of {step.manifest['config']['batch_size']}")
+                raise SystemExit(f"{path} was compiled for a batch of {step.manifest['config']['batch_size']}")
             step.k_cache.copy_(kc)
             step.v_cache.copy_(vc)
             ids = tokens.tolist()
             step.start(ids[0], pos) if batch == 1 else step.start(ids, [pos] * batch)
-            _, ours = time_launches(step.launch, args.iters)
+            _, t = time_launches(step.launch, args.iters)
             step.check()
+            ours.append((path, t))
+            del step
         rows.append((batch, floor, base, ours))
         print(f"batch {batch}: torch.compile in a CUDA graph {base / 1e3:.3f} ms"
-              + (f", megakernel {ours / 1e3:.3f} ms" if ours else ""), flush=True)
-    one = {name: t for name, t in (("base", rows[0][2]), ("ours", rows[0][3])) if t} if rows[0][0] == 1 else {}
+              + "".join(f", megakernel {path} {t / 1e3:.3f} ms" for path, t in ours), flush=True)
+    first = rows[0] if rows[0][0] == 1 else None        # batch 1's times: the 'x batch 1' columns
+    base1 = first[2] if first else None
+    ours1 = first[3][0][1] if first and first[3] else None
     print(f"\n{'batch':>5s} {'floor ms':>9s} {'compile ms':>11s} {'x batch 1':>10s} {'adamk ms':>9s} "
-          f"{'x batch 1':>10s} {'vs compile':>11s}")
+          f"{'x batch 1':>10s} {'vs compile':>11s}  artifact")
     for batch, floor, base, ours in rows:
-        print(f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / one['base'] if 'base' in one else 0:10.2f} "
-              + (f"{ours / 1e3:9.3f} {ours / one['ours'] if 'ours' in one else 0:10.2f} {base / ours:10.2f}x"
-                 if ours else f"{'-':>9s} {'-':>10s} {'-':>11s}"))
+        head = f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / base1 if base1 else 0:10.2f} "
+        for path, t in ours or [(None, None)]:
+            print(head + (f"{t / 1e3:9.3f} {t / ours1 if ours1 else 0:10.2f} {base / t:10.2f}x  {path}" if t
+                          else f"{'-':>9s} {'-':>10s} {'-':>11s}"))
 
 
 if __name__ == "__main__":
