@@ -58,12 +58,13 @@ def main():
     step = adamk.load(path, random_model(cfg))
     step.k_cache.normal_()
     step.v_cache.normal_()
-    step.start(int(torch.randint(0, cfg.vocab_size, (1,))), args.pos)
+    ids = torch.randint(0, cfg.vocab_size, (step.batch,)).tolist()      # a batch: every sequence at pos
+    step.start(ids[0], args.pos) if step.batch == 1 else step.start(ids, [args.pos] * step.batch)
     b2b = time_launches(step.launch, args.steps)[1]
     tasks = task_map((path / "schedule.mlir").read_text())
     layers = [step.trace(layer) for layer in range(step.trace_layers)]
     t0 = min(r[1] for rows in layers for r in rows if r[1])
-    print(f"{path}: {step.trace_layers} layer(s), pos {args.pos}+, {b2b:.1f} us per step back to back (profiling build)")
+    print(f"{path}: {step.trace_layers} layer(s), batch {step.batch}, pos {args.pos}+, {b2b:.1f} us per step back to back (profiling build)")
 
     events, raw = [], []
     per = defaultdict(lambda: defaultdict(list))       # (layer or 'epilogue', op) -> field -> values
