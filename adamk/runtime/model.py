@@ -39,7 +39,7 @@ class ModelStep(DecodeStep):
         """The next launch decodes `token` at `pos`: the id into the sequence, the position into both
         slots (the launch reads the slot of its epoch's parity, and a zeroing at the epoch wrap before
         it moves one slot into the other). A batch: one token and one position per sequence."""
-        tokens, positions = ([token], [pos]) if self.batch == 1 else (list(token), list(pos))
+        tokens, positions = self._per_sequence(token), self._per_sequence(pos)
         if len(tokens) != self.batch or len(positions) != self.batch:
             raise AdamkError(f"{len(tokens)} tokens and {len(positions)} positions for a batch of {self.batch}")
         for t, p in zip(tokens, positions):
@@ -68,6 +68,10 @@ class ModelStep(DecodeStep):
         token come from the device, so one graph serves every step)."""
         return super().graph(0)
 
+    def _per_sequence(self, value) -> list:
+        """A token or position argument as one entry per sequence: one sequence's value, a batch's list."""
+        return [value] if self.batch == 1 else list(value)
+
     def _launch_position(self, pos) -> int:
         return 0                          # every sequence's position is the device's (start, the argmax)
 
@@ -77,7 +81,7 @@ class ModelStep(DecodeStep):
     def run(self, steps: int, pos):
         """`steps` launches back to back from position `pos` (started with `start`; a batch: each
         sequence's); checks every sequence fits the KV cache first."""
-        for p in ([pos] if self.batch == 1 else list(pos)):
+        for p in self._per_sequence(pos):
             if int(p) + steps > self.max_seq_len:
                 raise AdamkError(f"{steps} steps from position {int(p)} pass the KV cache's {self.max_seq_len} "
                                  "positions (the artifact's max_seq_len)")
@@ -98,7 +102,7 @@ class ModelStep(DecodeStep):
         table's one row) and the KV rows 0..pos of every layer: what the weight-read floor divides
         by the copy bandwidth."""
         m = self.manifest["model"]
-        rows = sum(int(p) + 1 for p in ([pos] if self.batch == 1 else pos))
+        rows = sum(int(p) + 1 for p in self._per_sequence(pos))
         kv = 2 * m["layers"] * m["num_kv_heads"] * rows * m["head_dim"] * self.k_cache.element_size()
         return self.manifest["weight_read_bytes"] + kv
 
