@@ -57,15 +57,12 @@ class Argmax(TaskKind):
         buf = em.buf_of(op)
         em.asserts.add(f"static_assert(ArgmaxWork::kBytes == {smem.argmax_work_bytes()}, "
                        "\"smem model: argmax work area\");")
-        batch, n = op.param("batch"), op.param("N")
-        if batch == 1:
-            return [*em.signature(f"argmax_{name}", "int begin, int end, int chunk"),
-                    f"  argmax_task(s, task, {em.plan.work_offset}, {buf('out')}, {buf('logits')}, begin, end, chunk);",
-                    "}"]
+        n = op.param("N")
+        # a batch: each sequence's logits row and its chunks' pairs ([batch, chunks, 2])
         return [*em.signature(f"argmax_{name}", "int begin, int end, int chunk"),
-                f"  for (int seq = 0; seq < {batch}; ++seq)      // each sequence's chunk: [batch, chunks, 2]",
-                f"    argmax_task(s, task, {em.plan.work_offset}, {em.at_seq(buf('out'), 2 * chunks(n))}, "
-                f"{em.at_seq(buf('logits'), n)}, begin, end, chunk);",
+                *em.per_sequence(op.param("batch"), lambda at, step: (
+                    f"argmax_task(s, task, {em.plan.work_offset}, {at(buf('out'), 2 * chunks(n))}, "
+                    f"{at(buf('logits'), n)}, begin, end, chunk);")),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:
@@ -95,18 +92,11 @@ class ArgmaxCombine(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
-        batch = op.param("batch")
-        if batch == 1:
-            return [*em.signature(f"argmax_combine_{name}", "int chunks"),
-                    f"  argmax_combine(s, task, {buf('out', 'int')}, {buf('position', 'int')}, {buf('partial')}, "
-                    "chunks);",
-                    "}"]
-        # each sequence's token at its pos + 1 and its next position (rows of [batch, ...])
+        # a batch: each sequence's token at its pos + 1 and its next position (rows of [batch, ...])
         return [*em.signature(f"argmax_combine_{name}", "int chunks"),
-                f"  for (int seq = 0; seq < {batch}; ++seq)",
-                f"    argmax_combine(at_position(s, {em.position('seq')}), task, "
-                f"{em.at_seq(buf('out', 'int'), op.param('max_seq_len') + 1)}, {em.at_seq(buf('position', 'int'), 2)}, "
-                f"{em.at_seq(buf('partial'), 2 * op.tile_range[1])}, chunks);",
+                *em.per_sequence(op.param("batch"), lambda at, step: (
+                    f"argmax_combine({step}, task, {at(buf('out', 'int'), op.param('max_seq_len') + 1)}, "
+                    f"{at(buf('position', 'int'), 2)}, {at(buf('partial'), 2 * op.tile_range[1])}, chunks);")),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:

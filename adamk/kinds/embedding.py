@@ -30,17 +30,12 @@ class Embedding(TaskKind):
             sim.buf(op, "out")[b, begin:end] = sim.buf(op, "table")[token, begin:end]
 
     def functions(self, em, op, name) -> list[str]:
-        buf, n, batch = em.buf_of(op), op.param("N"), op.param("batch")
-        if batch == 1:
-            return [*em.signature(f"embedding_{name}", "int begin, int end"),
-                    f"  embedding_task<{n}>(s, task, {buf('out')}, {buf('tokens', 'int')}, {buf('table', 'bf16_t')}, "
-                    f"{op.param('vocab')}, begin, end);",
-                    "}"]
-        ids = op.param("max_seq_len") + 1         # tokens: [batch, max_seq_len + 1]
+        buf, n, ids = em.buf_of(op), op.param("N"), op.param("max_seq_len") + 1   # tokens: [batch, ids]
+        # a batch: each sequence's token at its position, into its row
         return [*em.signature(f"embedding_{name}", "int begin, int end"),
-                f"  for (int seq = 0; seq < {batch}; ++seq)      // each sequence's token at its position",
-                f"    embedding_task<{n}>(at_position(s, {em.position('seq')}), task, {em.at_seq(buf('out'), n)}, "
-                f"{em.at_seq(buf('tokens', 'int'), ids)}, {buf('table', 'bf16_t')}, {op.param('vocab')}, begin, end);",
+                *em.per_sequence(op.param("batch"), lambda at, step: (
+                    f"embedding_task<{n}>({step}, task, {at(buf('out'), n)}, {at(buf('tokens', 'int'), ids)}, "
+                    f"{buf('table', 'bf16_t')}, {op.param('vocab')}, begin, end);")),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:

@@ -226,15 +226,9 @@ class LinearCombine(CombineKind):
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
         n, batch = op.param("N"), op.param("batch")
-        if batch == 1:
-            return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
-                    f"  linear_combine<{op.parts}>(s, task, {buf('out')}, {buf('partial')}, {n}, "
-                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
-                    "}"]
-        # each sequence's rows: its row of every part ([parts, batch, N]: parts batch x N apart)
-        at = lambda role, ctype="tagged_t": em.at_seq(buf(role, ctype), n)     # noqa: E731
+        # a batch: each sequence's rows, its row of every part ([parts, batch, N]: parts batch x N apart)
         return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
-                f"  for (int seq = 0; seq < {batch}; ++seq)",
-                f"    linear_combine<{op.parts}>(s, task, {at('out')}, {at('partial')}, {batch * n}, "
-                f"{buf('bias', 'bf16_t')}, {at('residual')}, row_begin, row_end);",
+                *em.per_sequence(batch, lambda at, step: (
+                    f"linear_combine<{op.parts}>(s, task, {at(buf('out'), n)}, {at(buf('partial'), n)}, {batch * n}, "
+                    f"{buf('bias', 'bf16_t')}, {at(buf('residual'), n)}, row_begin, row_end);")),
                 "}"]
