@@ -117,6 +117,7 @@ class TaskRecord:
     loop: bool = False         # runs once per layer
     slots: dict = dataclasses.field(default_factory=dict)     # layer-indexed buffer -> c (task.py)
     seq: int | None = None     # the one sequence of the batch it serves (None: all)
+    values: dict = dataclasses.field(default_factory=dict)    # params' Python values (shared by an op's tasks)
 
     @property
     def sequence(self) -> int | None:
@@ -157,8 +158,7 @@ class TaskRecord:
         return self.buffers.get(role)
 
     def param(self, key: str):
-        a = self.params.get(key)
-        return None if a is None else attr_value(a)
+        return self.values.get(key)
 
 
 class Writes:
@@ -210,6 +210,8 @@ class TaskBuilder:
         self.unmerged: dict[str, tuple] = {}   # split attention's out -> (op, partial), parts not yet combined
         self.layers, self.loop = 1, False      # the layer loop's trip count; building its body
         self.layered: set[str] = set()         # the layer-indexed buffers
+        self.shared_params: dict = {}          # id of an op's params -> (params, with the batch's, values)
+        self.unions: dict = {}                 # ids of deps lists -> (the lists, their union)
 
     def declare(self, name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None,
                 aliases=None):
@@ -494,18 +496,38 @@ class TaskBuilder:
             raise UnsupportedShapeError(f"the step needs more than {MAX_TASKS} tasks (at {quoted(source)}); adamk "
                                         "compiles models up to that size")
         slots = {b: (slots or {}).get(b, 0) for b in dict.fromkeys(buffers.values()) if b in self.layered}
-        record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers),
-                            dict(params) | self.batch_param, footprint, k_index, k_split, self.loop,
-                            slots, seq)
+        merged, values = self.params_of(params)
+        record = TaskRecord(name, kind, source, tuple(tile), [], dict(buffers), merged, footprint, k_index, k_split,
+                            self.loop, slots, seq, values)
         description = task_kind(kind)
         where = lambda buffer: (slots[buffer], self.loop) if buffer in slots else None
         ranges = [self.deps(buffer, b, e, where(buffer)) for buffer, b, e in description.reads(record)]
-        # one range: its (shared, duplicate-free) list; several: their union, in order
-        record.deps = ranges[0] if len(ranges) == 1 else list(dict.fromkeys(d for r in ranges for d in r))
+        record.deps = ranges[0] if len(ranges) == 1 else self.union(ranges)
         self.tasks.append(record)
         for buffer, b, e in description.writes(record):
             self.producers.setdefault(buffer, Writes()).add(len(self.tasks) - 1, b, e, where(buffer))
             self.known_deps.pop(buffer, None)
+
+    def union(self, ranges: list[list[int]]) -> list[int]:
+        """The union of several ranges' deps, in order, shared by every task that reads the same ranges
+        (the lists `deps` remembers: a batch's task reads each sequence's row, and the tasks of an op
+        read the same rows, so this was half the search's tiling time at batch 8). The entry holds the
+        lists themselves, so their ids are not reused while the builder lives."""
+        key = tuple(map(id, ranges))
+        entry = self.unions.get(key)
+        if entry is None:
+            entry = self.unions[key] = (ranges, list(dict.fromkeys(d for r in ranges for d in r)))
+        return entry[1]
+
+    def params_of(self, params: dict) -> tuple[dict, dict]:
+        """An op's params with the batch's, and their Python values: built once per op and shared by its
+        tasks (read-only; decoding them per task was a sixth of the search's time at batch 8). The
+        entry holds `params` itself, so its id is not reused while the builder lives."""
+        entry = self.shared_params.get(id(params))
+        if entry is None:
+            merged = dict(params) | self.batch_param
+            entry = self.shared_params[id(params)] = (params, merged, {k: attr_value(a) for k, a in merged.items()})
+        return entry[1], entry[2]
 
     def unique(self, base: str) -> str:
         """`base`, or `base_2`, `base_3`, ...: a buffer name no other buffer has."""

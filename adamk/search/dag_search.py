@@ -34,7 +34,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, i64
 from xdsl.passes import ModulePass
 
 from .. import smem
-from ..config import ATTENTION_PARTS, MAX_TILE_ROWS
+from ..config import ATTENTION_PARTS, MAX_TILE_ROWS, SEARCH_BUDGET_S
 from ..dialects.graph import AttentionOp, LinearOp, shape_of
 from ..dialects.task import JoinOp, TaskOp
 from ..passes.ksplit import attention_parts
@@ -118,7 +118,7 @@ class SearchResult:
 
 class DagSearch:
     def __init__(self, model: CostModel, num_sms: int, stages: int, in_flight: int, stage_bytes: int,
-                 smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = 25.0, progress=None,
+                 smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = SEARCH_BUDGET_S, progress=None,
                  ksplit: bool = True, attention_parts: int | None = None):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
         self.in_flight = in_flight
