@@ -22,7 +22,7 @@ def block_threads(arch: int) -> int:
     return 32 * (CONSUMER_WARPS + producer_warps(arch))
 MAX_SEARCH_BUDGET_S = 3600.0
 # The DAG search's default wall-clock bound: the 1B model's search completes in ~10 s at batch 1 and
-# in 21-23 s at batches 8 and 16 on the 16-core build machine (docs/search.md); a search that hits
+# in 21-23 s at batches 8 and 16 on this 2-core CPU machine (docs/search.md); a search that hits
 # the bound stops early and its schedule may then depend on the machine's speed, so the margin is wide.
 SEARCH_BUDGET_S = 60.0
 MAX_BATCH = 16        # sequences one kernel decodes per step (a linear's batch is the N of one mma tile)
