@@ -246,6 +246,28 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
   }
 }
 
+// Elements i and i + HD/2 of a query head's row or the new key, (lo, hi), rotated at pos and left as
+// the loop reads them: a query's in q_row scaled by q_scale (scale * log2 e), the key's in k_row
+// rounded to bf16, and appended to the cache at pos where the task appends (`kc`: the KV head's rows).
+template <int HD>
+__device__ __forceinline__ void rotate_into(float* q_row, float* k_row, int i, float lo, float hi, bool is_q,
+                                            float q_scale, const float* inv_freq, int pos, bool appends, bf16_t* kc) {
+  constexpr int half = HD / 2;
+  rope_pair(lo, hi, i, inv_freq, pos);
+  if (is_q) {
+    q_row[i] = lo * q_scale;
+    q_row[i + half] = hi * q_scale;
+  } else {
+    const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
+    k_row[i] = to_float(kl);
+    k_row[i + half] = to_float(kh);
+    if (appends) {
+      kc[(size_t)pos * HD + i] = kl;
+      kc[(size_t)pos * HD + i + half] = kh;
+    }
+  }
+}
+
 // Qwen3's per-head RMSNorm of q and k (attention_task with NORM): the P query heads in qs and the
 // new key row in knew, staged raw, each normalised over its HD values (weights q_norm, k_norm: bf16
 // [HD]), rotated, then left as the loop reads them: q scaled by scale * log2 e, k rounded to bf16
@@ -271,20 +293,8 @@ __device__ __forceinline__ void attention_head_norms(float* qs, float* knew, flo
     const bool is_q = head < P;
     float* h = is_q ? qs + head * HD : knew;
     const bf16_t* w = is_q ? q_norm : k_norm;
-    float lo = h[i] * scratch[head] * to_float(w[i]), hi = h[i + half] * scratch[head] * to_float(w[i + half]);
-    rope_pair(lo, hi, i, inv_freq, pos);
-    if (is_q) {
-      h[i] = lo * q_scale;
-      h[i + half] = hi * q_scale;
-    } else {
-      const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
-      h[i] = to_float(kl);
-      h[i + half] = to_float(kh);
-      if (appends) {
-        kc[(size_t)pos * HD + i] = kl;
-        kc[(size_t)pos * HD + i + half] = kh;
-      }
-    }
+    const float lo = h[i] * scratch[head] * to_float(w[i]), hi = h[i + half] * scratch[head] * to_float(w[i + half]);
+    rotate_into<HD>(h, h, i, lo, hi, is_q, q_scale, inv_freq, pos, appends, kc);
   }
 }
 
@@ -364,20 +374,7 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       h[i + half] = hi;
       continue;
     }
-    rope_pair(lo, hi, i, inv_freq, pos);
-    if (is_q) {
-      float* qh = qs + (t / half) * HD;
-      qh[i] = lo * (scale * kLog2e);
-      qh[i + half] = hi * (scale * kLog2e);
-    } else {
-      const bf16_t kl = to_bf16(lo), kh = to_bf16(hi);
-      knew[i] = to_float(kl);
-      knew[i + half] = to_float(kh);
-      if (appends) {
-        kc[(size_t)pos * HD + i] = kl;
-        kc[(size_t)pos * HD + i + half] = kh;
-      }
-    }
+    rotate_into<HD>(qs + (t / half) * HD, knew, i, lo, hi, is_q, scale * kLog2e, inv_freq, pos, appends, kc);
   }
   if constexpr (NORM)
     attention_head_norms<HD, P>(qs, knew, part, q_norm, k_norm, norm_eps, inv_freq, pos, scale * kLog2e, appends, kc);
