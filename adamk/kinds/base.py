@@ -28,8 +28,12 @@ def restages(key, held) -> bool:
 
 def rows(op, buffer: str, width: int, begin: int, end: int, at: int = 0) -> list[tuple[str, int, int]]:
     """(buffer, begin, end) of columns [begin, end) of every sequence's row of `width` elements
-    (from element `at`): what a task of the whole batch reads or writes of a [batch, width] tensor."""
-    return [(buffer, at + b * width + begin, at + b * width + end) for b in range(op.param("batch"))]
+    (from element `at`): what a task of the whole batch reads or writes of a [batch, width] tensor.
+    Whole rows are one range (one poll of a batch's RMSNorm input, not one per sequence)."""
+    batch = op.param("batch")
+    if begin == 0 and end == width:
+        return [(buffer, at, at + batch * width)]
+    return [(buffer, at + b * width + begin, at + b * width + end) for b in range(batch)]
 
 
 class TaskKind:

@@ -348,7 +348,8 @@ class TaskBuilder:
         known = self.known_deps.setdefault(buffer, {})
         if (begin, end, slot) not in known:
             writes = self.producers.get(buffer)
-            known[begin, end, slot] = writes.overlapping(begin, end, lambda s: self.meets(s, slot)) if writes else []
+            found = writes.overlapping(begin, end, lambda s: self.meets(s, slot)) if writes else []
+            known[begin, end, slot] = list(dict.fromkeys(found))     # a task once (a batch's writes a range per row)
         return known[begin, end, slot]
 
     def embedding(self, op: EmbeddingOp):
