@@ -98,7 +98,8 @@ def _progress(name: str):
                    "linear.")
 @click.option("--schedule", type=click.Choice(["search", "round-robin", "barrier", "queue"]), default="search",
               show_default=True, help="The DAG search, or a baseline for comparison.")
-@click.option("--search-budget", default=SEARCH_BUDGET_S, show_default=True, type=float, help="Seconds the search may take.")
+@click.option("--search-budget", default=SEARCH_BUDGET_S, show_default=True, type=float,
+              help="Seconds the search may take.")
 @click.option("--cost-model", type=click.Path(dir_okay=False), default=None,
               help="A GPU profile from `adamk calibrate` (default: the one shipped for the GPU, else the "
                    "spec table).")

@@ -161,6 +161,16 @@ class TaskRecord:
         return self.values.get(key)
 
 
+@dataclass
+class _SlotRanges:
+    """One slot's written ranges (Writes): (begin, order, end, task), sorted by begin when `in_order`,
+    their starts (valid when sorted) and the longest range's length."""
+    ranges: list = dataclasses.field(default_factory=list)
+    starts: list = dataclasses.field(default_factory=list)
+    longest: int = 0
+    in_order: bool = True
+
+
 class Writes:
     """The element ranges the tasks so far write to one buffer, per slot, sorted by their start, so
     the writers a read overlaps are found by bisection (a batch's tasks write a range per sequence:
@@ -170,14 +180,14 @@ class Writes:
     a third of the search's time."""
 
     def __init__(self):
-        self.slots: dict = {}       # slot -> [starts, [(begin, order, end, task)], longest range, sorted]
+        self.slots: dict[object, _SlotRanges] = {}
         self.count = 0
 
     def add(self, task: int, begin: int, end: int, slot):
-        entry = self.slots.setdefault(slot, [[], [], 0, True])
-        entry[1].append((begin, self.count, end, task))
-        entry[2] = max(entry[2], end - begin)
-        entry[3] = False
+        entry = self.slots.setdefault(slot, _SlotRanges())
+        entry.ranges.append((begin, self.count, end, task))
+        entry.longest = max(entry.longest, end - begin)
+        entry.in_order = False
         self.count += 1
 
     def overlapping(self, begin: int, end: int, meets) -> list[int]:
@@ -186,13 +196,12 @@ class Writes:
         found = []
         for slot, entry in self.slots.items():
             if meets(slot):      # a range that overlaps starts after begin - longest
-                starts, ranges, longest, in_order = entry
-                if not in_order:
-                    ranges.sort()
-                    entry[0] = starts = [r[0] for r in ranges]
-                    entry[3] = True
-                lo, hi = bisect.bisect_right(starts, begin - longest), bisect.bisect_left(starts, end)
-                found += [(order, task) for b, order, e, task in ranges[lo:hi] if e > begin]
+                if not entry.in_order:
+                    entry.ranges.sort()
+                    entry.starts, entry.in_order = [r[0] for r in entry.ranges], True
+                lo = bisect.bisect_right(entry.starts, begin - entry.longest)
+                hi = bisect.bisect_left(entry.starts, end)
+                found += [(order, task) for b, order, e, task in entry.ranges[lo:hi] if e > begin]
         return [task for _, task in sorted(found)]
 
 

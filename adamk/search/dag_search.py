@@ -118,8 +118,8 @@ class SearchResult:
 
 class DagSearch:
     def __init__(self, model: CostModel, num_sms: int, stages: int, in_flight: int, stage_bytes: int,
-                 smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = SEARCH_BUDGET_S, progress=None,
-                 ksplit: bool = True, attention_parts: int | None = None):
+                 smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = SEARCH_BUDGET_S,
+                 progress=None, ksplit: bool = True, attention_parts: int | None = None):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
         self.in_flight = in_flight
         self.smem_budget, self.tile_rows, self.dtype, self.pos = smem_budget, tile_rows, dtype, pos
