@@ -284,8 +284,7 @@ def calibrate(gpu, output, preset, pos, rounds):
     model, traces = run(gpu, preset, pos, rounds, progress=_progress)
     model.save(output)
     _say(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, poll {model.poll_latency_us:.2f} us, "
-         f"task overhead {model.task_overhead_us:.2f} us, attention part {model.attention_us:.2f} us, "
-         f"launch {model.launch_us:.1f} us")
+         f"task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us")
     for label, measured, predicted in traces:
         _say(f"  traced {label}: measured {measured:.1f} us, the fit predicts {predicted:.1f} us "
              f"({(predicted - measured) / measured:+.1%})")
