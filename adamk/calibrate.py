@@ -13,8 +13,7 @@ and fits the parameters of search/cost.py to what their steps did:
 - then all of them together by coordinate descent on the model's own replay of the traced
   schedules (search/cost.py predict_timeline): each parameter scaled up or down while the
   squared error of every task's predicted end against its measured end drops. The page
-  stream's rate and latency and an attention part's own costs (`attention_us`,
-  `empty_page_us`) are fitted only there: no single stamp isolates them.
+  stream's rate and latency are fitted only there: no single stamp isolates them.
 
 One schedule shows only the tilings it uses, and the search goes where the model is wrong,
 so calibration runs in rounds: the first traces the searched schedule under the shipped
@@ -145,7 +144,7 @@ def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> Cost
 
 
 FITTED = ("sm_bytes_per_us", "dram_latency_us", "poll_latency_us", "stage_us", "input_us_per_k",
-          "smem_bytes_per_us", "task_overhead_us", "attention_us", "empty_page_us")
+          "smem_bytes_per_us", "task_overhead_us")
 SCALES = (0.5, 0.7, 0.85, 0.95, 1.05, 1.2, 1.4, 2.0)
 
 

@@ -199,31 +199,3 @@ def test_a_tiling_that_does_not_fit_costs_infinitely():
     fits = DagSearch(*args, 99 * 1024, 16, "bf16", 40).evaluate(fn)
     assert 0 < fits < math.inf
     assert DagSearch(*args, 2 * (32768 + 16) + 1000, 16, "bf16", 40).evaluate(fn) == math.inf
-
-
-def test_an_attention_parts_pages_past_its_rows_cost_no_dram_time():
-    """A part's pages cover its share of the longest sequence; at a shorter position only the
-    first carry rows (the kind's `loaded_pages`). The others land when issued and cost the
-    consumers `empty_page_us` each, so a part is charged its own work and the rows it reads."""
-    from adamk.search.cost import SmClock, TaskCost
-    layer = random_layer("llama-3.2-1b")
-    schedule = lower(layer, num_sms=132, attention_parts=4)[3]
-    part = next(op for sm in next(o for o in schedule.ops if isinstance(o, ScheduleOp)).sms for op in sm.ops
-                if isinstance(op, ExecOp) and op.kind.data == "attention")
-    rows = -(-513 // 4)                                 # its share of positions 0..512
-    cost = TaskCost.of_exec(part, 512)
-    assert cost.pages == -(-PRESETS["llama-3.2-1b"].max_seq_len // 4 // part.param("page_rows"))
-    assert cost.loaded_pages == -(-rows // part.param("page_rows")) < cost.pages
-    assert cost.stage_bytes == 2 * rows * part.param("head_dim") * 2 and cost.own_us == "attention_us"
-    # its own work short, so that the stream shows (the producer issues the pages from the start)
-    model = dataclasses.replace(CostModel.spec(get_gpu("H200")), attention_us=0.5)
-
-    def span(c: TaskCost) -> float:                         # on a fresh SM: ring of 6, two in flight
-        start, end = SmClock(model, 6, 2).run(c)
-        return end - start
-    fixed = model.task_overhead_us + model.stage_us + model.attention_us
-    stream = cost.stage_bytes / model.sm_bytes_per_us + model.dram_latency_us    # its loaded pages land
-    assert span(cost) == pytest.approx(max(fixed, stream) + cost.stage_bytes / model.smem_bytes_per_us
-                                       + (cost.pages - cost.loaded_pages) * model.empty_page_us, rel=0.05)
-    every_page = dataclasses.replace(cost, loaded_pages=None)      # as v1 charged it: a latency a page
-    assert span(every_page) >= cost.pages / 2 * model.dram_latency_us > span(cost)   # two in flight

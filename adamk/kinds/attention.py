@@ -50,11 +50,9 @@ class Attention(TaskKind):
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
 
     def cost(self, op, pos) -> dict:
-        # its cached rows at `pos` (K and V), streamed through the ring in its first pages (the rest
-        # carry nothing: the part's pages cover the longest sequence), and its own work
+        # its cached rows at `pos` (K and V), streamed through the ring in its pages
         rows = min(-(-(pos + 1) // op.parts), pos)
-        return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16, "own_us": "attention_us",
-                "loaded_pages": min(self.pages(op), -(-rows // op.param("page_rows")))}
+        return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16}
 
     def reads(self, op):
         (h0, h1), hd, b = op.tile_range, op.param("head_dim"), op.sequence

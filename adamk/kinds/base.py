@@ -42,8 +42,7 @@ class TaskKind:
 
     def cost(self, op, pos: int) -> dict:
         """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),
-        loaded_pages (the pages that carry them, if not all), read_bytes, inputs, own_us (the model's
-        parameter of the kind's own work, if it has one)."""
+        read_bytes, inputs."""
         raise NotImplementedError
 
     def reads(self, op) -> list[tuple[str, int, int]]:

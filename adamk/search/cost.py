@@ -13,11 +13,8 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   `input_us_per_k` per element its prologue reads: its K-chunk, twice for silu_mul, every
   part's share for a merged attention, plus the whole row for rmsnorm's sum of squares) and
   reads each page once it has landed, at `smem_bytes_per_us`;
-- an attention part polls q, k and v (`stage_us`), pays `attention_us` (its own work: the new
-  row's rotation and append, its trips, merging its lane groups, the stores) and streams its
-  pages of cached rows the same way: the pages that hold rows at the step's position carry their
-  bytes; the rest (a part's pages cover the longest sequence) carry nothing and cost the
-  consumers `empty_page_us` each (the wait and release), no DRAM time;
+- an attention part polls q, k and v (`stage_us`) and reads its pages of cached rows the same
+  way (their bytes at the step's position, spread over its pages);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 A step costs its makespan plus `launch_us`.
 
@@ -45,7 +42,7 @@ from ..kinds.base import TAGGED, restages
 from ..targets import GPU
 from .validate import located, schedule_of, tagged_sizes, tagged_slots, walk
 
-MODEL = "ring+tagged v2"    # the execution design the parameters describe (v1 had no attention_us, empty_page_us)
+MODEL = "ring+tagged v1"    # the execution design the parameters describe (v11's per-task stages had none)
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"    # measured defaults, one per GPU
 SPEC = "spec table"
 
@@ -60,8 +57,6 @@ class CostModel:
     stage_us: float = 1.0             # a staging's fixed cost: its barriers and one round trip to L2
     input_us_per_k: float = 0.0002    # a staging, per input element its prologue reads
     smem_bytes_per_us: float = 150e3  # the consumer warps reading a landed page (8 warps, 16 B per lane)
-    attention_us: float = 3.0         # an attention part's own work beyond its pages (docs/perf.md v32)
-    empty_page_us: float = 0.05       # a page that carries nothing at this position: its wait and release
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
     model: str = MODEL
     source: str = SPEC
@@ -131,8 +126,6 @@ class TaskCost:
     kind: str
     stage_bytes: int = 0     # what its ring pages carry (a linear's weights, an attention's cached rows)
     pages: int = 0           # ring pages they take
-    loaded_pages: int | None = None   # of those, the first ones that carry stage_bytes (None: all)
-    own_us: str = ""         # the model's parameter of the kind's own work, if it has one (attention_us)
     read_bytes: int = 0      # partial sums a combine reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
 
@@ -155,23 +148,12 @@ class SmClock:
         self.released: list[float] = []
         self.staged = None             # what the work area holds (kinds' `staged`)
 
-    def _issue(self) -> float:
-        """When the producer issues the next page: in order, once its slot is free (the consumers
-        released the page `depth` before) and the page `in_flight` before has landed."""
-        j = len(self.landed)
-        self.issued = max(self.issued, self.released[j - self.depth] if j >= self.depth else 0.0,
-                          self.landed[j - self.in_flight] if j >= self.in_flight else 0.0)
-        return self.issued
-
     def _page(self, nbytes: float, consumer: float) -> float:
-        """Stream the next page; the consumers, free at `consumer`, read it: when they are done.
-        A page of no bytes has no copies: it lands when issued, and the consumers only wait for it
-        and release it (`empty_page_us`)."""
-        m, issue = self.model, self._issue()
-        if not nbytes:
-            self.landed.append(issue)
-            self.released.append(max(consumer, issue) + m.empty_page_us)
-            return self.released[-1]
+        """Stream the next page; the consumers, free at `consumer`, read it: when they are done."""
+        m, j = self.model, len(self.landed)
+        issue = max(self.issued, self.released[j - self.depth] if j >= self.depth else 0.0,
+                    self.landed[j - self.in_flight] if j >= self.in_flight else 0.0)
+        self.issued = issue
         self.stream_free = max(issue, self.stream_free) + nbytes / m.sm_bytes_per_us
         self.landed.append(self.stream_free + m.dram_latency_us)
         self.released.append(max(consumer, self.landed[-1]) + nbytes / m.smem_bytes_per_us)
@@ -188,10 +170,9 @@ class SmClock:
         if task.pages:                   # a linear's weights or an attention part's cached rows
             if restages(staged, self.staged):   # a linear's staging (unless its run's input is held); q, k, v
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
-            t, data_in = inputs_in + (getattr(m, task.own_us) if task.own_us else 0.0), None
-            loaded = task.pages if task.loaded_pages is None else task.loaded_pages
-            for j in range(task.pages):
-                t = self._page(task.stage_bytes / loaded if j < loaded else 0, t)
+            t, data_in = inputs_in, None
+            for _ in range(task.pages):
+                t = self._page(task.stage_bytes / task.pages, t)
                 data_in = data_in if data_in is not None else self.landed[-1]
             data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
         else:
