@@ -32,6 +32,12 @@ from adamk.runtime.timing import copy_bandwidth, time_launches
 from baselines import TunedStep, graphed
 
 
+def megakernel_tolerance(base_err: float) -> float:
+    """The relative error the megakernel's logits may have against float32: 1e-2, or 1.5x bf16
+    PyTorch's own where that is off by more (bf16 weights and caches set a noise floor)."""
+    return max(1e-2, 1.5 * base_err)
+
+
 class TunedModel(torch.nn.Module):
     """The whole step as a careful PyTorch user writes it: TunedStep per layer, greedy argmax."""
 
@@ -115,7 +121,7 @@ def main():
     base_err = ((base.float().reshape(-1) - ref).norm() / ref.norm()).item()
     print(f"logits vs float32 at pos {pos}: megakernel rel error {err:.2e} (token {nxt}), bf16 PyTorch "
           f"{base_err:.2e} (token {int(base.argmax())}); float32 token {int(ref.argmax())}")
-    if err > max(1e-2, 1.5 * base_err):
+    if err > megakernel_tolerance(base_err):
         raise SystemExit("the megakernel's logits are wrong; not timing it")
 
     read = step.read_bytes(pos)        # every weight but the embedding table, of which one row; the KV rows
