@@ -134,7 +134,8 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
             search = DagSearch(cost, config.blocks, config.depth, config.in_flight, config.stage_bytes,
                                target.smem_per_block,
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
-                               _search_progress(update), config.ksplit, config.attention_parts).run(graph)
+                               _search_progress(update), config.ksplit, config.attention_parts,
+                               long_pos=model_dims["max_seq_len"] - 1).run(graph)
             graph.verify()
             if not search.complete:
                 warnings.warn(f"the DAG search used its {config.search_budget_s} s budget before finishing; the "
@@ -146,7 +147,7 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:
             run(SearchSchedulePass(cost, config.blocks, config.block_threads, target.smem_per_block, config.depth,
-                                   config.in_flight, pos),
+                                   config.in_flight, pos, model_dims["max_seq_len"] - 1),
                 graph)
         else:
             run(RoundRobinSchedulePass(config.blocks, config.block_threads, target.smem_per_block, config.depth,

@@ -308,7 +308,7 @@ def test_gpu_name_with_a_hyperlink_is_shown_verbatim(tiny_onnx, tmp_path):
             "unknown GPU '[link=https://example.com]H100[/link]'", tmp_path)
 
 
-MODEL = {"gpu": "L20", "model": "ring+tagged v1"}
+MODEL = {"gpu": "L20", "model": "ring+tagged v2"}
 
 
 @pytest.mark.parametrize("profile,match", [
@@ -317,7 +317,7 @@ MODEL = {"gpu": "L20", "model": "ring+tagged v1"}
     (MODEL | {"sm_bytes_per_us": 8000, "poll_latency_us": -1.0}, "'poll_latency_us' is -1.0"),
     (MODEL | {"sm_bytes_per_us": 8000, "launch_us": None}, "'launch_us' is None"),
     ({"gpu": "L20", "sm_bytes_per_us": 8000, "sync_latency_us": 1.0},
-     "fitted for execution model 'v11 per-task stages', not 'ring+tagged v1': run `adamk calibrate` again"),
+     "fitted for execution model 'v11 per-task stages', not 'ring+tagged v2': run `adamk calibrate` again"),
     ([1, 2, 3], "not a JSON object"),
 ])
 def test_bad_cost_profiles(tiny_onnx, tmp_path, profile, match):

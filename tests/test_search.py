@@ -199,3 +199,67 @@ def test_a_tiling_that_does_not_fit_costs_infinitely():
     fits = DagSearch(*args, 99 * 1024, 16, "bf16", 40).evaluate(fn)
     assert 0 < fits < math.inf
     assert DagSearch(*args, 2 * (32768 + 16) + 1000, 16, "bf16", 40).evaluate(fn) == math.inf
+
+
+def test_an_attention_part_pays_its_own_work_and_no_dram_time_for_its_empty_pages():
+    """Cost model v2: a part's pages past the step's rows carry no bytes (the kernel issues no copy
+    for them): each costs the consumers empty_page_us, and the part pays attention_us once."""
+    from adamk.search.cost import SmClock, TaskCost
+    model = dataclasses.replace(CostModel.spec(get_gpu("H200")), attention_us=2.5, empty_page_us=0.1)
+    page = 16384
+
+    def end(pages, loaded):
+        clock = SmClock(model, depth=6, in_flight=2)
+        return clock.run(TaskCost("attention", stage_bytes=loaded * page, pages=pages, loaded_pages=loaded,
+                                  own="attention_us"))[1]
+
+    landed = page / model.sm_bytes_per_us + model.dram_latency_us          # its producer issues it at once
+    one = max(model.task_overhead_us + model.stage_us, landed) + page / model.smem_bytes_per_us + model.attention_us
+    assert end(1, 1) == pytest.approx(one)
+    assert end(32, 1) == pytest.approx(one + 31 * model.empty_page_us)     # 31 empty pages: no DRAM latency
+    # a second loaded page streams its bytes behind the first (two in flight), instead of an empty page
+    assert end(32, 2) == pytest.approx(end(32, 1) + page / model.sm_bytes_per_us - model.empty_page_us)
+
+
+def test_the_search_costs_the_longest_position_too():
+    """The schedule serves every position: the search's objective is the mean of its makespan at
+    the compile's position and, placed the same way, at max_seq_len - 1. Costed at 512 alone, the
+    1B layer's attention gets fewer parts than when position 4095 counts too, and that
+    one-position choice is the slower of the two at 4095."""
+    from adamk.compiler import import_model
+    from adamk.dialects import make_context
+    from adamk.dialects.graph import AttentionOp
+    from adamk.passes.fuse import FusePass
+    from adamk.passes.ksplit import KSplitPass
+    from adamk.search.dag_search import DagSearch, _set_tiling, _tiling_of
+    from xdsl.dialects import func
+    gpu = get_gpu("H200")
+    graph = import_model(random_layer("llama-3.2-1b"))
+    FusePass().apply(make_context(), graph)
+    KSplitPass(16, gpu.weight_stages, 32768, gpu.smem_per_block, gpu.num_sms, gpu.name).apply(make_context(), graph)
+    fn = next(o for o in graph.ops if isinstance(o, func.FuncOp))
+    ops = [o for o in fn.body.block.ops if hasattr(o, "k_split")]
+    start = [_tiling_of(op) for op in ops]
+
+    def searcher(pos, long_pos=None):
+        return DagSearch(CostModel.for_gpu(gpu), gpu.num_sms, gpu.weight_stages, gpu.pages_in_flight, 32768,
+                         gpu.smem_per_block, 16, "bf16", pos, long_pos=long_pos)
+
+    def tiled(tiling):
+        for op, t in zip(ops, tiling):
+            _set_tiling(op, t)
+
+    def search(long_pos):
+        tiled(start)
+        assert searcher(512, long_pos).run(graph).complete
+        return [_tiling_of(op) for op in ops]
+
+    def parts(tiling):
+        return next(t[1] for op, t in zip(ops, tiling) if isinstance(op, AttentionOp))
+
+    one, both = search(None), search(4095)
+    assert parts(one) < parts(both), (one, both)
+    tiled(one)
+    slow = searcher(4095).evaluate(fn)
+    tiled(both)
+    assert searcher(4095).evaluate(fn) < slow

@@ -48,11 +48,15 @@ def part_heads(op, j: int, b: int, h0: int, h1: int) -> tuple[int, int]:
 class Attention(TaskKind):
     name = "attention"
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
+    own_cost = "attention_us"
 
     def cost(self, op, pos) -> dict:
-        # its cached rows at `pos` (K and V), streamed through the ring in its pages
+        # its cached rows at `pos` (K and V), an equal share of 0..pos per part (attention.cuh
+        # attention_part), in the first of its pages; the rest, sized for the longest sequence, are
+        # empty at `pos`
         rows = min(-(-(pos + 1) // op.parts), pos)
-        return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16}
+        return {"stage_bytes": 2 * rows * op.param("head_dim") * BF16,
+                "loaded_pages": min(op.param("pages"), -(-rows // op.param("page_rows")))}
 
     def reads(self, op):
         (h0, h1), hd, b = op.tile_range, op.param("head_dim"), op.sequence

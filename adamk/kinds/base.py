@@ -39,10 +39,12 @@ def rows(op, buffer: str, width: int, begin: int, end: int, at: int = 0) -> list
 class TaskKind:
     name: str
     roles: frozenset           # buffer roles every task of the kind names
+    own_cost: str = ""         # the cost model's parameter of a task's own work beyond its pages and
+                               # staging (search/cost.py), if the kind has one
 
     def cost(self, op, pos: int) -> dict:
         """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),
-        read_bytes, inputs."""
+        read_bytes, inputs, loaded_pages (those of its pages that carry bytes, if not all)."""
         raise NotImplementedError
 
     def reads(self, op) -> list[tuple[str, int, int]]:

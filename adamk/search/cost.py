@@ -13,8 +13,12 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   `input_us_per_k` per element its prologue reads: its K-chunk, twice for silu_mul, every
   part's share for a merged attention, plus the whole row for rmsnorm's sum of squares) and
   reads each page once it has landed, at `smem_bytes_per_us`;
-- an attention part polls q, k and v (`stage_us`) and reads its pages of cached rows the same
-  way (their bytes at the step's position, spread over its pages);
+- an attention part polls q, k and v (`stage_us`), reads its pages of cached rows the same way
+  (their bytes at the step's position, spread over the pages that hold them) and pays its own
+  work, `attention_us` (the new row's rotation and append, its trips, merging its lane groups,
+  the stores); its pages past the step's rows carry nothing: they take their slot and their place
+  in flight and land when issued (the kernel issues no copy), costing the consumers
+  `empty_page_us` each (the wait and the release);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 A step costs its makespan plus `launch_us`.
 
@@ -42,7 +46,8 @@ from ..kinds.base import TAGGED, restages
 from ..targets import GPU
 from .validate import located, schedule_of, tagged_sizes, tagged_slots, walk
 
-MODEL = "ring+tagged v1"    # the execution design the parameters describe (v11's per-task stages had none)
+MODEL = "ring+tagged v2"    # the execution design the parameters describe (v11's per-task stages had none;
+                            # v1 had no attention_us and paid a DRAM latency for an empty page)
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"    # measured defaults, one per GPU
 SPEC = "spec table"
 
@@ -58,6 +63,8 @@ class CostModel:
     input_us_per_k: float = 0.0002    # a staging, per input element its prologue reads
     smem_bytes_per_us: float = 150e3  # the consumer warps reading a landed page (8 warps, 16 B per lane)
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
+    attention_us: float = 3.0         # an attention part's own work beyond its pages (v32's batch-8 ranking)
+    empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
     model: str = MODEL
     source: str = SPEC
 
@@ -128,11 +135,15 @@ class TaskCost:
     pages: int = 0           # ring pages they take
     read_bytes: int = 0      # partial sums a combine reads
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
+    loaded_pages: int | None = None   # pages that carry bytes (None: all); the rest are empty
+    own: str = ""            # the CostModel parameter of the kind's own work per task ("": none)
 
     @classmethod
     def of_exec(cls, op, pos: int) -> "TaskCost":
         """The cost of a task (adamk.task, adamk.exec or tile.TaskRecord) at position `pos`: its kind's."""
-        return cls(op.kind_name, pages=task_kind(op.kind_name).pages(op), **task_kind(op.kind_name).cost(op, pos))
+        description = task_kind(op.kind_name)
+        return cls(op.kind_name, pages=description.pages(op), own=description.own_cost,
+                   **description.cost(op, pos))
 
 
 class SmClock:
@@ -148,12 +159,17 @@ class SmClock:
         self.released: list[float] = []
         self.staged = None             # what the work area holds (kinds' `staged`)
 
-    def _page(self, nbytes: float, consumer: float) -> float:
-        """Stream the next page; the consumers, free at `consumer`, read it: when they are done."""
+    def _page(self, nbytes: float, consumer: float, loaded: bool = True) -> float:
+        """Stream the next page; the consumers, free at `consumer`, read it: when they are done.
+        A page that is not `loaded` holds a slot and a place in flight but no bytes."""
         m, j = self.model, len(self.landed)
         issue = max(self.issued, self.released[j - self.depth] if j >= self.depth else 0.0,
                     self.landed[j - self.in_flight] if j >= self.in_flight else 0.0)
         self.issued = issue
+        if not loaded:
+            self.landed.append(issue)
+            self.released.append(max(consumer, issue) + m.empty_page_us)
+            return self.released[-1]
         self.stream_free = max(issue, self.stream_free) + nbytes / m.sm_bytes_per_us
         self.landed.append(self.stream_free + m.dram_latency_us)
         self.released.append(max(consumer, self.landed[-1]) + nbytes / m.smem_bytes_per_us)
@@ -170,11 +186,13 @@ class SmClock:
         if task.pages:                   # a linear's weights or an attention part's cached rows
             if restages(staged, self.staged):   # a linear's staging (unless its run's input is held); q, k, v
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
+            loaded = task.pages if task.loaded_pages is None else task.loaded_pages
             t, data_in = inputs_in, None
-            for _ in range(task.pages):
-                t = self._page(task.stage_bytes / task.pages, t)
+            for p in range(task.pages):
+                t = self._page(task.stage_bytes / max(1, loaded), t, p < loaded)
                 data_in = data_in if data_in is not None else self.landed[-1]
             data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
+            t += getattr(m, task.own) if task.own else 0.0
         else:
             inputs_in += m.stage_us + task.read_bytes / TAGGED * m.input_us_per_k
             t = data_in = inputs_in
@@ -185,16 +203,16 @@ class SmClock:
 
 
 def replay(costs: list[TaskCost], deps: list, staged: list, sm_of: list[int], num_sms: int, model: CostModel,
-           depth: int, in_flight: int) -> list[tuple[float, float]]:
-    """(start, end) of every task when task i runs on SM sm_of[i], each SM's tasks in index order
-    (a topological order): every task's deps and its SM's earlier tasks come before it."""
+           depth: int, in_flight: int, order=None) -> list[tuple[float, float]]:
+    """(start, end) of every task when task i runs on SM sm_of[i], the tasks run in `order` (default:
+    index order), a topological order: every task's deps and its SM's earlier tasks come before it."""
     clocks = [SmClock(model, depth, in_flight) for _ in range(num_sms)]
-    times: list[tuple[float, float]] = []
+    times: list[tuple[float, float] | None] = [None] * len(costs)
     latest: dict[int, float] = {}      # id of a deps sequence -> when its last task ends (tasks share them)
-    for i, cost in enumerate(costs):
+    for i in order if order is not None else range(len(costs)):
         if id(deps[i]) not in latest:
             latest[id(deps[i])] = max((times[d][1] for d in deps[i]), default=-model.poll_latency_us)
-        times.append(clocks[sm_of[i]].run(cost, latest[id(deps[i])] + model.poll_latency_us, staged[i]))
+        times[i] = clocks[sm_of[i]].run(costs[i], latest[id(deps[i])] + model.poll_latency_us, staged[i])
     return times
 
 

@@ -1,5 +1,10 @@
 """The offline DAG search: the tiling of every op, the SM and order of every task, and so
-where each task's weights stream, minimising the cost model's predicted makespan.
+where each task's weights stream, minimising the cost model's predicted makespans (below).
+
+Objective: the predicted makespan at the compile's position (512, or the last one of a shorter
+cache) and, with the same placement, at the longest (`long_pos`, max_seq_len - 1), averaged:
+the schedule serves every position, and a split of the attention that is fastest at 512 may
+be the slowest at 4095 (docs/perf.md v32-v33).
 
 Placement (`place`): ops in topological order; a task becomes ready one poll latency after the
 last task whose writes it reads ends (the tile-exact DAG: kinds' `reads` and `writes`); longest
@@ -14,7 +19,7 @@ Tiling (`DagSearch.run`): starting from the ksplit pass's tiling, coordinate des
 the ops: for each op, every candidate tiling within the shared-memory model (linears: 8,
 16 or 32 rows per task, whole or split over K in 2 or 4 parts; attention:
 1, 2, 4, 8, 16 or the ksplit default's sequence parts; only unsplit ones with `ksplit=False`) is tiled (the tile pass's TaskBuilder,
-without building IR) and placed, and kept if the predicted makespan drops. Deterministic
+without building IR) and placed, and kept if the objective drops. Deterministic
 (fixed candidate order, strict improvement, stable sorts), bounded by `budget_s`: a
 search that hits its budget stops early, and only then can the result depend on the
 machine's speed (the compiler warns).
@@ -57,12 +62,14 @@ class PlacedTask:
 
 
 def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
-          in_flight: int) -> tuple[list[list[int]], float]:
-    """(task indices per SM in order, predicted makespan without the launch)."""
+          in_flight: int) -> tuple[list[list[int]], float, list[int]]:
+    """(task indices per SM in order, predicted makespan without the launch, the order it placed
+    the tasks in: `replay` of that order on the same SMs gives the same times)."""
     clocks = [SmClock(model, depth, in_flight) for _ in range(num_sms)]
     programs: list[list[int]] = [[] for _ in range(num_sms)]
     free = [(0.0, sm) for sm in range(num_sms)]
     end = [0.0] * len(tasks)
+    order: list[int] = []
     by_op: dict[str, list[int]] = {}
     for i, t in enumerate(tasks):
         by_op.setdefault(t.source, []).append(i)
@@ -76,26 +83,36 @@ def place(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
             ready = latest[id(deps)] + model.poll_latency_us
             end[i] = clocks[sm].run(tasks[i].cost, ready, tasks[i].staged)[1]
             programs[sm].append(i)
+            order.append(i)
             heapq.heappush(free, (clocks[sm].now, sm))
     # each SM's program is in the order its clock ran them: op by op (topological), and the tasks
     # of one op never depend on each other
-    return programs, max(end, default=0.0)
+    return programs, max(end, default=0.0), order
 
 
-def round_robin_makespan(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
-                         in_flight: int) -> float:
-    """The predicted makespan (without the launch) of round-robin placement: task i on SM i mod
-    num_sms, each SM's tasks in index order."""
-    times = replay([t.cost for t in tasks], [t.deps for t in tasks], [t.staged for t in tasks],
-                   [i % num_sms for i in range(len(tasks))], num_sms, model, depth, in_flight)
+def makespan(tasks: list[PlacedTask], sm_of: list[int], order, num_sms: int, model: CostModel, depth: int,
+             in_flight: int) -> float:
+    """The predicted makespan (without the launch) of task i on SM sm_of[i], run in `order`."""
+    times = replay([t.cost for t in tasks], [t.deps for t in tasks], [t.staged for t in tasks], sm_of, num_sms,
+                   model, depth, in_flight, order)
     return max((e for _, e in times), default=0.0)
 
 
 def best_placement(tasks: list[PlacedTask], num_sms: int, model: CostModel, depth: int,
-                   in_flight: int) -> tuple[list[list[int]], float]:
-    """`place`'s programs or round-robin's, whichever the model predicts faster (round-robin on a tie)."""
-    rr_time = round_robin_makespan(tasks, num_sms, model, depth, in_flight)
-    programs, time = place(tasks, num_sms, model, depth, in_flight)
+                   in_flight: int, long_tasks: list[PlacedTask] | None = None) -> tuple[list[list[int]], float]:
+    """`place`'s programs or round-robin's, whichever the model predicts faster (round-robin on a
+    tie), with its predicted time: the makespan of `tasks`, or with `long_tasks` (the same tasks
+    costed at the longest position) the mean of both makespans under the one placement."""
+    rr_sm = [i % num_sms for i in range(len(tasks))]
+    rr_time = makespan(tasks, rr_sm, range(len(tasks)), num_sms, model, depth, in_flight)
+    programs, time, order = place(tasks, num_sms, model, depth, in_flight)
+    if long_tasks is not None:
+        sm_of = [0] * len(tasks)
+        for sm, program in enumerate(programs):
+            for i in program:
+                sm_of[i] = sm
+        rr_time = (rr_time + makespan(long_tasks, rr_sm, range(len(tasks)), num_sms, model, depth, in_flight)) / 2
+        time = (time + makespan(long_tasks, sm_of, order, num_sms, model, depth, in_flight)) / 2
     return (programs, time) if time < rr_time - 1e-6 else (round_robin(len(tasks), num_sms), rr_time)
 
 
@@ -119,17 +136,19 @@ class SearchResult:
 class DagSearch:
     def __init__(self, model: CostModel, num_sms: int, stages: int, in_flight: int, stage_bytes: int,
                  smem_budget: int, tile_rows: int, dtype: str, pos: int, budget_s: float = SEARCH_BUDGET_S,
-                 progress=None, ksplit: bool = True, attention_parts: int | None = None):
+                 progress=None, ksplit: bool = True, attention_parts: int | None = None, long_pos: int | None = None):
         self.model, self.num_sms, self.stages, self.stage_bytes = model, num_sms, stages, stage_bytes
         self.in_flight = in_flight
         self.smem_budget, self.tile_rows, self.dtype, self.pos = smem_budget, tile_rows, dtype, pos
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
         self.attention_parts = attention_parts    # fixed by the config: the search keeps it
+        self.long_pos = long_pos if long_pos is not None and long_pos != pos else None   # costed too (module doc)
 
-    def tasks(self, fn, part: str = "all") -> list[PlacedTask]:
+    def tasks(self, fn, part: str = "all") -> tuple[list[PlacedTask], list[PlacedTask] | None]:
         """The tasks of the current tiling: all, or of a whole model only the prologue and one layer
-        ("body") or only the LM head and argmax ("epilogue", which then start at once)."""
+        ("body") or only the LM head and argmax ("epilogue", which then start at once); costed at
+        `pos`, and at `long_pos` (None without one)."""
         builder = TaskBuilder(self.tile_rows, self.dtype, self.stage_bytes)
         builder.build(fn, stop_after_loop=part == "body")
         self.peak = smem.sm_plan((r.footprint for r in builder.tasks if r.footprint), self.stages).peak
@@ -137,17 +156,17 @@ class DagSearch:
         if part == "epilogue":
             first = max((i for i, r in enumerate(builder.tasks) if r.loop), default=-1) + 1
             records = [(r, [d - first for d in deps if d >= first]) for r, deps in records[first:]]
-        return _placed(records, self.pos)
+        return _placed(records, self.pos), _placed(records, self.long_pos) if self.long_pos is not None else None
 
     def evaluate(self, fn, part: str = "all") -> float:
-        """The predicted makespan of the ops' current tiling, placed the better way (`best_placement`);
+        """The objective (module doc) of the ops' current tiling, placed the better way (`best_placement`);
         infinite for a tiling whose tasks do not fit the shared-memory budget (a linear's work area
         depends on the tiling of the attention whose parts it merges; program.check_smem checks the whole
         plan again)."""
-        tasks = self.tasks(fn, part)
+        tasks, long_tasks = self.tasks(fn, part)
         if self.peak > self.smem_budget:
             return math.inf
-        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight)[1]
+        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight, long_tasks)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):
@@ -253,6 +272,7 @@ class SearchSchedulePass(ModulePass):
     stages: int = 2
     in_flight: int = 2
     pos: int = 0
+    long_pos: int | None = None     # costed too, as DagSearch does
 
     def apply(self, ctx: Context, op: ModuleOp) -> None:
         tasks = [o for o in op.ops if isinstance(o, TaskOp)]
@@ -262,6 +282,8 @@ class SearchSchedulePass(ModulePass):
             owner = token.owner
             return [index[p.owner] for p in owner.parts] if isinstance(owner, JoinOp) else [index[owner]]
 
-        placed = _placed([(t, sorted({i for d in t.deps for i in producers(d)})) for t in tasks], self.pos)
-        programs, _ = best_placement(placed, self.num_sms, self.model, self.stages, self.in_flight)
+        records = [(t, sorted({i for d in t.deps for i in producers(d)})) for t in tasks]
+        long_tasks = _placed(records, self.long_pos) if self.long_pos not in (None, self.pos) else None
+        programs, _ = best_placement(_placed(records, self.pos), self.num_sms, self.model, self.stages,
+                                     self.in_flight, long_tasks)
         emit_schedule(op, programs, self.block_threads, self.stages, self.in_flight, self.smem_budget)
