@@ -63,7 +63,7 @@ class CostModel:
     input_us_per_k: float = 0.0002    # a staging, per input element its prologue reads
     smem_bytes_per_us: float = 150e3  # the consumer warps reading a landed page (8 warps, 16 B per lane)
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
-    attention_us: float = 3.0         # an attention part's own work beyond its pages (v32's batch-8 ranking)
+    attention_us: float = 1.0         # an attention part's own work beyond its pages (docs/search.md)
     empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
     model: str = MODEL
     source: str = SPEC
