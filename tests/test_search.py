@@ -203,7 +203,8 @@ def test_a_tiling_that_does_not_fit_costs_infinitely():
 
 def test_an_attention_part_pays_its_own_work_and_no_dram_time_for_its_empty_pages():
     """Cost model v2: a part's pages past the step's rows carry no bytes (the kernel issues no copy
-    for them): each costs the consumers empty_page_us, and the part pays attention_us once."""
+    for them): each costs the consumers empty_page_us; the part pays attention_us once; its loaded
+    pages stream at kv_share SM shares."""
     from adamk.search.cost import SmClock, TaskCost
     model = dataclasses.replace(CostModel.spec(get_gpu("H200")), attention_us=2.5, empty_page_us=0.1)
     page = 16384
@@ -219,6 +220,11 @@ def test_an_attention_part_pays_its_own_work_and_no_dram_time_for_its_empty_page
     assert end(32, 1) == pytest.approx(one + 31 * model.empty_page_us)     # 31 empty pages: no DRAM latency
     # a second loaded page streams its bytes behind the first (two in flight), instead of an empty page
     assert end(32, 2) == pytest.approx(end(32, 1) + page / model.sm_bytes_per_us - model.empty_page_us)
+    # at kv_share SM shares of the bandwidth (the chain's few streaming SMs get more than one share):
+    # at two shares the second page lands one transfer sooner
+    clock = SmClock(dataclasses.replace(model, kv_share=2.0), depth=6, in_flight=2)
+    assert clock.run(TaskCost("attention", stage_bytes=2 * page, pages=32, loaded_pages=2, own="attention_us",
+                              share="kv_share"))[1] == pytest.approx(end(32, 2) - page / model.sm_bytes_per_us)
 
 
 def test_the_search_costs_the_longest_position_too():

@@ -49,6 +49,7 @@ class Attention(TaskKind):
     name = "attention"
     roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
     own_cost = "attention_us"
+    page_share = "kv_share"
 
     def cost(self, op, pos) -> dict:
         # its cached rows at `pos` (K and V), an equal share of 0..pos per part (attention.cuh

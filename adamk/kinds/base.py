@@ -41,6 +41,7 @@ class TaskKind:
     roles: frozenset           # buffer roles every task of the kind names
     own_cost: str = ""         # the cost model's parameter of a task's own work beyond its pages and
                                # staging (search/cost.py), if the kind has one
+    page_share: str = ""       # the cost model's parameter of its pages' rate in SM shares, if not one
 
     def cost(self, op, pos: int) -> dict:
         """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),

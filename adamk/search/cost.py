@@ -16,7 +16,8 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
 - an attention part polls q, k and v (`stage_us`), reads its pages of cached rows the same way
   (their bytes at the step's position, spread over the pages that hold them) and pays its own
   work, `attention_us` (the new row's rotation and append, its trips, merging its lane groups,
-  the stores); its pages past the step's rows carry nothing: they take their slot and their place
+  the stores); its pages stream at `kv_share` SM shares (they stream in the chain, while most
+  SMs' rings are full); its pages past the step's rows carry nothing: they take their slot and their place
   in flight and land when issued (the kernel issues no copy), costing the consumers
   `empty_page_us` each (the wait and the release);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
@@ -65,6 +66,8 @@ class CostModel:
     launch_us: float = 3.0            # launch to first instruction, and the grid's exit
     attention_us: float = 1.0         # an attention part's own work beyond its pages (docs/search.md)
     empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
+    kv_share: float = 1.0             # an attention part's pages stream at this many times an SM's share:
+                                      # they stream in the chain, while most SMs' rings are full and idle
     model: str = MODEL
     source: str = SPEC
 
@@ -137,12 +140,13 @@ class TaskCost:
     inputs: int = 0          # input elements a linear's prologue reads (see `of`)
     loaded_pages: int | None = None   # pages that carry bytes (None: all); the rest are empty
     own: str = ""            # the CostModel parameter of the kind's own work per task ("": none)
+    share: str = ""          # the CostModel parameter of its pages' rate in SM shares ("": one share)
 
     @classmethod
     def of_exec(cls, op, pos: int) -> "TaskCost":
         """The cost of a task (adamk.task, adamk.exec or tile.TaskRecord) at position `pos`: its kind's."""
         description = task_kind(op.kind_name)
-        return cls(op.kind_name, pages=description.pages(op), own=description.own_cost,
+        return cls(op.kind_name, pages=description.pages(op), own=description.own_cost, share=description.page_share,
                    **description.cost(op, pos))
 
 
@@ -159,9 +163,10 @@ class SmClock:
         self.released: list[float] = []
         self.staged = None             # what the work area holds (kinds' `staged`)
 
-    def _page(self, nbytes: float, consumer: float, loaded: bool = True) -> float:
+    def _page(self, nbytes: float, consumer: float, loaded: bool = True, share: float = 1.0) -> float:
         """Stream the next page; the consumers, free at `consumer`, read it: when they are done.
-        A page that is not `loaded` holds a slot and a place in flight but no bytes."""
+        A page that is not `loaded` holds a slot and a place in flight but no bytes; `share`: its
+        rate in SM shares of the bandwidth."""
         m, j = self.model, len(self.landed)
         issue = max(self.issued, self.released[j - self.depth] if j >= self.depth else 0.0,
                     self.landed[j - self.in_flight] if j >= self.in_flight else 0.0)
@@ -170,7 +175,7 @@ class SmClock:
             self.landed.append(issue)
             self.released.append(max(consumer, issue) + m.empty_page_us)
             return self.released[-1]
-        self.stream_free = max(issue, self.stream_free) + nbytes / m.sm_bytes_per_us
+        self.stream_free = max(issue, self.stream_free) + nbytes / (m.sm_bytes_per_us * share)
         self.landed.append(self.stream_free + m.dram_latency_us)
         self.released.append(max(consumer, self.landed[-1]) + nbytes / m.smem_bytes_per_us)
         return self.released[-1]
@@ -187,9 +192,10 @@ class SmClock:
             if restages(staged, self.staged):   # a linear's staging (unless its run's input is held); q, k, v
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             loaded = task.pages if task.loaded_pages is None else task.loaded_pages
+            share = getattr(m, task.share) if task.share else 1.0
             t, data_in = inputs_in, None
             for p in range(task.pages):
-                t = self._page(task.stage_bytes / max(1, loaded), t, p < loaded)
+                t = self._page(task.stage_bytes / max(1, loaded), t, p < loaded, share)
                 data_in = data_in if data_in is not None else self.landed[-1]
             data_in = max(inputs_in, data_in if data_in is not None else inputs_in)
             t += getattr(m, task.own) if task.own else 0.0
