@@ -17,8 +17,8 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   (their bytes at the step's position, spread over the pages that hold them) and pays its own
   work, `attention_us` (the new row's rotation and append, its trips, merging its lane groups,
   the stores); its pages stream at `kv_share` SM shares (they stream in the chain, while most
-  SMs' rings are full); its pages past the step's rows carry nothing: they take their slot and their place
-  in flight and land when issued (the kernel issues no copy), costing the consumers
+  SMs' rings are full); its pages past the step's rows carry nothing: they take their slot and
+  their place in flight and land when issued (the kernel issues no copy), costing the consumers
   `empty_page_us` each (the wait and the release);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 A step costs its makespan plus `launch_us`.
