@@ -116,7 +116,8 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
             raise AdamkError(f"schedule '{config.schedule}' (an ablation variant) takes one decoder layer; a whole "
                              "model's layer loop runs with schedule 'search' or 'round-robin'")
         _check_fits_memory(graph, target)
-    pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at
+    pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at,
+    long_pos = model_dims["max_seq_len"] - 1                   # and the longest one, which they serve too
     with step("passes: fuse and K-split"):
         # a gated linear is never split over K: at a large batch its inputs may not fit beside the ring
         gate_up = config.gate_up and smem.gated_fits(model_dims["hidden_size"], config.tile_rows, config.stage_bytes,
@@ -135,7 +136,7 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
                                target.smem_per_block,
                                config.tile_rows, config.dtype, pos, config.search_budget_s,
                                _search_progress(update), config.ksplit, config.attention_parts,
-                               long_pos=model_dims["max_seq_len"] - 1).run(graph)
+                               long_pos=long_pos).run(graph)
             graph.verify()
             if not search.complete:
                 warnings.warn(f"the DAG search used its {config.search_budget_s} s budget before finishing; the "
@@ -147,7 +148,7 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
     with step("schedule: place tasks on SMs and validate"):
         if search is not None:
             run(SearchSchedulePass(cost, config.blocks, config.block_threads, target.smem_per_block, config.depth,
-                                   config.in_flight, pos, model_dims["max_seq_len"] - 1),
+                                   config.in_flight, pos, long_pos),
                 graph)
         else:
             run(RoundRobinSchedulePass(config.blocks, config.block_threads, target.smem_per_block, config.depth,

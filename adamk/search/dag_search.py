@@ -124,6 +124,12 @@ def _placed(records, pos: int) -> list[PlacedTask]:
                        TaskCost.of_exec(r, pos), task_kind(r.kind_name).staged(r)) for r, deps in records]
 
 
+def _costed(records, pos: int, long_pos: int | None) -> tuple[list[PlacedTask], list[PlacedTask] | None]:
+    """`_placed` at `pos`, and at `long_pos` (None where there is none, or it is `pos`): what
+    `best_placement` takes."""
+    return _placed(records, pos), _placed(records, long_pos) if long_pos not in (None, pos) else None
+
+
 @dataclass
 class SearchResult:
     predicted_us: float
@@ -143,7 +149,7 @@ class DagSearch:
         self.budget_s, self.progress = budget_s, progress or (lambda done, total, best: None)
         self.ksplit = ksplit     # False: only tilings without K-splitting
         self.attention_parts = attention_parts    # fixed by the config: the search keeps it
-        self.long_pos = long_pos if long_pos is not None and long_pos != pos else None   # costed too (module doc)
+        self.long_pos = long_pos     # costed too (module doc)
 
     def tasks(self, fn, part: str = "all") -> tuple[list[PlacedTask], list[PlacedTask] | None]:
         """The tasks of the current tiling: all, or of a whole model only the prologue and one layer
@@ -156,7 +162,7 @@ class DagSearch:
         if part == "epilogue":
             first = max((i for i, r in enumerate(builder.tasks) if r.loop), default=-1) + 1
             records = [(r, [d - first for d in deps if d >= first]) for r, deps in records[first:]]
-        return _placed(records, self.pos), _placed(records, self.long_pos) if self.long_pos is not None else None
+        return _costed(records, self.pos, self.long_pos)
 
     def evaluate(self, fn, part: str = "all") -> float:
         """The objective (module doc) of the ops' current tiling, placed the better way (`best_placement`);
@@ -282,8 +288,7 @@ class SearchSchedulePass(ModulePass):
             owner = token.owner
             return [index[p.owner] for p in owner.parts] if isinstance(owner, JoinOp) else [index[owner]]
 
-        records = [(t, sorted({i for d in t.deps for i in producers(d)})) for t in tasks]
-        long_tasks = _placed(records, self.long_pos) if self.long_pos not in (None, self.pos) else None
-        programs, _ = best_placement(_placed(records, self.pos), self.num_sms, self.model, self.stages,
-                                     self.in_flight, long_tasks)
+        placed, long_tasks = _costed([(t, sorted({i for d in t.deps for i in producers(d)})) for t in tasks],
+                                     self.pos, self.long_pos)
+        programs, _ = best_placement(placed, self.num_sms, self.model, self.stages, self.in_flight, long_tasks)
         emit_schedule(op, programs, self.block_threads, self.stages, self.in_flight, self.smem_budget)
