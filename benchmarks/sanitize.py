@@ -15,27 +15,27 @@ from pathlib import Path
 
 SCHEDULES = ("search", "round-robin", "barrier", "queue")
 MODEL_SCHEDULES = ("search", "round-robin")    # a whole model's layer loop takes these two
-BATCH = 4                                      # the batch variants' sequences (several per staging group)
+BATCH = 4                                      # the batch variants' sequences
+
+
+def bf16_exact(module):
+    """`module` with every parameter rounded to bf16 (the kernel's weights), so float32 PyTorch of it
+    is the reference."""
+    import torch
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.bfloat16().float())
+    return module
 
 
 def tiny_model():
-    import torch
     from adamk.models import PRESETS, LlamaModel
-    model = LlamaModel(PRESETS["tiny"], seed=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.bfloat16().float())
-    return model
+    return bf16_exact(LlamaModel(PRESETS["tiny"], seed=4))
 
 
 def tiny_layer():
-    import torch
     from adamk.models import PRESETS, DecoderLayer
-    layer = DecoderLayer(PRESETS["tiny"], seed=4)
-    with torch.no_grad():
-        for p in layer.parameters():
-            p.copy_(p.bfloat16().float())
-    return layer
+    return bf16_exact(DecoderLayer(PRESETS["tiny"], seed=4))
 
 
 def compile_all(gpu: str, out: Path):
