@@ -111,8 +111,8 @@ def linear_work_bytes(xs: int, coef: int = 0, rows: int = 0, batch: int = 1) -> 
     + the scratch (`LinearWork`): one float per warp for block reductions, the `coef` merge weights
     of an input merged from a split attention (heads x parts), or every warp's sums of a task's
     `rows` page rows, padded to a power of two (each warp sums a slice of the columns, linear.cuh
-    `linear_task`)."""
-    scratch = max(REDUCE_SCRATCH, coef * F32, WARPS * pow2_at_least(rows) * F32)
+    `linear_task`; a batch's task adds its warps in pairs first, so half the warps' sums)."""
+    scratch = max(REDUCE_SCRATCH, coef * F32, (WARPS if batch == 1 else WARPS // 2) * pow2_at_least(rows) * F32)
     return batch * (xs * linear_input_bytes(batch) + scratch)
 
 

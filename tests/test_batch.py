@@ -106,7 +106,12 @@ def test_the_smem_model_counts_every_sequences_inputs():
     """A batch's inputs are staged in bf16 (the mma's operand), each sequence with its scratch."""
     one = smem.linear_work_bytes(2048, rows=16)
     assert one == 2048 * 4 + 8 * 16 * 4
-    assert smem.linear_work_bytes(2048, rows=16, batch=16) == 16 * (2048 * 2 + 8 * 16 * 4)
+    # a batch's task adds its warps in pairs before the scratch (linear_mma.cuh): half the warps' sums
+    assert smem.linear_work_bytes(2048, rows=16, batch=16) == 16 * (2048 * 2 + 4 * 16 * 4)
+    # so the 1B preset's gated gate/up (16 page rows) fits beside the H200's 6 pages of 32 KB at batch 8
+    # (a whole scratch per warp took 233,568 bytes of the 232,448), not at 16
+    assert smem.gated_fits(2048, 16, 32 * 1024, 6, 232448, batch=8)
+    assert not smem.gated_fits(2048, 16, 32 * 1024, 6, 232448, batch=16)
     # L20, 2 pages of 32 KB in flight: one sequence's 2048 inputs fit whole, sixteen need parts
     assert smem.fewest_k_parts(2048, 16, 32 * 1024, 2, 99 * 1024) == 1
     parts = smem.fewest_k_parts(2048, 16, 32 * 1024, 2, 99 * 1024, batch=16)

@@ -226,9 +226,8 @@ class LinearCombine(CombineKind):
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
         n, batch = op.param("N"), op.param("batch")
-        # a batch: each sequence's rows, its row of every part ([parts, batch, N]: parts batch x N apart)
+        # a batch: every sequence's rows at once ([parts, batch, N]: parts batch x N apart)
         return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
-                *em.per_sequence(batch, lambda at, step: (
-                    f"linear_combine<{op.parts}>(s, task, {at(buf('out'), n)}, {at(buf('partial'), n)}, {batch * n}, "
-                    f"{buf('bias', 'bf16_t')}, {at(buf('residual'), n)}, row_begin, row_end);")),
+                f"  linear_combine<{op.parts}, {batch}>(s, task, {buf('out')}, {buf('partial')}, {n}, "
+                f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
                 "}"]

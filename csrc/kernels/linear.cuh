@@ -35,14 +35,15 @@ struct WeightPage {
 // an input merged from a split attention its COEF merge weights, or every warp's sums of the task's
 // ROWS page rows (linear_task: each warp sums its slice of the columns). A batch of B sequences
 // holds B of each: the inputs as bf16 [B][XS] (the tensor cores' operand, linear_mma.cuh), then B
-// scratches.
+// scratches, each of half the warps' sums (linear_task_batch adds its warps in pairs first: a whole
+// scratch per warp kept a SwiGLU's gated task out of the SM's 227 KB at batch 8).
 template <int XS, int COEF = 0, int ROWS = 0, int B = 1>
 struct LinearWork {
   static constexpr int kXs = 0;                // float[XS], or for a batch bf16[B][XS]
   static constexpr int kInputBytes = B == 1 ? 4 : 2;
   static constexpr int kScratch = B * XS * kInputBytes;   // float[B][kPerSeq]
   static constexpr int kFloats = COEF > 32 ? COEF : 32;
-  static constexpr int kSums = kWarps * pow2_at_least(ROWS);
+  static constexpr int kSums = (B == 1 ? kWarps : kWarps / 2) * pow2_at_least(ROWS);
   static constexpr int kPerSeq = kFloats > kSums ? kFloats : kSums;
   static constexpr int kBytes = kScratch + B * kPerSeq * 4;
 };
@@ -344,31 +345,38 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
 }
 
 // Rows [row_begin, row_end) of out = the sum of the KSPLIT partial rows (tagged), added in part
-// order (so the result does not depend on which part finished first), + bias + residual.
-template <int KSPLIT, typename ResT, typename OutT>
+// order (so the result does not depend on which part finished first), + bias + residual. A batch's
+// B sequences (out and residual [B][n], partial [KSPLIT][B][n]) are one walk over (sequence, row):
+// a consumer thread takes one of each 256, so a task of at most 256 outputs (tile.py COMBINE_ITEMS)
+// waits for all its words in one round trip, not one a sequence.
+template <int KSPLIT, int B = 1, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_combine(const Step& s, int task, OutT* out, const tagged_t* partial, int n,
                                                const bf16_t* bias, const ResT* residual, int row_begin,
                                                int row_end) {
   trace_mark(s, task, 0);
-  for (int row = row_begin + threadIdx.x; row < row_end; row += kConsumerThreads) {
+  const int rows = row_end - row_begin;
+  for (int i = threadIdx.x; i < B * rows; i += kConsumerThreads) {
+    const int seq = B == 1 ? 0 : i / rows, row = row_begin + (B == 1 ? i : i % rows);
+    const tagged_t* part = partial + (size_t)seq * n + row;          // part j: j * B * n further
+    const ResT* res = residual != nullptr ? residual + (size_t)seq * n : nullptr;
     u64 w[KSPLIT];
     auto request = [&] {
 #pragma unroll
-      for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(partial + (size_t)j * n + row);
+      for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(part + (size_t)j * B * n);
     };
     request();
     Addend<ResT> add;
-    add.load(bias, residual, row);
+    add.load(bias, res, row);
     await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
       for (int j = 0; j < KSPLIT; ++j)
-        if ((tag = tag_of(w[j])) != s.epoch) return partial + (size_t)j * n + row;
+        if ((tag = tag_of(w[j])) != s.epoch) return part + (size_t)j * B * n;
       return nullptr;
     }, request);
     float v = 0.f;
 #pragma unroll
     for (int j = 0; j < KSPLIT; ++j) v += value_of(w[j]);
-    store(s, out + row, v + add.value(s, bias, residual, row, task));
+    store(s, out + (size_t)seq * n + row, v + add.value(s, bias, res, row, task));
   }
   trace_mark(s, task, 1);
 }

@@ -38,7 +38,8 @@ __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int w
   constexpr int kOut = GATED ? ROWS / 2 : ROWS;          // output rows the task finishes
   constexpr int kR = pow2_at_least(ROWS);                // a warp's rows in the scratch
   using W = LinearWork<XS, 0, ROWS, B>;
-  static_assert(W::kPerSeq >= kWarps * kR, "the scratch holds every warp's sums of every sequence");
+  constexpr int kHalf = kWarps / 2;                      // warps w and w + kHalf are added first
+  static_assert(kWarps % 2 == 0 && W::kPerSeq >= kHalf * kR, "the scratch holds half the warps' sums of every sequence");
   const u32 xs = shared_address(smem_at(work_offset + W::kXs));
   float* scratch = smem_at<float>(work_offset + W::kScratch);    // [warp][kR][B]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -82,26 +83,33 @@ __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int w
     }
     R::release(page + p);
   }
-  // Every warp's sums into the scratch (lane 4g + t holds rows g, g + 8 of sequences 2t, 2t + 1 of
-  // each tile), then each (row, sequence) of the tile summed over the warps in warp order.
+  // The warps' sums through the scratch (lane 4g + t holds rows g, g + 8 of sequences 2t, 2t + 1 of
+  // each tile): the upper half's warps store theirs, each lower warp w adds its own to warp w + kHalf's
+  // in place, then each (row, sequence) of the tile is summed over the kHalf pairs in warp order. A
+  // fixed order, so a result does not depend on timing.
   consumer_sync();                   // the previous task's sums are read
 #pragma unroll
-  for (int m = 0; m < kM; ++m)
+  for (int half = 1; half >= 0; --half) {
+    if (warp / kHalf == half)
 #pragma unroll
-    for (int j = 0; j < kN; ++j)
+      for (int m = 0; m < kM; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = 16 * m + g + 8 * (e / 2), seq = 8 * j + 2 * t + e % 2;
-        if (row < ROWS && seq < B) scratch[(warp * kR + row) * B + seq] = acc[m][j][e];
-      }
-  consumer_sync();
+        for (int j = 0; j < kN; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = 16 * m + g + 8 * (e / 2), seq = 8 * j + 2 * t + e % 2;
+            float& slot = scratch[((warp % kHalf) * kR + row) * B + seq];
+            if (row < ROWS && seq < B) slot = half ? acc[m][j][e] : acc[m][j][e] + slot;
+          }
+    consumer_sync();
+  }
   for (int i = threadIdx.x; i < kOut * B; i += kConsumerThreads) {
     const int seq = i / kOut, r = i % kOut, row = row_begin + r;
     if (row >= row_end) continue;
     auto row_sum = [&](int rr) {
       float v = 0.f;
 #pragma unroll
-      for (int w = 0; w < kWarps; ++w) v += scratch[(w * kR + rr) * B + seq];
+      for (int w = 0; w < kHalf; ++w) v += scratch[(w * kR + rr) * B + seq];
       return v;
     };
     float v = row_sum(r);
