@@ -44,8 +44,7 @@ from ..names import label, quoted
 
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
-COMBINE_ITEMS = 256  # outputs (rows x sequences) of one linear_combine task: one a consumer thread, all in flight
-MIN_COMBINE_ROWS = 16   # rows of a batch's combine task at least (16 sequences: one row each a thread)
+COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 
@@ -433,9 +432,10 @@ class TaskBuilder:
                           k_index=j, k_split=k_split, slots=slots)
         combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
                                                                                            "out": out}
-        combine_rows = max(MIN_COMBINE_ROWS, COMBINE_ITEMS // self.batch)
-        for r in range(0, n, combine_rows):
-            self.task(source, f"{source}.r{r}", "linear_combine", (r, min(r + combine_rows, n)), combine_buffers,
+        # (a batch's tasks keep 256 rows: 256 / B rows each made the LM head's combines 8-16x as many
+        # tasks, and batch 16's search stopped at its budget, for -0.5% at batch 8: docs/perf.md v37)
+        for r in range(0, n, COMBINE_ROWS):
+            self.task(source, f"{source}.r{r}", "linear_combine", (r, min(r + COMBINE_ROWS, n)), combine_buffers,
                       {"N": _ivalue(n)}, k_split=k_split, slots=slots)
 
     def attention(self, op: AttentionOp, out: str):

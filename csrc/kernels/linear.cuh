@@ -346,9 +346,8 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
 
 // Rows [row_begin, row_end) of out = the sum of the KSPLIT partial rows (tagged), added in part
 // order (so the result does not depend on which part finished first), + bias + residual. A batch's
-// B sequences (out and residual [B][n], partial [KSPLIT][B][n]) are one walk over (sequence, row):
-// a consumer thread takes one of each 256, so a task of at most 256 outputs (tile.py COMBINE_ITEMS)
-// waits for all its words in one round trip, not one a sequence.
+// B sequences (out and residual [B][n], partial [KSPLIT][B][n]) are one walk over (sequence, row),
+// a consumer thread taking every 256th output, so the function is one loop for any batch.
 template <int KSPLIT, int B = 1, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_combine(const Step& s, int task, OutT* out, const tagged_t* partial, int n,
                                                const bf16_t* bias, const ResT* residual, int row_begin,
