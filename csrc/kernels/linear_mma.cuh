@@ -41,7 +41,7 @@ __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int w
   constexpr int kHalf = kWarps / 2;                      // warps w and w + kHalf are added first
   static_assert(kWarps % 2 == 0 && W::kPerSeq >= kHalf * kR, "the scratch holds half the warps' sums of every sequence");
   const u32 xs = shared_address(smem_at(work_offset + W::kXs));
-  float* scratch = smem_at<float>(work_offset + W::kScratch);    // [warp][kR][B]
+  float* scratch = smem_at<float>(work_offset + W::kScratch);    // [warp % kHalf][kR][B]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   float acc[kM][kN][4];
 #pragma unroll
