@@ -29,7 +29,8 @@ MANIFEST = "manifest.json"
 # The manifest's format: what its fields mean to the runtime. 2: linear weights are stored on the
 # device page by page (`packed_weights`); a runtime binding them row-major would compute garbage, so
 # a runtime reads only its own format.
-MANIFEST_FORMAT = 4   # 3: layer-indexed buffers and weights (a whole model); 4: kernel.max_epoch
+MANIFEST_FORMAT = 5   # 3: layer-indexed buffers and weights (a whole model); 4: kernel.max_epoch;
+                      # 5: dtype bf16x2_tagged (a batch's bf16 shadows, passes/tile.py)
 MAX_MANIFEST_BYTES = 16 << 20     # a manifest is a few KB; anything far larger is not one
 
 

@@ -15,6 +15,7 @@ from adamk.dialects.graph import LinearOp
 from adamk.dialects.schedule import ExecOp
 from adamk.dialects.task import BufferOp
 from adamk.errors import AdamkError, ScheduleError
+from adamk.kinds import kind as task_kind
 from adamk.models import PRESETS, LlamaModel
 from adamk.simulator import Simulator
 from helpers import lower, random_layer, rel
@@ -100,6 +101,45 @@ def test_a_batch_decodes_greedily_as_each_sequence_alone(batch):
         pos = pos + 1
     for b in range(batch):                # every layer appended each sequence's rows to its own cache
         assert np.abs(sim.mem["k_cache"][:, b] - refs[b][2][:, 0].numpy()).max() < 1e-5
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
+    """At a batch every RMSNorm linear stages a bf16 shadow of its input (two bf16 and the epoch a
+    word: half the bytes of tagged floats), and every task that writes the float words (the
+    embedding, the K-split combines or an unsplit linear's tasks) writes the same elements of the
+    shadow, in the same layer slot. A batch of one keeps the floats. The simulator carries the
+    shadow's values, so a shadow nobody wrote reads as NaN there."""
+    model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
+    sched = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
+                                                   schedule="round-robin")).schedule
+    dtypes = {b.sym_name.data: b.dtype.data for b in sched.ops if isinstance(b, BufferOp)}
+    execs = [o for o in sched.walk() if isinstance(o, ExecOp)]
+    norms = [o for o in execs if o.kind.data == "linear" and o.param("prologue") == "rmsnorm"]
+    assert "logits" in {o.source.data for o in norms}          # the LM head's final norm among them
+    shadows = {n for n, d in dtypes.items() if d == "bf16x2_tagged"}
+    if batch == 1:
+        assert not shadows and all(dtypes[o.buffer("input")] == "f32_tagged" for o in norms)
+        return
+    assert {dtypes[o.buffer("input")] for o in norms} == {"bf16x2_tagged"}          # q/k/v, gate/up, the LM head
+    assert shadows == {"hidden.pairs", "layers.0.o_proj.pairs"}
+    for o in norms:
+        assert o.param("paired") == 1
+    for shadow in shadows:
+        floats = shadow.removesuffix(".pairs")
+        writers = [o for o in execs if o.buffer("out") == floats]
+        assert writers and all(o.buffer("pairs") == shadow for o in writers)
+        assert {o.kind.data for o in writers} <= {"embedding", "linear", "linear_combine"}
+        for o in writers:          # the same elements of the same slot
+            kind = task_kind(o.kind.data)
+            written = kind.writes(o)
+            assert sorted((b, e) for n, b, e in written if n == shadow) == \
+                sorted((b, e) for n, b, e in written if n == floats)
+            assert o.slot(shadow) == o.slot(floats)
+    # the cost model counts the shadow's staging at half the bytes of tagged floats
+    one = next(o for o in norms)
+    assert task_kind("linear").cost(one, 0)["inputs"] == \
+        batch * (one.k_range[1] + one.param("K") // 2)
 
 
 def test_the_smem_model_counts_every_sequences_inputs():

@@ -34,14 +34,14 @@ from .. import smem
 from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
 from ..kinds import packings
-from ..kinds.base import f32_literal, restages
+from ..kinds.base import TAGGED_DTYPES, f32_literal, restages
 from ..kinds.linear import packed_elements
 from ..targets import GPU
 
 KERNEL_NAME = "adamk_decode_step"
 HEADERS = ("common.cuh", "error_record.h", "sync.cuh", "tagged.cuh", "ring.cuh", "mma.cuh", "linear.cuh", "linear_mma.cuh",
            "attention.cuh", "embedding.cuh", "argmax.cuh")
-CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "i32": "int"}
+CTYPES = {"bf16": "bf16_t", "f32_tagged": "tagged_t", "bf16x2_tagged": "paired_t", "i32": "int"}
 RING = "SmRing"   # the generated alias of every SM's Ring<depth, slot bytes, pages in flight>
 MAX_WAITS = 4   # waits one task call takes (sync.cuh kMaxWaits static_asserts it)
 # The stamps a profiling build records per task, in slot order (sync.cuh kTraceSlots).
@@ -221,7 +221,7 @@ class _Emitter:
         # Identifiers are numbered, never made from names (names are model data: adamk/names.py).
         self.field = {name: f"buf{i}" for i, name in enumerate(self.buffers)}
         self.packing = packings(o for sm in self.schedule.sms for o in sm.ops if isinstance(o, ExecOp))
-        self.tagged = {name for name, b in self.buffers.items() if b.dtype.data == "f32_tagged"}   # tagged words
+        self.tagged = {name for name, b in self.buffers.items() if b.dtype.data in TAGGED_DTYPES}   # tagged words
         self.enumerator = {name: f"counter{c.index.value.data}" for name, c in self.counters.items()}
         self.op_number: dict[str, int] = {}               # op (a task's source) -> n of its functions' op<n>
         self.one_at_a_time = ([0] * len(self.schedule.sms) if queue      # the queue variant: tasks go anywhere

@@ -18,8 +18,9 @@ class Embedding(TaskKind):
     def reads(self, op):
         return []          # the token id: host memory of this step (no activation)
 
-    def writes(self, op):
-        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range)
+    def writes(self, op):       # and, at a batch, the hidden state's bf16 shadow (passes/tile.py)
+        shadow = rows(op, op.buffer("pairs"), op.param("N"), *op.tile_range) if op.buffer("pairs") else []
+        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range) + shadow
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
@@ -28,6 +29,8 @@ class Embedding(TaskKind):
             if not 0 <= token < op.param("vocab"):
                 raise ValueError(f"token id {token} of sequence {b} outside the vocabulary 0..{op.param('vocab') - 1}")
             sim.buf(op, "out")[b, begin:end] = sim.buf(op, "table")[token, begin:end]
+            if op.buffer("pairs"):
+                sim.buf(op, "pairs")[b, begin:end] = sim.buf(op, "table")[token, begin:end]   # unrounded, as finish()
 
     def functions(self, em, op, name) -> list[str]:
         buf, n, ids = em.buf_of(op), op.param("N"), op.param("max_seq_len") + 1   # tokens: [batch, ids]
@@ -35,7 +38,8 @@ class Embedding(TaskKind):
         return [*em.signature(f"embedding_{name}", "int begin, int end"),
                 *em.per_sequence(op.param("batch"), lambda at, step: (
                     f"embedding_task<{n}>({step}, task, {at(buf('out'), n)}, {at(buf('tokens', 'int'), ids)}, "
-                    f"{buf('table', 'bf16_t')}, {op.param('vocab')}, begin, end);")),
+                    f"{buf('table', 'bf16_t')}, {op.param('vocab')}, begin, end"
+                    + (f", {at(buf('pairs', 'paired_t'), n)});" if op.buffer("pairs") else ");"))),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import smem
 from .attention import merge_parts, part_heads
-from .base import BF16, TAGGED, CombineKind, TaskKind, f32_literal, rows
+from .base import BF16, PAIRED, TAGGED, CombineKind, TaskKind, f32_literal, rows
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
 
@@ -28,13 +28,15 @@ class Linear(TaskKind):
 
     def cost(self, op, pos) -> dict:
         # its K-chunk of inputs of each sequence; silu_mul reads two per element; rmsnorm first
-        # reads the whole row of K for its sum of squares (every K-part does); attn_combine reads
-        # every part's share of each element. A gated task streams two weights' rows.
+        # reads the whole row of K for its sum of squares (every K-part does; from a batch's bf16
+        # shadow half the bytes: `inputs` counts tagged words); attn_combine reads every part's
+        # share of each element. A gated task streams two weights' rows.
         prologue, k_len = op.param("prologue"), op.k_range[1]
         per = {"silu_mul": 2, "attn_combine": op.param("parts")}.get(prologue, 1)
+        norm = op.param("K") * (PAIRED / TAGGED if op.param("paired") else 1) if prologue == "rmsnorm" else 0
         begin, end = op.tile_range       # the rows it streams (a last tile may be short)
         return {"stage_bytes": smem.linear_page_rows(end - begin, op.buffer("weight2") is not None) * k_len * BF16,
-                "inputs": op.param("batch") * (k_len * per + (op.param("K") if prologue == "rmsnorm" else 0))}
+                "inputs": op.param("batch") * (k_len * per + int(norm))}
 
     def reads(self, op):
         k0, k_len = op.k_range
@@ -56,7 +58,7 @@ class Linear(TaskKind):
     def writes(self, op):
         n = op.param("N")
         at = op.part * op.param("batch") * n if op.parts > 1 else 0     # a part: its rows of the partial sums
-        return rows(op, op.buffer("out"), n, *op.tile_range, at=at)
+        return rows(op, op.buffer("out"), n, *op.tile_range, at=at) + shadow_writes(op)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
@@ -111,9 +113,11 @@ class Linear(TaskKind):
         staging_fn = [] if paged else [*em.signature(f"input_{name}", "int k_index"),
                                        f"  const int k0 = k_index * {chunk};", staging, "}"]
         if batch > 1:       # the tensor cores' task (linear_mma.cuh), every sequence's rows from one read
-            task = (f"  linear_task_batch<{em.ring}, {xs}, {rows}, {cols}, {pages}, {batch}"
-                    f"{', true' if op.buffer('weight2') else ''}>(s, task, {wo}, {out}, {n}, {buf('bias', 'bf16_t')}, "
-                    f"{buf('residual')}, row_begin, row_end, {k_len}, page);")
+            flags = (", true" if op.buffer("weight2") else "") + (
+                f"{'' if op.buffer('weight2') else ', false'}, true" if op.buffer("pairs") else "")
+            pairs = f", {buf('pairs', 'paired_t')}" if op.buffer("pairs") else ""
+            task = (f"  linear_task_batch<{em.ring}, {xs}, {rows}, {cols}, {pages}, {batch}{flags}>(s, task, {wo}, "
+                    f"{out}, {n}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page{pairs});")
         else:
             task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, "
                     f"task, {wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
@@ -191,13 +195,23 @@ def paged_input(op, tagged) -> bool:
 
 
 def finish(sim, op, begin: int, end: int, acc: np.ndarray):
-    """Rows [begin, end) of a linear's out, `acc` [batch, end - begin]: + bias + residual."""
+    """Rows [begin, end) of a linear's out, `acc` [batch, end - begin]: + bias + residual; and of
+    its bf16 shadow, if it has one (float32 here: the simulator checks where every value flows, and
+    rounds to bf16 nowhere, as for a batch's staged inputs and the KV cache)."""
     batch = op.param("batch")
     if op.buffer("bias"):
         acc = acc + sim.vec(op, "bias")[begin:end]
     if op.buffer("residual"):
         acc = acc + sim.buf(op, "residual").reshape(batch, -1)[:, begin:end]
     sim.buf(op, "out").reshape(batch, -1)[:, begin:end] = acc
+    if op.buffer("pairs"):
+        sim.buf(op, "pairs").reshape(batch, -1)[:, begin:end] = acc
+
+
+def shadow_writes(op) -> list[tuple[str, int, int]]:
+    """The elements a task writes of its out's bf16 shadow (passes/tile.py), if it has one: the
+    same as of its out."""
+    return rows(op, op.buffer("pairs"), op.param("N"), *op.tile_range) if op.buffer("pairs") else []
 
 
 class LinearCombine(CombineKind):
@@ -214,7 +228,7 @@ class LinearCombine(CombineKind):
         return out + (rows(op, op.buffer("residual"), n, *op.tile_range) if op.buffer("residual") else [])
 
     def writes(self, op):
-        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range)
+        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range) + shadow_writes(op)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
@@ -226,8 +240,9 @@ class LinearCombine(CombineKind):
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
         n, batch = op.param("N"), op.param("batch")
+        pairs = (", true", f", {buf('pairs', 'paired_t')}") if op.buffer("pairs") else ("", "")   # and its shadow
         # a batch: every sequence's rows at once ([parts, batch, N]: parts batch x N apart)
         return [*em.signature(f"combine_{name}", "int row_begin, int row_end"),
-                f"  linear_combine<{op.parts}, {batch}>(s, task, {buf('out')}, {buf('partial')}, {n}, "
-                f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end);",
+                f"  linear_combine<{op.parts}, {batch}{pairs[0]}>(s, task, {buf('out')}, {buf('partial')}, {n}, "
+                f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end{pairs[1]});",
                 "}"]

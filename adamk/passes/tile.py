@@ -13,6 +13,12 @@ level of their own. A task's tokens are the earlier tasks whose writes overlap i
 kind's `reads` and `writes`, which also give the schedule's polls), so the DAG is exact at the
 granularity of the data.
 
+At a batch, an activation that an RMSNorm linear stages (the residual stream: the hidden state
+and the attention block's output) gets a bf16 shadow, `<name>.pairs` (dtype bf16x2_tagged: two
+bf16 and the epoch in one word, csrc/kernels/tagged.cuh), which its writers store beside the
+tagged floats and the RMSNorm stagings read instead, at half the bytes (docs/perf.md v38); the
+residual adds keep reading the floats.
+
 A whole model (folded by the layers pass) tiles its embedding and its LM head and argmax once
 and the body of its layer loop once, as tasks that run once per layer (`loop`) on layer-indexed
 buffers (task.py): the layer's weights, its KV caches and every activation the body writes, and
@@ -44,6 +50,7 @@ from ..names import label, quoted
 
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
+PAIRS = "bf16x2_tagged"     # a batch's bf16 shadow of an RMSNorm input (tagged.cuh paired_t)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
@@ -220,6 +227,8 @@ class TaskBuilder:
         self.layers, self.loop = 1, False      # the layer loop's trip count; building its body
         self.layered: set[str] = set()         # the layer-indexed buffers
         self.shared_params: dict = {}          # id of an op's params -> (params, with the batch's, values)
+        self.paired: set = set()               # SSA values whose buffers get a bf16 shadow (`pair_values`)
+        self.pairs: dict[str, str] = {}        # buffer -> its bf16 shadow
         self.unions: dict = {}                 # ids of deps lists -> (the lists, their union)
 
     def declare(self, name: str, role: str, shape, dtype: str, slots: int | None = None, layer_names=None,
@@ -251,7 +260,50 @@ class TaskBuilder:
             return self.hidden
         name = self.unique(base)
         self.buffer(value, name, role, dtype, slots=self.per_layer)
+        if value in self.paired:
+            self.shadow(name, shape_of(value), self.per_layer)
         return name
+
+    def shadow(self, name: str, shape, slots: int | None):
+        """Buffer `name`'s bf16 shadow: the same elements and slots, two to a tagged word."""
+        self.pairs[name] = self.unique(f"{name}.pairs")
+        self.declare(self.pairs[name], "activation", shape, PAIRS, slots)
+
+    def pair_values(self, ops) -> set:
+        """The values whose buffers get a bf16 shadow: at a batch, the tagged inputs of RMSNorm linears
+        (a layer loop's input or output stands for the hidden state, the embedding's value), when
+        every writer can store it: the embedding, or a linear with an even N whose tasks (unsplit)
+        or combine tasks (K-split, 256 rows) finish whole pairs."""
+        if self.batch == 1:
+            return set()
+        loop_in = next((op for op in ops if isinstance(op, LayerInputOp)), None)
+        loop_out = next((op for op in ops if isinstance(op, LayerOutputOp)), None)
+        embedding = next((op for op in ops if isinstance(op, EmbeddingOp)), None)
+        hidden = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result, self.carried,
+                              embedding and embedding.result) if v is not None}
+        wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data == "rmsnorm"}
+        if wanted & hidden:
+            wanted |= hidden
+        writers = {op.result: op for op in ops if isinstance(op, (LinearOp, EmbeddingOp))}
+
+        def storable(value) -> bool:
+            op = writers.get(value)
+            if isinstance(op, EmbeddingOp):
+                return shape_of(op.table)[1] % 2 == 0
+            if not isinstance(op, LinearOp):
+                return False          # a host input (bf16, untagged) or another kind's output
+            n = shape_of(op.weight)[0]
+            split = op.k_split is not None and op.k_split.value.data > 1
+            return n % 2 == 0 and (split or self.linear_rows(op) % 2 == 0)
+        paired = {v for v in wanted if storable(v)}
+        if hidden & wanted and not all(storable(v) for v in hidden if v in writers):
+            paired -= hidden          # one buffer, one shadow: every writer of the hidden state stores it
+        return paired
+
+    def linear_rows(self, op: LinearOp) -> int:
+        """Output rows of one task of linear `op`."""
+        return (op.tile_rows.value.data if op.tile_rows is not None
+                else smem.linear_tile_rows(self.tile_rows, op.weight2 is not None))
 
     def build(self, fn: func.FuncOp, stop_after_loop: bool = False):
         """Tile every op (with `stop_after_loop`, a whole model's only up to its layer loop's end)."""
@@ -280,6 +332,7 @@ class TaskBuilder:
             if self.batch > 1:       # each sequence's position, on the device (one sequence's: the launch's argument)
                 self.declare("position", "position", [self.batch], "i32")
         self.pos, self.max_seq = args[1], shape_of(args[2])[-2]
+        self.paired = self.pair_values(ops)
         returned = fn.body.block.last_op.operands[0]
         weights = [op for op in ops if isinstance(op, WeightOp)]
         # Activation names are labels of the weight names ([A-Za-z0-9_.], adamk/names.py), unique
@@ -306,6 +359,8 @@ class TaskBuilder:
             elif isinstance(op, EmbeddingOp):
                 self.hidden = self.unique("hidden")       # slot 0: the embedding; slot l + 1: layer l's output
                 self.buffer(op.result, self.hidden, "activation", ACTIVATION, slots=self.layers + 1)
+                if op.result in self.paired:
+                    self.shadow(self.hidden, shape_of(op.result), self.layers + 1)
                 self.embedding(op)
             elif isinstance(op, LayerInputOp):
                 if self.name_of.get(op.input) != self.hidden:
@@ -363,8 +418,9 @@ class TaskBuilder:
 
     def embedding(self, op: EmbeddingOp):
         hidden = shape_of(op.table)[1]
+        pairs = {"pairs": self.pairs[self.hidden]} if self.hidden in self.pairs else {}
         self.task(self.hidden, f"{self.hidden}.embedding", "embedding", (0, hidden),
-                  {"tokens": "tokens", "table": self.name_of[op.table], "out": self.hidden},
+                  {"tokens": "tokens", "table": self.name_of[op.table], "out": self.hidden} | pairs,
                   {"N": _ivalue(hidden), "vocab": _ivalue(shape_of(op.table)[0]), "max_seq_len": _ivalue(self.max_seq)})
 
     def argmax(self, op: ArgmaxOp):
@@ -387,8 +443,7 @@ class TaskBuilder:
         n, k = shape_of(op.weight)
         if k % 8:
             raise UnsupportedShapeError(f"linear '{out}': K={k} is not a multiple of 8 (rows are read 16 bytes at a time)")
-        rows = (op.tile_rows.value.data if op.tile_rows is not None
-                else smem.linear_tile_rows(self.tile_rows, op.weight2 is not None))
+        rows = self.linear_rows(op)
         k_split = op.k_split.value.data if op.k_split is not None else 1
         chunk = smem.k_chunk(k, k_split)
         coef = 0     # merge weights of an input from a split attention
@@ -413,9 +468,16 @@ class TaskBuilder:
             coef = merge_weights(op)
         if op.eps is not None:
             params["eps"] = op.eps
+        if op.prologue.data == "rmsnorm" and buffers["input"] in self.pairs:    # a batch stages the bf16 shadow
+            buffers["input"] = self.pairs[buffers["input"]]
+            params["paired"] = _ivalue(1)
+        for buffer, shadow in self.pairs.items():     # a shadow has its buffer's slot
+            if buffer in slots:
+                slots[shadow] = slots[buffer]
+        pairs = {"pairs": self.pairs[out]} if out in self.pairs else {}       # it writes a shadow too
         footprint = smem.linear_footprint(page_rows, chunk, self.page_bytes, coef, self.batch)
         if k_split == 1:
-            buffers["out"] = out
+            buffers |= {"out": out} | pairs
             for r in range(0, n, rows):
                 self.task(source, f"{source}.r{r}", "linear", (r, min(r + rows, n)), buffers, params, footprint,
                           slots=slots)
@@ -431,7 +493,7 @@ class TaskBuilder:
                 self.task(partial, f"{source}.r{r}.k{j}", "linear", (r, end), part_buffers, params, footprint,
                           k_index=j, k_split=k_split, slots=slots)
         combine_buffers = {r: b for r, b in buffers.items() if r in ("bias", "residual")} | {"partial": partial,
-                                                                                           "out": out}
+                                                                                           "out": out} | pairs
         # (a batch's tasks keep 256 rows: 256 / B rows each made the LM head's combines 8-16x as many
         # tasks, and batch 16's search stopped at its budget, for -0.5% at batch 8: docs/perf.md v37)
         for r in range(0, n, COMBINE_ROWS):

@@ -24,11 +24,13 @@ import re
 
 from ..artifact import load_files
 from ..errors import AdamkError, KernelSharedMemoryError, KernelTimeoutError
+from ..kinds.base import TAGGED_DTYPES
 from ..paths import KERNELS_DIR
 from . import driver as cu
 from .weights import check_weights, pack_pages, packing_plan, read_weights
 
-TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64", "i32": "int32"}   # a tagged word: float32 value, epoch above it
+TORCH_DTYPES = {"bf16": "bfloat16", "f32_tagged": "int64", "bf16x2_tagged": "int32",   # a tagged word: float32 value, epoch above it;
+                "i32": "int32"}                                                  # a pair's: two bf16, epoch above (4 B an element)
 
 
 def _error_record_facts() -> dict[str, int]:
@@ -101,7 +103,7 @@ class DecodeStep:
         self.epochs = torch.zeros(self.grid, dtype=torch.int32, device=self.device)   # per block: its last epoch
         self._epoch = 0      # launches since the last zeroing: the epoch the last launch ran at
         self._max_epoch = k["max_epoch"]     # the kernel refuses a later epoch (codegen/cuda.py max_epoch)
-        self.tagged = [n for n, b in zip(names, self.manifest["buffers"]) if b["dtype"] == "f32_tagged"]
+        self.tagged = [n for n, b in zip(names, self.manifest["buffers"]) if b["dtype"] in TAGGED_DTYPES]
 
         arch = int(self.manifest["target"]["arch"].removeprefix("sm_"))
         major, minor = torch.cuda.get_device_capability(index)
@@ -136,7 +138,7 @@ class DecodeStep:
             if b["role"] == "weight":
                 out[b["name"]] = torch.stack([checked[n].detach().to(device=self.device, dtype=dtype)
                                               for n in slots[b["name"]]]).view(shape).contiguous()
-            elif b["role"] in ("kv_cache", "tokens", "position") or b["dtype"] == "f32_tagged":
+            elif b["role"] in ("kv_cache", "tokens", "position") or b["dtype"] in TAGGED_DTYPES:
                 out[b["name"]] = torch.zeros(shape, dtype=dtype, device=self.device)   # tagged words: epoch 0
             else:
                 out[b["name"]] = torch.full(shape, float("nan"), dtype=dtype, device=self.device)

@@ -19,7 +19,7 @@ from ..dialects.schedule import (
 from ..dialects.task import BufferOp, TaskOp
 from ..errors import ScheduleError
 from ..kinds import kind as task_kind
-from ..passes.tile import ACTIVATION
+from ..kinds.base import TAGGED_DTYPES
 
 
 def op_groups(tasks: list[TaskOp]) -> list[str]:
@@ -63,7 +63,7 @@ def emit_schedule(module: ModuleOp, programs: list[list[int]], block_threads: in
     per SM, each SM's in program order)."""
     buffers = [o for o in module.ops if isinstance(o, BufferOp)]
     tasks = [o for o in module.ops if isinstance(o, TaskOp)]
-    tagged = {b.sym_name.data for b in buffers if b.dtype.data == ACTIVATION}
+    tagged = {b.sym_name.data for b in buffers if b.dtype.data in TAGGED_DTYPES}
     sources = op_groups(tasks)
     counters = ({f"barrier.{k}": CounterOp(f"barrier.{k}", k, len(programs)) for k in range(len(sources) - 1)}
                 if barrier else {})

@@ -17,7 +17,7 @@ from ..dialects.schedule import CounterOp, ExecOp, PollOp, ScheduleOp, SignalOp,
 from ..dialects.task import BufferOp, slot_index
 from ..errors import ScheduleError
 from ..kinds import kind as task_kind
-from ..passes.tile import ACTIVATION
+from ..kinds.base import TAGGED_DTYPES
 
 
 def schedule_of(module: ModuleOp) -> ScheduleOp:
@@ -30,12 +30,12 @@ def schedule_of(module: ModuleOp) -> ScheduleOp:
 def tagged_sizes(module: ModuleOp) -> dict[str, int]:
     """Elements of one slot of every tagged activation buffer (one layer's; task.py)."""
     return {b.sym_name.data: int(np.prod(b.shape.get_values())) for b in module.ops
-            if isinstance(b, BufferOp) and b.dtype.data == ACTIVATION}
+            if isinstance(b, BufferOp) and b.dtype.data in TAGGED_DTYPES}
 
 
 def tagged_slots(module: ModuleOp) -> dict[str, int]:
     """Slots of every tagged activation buffer (1 unless layer-indexed)."""
-    return {b.sym_name.data: b.copies for b in module.ops if isinstance(b, BufferOp) and b.dtype.data == ACTIVATION}
+    return {b.sym_name.data: b.copies for b in module.ops if isinstance(b, BufferOp) and b.dtype.data in TAGGED_DTYPES}
 
 
 def located(op, layer: int, sizes: dict[str, int]):

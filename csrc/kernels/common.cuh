@@ -95,6 +95,9 @@ __device__ __forceinline__ bf16_t to_bf16(float f) {
   return (bf16_t)(u >> 16);
 }
 
+// Two floats as a bf16 pair (round to nearest even), `lo` in the low half.
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)to_bf16(lo) | ((u32)to_bf16(hi) << 16); }
+
 // Two bf16 packed in a u32, lowest address first: the low half is element 0.
 __device__ __forceinline__ void unpack2(u32 w, float out[2]) {
   out[0] = __uint_as_float(w << 16);

@@ -65,13 +65,17 @@ __device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const 
 // producers of a tagged input is part of it (a retry requests the stale Vec4 of the batch again).
 // RMSNorm walks the whole row of K for its sum of squares (xs holds in * norm_w, scaled by 1/rms
 // once the sum is known). A batch of B sequences (inputs [B][K]) stages each sequence's row in
-// turn, with its own sum of squares, into its row of xs (bf16: store_xs). Starts with a consumer
-// barrier (the previous run is done with xs) and ends with one (xs is complete).
+// turn, with its own sum of squares, into its row of xs (bf16: store_xs). From a bf16 shadow
+// (paired_t: tagged.cuh) a batch stages the input itself and applies the norm weight with the scale,
+// so each element is rounded to bf16 once after its own (x * w / rms), as from tagged floats. Starts
+// with a consumer barrier (the previous run is done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT, int B = 1>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
                                              const bf16_t* norm_w, float eps, int k0, int k_len, int task) {
   static_assert(XS % 8 == 0 && K % 8 == 0, "pages read the input 8 columns at a time");
   constexpr bool kNorm = PROLOGUE == kRmsNorm, kSilu = PROLOGUE == kSiluMul;
+  constexpr bool kLateWeight = is_paired<InT>::value;    // the norm weight applied with the scale
+  static_assert(!kLateWeight || (kNorm && B > 1), "a bf16 shadow is a batch's RMSNorm input (tile.py)");
   constexpr int kStride = 4 * kConsumerThreads;           // elements of one pass of all consumers
   constexpr int kSpan = kNorm ? K : XS;                   // elements the staging walks
   constexpr int kIters = (kSpan + kStride - 1) / kStride;
@@ -107,7 +111,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
       request(false);
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)
-        if (kNorm && has(b)) nw[b].load(norm_w + at(b));
+        if (kNorm && !kLateWeight && has(b)) nw[b].load(norm_w + at(b));
       await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
@@ -132,8 +136,8 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
             for (int e = 0; e < 4; ++e) v[e] = silu(v[e]) * up[e];
           }
           if constexpr (kNorm) {
-            float w[4];
-            nw[b].get(w);
+            float w[4] = {1.f, 1.f, 1.f, 1.f};
+            if constexpr (!kLateWeight) nw[b].get(w);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
               ss += v[e] * v[e];
@@ -159,8 +163,14 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           v[0] = __uint_as_float(r.x << 16); v[1] = __uint_as_float(r.x & 0xffff0000u);
           v[2] = __uint_as_float(r.y << 16); v[3] = __uint_as_float(r.y & 0xffff0000u);
         }
+        float w[4] = {1.f, 1.f, 1.f, 1.f};
+        if constexpr (kLateWeight) {
+          Vec4<bf16_t> nw;
+          nw.load(norm_w + k0 + j);
+          nw.get(w);
+        }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) v[e] *= inv_rms;
+        for (int e = 0; e < 4; ++e) v[e] *= inv_rms * w[e];
         store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
       }
     }
@@ -347,35 +357,51 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
 // Rows [row_begin, row_end) of out = the sum of the KSPLIT partial rows (tagged), added in part
 // order (so the result does not depend on which part finished first), + bias + residual. A batch's
 // B sequences (out and residual [B][n], partial [KSPLIT][B][n]) are one walk over (sequence, row),
-// a consumer thread taking every 256th output, so the function is one loop for any batch.
-template <int KSPLIT, int B = 1, typename ResT, typename OutT>
+// a consumer thread taking every 256th output, so the function is one loop for any batch. PAIRS:
+// out also has a bf16 shadow (`pairs`, tagged.cuh paired_t), so a thread finishes two adjacent
+// rows, one 16-byte load per part, and stores their float words and then their pair word (the
+// rows and n even: tile.py pairs only such outputs).
+template <int KSPLIT, int B = 1, bool PAIRS = false, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_combine(const Step& s, int task, OutT* out, const tagged_t* partial, int n,
                                                const bf16_t* bias, const ResT* residual, int row_begin,
-                                               int row_end) {
+                                               int row_end, paired_t* pairs = nullptr) {
+  constexpr int kE = PAIRS ? 2 : 1;                 // adjacent rows a thread finishes
   trace_mark(s, task, 0);
-  const int rows = row_end - row_begin;
+  const int rows = (row_end - row_begin) / kE;
   for (int i = threadIdx.x; i < B * rows; i += kConsumerThreads) {
-    const int seq = B == 1 ? 0 : i / rows, row = row_begin + (B == 1 ? i : i % rows);
+    const int seq = B == 1 ? 0 : i / rows, row = row_begin + kE * (B == 1 ? i : i % rows);
     const tagged_t* part = partial + (size_t)seq * n + row;          // part j: j * B * n further
     const ResT* res = residual != nullptr ? residual + (size_t)seq * n : nullptr;
-    u64 w[KSPLIT];
+    u64 w[KSPLIT][kE];
     auto request = [&] {
 #pragma unroll
-      for (int j = 0; j < KSPLIT; ++j) w[j] = load_word(part + (size_t)j * B * n);
+      for (int j = 0; j < KSPLIT; ++j) {
+        if constexpr (PAIRS) load_words2(part + (size_t)j * B * n, w[j][0], w[j][1]);
+        else w[j][0] = load_word(part + (size_t)j * B * n);
+      }
     };
     request();
-    Addend<ResT> add;
-    add.load(bias, res, row);
+    Addend<ResT> add[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) add[e].load(bias, res, row + e);
     await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
       for (int j = 0; j < KSPLIT; ++j)
-        if ((tag = tag_of(w[j])) != s.epoch) return part + (size_t)j * B * n;
+#pragma unroll
+        for (int e = 0; e < kE; ++e)
+          if ((tag = tag_of(w[j][e])) != s.epoch) return part + (size_t)j * B * n + e;
       return nullptr;
     }, request);
-    float v = 0.f;
+    float v[kE];
 #pragma unroll
-    for (int j = 0; j < KSPLIT; ++j) v += value_of(w[j]);
-    store(s, out + (size_t)seq * n + row, v + add.value(s, bias, res, row, task));
+    for (int e = 0; e < kE; ++e) {
+      v[e] = 0.f;
+#pragma unroll
+      for (int j = 0; j < KSPLIT; ++j) v[e] += value_of(w[j][e]);
+      v[e] += add[e].value(s, bias, res, row + e, task);
+      store(s, out + (size_t)seq * n + row + e, v[e]);
+    }
+    if constexpr (PAIRS) store_pair(s, pairs + (size_t)seq * n + row, v[0], v[1]);
   }
   trace_mark(s, task, 1);
 }

@@ -24,10 +24,14 @@ namespace adamk {
 // and the input, so each product pairs a weight with its own input column. Columns past the page's
 // (`cols`, a multiple of 8) and rows or sequences past the tile's are zero, never loaded. GATED: page
 // rows [0, ROWS/2) are W's, [ROWS/2, ROWS) W2's: output row r is silu(row r) * row r + ROWS/2.
-template <typename R, int XS, int ROWS, int PC, int NPAGES, int B, bool GATED = false, typename ResT, typename OutT>
+//
+// PAIRS: out also has a bf16 shadow (`pairs`, tagged.cuh paired_t): a thread finishes two adjacent
+// rows and stores their pair word after their float words (the tile's rows and n even: tile.py).
+template <typename R, int XS, int ROWS, int PC, int NPAGES, int B, bool GATED = false, bool PAIRS = false,
+          typename ResT, typename OutT>
 __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int work_offset, OutT* out, int n,
                                                   const bf16_t* bias, const ResT* residual, int row_begin,
-                                                  int row_end, int k_len, int page) {
+                                                  int row_end, int k_len, int page, paired_t* pairs = nullptr) {
   static_assert(B >= 2 && B <= 16, "a batch of 2..16 sequences: at most two n-tiles of 8");
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS && XS % 8 == 0, "16-byte loads of the pages and the input");
   static_assert(ROWS >= 1 && ROWS <= ADAMK_MAX_TILE_ROWS, "at most ADAMK_MAX_TILE_ROWS page rows: two m-tiles");
@@ -37,6 +41,8 @@ __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int w
   constexpr int kN = (B + 7) / 8;                        // n-tiles of sequences
   constexpr int kOut = GATED ? ROWS / 2 : ROWS;          // output rows the task finishes
   constexpr int kR = pow2_at_least(ROWS);                // a warp's rows in the scratch
+  constexpr int kE = PAIRS ? 2 : 1;                      // adjacent output rows a thread finishes
+  static_assert(kOut % kE == 0, "a bf16 shadow's pairs are whole within a tile");
   using W = LinearWork<XS, 0, ROWS, B>;
   constexpr int kHalf = kWarps / 2;                      // warps w and w + kHalf are added first
   static_assert(kWarps % 2 == 0 && W::kPerSeq >= kHalf * kR, "the scratch holds half the warps' sums of every sequence");
@@ -103,21 +109,27 @@ __device__ __forceinline__ void linear_task_batch(const Step& s, int task, int w
           }
     consumer_sync();
   }
-  for (int i = threadIdx.x; i < kOut * B; i += kConsumerThreads) {
-    const int seq = i / kOut, r = i % kOut, row = row_begin + r;
-    if (row >= row_end) continue;
+  for (int i = threadIdx.x; i < kOut / kE * B; i += kConsumerThreads) {
+    const int seq = i / (kOut / kE), r = kE * (i % (kOut / kE)), row = row_begin + r;
+    if (row >= row_end) continue;      // PAIRS: row_end is even, so row + 1 is inside too
     auto row_sum = [&](int rr) {
       float v = 0.f;
 #pragma unroll
       for (int w = 0; w < kHalf; ++w) v += scratch[(w * kR + rr) * B + seq];
       return v;
     };
-    float v = row_sum(r);
-    if constexpr (GATED) v = silu(v) * row_sum(r + kOut);
     const ResT* res = residual != nullptr ? residual + (size_t)seq * n : nullptr;
-    Addend<ResT> add;
-    add.load(bias, res, row);
-    store(s, out + (size_t)seq * n + row, v + add.value(s, bias, res, row, task));
+    float v[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      v[e] = row_sum(r + e);
+      if constexpr (GATED) v[e] = silu(v[e]) * row_sum(r + e + kOut);
+      Addend<ResT> add;
+      add.load(bias, res, row + e);
+      v[e] += add.value(s, bias, res, row + e, task);
+      store(s, out + (size_t)seq * n + row + e, v[e]);
+    }
+    if constexpr (PAIRS) store_pair(s, pairs + (size_t)seq * n + row, v[0], v[1]);
   }
 }
 

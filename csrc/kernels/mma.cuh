@@ -20,9 +20,6 @@ __device__ __forceinline__ void mma_16816(float d[4], const u32 a[4], const u32 
         "f"(c[3]));
 }
 
-// Two floats as a bf16 pair (round to nearest even), `lo` in the low half.
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)to_bf16(lo) | ((u32)to_bf16(hi) << 16); }
-
 // The bf16 of half `h` (0: low, 1: high) of `lo` and of `hi`, as one pair (`lo`'s in the low half).
 __device__ __forceinline__ u32 pair_of_halves(u32 lo, u32 hi, int h) {
   return h == 0 ? __byte_perm(lo, hi, 0x5410) : __byte_perm(lo, hi, 0x7632);

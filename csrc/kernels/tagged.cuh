@@ -20,9 +20,11 @@ __device__ __forceinline__ u32 tag_of(u64 w) { return (u32)(w >> 32); }
 __device__ __forceinline__ float value_of(u64 w) { return __uint_as_float((u32)w); }
 
 // Relaxed at gpu scope: the store goes to L2, where every SM's relaxed loads look.
-__device__ __forceinline__ void store(const Step& s, tagged_t* p, float v) {
-  const u64 w = ((u64)s.epoch << 32) | __float_as_uint(v);
+__device__ __forceinline__ void store_word(u64* p, u64 w) {
   asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" :: "l"(p), "l"(w) : "memory");
+}
+__device__ __forceinline__ void store(const Step& s, tagged_t* p, float v) {
+  store_word(p, ((u64)s.epoch << 32) | __float_as_uint(v));
 }
 __device__ __forceinline__ void store(const Step&, bf16_t* p, float v) { *p = to_bf16(v); }
 
@@ -35,6 +37,29 @@ __device__ __forceinline__ u64 load_word(const tagged_t* p) {
 // Two consecutive words (16-byte aligned): two single-copy-atomic 64-bit accesses in one load.
 __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
+}
+
+// A batch's bf16 shadow of an activation that RMSNorm stagings read (the residual stream; tile.py
+// decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
+// epoch in the high half, so a staging reads 4 bytes an element instead of 8 (the bytes every SM
+// reads at a staging point bound a batch's chain: docs/perf.md v37). A paired_t is one element's 4
+// bytes and the pair's word sits at element 2j, so pointers, rows and layer slots count elements
+// as they do for tagged floats (the manifest's dtype `bf16x2_tagged`, 4 bytes an element).
+struct paired_t {
+  u32 half;
+};
+template <typename T>
+struct is_paired {
+  static constexpr bool value = false;
+};
+template <>
+struct is_paired<paired_t> {
+  static constexpr bool value = true;
+};
+
+// Elements p[0] and p[1] (p even) as this step's pair: written with, and after, their float words.
+__device__ __forceinline__ void store_pair(const Step& s, paired_t* p, float a, float b) {
+  store_word(reinterpret_cast<u64*>(p), ((u64)s.epoch << 32) | pack_bf16(a, b));
 }
 
 // Wait until every word a task has requested is this step's. `first_stale(tag)` gives the
@@ -114,6 +139,28 @@ struct Vec4<tagged_t> {
   __device__ __forceinline__ void get(float v[4]) const {
 #pragma unroll
     for (int e = 0; e < 4; ++e) v[e] = value_of(w[e]);
+  }
+};
+
+// Four elements of a bf16 shadow: two pair words, one 16-byte load.
+template <>
+struct Vec4<paired_t> {
+  u64 w[2];
+  __device__ __forceinline__ void load(const paired_t* p) {
+    load_words2(reinterpret_cast<const tagged_t*>(p), w[0], w[1]);
+  }
+  __device__ __forceinline__ const tagged_t* first_stale(const Step& s, const paired_t* p, u32& tag) const {
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+      if (tag_of(w[e]) != s.epoch) {
+        tag = tag_of(w[e]);
+        return reinterpret_cast<const tagged_t*>(p + 2 * e);
+      }
+    return nullptr;
+  }
+  __device__ __forceinline__ void get(float v[4]) const {
+    unpack2((u32)w[0], v);
+    unpack2((u32)w[1], v + 2);
   }
 };
 

@@ -191,10 +191,13 @@ int64_t Buffer::elements() const {        // bounded: Artifact::open checked byt
   return n;
 }
 
-int64_t Buffer::bytes() const {
-  const int64_t size = dtype == "bf16" ? 2 : dtype == "f32_tagged" ? 8 : 4;     // i32 (Artifact::open checks)
-  return elements() * size;
+int64_t Buffer::element_bytes() const {     // bf16x2_tagged: a pair word holds two elements
+  return dtype == "bf16" ? 2 : dtype == "f32_tagged" ? 8 : 4;      // bf16x2_tagged, i32 (Artifact::open checks)
 }
+
+int64_t Buffer::bytes() const { return elements() * element_bytes(); }
+
+bool Buffer::tagged() const { return dtype == "f32_tagged" || dtype == "bf16x2_tagged"; }
 
 Artifact Artifact::open(const std::string& dir) {
   Artifact a;
@@ -282,7 +285,8 @@ Artifact Artifact::open(const std::string& dir) {
     buf.name = field(b, "name", "str", where).string;
     buf.role = field(b, "role", "str", where).string;
     buf.dtype = field(b, "dtype", "str", where).string;
-    if (buf.dtype != "bf16" && buf.dtype != "f32_tagged" && buf.dtype != "i32")     // adamk/kinds/base.py DTYPE_BYTES
+    if (buf.dtype != "bf16" && buf.dtype != "f32_tagged" && buf.dtype != "bf16x2_tagged" &&
+        buf.dtype != "i32")     // adamk/kinds/base.py DTYPE_BYTES
       throw Error(where + " " + quoted(buf.name) + " has dtype " + quoted(buf.dtype) + ", which this runtime does not know");
     for (const json::Value& d : field(b, "shape", "list", where).array) {
       if (!d.is_int() || d.number <= 0) throw Error(where + " " + quoted(buf.name) + " has a bad shape");

@@ -32,7 +32,9 @@ struct Buffer {
   std::vector<int64_t> shape;
   int64_t slots = 1;            // a layer-indexed buffer's layers (1 otherwise)
   int64_t elements() const;     // all slots
+  int64_t element_bytes() const;   // adamk/kinds/base.py DTYPE_BYTES
   int64_t bytes() const;
+  bool tagged() const;          // words that carry their epoch (TAGGED_DTYPES): zeroed with the counters
 };
 
 // The kernel's parameters this runtime passes (adamk/codegen/cuda.py KERNEL_ARGS; a CPU test compares

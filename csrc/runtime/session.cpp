@@ -149,7 +149,7 @@ CUdeviceptr Session::buffer(const std::string& name) {
   s = Slot{owned_.emplace_back(driver_.alloc(size_t(b.bytes()))), true, true};
   // The Python runtime's initial values: words that read as "not written this step", zero caches,
   // and NaN in the other activations (a read before a write shows).
-  if (b.dtype == "f32_tagged" || b.role == "kv_cache" || b.role == "tokens" || b.role == "position" ||
+  if (b.tagged() || b.role == "kv_cache" || b.role == "tokens" || b.role == "position" ||
       b.dtype == "i32")
     driver_.fill32(s.ptr, 0, size_t(b.bytes()) / 4, nullptr);
   else if (b.dtype == "bf16")
@@ -236,7 +236,7 @@ void Session::zero_state(CUstream s) {
   driver_.fill32(counters_, 0, n_counters_, s);
   driver_.fill32(epochs_, 0, size_t(artifact_.kernel().grid), s);
   for (const Buffer& b : artifact_.buffers())
-    if (b.dtype == "f32_tagged" && slots_[b.name].ptr) driver_.fill32(slots_[b.name].ptr, 0, size_t(b.bytes()) / 4, s);
+    if (b.tagged() && slots_[b.name].ptr) driver_.fill32(slots_[b.name].ptr, 0, size_t(b.bytes()) / 4, s);
   if (model) {
     driver_.copy_to_device(buffer("position") + 4, &pos, 4, s);
     driver_.synchronize(s);
@@ -278,8 +278,8 @@ void Session::enqueue(int pos, CUstream stream) {
 std::string Session::element_at(uint64_t address) {
   for (const Buffer& b : artifact_.buffers()) {
     const CUdeviceptr p = slots_[b.name].ptr;
-    if (b.dtype == "f32_tagged" && p && address >= p && address < p + uint64_t(b.bytes()))
-      return "'" + b.name + "'[" + std::to_string((address - p) / 8) + "]";
+    if (b.tagged() && p && address >= p && address < p + uint64_t(b.bytes()))
+      return "'" + b.name + "'[" + std::to_string((address - p) / b.element_bytes()) + "]";
   }
   char text[32];
   std::snprintf(text, sizeof text, "%#llx", static_cast<unsigned long long>(address));
