@@ -69,7 +69,7 @@ def main():
     events, raw = [], []
     per = defaultdict(lambda: defaultdict(list))       # (layer or 'epilogue', op) -> field -> values
     for layer, rows in enumerate(layers):
-        for tid, (name, reached, inputs_in, end, *_) in enumerate(rows):
+        for tid, (name, reached, inputs_in, end, data_in, *_) in enumerate(rows):
             if not reached:
                 continue
             sm, op, where = tasks[tid]
@@ -77,7 +77,7 @@ def main():
                 where = layer
             elif layer:
                 continue                  # a task outside the loop stamps layer 0's slice only
-            raw.append([layer, tid, sm, op, reached - t0, inputs_in - t0, end - t0])
+            raw.append([layer, tid, sm, op, reached - t0, inputs_in - t0, end - t0, data_in - t0 if data_in else None])
             events.append({"name": f"L{layer} {name}" if isinstance(where, int) else name, "ph": "X", "pid": 0,
                            "tid": sm, "ts": (inputs_in - t0) / 1e3, "dur": (end - inputs_in) / 1e3, "cat": op})
             if inputs_in > reached:
@@ -90,7 +90,7 @@ def main():
             d["work"].append((end - inputs_in) / 1e3)
     (out / "stamps.json").write_text(json.dumps({"b2b_us": b2b, "pos": args.pos,
                                                  "columns": ["layer", "task", "sm", "op", "reached_ns",
-                                                             "inputs_in_ns", "end_ns"], "rows": raw}))
+                                                             "inputs_in_ns", "end_ns", "data_in_ns"], "rows": raw}))
     (out / "trace.json").write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ns"}))
 
     print(f"\n{'where':>8s} {'op':28s} {'tasks':>5s} {'first in':>9s} {'last end':>9s} {'wait med':>9s} "

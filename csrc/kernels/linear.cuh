@@ -80,12 +80,29 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   constexpr int kSpan = kNorm ? K : XS;                   // elements the staging walks
   constexpr int kIters = (kSpan + kStride - 1) / kStride;
   constexpr int kBatch = kSilu ? 4 : 8;                   // Vec4 loads in flight per thread and input
+  // A batch whose rows take one trip each requests the next sequence's row as soon as this one's has
+  // landed, so its round trip to L2 (~1 us under the weight stream) overlaps this row's reduction and
+  // stores; the rows still land one sequence at a time (more at once was slower: docs/perf.md v36).
+  constexpr bool kAhead = B > 1 && kIters <= kBatch;
+  constexpr int kVecs = kAhead ? kIters : kBatch;         // Vec4 of one trip
   using W = LinearWork<XS, 0, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
   float* scratch = smem_at<float>(work_offset + W::kScratch);
   trace_mark(s, task, 0);
   consumer_sync();
   const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
+  Vec4<InT> ahead[kAhead ? kVecs : 1], ahead2[kAhead ? kVecs : 1];   // kAhead: the next sequence's trip
+  auto request_ahead = [&](int seq) {
+#pragma unroll
+    for (int b = 0; b < kVecs; ++b) {
+      const int i = b * kStride + 4 * threadIdx.x;
+      if (b < kIters && i < valid) {
+        ahead[b].load(in + (size_t)seq * K + base + i);
+        if constexpr (kSilu) ahead2[b].load(in2 + (size_t)seq * K + base + i);
+      }
+    }
+  };
+  if constexpr (kAhead) request_ahead(0);
 #pragma unroll 1
   for (int seq = 0; seq < B; ++seq) {
     const InT* x = in + (size_t)seq * K;
@@ -93,28 +110,36 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
     float ss = 0.f;
 #pragma unroll 1
     for (int b0 = 0; b0 < kIters; b0 += kBatch) {
-      Vec4<InT> a[kBatch], g[kBatch];
-      Vec4<bf16_t> nw[kBatch];
+      Vec4<InT> a[kVecs], g[kVecs];
+      Vec4<bf16_t> nw[kVecs];
       auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
       auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
       // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
       auto request = [&](bool retry) {
         u32 tag;
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b)
+        for (int b = 0; b < kVecs; ++b)
           if (has(b)) {
             if (!retry || a[b].first_stale(s, x + base + at(b), tag)) a[b].load(x + base + at(b));
             if constexpr (kSilu)
               if (!retry || g[b].first_stale(s, x2 + base + at(b), tag)) g[b].load(x2 + base + at(b));
           }
       };
-      request(false);
+      if constexpr (kAhead) {          // its loads went out with the sequence before's
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b)
+        for (int b = 0; b < kVecs; ++b) {
+          a[b] = ahead[b];
+          g[b] = ahead2[b];
+        }
+      } else {
+        request(false);
+      }
+#pragma unroll
+      for (int b = 0; b < kVecs; ++b)
         if (kNorm && !kLateWeight && has(b)) nw[b].load(norm_w + at(b));
       await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b)
+        for (int b = 0; b < kVecs; ++b)
           if (has(b)) {
             if (const tagged_t* p = a[b].first_stale(s, x + base + at(b), tag)) return p;
             if constexpr (kSilu)
@@ -122,8 +147,10 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           }
         return nullptr;
       }, [&] { request(true); });
+      if constexpr (kAhead)
+        if (seq + 1 < B) request_ahead(seq + 1);
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
+      for (int b = 0; b < kVecs; ++b) {
         const int i = at(b);
         if (b0 + b >= kIters || i >= kSpan) continue;
         float v[4] = {0.f, 0.f, 0.f, 0.f};
