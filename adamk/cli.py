@@ -213,6 +213,15 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
          f"floor {floor:.1f} us ({read / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s copy): {floor / b2b:.0%} of it")
 
 
+def uncalibrated(m: dict) -> str:
+    """Why a manifest's predicted time is a guess."""
+    from .search.cost import SPEC
+    if m["config"].get("batch_size", 1) > 1 and m["cost_model"] != SPEC:
+        return (", UNCALIBRATED at a batch: the profile was fitted on one sequence's stamps, and it has a "
+                "batch's figure ~25-30% high (docs/perf.md v38)")
+    return ", UNCALIBRATED: no measured profile, the figure is a guess"
+
+
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--mlir-check", is_flag=True,
@@ -243,7 +252,7 @@ def inspect(artifact, mlir_check):
         f"{m['target']['dram_gbps']:.0f} GB/s; {packed} linear weights stored page by page on the device",
         f"predicted     {m['predicted_step_us']} us per step at position {m['predicted_at_pos']} "
         f"({m['config'].get('schedule')} schedule; cost model: {m['cost_model']}"
-        f"{'' if m.get('predicted_calibrated') else ', UNCALIBRATED: no measured profile, the figure is a guess'})",
+        f"{'' if m.get('predicted_calibrated') else uncalibrated(m)})",
         "files",
     ]
     lines += [f"  {'ok' if s == 'ok' else s.upper():10s} {name}" for name, s in sorted(status.items())]

@@ -73,7 +73,9 @@ def compile(model, config: CompileConfig | None = None, example_inputs=None, *, 
     manifest["predicted_at_pos"] = lowered.pos
     manifest["predicted_step_us"] = round(predict_step_us(graph, cost, lowered.pos), 1)
     manifest["cost_model"] = cost.source
-    manifest["predicted_calibrated"] = cost.calibrated            # the spec table's figure is a guess
+    # the spec table's figure is a guess; a profile is fitted on one sequence's stamps, and a batch's
+    # staging trips it does not model (docs/perf.md v38)
+    manifest["predicted_calibrated"] = cost.calibrated and config.batch_size == 1
     manifest["search_complete"] = search.complete if search else True
     # The search's wall-clock time is not in the manifest: the same input must give the same bytes.
     return Artifact(files, manifest, search_seconds=search.seconds if search else 0.0)

@@ -25,6 +25,10 @@ class GPU:
     pages_in_flight: int = 2  # weight pages an SM copies at once (ring.cuh): its share of the bandwidth
                               # needs ~ bandwidth x latency bytes in flight; more only queue in front
                               # of the step's small reads
+    batch_pages_in_flight: int | None = None   # the same for a batch of 2..16 sequences (None: as one):
+                              # its staging points make a dependent round trip to L2 per sequence, each
+                              # queued behind the SM's copies, so fewer copies at once win there
+                              # (docs/perf.md v38: measured on an H100 with the H200 target)
 
     @property
     def sm(self) -> str:
@@ -35,8 +39,8 @@ GPUS: dict[str, GPU] = {g.name: g for g in [
     GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2, 48 * GB),
     GPU("L40S", 89, 142, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2, 48 * GB),
     GPU("RTX4090", 89, 128, 100 * KB, 99 * KB, 72 * KB * KB, 1008.0, 2, 24 * GB),
-    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0, 6, 80 * GB),
-    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0, 6, 141 * GB),
+    GPU("H100", 90, 132, 228 * KB, 227 * KB, 50 * KB * KB, 3350.0, 6, 80 * GB, batch_pages_in_flight=1),
+    GPU("H200", 90, 132, 228 * KB, 227 * KB, 60 * KB * KB, 4800.0, 6, 141 * GB, batch_pages_in_flight=1),
 ]}
 
 _ALIASES = {"RTX 4090": "RTX4090", "4090": "RTX4090", "H100 SXM": "H100", "H100-SXM": "H100"}

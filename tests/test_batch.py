@@ -142,6 +142,20 @@ def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
         batch * (one.k_range[1] + one.param("K") // 2)
 
 
+def test_a_batch_copies_one_weight_page_at_a_time_on_hopper():
+    """A batch's staging points wait on round trips that queue behind the SM's copies, so the
+    H100/H200 targets copy one page at a time at a batch (docs/perf.md v38); one sequence keeps the
+    target's two, the L20 its own, and --pages-in-flight overrides both."""
+    assert adamk.CompileConfig(gpu="H200").in_flight == 2
+    assert adamk.CompileConfig(gpu="H200", batch_size=8).in_flight == 1
+    assert adamk.CompileConfig(gpu="H100", batch_size=2).in_flight == 1
+    assert adamk.CompileConfig(gpu="L20", batch_size=8).in_flight == adamk.CompileConfig(gpu="L20").in_flight
+    assert adamk.CompileConfig(gpu="H200", batch_size=8, pages_in_flight=2).in_flight == 2
+    schedule = adamk.lower(random_layer("tiny"), adamk.CompileConfig(gpu="H200", batch_size=3,
+                                                                      schedule="round-robin")).schedule
+    assert next(o for o in schedule.ops if o.name == "adamk.schedule").in_flight.value.data == 1
+
+
 def test_the_smem_model_counts_every_sequences_inputs():
     """A batch's inputs are staged in bf16 (the mma's operand), each sequence with its scratch."""
     one = smem.linear_work_bytes(2048, rows=16)
@@ -195,6 +209,10 @@ def test_a_batch_compiles_to_the_tensor_cores_linears_and_per_sequence_positions
     assert position["shape"] == [4] and position["dtype"] == "i32"
     source = art.files["kernel.cu"].decode()
     assert "linear_task_batch<SmRing" in source and "linear_task<SmRing" not in source
+    # the shipped profile is fitted on one sequence's stamps: a batch's figure is marked a guess
+    assert art.manifest["predicted_calibrated"] is False
+    from adamk.cli import uncalibrated
+    assert ("UNCALIBRATED at a batch" in uncalibrated(art.manifest)) == (gpu == "H200")
     assert source.count("at_position(s, b.") >= 2            # the attention's and its producer's
     assert art.files[f"kernel.{art.manifest['target']['arch']}.cubin"]
 
