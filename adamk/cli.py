@@ -87,7 +87,8 @@ def _progress(name: str):
 @click.option("--stages", default=None, type=int,
               help="Weight pages in each SM's ring (default: the GPU's, see `adamk gpus`).")
 @click.option("--pages-in-flight", default=None, type=int,
-              help="Pages of the ring being copied at once (default: the GPU's, see `adamk gpus`).")
+              help="Pages of the ring being copied at once (default: the GPU's, and its batch's for "
+                   "--batch-size > 1: see `adamk gpus`).")
 @click.option("--stage-bytes", default=32 * 1024, show_default=True, type=int,
               help="Bytes of one weight page of the SM's ring (docs/smem.md).")
 @click.option("--no-ksplit", is_flag=True, help="Do not split reductions (linears over K, attention over the sequence).")
@@ -308,7 +309,8 @@ def gpus(as_json):
         click.echo(json.dumps({n: g.__dict__ for n, g in GPUS.items()}, indent=2))
         return
     click.echo(f"{'gpu':8s} {'arch':6s} {'SMs':>4s} {'smem/SM':>8s} {'smem/block':>10s} {'L2':>6s} {'DRAM GB/s':>9s} "
-               f"{'stages':>6s} {'in flight':>9s}")
+               f"{'stages':>6s} {'in flight':>9s} {'batch':>5s}")
     for g in GPUS.values():
         click.echo(f"{g.name:8s} {g.sm:6s} {g.num_sms:4d} {g.smem_per_sm // 1024:6d}KB {g.smem_per_block // 1024:8d}KB "
-                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d} {g.pages_in_flight:9d}")
+                   f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d} {g.pages_in_flight:9d} "
+                   f"{g.batch_pages_in_flight or g.pages_in_flight:5d}")

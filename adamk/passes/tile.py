@@ -296,7 +296,8 @@ class TaskBuilder:
             split = op.k_split is not None and op.k_split.value.data > 1
             return n % 2 == 0 and (split or self.linear_rows(op) % 2 == 0)
         paired = {v for v in wanted if storable(v)}
-        if hidden & wanted and not all(storable(v) for v in hidden if v in writers):
+        loop_ends = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result) if v is not None}
+        if hidden & wanted and not all(storable(v) for v in hidden - loop_ends):
             paired -= hidden          # one buffer, one shadow: every writer of the hidden state stores it
         return paired
 

@@ -66,9 +66,10 @@ __device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const 
 // RMSNorm walks the whole row of K for its sum of squares (xs holds in * norm_w, scaled by 1/rms
 // once the sum is known). A batch of B sequences (inputs [B][K]) stages each sequence's row in
 // turn, with its own sum of squares, into its row of xs (bf16: store_xs). From a bf16 shadow
-// (paired_t: tagged.cuh) a batch stages the input itself and applies the norm weight with the scale,
-// so each element is rounded to bf16 once after its own (x * w / rms), as from tagged floats. Starts
-// with a consumer barrier (the previous run is done with xs) and ends with one (xs is complete).
+// (paired_t: tagged.cuh) a batch stages the input itself (already bf16, so exact in xs) and applies
+// the norm weight with the scale, so an element is rounded to bf16 once after x * w / rms (from
+// tagged floats twice: x * w, then the scale). Starts with a consumer barrier (the previous run is
+// done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT, int B = 1>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
                                              const bf16_t* norm_w, float eps, int k0, int k_len, int task) {
@@ -83,7 +84,9 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   // A batch whose rows take one trip each requests the next sequence's row as soon as this one's has
   // landed, so its round trip to L2 (~1 us under the weight stream) overlaps this row's reduction and
   // stores; the rows still land one sequence at a time (more at once was slower: docs/perf.md v36).
-  constexpr bool kAhead = B > 1 && kIters <= kBatch;
+  // At most two Vec4 a trip (a row of 2048 or fewer): a longer row's second set of loads would hold
+  // up to 8 more Vec4 in registers across the reduction's barriers.
+  constexpr bool kAhead = B > 1 && kIters <= 2;
   constexpr int kVecs = kAhead ? kIters : kBatch;         // Vec4 of one trip
   using W = LinearWork<XS, 0, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
