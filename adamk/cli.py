@@ -313,4 +313,4 @@ def gpus(as_json):
     for g in GPUS.values():
         click.echo(f"{g.name:8s} {g.sm:6s} {g.num_sms:4d} {g.smem_per_sm // 1024:6d}KB {g.smem_per_block // 1024:8d}KB "
                    f"{g.l2_bytes >> 20:4d}MB {g.dram_gbps:9.0f} {g.weight_stages:6d} {g.pages_in_flight:9d} "
-                   f"{g.batch_pages_in_flight or g.pages_in_flight:5d}")
+                   f"{g.pages_in_flight_at(2):5d}")

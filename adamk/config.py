@@ -112,11 +112,9 @@ class CompileConfig:
 
     @property
     def in_flight(self) -> int:
-        """Pages of the ring being copied at once: at most the ring's depth; a batch's default is
-        the target's for a batch (targets.py)."""
-        t = self.target
-        default = t.batch_pages_in_flight if self.batch_size > 1 and t.batch_pages_in_flight else t.pages_in_flight
-        return min(self.depth, self.pages_in_flight or default)
+        """Pages of the ring being copied at once: at most the ring's depth; by default the
+        target's for this batch size (targets.py)."""
+        return min(self.depth, self.pages_in_flight or self.target.pages_in_flight_at(self.batch_size))
 
     @property
     def blocks(self) -> int:

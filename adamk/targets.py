@@ -34,6 +34,10 @@ class GPU:
     def sm(self) -> str:
         return f"sm_{self.arch}"
 
+    def pages_in_flight_at(self, batch: int) -> int:
+        """The default pages in flight for a batch of `batch` sequences."""
+        return self.batch_pages_in_flight if batch > 1 and self.batch_pages_in_flight else self.pages_in_flight
+
 
 GPUS: dict[str, GPU] = {g.name: g for g in [
     GPU("L20", 89, 92, 100 * KB, 99 * KB, 96 * KB * KB, 864.0, 2, 48 * GB),

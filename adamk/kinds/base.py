@@ -40,6 +40,12 @@ def rows(op, buffer: str, width: int, begin: int, end: int, at: int = 0) -> list
     return [(buffer, at + b * width + begin, at + b * width + end) for b in range(batch)]
 
 
+def shadow_writes(op) -> list[tuple[str, int, int]]:
+    """The elements a task writes of its out's bf16 shadow (passes/tile.py), if it has one: the
+    same as of its out, rows [tile) of every sequence's row of N."""
+    return rows(op, op.buffer("pairs"), op.param("N"), *op.tile_range) if op.buffer("pairs") else []
+
+
 class TaskKind:
     name: str
     roles: frozenset           # buffer roles every task of the kind names

@@ -4,7 +4,7 @@ hidden state's slot 0 (csrc/kernels/embedding.cuh). The ids live on the device, 
 [max_seq_len + 1] per sequence: the host writes the prompt's, each step's argmax the next one."""
 from __future__ import annotations
 
-from .base import BF16, TaskKind, rows
+from .base import BF16, TaskKind, rows, shadow_writes
 
 
 class Embedding(TaskKind):
@@ -19,8 +19,7 @@ class Embedding(TaskKind):
         return []          # the token id: host memory of this step (no activation)
 
     def writes(self, op):       # and, at a batch, the hidden state's bf16 shadow (passes/tile.py)
-        shadow = rows(op, op.buffer("pairs"), op.param("N"), *op.tile_range) if op.buffer("pairs") else []
-        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range) + shadow
+        return rows(op, op.buffer("out"), op.param("N"), *op.tile_range) + shadow_writes(op)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
@@ -28,9 +27,10 @@ class Embedding(TaskKind):
             token = int(sim.buf(op, "tokens")[b, sim.pos[b]])
             if not 0 <= token < op.param("vocab"):
                 raise ValueError(f"token id {token} of sequence {b} outside the vocabulary 0..{op.param('vocab') - 1}")
-            sim.buf(op, "out")[b, begin:end] = sim.buf(op, "table")[token, begin:end]
+            row = sim.buf(op, "table")[token, begin:end]
+            sim.buf(op, "out")[b, begin:end] = row
             if op.buffer("pairs"):
-                sim.buf(op, "pairs")[b, begin:end] = sim.buf(op, "table")[token, begin:end]   # unrounded, as finish()
+                sim.buf(op, "pairs")[b, begin:end] = row      # unrounded, as linear.finish()
 
     def functions(self, em, op, name) -> list[str]:
         buf, n, ids = em.buf_of(op), op.param("N"), op.param("max_seq_len") + 1   # tokens: [batch, ids]

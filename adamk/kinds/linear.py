@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import smem
 from .attention import merge_parts, part_heads
-from .base import BF16, PAIRED, TAGGED, CombineKind, TaskKind, f32_literal, rows
+from .base import BF16, PAIRED, TAGGED, CombineKind, TaskKind, f32_literal, rows, shadow_writes
 
 PROLOGUES = {"none": "kPlain", "rmsnorm": "kRmsNorm", "silu_mul": "kSiluMul"}   # linear.cuh Prologue
 
@@ -206,12 +206,6 @@ def finish(sim, op, begin: int, end: int, acc: np.ndarray):
     sim.buf(op, "out").reshape(batch, -1)[:, begin:end] = acc
     if op.buffer("pairs"):
         sim.buf(op, "pairs").reshape(batch, -1)[:, begin:end] = acc
-
-
-def shadow_writes(op) -> list[tuple[str, int, int]]:
-    """The elements a task writes of its out's bf16 shadow (passes/tile.py), if it has one: the
-    same as of its out."""
-    return rows(op, op.buffer("pairs"), op.param("N"), *op.tile_range) if op.buffer("pairs") else []
 
 
 class LinearCombine(CombineKind):

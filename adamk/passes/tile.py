@@ -279,8 +279,8 @@ class TaskBuilder:
         loop_in = next((op for op in ops if isinstance(op, LayerInputOp)), None)
         loop_out = next((op for op in ops if isinstance(op, LayerOutputOp)), None)
         embedding = next((op for op in ops if isinstance(op, EmbeddingOp)), None)
-        hidden = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result, self.carried,
-                              embedding and embedding.result) if v is not None}
+        loop_ends = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result) if v is not None}
+        hidden = loop_ends | {v for v in (self.carried, embedding and embedding.result) if v is not None}
         wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data == "rmsnorm"}
         if wanted & hidden:
             wanted |= hidden
@@ -296,7 +296,6 @@ class TaskBuilder:
             split = op.k_split is not None and op.k_split.value.data > 1
             return n % 2 == 0 and (split or self.linear_rows(op) % 2 == 0)
         paired = {v for v in wanted if storable(v)}
-        loop_ends = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result) if v is not None}
         if hidden & wanted and not all(storable(v) for v in hidden - loop_ends):
             paired -= hidden          # one buffer, one shadow: every writer of the hidden state stores it
         return paired
