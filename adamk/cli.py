@@ -85,7 +85,8 @@ def _progress(name: str):
 @click.option("--max-seq-len", default=None, type=int, help="KV cache length (default: the model's).")
 @click.option("--tile-rows", default=16, show_default=True, type=int, help="Output rows per linear task.")
 @click.option("--stages", default=None, type=int,
-              help="Weight pages in each SM's ring (default: the GPU's, see `adamk gpus`).")
+              help="Weight pages in each SM's ring (default: the GPU's, see `adamk gpus`, fewer "
+                   "where a large batch's whole-row linears would not fit beside them: docs/smem.md).")
 @click.option("--pages-in-flight", default=None, type=int,
               help="Pages of the ring being copied at once (default: the GPU's, and its batch's for "
                    "--batch-size > 1: see `adamk gpus`).")

@@ -118,6 +118,7 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
             raise AdamkError(f"schedule '{config.schedule}' (an ablation variant) takes one decoder layer; a whole "
                              "model's layer loop runs with schedule 'search' or 'round-robin'")
         _check_fits_memory(graph, target)
+    config = _ring_for(config, model_dims)
     pos = min(512, model_dims["max_seq_len"] - 1)             # the position schedules are costed at,
     long_pos = model_dims["max_seq_len"] - 1                   # and the longest one, which they serve too
     with step("passes: fuse and K-split"):
@@ -171,6 +172,19 @@ def _check_kernel(binaries, threads: int):
     if report["static_smem"]:                                  # all shared memory must come from the model
         raise AdamkError(f"internal: the kernel declares {report['static_smem']} B of static shared memory outside "
                          "the shared-memory model")
+
+
+def _ring_for(config: CompileConfig, model_dims: dict) -> CompileConfig:
+    """The config with the ring's depth for this model, where the user left it to the target: a large
+    batch gives up slots before its whole-row linears split over K (smem.ring_depth). The manifest
+    keeps the user's config and the schedule's depth (kernel.stages)."""
+    if config.stages is not None or config.schedule == "queue":
+        return config
+    # at most half the target's slots given up, and one beside the pages being copied (measured: 6 -> 4)
+    floor = max(config.in_flight + 1, (config.depth + 1) // 2)
+    depth = smem.ring_depth(model_dims["hidden_size"], config.tile_rows, config.stage_bytes, config.depth,
+                            config.target.smem_per_block, config.batch_size, floor)
+    return config if depth == config.depth else dataclasses.replace(config, stages=depth)
 
 
 def _check_fits_memory(graph: ModuleOp, target):

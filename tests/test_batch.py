@@ -186,6 +186,32 @@ def test_a_large_batch_splits_its_linears_and_keeps_gate_and_up_apart():
     assert any(o.buffer("weight2") for o in one.walk() if isinstance(o, ExecOp) and o.kind.data == "linear")
 
 
+def test_a_large_batch_gives_up_ring_slots_before_its_whole_row_linears_split():
+    """At batch 16 the 1B preset's gated gate/up does not fit beside the H200's 6 slots, so the ring
+    takes 4 (at most half given up) and q/k/v, gate/up and the LM head keep whole rows (6 slots split
+    them all: 4.15 ms against 2.12 on an H100, docs/perf.md v39); batch 8 fits at 6 and keeps them, and
+    a user's `stages` is kept as given."""
+    assert smem.ring_depth(2048, 16, 32 * 1024, 6, 232448, batch=16, floor=3) == 4
+    assert smem.ring_depth(2048, 16, 32 * 1024, 6, 232448, batch=8, floor=3) == 6
+    assert smem.ring_depth(8192, 16, 32 * 1024, 6, 232448, batch=16, floor=3) == 6   # none fits: as before
+    layer = random_layer("llama-3.2-1b")
+
+    def lowered(**config):
+        schedule = adamk.lower(layer, adamk.CompileConfig(gpu="H200", batch_size=16, schedule="round-robin",
+                                                          **config)).schedule
+        execs = [o for o in schedule.walk() if isinstance(o, ExecOp) and o.kind.data == "linear"]
+        return next(o for o in schedule.ops if o.name == "adamk.schedule").stages.value.data, execs
+
+    stages, execs = lowered()
+    assert stages == 4
+    assert any(o.buffer("weight2") for o in execs)                      # gate and up as one gated linear
+    whole_row = [o for o in execs if o.param("prologue") == "rmsnorm"]
+    assert whole_row and all(o.k_split.value.data == 1 for o in whole_row)
+    stages, execs = lowered(stages=6)
+    assert stages == 6 and not any(o.buffer("weight2") for o in execs)
+    assert all(o.k_split.value.data > 1 for o in execs if o.param("prologue") == "rmsnorm")
+
+
 def test_a_batch_that_cannot_fit_names_the_op_and_the_budget():
     with pytest.raises(ScheduleError, match=r"linear 'q_proj.weight' \(16 rows x 2048 of K=2048, for a batch of 16\) "
                                             r"needs .* B of shared memory per block; L20 allows 101376 B"):

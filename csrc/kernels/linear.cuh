@@ -95,6 +95,15 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   consumer_sync();
   const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
   Vec4<InT> ahead[kAhead ? kVecs : 1], ahead2[kAhead ? kVecs : 1];   // kAhead: the next sequence's trip
+  // kLateWeight: this thread's columns of the norm weight for every sequence's scale pass, requested
+  // now (after the reduction's barriers the first sequence would wait a round trip for them).
+  constexpr int kScaleVecs = kLateWeight ? (XS + kStride - 1) / kStride : 1;
+  Vec4<bf16_t> scale_w[kScaleVecs];
+  if constexpr (kLateWeight) {
+#pragma unroll
+    for (int c = 0; c < kScaleVecs; ++c)
+      if (4 * (int)threadIdx.x + c * kStride < k_len) scale_w[c].load(norm_w + k0 + 4 * threadIdx.x + c * kStride);
+  }
   auto request_ahead = [&](int seq) {
 #pragma unroll
     for (int b = 0; b < kVecs; ++b) {
@@ -183,7 +192,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
       const float zero[4] = {0.f, 0.f, 0.f, 0.f};
       for (int j = k_len + 4 * threadIdx.x; j < XS; j += kStride) store_xs<XS, B>(work_offset + W::kXs, seq, j, zero);
       const float inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);   // its barriers order the xs writes
-      for (int j = 4 * threadIdx.x; j < k_len; j += kStride) {
+      auto scale = [&](int j, const float w[4]) {
         float v[4];
         if constexpr (B == 1) {
           const float4 f = *reinterpret_cast<const float4*>(smem_at<float>(work_offset + W::kXs) + j);
@@ -193,15 +202,23 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           v[0] = __uint_as_float(r.x << 16); v[1] = __uint_as_float(r.x & 0xffff0000u);
           v[2] = __uint_as_float(r.y << 16); v[3] = __uint_as_float(r.y & 0xffff0000u);
         }
-        float w[4] = {1.f, 1.f, 1.f, 1.f};
-        if constexpr (kLateWeight) {
-          Vec4<bf16_t> nw;
-          nw.load(norm_w + k0 + j);
-          nw.get(w);
-        }
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] *= inv_rms * w[e];
         store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
+      };
+      if constexpr (kLateWeight) {
+#pragma unroll
+        for (int c = 0; c < kScaleVecs; ++c) {
+          const int j = 4 * threadIdx.x + c * kStride;
+          if (j < k_len) {
+            float w[4];
+            scale_w[c].get(w);
+            scale(j, w);
+          }
+        }
+      } else {
+        const float one[4] = {1.f, 1.f, 1.f, 1.f};
+        for (int j = 4 * threadIdx.x; j < k_len; j += kStride) scale(j, one);
       }
     }
   }
