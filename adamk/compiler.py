@@ -44,6 +44,7 @@ class Lowered:
     pos: int                    # the position the schedule was costed at
     cost: CostModel
     search: object              # the DAG search's result, None for another schedule
+    config: CompileConfig       # the config the passes ran with (the ring's depth chosen: _ring_for)
 
 
 def compile(model, config: CompileConfig | None = None, example_inputs=None, *, dump_dir=None,
@@ -158,7 +159,8 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
                                        config.in_flight, barrier=config.schedule == "barrier"), graph)
         validate(graph, target.num_sms, target.smem_per_block)   # co-resident, no deadlock, counters per step
         schedule_text = print_module(graph)
-    return Lowered(graph, graph_text, tasks_text, schedule_text, model_dims, smem_without_ksplit, pos, cost, search)
+    return Lowered(graph, graph_text, tasks_text, schedule_text, model_dims, smem_without_ksplit, pos, cost, search,
+                   config)
 
 
 def _check_kernel(binaries, threads: int):
@@ -175,15 +177,15 @@ def _check_kernel(binaries, threads: int):
 
 
 def _ring_for(config: CompileConfig, model_dims: dict) -> CompileConfig:
-    """The config with the ring's depth for this model, where the user left it to the target: a large
-    batch gives up slots before its whole-row linears split over K (smem.ring_depth). The manifest
-    keeps the user's config and the schedule's depth (kernel.stages)."""
-    if config.stages is not None or config.schedule == "queue":
+    """The config with the ring's depth for this model, where the user left it to the target: a
+    batch gives up slots before its whole-row linears split over K (smem.ring_depth), at most half
+    the target's and never down to the pages being copied (so a --pages-in-flight near the depth
+    keeps the target's). The manifest keeps the user's config and the kernel's depth (kernel.stages)."""
+    if config.stages is not None or config.schedule == "queue" or config.batch_size == 1:
         return config
-    # at most half the target's slots given up, and one beside the pages being copied (measured: 6 -> 4)
     floor = max(config.in_flight + 1, (config.depth + 1) // 2)
     depth = smem.ring_depth(model_dims["hidden_size"], config.tile_rows, config.stage_bytes, config.depth,
-                            config.target.smem_per_block, config.batch_size, floor)
+                            config.target.smem_per_block, config.batch_size, floor, gated=config.gate_up)
     return config if depth == config.depth else dataclasses.replace(config, stages=depth)
 
 

@@ -45,7 +45,8 @@ class CompileConfig:
     max_seq_len: int | None = None    # None: take it from the traced KV cache
     dtype: str = "bf16"               # storage of weights, KV cache, input and output
     tile_rows: int = 16               # output rows of one linear task (the spatial axis of the smem model)
-    stages: int | None = None         # weight pages in flight per SM (temporal axis); None: the GPU's default
+    stages: int | None = None         # weight pages in each SM's ring (temporal axis); None: the GPU's default
+                                      # (fewer at a batch whose whole-row linears need the room: docs/smem.md)
     stage_bytes: int = 32 * 1024      # bytes of one weight page of the SM's ring (docs/smem.md)
     pages_in_flight: int | None = None   # pages an SM copies at once; None: the GPU's default
     ksplit: bool = True               # split reductions (linears over K, attention over the sequence)

@@ -134,16 +134,20 @@ def gated_fits(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int,
     return linear_footprint(rows, k, page_bytes, batch=batch).alone(depth, page_bytes) <= budget
 
 
-def ring_depth(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int, batch: int, floor: int) -> int:
-    """The ring's depth for a model whose stagings read whole rows of K inputs (the hidden state:
-    q/k/v, the MLP's gate and up, the LM head): the deepest of `depth` down to `floor` slots at which
-    a gated linear over K (the largest of those work areas) fits `budget`; `depth` where none does.
-    A large batch's inputs beside the target's ring would split every such linear over K and keep
-    gate and up apart (a combine level each, the LM head's partials), which costs far more than the
-    slots given up: the 1B model at batch 16 on an H100 took 4.15 ms with 6 slots and 2.12 ms with 4,
-    while batch 8, which fits at 6, took 3.7% longer at 4 (docs/perf.md v39)."""
+def ring_depth(k: int, tile_rows: int, page_bytes: int, depth: int, budget: int, batch: int, floor: int,
+               gated: bool = True) -> int:
+    """The ring's depth for a batch whose stagings read whole rows of K inputs (the hidden state:
+    q/k/v, the LM head, and with `gated` the MLP's gate and up as one gated linear): the deepest of
+    `depth` down to `floor` slots at which all of those work areas fit `budget`; `depth` where none
+    does. A large batch's inputs beside the target's ring would split every such linear over K and
+    keep gate and up apart (a combine level each, the LM head's partials), which costs far more than
+    the slots given up: the 1B model at batch 16 on an H100 took 4.15 ms with 6 slots and 2.12 ms
+    with 4, while batch 8, which fits at 6, took 3.7% longer at 4 (docs/perf.md v39)."""
+    def fits(d: int) -> bool:
+        plain = linear_footprint(tile_rows, k, page_bytes, batch=batch).alone(d, page_bytes) <= budget
+        return plain and (not gated or gated_fits(k, tile_rows, page_bytes, d, budget, batch))
     for d in range(depth, floor - 1, -1):
-        if gated_fits(k, tile_rows, page_bytes, d, budget, batch):
+        if fits(d):
             return d
     return depth
 

@@ -194,6 +194,10 @@ def test_a_large_batch_gives_up_ring_slots_before_its_whole_row_linears_split():
     assert smem.ring_depth(2048, 16, 32 * 1024, 6, 232448, batch=16, floor=3) == 4
     assert smem.ring_depth(2048, 16, 32 * 1024, 6, 232448, batch=8, floor=3) == 6
     assert smem.ring_depth(8192, 16, 32 * 1024, 6, 232448, batch=16, floor=3) == 6   # none fits: as before
+    assert smem.ring_depth(2048, 16, 32 * 1024, 6, 232448, batch=16, floor=5) == 6   # not above the floor
+    # without a gated linear only the plain whole-row work area counts: in 8-row tiles it fits at 5
+    assert smem.ring_depth(2048, 8, 32 * 1024, 6, 232448, batch=16, floor=3) == 4
+    assert smem.ring_depth(2048, 8, 32 * 1024, 6, 232448, batch=16, floor=3, gated=False) == 5
     layer = random_layer("llama-3.2-1b")
 
     def lowered(**config):
@@ -210,6 +214,8 @@ def test_a_large_batch_gives_up_ring_slots_before_its_whole_row_linears_split():
     stages, execs = lowered(stages=6)
     assert stages == 6 and not any(o.buffer("weight2") for o in execs)
     assert all(o.k_split.value.data > 1 for o in execs if o.param("prologue") == "rmsnorm")
+    # four pages copied at once leave no slot to give up above them: the target's ring, as before
+    assert lowered(pages_in_flight=4)[0] == 6
 
 
 def test_a_batch_that_cannot_fit_names_the_op_and_the_budget():

@@ -96,10 +96,13 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   const int base = kNorm ? 0 : k0, valid = kNorm ? K : k_len;   // walk index i reads in[base + i]
   Vec4<InT> ahead[kAhead ? kVecs : 1], ahead2[kAhead ? kVecs : 1];   // kAhead: the next sequence's trip
   // kLateWeight: this thread's columns of the norm weight for every sequence's scale pass, requested
-  // now (after the reduction's barriers the first sequence would wait a round trip for them).
-  constexpr int kScaleVecs = kLateWeight ? (XS + kStride - 1) / kStride : 1;
-  Vec4<bf16_t> scale_w[kScaleVecs];
-  if constexpr (kLateWeight) {
+  // now (after the reduction's barriers the first sequence would wait a round trip for them); rows
+  // of more than 2048 load them in the scale pass, as the registers they would hold across the walk
+  // are more than two Vec4.
+  constexpr int kScaleVecs = (XS + kStride - 1) / kStride;
+  constexpr bool kEarlyWeight = kLateWeight && kScaleVecs <= 2;
+  Vec4<bf16_t> scale_w[kEarlyWeight ? kScaleVecs : 1];
+  if constexpr (kEarlyWeight) {
 #pragma unroll
     for (int c = 0; c < kScaleVecs; ++c)
       if (4 * (int)threadIdx.x + c * kStride < k_len) scale_w[c].load(norm_w + k0 + 4 * threadIdx.x + c * kStride);
@@ -206,7 +209,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
         for (int e = 0; e < 4; ++e) v[e] *= inv_rms * w[e];
         store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
       };
-      if constexpr (kLateWeight) {
+      if constexpr (kEarlyWeight) {
 #pragma unroll
         for (int c = 0; c < kScaleVecs; ++c) {
           const int j = 4 * threadIdx.x + c * kStride;
@@ -217,8 +220,15 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           }
         }
       } else {
-        const float one[4] = {1.f, 1.f, 1.f, 1.f};
-        for (int j = 4 * threadIdx.x; j < k_len; j += kStride) scale(j, one);
+        for (int j = 4 * threadIdx.x; j < k_len; j += kStride) {
+          float w[4] = {1.f, 1.f, 1.f, 1.f};
+          if constexpr (kLateWeight) {
+            Vec4<bf16_t> nw;
+            nw.load(norm_w + k0 + j);
+            nw.get(w);
+          }
+          scale(j, w);
+        }
       }
     }
   }
