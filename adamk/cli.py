@@ -245,8 +245,8 @@ def inspect(artifact, mlir_check):
                                          "tokens, greedy argmax)" if model.get("whole_model") else ""),
         f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
         f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
-        f"shared mem    {m['smem_peak_bytes']} B per block with a ring of {k['stages']} weight pages "
-        f"({k['pages_in_flight']} copied at once) "
+        f"shared mem    {m['smem_peak_bytes']} B per block with a ring of {k['stages']} weight pages, "
+        f"{k['pages_in_flight']} copied at once "
         f"(budget {m['target']['smem_per_block']} B); best plan without K-splitting: "
         f"{m['smem_peak_bytes_without_ksplit']} B",
         f"registers     {k['registers']} per thread, {k['spill_bytes']} B spilled",
