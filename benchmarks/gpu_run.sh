@@ -10,6 +10,8 @@
 #   trace     profiling builds' per-SM traces, H200 target, at each of TRACE_POS (default 512) for each
 #             of TRACE_SCHEDULES (default round-robin; both comma-separated), under $OUT/trace-<schedule>-<pos>
 #   stream    benchmarks/stream_bench.cu: the ring's stream alone, and L2-hit / DRAM-miss latency under it
+#   trip      benchmarks/trip_bench.cu: a staging trip's latency by its bytes (4-64 KB an SM) and the SM's
+#             copies in flight (0-2 pages), with every SM reading the same lines or its own
 #   stalls    Nsight Compute's warp-stall sampling of one step (1B layer, H200 target, at each of STALL_POS,
 #             default 512) per function and instruction: benchmarks/stalls.py
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
@@ -45,6 +47,9 @@ for part in "$@"; do
     stream)
       nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o /tmp/stream_bench \
         && /tmp/stream_bench 2>&1 | tee "$OUT/stream.log" || status=1 ;;
+    trip)
+      nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
+        && /tmp/trip_bench 2>&1 | tee "$OUT/trip.log" || status=1 ;;
     stalls)
       python3 benchmarks/stalls.py --out /tmp/st > /dev/null || status=1
       for pos in ${STALL_POS//,/ }; do

@@ -1,0 +1,157 @@
+// trip_bench.cu - what one staging trip costs an SM while its weight stream runs: the figure a
+// batch's cost model lacks (docs/perf.md v38, v39). Every SM (one block each) streams 32 KB pages
+// from DRAM through ring.cuh's Ring (6 slots, IF pages in flight; IF 0: no stream), as the
+// megakernel's producer warp does, while its 8 consumer warps make trips: each thread requests
+// N 16-byte words with the megakernel's loads (ld.relaxed.gpu, tagged.cuh load_words2), all in
+// flight at once, uses them, and the warps meet at a barrier; thread 0 stamps each trip. Between
+// trips the consumers release the pages that have landed, so the stream never stops for a full
+// ring. The words come from a region that L2 holds: the same 64 KB for every SM ("shared", as a
+// staging reads the rows every SM reads) or a region of its own ("private").
+//
+// What it answers: a trip's latency as a function of the bytes an SM requests at once (4-64 KB)
+// and of its copies in flight (0, 1, 2 pages). v39 found four sequences a trip slower than one at a
+// time and a rotated walk no faster, so either the SM's reads wait behind its own copies, or each
+// trip's bytes travel at some fixed per-SM rate; the table separates the two.
+//
+// sm_90 (the ring's bulk copies), on the device machine:
+//
+//     nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/trip_bench.cu -o trip_bench && ./trip_bench
+//
+// Not run yet (written in v39 without device time); the device code compiles with NVRTC.
+#define ADAMK_CONSUMER_WARPS 8
+#define ADAMK_PRODUCER_WARPS 1
+#define ADAMK_MAX_WAITS 4
+#define ADAMK_TRACE_SLOTS 4
+#include "common.cuh"
+#include "sync.cuh"
+#include "ring.cuh"
+#include "tagged.cuh"
+#ifndef __CUDACC_RTC__
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#include <cuda_runtime.h>
+#endif
+
+namespace adamk {
+__constant__ int kOneAtATime[1024];   // ring.cuh: no page goes one at a time here (all zero)
+}
+using namespace adamk;
+
+constexpr int kPage = 32768, kDepth = 6;
+constexpr int kPages = 1024;           // pages each SM streams: ~1.4 ms at ~24 GB/s, longer than the trips
+constexpr int kTrips = 256;            // trips each SM makes
+constexpr int kRegion = 65536;         // bytes of words a trip draws from (rotating)
+
+// One trip of N 16-byte words per consumer thread (N * 4 KB an SM), all requested before the first is
+// used; returns their xor so the loads cannot be dropped.
+template <int N>
+__device__ __forceinline__ u64 trip(const tagged_t* region, int trip_index) {
+  constexpr int kWords = kRegion / 16;                       // 16-byte words in the region
+  const int first = (trip_index * N * kConsumerThreads) % kWords;
+  u64 a[N], b[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    load_words2(region + 2 * ((first + i * kConsumerThreads + (int)threadIdx.x) % kWords), a[i], b[i]);
+  u64 x = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i) x ^= a[i] ^ b[i];
+  return x;
+}
+
+template <int IF, int N>
+__global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const tagged_t* words, int shared,
+                                                      u64* stamps, u64* sink, ErrorRecord* err) {
+  using R = Ring<kDepth, kPage, IF == 0 ? 1 : IF>;
+  const Step s{nullptr, err, nullptr, 0, 1, 2000000000ull};
+  R::init(s);
+  const tagged_t* region = words + (shared ? 0 : (size_t)blockIdx.x * kRegion / 8);
+  if (is_producer()) {
+    if (IF > 0) {
+      const char* mine = weights + (size_t)blockIdx.x * kPages * kPage;
+      for (int j = 0; j < kPages; ++j)
+        R::fill(s, j, 0, 1, kPage, [&](int) { return (const void*)(mine + (size_t)j * kPage); },
+                [](int) { return 0u; });
+      R::drain(s, kPages);
+    }
+    return;
+  }
+  int released = 0;                    // pages this warp has released (the same count in every lane)
+  u64 x = 0;
+  for (int t = 0; t < kTrips; ++t) {
+    consumer_sync();
+    const u64 t0 = global_ns();
+    x ^= trip<N>(region, t);
+    consumer_sync();
+    if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kTrips + t] = global_ns() - t0;
+    if (IF > 0)                        // the pages that have landed, so the ring keeps streaming
+      while (released < kPages && mbarrier_done(R::full(released), R::use(released) & 1)) R::release(released++);
+  }
+  if (IF > 0)                          // the rest, so the producer can finish its pages
+    for (; released < kPages; ++released) {
+      R::wait_page(s, released, 0);
+      R::release(released);
+    }
+  if (x == 0x5eed) sink[blockIdx.x] = x;
+}
+
+#ifndef __CUDACC_RTC__
+template <int IF, int N>
+void run(const char* weights, const tagged_t* words, int blocks, int shared, u64* stamps, u64* sink,
+         ErrorRecord* err) {
+  const int smem = Ring<kDepth, kPage, IF == 0 ? 1 : IF>::kBytes;
+  cudaFuncSetAttribute(trip_kernel<IF, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  std::vector<double> us;
+  for (int rep = 0; rep < 3; ++rep) {
+    trip_kernel<IF, N><<<blocks, 288, smem>>>(weights, words, shared, stamps, sink, err);
+    std::vector<u64> h((size_t)blocks * kTrips);
+    cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
+    if (rep == 0) continue;            // the first launch warms L2 with the words
+    for (int b = 0; b < blocks; ++b)
+      for (int t = 16; t < kTrips * 3 / 4; ++t)   // trips while the stream runs, past the start
+        us.push_back(h[(size_t)b * kTrips + t] / 1e3);
+  }
+  std::sort(us.begin(), us.end());
+  const double med = us[us.size() / 2], p90 = us[us.size() * 9 / 10];
+  const double kb = N * 16.0 * kConsumerThreads / 1024;
+  printf("%-7s in flight %d  %5.0f KB a trip: median %6.2f us  p90 %6.2f us  %6.1f GB/s an SM\n",
+         shared ? "shared" : "private", IF, kb, med, p90, kb * 1024 / med / 1e3);
+}
+
+template <int IF>
+void sweep(const char* weights, const tagged_t* words, int blocks, u64* stamps, u64* sink, ErrorRecord* err) {
+  for (int shared : {1, 0}) {
+    run<IF, 1>(weights, words, blocks, shared, stamps, sink, err);
+    run<IF, 2>(weights, words, blocks, shared, stamps, sink, err);
+    run<IF, 4>(weights, words, blocks, shared, stamps, sink, err);
+    run<IF, 8>(weights, words, blocks, shared, stamps, sink, err);
+    run<IF, 16>(weights, words, blocks, shared, stamps, sink, err);
+  }
+}
+
+int main() {
+  int blocks = 0;
+  cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, 0);
+  char* weights;
+  tagged_t* words;
+  u64 *stamps, *sink;
+  ErrorRecord* err;
+  const size_t weight_bytes = (size_t)blocks * kPages * kPage;
+  if (cudaMalloc(&weights, weight_bytes) != cudaSuccess) { printf("no memory for %zu B\n", weight_bytes); return 1; }
+  cudaMemset(weights, 1, weight_bytes);
+  cudaMalloc(&words, (size_t)blocks * kRegion);
+  cudaMemset(words, 2, (size_t)blocks * kRegion);
+  cudaMalloc(&stamps, (size_t)blocks * kTrips * 8);
+  cudaMalloc(&sink, (size_t)blocks * 8);
+  cudaMalloc(&err, sizeof(ErrorRecord));
+  cudaMemset(err, 0, sizeof(ErrorRecord));
+  printf("%d SMs, %d KB pages, a ring of %d\n", blocks, kPage / 1024, kDepth);
+  sweep<0>(weights, words, blocks, stamps, sink, err);
+  sweep<1>(weights, words, blocks, stamps, sink, err);
+  sweep<2>(weights, words, blocks, stamps, sink, err);
+  ErrorRecord h;
+  cudaMemcpy(&h, err, sizeof(h), cudaMemcpyDeviceToHost);
+  printf("done: %s, error flag %u\n", cudaGetErrorString(cudaDeviceSynchronize()), h.flag);
+  return 0;
+}
+#endif
