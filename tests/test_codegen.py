@@ -325,3 +325,19 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
             chain += pages
         assert count == (chain + depth if chain else 0)
     assert any(table), "the tiny layer's SMs stream chain pages"
+
+
+def test_the_trip_benchmarks_device_code_compiles_for_hopper():
+    """benchmarks/trip_bench.cu (run with nvcc on a GPU machine) includes the kernel headers: NVRTC
+    builds its kernels for sm_90 here, with every trip's words in registers (no spills), so a header
+    change that breaks it fails on the CPU machine."""
+    from adamk.codegen.nvrtc import _compile
+    root = Path(__file__).resolve().parents[1]
+    instances = "".join(f"template __global__ void trip_kernel<{f}, {n}>(const char*, const tagged_t*, int, u64*, "
+                        f"u64*, ErrorRecord*);\n" for f, n in ((0, 1), (1, 4), (2, 16)))
+    _, log = _compile(f'#include "trip_bench.cu"\n{instances}', "trip_check.cu",
+                      ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
+                       "-Xptxas=-v"])
+    entries = re.findall(r"Compiling entry function '(\w+)'", log)
+    assert len(entries) == 3 and all("trip_kernel" in e for e in entries)
+    assert set(re.findall(r"(\d+) bytes spill stores", log)) == {"0"}
