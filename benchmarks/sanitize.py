@@ -1,7 +1,7 @@
 """Run the tiny preset's kernels under compute-sanitizer: every schedule variant of the layer, two
 steps each, the whole tiny model (searched and round-robin), three steps each, and a batch of
-BATCH sequences at their own positions (the layer and the whole model), checked against the
-float32 reference (a run the sanitizer slows down must still be right).
+BATCH sequences at their own positions (the layer, also with one attention part, and the whole
+model), checked against the float32 reference (a run the sanitizer slows down must still be right).
 
     python benchmarks/sanitize.py --gpu H200 --out /tmp/san          # compile the variants
     compute-sanitizer --tool racecheck --error-exitcode 1 \\
@@ -48,6 +48,9 @@ def compile_all(gpu: str, out: Path):
     batch = adamk.CompileConfig(gpu=gpu, batch_size=BATCH)
     paths.append(str(adamk.compile(tiny_layer(), batch).save(out / "batch-layer")))
     paths.append(str(adamk.compile(tiny_model(), batch).save(out / "batch-model")))
+    # one attention part: the attention's output is o_proj's plain input, not a merge of parts
+    one_part = adamk.CompileConfig(gpu=gpu, batch_size=BATCH, attention_parts=1)
+    paths.append(str(adamk.compile(tiny_layer(), one_part).save(out / "batch-layer-one-part")))
     print("\n".join(paths))
 
 
@@ -135,7 +138,7 @@ def run_all(out: Path):
             run_model(path)
             continue
         if path.name.startswith("batch-"):
-            (run_batch_layer if path.name == "batch-layer" else run_batch_model)(path)
+            (run_batch_layer if path.name.startswith("batch-layer") else run_batch_model)(path)
             continue
         step = adamk.load(path, layer, timeout_s=60.0)        # the sanitizer slows every wait down
         for pos in (0, cfg.max_seq_len - 1):
