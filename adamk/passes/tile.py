@@ -392,8 +392,10 @@ class TaskBuilder:
             self.combine_attention(out)
 
     def slots(self, values) -> dict[str, int]:
-        """buffer -> c for the layer-indexed buffers of `values` (SSA values a task names)."""
-        return {self.name_of[v]: self.slot_of[v] for v in values if v is not None and v in self.slot_of}
+        """buffer -> c for the layer-indexed buffers of `values` (SSA values a task names), and for
+        their bf16 shadows, which have their buffers' slots."""
+        slots = {self.name_of[v]: self.slot_of[v] for v in values if v is not None and v in self.slot_of}
+        return slots | {self.pairs[b]: c for b, c in slots.items() if b in self.pairs}
 
     def meets(self, a, b) -> bool:
         """Whether slot (c, in loop) `a` can be slot `b`: the same c in the same place, or the loop's
@@ -471,9 +473,6 @@ class TaskBuilder:
         if op.prologue.data == "rmsnorm" and buffers["input"] in self.pairs:    # a batch stages the bf16 shadow
             buffers["input"] = self.pairs[buffers["input"]]
             params["paired"] = _ivalue(1)
-        for buffer, shadow in self.pairs.items():     # a shadow has its buffer's slot
-            if buffer in slots:
-                slots[shadow] = slots[buffer]
         pairs = {"pairs": self.pairs[out]} if out in self.pairs else {}       # it writes a shadow too
         footprint = smem.linear_footprint(page_rows, chunk, self.page_bytes, coef, self.batch)
         if k_split == 1:

@@ -114,10 +114,7 @@ struct Vec4<bf16_t> {
   uint2 raw;
   __device__ __forceinline__ void load(const bf16_t* p) { raw = *reinterpret_cast<const uint2*>(p); }
   __device__ __forceinline__ const tagged_t* first_stale(const Step&, const bf16_t*, u32&) const { return nullptr; }
-  __device__ __forceinline__ void get(float v[4]) const {
-    v[0] = __uint_as_float(raw.x << 16); v[1] = __uint_as_float(raw.x & 0xffff0000u);
-    v[2] = __uint_as_float(raw.y << 16); v[3] = __uint_as_float(raw.y & 0xffff0000u);
-  }
+  __device__ __forceinline__ void get(float v[4]) const { unpack4(raw, v); }
 };
 
 template <>
