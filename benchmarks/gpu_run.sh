@@ -47,8 +47,8 @@ for part in "$@"; do
     stream)
       nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/stream_bench.cu -o /tmp/stream_bench \
         && /tmp/stream_bench 2>&1 | tee "$OUT/stream.log" || status=1 ;;
-    trip)
-      nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
+    trip)   # -rdc: ring.cuh declares kOneAtATime extern (the generated kernel defines it; trip_bench does)
+      nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
         && /tmp/trip_bench 2>&1 | tee "$OUT/trip.log" || status=1 ;;
     stalls)
       python3 benchmarks/stalls.py --out /tmp/st > /dev/null || status=1

@@ -69,16 +69,37 @@ def test_split_linears_and_attention_of_a_batch_agree_with_each_sequence(batch):
     check_layer(layer, schedule, batch)
 
 
+def test_an_unsplit_attention_of_a_batch_writes_the_shadow_its_o_proj_stages():
+    """With one attention part at a batch, the attention tasks store a bf16 shadow of their output
+    beside the floats, the same elements, and o_proj stages the shadow (half the bytes of tagged
+    floats); the simulator carries the shadow, so a staging of elements nobody wrote reads NaN."""
+    layer = random_layer("tiny")
+    schedule = adamk.lower(layer, adamk.CompileConfig(gpu="H200", batch_size=3, attention_parts=1,
+                                                      schedule="round-robin")).schedule
+    execs = [o for o in schedule.walk() if isinstance(o, ExecOp)]
+    attention = [o for o in execs if o.kind.data == "attention"]
+    shadow = attention[0].buffer("pairs")
+    assert shadow and all(o.buffer("pairs") == shadow for o in attention)
+    for o in attention:
+        written = task_kind("attention").writes(o)
+        assert sorted((b, e) for n, b, e in written if n == shadow) == \
+            sorted((b, e) for n, b, e in written if n == o.buffer("out"))
+    o_proj = [o for o in execs if o.kind.data == "linear" and o.buffer("input") == shadow]
+    assert o_proj and all(o.param("paired") == 1 and o.param("prologue") == "none" for o in o_proj)
+    check_layer(layer, schedule, 3)
+
+
 TINY_MODEL = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
 
 
-@pytest.mark.parametrize("batch", [1, 3, 16])
-def test_a_batch_decodes_greedily_as_each_sequence_alone(batch):
+@pytest.mark.parametrize("batch,parts", [(1, None), (3, None), (16, None), (3, 1)])
+def test_a_batch_decodes_greedily_as_each_sequence_alone(batch, parts):
     """A whole model (three argmax chunks per sequence): every sequence's logits and next id at
-    its own position, four steps, equal float32 PyTorch's for that sequence alone."""
+    its own position, four steps, equal float32 PyTorch's for that sequence alone; also with one
+    attention part, whose output's bf16 shadow o_proj stages (in the layer loop's slots)."""
     model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
     lowered = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
-                                                     schedule="round-robin"))
+                                                     schedule="round-robin", attention_parts=parts))
     sched = lowered.schedule
     names = {b.sym_name.data: b.names for b in sched.ops if isinstance(b, BufferOp) and b.layer_names is not None}
     sim = Simulator(sched, {k: v.float().numpy() for k, v in model.state_dict().items()}, names)
@@ -106,10 +127,11 @@ def test_a_batch_decodes_greedily_as_each_sequence_alone(batch):
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
     """At a batch every RMSNorm linear stages a bf16 shadow of its input (two bf16 and the epoch a
-    word: half the bytes of tagged floats), and every task that writes the float words (the
-    embedding, the K-split combines or an unsplit linear's tasks) writes the same elements of the
-    shadow, in the same layer slot. A batch of one keeps the floats. The simulator carries the
-    shadow's values, so a shadow nobody wrote reads as NaN there."""
+    word: half the bytes of tagged floats), and so does the down projection of the gated linear's
+    output (at a batch of one too: its paged staging); every task that writes the float words (the embedding, the K-split combines or an
+    unsplit linear's tasks) writes the same elements of the shadow, in the same layer slot. A batch
+    of one keeps the floats elsewhere. The simulator carries the shadow's values, so a shadow nobody wrote
+    reads as NaN there."""
     model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
     sched = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
                                                    schedule="round-robin")).schedule
@@ -118,13 +140,22 @@ def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
     norms = [o for o in execs if o.kind.data == "linear" and o.param("prologue") == "rmsnorm"]
     assert "logits" in {o.source.data for o in norms}          # the LM head's final norm among them
     shadows = {n for n, d in dtypes.items() if d == "bf16x2_tagged"}
-    if batch == 1:
-        assert not shadows and all(dtypes[o.buffer("input")] == "f32_tagged" for o in norms)
+    if batch == 1:       # only the gated output's, which down's paged staging reads
+        assert shadows == {"layers.0.gate_proj.pairs"}
+        assert all(dtypes[o.buffer("input")] == "f32_tagged" for o in norms)
+        downs = [o for o in execs if o.kind.data == "linear" and o.param("prologue") == "none"]
+        assert downs and all(o.buffer("input") == "layers.0.gate_proj.pairs" for o in downs)
         return
     assert {dtypes[o.buffer("input")] for o in norms} == {"bf16x2_tagged"}          # q/k/v, gate/up, the LM head
-    assert shadows == {"hidden.pairs", "layers.0.o_proj.pairs"}
+    assert shadows == {"hidden.pairs", "layers.0.o_proj.pairs", "layers.0.gate_proj.pairs"}
     for o in norms:
         assert o.param("paired") == 1
+    downs = [o for o in execs if o.kind.data == "linear" and o.param("prologue") == "none"
+             and o.buffer("input") == "layers.0.gate_proj.pairs"]
+    assert downs and all(o.param("paired") == 1 for o in downs)   # the gated output's shadow
+    # counted as its tagged words (a trip's time hardly follows its bytes: docs/perf.md v40; at half,
+    # the search spread a batch of 4's down K-parts over every SM, 4-7 stagings an SM, +18%)
+    assert task_kind("linear").cost(downs[0], 0)["inputs"] == batch * downs[0].k_range[1]
     for shadow in shadows:
         floats = shadow.removesuffix(".pairs")
         writers = [o for o in execs if o.buffer("out") == floats]
@@ -136,7 +167,7 @@ def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
             assert sorted((b, e) for n, b, e in written if n == shadow) == \
                 sorted((b, e) for n, b, e in written if n == floats)
             assert o.slot(shadow) == o.slot(floats)
-    # the cost model counts the shadow's staging at half the bytes of tagged floats
+    # the cost model counts the sum of squares over the shadow at half the bytes of tagged floats
     one = next(o for o in norms)
     assert task_kind("linear").cost(one, 0)["inputs"] == \
         batch * (one.k_range[1] + one.param("K") // 2)

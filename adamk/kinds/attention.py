@@ -47,7 +47,7 @@ def part_heads(op, j: int, b: int, h0: int, h1: int) -> tuple[int, int]:
 
 class Attention(TaskKind):
     name = "attention"
-    roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and, for Qwen3, q_norm and k_norm
+    roles = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})     # and q_norm, k_norm (Qwen3), pairs
     own_cost = "attention_us"
     page_share = "kv_share"
 
@@ -68,8 +68,8 @@ class Attention(TaskKind):
 
     def writes(self, op):
         (h0, h1), hd, nh, b = op.tile_range, op.param("head_dim"), op.param("num_heads"), op.sequence
-        if op.parts == 1:
-            return [(op.buffer("out"), (b * nh + h0) * hd, (b * nh + h1) * hd)]
+        if op.parts == 1:     # and the same elements of its bf16 shadow, if it has one (tile.py pair_values)
+            return [(o, (b * nh + h0) * hd, (b * nh + h1) * hd) for o in (op.buffer("out"), op.buffer("pairs")) if o]
         return [(op.buffer("out"), *part_heads(op, op.part, b, h0, h1))]   # (acc[hd], max, sum) of each head
 
     def simulate(self, sim, op) -> None:
@@ -103,6 +103,8 @@ class Attention(TaskKind):
             scores = keys @ q
             p = np.exp(scores - scores.max())
             sim.buf(op, "out")[b, h * hd:(h + 1) * hd] = (p @ values) / p.sum()
+            if op.buffer("pairs"):        # unrounded, as every shadow in the simulator (kinds/linear.py finish)
+                sim.buf(op, "pairs")[b, h * hd:(h + 1) * hd] = sim.buf(op, "out")[b, h * hd:(h + 1) * hd]
             return
         share = (pos + parts) // parts                 # this part's positions, as attention.cuh
         t0 = min(j * share, pos + 1)
@@ -122,8 +124,8 @@ class Attention(TaskKind):
         buf, step, seq = em.buf_of(op), "s", ""
         if batch > 1:       # sequence `seq`'s rows of q, k, v, out and the caches, at its position
             cache = kvh * op.param("max_seq_len") * hd
-            strides = {"out": nh * (hd if op.parts == 1 else hd + 2), "q": nh * hd, "k": kvh * hd, "v": kvh * hd,
-                       "k_cache": cache, "v_cache": cache}
+            strides = {"out": nh * (hd if op.parts == 1 else hd + 2), "pairs": nh * hd, "q": nh * hd, "k": kvh * hd,
+                       "v": kvh * hd, "k_cache": cache, "v_cache": cache}
             of = buf
             buf = lambda role, ctype="tagged_t": em.at_seq(of(role, ctype), strides[role]) \
                 if role in strides else of(role, ctype)                                      # noqa: E731
@@ -141,9 +143,15 @@ class Attention(TaskKind):
         if op.buffer("q_norm"):
             norms = (f", {buf('q_norm', 'bf16_t')}, {buf('k_norm', 'bf16_t')}, "
                      f"{f32_literal(op.param('norm_eps'))}")
+        flags = ", true" if norms else ""
+        if op.buffer("pairs"):   # its bf16 shadow (tile.py pair_values), after the norms' arguments
+            assert op.parts == 1, "a shadow of an unsplit attention's output only (tile.py pair_values)"
+            flags = f"{flags or ', false'}, true"
+            norms = (norms or ", (const bf16_t*)nullptr, (const bf16_t*)nullptr, 0.0f") + \
+                f", {buf('pairs', 'paired_t')}"
         at = [f"  const Step t = at_position(s, {em.position('seq')});"] if batch > 1 else []
         return [*em.signature(f"attention_{name}", "int page, int q_head, int split" + seq), *at,
-                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}{', true' if norms else ''}>({step}, task, "
+                f"  attention_task<{em.ring}, {hd}, {heads}, {rows}, {pages}{flags}>({step}, task, "
                 f"{em.plan.work_offset}, {args}, q_head, {op.param('group')}, {op.param('max_seq_len')}, "
                 f"{batch * nh}, split, {op.parts}, page{norms});",     # a part's heads: [parts, batch, heads]
                 "}",

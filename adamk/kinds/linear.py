@@ -28,9 +28,12 @@ class Linear(TaskKind):
 
     def cost(self, op, pos) -> dict:
         # its K-chunk of inputs of each sequence; silu_mul reads two per element; rmsnorm first
-        # reads the whole row of K for its sum of squares (every K-part does; from a batch's bf16
-        # shadow half the bytes: `inputs` counts tagged words); attn_combine reads every part's
-        # share of each element. A gated task streams two weights' rows.
+        # reads the whole row of K for its sum of squares (every K-part does); attn_combine reads
+        # every part's share of each element; the sum of squares over a batch's bf16 shadow half the
+        # bytes (`inputs` counts tagged words). A plain input's shadow counts as its tagged words: a
+        # trip's time hardly follows its bytes (docs/perf.md v40, trip_bench: 4 to 16 KB a trip, 0.19 to
+        # 0.29 us), and counted at half, the search spread a batch of 4's down K-parts over each SM
+        # (4-7 stagings an SM instead of one: +18%). A gated task streams two weights' rows.
         prologue, k_len = op.param("prologue"), op.k_range[1]
         per = {"silu_mul": 2, "attn_combine": op.param("parts")}.get(prologue, 1)
         norm = op.param("K") * (PAIRED / TAGGED if op.param("paired") else 1) if prologue == "rmsnorm" else 0
@@ -118,10 +121,17 @@ class Linear(TaskKind):
             pairs = f", {buf('pairs', 'paired_t')}" if op.buffer("pairs") else ""
             task = (f"  linear_task_batch<{em.ring}, {xs}, {rows}, {cols}, {pages}, {batch}{flags}>(s, task, {wo}, "
                     f"{out}, {n}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page{pairs});")
+        elif op.buffer("pairs"):         # and its bf16 shadow, which a paged reader stages (tile.py pair_values)
+            in_type = em.ctype(op.buffer("input")) if paged else "tagged_t"
+            flags = f", {'true' if op.buffer('weight2') else 'false'}, {'true' if paged else 'false'}, true, {in_type}"
+            staged = f"{buf('input', in_type)}, k0, stage" if paged else "(const tagged_t*)nullptr, 0, false"
+            task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{flags}>(s, task, {wo}, {out}, "
+                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page, {staged}, "
+                    f"{buf('pairs', 'paired_t')});")
         else:
             task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, "
                     f"task, {wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
-                    + (f", {buf('input')}, k0, stage);" if paged else ");"))
+                    + (f", {buf('input', em.ctype(op.buffer('input')))}, k0, stage);" if paged else ");"))
         return [*staging_fn,
                 *em.signature(f"produce_{name}", "int page, int row_begin, int k_index"),
                 f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"

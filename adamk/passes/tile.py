@@ -14,9 +14,10 @@ kind's `reads` and `writes`, which also give the schedule's polls), so the DAG i
 granularity of the data.
 
 At a batch, an activation that an RMSNorm linear stages (the residual stream: the hidden state
-and the attention block's output) gets a bf16 shadow, `<name>.pairs` (dtype bf16x2_tagged: two
+and the attention block's output) or a plain one does (a down projection's gated input, an
+o_proj's unsplit attention output) gets a bf16 shadow, `<name>.pairs` (dtype bf16x2_tagged: two
 bf16 and the epoch in one word, csrc/kernels/tagged.cuh), which its writers store beside the
-tagged floats and the RMSNorm stagings read instead, at half the bytes (docs/perf.md v38); the
+tagged floats and the stagings read instead, at half the bytes (docs/perf.md v38, v39); the
 residual adds keep reading the floats.
 
 A whole model (folded by the layers pass) tiles its embedding and its LM head and argmax once
@@ -50,7 +51,7 @@ from ..names import label, quoted
 
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
-PAIRS = "bf16x2_tagged"     # a batch's bf16 shadow of an RMSNorm input (tagged.cuh paired_t)
+PAIRS = "bf16x2_tagged"     # a batch's bf16 shadow of a staged input (tagged.cuh paired_t)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
@@ -271,25 +272,33 @@ class TaskBuilder:
 
     def pair_values(self, ops) -> set:
         """The values whose buffers get a bf16 shadow: at a batch, the tagged inputs of RMSNorm linears
-        (a layer loop's input or output stands for the hidden state, the embedding's value), when
-        every writer can store it: the embedding, or a linear with an even N whose tasks (unsplit)
+        (a layer loop's input or output stands for the hidden state, the embedding's value) and of
+        plain ones (a down projection's, the gated linear's output; an o_proj's, an unsplit attention's:
+        a staging's trip costs more the more bytes it brings, docs/perf.md v39), when every writer can
+        store it: the embedding, an unsplit attention, or a linear with an even N whose tasks (unsplit)
         or combine tasks (K-split, 256 rows) finish whole pairs."""
-        if self.batch == 1:
-            return set()
+        if self.batch == 1:       # one sequence: only a paged staging's input (a down projection's), written
+            wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data == "none"}
+            writers = {op.result: op for op in ops if isinstance(op, LinearOp)}    # by an unsplit linear's tasks
+            return {v for v in wanted if v in writers and ((w := writers[v]).k_split is None
+                    or w.k_split.value.data == 1) and shape_of(w.weight)[0] % 2 == 0
+                    and self.linear_rows(w) % 2 == 0}
         loop_in = next((op for op in ops if isinstance(op, LayerInputOp)), None)
         loop_out = next((op for op in ops if isinstance(op, LayerOutputOp)), None)
         embedding = next((op for op in ops if isinstance(op, EmbeddingOp)), None)
         loop_ends = {v for v in (loop_in and loop_in.result, loop_out and loop_out.result) if v is not None}
         hidden = loop_ends | {v for v in (self.carried, embedding and embedding.result) if v is not None}
-        wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data == "rmsnorm"}
+        wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data in ("rmsnorm", "none")}
         if wanted & hidden:
             wanted |= hidden
-        writers = {op.result: op for op in ops if isinstance(op, (LinearOp, EmbeddingOp))}
+        writers = {op.result: op for op in ops if isinstance(op, (LinearOp, EmbeddingOp, AttentionOp))}
 
         def storable(value) -> bool:
             op = writers.get(value)
             if isinstance(op, EmbeddingOp):
                 return shape_of(op.table)[1] % 2 == 0
+            if isinstance(op, AttentionOp):   # unsplit: each task finishes its heads' rows (head_dim even)
+                return (op.k_split is None or op.k_split.value.data == 1) and op.head_dim.value.data % 2 == 0
             if not isinstance(op, LinearOp):
                 return False          # a host input (bf16, untagged) or another kind's output
             n = shape_of(op.weight)[0]
@@ -470,7 +479,7 @@ class TaskBuilder:
             coef = merge_weights(op)
         if op.eps is not None:
             params["eps"] = op.eps
-        if op.prologue.data == "rmsnorm" and buffers["input"] in self.pairs:    # a batch stages the bf16 shadow
+        if params["prologue"].data in ("rmsnorm", "none") and buffers["input"] in self.pairs:   # the shadow
             buffers["input"] = self.pairs[buffers["input"]]
             params["paired"] = _ivalue(1)
         pairs = {"pairs": self.pairs[out]} if out in self.pairs else {}       # it writes a shadow too
@@ -523,6 +532,8 @@ class TaskBuilder:
         footprint = smem.attention_footprint(hd, group, self.page_bytes)
         heads = smem.attention_heads_per_task(group)    # query heads of one task: they share its rows
         if k_split == 1:
+            if out in self.pairs:                       # its bf16 shadow (a batch's o_proj stages it)
+                buffers["pairs"] = self.pairs[out]
             for b in range(self.batch):
                 for h in range(0, nh, heads):
                     self.task(out, f"{out}{self.of_sequence(b)}.h{h}", "attention", (h, h + heads), buffers, params,

@@ -306,13 +306,18 @@ __device__ __forceinline__ void attention_head_norms(float* qs, float* knew, flo
 // queries (registers: P x 16 floats per lane, hence smem.MAX_HEADS_PER_TASK); each lane group of a
 // warp takes kRowsPerLane rows per trip of the loop, kPerTrip rows per warp (not unrolled: a small
 // loop body).
-template <typename R, int HD, int P, int ROWS, int NPAGES, bool NORM = false>
+//
+// PAIRS (unsplit, a batch's o_proj staging its input from a bf16 shadow: tile.py pair_values): out
+// also has a shadow `pairs` (tagged.cuh paired_t), so a thread finishes two adjacent elements of a
+// head and stores their float words and then their pair word.
+template <typename R, int HD, int P, int ROWS, int NPAGES, bool NORM = false, bool PAIRS = false>
 __device__ __forceinline__ void attention_task(const Step& s, int task, int work_offset, tagged_t* out,
                                                const tagged_t* q, const tagged_t* k, const tagged_t* v,
                                                bf16_t* k_cache, bf16_t* v_cache, const float* inv_freq, float scale,
                                                int q_head, int group, int max_seq, int num_heads, int split,
                                                int n_splits, int page, const bf16_t* q_norm = nullptr,
-                                               const bf16_t* k_norm = nullptr, float norm_eps = 0.f) {
+                                               const bf16_t* k_norm = nullptr, float norm_eps = 0.f,
+                                               paired_t* pairs = nullptr) {
   static_assert(HD % 8 == 0 && HD <= 256, "a cached row is read 16 bytes per lane");
   static_assert(P >= 1, "query heads of one attention task (at most smem.MAX_HEADS_PER_TASK: registers)");
   constexpr int kLanesPerPos = pow2_at_least(HD / 8);   // lanes sharing one cached row
@@ -477,25 +482,45 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     }
   }
   consumer_sync();
-  for (int pd = tid; pd < P * HD; pd += kConsumerThreads) {
-    const int p = pd / HD, d = pd % HD;
-    float mx = kEmpty;
-    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
-    float num = 0.f, den = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      const float* pw = part + (w * P + p) * kStride;
-      const float c = fast_exp2(pw[HD] - mx);
-      num += pw[d] * c;
-      den += pw[HD + 1] * c;
+  if constexpr (PAIRS) {             // unsplit (tile.py): element d and d + 1 of a head a thread
+    static_assert(HD % 2 == 0, "a shadow's pairs are whole within a head");
+    for (int pd = 2 * tid; pd < P * HD; pd += 2 * kConsumerThreads) {
+      const int p = pd / HD, d = pd % HD;
+      float mx = kEmpty, num[2] = {0.f, 0.f}, den = 0.f;
+      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
+      for (int w = 0; w < kWarps; ++w) {      // each element as the loop below adds it
+        const float* pw = part + (w * P + p) * kStride;
+        const float c = fast_exp2(pw[HD] - mx);
+        num[0] += pw[d] * c;
+        num[1] += pw[d + 1] * c;
+        den += pw[HD + 1] * c;
+      }
+      const float val[2] = {num[0] / den, num[1] / den};
+      store(s, out + (q_head + p) * HD + d, val[0]);
+      store(s, out + (q_head + p) * HD + d + 1, val[1]);
+      store_pair(s, pairs + (q_head + p) * HD + d, val[0], val[1]);
     }
-    if (n_splits == 1) {
-      store(s, out + (q_head + p) * HD + d, num / den);
-    } else {
-      tagged_t* mine_out = out + ((size_t)split * num_heads + q_head + p) * kStride;
-      store(s, mine_out + d, num);
-      if (d == 0) {
-        store(s, mine_out + HD, mx);
-        store(s, mine_out + HD + 1, den);
+  } else {
+    for (int pd = tid; pd < P * HD; pd += kConsumerThreads) {
+      const int p = pd / HD, d = pd % HD;
+      float mx = kEmpty;
+      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
+      float num = 0.f, den = 0.f;
+      for (int w = 0; w < kWarps; ++w) {
+        const float* pw = part + (w * P + p) * kStride;
+        const float c = fast_exp2(pw[HD] - mx);
+        num += pw[d] * c;
+        den += pw[HD + 1] * c;
+      }
+      if (n_splits == 1) {
+        store(s, out + (q_head + p) * HD + d, num / den);
+      } else {
+        tagged_t* mine_out = out + ((size_t)split * num_heads + q_head + p) * kStride;
+        store(s, mine_out + d, num);
+        if (d == 0) {
+          store(s, mine_out + HD, mx);
+          store(s, mine_out + HD + 1, den);
+        }
       }
     }
   }

@@ -66,17 +66,18 @@ __device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const 
 // RMSNorm walks the whole row of K for its sum of squares (xs holds in * norm_w, scaled by 1/rms
 // once the sum is known). A batch of B sequences (inputs [B][K]) stages each sequence's row in
 // turn, with its own sum of squares, into its row of xs (bf16: store_xs). From a bf16 shadow
-// (paired_t: tagged.cuh) a batch stages the input itself (already bf16, so exact in xs) and applies
-// the norm weight with the scale, so an element is rounded to bf16 once after x * w / rms (from
-// tagged floats twice: x * w, then the scale). Starts with a consumer barrier (the previous run is
+// (paired_t: tagged.cuh; an RMSNorm's or a plain input's) a batch stages the input itself (already
+// bf16, so exact in xs); an RMSNorm applies the norm weight with the scale, so an element is rounded
+// to bf16 once after x * w / rms (from tagged floats twice: x * w, then the scale). Starts with a consumer barrier (the previous run is
 // done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT, int B = 1>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
                                              const bf16_t* norm_w, float eps, int k0, int k_len, int task) {
   static_assert(XS % 8 == 0 && K % 8 == 0, "pages read the input 8 columns at a time");
   constexpr bool kNorm = PROLOGUE == kRmsNorm, kSilu = PROLOGUE == kSiluMul;
-  constexpr bool kLateWeight = is_paired<InT>::value;    // the norm weight applied with the scale
-  static_assert(!kLateWeight || (kNorm && B > 1), "a bf16 shadow is a batch's RMSNorm input (tile.py)");
+  constexpr bool kPaired = is_paired<InT>::value;        // a batch's bf16 shadow (tile.py pair_values)
+  constexpr bool kLateWeight = kPaired && kNorm;         // the norm weight applied with the scale
+  static_assert(!kPaired || (B > 1 && !kSilu), "a bf16 shadow is a batch's RMSNorm or plain input (tile.py)");
   constexpr int kStride = 4 * kConsumerThreads;           // elements of one pass of all consumers
   constexpr int kSpan = kNorm ? K : XS;                   // elements the staging walks
   constexpr int kIters = (kSpan + kStride - 1) / kStride;
@@ -201,9 +202,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           const float4 f = *reinterpret_cast<const float4*>(smem_at<float>(work_offset + W::kXs) + j);
           v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
         } else {   // rounded to bf16 twice (before and after the scale): well within the step's 1e-2
-          const uint2 r = *reinterpret_cast<const uint2*>(smem_at<bf16_t>(work_offset + W::kXs) + (size_t)seq * XS + j);
-          v[0] = __uint_as_float(r.x << 16); v[1] = __uint_as_float(r.x & 0xffff0000u);
-          v[2] = __uint_as_float(r.y << 16); v[3] = __uint_as_float(r.y & 0xffff0000u);
+          unpack4(*reinterpret_cast<const uint2*>(smem_at<bf16_t>(work_offset + W::kXs) + (size_t)seq * XS + j), v);
         }
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e] *= inv_rms * w[e];
@@ -296,11 +295,17 @@ struct Addend {
 // whole SwiGLU output, which every SM stages; awaited whole, its last rows (the gate's last tasks)
 // held every page of the ring, so the slots freed and the last pages were requested only after
 // all of it; now the pages whose columns are ready are used as those columns arrive.
-template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, bool PAGED = false, typename ResT,
-          typename OutT>
+//
+// PAIRS: out also has a bf16 shadow (`pairs`, tagged.cuh paired_t) that a paged reader stages (a down
+// projection reading the gated output: half the bytes, docs/perf.md v39): warp 0's even lane stores the
+// pair word of its row and the next (the tile's rows and n even: tile.py). A PAGED input may be such a
+// shadow (InT paired_t).
+template <typename R, int XS, int ROWS, int PC, int NPAGES, bool GATED = false, bool PAGED = false,
+          bool PAIRS = false, typename InT = tagged_t, typename ResT, typename OutT>
 __device__ __forceinline__ void linear_task(const Step& s, int task, int work_offset, OutT* out, const bf16_t* bias,
                                             const ResT* residual, int row_begin, int row_end, int k_len,
-                                            int page, const tagged_t* in = nullptr, int k0 = 0, bool stage = false) {
+                                            int page, const InT* in = nullptr, int k0 = 0, bool stage = false,
+                                            paired_t* pairs = nullptr) {
   static_assert(PC % 8 == 0 && NPAGES * PC <= XS, "pages cover the staged input, 16 bytes at a time");
   static_assert(WeightPage<ROWS, PC>::kBytes <= R::kSlotBytes, "a page fits its ring slot");
   static_assert(ROWS >= 1 && ROWS <= ADAMK_MAX_TILE_ROWS, "a warp's row sums reduce by halves: at most ADAMK_MAX_TILE_ROWS rows");
@@ -325,10 +330,10 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   for (int j = 0; j < kR; ++j) acc[j] = 0.f;
   // PAGED: this thread's Vec4s of a page's input columns: columns p * PC + 4 * (tid + i * threads).
   constexpr int kVecs = (PC + 4 * kConsumerThreads - 1) / (4 * kConsumerThreads);
-  Vec4<tagged_t> cur[PAGED ? kVecs : 1], next[PAGED ? kVecs : 1];
+  Vec4<InT> cur[PAGED ? kVecs : 1], next[PAGED ? kVecs : 1];
   auto column = [&](int p, int i) { return p * PC + 4 * ((int)threadIdx.x + i * kConsumerThreads); };
   auto has = [&](int p, int i) { return p < NPAGES && column(p, i) < min((p + 1) * PC, k_len); };
-  auto request = [&](int p, Vec4<tagged_t>* v, bool retry) {   // a retry requests the stale Vec4 again
+  auto request = [&](int p, Vec4<InT>* v, bool retry) {   // a retry requests the stale Vec4 again
     u32 tag;
 #pragma unroll
     for (int i = 0; i < kVecs; ++i)
@@ -398,6 +403,7 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   consumer_sync();                   // the previous task's sums are read
   if (lane % (32 / kR) == 0) scratch[warp * kR + warp_row_of<kR>(lane)] = sum;
   consumer_sync();
+  float v = 0.f;
   if (threadIdx.x < kOut && my_row < row_end) {
     auto row_sum = [&](int r) {
       float t = 0.f;
@@ -405,9 +411,17 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
       for (int w = 0; w < kWarps; ++w) t += scratch[w * kR + r];
       return t;
     };
-    float v = row_sum(threadIdx.x);
+    v = row_sum(threadIdx.x);
     if constexpr (GATED) v = silu(v) * row_sum(threadIdx.x + kOut);
-    store(s, out + my_row, v + add.value(s, bias, residual, my_row, task));
+    v += add.value(s, bias, residual, my_row, task);
+    store(s, out + my_row, v);
+  }
+  if constexpr (PAIRS) {
+    static_assert(kOut % 2 == 0, "a bf16 shadow's pairs are whole within a tile");
+    if (threadIdx.x < 32) {          // warp 0 finishes the task's rows (kOut <= 32)
+      const float next_row = shfl_xor(v, 1);
+      if (threadIdx.x % 2 == 0 && threadIdx.x < kOut && my_row < row_end) store_pair(s, pairs + my_row, v, next_row);
+    }
   }
 }
 

@@ -39,8 +39,8 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
 }
 
-// A batch's bf16 shadow of an activation that RMSNorm stagings read (the residual stream; tile.py
-// decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
+// A batch's bf16 shadow of an activation that stagings read (the residual stream, a down projection's
+// or an o_proj's plain input; tile.py decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
 // epoch in the high half, so a staging reads 4 bytes an element instead of 8 (the bytes every SM
 // reads at a staging point bound a batch's chain: docs/perf.md v37). A paired_t is one element's 4
 // bytes and the pair's word sits at element 2j, so pointers, rows and layer slots count elements
