@@ -15,20 +15,30 @@
 //
 // sm_90 (the ring's bulk copies), on the device machine:
 //
-//     nvcc -O3 -arch=sm_90a -std=c++17 -I csrc/kernels benchmarks/trip_bench.cu -o trip_bench && ./trip_bench
+//     nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I csrc/kernels benchmarks/trip_bench.cu -o trip_bench && ./trip_bench
 //
-// Not run yet (written in v39 without device time); the device code compiles with NVRTC.
+// Then the walks: each SM runs the megakernel's own staging (linear.cuh linear_input) of a batch's
+// rows, over and over, under the same stream: an RMSNorm row of 2048 from the bf16 shadow, a down
+// K-part of 2048 from the shadow and from tagged floats, and batch 1's RMSNorm row for scale. The
+// rows are written once before the launch, so a walk here waits on no producer: what it costs a
+// sequence is its own trip, stores, reduction and barriers. v38 read ~1.15-1.5 us a sequence off
+// the megakernel's staging points, where the trips above take ~0.2 (docs/perf.md v40).
+//
+// -rdc: ring.cuh declares kOneAtATime extern, which this file defines (the generated kernel does).
 #define ADAMK_CONSUMER_WARPS 8
 #define ADAMK_PRODUCER_WARPS 1
 #define ADAMK_MAX_WAITS 4
 #define ADAMK_TRACE_SLOTS 4
+#define ADAMK_MAX_TILE_ROWS 32
 #include "common.cuh"
 #include "sync.cuh"
 #include "ring.cuh"
 #include "tagged.cuh"
+#include "linear.cuh"
 #ifndef __CUDACC_RTC__
 #include <algorithm>
 #include <cstdio>
+#include <string>
 #include <vector>
 #include <cuda_runtime.h>
 #endif
@@ -95,6 +105,48 @@ __global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const
   if (x == 0x5eed) sink[blockIdx.x] = x;
 }
 
+// A walk: linear_input's staging of a batch's rows (K columns each, XS of them staged, from `rows`
+// of InT), timed by thread 0 from its first barrier to its last, kWalks times; the stream as above.
+constexpr int kWalks = 64;
+
+template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
+__global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const InT* rows, const bf16_t* norm_w,
+                                                      u64* stamps, ErrorRecord* err) {
+  using R = Ring<kDepth, kPage, IF == 0 ? 1 : IF>;
+  const Step s{nullptr, err, nullptr, 0, 1, 2000000000ull};
+  R::init(s);
+  if (is_producer()) {
+    if (IF > 0) {
+      const char* mine = weights + (size_t)blockIdx.x * kPages * kPage;
+      for (int j = 0; j < kPages; ++j)
+        R::fill(s, j, 0, 1, kPage, [&](int) { return (const void*)(mine + (size_t)j * kPage); },
+                [](int) { return 0u; });
+      R::drain(s, kPages);
+    }
+    return;
+  }
+  int released = 0;
+  for (int t = 0; t < kWalks; ++t) {
+    const u64 t0 = global_ns();
+    linear_input<XS, K, PROLOGUE, InT, B>(s, R::kBytes, rows, (const InT*)nullptr, norm_w, 1e-5f, 0, XS, 0);
+    if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kWalks + t] = global_ns() - t0;
+    if (IF > 0)
+      while (released < kPages && mbarrier_done(R::full(released), R::use(released) & 1)) R::release(released++);
+  }
+  if (IF > 0)
+    for (; released < kPages; ++released) {
+      R::wait_page(s, released, 0);
+      R::release(released);
+    }
+}
+
+// Every 8-byte word of n bytes: epoch 1 in the high half, two bf16 1.0 (a shadow's pair) or a float
+// 1.0 (a tagged word) in the low: a staging's input, written by this step.
+__global__ void fill_words(u64* p, size_t n, u32 low) {
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n / 8; i += (size_t)gridDim.x * blockDim.x)
+    p[i] = (1ull << 32) | low;
+}
+
 #ifndef __CUDACC_RTC__
 template <int IF, int N>
 void run(const char* weights, const tagged_t* words, int blocks, int shared, u64* stamps, u64* sink,
@@ -129,7 +181,42 @@ void sweep(const char* weights, const tagged_t* words, int blocks, u64* stamps, 
   }
 }
 
-int main() {
+template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
+void walk(const char* name, const char* weights, const void* rows, const bf16_t* norm_w, int blocks, u64* stamps,
+          ErrorRecord* err) {
+  const int smem = Ring<kDepth, kPage, IF == 0 ? 1 : IF>::kBytes + LinearWork<XS, 0, 0, B>::kBytes;
+  auto kernel = walk_kernel<IF, B, XS, K, PROLOGUE, InT>;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess) {
+    printf("%s: %d B of shared memory do not fit\n", name, smem);
+    return;
+  }
+  std::vector<double> us;
+  for (int rep = 0; rep < 3; ++rep) {
+    kernel<<<blocks, 288, smem>>>(weights, (const InT*)rows, norm_w, stamps, err);
+    std::vector<u64> h((size_t)blocks * kWalks);
+    cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
+    if (rep == 0) continue;
+    for (int b = 0; b < blocks; ++b)
+      for (int t = 4; t < kWalks * 3 / 4; ++t) us.push_back(h[(size_t)b * kWalks + t] / 1e3);
+  }
+  std::sort(us.begin(), us.end());
+  const double med = us[us.size() / 2], p90 = us[us.size() * 9 / 10];
+  printf("walk %-34s in flight %d: median %6.2f us  p90 %6.2f us  %5.2f us a sequence\n", name, IF, med, p90, med / B);
+}
+
+template <int IF>
+void walks(const char* weights, const void* pairs, const void* floats, const bf16_t* norm_w, int blocks, u64* stamps,
+           ErrorRecord* err) {
+  walk<IF, 8, 2048, 2048, kRmsNorm, paired_t>("batch 8 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 16, 2048, 2048, kRmsNorm, paired_t>("batch 16 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 8, 2048, 8192, kPlain, paired_t>("batch 8 plain K-part 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 8, 2048, 8192, kPlain, tagged_t>("batch 8 plain K-part 2048, floats", weights, floats, norm_w, blocks, stamps, err);
+  walk<IF, 4, 2048, 2048, kRmsNorm, paired_t>("batch 4 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 1, 2048, 2048, kRmsNorm, tagged_t>("batch 1 RMSNorm 2048, floats", weights, floats, norm_w, blocks, stamps, err);
+}
+
+int main(int argc, char** argv) {
+  const bool trips = argc < 2 || std::string(argv[1]) != "walks";   // `trip_bench walks`: the walks alone
   int blocks = 0;
   cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, 0);
   char* weights;
@@ -146,9 +233,25 @@ int main() {
   cudaMalloc(&err, sizeof(ErrorRecord));
   cudaMemset(err, 0, sizeof(ErrorRecord));
   printf("%d SMs, %d KB pages, a ring of %d\n", blocks, kPage / 1024, kDepth);
-  sweep<0>(weights, words, blocks, stamps, sink, err);
-  sweep<1>(weights, words, blocks, stamps, sink, err);
-  sweep<2>(weights, words, blocks, stamps, sink, err);
+  if (trips) {
+    sweep<0>(weights, words, blocks, stamps, sink, err);
+    sweep<1>(weights, words, blocks, stamps, sink, err);
+    sweep<2>(weights, words, blocks, stamps, sink, err);
+  }
+  // the walks' rows: 16 sequences of 8192 columns (tagged floats: 8), as a shadow (4 bytes an element) and as tagged floats
+  const size_t pair_bytes = (size_t)16 * 8192 * 4, float_bytes = (size_t)8 * 8192 * 8;
+  u64 *pairs, *floats;
+  bf16_t* norm_w;
+  cudaMalloc(&pairs, pair_bytes);
+  cudaMalloc(&floats, float_bytes);
+  cudaMalloc(&norm_w, 8192 * 2);
+  fill_words<<<64, 256>>>(pairs, pair_bytes, 0x3f803f80u);
+  fill_words<<<64, 256>>>(floats, float_bytes, 0x3f800000u);
+  cudaMemset(norm_w, 0x3f, 8192 * 2);     // bf16 0x3f3f: ~0.75
+  cudaFree(stamps);
+  cudaMalloc(&stamps, (size_t)blocks * (kWalks > kTrips ? kWalks : kTrips) * 8);
+  walks<0>(weights, pairs, floats, norm_w, blocks, stamps, err);
+  walks<2>(weights, pairs, floats, norm_w, blocks, stamps, err);
   ErrorRecord h;
   cudaMemcpy(&h, err, sizeof(h), cudaMemcpyDeviceToHost);
   printf("done: %s, error flag %u\n", cudaGetErrorString(cudaDeviceSynchronize()), h.flag);

@@ -329,16 +329,21 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
 
 def test_the_trip_benchmarks_device_code_compiles_for_hopper():
     """benchmarks/trip_bench.cu (run with nvcc on a GPU machine) includes the kernel headers: NVRTC
-    builds its kernels for sm_90 here, with every trip's words in registers (no spills), so a header
-    change that breaks it fails on the CPU machine."""
+    builds its kernels for sm_90 here, with every trip's words in registers (no spills), and its walks
+    (linear.cuh's staging of a batch's shadow and of tagged floats), so a header change that breaks it
+    fails on the CPU machine."""
     from adamk.codegen.nvrtc import _compile
     root = Path(__file__).resolve().parents[1]
     instances = "".join(f"template __global__ void trip_kernel<{f}, {n}>(const char*, const tagged_t*, int, u64*, "
                         f"u64*, ErrorRecord*);\n" for f, n in ((0, 1), (1, 4), (2, 16)))
+    instances += "".join(f"template __global__ void walk_kernel<2, {b}, 2048, {k}, {p}, {t}>(const char*, const {t}*, "
+                         f"const bf16_t*, u64*, ErrorRecord*);\n"
+                         for b, k, p, t in ((8, 2048, "kRmsNorm", "paired_t"), (8, 8192, "kPlain", "tagged_t")))
     _, log = _compile(f'#include "trip_bench.cu"\n{instances}', "trip_check.cu",
                       ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
                        "-Xptxas=-v"])
     entries = re.findall(r"Compiling entry function '(\w+)'", log)
-    assert len(entries) == 3 and all("trip_kernel" in e for e in entries)
-    report = parse_ptxas_log(log, entries[0])
-    assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0
+    assert sum("trip_kernel" in e for e in entries) == 3 and sum("walk_kernel" in e for e in entries) == 2
+    for entry in (e for e in entries if "trip_kernel" in e):
+        report = parse_ptxas_log(log, entry)
+        assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0
