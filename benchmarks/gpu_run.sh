@@ -11,7 +11,8 @@
 #             of TRACE_SCHEDULES (default round-robin; both comma-separated), under $OUT/trace-<schedule>-<pos>
 #   stream    benchmarks/stream_bench.cu: the ring's stream alone, and L2-hit / DRAM-miss latency under it
 #   trip      benchmarks/trip_bench.cu: a staging trip's latency by its bytes (4-64 KB an SM) and the SM's
-#             copies in flight (0-2 pages), with every SM reading the same lines or its own
+#             copies in flight (0-2 pages), with every SM reading the same lines or its own; then the
+#             walks: linear.cuh's staging of a batch's rows timed alone under the stream
 #   stalls    Nsight Compute's warp-stall sampling of one step (1B layer, H200 target, at each of STALL_POS,
 #             default 512) per function and instruction: benchmarks/stalls.py
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels

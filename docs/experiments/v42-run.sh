@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The device calls for v42 (docs/perf.md v40, Prepared), in three halves:
+#
+#   bash docs/experiments/v42-run.sh compile   # the CPU machine: a worktree with the patch, the 1B model
+#                                              # at batch 4, 8 and 16 from main and from it, arts.tgz (~12 min)
+#   bash docs/experiments/v42-run.sh bench     # the device (carry .whl and arts.tgz): trip_bench walks
+#                                              # (v42's grouped walks beside main's), then the A/B (~6 min)
+#   bash docs/experiments/v42-run.sh check     # the device, the tree with the patch applied: the GPU tests
+#                                              # and compute-sanitizer (~6 min)
+#
+# Artifacts: main's m4, m8, m16; v42's n4, n8, n16 (the 1B preset's whole model, H200 target).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+case "${1:-}" in
+compile)
+  PY=${PY:-$ROOT/.venv/bin/python}
+  cat > /tmp/wtrun.py <<'PYEOF'
+import sys, runpy
+sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
+sys.path.insert(0, sys.argv[1])
+sys.argv = [sys.argv[2]] + sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+PYEOF
+  git worktree prune
+  for wt in main v42; do rm -rf /tmp/wt_$wt; git worktree add -f /tmp/wt_$wt HEAD -q --detach; done
+  (cd /tmp/wt_v42 && git apply "$ROOT/docs/experiments/v42-batch-norm-rows.patch")
+  rm -rf /tmp/a && mkdir -p /tmp/a
+  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$2 what=model "${@:3}" \
+          > /tmp/a/$2.log 2>&1 || { echo "compile $2 failed: /tmp/a/$2.log"; exit 1; }; }
+  c main m8 batch_size=8 & c v42 n8 batch_size=8 & wait
+  c main m4 batch_size=4 & c v42 n4 batch_size=4 & wait
+  c main m16 batch_size=16 & c v42 n16 batch_size=16 & wait
+  (cd /tmp/wt_v42 && $PY /tmp/wtrun.py /tmp/wt_v42 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san > /tmp/a/san.log 2>&1)
+  tar czf "$ROOT/arts.tgz" -C /tmp a && ls -la "$ROOT/arts.tgz"
+  echo "for the device calls, apply the patch to the working tree: trip_bench's grouped walks and the GPU tests need it"
+  ;;
+bench|check)
+  mkdir -p /tmp/logs
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name --format=csv,noheader | tee /tmp/logs/gpu.txt
+  rm -rf /tmp/a; tar xzf arts.tgz -C /tmp
+  A=/tmp/a
+  if [ "$1" = bench ]; then
+  nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
+    && timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk rc $?"; cat /tmp/logs/walk-v42.log
+  timeout 420 python3 benchmarks/bench_batch.py --batches 4,8,16 --artifact 4=$A/m4 --artifact 4=$A/n4 \
+    --artifact 8=$A/m8 --artifact 8=$A/n8 --artifact 8=$A/m8 --artifact 8=$A/n8 \
+    --artifact 16=$A/m16 --artifact 16=$A/n16 --iters 40 > /tmp/logs/batch-v42.log 2>&1
+  echo "bench rc $?"; grep -E "logits vs|megakernel|^ *[0-9]+ +[0-9.]+ " /tmp/logs/batch-v42.log | tail -16
+  else
+  timeout 250 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
+    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > /tmp/logs/gpu-tests-v42.log 2>&1
+  echo "tests rc $?"; tail -n 3 /tmp/logs/gpu-tests-v42.log
+  for t in memcheck racecheck synccheck; do
+    timeout 80 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
+      python3 benchmarks/sanitize.py --run $A/san > /tmp/logs/san-v42-$t.log 2>&1
+    echo "$t rc $?"; tail -n 1 /tmp/logs/san-v42-$t.log
+  done
+  fi
+  tar czf "$OUT/logs-v42-$1.tgz" -C /tmp logs
+  ;;
+*)
+  echo "usage: bash docs/experiments/v42-run.sh compile|bench|check" >&2
+  exit 2
+  ;;
+esac
