@@ -108,11 +108,17 @@ __global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const
 // A walk: linear_input's staging of a batch's rows (K columns each, XS of them staged, from `rows`
 // of InT), timed by thread 0 from its first barrier to its last, kWalks times; the stream as above.
 constexpr int kWalks = 64;
+static_assert(kWalks <= kTrips, "the walks' stamps fit the trips' buffer");
+
+// A walk's ring: the targets' 6 slots, or 4 at batch 16 (whose rows would not fit beside 6: the 1B
+// preset's ring at 16, compiler._ring_for).
+template <int B>
+constexpr int kWalkDepth = B > 8 ? 4 : kDepth;
 
 template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
 __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const InT* rows, const bf16_t* norm_w,
                                                       u64* stamps, ErrorRecord* err) {
-  using R = Ring<kDepth, kPage, IF == 0 ? 1 : IF>;
+  using R = Ring<kWalkDepth<B>, kPage, IF == 0 ? 1 : IF>;
   const Step s{nullptr, err, nullptr, 0, 1, 2000000000ull};
   R::init(s);
   if (is_producer()) {
@@ -127,6 +133,7 @@ __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const
   }
   int released = 0;
   for (int t = 0; t < kWalks; ++t) {
+    consumer_sync();                   // every warp done releasing pages: the walk's time alone
     const u64 t0 = global_ns();
     linear_input<XS, K, PROLOGUE, InT, B>(s, R::kBytes, rows, (const InT*)nullptr, norm_w, 1e-5f, 0, XS, 0);
     if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kWalks + t] = global_ns() - t0;
@@ -184,7 +191,7 @@ void sweep(const char* weights, const tagged_t* words, int blocks, u64* stamps, 
 template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
 void walk(const char* name, const char* weights, const void* rows, const bf16_t* norm_w, int blocks, u64* stamps,
           ErrorRecord* err) {
-  const int smem = Ring<kDepth, kPage, IF == 0 ? 1 : IF>::kBytes + LinearWork<XS, 0, 0, B>::kBytes;
+  const int smem = Ring<kWalkDepth<B>, kPage, IF == 0 ? 1 : IF>::kBytes + LinearWork<XS, 0, 0, B>::kBytes;
   auto kernel = walk_kernel<IF, B, XS, K, PROLOGUE, InT>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess) {
     printf("%s: %d B of shared memory do not fit\n", name, smem);
@@ -193,6 +200,10 @@ void walk(const char* name, const char* weights, const void* rows, const bf16_t*
   std::vector<double> us;
   for (int rep = 0; rep < 3; ++rep) {
     kernel<<<blocks, 288, smem>>>(weights, (const InT*)rows, norm_w, stamps, err);
+    if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess) {
+      printf("%s: %s\n", name, cudaGetErrorString(e));
+      return;
+    }
     std::vector<u64> h((size_t)blocks * kWalks);
     cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
     if (rep == 0) continue;
@@ -216,7 +227,11 @@ void walks(const char* weights, const void* pairs, const void* floats, const bf1
 }
 
 int main(int argc, char** argv) {
-  const bool trips = argc < 2 || std::string(argv[1]) != "walks";   // `trip_bench walks`: the walks alone
+  if (argc > 2 || (argc == 2 && std::string(argv[1]) != "walks")) {
+    printf("usage: trip_bench [walks]   (walks: the walks alone)\n");
+    return 2;
+  }
+  const bool trips = argc < 2;
   int blocks = 0;
   cudaDeviceGetAttribute(&blocks, cudaDevAttrMultiProcessorCount, 0);
   char* weights;
@@ -248,8 +263,6 @@ int main(int argc, char** argv) {
   fill_words<<<64, 256>>>(pairs, pair_bytes, 0x3f803f80u);
   fill_words<<<64, 256>>>(floats, float_bytes, 0x3f800000u);
   cudaMemset(norm_w, 0x3f, 8192 * 2);     // bf16 0x3f3f: ~0.75
-  cudaFree(stamps);
-  cudaMalloc(&stamps, (size_t)blocks * (kWalks > kTrips ? kWalks : kTrips) * 8);
   walks<0>(weights, pairs, floats, norm_w, blocks, stamps, err);
   walks<2>(weights, pairs, floats, norm_w, blocks, stamps, err);
   ErrorRecord h;

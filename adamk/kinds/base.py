@@ -5,10 +5,11 @@ import numpy as np
 
 BF16, F32 = 2, 4
 TAGGED = 8          # an activation element: float32 value + the epoch of the step that wrote it (tagged.cuh)
-PAIRED = 4          # an element of a batch's bf16 shadow: two bf16 + the epoch in one 64-bit word (paired_t)
+PAIRED = 4          # an element of a bf16 shadow: two bf16 + the epoch in one 64-bit word (paired_t)
 # Storage of every buffer the kernel touches, bytes per element: weights, KV caches and the host's
-# input and output are bf16; activations passed between tasks are tagged words, and at a batch the
-# staged inputs also have a bf16 shadow (passes/tile.py `paired`) that the stagings read.
+# input and output are bf16; activations passed between tasks are tagged words, and the staged
+# inputs at a batch (and batch 1's down input) also have a bf16 shadow (passes/tile.py
+# `pair_values`) that the stagings read.
 DTYPE_BYTES = {"bf16": BF16, "f32_tagged": TAGGED, "bf16x2_tagged": PAIRED,
                "i32": 4}   # i32: a whole model's token ids and position
 TAGGED_DTYPES = ("f32_tagged", "bf16x2_tagged")   # words that carry their epoch: what a task polls, zeroed at wrap

@@ -18,7 +18,8 @@ and the attention block's output) or a plain one does (a down projection's gated
 o_proj's unsplit attention output) gets a bf16 shadow, `<name>.pairs` (dtype bf16x2_tagged: two
 bf16 and the epoch in one word, csrc/kernels/tagged.cuh), which its writers store beside the
 tagged floats and the stagings read instead, at half the bytes (docs/perf.md v38, v39); the
-residual adds keep reading the floats.
+residual adds keep reading the floats. At batch 1 only a down projection's input gets one, which
+its paged staging reads (docs/perf.md v40).
 
 A whole model (folded by the layers pass) tiles its embedding and its LM head and argmax once
 and the body of its layer loop once, as tasks that run once per layer (`loop`) on layer-indexed
@@ -277,12 +278,24 @@ class TaskBuilder:
         a staging's trip costs more the more bytes it brings, docs/perf.md v39), when every writer can
         store it: the embedding, an unsplit attention, or a linear with an even N whose tasks (unsplit)
         or combine tasks (K-split, 256 rows) finish whole pairs."""
+        writers = {op.result: op for op in ops if isinstance(op, (LinearOp, EmbeddingOp, AttentionOp))}
+
+        def split(op) -> bool:
+            return op.k_split is not None and op.k_split.value.data > 1
+
+        def storable(value) -> bool:
+            op = writers.get(value)
+            if isinstance(op, EmbeddingOp):
+                return shape_of(op.table)[1] % 2 == 0
+            if isinstance(op, AttentionOp):   # unsplit: each task finishes its heads' rows (head_dim even)
+                return not split(op) and op.head_dim.value.data % 2 == 0
+            if not isinstance(op, LinearOp):
+                return False          # a host input (bf16, untagged) or another kind's output
+            return shape_of(op.weight)[0] % 2 == 0 and (split(op) or self.linear_rows(op) % 2 == 0)
         if self.batch == 1:       # one sequence: only a paged staging's input (a down projection's), written
-            wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data == "none"}
-            writers = {op.result: op for op in ops if isinstance(op, LinearOp)}    # by an unsplit linear's tasks
-            return {v for v in wanted if v in writers and ((w := writers[v]).k_split is None
-                    or w.k_split.value.data == 1) and shape_of(w.weight)[0] % 2 == 0
-                    and self.linear_rows(w) % 2 == 0}
+            return {op.input for op in ops                              # by an unsplit linear's tasks
+                    if isinstance(op, LinearOp) and op.prologue.data == "none"
+                    and isinstance(w := writers.get(op.input), LinearOp) and not split(w) and storable(op.input)}
         loop_in = next((op for op in ops if isinstance(op, LayerInputOp)), None)
         loop_out = next((op for op in ops if isinstance(op, LayerOutputOp)), None)
         embedding = next((op for op in ops if isinstance(op, EmbeddingOp)), None)
@@ -291,19 +304,6 @@ class TaskBuilder:
         wanted = {op.input for op in ops if isinstance(op, LinearOp) and op.prologue.data in ("rmsnorm", "none")}
         if wanted & hidden:
             wanted |= hidden
-        writers = {op.result: op for op in ops if isinstance(op, (LinearOp, EmbeddingOp, AttentionOp))}
-
-        def storable(value) -> bool:
-            op = writers.get(value)
-            if isinstance(op, EmbeddingOp):
-                return shape_of(op.table)[1] % 2 == 0
-            if isinstance(op, AttentionOp):   # unsplit: each task finishes its heads' rows (head_dim even)
-                return (op.k_split is None or op.k_split.value.data == 1) and op.head_dim.value.data % 2 == 0
-            if not isinstance(op, LinearOp):
-                return False          # a host input (bf16, untagged) or another kind's output
-            n = shape_of(op.weight)[0]
-            split = op.k_split is not None and op.k_split.value.data > 1
-            return n % 2 == 0 and (split or self.linear_rows(op) % 2 == 0)
         paired = {v for v in wanted if storable(v)}
         if hidden & wanted and not all(storable(v) for v in hidden - loop_ends):
             paired -= hidden          # one buffer, one shadow: every writer of the hidden state stores it

@@ -39,8 +39,8 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
   asm volatile("ld.relaxed.gpu.global.v2.b64 {%0, %1}, [%2];" : "=l"(a), "=l"(b) : "l"(p));
 }
 
-// A batch's bf16 shadow of an activation that stagings read (the residual stream, a down projection's
-// or an o_proj's plain input; tile.py decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
+// A bf16 shadow of an activation that stagings read (at a batch the residual stream, a down
+// projection's or an o_proj's plain input; at batch 1 the down projection's; tile.py decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
 // epoch in the high half, so a staging reads 4 bytes an element instead of 8 (the bytes every SM
 // reads at a staging point bound a batch's chain: docs/perf.md v37). A paired_t is one element's 4
 // bytes and the pair's word sits at element 2j, so pointers, rows and layer slots count elements
@@ -57,7 +57,8 @@ struct is_paired<paired_t> {
   static constexpr bool value = true;
 };
 
-// Elements p[0] and p[1] (p even) as this step's pair: written with, and after, their float words.
+// Elements p[0] and p[1] (p even) as this step's pair, written beside their float words (in no order
+// with them: a reader of either polls its own word's epoch).
 __device__ __forceinline__ void store_pair(const Step& s, paired_t* p, float a, float b) {
   store_word(reinterpret_cast<u64*>(p), ((u64)s.epoch << 32) | pack_bf16(a, b));
 }

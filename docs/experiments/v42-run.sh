@@ -28,9 +28,9 @@ PYEOF
   rm -rf /tmp/a && mkdir -p /tmp/a
   c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$2 what=model "${@:3}" \
           > /tmp/a/$2.log 2>&1 || { echo "compile $2 failed: /tmp/a/$2.log"; exit 1; }; }
-  c main m8 batch_size=8 & c v42 n8 batch_size=8 & wait
-  c main m4 batch_size=4 & c v42 n4 batch_size=4 & wait
-  c main m16 batch_size=16 & c v42 n16 batch_size=16 & wait
+  pair() { c main "m$1" batch_size=$1 & local a=$!; c v42 "n$1" batch_size=$1 & local b=$!
+           wait $a; local ra=$?; wait $b; local rb=$?; [ $ra = 0 ] && [ $rb = 0 ] || exit 1; }   # a failure stops it before arts.tgz
+  pair 8; pair 4; pair 16
   (cd /tmp/wt_v42 && $PY /tmp/wtrun.py /tmp/wt_v42 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san > /tmp/a/san.log 2>&1)
   tar czf "$ROOT/arts.tgz" -C /tmp a && ls -la "$ROOT/arts.tgz"
   echo "for the device calls, apply the patch to the working tree: trip_bench's grouped walks and the GPU tests need it"
