@@ -69,6 +69,33 @@ __device__ __forceinline__ u64 trip(const tagged_t* region, int trip_index) {
   return x;
 }
 
+// Each SM's weight stream, as the megakernel's producer warp runs it: kPages pages through ring R, IF
+// copies in flight (IF 0: no stream). Between their trips the consumers release the pages that have
+// landed, so the stream never stops for a full ring; at the end the rest, so the producer finishes.
+template <typename R, int IF>
+struct Stream {
+  static __device__ __forceinline__ void produce(const Step& s, const char* weights) {
+    if (IF == 0) return;
+    const char* mine = weights + (size_t)blockIdx.x * kPages * kPage;
+    for (int j = 0; j < kPages; ++j)
+      R::fill(s, j, 0, 1, kPage, [&](int) { return (const void*)(mine + (size_t)j * kPage); },
+              [](int) { return 0u; });
+    R::drain(s, kPages);
+  }
+  // `released`: pages this warp has released (the same count in every lane)
+  static __device__ __forceinline__ void release_landed(int& released) {
+    if (IF > 0)
+      while (released < kPages && mbarrier_done(R::full(released), R::use(released) & 1)) R::release(released++);
+  }
+  static __device__ __forceinline__ void release_rest(const Step& s, int& released) {
+    if (IF > 0)
+      for (; released < kPages; ++released) {
+        R::wait_page(s, released, 0);
+        R::release(released);
+      }
+  }
+};
+
 template <int IF, int N>
 __global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const tagged_t* words, int shared,
                                                       u64* stamps, u64* sink, ErrorRecord* err) {
@@ -77,13 +104,7 @@ __global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const
   R::init(s);
   const tagged_t* region = words + (shared ? 0 : (size_t)blockIdx.x * kRegion / 8);
   if (is_producer()) {
-    if (IF > 0) {
-      const char* mine = weights + (size_t)blockIdx.x * kPages * kPage;
-      for (int j = 0; j < kPages; ++j)
-        R::fill(s, j, 0, 1, kPage, [&](int) { return (const void*)(mine + (size_t)j * kPage); },
-                [](int) { return 0u; });
-      R::drain(s, kPages);
-    }
+    Stream<R, IF>::produce(s, weights);
     return;
   }
   int released = 0;                    // pages this warp has released (the same count in every lane)
@@ -94,14 +115,9 @@ __global__ void __launch_bounds__(288, 1) trip_kernel(const char* weights, const
     x ^= trip<N>(region, t);
     consumer_sync();
     if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kTrips + t] = global_ns() - t0;
-    if (IF > 0)                        // the pages that have landed, so the ring keeps streaming
-      while (released < kPages && mbarrier_done(R::full(released), R::use(released) & 1)) R::release(released++);
+    Stream<R, IF>::release_landed(released);
   }
-  if (IF > 0)                          // the rest, so the producer can finish its pages
-    for (; released < kPages; ++released) {
-      R::wait_page(s, released, 0);
-      R::release(released);
-    }
+  Stream<R, IF>::release_rest(s, released);
   if (x == 0x5eed) sink[blockIdx.x] = x;
 }
 
@@ -122,13 +138,7 @@ __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const
   const Step s{nullptr, err, nullptr, 0, 1, 2000000000ull};
   R::init(s);
   if (is_producer()) {
-    if (IF > 0) {
-      const char* mine = weights + (size_t)blockIdx.x * kPages * kPage;
-      for (int j = 0; j < kPages; ++j)
-        R::fill(s, j, 0, 1, kPage, [&](int) { return (const void*)(mine + (size_t)j * kPage); },
-                [](int) { return 0u; });
-      R::drain(s, kPages);
-    }
+    Stream<R, IF>::produce(s, weights);
     return;
   }
   int released = 0;
@@ -137,14 +147,9 @@ __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const
     const u64 t0 = global_ns();
     linear_input<XS, K, PROLOGUE, InT, B>(s, R::kBytes, rows, (const InT*)nullptr, norm_w, 1e-5f, 0, XS, 0);
     if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kWalks + t] = global_ns() - t0;
-    if (IF > 0)
-      while (released < kPages && mbarrier_done(R::full(released), R::use(released) & 1)) R::release(released++);
+    Stream<R, IF>::release_landed(released);
   }
-  if (IF > 0)
-    for (; released < kPages; ++released) {
-      R::wait_page(s, released, 0);
-      R::release(released);
-    }
+  Stream<R, IF>::release_rest(s, released);
 }
 
 // Every 8-byte word of n bytes: epoch 1 in the high half, two bf16 1.0 (a shadow's pair) or a float
