@@ -91,7 +91,6 @@ class Linear(TaskKind):
     def functions(self, em, op, name) -> list[str]:
         k, n, chunk, cols, pages = (op.param(p) for p in ("K", "N", "k_chunk", "page_cols", "pages"))
         rows, paged, batch = page_rows(op), paged_input(op, em.tagged), op.param("batch")
-        gated = ", true" if op.buffer("weight2") else (", false" if paged else "")
         eps, prologue, wo = op.param("eps"), op.param("prologue"), em.plan.work_offset
         buf = em.buf_of(op)
         xs = pages * cols
@@ -121,17 +120,16 @@ class Linear(TaskKind):
             pairs = f", {buf('pairs', 'paired_t')}" if op.buffer("pairs") else ""
             task = (f"  linear_task_batch<{em.ring}, {xs}, {rows}, {cols}, {pages}, {batch}{flags}>(s, task, {wo}, "
                     f"{out}, {n}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page{pairs});")
-        elif op.buffer("pairs"):         # and its bf16 shadow, which a paged reader stages (tile.py pair_values)
-            in_type = em.ctype(op.buffer("input")) if paged else "tagged_t"
-            flags = f", {'true' if op.buffer('weight2') else 'false'}, {'true' if paged else 'false'}, true, {in_type}"
-            staged = f"{buf('input', in_type)}, k0, stage" if paged else "(const tagged_t*)nullptr, 0, false"
-            task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{flags}>(s, task, {wo}, {out}, "
-                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page, {staged}, "
-                    f"{buf('pairs', 'paired_t')});")
-        else:
-            task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}{gated}{', true' if paged else ''}>(s, "
-                    f"task, {wo}, {out}, {buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page"
-                    + (f", {buf('input', em.ctype(op.buffer('input')))}, k0, stage);" if paged else ");"))
+        else:       # one sequence: linear_task's GATED, PAGED, PAIRS up to the last one set (the input type deduced)
+            flags = [bool(op.buffer("weight2")), paged, bool(op.buffer("pairs"))]
+            while flags and not flags[-1]:
+                flags.pop()
+            staged = (f", {buf('input', em.ctype(op.buffer('input')))}, k0, stage" if paged else
+                      ", (const tagged_t*)nullptr, 0, false" if op.buffer("pairs") else "")
+            pairs = f", {buf('pairs', 'paired_t')}" if op.buffer("pairs") else ""   # its shadow (tile.py pair_values)
+            task = (f"  linear_task<{em.ring}, {xs}, {rows}, {cols}, {pages}"
+                    f"{''.join(', true' if f else ', false' for f in flags)}>(s, task, {wo}, {out}, "
+                    f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page{staged}{pairs});")
         return [*staging_fn,
                 *em.signature(f"produce_{name}", "int page, int row_begin, int k_index"),
                 f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"
