@@ -160,23 +160,39 @@ __global__ void fill_words(u64* p, size_t n, u32 low) {
 }
 
 #ifndef __CUDACC_RTC__
+// Three launches (the first warms L2 and is not counted); the median and p90, in us, of stamps
+// [first, last) of every SM's `per_sm`. False, with a line naming `what`, if a launch failed.
+template <typename Launch>
+bool timed(const char* what, Launch launch, const u64* stamps, int blocks, int per_sm, int first, int last,
+           double& med, double& p90) {
+  std::vector<double> us;
+  for (int rep = 0; rep < 3; ++rep) {
+    launch();
+    if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess) {
+      printf("%s: %s\n", what, cudaGetErrorString(e));
+      return false;
+    }
+    std::vector<u64> h((size_t)blocks * per_sm);
+    cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
+    if (rep == 0) continue;
+    for (int b = 0; b < blocks; ++b)
+      for (int t = first; t < last; ++t) us.push_back(h[(size_t)b * per_sm + t] / 1e3);
+  }
+  std::sort(us.begin(), us.end());
+  med = us[us.size() / 2];
+  p90 = us[us.size() * 9 / 10];
+  return true;
+}
+
 template <int IF, int N>
 void run(const char* weights, const tagged_t* words, int blocks, int shared, u64* stamps, u64* sink,
          ErrorRecord* err) {
   const int smem = Ring<kDepth, kPage, IF == 0 ? 1 : IF>::kBytes;
   cudaFuncSetAttribute(trip_kernel<IF, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  std::vector<double> us;
-  for (int rep = 0; rep < 3; ++rep) {
-    trip_kernel<IF, N><<<blocks, 288, smem>>>(weights, words, shared, stamps, sink, err);
-    std::vector<u64> h((size_t)blocks * kTrips);
-    cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
-    if (rep == 0) continue;            // the first launch warms L2 with the words
-    for (int b = 0; b < blocks; ++b)
-      for (int t = 16; t < kTrips * 3 / 4; ++t)   // trips while the stream runs, past the start
-        us.push_back(h[(size_t)b * kTrips + t] / 1e3);
-  }
-  std::sort(us.begin(), us.end());
-  const double med = us[us.size() / 2], p90 = us[us.size() * 9 / 10];
+  double med, p90;
+  if (!timed("trips", [&] { trip_kernel<IF, N><<<blocks, 288, smem>>>(weights, words, shared, stamps, sink, err); },
+             stamps, blocks, kTrips, 16, kTrips * 3 / 4, med, p90))   // trips while the stream runs, past the start
+    return;
   const double kb = N * 16.0 * kConsumerThreads / 1024;
   printf("%-7s in flight %d  %5.0f KB a trip: median %6.2f us  p90 %6.2f us  %6.1f GB/s an SM\n",
          shared ? "shared" : "private", IF, kb, med, p90, kb * 1024 / med / 1e3);
@@ -202,21 +218,10 @@ void walk(const char* name, const char* weights, const void* rows, const bf16_t*
     printf("%s: %d B of shared memory do not fit\n", name, smem);
     return;
   }
-  std::vector<double> us;
-  for (int rep = 0; rep < 3; ++rep) {
-    kernel<<<blocks, 288, smem>>>(weights, (const InT*)rows, norm_w, stamps, err);
-    if (cudaError_t e = cudaDeviceSynchronize(); e != cudaSuccess) {
-      printf("%s: %s\n", name, cudaGetErrorString(e));
-      return;
-    }
-    std::vector<u64> h((size_t)blocks * kWalks);
-    cudaMemcpy(h.data(), stamps, h.size() * 8, cudaMemcpyDeviceToHost);
-    if (rep == 0) continue;
-    for (int b = 0; b < blocks; ++b)
-      for (int t = 4; t < kWalks * 3 / 4; ++t) us.push_back(h[(size_t)b * kWalks + t] / 1e3);
-  }
-  std::sort(us.begin(), us.end());
-  const double med = us[us.size() / 2], p90 = us[us.size() * 9 / 10];
+  double med, p90;
+  if (!timed(name, [&] { kernel<<<blocks, 288, smem>>>(weights, (const InT*)rows, norm_w, stamps, err); }, stamps,
+             blocks, kWalks, 4, kWalks * 3 / 4, med, p90))
+    return;
   printf("walk %-34s in flight %d: median %6.2f us  p90 %6.2f us  %5.2f us a sequence\n", name, IF, med, p90, med / B);
 }
 
