@@ -128,10 +128,10 @@ def test_a_batch_decodes_greedily_as_each_sequence_alone(batch, parts):
 def test_a_batchs_rmsnorm_stagings_read_a_bf16_shadow_its_writers_store(batch):
     """At a batch every RMSNorm linear stages a bf16 shadow of its input (two bf16 and the epoch a
     word: half the bytes of tagged floats), and so does the down projection of the gated linear's
-    output (at a batch of one too: its paged staging); every task that writes the float words (the embedding, the K-split combines or an
-    unsplit linear's tasks) writes the same elements of the shadow, in the same layer slot. A batch
-    of one keeps the floats elsewhere. The simulator carries the shadow's values, so a shadow nobody wrote
-    reads as NaN there."""
+    output (at a batch of one too: its paged staging); every task that writes the float words (the
+    embedding, the K-split combines or an unsplit linear's tasks) writes the same elements of the
+    shadow, in the same layer slot. A batch of one keeps the floats elsewhere. The simulator carries
+    the shadow's values, so a shadow nobody wrote reads as NaN there."""
     model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
     sched = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
                                                    schedule="round-robin")).schedule

@@ -52,7 +52,7 @@ from ..names import label, quoted
 
 
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
-PAIRS = "bf16x2_tagged"     # a batch's bf16 shadow of a staged input (tagged.cuh paired_t)
+PAIRS = "bf16x2_tagged"     # a bf16 shadow of a staged input (tagged.cuh paired_t; pair_values)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 

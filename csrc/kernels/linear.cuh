@@ -68,8 +68,8 @@ __device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const 
 // turn, with its own sum of squares, into its row of xs (bf16: store_xs). From a bf16 shadow
 // (paired_t: tagged.cuh; an RMSNorm's or a plain input's) a batch stages the input itself (already
 // bf16, so exact in xs); an RMSNorm applies the norm weight with the scale, so an element is rounded
-// to bf16 once after x * w / rms (from tagged floats twice: x * w, then the scale). Starts with a consumer barrier (the previous run is
-// done with xs) and ends with one (xs is complete).
+// to bf16 once after x * w / rms (from tagged floats twice: x * w, then the scale). Starts with a
+// consumer barrier (the previous run is done with xs) and ends with one (xs is complete).
 template <int XS, int K, int PROLOGUE, typename InT, int B = 1>
 __device__ __forceinline__ void linear_input(const Step& s, int work_offset, const InT* in, const InT* in2,
                                              const bf16_t* norm_w, float eps, int k0, int k_len, int task) {

@@ -40,11 +40,12 @@ __device__ __forceinline__ void load_words2(const tagged_t* p, u64& a, u64& b) {
 }
 
 // A bf16 shadow of an activation that stagings read (at a batch the residual stream, a down
-// projection's or an o_proj's plain input; at batch 1 the down projection's; tile.py decides which): elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the
-// epoch in the high half, so a staging reads 4 bytes an element instead of 8 (the bytes every SM
-// reads at a staging point bound a batch's chain: docs/perf.md v37). A paired_t is one element's 4
-// bytes and the pair's word sits at element 2j, so pointers, rows and layer slots count elements
-// as they do for tagged floats (the manifest's dtype `bf16x2_tagged`, 4 bytes an element).
+// projection's or an o_proj's plain input; at batch 1 the down projection's; tile.py decides which):
+// elements 2j and 2j + 1 as a bf16 pair in the low half of one 64-bit word, the epoch in the high
+// half, so a staging reads 4 bytes an element instead of 8 (the bytes every SM reads at a staging
+// point bound a batch's chain: docs/perf.md v37). A paired_t is one element's 4 bytes and the pair's
+// word sits at element 2j, so pointers, rows and layer slots count elements as they do for tagged
+// floats (the manifest's dtype `bf16x2_tagged`, 4 bytes an element).
 struct paired_t {
   u32 half;
 };
