@@ -15,6 +15,8 @@ A/B against the same baseline, named by their directories), its logits are check
 first (within 1e-2, or 1.5x the baseline's error where bf16 PyTorch is off by more, as
 bench_model.py checks one sequence), then it is timed. The table's ratios say what the targets
 need: batch 8 at most 1.15x batch 1, every batch at least 1.5x faster than torch.compile.
+`--no-baselines` times the megakernels alone (an A/B: torch.compile takes ~2 minutes a batch to
+tune); the baseline is still checked, as its errors set the megakernel's tolerance.
 """
 from __future__ import annotations
 
@@ -53,11 +55,22 @@ def check(tuned, refs, tokens, pos, kc, vc) -> list[float]:
     return errs
 
 
+def compiled_step_us(tuned, tokens, pos, kc, vc, iters) -> float:
+    """torch.compile(max-autotune-no-cudagraphs) of the tuned step, replayed in a CUDA graph: median us."""
+    kcc, vcc = [t.clone() for t in kc.unbind(0)], [t.clone() for t in vc.unbind(0)]
+    compiled = torch.compile(tuned, mode="max-autotune-no-cudagraphs", fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        g = graphed(lambda: compiled(tokens, pos, kcc, vcc))
+        _, base = time_launches(g, iters)
+    return base
+
+
 def main():
     ap = model_arguments(argparse.ArgumentParser(), artifact=False)
     ap.add_argument("--batches", default="1,4,8,16")
     ap.add_argument("--artifact", action="append", default=[], help="B=DIR: the megakernel for a batch of B")
     ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--no-baselines", action="store_true", help="time the megakernels only (an A/B)")
     args = ap.parse_args()
     cfg, pos = preset_of(args), args.pos
     batches = [int(b) for b in args.batches.split(",")]
@@ -79,11 +92,7 @@ def main():
         limits = [megakernel_tolerance(e) for e in base_errs]
         read = weights + batch * (c.hidden_size + 2 * c.num_layers * c.num_kv_heads * (pos + 1) * c.head_dim) * 2
         floor = read / bw * 1e6
-        kcc, vcc = [t.clone() for t in kc.unbind(0)], [t.clone() for t in vc.unbind(0)]
-        compiled = torch.compile(tuned, mode="max-autotune-no-cudagraphs", fullgraph=True, dynamic=False)
-        with torch.no_grad():
-            g = graphed(lambda: compiled(tokens, pos, kcc, vcc))
-            _, base = time_launches(g, args.iters)
+        base = None if args.no_baselines else compiled_step_us(tuned, tokens, pos, kc, vc, args.iters)
         ours = []                                   # (artifact, median us) for each of this batch's
         for path in artifacts.get(batch, []):
             try:            # an A/B goes on past an artifact that does not load (its line says why)
@@ -112,7 +121,7 @@ def main():
             ours.append((path, t))
             del step
         rows.append((batch, floor, base, ours))
-        print(f"batch {batch}: torch.compile in a CUDA graph {base / 1e3:.3f} ms"
+        print(f"batch {batch}: " + (f"torch.compile in a CUDA graph {base / 1e3:.3f} ms" if base else "")
               + "".join(f", megakernel {path} {t / 1e3:.3f} ms" for path, t in ours), flush=True)
     first = rows[0] if rows[0][0] == 1 else None        # batch 1's times: the 'x batch 1' columns
     base1 = first[2] if first else None
@@ -120,9 +129,11 @@ def main():
     print(f"\n{'batch':>5s} {'floor ms':>9s} {'compile ms':>11s} {'x batch 1':>10s} {'adamk ms':>9s} "
           f"{'x batch 1':>10s} {'vs compile':>11s}  artifact")
     for batch, floor, base, ours in rows:
-        head = f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / base1 if base1 else 0:10.2f} "
+        head = (f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / base1 if base1 else 0:10.2f} " if base
+                else f"{batch:5d} {floor / 1e3:9.3f} {'-':>11s} {'-':>10s} ")
         for path, t in ours or [(None, None)]:
-            print(head + (f"{t / 1e3:9.3f} {t / ours1 if ours1 else 0:10.2f} {base / t:10.2f}x  {path}" if t
+            vs = f"{base / t:10.2f}x" if base else f"{'-':>11s}"
+            print(head + (f"{t / 1e3:9.3f} {t / ours1 if ours1 else 0:10.2f} {vs}  {path}" if t
                           else f"{'-':>9s} {'-':>10s} {'-':>11s}"))
 
 

@@ -7,6 +7,8 @@
 #                                              # (v42's grouped walks beside main's), then the A/B (~6 min)
 #   bash docs/experiments/v42-run.sh check     # the device, the tree with the patch applied: the GPU tests
 #                                              # and compute-sanitizer (~6 min)
+#   bash docs/experiments/v42-run.sh all       # the device: the walks, the A/B without torch.compile
+#                                              # (--no-baselines), then check (~9 min, one machine start)
 #
 # Artifacts: main's m4, m8, m16; v42's n4, n8, n16 (the 1B preset's whole model, H200 target).
 set -uo pipefail
@@ -35,21 +37,23 @@ PYEOF
   tar czf "$ROOT/arts.tgz" -C /tmp a && ls -la "$ROOT/arts.tgz"
   echo "for the device calls, apply the patch to the working tree: trip_bench's grouped walks and the GPU tests need it"
   ;;
-bench|check)
+bench|check|all)
   mkdir -p /tmp/logs
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name --format=csv,noheader | tee /tmp/logs/gpu.txt
   rm -rf /tmp/a; tar xzf arts.tgz -C /tmp
   A=/tmp/a
-  if [ "$1" = bench ]; then
+  if [ "$1" != check ]; then
   nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
     && timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk rc $?"; cat /tmp/logs/walk-v42.log
+  NB=$([ "$1" = all ] && echo --no-baselines)
   timeout 420 python3 benchmarks/bench_batch.py --batches 4,8,16 --artifact 4=$A/m4 --artifact 4=$A/n4 \
     --artifact 8=$A/m8 --artifact 8=$A/n8 --artifact 8=$A/m8 --artifact 8=$A/n8 \
-    --artifact 16=$A/m16 --artifact 16=$A/n16 --iters 40 > /tmp/logs/batch-v42.log 2>&1
-  echo "bench rc $?"; grep -E "logits vs|megakernel|^ *[0-9]+ +[0-9.]+ " /tmp/logs/batch-v42.log | tail -16
-  else
+    --artifact 16=$A/m16 --artifact 16=$A/n16 --iters 40 $NB > /tmp/logs/batch-v42.log 2>&1
+  echo "bench rc $?"; grep -E "logits vs|megakernel|^ *[0-9]+ +[0-9.-]+ " /tmp/logs/batch-v42.log | tail -24
+  fi
+  if [ "$1" != bench ]; then
   timeout 250 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
     -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > /tmp/logs/gpu-tests-v42.log 2>&1
   echo "tests rc $?"; tail -n 3 /tmp/logs/gpu-tests-v42.log
@@ -62,7 +66,7 @@ bench|check)
   tar czf "$OUT/logs-v42-$1.tgz" -C /tmp logs
   ;;
 *)
-  echo "usage: bash docs/experiments/v42-run.sh compile|bench|check" >&2
+  echo "usage: bash docs/experiments/v42-run.sh compile|bench|check|all" >&2
   exit 2
   ;;
 esac
