@@ -45,8 +45,13 @@ bench|check|all)
   rm -rf /tmp/a; tar xzf arts.tgz -C /tmp
   A=/tmp/a
   if [ "$1" != check ]; then
-  nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I csrc/kernels benchmarks/trip_bench.cu -o /tmp/trip_bench \
-    && timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk rc $?"; cat /tmp/logs/walk-v42.log
+  # main's walks too: with the patch, linear_input's own RMSNorm walk is v42's (a copy with it reversed)
+  rm -rf /tmp/mk && mkdir -p /tmp/mk/csrc /tmp/mk/benchmarks && cp -r csrc/kernels /tmp/mk/csrc/ \
+    && cp benchmarks/trip_bench.cu /tmp/mk/benchmarks/ && (cd /tmp/mk && git apply -R "$ROOT/docs/experiments/v42-batch-norm-rows.patch")
+  nv() { nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I "$1/csrc/kernels" "$1/benchmarks/trip_bench.cu" -o "$2"; }
+  nv /tmp/mk /tmp/trip_main & nv "$ROOT" /tmp/trip_bench; wait
+  timeout 60 /tmp/trip_main walks > /tmp/logs/walk-main.log 2>&1; echo "walk main rc $?"; cat /tmp/logs/walk-main.log
+  timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk v42 rc $?"; cat /tmp/logs/walk-v42.log
   NB=$([ "$1" = all ] && echo --no-baselines)
   timeout 420 python3 benchmarks/bench_batch.py --batches 4,8,16 --artifact 4=$A/m4 --artifact 4=$A/n4 \
     --artifact 8=$A/m8 --artifact 8=$A/n8 --artifact 8=$A/m8 --artifact 8=$A/n8 \
