@@ -10,7 +10,10 @@
 #   bash docs/experiments/v42-run.sh all       # the device: the walks, the A/B without torch.compile
 #                                              # (--no-baselines), then check (~9 min, one machine start)
 #
-# Artifacts: main's m4, m8, m16; v42's n4, n8, n16 (the 1B preset's whole model, H200 target).
+# Artifacts: main's m4, m8, m16; v42's n4, n8, n16 (the 1B preset's whole model, H200 target);
+# where arts.tgz has them, v43's o4, o8, o16 (docs/experiments/v43-batch-rows.patch: v42 and a plain
+# input's rows a group a trip), timed beside them. PATCH names the patch the working tree has
+# applied (v42-batch-norm-rows or v43-batch-rows), reversed for main's walks.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -47,15 +50,15 @@ bench|check|all)
   if [ "$1" != check ]; then
   # main's walks too: with the patch, linear_input's own RMSNorm walk is v42's (a copy with it reversed)
   rm -rf /tmp/mk && mkdir -p /tmp/mk/csrc /tmp/mk/benchmarks && cp -r csrc/kernels /tmp/mk/csrc/ \
-    && cp benchmarks/trip_bench.cu /tmp/mk/benchmarks/ && (cd /tmp/mk && git apply -R "$ROOT/docs/experiments/v42-batch-norm-rows.patch")
+    && cp benchmarks/trip_bench.cu /tmp/mk/benchmarks/ && (cd /tmp/mk && git apply -R "$ROOT/docs/experiments/${PATCH:-v42-batch-norm-rows}.patch")
   nv() { nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I "$1/csrc/kernels" "$1/benchmarks/trip_bench.cu" -o "$2"; }
   nv /tmp/mk /tmp/trip_main & nv "$ROOT" /tmp/trip_bench; wait
   timeout 60 /tmp/trip_main walks > /tmp/logs/walk-main.log 2>&1; echo "walk main rc $?"; cat /tmp/logs/walk-main.log
   timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk v42 rc $?"; cat /tmp/logs/walk-v42.log
   NB=$([ "$1" = all ] && echo --no-baselines)
-  timeout 420 python3 benchmarks/bench_batch.py --batches 4,8,16 --artifact 4=$A/m4 --artifact 4=$A/n4 \
-    --artifact 8=$A/m8 --artifact 8=$A/n8 --artifact 8=$A/m8 --artifact 8=$A/n8 \
-    --artifact 16=$A/m16 --artifact 16=$A/n16 --iters 40 $NB > /tmp/logs/batch-v42.log 2>&1
+  arts() { for x in m n o; do [ -d $A/$x$1 ] && echo --artifact $1=$A/$x$1; done; }
+  timeout 420 python3 benchmarks/bench_batch.py --batches 4,8,16 $(arts 4) $(arts 8) $(arts 8) $(arts 16) \
+    --iters 40 $NB > /tmp/logs/batch-v42.log 2>&1
   echo "bench rc $?"; grep -E "logits vs|megakernel|^ *[0-9]+ +[0-9.-]+ " /tmp/logs/batch-v42.log | tail -24
   fi
   if [ "$1" != bench ]; then
