@@ -131,7 +131,7 @@ static_assert(kWalks <= kTrips, "the walks' stamps fit the trips' buffer");
 template <int B>
 constexpr int kWalkDepth = B > 8 ? 4 : kDepth;
 
-template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
+template <int IF, int B, int XS, int K, int PROLOGUE, typename InT, int G = 0>
 __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const InT* rows, const bf16_t* norm_w,
                                                       u64* stamps, ErrorRecord* err) {
   using R = Ring<kWalkDepth<B>, kPage, IF == 0 ? 1 : IF>;
@@ -145,7 +145,10 @@ __global__ void __launch_bounds__(288, 1) walk_kernel(const char* weights, const
   for (int t = 0; t < kWalks; ++t) {
     consumer_sync();                   // every warp done releasing pages: the walk's time alone
     const u64 t0 = global_ns();
-    linear_input<XS, K, PROLOGUE, InT, B>(s, R::kBytes, rows, (const InT*)nullptr, norm_w, 1e-5f, 0, XS, 0);
+    if constexpr (G == 0)      // the staging the megakernel has; G: a plain shadow's G sequences a trip
+      linear_input<XS, K, PROLOGUE, InT, B>(s, R::kBytes, rows, (const InT*)nullptr, norm_w, 1e-5f, 0, XS, 0);
+    else
+      linear_input_pairs<XS, K, B, G>(s, R::kBytes, rows, 0, XS, 0);
     if (threadIdx.x == 0) stamps[(size_t)blockIdx.x * kWalks + t] = global_ns() - t0;
     Stream<R, IF>::release_landed(released);
   }
@@ -209,11 +212,11 @@ void sweep(const char* weights, const tagged_t* words, int blocks, u64* stamps, 
   }
 }
 
-template <int IF, int B, int XS, int K, int PROLOGUE, typename InT>
+template <int IF, int B, int XS, int K, int PROLOGUE, typename InT, int G = 0>
 void walk(const char* name, const char* weights, const void* rows, const bf16_t* norm_w, int blocks, u64* stamps,
           ErrorRecord* err) {
   const int smem = Ring<kWalkDepth<B>, kPage, IF == 0 ? 1 : IF>::kBytes + LinearWork<XS, 0, 0, B>::kBytes;
-  auto kernel = walk_kernel<IF, B, XS, K, PROLOGUE, InT>;
+  auto kernel = walk_kernel<IF, B, XS, K, PROLOGUE, InT, G>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess) {
     printf("%s: %d B of shared memory do not fit\n", name, smem);
     return;
@@ -231,6 +234,8 @@ void walks(const char* weights, const void* pairs, const void* floats, const bf1
   walk<IF, 8, 2048, 2048, kRmsNorm, paired_t>("batch 8 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
   walk<IF, 16, 2048, 2048, kRmsNorm, paired_t>("batch 16 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
   walk<IF, 8, 2048, 8192, kPlain, paired_t>("batch 8 plain K-part 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 8, 2048, 8192, kPlain, paired_t, 4>("batch 8 plain K-part 2048, shadow, 4 a trip", weights, pairs, norm_w, blocks, stamps, err);
+  walk<IF, 16, 2048, 8192, kPlain, paired_t>("batch 16 plain K-part 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
   walk<IF, 8, 2048, 8192, kPlain, tagged_t>("batch 8 plain K-part 2048, floats", weights, floats, norm_w, blocks, stamps, err);
   walk<IF, 4, 2048, 2048, kRmsNorm, paired_t>("batch 4 RMSNorm 2048, shadow", weights, pairs, norm_w, blocks, stamps, err);
   walk<IF, 1, 2048, 2048, kRmsNorm, tagged_t>("batch 1 RMSNorm 2048, floats", weights, floats, norm_w, blocks, stamps, err);

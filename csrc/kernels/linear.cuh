@@ -59,6 +59,64 @@ __device__ __forceinline__ void store_xs(int work_offset, int seq, int j, const 
   }
 }
 
+// A batch's plain input from a bf16 shadow (down's K-part of a gated output, o_proj's one-part
+// attention output) when its XS columns are at most two Vec4 a thread: G sequences' rows a trip,
+// every load of the trip out before the first wait, where linear_input's walk takes one sequence a
+// trip. Grouping an RMSNorm's rows as well made the walk alone 11% faster and the step slower
+// (docs/perf.md v42: its rows land one sequence after another, and the group waits for the last).
+// Starts with a consumer barrier and ends with one, as linear_input.
+constexpr int kPairRowsGroup = 2;   // sequences a trip: 4 Vec4 a thread
+
+template <int XS, int K, int B, int G>
+__device__ __forceinline__ void linear_input_pairs(const Step& s, int work_offset, const paired_t* in, int k0,
+                                                   int k_len, int task) {
+  constexpr int kStride = 4 * kConsumerThreads;
+  constexpr int kIters = (XS + kStride - 1) / kStride;
+  static_assert(kIters <= 2 && B > 1 && G >= 1 && XS % 8 == 0, "a batch's rows of two Vec4 a thread at most");
+  using W = LinearWork<XS, 0, 0, B>;
+  check_smem(s, work_offset + W::kBytes, task);
+  trace_mark(s, task, 0);
+  consumer_sync();
+#pragma unroll 1
+  for (int g0 = 0; g0 < B; g0 += G) {
+    Vec4<paired_t> a[G][kIters];
+    auto at = [&](int b) { return b * kStride + 4 * (int)threadIdx.x; };   // its column of xs
+    auto has = [&](int q, int b) { return g0 + q < B && at(b) < k_len; };
+    auto src = [&](int q, int b) { return in + (size_t)(g0 + q) * K + k0 + at(b); };
+    auto request = [&](bool retry) {
+      u32 tag;
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+#pragma unroll
+        for (int b = 0; b < kIters; ++b)
+          if (has(q, b) && (!retry || a[q][b].first_stale(s, src(q, b), tag))) a[q][b].load(src(q, b));
+    };
+    request(false);
+    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+#pragma unroll
+        for (int b = 0; b < kIters; ++b)
+          if (has(q, b))
+            if (const tagged_t* p = a[q][b].first_stale(s, src(q, b), tag)) return p;
+      return nullptr;
+    }, [&] { request(true); });
+#pragma unroll
+    for (int q = 0; q < G; ++q) {
+      if (g0 + q >= B) break;
+#pragma unroll
+      for (int b = 0; b < kIters; ++b) {
+        if (at(b) >= XS) continue;
+        float v[4] = {0.f, 0.f, 0.f, 0.f};                     // zero past k_len
+        if (has(q, b)) a[q][b].get(v);
+        store_xs<XS, B>(work_offset + W::kXs, g0 + q, at(b), v);
+      }
+    }
+  }
+  consumer_sync();
+  trace_mark(s, task, 1);
+}
+
 // Consumers: xs[0, XS) = prologue(in)[k0, k0 + k_len), zero past k_len; once for a run of tasks of
 // one op and K-part. Every thread issues its whole share of loads (up to kBatch Vec4 at a time)
 // before it waits for the first, so staging costs about one round trip to L2, and waiting for the
@@ -88,6 +146,10 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   // At most two Vec4 a trip (a row of 2048 or fewer): a longer row's second set of loads would hold
   // up to 8 more Vec4 in registers across the reduction's barriers.
   constexpr bool kAhead = B > 1 && kIters <= 2;
+  if constexpr (kPaired && !kNorm && kIters <= 2) {   // a batch's plain rows from a shadow: a group a trip
+    linear_input_pairs<XS, K, B, (kPairRowsGroup < B ? kPairRowsGroup : B)>(s, work_offset, in, k0, k_len, task);
+    return;
+  }
   constexpr int kVecs = kAhead ? kIters : kBatch;         // Vec4 of one trip
   using W = LinearWork<XS, 0, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);

@@ -13,7 +13,8 @@
 # Artifacts: main's m4, m8, m16; v42's n4, n8, n16 (the 1B preset's whole model, H200 target);
 # where arts.tgz has them, v43's o4, o8, o16 (docs/experiments/v43-batch-rows.patch: v42 and a plain
 # input's rows a group a trip), timed beside them. PATCH names the patch the working tree has
-# applied (v42-batch-norm-rows or v43-batch-rows), reversed for main's walks.
+# applied (v42-batch-norm-rows or v43-batch-rows), reversed for main's walks. v44's p8, p16
+# (docs/experiments/v44-batch-pair-rows.patch: the plain rows alone) the same way.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -55,10 +56,14 @@ bench|check|all)
   nv /tmp/mk /tmp/trip_main & nv "$ROOT" /tmp/trip_bench; wait
   timeout 60 /tmp/trip_main walks > /tmp/logs/walk-main.log 2>&1; echo "walk main rc $?"; cat /tmp/logs/walk-main.log
   timeout 60 /tmp/trip_bench walks > /tmp/logs/walk-v42.log 2>&1; echo "walk v42 rc $?"; cat /tmp/logs/walk-v42.log
+  # where a walk's time goes: stall samples per SASS instruction of the first walk (batch 8 RMSNorm, shadow)
+  timeout 120 ncu --clock-control none -k regex:walk_kernel --launch-skip 1 --launch-count 1 --section WarpStateStats \
+    --section SourceCounters --page source --print-source sass --csv /tmp/trip_bench walks > /tmp/logs/ncu-walk.csv 2>&1
+  echo "ncu rc $?"; head -c 600 /tmp/logs/ncu-walk.csv; echo
   NB=$([ "$1" = all ] && echo --no-baselines)
-  arts() { for x in m n o; do [ -d $A/$x$1 ] && echo --artifact $1=$A/$x$1; done; }
+  arts() { for x in m n o p; do [ -d $A/$x$1 ] && echo --artifact $1=$A/$x$1; done; }
   BS=$([ "$1" = all ] && echo 8,16 || echo 4,8,16)        # all: batch 4 left out, for the checks' time
-  timeout 420 python3 benchmarks/bench_batch.py --batches $BS $(arts 4) $(arts 8) $(arts 8) $(arts 16) \
+  timeout 420 python3 benchmarks/bench_batch.py --batches $BS $(arts 4) $(arts 8) $(arts 8) $(arts 16) $(arts 16) \
     --iters 40 $NB > /tmp/logs/batch-v42.log 2>&1
   echo "bench rc $?"; grep -E "logits vs|megakernel|^ *[0-9]+ +[0-9.-]+ " /tmp/logs/batch-v42.log | tail -24
   fi
