@@ -87,16 +87,22 @@ __device__ __forceinline__ u64 l2_evict_first() {
 __device__ __forceinline__ float to_float(float v) { return v; }
 __device__ __forceinline__ float to_float(bf16_t v) { return __uint_as_float(((u32)v) << 16); }
 
-// Round to nearest even, as torch's .to(torch.bfloat16) does.
+// Round to nearest even, as torch's .to(torch.bfloat16) does, in one conversion instruction (cvt.rn,
+// sm_80+): the bit arithmetic it replaces (a NaN test, the odd bit, + 0x7fff, a shift) was ~8
+// instructions an element, the largest part of a batch's staging walk, which is issue-bound (ncu:
+// docs/perf.md v42-v44). A NaN stays a NaN (the canonical one).
 __device__ __forceinline__ bf16_t to_bf16(float f) {
-  u32 u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40u);   // keep NaN a NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16_t)(u >> 16);
+  bf16_t r;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+  return r;
 }
 
-// Two floats as a bf16 pair (round to nearest even), `lo` in the low half.
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)to_bf16(lo) | ((u32)to_bf16(hi) << 16); }
+// Two floats as a bf16 pair (round to nearest even), `lo` in the low half: one instruction.
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));   // a to the high half, b to the low
+  return r;
+}
 
 // Two bf16 packed in a u32, lowest address first: the low half is element 0.
 __device__ __forceinline__ void unpack2(u32 w, float out[2]) {
