@@ -123,19 +123,30 @@ def main():
         rows.append((batch, floor, base, ours))
         print(f"batch {batch}: " + (f"torch.compile in a CUDA graph {base / 1e3:.3f} ms" if base else "")
               + "".join(f", megakernel {path} {t / 1e3:.3f} ms" for path, t in ours), flush=True)
-    first = rows[0] if rows[0][0] == 1 else None        # batch 1's times: the 'x batch 1' columns
+    print_table(rows)
+
+
+def print_table(rows: list) -> None:
+    """rows: (batch, floor us, torch.compile us or None, [(artifact, us), ...]) in --batches order."""
+    # the 'x batch 1' columns: against batch 1's row wherever --batches put it; an A/B's i-th artifact
+    # of a batch against batch 1's i-th (the same variant where each batch lists them in one order)
+    first = next((r for r in rows if r[0] == 1), None)
     base1 = first[2] if first else None
-    ours1 = first[3][0][1] if first and first[3] else None
+    ours1 = [t for _, t in first[3]] if first else []
     print(f"\n{'batch':>5s} {'floor ms':>9s} {'compile ms':>11s} {'x batch 1':>10s} {'adamk ms':>9s} "
           f"{'x batch 1':>10s} {'vs compile':>11s}  artifact")
     for batch, floor, base, ours in rows:
-        head = (f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} {base / base1 if base1 else 0:10.2f} " if base
+        head = (f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} "
+                + (f"{base / base1:10.2f} " if base1 else f"{'-':>10s} ") if base
                 else f"{batch:5d} {floor / 1e3:9.3f} {'-':>11s} {'-':>10s} ")
-        for path, t in ours or [(None, None)]:
+        for i, (path, t) in enumerate(ours or [(None, None)]):
+            if t is None:                   # a batch timed for torch.compile alone
+                print(head + f"{'-':>9s} {'-':>10s} {'-':>11s}")
+                continue
             vs = f"{base / t:10.2f}x" if base else f"{'-':>11s}"
-            print(head + (f"{t / 1e3:9.3f} {t / ours1 if ours1 else 0:10.2f} {vs}  {path}" if t
-                          else f"{'-':>9s} {'-':>10s} {'-':>11s}"))
-
+            t1 = ours1[i] if i < len(ours1) else ours1[0] if ours1 else None
+            rel = f"{t / t1:10.2f}" if t1 else f"{'-':>10s}"
+            print(head + f"{t / 1e3:9.3f} {rel} {vs}  {path}")
 
 if __name__ == "__main__":
     main()

@@ -1,25 +1,59 @@
 #!/usr/bin/env bash
-# A device-code patch against main, the 1B model at several batches (docs/perf.md's A/Bs), in two halves:
+# Device-code patches against main, the 1B model at several batches (docs/perf.md's A/Bs): the CPU
+# machine builds every artifact, the device times them in one call and checks the chosen tree in another
+# (one call for both ran past the 10-minute limit: v45's GPU tests were cut).
 #
-#   bash docs/experiments/patch-ab.sh compile PATCH [BATCHES]   # the CPU machine: main's (m$B) and the
-#        # patch's (n$B) 1B model at each batch and the patch's sanitizer kernels (san) into arts.tgz,
-#        # from two worktrees (~2 min a batch on 2 cores)
-#   bash docs/experiments/patch-ab.sh device PATCH [BATCHES]    # the device, the patch applied to the
-#        # working tree (carry .whl and arts.tgz): main's GPU tests (a copy of the tree with the patch
-#        # reversed), trip_bench walks of both, the A/B without torch.compile (each artifact checked
-#        # against float32 first), compute-sanitizer and the GPU tests on the patch (~8 min)
+#   bash docs/experiments/patch-ab.sh compile VARIANTS [BATCHES]   # the CPU machine: main's 1B model
+#        # (m$B) and each variant's (v1$B, v2$B, ...) at each batch, and each variant's sanitizer
+#        # kernels (san-v1, ...; main's: san-m) into arts.tgz, one worktree each (~2-4 min a
+#        # compile, two at a time on 2 cores)
+#   bash docs/experiments/patch-ab.sh device-ab [BATCHES]          # the device (carry .whl, arts.tgz):
+#        # trip_bench walks of main and of each variant, then the A/B without torch.compile, each
+#        # artifact checked against float32 first, ROUNDS (2) rounds in the order m v1 v2 ... (~5 min)
+#   bash docs/experiments/patch-ab.sh device-check [VARIANT]       # the device: compute-sanitizer on
+#        # the variant's kernels, then the GPU tests on a copy of the tree with its patches applied
+#        # (main's with none: m) (~7 min)
 #
-# PATCH is a file under docs/experiments without .patch; BATCHES defaults to 16,8,1.
+# VARIANTS: comma-separated; a variant is one or more patches under docs/experiments (without .patch)
+# joined by '+', applied to main in that order, e.g. v46-norm-registers,v47-stale-bits,
+# v46-norm-registers+v47-stale-bits. BATCHES defaults to 16,8,1. Logs: $OUT/logs-ab.tgz, $OUT/logs-check.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-MODE=${1:-}; NAME=${2:-}; BATCHES=${3:-16,8,1}
-P=$ROOT/docs/experiments/$NAME.patch
-[ -f "$P" ] || { echo "usage: bash docs/experiments/patch-ab.sh compile|device PATCH [BATCHES] (no $P)" >&2; exit 2; }
+MODE=${1:-}
 GPU_TESTS="tests/test_gpu_batch.py tests/test_gpu.py"
 GPU_K="tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200"
+usage() { echo "usage: bash docs/experiments/patch-ab.sh compile VARIANTS [BATCHES] | device-ab [BATCHES] | device-check [VARIANT]" >&2; exit 2; }
+
+# apply_variant DIR VARIANT: the variant's patches applied to the tree at DIR, in order
+apply_variant() {
+  local p
+  for p in ${2//+/ }; do
+    [ -f "$ROOT/docs/experiments/$p.patch" ] || { echo "no docs/experiments/$p.patch" >&2; return 1; }
+    (cd "$1" && git apply "$ROOT/docs/experiments/$p.patch") || { echo "$p.patch does not apply in $1" >&2; return 1; }
+  done
+}
+
+# a copy of this tree for the device half, with VARIANT's patches (none for m)
+device_copy() {
+  rm -rf "$2" && mkdir -p "$2" && tar cf - --exclude=./.whl --exclude=./arts.tgz . | tar xf - -C "$2" || return 1
+  [ "$1" = m ] || apply_variant "$2" "$(sed -n "s/^$1 //p" /tmp/a/variants.txt)"
+}
+
+device_setup() {
+  mkdir -p /tmp/logs
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name --format=csv,noheader | tee /tmp/logs/gpu.txt
+  rm -rf /tmp/a; tar xzf arts.tgz -C /tmp || exit 1
+  cat /tmp/a/variants.txt
+  NAMES="m $(cut -d' ' -f1 /tmp/a/variants.txt | tr '\n' ' ')"
+}
+
 case "$MODE" in
 compile)
+  VARIANTS=${2:-}; BATCHES=${3:-16,8,1}
+  [ -n "$VARIANTS" ] || usage
   PY=${PY:-$ROOT/.venv/bin/python}
   cat > /tmp/wtrun.py <<'PYEOF'
 import sys, runpy
@@ -29,52 +63,67 @@ sys.argv = [sys.argv[2]] + sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 PYEOF
   git worktree prune
-  for wt in main patch; do rm -rf /tmp/wt_$wt; git worktree add -f /tmp/wt_$wt HEAD -q --detach || exit 1; done
-  (cd /tmp/wt_patch && git apply "$P") || exit 1
   rm -rf /tmp/a && mkdir -p /tmp/a
-  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$2 what=model batch_size=$3 \
-          > /tmp/a/$2.log 2>&1 || { echo "compile $2 failed: /tmp/a/$2.log"; return 1; }; }
-  for b in ${BATCHES//,/ }; do
-    c main "m$b" $b & x=$!; c patch "n$b" $b & y=$!
-    wait $x && wait $y || exit 1      # a failure stops it before arts.tgz
+  NAMES=m; i=0
+  for v in ${VARIANTS//,/ }; do i=$((i + 1)); NAMES="$NAMES v$i"; echo "v$i $v" >> /tmp/a/variants.txt; done
+  for n in $NAMES; do
+    rm -rf /tmp/wt_$n; git worktree add -f /tmp/wt_$n HEAD -q --detach || exit 1
+    [ $n = m ] || apply_variant /tmp/wt_$n "$(sed -n "s/^$n //p" /tmp/a/variants.txt)" || exit 1
   done
-  (cd /tmp/wt_patch && $PY /tmp/wtrun.py /tmp/wt_patch benchmarks/sanitize.py --gpu H200 --out /tmp/a/san \
-     > /tmp/a/san.log 2>&1) || { echo "sanitizer kernels failed: /tmp/a/san.log"; exit 1; }
+  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$1$2 what=model batch_size=$2 \
+          > /tmp/a/$1$2.log 2>&1 || { echo "compile $1$2 failed: /tmp/a/$1$2.log"; return 1; }; }
+  s() { (cd /tmp/wt_$1 && $PY /tmp/wtrun.py /tmp/wt_$1 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san-$1 \
+          > /tmp/a/san-$1.log 2>&1) || { echo "sanitizer kernels $1 failed: /tmp/a/san-$1.log"; return 1; }; }
+  jobs_=()                                # (command args) two at a time: the machine's 2 cores
+  for b in ${BATCHES//,/ }; do for n in $NAMES; do jobs_+=("c $n $b"); done; done
+  for n in $NAMES; do jobs_+=("s $n"); done
+  for ((j = 0; j < ${#jobs_[@]}; j += 2)); do
+    ${jobs_[j]} & x=$!
+    y=
+    if ((j + 1 < ${#jobs_[@]})); then ${jobs_[j + 1]} & y=$!; fi
+    wait $x || exit 1                     # a failure stops it before arts.tgz
+    [ -z "$y" ] || wait $y || exit 1
+    echo "built: ${jobs_[j]}${y:+, ${jobs_[j + 1]}}"
+  done
   tar czf "$ROOT/arts.tgz" -C /tmp a && ls -la "$ROOT/arts.tgz"
-  echo "for the device call, apply $NAME.patch to the working tree"
   ;;
-device)
-  mkdir -p /tmp/logs
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONUNBUFFERED=1
-  nvidia-smi --query-gpu=name --format=csv,noheader | tee /tmp/logs/gpu.txt
-  rm -rf /tmp/a; tar xzf arts.tgz -C /tmp
-  A=/tmp/a
-  rm -rf /tmp/mk && mkdir -p /tmp/mk && tar cf - --exclude=./.whl --exclude=./arts.tgz . | tar xf - -C /tmp/mk \
-    && (cd /tmp/mk && git apply -R "$P") || { echo "main's copy failed"; exit 1; }
-  (cd /tmp/mk && PYTHONPATH=/tmp/site:/tmp/mk timeout 200 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS \
-     -k "$GPU_K" > /tmp/logs/gpu-tests-main.log 2>&1); echo "main's GPU tests rc $?"; tail -n 2 /tmp/logs/gpu-tests-main.log
+device-ab)
+  BATCHES=${2:-16,8,1}; ROUNDS=${ROUNDS:-2}
+  device_setup
   export PYTHONPATH=/tmp/site:$PWD
-  nv() { nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I "$1/csrc/kernels" "$1/benchmarks/trip_bench.cu" -o "$2"; }
-  nv /tmp/mk /tmp/trip_main & nv "$ROOT" /tmp/trip_patch; wait
-  for w in main patch; do
-    timeout 60 /tmp/trip_$w walks > /tmp/logs/walk-$w.log 2>&1; echo "walk $w rc $?"; grep "in flight 0" /tmp/logs/walk-$w.log
+  for n in $NAMES; do device_copy $n /tmp/tree-$n || { echo "copy $n failed"; exit 1; }; done
+  for n in $NAMES; do
+    nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I /tmp/tree-$n/csrc/kernels /tmp/tree-$n/benchmarks/trip_bench.cu \
+      -o /tmp/trip_$n &
   done
-  ab() { for r in 1 2; do for x in m n; do [ -d $A/$x$1 ] && echo --artifact $1=$A/$x$1; done; done; }
-  timeout 200 python3 benchmarks/bench_batch.py --batches $BATCHES $(for b in ${BATCHES//,/ }; do ab $b; done) \
-    --iters 40 --no-baselines > /tmp/logs/batch-ab.log 2>&1
-  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep "megakernel" /tmp/logs/batch-ab.log
+  wait
+  for n in $NAMES; do
+    timeout 60 /tmp/trip_$n walks > /tmp/logs/walk-$n.log 2>&1; echo "walk $n rc $?"; grep "in flight 0" /tmp/logs/walk-$n.log
+  done
+  args=()
+  for b in ${BATCHES//,/ }; do
+    for ((r = 0; r < ROUNDS; ++r)); do for n in $NAMES; do [ -d /tmp/a/$n$b ] && args+=(--artifact $b=/tmp/a/$n$b); done; done
+  done
+  timeout 420 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 --no-baselines \
+    > /tmp/logs/batch-ab.log 2>&1
+  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep -A 100 "^batch  floor" /tmp/logs/batch-ab.log
+  tar czf "$OUT/logs-ab.tgz" -C /tmp logs
+  ;;
+device-check)
+  V=${2:-m}
+  device_setup
+  device_copy $V /tmp/tree || { echo "copy $V failed"; exit 1; }
+  cd /tmp/tree && export PYTHONPATH=/tmp/site:/tmp/tree
   for t in memcheck racecheck synccheck; do
     timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
-      python3 benchmarks/sanitize.py --run $A/san > /tmp/logs/san-$t.log 2>&1
+      python3 benchmarks/sanitize.py --run /tmp/a/san-$V > /tmp/logs/san-$t.log 2>&1
     echo "$t rc $?"; tail -n 1 /tmp/logs/san-$t.log
   done
-  timeout 200 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS -k "$GPU_K" > /tmp/logs/gpu-tests-patch.log 2>&1
-  echo "the patch's GPU tests rc $?"; tail -n 2 /tmp/logs/gpu-tests-patch.log
-  tar czf "$OUT/logs-$NAME.tgz" -C /tmp logs
+  timeout 330 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS -k "$GPU_K" > /tmp/logs/gpu-tests.log 2>&1
+  echo "GPU tests ($V) rc $?"; tail -n 2 /tmp/logs/gpu-tests.log
+  tar czf "$OUT/logs-check.tgz" -C /tmp logs
   ;;
 *)
-  echo "usage: bash docs/experiments/patch-ab.sh compile|device PATCH [BATCHES]" >&2
-  exit 2
+  usage
   ;;
 esac
