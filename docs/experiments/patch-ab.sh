@@ -4,7 +4,7 @@
 # (one call for both ran past the 10-minute limit: v45's GPU tests were cut).
 #
 #   bash docs/experiments/patch-ab.sh compile VARIANTS [BATCHES]   # the CPU machine: main's 1B model
-#        # (m$B) and each variant's (v1$B, v2$B, ...) at each batch, and each variant's sanitizer
+#        # (m-b$B) and each variant's (v1-b$B, v2-b$B, ...) at each batch, and each variant's sanitizer
 #        # kernels (san-v1, ...; main's: san-m) into arts.tgz, one worktree each (~2-4 min a
 #        # compile, two at a time on 2 cores)
 #   bash docs/experiments/patch-ab.sh device-ab [BATCHES]          # the device (carry .whl, arts.tgz):
@@ -70,8 +70,8 @@ PYEOF
     rm -rf /tmp/wt_$n; git worktree add -f /tmp/wt_$n HEAD -q --detach || exit 1
     [ $n = m ] || apply_variant /tmp/wt_$n "$(sed -n "s/^$n //p" /tmp/a/variants.txt)" || exit 1
   done
-  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$1$2 what=model batch_size=$2 \
-          > /tmp/a/$1$2.log 2>&1 || { echo "compile $1$2 failed: /tmp/a/$1$2.log"; return 1; }; }
+  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$1-b$2 what=model batch_size=$2 \
+          > /tmp/a/$1-b$2.log 2>&1 || { echo "compile $1-b$2 failed: /tmp/a/$1-b$2.log"; return 1; }; }
   s() { (cd /tmp/wt_$1 && $PY /tmp/wtrun.py /tmp/wt_$1 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san-$1 \
           > /tmp/a/san-$1.log 2>&1) || { echo "sanitizer kernels $1 failed: /tmp/a/san-$1.log"; return 1; }; }
   jobs_=()                                # (command args) two at a time: the machine's 2 cores
@@ -102,7 +102,7 @@ device-ab)
   done
   args=()
   for b in ${BATCHES//,/ }; do
-    for ((r = 0; r < ROUNDS; ++r)); do for n in $NAMES; do [ -d /tmp/a/$n$b ] && args+=(--artifact $b=/tmp/a/$n$b); done; done
+    for ((r = 0; r < ROUNDS; ++r)); do for n in $NAMES; do [ -d /tmp/a/$n-b$b ] && args+=(--artifact $b=/tmp/a/$n-b$b); done; done
   done
   timeout 420 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 --no-baselines \
     > /tmp/logs/batch-ab.log 2>&1
