@@ -219,8 +219,8 @@ def uncalibrated(m: dict) -> str:
     """Why a manifest's predicted time is a guess."""
     from .search.cost import SPEC
     if m["config"].get("batch_size", 1) > 1 and m["cost_model"] != SPEC:
-        return (", UNCALIBRATED at a batch: the profile was fitted on one sequence's stamps, and it has a "
-                "batch's figure ~25-30% high (docs/perf.md v38)")
+        return (", UNCALIBRATED at a batch: the profile was fitted on one sequence's stamps, and a batch's "
+                "figure runs 40-60% above measured (docs/perf.md v46-v50)")
     return ", UNCALIBRATED: no measured profile, the figure is a guess"
 
 
