@@ -13,6 +13,9 @@
 #   bash docs/experiments/patch-ab.sh device-check [VARIANT]       # the device: compute-sanitizer on
 #        # the variant's kernels, then the GPU tests on a copy of the tree with its patches applied
 #        # (main's with none: m) (~7 min)
+#   bash docs/experiments/patch-ab.sh device-table [VARIANT] [BATCHES]   # the device: issue 14's batch
+#        # table, the variant's artifacts (default 1,4,8,16: compile them with BATCHES so) against
+#        # torch.compile in a CUDA graph in the same run (~2 min a batch)
 #
 # VARIANTS: comma-separated; a variant is one or more patches under docs/experiments (without .patch)
 # joined by '+', applied to main in that order, e.g. v46-norm-registers,v47-stale-bits,
@@ -23,7 +26,7 @@ ROOT=$PWD
 MODE=${1:-}
 GPU_TESTS="tests/test_gpu_batch.py tests/test_gpu.py"
 GPU_K="tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200"
-usage() { echo "usage: bash docs/experiments/patch-ab.sh compile VARIANTS [BATCHES] | device-ab [BATCHES] | device-check [VARIANT]" >&2; exit 2; }
+usage() { echo "usage: bash docs/experiments/patch-ab.sh compile VARIANTS [BATCHES] | device-ab [BATCHES] | device-check [VARIANT] | device-table [VARIANT] [BATCHES]" >&2; exit 2; }
 
 # apply_variant DIR VARIANT: the variant's patches applied to the tree at DIR, in order
 apply_variant() {
@@ -122,6 +125,17 @@ device-check)
   timeout 330 python3 -m pytest -q -p no:cacheprovider $GPU_TESTS -k "$GPU_K" > /tmp/logs/gpu-tests.log 2>&1
   echo "GPU tests ($V) rc $?"; tail -n 2 /tmp/logs/gpu-tests.log
   tar czf "$OUT/logs-check.tgz" -C /tmp logs
+  ;;
+device-table)
+  V=${2:-m}; BATCHES=${3:-1,4,8,16}
+  device_setup
+  device_copy $V /tmp/tree || { echo "copy $V failed"; exit 1; }
+  cd /tmp/tree && export PYTHONPATH=/tmp/site:/tmp/tree
+  args=()
+  for b in ${BATCHES//,/ }; do [ -d /tmp/a/$V-b$b ] && args+=(--artifact $b=/tmp/a/$V-b$b); done
+  timeout 560 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 > /tmp/logs/batch-table.log 2>&1
+  echo "bench rc $?"; grep "logits vs\|torch.compile in" /tmp/logs/batch-table.log; grep -A 20 "^batch  floor" /tmp/logs/batch-table.log
+  tar czf "$OUT/logs-table.tgz" -C /tmp logs
   ;;
 *)
   usage
