@@ -313,6 +313,28 @@ def test_the_batch_benchmarks_pytorch_baseline_decodes_each_sequence_as_alone():
             assert rel(logits[b].numpy(), ref.numpy()) < 1e-5, b
 
 
+def test_the_batch_benchmarks_table_divides_by_batch_1_wherever_it_stands(capsys):
+    """bench_batch.py's table: the 'x batch 1' columns divide by batch 1's row wherever --batches puts
+    it (an A/B lists batch 1 last), an A/B's i-th artifact by batch 1's i-th, and a batch timed for
+    torch.compile alone prints dashes (v45's table printed 0.00)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_batch import print_table
+    main1, patch1 = random.uniform(900, 1100), random.uniform(900, 1100)
+    main8, patch8 = random.uniform(1300, 1500), random.uniform(1300, 1500)
+    print_table([(8, 880.0, None, [("m8", main8), ("p8", patch8)]), (1, 840.0, None, [("m1", main1), ("p1", patch1)])])
+    rows = {line.split()[-1]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert float(rows["m8"][5]) == pytest.approx(main8 / main1, abs=0.006)
+    assert float(rows["p8"][5]) == pytest.approx(patch8 / patch1, abs=0.006)
+    assert rows["m1"][5] == rows["p1"][5] == "1.00" and rows["m8"][3] == "-"
+    compiled4, compiled1 = random.uniform(1400, 1600), random.uniform(1200, 1300)
+    print_table([(1, 840.0, compiled1, [("m1", main1)]), (4, 850.0, compiled4, [])])
+    out = capsys.readouterr().out.splitlines()
+    assert float(out[3].split()[3]) == pytest.approx(compiled4 / compiled1, abs=0.006) and out[3].split()[4:] == ["-"] * 3
+    assert float(out[2].split()[6].rstrip("x")) == pytest.approx(compiled1 / main1, abs=0.006)
+
+
 def test_attention_combine_tasks_of_a_batch_serve_one_sequence_each():
     """An attention with two readers is merged by combine tasks, one per sequence and KV head (not by
     its reader's staging): a second o_proj over the same output, whose result nothing reads, makes
