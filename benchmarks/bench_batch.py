@@ -136,17 +136,17 @@ def print_table(rows: list) -> None:
     print(f"\n{'batch':>5s} {'floor ms':>9s} {'compile ms':>11s} {'x batch 1':>10s} {'adamk ms':>9s} "
           f"{'x batch 1':>10s} {'vs compile':>11s}  artifact")
     for batch, floor, base, ours in rows:
-        head = (f"{batch:5d} {floor / 1e3:9.3f} {base / 1e3:11.3f} "
-                + (f"{base / base1:10.2f} " if base1 else f"{'-':>10s} ") if base
-                else f"{batch:5d} {floor / 1e3:9.3f} {'-':>11s} {'-':>10s} ")
-        for i, (path, t) in enumerate(ours or [(None, None)]):
-            if t is None:                   # a batch timed for torch.compile alone
-                print(head + f"{'-':>9s} {'-':>10s} {'-':>11s}")
-                continue
+        compiled = (f"{base / 1e3:11.3f} " + (f"{base / base1:10.2f} " if base1 else f"{'-':>10s} ") if base
+                    else f"{'-':>11s} {'-':>10s} ")
+        head = f"{batch:5d} {floor / 1e3:9.3f} " + compiled
+        if not ours:                        # a batch timed for torch.compile alone
+            print(head + f"{'-':>9s} {'-':>10s} {'-':>11s}")
+        for i, (path, t) in enumerate(ours):
             vs = f"{base / t:10.2f}x" if base else f"{'-':>11s}"
             t1 = ours1[i] if i < len(ours1) else ours1[0] if ours1 else None
             rel = f"{t / t1:10.2f}" if t1 else f"{'-':>10s}"
             print(head + f"{t / 1e3:9.3f} {rel} {vs}  {path}")
+
 
 if __name__ == "__main__":
     main()
