@@ -43,6 +43,12 @@ device_copy() {
   [ "$1" = m ] || apply_variant "$2" "$(sed -n "s/^$1 //p" /tmp/a/variants.txt)"
 }
 
+# run in a copy of this tree with VARIANT's patches (device-check, device-table)
+enter_tree() {
+  device_copy $1 /tmp/tree || { echo "copy $1 failed"; exit 1; }
+  cd /tmp/tree && export PYTHONPATH=/tmp/site:/tmp/tree
+}
+
 device_setup() {
   mkdir -p /tmp/logs
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -115,8 +121,7 @@ device-ab)
 device-check)
   V=${2:-m}
   device_setup
-  device_copy $V /tmp/tree || { echo "copy $V failed"; exit 1; }
-  cd /tmp/tree && export PYTHONPATH=/tmp/site:/tmp/tree
+  enter_tree $V
   for t in memcheck racecheck synccheck; do
     timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
       python3 benchmarks/sanitize.py --run /tmp/a/san-$V > /tmp/logs/san-$t.log 2>&1
@@ -129,8 +134,7 @@ device-check)
 device-table)
   V=${2:-m}; BATCHES=${3:-1,4,8,16}
   device_setup
-  device_copy $V /tmp/tree || { echo "copy $V failed"; exit 1; }
-  cd /tmp/tree && export PYTHONPATH=/tmp/site:/tmp/tree
+  enter_tree $V
   args=()
   for b in ${BATCHES//,/ }; do [ -d /tmp/a/$V-b$b ] && args+=(--artifact $b=/tmp/a/$V-b$b); done
   timeout 560 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 > /tmp/logs/batch-table.log 2>&1
