@@ -11,8 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name --format=csv,noheader
-grep -q H100 <(nvidia-smi --query-gpu=name --format=csv,noheader) || { echo "not an H100: the profile would be another GPU's"; exit 1; }
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader); echo "$GPU_NAME"
+[[ $GPU_NAME == *H100* ]] || { echo "not an H100: the profile would be another GPU's"; exit 1; }
 mkdir -p /tmp/logs
 timeout 300 python3 -m adamk calibrate --gpu H100 -o "$OUT/H100.json" 2>&1 | tee /tmp/logs/calibrate.log
 [ -f "$OUT/H100.json" ] || { echo "calibration failed"; tar czf "$OUT/logs-calibrate.tgz" -C /tmp logs; exit 1; }
