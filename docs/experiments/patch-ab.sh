@@ -15,7 +15,8 @@
 #        # (main's with none: m) (~7 min)
 #   bash docs/experiments/patch-ab.sh device-table [VARIANT] [BATCHES]   # the device: issue 14's batch
 #        # table, the variant's artifacts (default 1,4,8,16: compile them with BATCHES so) against
-#        # torch.compile in a CUDA graph in the same run (~2 min a batch)
+#        # torch.compile in a CUDA graph in the same run (~2 min a batch); AB="m v1" times those trees'
+#        # artifacts beside the variant's in the same run, ROUNDS (1) rounds in the order AB... VARIANT
 #
 # VARIANTS: comma-separated; a variant is one or more patches under docs/experiments (without .patch)
 # joined by '+', applied to main in that order, e.g. v46-norm-registers,v47-stale-bits,
@@ -132,11 +133,15 @@ device-check)
   tar czf "$OUT/logs-check.tgz" -C /tmp logs
   ;;
 device-table)
-  V=${2:-m}; BATCHES=${3:-1,4,8,16}
+  V=${2:-m}; BATCHES=${3:-1,4,8,16}; ROUNDS=${ROUNDS:-1}
   device_setup
   enter_tree $V
   args=()
-  for b in ${BATCHES//,/ }; do [ -d /tmp/a/$V-b$b ] && args+=(--artifact $b=/tmp/a/$V-b$b); done
+  for b in ${BATCHES//,/ }; do
+    for ((r = 0; r < ROUNDS; ++r)); do for n in ${AB:-} $V; do
+      [ -d /tmp/a/$n-b$b ] && args+=(--artifact $b=/tmp/a/$n-b$b)
+    done; done
+  done
   timeout 560 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 > /tmp/logs/batch-table.log 2>&1
   echo "bench rc $?"; grep "logits vs\|torch.compile in" /tmp/logs/batch-table.log; grep -A 20 "^batch  floor" /tmp/logs/batch-table.log
   tar czf "$OUT/logs-table.tgz" -C /tmp logs
