@@ -220,7 +220,7 @@ def uncalibrated(m: dict) -> str:
     from .search.cost import SPEC
     if m["config"].get("batch_size", 1) > 1 and m["cost_model"] != SPEC:
         return (", UNCALIBRATED at a batch: the profile was fitted on one sequence's stamps, and a batch's "
-                "figure runs 40-60% above measured (docs/perf.md v46-v50)")
+                "figure runs 50-80% above what an H100 measures (docs/perf.md v51)")
     return ", UNCALIBRATED: no measured profile, the figure is a guess"
 
 

@@ -482,45 +482,35 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
     }
   }
   consumer_sync();
-  if constexpr (PAIRS) {             // unsplit (tile.py): element d and d + 1 of a head a thread
-    static_assert(HD % 2 == 0, "a shadow's pairs are whole within a head");
-    for (int pd = 2 * tid; pd < P * HD; pd += 2 * kConsumerThreads) {
-      const int p = pd / HD, d = pd % HD;
-      float mx = kEmpty, num[2] = {0.f, 0.f}, den = 0.f;
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
-      for (int w = 0; w < kWarps; ++w) {      // each element as the loop below adds it
-        const float* pw = part + (w * P + p) * kStride;
-        const float c = fast_exp2(pw[HD] - mx);
-        num[0] += pw[d] * c;
-        num[1] += pw[d + 1] * c;
-        den += pw[HD + 1] * c;
-      }
+  // Each head's elements merged over the warps' partials; PAIRS (unsplit, tile.py): elements d and
+  // d + 1 of a head a thread, for their pair word.
+  static_assert(!PAIRS || HD % 2 == 0, "a shadow's pairs are whole within a head");
+  constexpr int kE = PAIRS ? 2 : 1;
+  for (int pd = kE * tid; pd < P * HD; pd += kE * kConsumerThreads) {
+    const int p = pd / HD, d = pd % HD;
+    float mx = kEmpty;
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
+    float num[kE] = {}, den = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float* pw = part + (w * P + p) * kStride;
+      const float c = fast_exp2(pw[HD] - mx);
+#pragma unroll
+      for (int e = 0; e < kE; ++e) num[e] += pw[d + e] * c;
+      den += pw[HD + 1] * c;
+    }
+    if constexpr (PAIRS) {
       const float val[2] = {num[0] / den, num[1] / den};
       store(s, out + (q_head + p) * HD + d, val[0]);
       store(s, out + (q_head + p) * HD + d + 1, val[1]);
       store_pair(s, pairs + (q_head + p) * HD + d, val[0], val[1]);
-    }
-  } else {
-    for (int pd = tid; pd < P * HD; pd += kConsumerThreads) {
-      const int p = pd / HD, d = pd % HD;
-      float mx = kEmpty;
-      for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, part[(w * P + p) * kStride + HD]);
-      float num = 0.f, den = 0.f;
-      for (int w = 0; w < kWarps; ++w) {
-        const float* pw = part + (w * P + p) * kStride;
-        const float c = fast_exp2(pw[HD] - mx);
-        num += pw[d] * c;
-        den += pw[HD + 1] * c;
-      }
-      if (n_splits == 1) {
-        store(s, out + (q_head + p) * HD + d, num / den);
-      } else {
-        tagged_t* mine_out = out + ((size_t)split * num_heads + q_head + p) * kStride;
-        store(s, mine_out + d, num);
-        if (d == 0) {
-          store(s, mine_out + HD, mx);
-          store(s, mine_out + HD + 1, den);
-        }
+    } else if (n_splits == 1) {
+      store(s, out + (q_head + p) * HD + d, num[0] / den);
+    } else {
+      tagged_t* mine_out = out + ((size_t)split * num_heads + q_head + p) * kStride;
+      store(s, mine_out + d, num[0]);
+      if (d == 0) {
+        store(s, mine_out + HD, mx);
+        store(s, mine_out + HD + 1, den);
       }
     }
   }

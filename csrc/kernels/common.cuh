@@ -215,14 +215,27 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return r;
 }
 
-// Sum over the consumer threads; `scratch` holds kWarps floats. Every consumer gets the total.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+// Sum over the consumer threads with one barrier; `scratch` holds kWarps floats (16-byte aligned), and
+// no one may write it again before the consumers' next barrier (a batch's staging: each sequence its
+// own). Every consumer gets the total, the warps' sums added in warp order; they are read 4 at a time,
+// as one load each waited in turn was a tenth of a staging walk's stalls (ncu, docs/perf.md v42-v44).
+__device__ __forceinline__ float block_sum_once(float v, float* scratch) {
+  static_assert(kWarps % 4 == 0, "the warps' sums are read as float4");
   v = warp_sum(v);
   if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
   consumer_sync();
+  float4 sums[kWarps / 4];
+#pragma unroll
+  for (int i = 0; i < kWarps / 4; ++i) sums[i] = reinterpret_cast<const float4*>(scratch)[i];
   float total = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) total += scratch[w];
+  for (int i = 0; i < kWarps / 4; ++i) total = (((total + sums[i].x) + sums[i].y) + sums[i].z) + sums[i].w;
+  return total;
+}
+
+// block_sum_once over a scratch the next reduction reuses.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const float total = block_sum_once(v, scratch);
   consumer_sync();   // scratch is reused by the next reduction
   return total;
 }

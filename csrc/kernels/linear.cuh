@@ -92,7 +92,13 @@ __device__ __forceinline__ void linear_input_pairs(const Step& s, int work_offse
           if (has(q, b) && (!retry || a[q][b].first_stale(s, src(q, b), tag))) a[q][b].load(src(q, b));
     };
     request(false);
-    await_words(s, task, [&](u32& tag) -> const tagged_t* {
+    u32 stale = 0;                       // one test for the trip (Vec4::stale_bits)
+#pragma unroll
+    for (int q = 0; q < G; ++q)
+#pragma unroll
+      for (int b = 0; b < kIters; ++b)
+        if (has(q, b)) stale |= a[q][b].stale_bits(s);
+    if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
       for (int q = 0; q < G; ++q)
 #pragma unroll
@@ -112,6 +118,87 @@ __device__ __forceinline__ void linear_input_pairs(const Step& s, int work_offse
         store_xs<XS, B>(work_offset + W::kXs, g0 + q, at(b), v);
       }
     }
+  }
+  consumer_sync();
+  trace_mark(s, task, 1);
+}
+
+constexpr int kNormRowsTrip = 8;           // Vec4 a lane requests at once (registers)
+__host__ __device__ constexpr bool norm_rows_fit(int k) { return k % 4 == 0 && k <= 16 * 4 * 32; }   // the norm weight's registers
+
+// A batch's RMSNorm rows from a bf16 shadow, staged whole (XS == K: one K-part, so k0 = 0 and k_len = K,
+// tile.py), a warp a sequence: warp w stages sequences w, w + kWarps, ...; its lanes request the row a
+// trip of kTrip Vec4 a lane at a time, sum its squares, and the warp's shuffles give the row's sum, so a
+// sequence takes no block barrier and each warp starts on its row as soon as that row has landed, where
+// linear_input's walk takes the sequences one after another with a block reduction each (its chain of
+// barriers and round trips bounds a batch's staging points: docs/perf.md v42-v44, v49). The norm
+// weight is requested once, with the first trip, into registers (the same columns for every row of the
+// lane). x is exact in xs (bf16 already); x * w / rms is rounded once, in the scale pass over the lane's
+// own columns. Starts with a consumer barrier (the previous run is done with xs) and ends with one.
+template <int XS, int K, int B>
+__device__ __forceinline__ void linear_input_norm_rows(const Step& s, int work_offset, const paired_t* in,
+                                                       const bf16_t* norm_w, float eps, int task) {
+  constexpr int kVecs = (K + 4 * 32 - 1) / (4 * 32);      // Vec4 of a row a lane, at most
+  constexpr int kTrip = kVecs < kNormRowsTrip ? kVecs : kNormRowsTrip;
+  static_assert(XS == K && norm_rows_fit(K) && B > 1, "a batch's whole rows, 16 Vec4 a lane at most");
+  using W = LinearWork<XS, 0, 0, B>;
+  check_smem(s, work_offset + W::kBytes, task);
+  trace_mark(s, task, 0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  auto at = [&](int c) { return 4 * (c * 32 + lane); };   // the column of a lane's Vec4 c
+  auto has = [&](int c) { return c < kVecs && at(c) < K; };
+  Vec4<bf16_t> w[kVecs];
+#pragma unroll
+  for (int c = 0; c < kVecs; ++c)
+    if (has(c)) w[c].load(norm_w + at(c));
+  consumer_sync();
+#pragma unroll 1
+  for (int seq = warp; seq < B; seq += kWarps) {
+    const paired_t* x = in + (size_t)seq * K;
+    float ss = 0.f;
+#pragma unroll 1
+    for (int c0 = 0; c0 < kVecs; c0 += kTrip) {
+      Vec4<paired_t> a[kTrip];
+#pragma unroll
+      for (int c = 0; c < kTrip; ++c)
+        if (has(c0 + c)) a[c].load(x + at(c0 + c));
+      u32 stale = 0;                       // one test for the trip (Vec4::stale_bits)
+#pragma unroll
+      for (int c = 0; c < kTrip; ++c)
+        if (has(c0 + c)) stale |= a[c].stale_bits(s);
+      if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+        for (int c = 0; c < kTrip; ++c)
+          if (has(c0 + c))
+            if (const tagged_t* p = a[c].first_stale(s, x + at(c0 + c), tag)) return p;
+        return nullptr;
+      }, [&] {
+        u32 tag;
+#pragma unroll
+        for (int c = 0; c < kTrip; ++c)
+          if (has(c0 + c) && a[c].first_stale(s, x + at(c0 + c), tag)) a[c].load(x + at(c0 + c));
+      });
+#pragma unroll
+      for (int c = 0; c < kTrip; ++c)
+        if (has(c0 + c)) {
+          float v[4];
+          a[c].get(v);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) ss += v[e] * v[e];
+          store_xs<XS, B>(work_offset + W::kXs, seq, at(c0 + c), v);
+        }
+    }
+    const float inv_rms = rsqrtf(warp_sum(ss) / K + eps);
+#pragma unroll
+    for (int c = 0; c < kVecs; ++c)        // the lane's own columns: no other lane wrote them
+      if (has(c)) {
+        float v[4], nw[4];
+        unpack4(*reinterpret_cast<const uint2*>(smem_at<bf16_t>(work_offset + W::kXs) + (size_t)seq * XS + at(c)), v);
+        w[c].get(nw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) v[e] *= inv_rms * nw[e];
+        store_xs<XS, B>(work_offset + W::kXs, seq, at(c), v);
+      }
   }
   consumer_sync();
   trace_mark(s, task, 1);
@@ -150,6 +237,10 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
     linear_input_pairs<XS, K, B, (kPairRowsGroup < B ? kPairRowsGroup : B)>(s, work_offset, in, k0, k_len, task);
     return;
   }
+  if constexpr (kPaired && kNorm && XS == K && norm_rows_fit(K)) {   // a batch's whole RMSNorm rows: a warp a sequence
+    linear_input_norm_rows<XS, K, B>(s, work_offset, in, norm_w, eps, task);
+    return;
+  }
   constexpr int kVecs = kAhead ? kIters : kBatch;         // Vec4 of one trip
   using W = LinearWork<XS, 0, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
@@ -165,6 +256,13 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
   constexpr int kScaleVecs = (XS + kStride - 1) / kStride;
   constexpr bool kEarlyWeight = kLateWeight && kScaleVecs <= 2;
   Vec4<bf16_t> scale_w[kEarlyWeight ? kScaleVecs : 1];
+  // An RMSNorm row staged whole (XS == K: one K-part, so k0 = 0 and k_len = K, tile.py) of at most two
+  // Vec4 a thread keeps this thread's elements in registers through the reduction: the scale pass
+  // then owns the same columns, so it neither re-reads xs nor rounds an element twice, and the sum
+  // takes one barrier (each sequence's own scratch, no reuse to guard). A walk is issue-bound
+  // (docs/perf.md v42-v44).
+  constexpr bool kKeep = kNorm && XS == K && kIters <= 2;
+  static_assert(!kKeep || kScaleVecs == kIters, "the scale pass owns the walk's columns");
   if constexpr (kEarlyWeight) {
 #pragma unroll
     for (int c = 0; c < kScaleVecs; ++c)
@@ -186,6 +284,7 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
     const InT* x = in + (size_t)seq * K;
     const InT* x2 = in2 + (size_t)seq * K;
     float ss = 0.f;
+    float kept[kKeep ? kIters : 1][4];      // kKeep: this thread's elements (x, or x * w at batch 1)
 #pragma unroll 1
     for (int b0 = 0; b0 < kIters; b0 += kBatch) {
       Vec4<InT> a[kVecs], g[kVecs];
@@ -215,7 +314,14 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
 #pragma unroll
       for (int b = 0; b < kVecs; ++b)
         if (kNorm && !kLateWeight && has(b)) nw[b].load(norm_w + at(b));
-      await_words(s, task, [&](u32& tag) -> const tagged_t* {
+      u32 stale = 0;                     // one test for the trip (Vec4::stale_bits)
+#pragma unroll
+      for (int b = 0; b < kVecs; ++b)
+        if (has(b)) {
+          stale |= a[b].stale_bits(s);
+          if constexpr (kSilu) stale |= g[b].stale_bits(s);
+        }
+      if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
 #pragma unroll
         for (int b = 0; b < kVecs; ++b)
           if (has(b)) {
@@ -251,10 +357,28 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           }
         }
         const int j = kNorm ? i - k0 : i;                  // its column of xs
-        if (!kNorm || (j >= 0 && j < k_len)) store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
+        if constexpr (kKeep) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) kept[b0 + b][e] = v[e];
+        } else if (!kNorm || (j >= 0 && j < k_len)) {
+          store_xs<XS, B>(work_offset + W::kXs, seq, j, v);
+        }
       }
     }
-    if constexpr (kNorm) {
+    if constexpr (kKeep) {
+      const float inv_rms = rsqrtf(block_sum_once(ss, scratch + seq * W::kPerSeq) / K + eps);
+#pragma unroll
+      for (int c = 0; c < kIters; ++c) {
+        const int j = 4 * threadIdx.x + c * kStride;
+        if (j < K) {
+          float w[4] = {1.f, 1.f, 1.f, 1.f};
+          if constexpr (kLateWeight) scale_w[c].get(w);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) kept[c][e] *= inv_rms * w[e];
+          store_xs<XS, B>(work_offset + W::kXs, seq, j, kept[c]);
+        }
+      }
+    } else if constexpr (kNorm) {
       const float zero[4] = {0.f, 0.f, 0.f, 0.f};
       for (int j = k_len + 4 * threadIdx.x; j < XS; j += kStride) store_xs<XS, B>(work_offset + W::kXs, seq, j, zero);
       const float inv_rms = rsqrtf(block_sum(ss, scratch) / K + eps);   // its barriers order the xs writes

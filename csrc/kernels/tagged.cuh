@@ -108,6 +108,9 @@ __device__ __forceinline__ float ready_value(const Step& s, const tagged_t* p, u
 // Four consecutive input elements of a staging (the index a multiple of 4): `load` requests
 // them, `first_stale` / `load` again wait for them (await_words over a batch of Vec4, whose
 // loads all go out before the first wait), `get` gives floats. Host buffers are ready at launch.
+// `stale_bits` is nonzero if any word is not this step's: a staging ORs it over its whole trip and
+// tests once, where first_stale's early return branches per word (a staging walk is issue-bound, and
+// the tag tests, their branches and the loads' wait were a fifth of its stalls: ncu, docs/perf.md v42-v44).
 template <typename T>
 struct Vec4;
 
@@ -116,6 +119,7 @@ struct Vec4<bf16_t> {
   uint2 raw;
   __device__ __forceinline__ void load(const bf16_t* p) { raw = *reinterpret_cast<const uint2*>(p); }
   __device__ __forceinline__ const tagged_t* first_stale(const Step&, const bf16_t*, u32&) const { return nullptr; }
+  __device__ __forceinline__ u32 stale_bits(const Step&) const { return 0; }
   __device__ __forceinline__ void get(float v[4]) const { unpack4(raw, v); }
 };
 
@@ -125,6 +129,9 @@ struct Vec4<tagged_t> {
   __device__ __forceinline__ void load(const tagged_t* p) {
     load_words2(p, w[0], w[1]);
     load_words2(p + 2, w[2], w[3]);
+  }
+  __device__ __forceinline__ u32 stale_bits(const Step& s) const {
+    return (tag_of(w[0]) ^ s.epoch) | (tag_of(w[1]) ^ s.epoch) | (tag_of(w[2]) ^ s.epoch) | (tag_of(w[3]) ^ s.epoch);
   }
   __device__ __forceinline__ const tagged_t* first_stale(const Step& s, const tagged_t* p, u32& tag) const {
 #pragma unroll
@@ -147,6 +154,9 @@ struct Vec4<paired_t> {
   u64 w[2];
   __device__ __forceinline__ void load(const paired_t* p) {
     load_words2(reinterpret_cast<const tagged_t*>(p), w[0], w[1]);
+  }
+  __device__ __forceinline__ u32 stale_bits(const Step& s) const {
+    return (tag_of(w[0]) ^ s.epoch) | (tag_of(w[1]) ^ s.epoch);
   }
   __device__ __forceinline__ const tagged_t* first_stale(const Step& s, const paired_t* p, u32& tag) const {
 #pragma unroll

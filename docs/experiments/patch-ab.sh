@@ -19,8 +19,8 @@
 #        # artifacts beside the variant's in the same run, ROUNDS (1) rounds in the order AB... VARIANT
 #
 # VARIANTS: comma-separated; a variant is one or more patches under docs/experiments (without .patch)
-# joined by '+', applied to main in that order, e.g. v46-norm-registers,v47-stale-bits,
-# v46-norm-registers+v47-stale-bits. BATCHES defaults to 16,8,1. Logs: $OUT/logs-ab.tgz, $OUT/logs-check.tgz.
+# joined by '+', applied to main in that order, e.g. v53-a,v54-b,v53-a+v54-b (three variants: each
+# patch alone and both). BATCHES defaults to 16,8,1. Logs: $OUT/logs-ab.tgz, $OUT/logs-check.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
