@@ -58,7 +58,8 @@ class CompileConfig:
     schedule: str = "search"          # "search" (the DAG search), or the ablation's "round-robin", "barrier",
                                       # "queue" (blocks take tasks from an atomic counter at run time)
     search_budget_s: float = SEARCH_BUDGET_S     # wall-clock bound of the DAG search
-    cost_model: str | None = None     # a profile from `adamk calibrate`; None: the spec table's defaults
+    cost_model: str | None = None     # a profile from `adamk calibrate`; None: the GPU's shipped profile
+                                      # (adamk/profiles), else the spec table's defaults
 
     def __post_init__(self):
         for field in dataclasses.fields(self):   # the declared types, checked: 16.0 is not a tile_rows

@@ -68,8 +68,10 @@ def test_inspect_reports_and_checks_files(tiny_onnx, tmp_path):
     code, stdout, _ = cli("inspect", out)
     assert code == 0
     for needle in ("hidden 136, heads 6 (kv 2) x 24", "H100 (sm_90), 132 blocks", "tasks", "B per block",
-                   "predicted", "UNCALIBRATED", "7 linear weights stored page by page", "ok         kernel.sm_90.cubin"):
+                   "predicted", "cost model: measured: adamk/profiles/H100.json", "7 linear weights stored page by page",
+                   "ok         kernel.sm_90.cubin"):
         assert needle in stdout, needle
+    assert "UNCALIBRATED" not in stdout         # the H100 target plans with the profile measured on an H100
     (out / "kernel.ptx").write_text("tampered")
     code, stdout, err = cli("inspect", out)
     assert code == 1 and "MODIFIED   kernel.ptx" in stdout and "'kernel.ptx' modified" in err
@@ -85,6 +87,7 @@ def test_manifest_contract(tiny_onnx, tmp_path):
     assert isinstance(m["smem_peak_bytes"], int) and isinstance(m["smem_peak_bytes_without_ksplit"], int)
     assert "search_seconds" not in m and m["config"]["schedule"] == "search" and m["cost_model"] == "spec table"
     assert m["predicted_calibrated"] is False
+    assert "UNCALIBRATED: no measured profile" in cli("inspect", out)[1]     # the L20 has none
     assert m["config"]["gpu"] == "L20" and m["config"]["max_seq_len"] == 80 and m["config"]["attention_parts"] == 2
     schedule = (out / "schedule.mlir").read_text()      # the search kept the attention's two parts
     assert set(re.findall(r'kind = "attention", .*?k_split = (\d+)', schedule)) == {"2"}

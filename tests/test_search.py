@@ -87,11 +87,14 @@ def test_cost_profile_round_trips_and_names_a_wrong_gpu(tmp_path):
 
 
 def test_targets_default_to_their_shipped_profile():
-    """The H200 target plans with the profile measured on an H200 (adamk/profiles/H200.json);
-    a target without one with the spec table's guess, which the manifest calls uncalibrated."""
-    h200, l20 = CostModel.for_gpu(get_gpu("H200")), CostModel.for_gpu(get_gpu("L20"))
-    assert h200.calibrated and h200.source == "measured: adamk/profiles/H200.json"
-    assert h200 != dataclasses.replace(CostModel.spec(get_gpu("H200")), source=h200.source)
+    """The H200 and H100 targets plan with the profiles measured on them (adamk/profiles/H200.json,
+    H100.json); a target without one with the spec table's guess, which the manifest calls uncalibrated."""
+    l20 = CostModel.for_gpu(get_gpu("L20"))
+    for name in ("H200", "H100"):
+        measured = CostModel.for_gpu(get_gpu(name))
+        assert measured.calibrated and measured.gpu == name
+        assert measured.source == f"measured: adamk/profiles/{name}.json"
+        assert measured != dataclasses.replace(CostModel.spec(get_gpu(name)), source=measured.source)
     assert not l20.calibrated and l20 == CostModel.spec(get_gpu("L20"))
 
 

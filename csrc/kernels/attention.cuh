@@ -554,7 +554,10 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 // between two consumer barriers, and costing no dependency level of its own. Each thread requests
 // the parts' acc words of its first elements and, one thread per head, the parts' (max, sum) words
 // together, and waits for them together (one round trip once the parts are written; with more than
-// 8 parts the (max, sum) words first, as holding both would spill); the head's
+// 8 parts the (max, sum) words first, as holding both would spill), then the rest of its elements a
+// trip at a time: at most 8 acc words a trip, as more spilled under the kernel's register budget (168
+// a thread in the 1B model: 512 B at 2048 columns of 4 parts, and the staging 3x slower, docs/perf.md
+// v55); the head's
 // thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF
 // scratch); each element is then sum_j acc_j c_j, in part order.
 template <int XS, int HD, int HEADS, int PARTS, int B = 1>
@@ -562,7 +565,7 @@ __device__ __forceinline__ void attention_input(const Step& s, int work_offset, 
                                                 int k_len, int task) {
   constexpr int kStride = HD + 2;
   constexpr int kElems = (XS + kConsumerThreads - 1) / kConsumerThreads;   // per thread
-  constexpr int kBatch = cmax(1, cmin(kElems, 32 / PARTS));                // elements with loads in flight
+  constexpr int kBatch = cmax(1, cmin(kElems, 8 / PARTS));                 // elements with loads in flight
   using W = LinearWork<XS, HEADS * PARTS, 0, B>;
   check_smem(s, work_offset + W::kBytes, task);
   float* coef = smem_at<float>(work_offset + W::kScratch);   // [HEADS][PARTS]

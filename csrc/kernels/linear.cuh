@@ -83,30 +83,14 @@ __device__ __forceinline__ void linear_input_pairs(const Step& s, int work_offse
     auto at = [&](int b) { return b * kStride + 4 * (int)threadIdx.x; };   // its column of xs
     auto has = [&](int q, int b) { return g0 + q < B && at(b) < k_len; };
     auto src = [&](int q, int b) { return in + (size_t)(g0 + q) * K + k0 + at(b); };
-    auto request = [&](bool retry) {
-      u32 tag;
-#pragma unroll
-      for (int q = 0; q < G; ++q)
-#pragma unroll
-        for (int b = 0; b < kIters; ++b)
-          if (has(q, b) && (!retry || a[q][b].first_stale(s, src(q, b), tag))) a[q][b].load(src(q, b));
-    };
-    request(false);
-    u32 stale = 0;                       // one test for the trip (Vec4::stale_bits)
 #pragma unroll
     for (int q = 0; q < G; ++q)
 #pragma unroll
       for (int b = 0; b < kIters; ++b)
-        if (has(q, b)) stale |= a[q][b].stale_bits(s);
-    if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
-#pragma unroll
-      for (int q = 0; q < G; ++q)
-#pragma unroll
-        for (int b = 0; b < kIters; ++b)
-          if (has(q, b))
-            if (const tagged_t* p = a[q][b].first_stale(s, src(q, b), tag)) return p;
-      return nullptr;
-    }, [&] { request(true); });
+        if (has(q, b)) a[q][b].load(src(q, b));
+    await_trip<G * kIters>(s, task, [&](int i) { return has(i / kIters, i % kIters); },
+                           [&](int i) -> Vec4<paired_t>& { return a[i / kIters][i % kIters]; },
+                           [&](int i) { return src(i / kIters, i % kIters); });
 #pragma unroll
     for (int q = 0; q < G; ++q) {
       if (g0 + q >= B) break;
@@ -162,22 +146,8 @@ __device__ __forceinline__ void linear_input_norm_rows(const Step& s, int work_o
 #pragma unroll
       for (int c = 0; c < kTrip; ++c)
         if (has(c0 + c)) a[c].load(x + at(c0 + c));
-      u32 stale = 0;                       // one test for the trip (Vec4::stale_bits)
-#pragma unroll
-      for (int c = 0; c < kTrip; ++c)
-        if (has(c0 + c)) stale |= a[c].stale_bits(s);
-      if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
-#pragma unroll
-        for (int c = 0; c < kTrip; ++c)
-          if (has(c0 + c))
-            if (const tagged_t* p = a[c].first_stale(s, x + at(c0 + c), tag)) return p;
-        return nullptr;
-      }, [&] {
-        u32 tag;
-#pragma unroll
-        for (int c = 0; c < kTrip; ++c)
-          if (has(c0 + c) && a[c].first_stale(s, x + at(c0 + c), tag)) a[c].load(x + at(c0 + c));
-      });
+      await_trip<kTrip>(s, task, [&](int c) { return has(c0 + c); }, [&](int c) -> Vec4<paired_t>& { return a[c]; },
+                        [&](int c) { return x + at(c0 + c); });
 #pragma unroll
       for (int c = 0; c < kTrip; ++c)
         if (has(c0 + c)) {
@@ -291,17 +261,6 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
       Vec4<bf16_t> nw[kVecs];
       auto at = [&](int b) { return (b0 + b) * kStride + 4 * threadIdx.x; };     // walk index of Vec4 b
       auto has = [&](int b) { return b0 + b < kIters && at(b) < valid; };
-      // a retry requests again only the stale Vec4 (every SM spins on these lines at once)
-      auto request = [&](bool retry) {
-        u32 tag;
-#pragma unroll
-        for (int b = 0; b < kVecs; ++b)
-          if (has(b)) {
-            if (!retry || a[b].first_stale(s, x + base + at(b), tag)) a[b].load(x + base + at(b));
-            if constexpr (kSilu)
-              if (!retry || g[b].first_stale(s, x2 + base + at(b), tag)) g[b].load(x2 + base + at(b));
-          }
-      };
       if constexpr (kAhead) {          // its loads went out with the sequence before's
 #pragma unroll
         for (int b = 0; b < kVecs; ++b) {
@@ -309,28 +268,20 @@ __device__ __forceinline__ void linear_input(const Step& s, int work_offset, con
           g[b] = ahead2[b];
         }
       } else {
-        request(false);
+#pragma unroll
+        for (int b = 0; b < kVecs; ++b)
+          if (has(b)) {
+            a[b].load(x + base + at(b));
+            if constexpr (kSilu) g[b].load(x2 + base + at(b));
+          }
       }
 #pragma unroll
       for (int b = 0; b < kVecs; ++b)
         if (kNorm && !kLateWeight && has(b)) nw[b].load(norm_w + at(b));
-      u32 stale = 0;                     // one test for the trip (Vec4::stale_bits)
-#pragma unroll
-      for (int b = 0; b < kVecs; ++b)
-        if (has(b)) {
-          stale |= a[b].stale_bits(s);
-          if constexpr (kSilu) stale |= g[b].stale_bits(s);
-        }
-      if (stale) await_words(s, task, [&](u32& tag) -> const tagged_t* {
-#pragma unroll
-        for (int b = 0; b < kVecs; ++b)
-          if (has(b)) {
-            if (const tagged_t* p = a[b].first_stale(s, x + base + at(b), tag)) return p;
-            if constexpr (kSilu)
-              if (const tagged_t* p = g[b].first_stale(s, x2 + base + at(b), tag)) return p;
-          }
-        return nullptr;
-      }, [&] { request(true); });
+      // the trip: a's Vec4s, then silu_mul's second input's (g)
+      auto vec = [&](int i) -> Vec4<InT>& { return i < kVecs ? a[i] : g[i - kVecs]; };
+      auto src = [&](int i) { return i < kVecs ? x + base + at(i) : x2 + base + at(i - kVecs); };
+      await_trip<kSilu ? 2 * kVecs : kVecs>(s, task, [&](int i) { return has(i < kVecs ? i : i - kVecs); }, vec, src);
       if constexpr (kAhead)
         if (seq + 1 < B) request_ahead(seq + 1);
 #pragma unroll
@@ -519,31 +470,25 @@ __device__ __forceinline__ void linear_task(const Step& s, int task, int work_of
   Vec4<InT> cur[PAGED ? kVecs : 1], next[PAGED ? kVecs : 1];
   auto column = [&](int p, int i) { return p * PC + 4 * ((int)threadIdx.x + i * kConsumerThreads); };
   auto has = [&](int p, int i) { return p < NPAGES && column(p, i) < min((p + 1) * PC, k_len); };
-  auto request = [&](int p, Vec4<InT>* v, bool retry) {   // a retry requests the stale Vec4 again
-    u32 tag;
+  auto request = [&](int p, Vec4<InT>* v) {
 #pragma unroll
     for (int i = 0; i < kVecs; ++i)
-      if (has(p, i) && (!retry || v[i].first_stale(s, in + k0 + column(p, i), tag))) v[i].load(in + k0 + column(p, i));
+      if (has(p, i)) v[i].load(in + k0 + column(p, i));
   };
   if constexpr (PAGED) {
     if (stage) {
       check_smem(s, work_offset + W::kBytes, task);
       consumer_sync();               // the previous run is done with xs
-      request(0, cur, false);
+      request(0, cur);
     }
   }
 #pragma unroll 1
   for (int p = 0; p < NPAGES; ++p) {
     if constexpr (PAGED) {
       if (stage) {
-        await_words(s, task, [&](u32& tag) -> const tagged_t* {
-#pragma unroll
-          for (int i = 0; i < kVecs; ++i)
-            if (has(p, i))
-              if (const tagged_t* w = cur[i].first_stale(s, in + k0 + column(p, i), tag)) return w;
-          return nullptr;
-        }, [&] { request(p, cur, true); });
-        request(p + 1, next, false);
+        await_trip<kVecs>(s, task, [&](int i) { return has(p, i); }, [&](int i) -> Vec4<InT>& { return cur[i]; },
+                          [&](int i) { return in + k0 + column(p, i); });
+        request(p + 1, next);
 #pragma unroll
         for (int i = 0; i < kVecs; ++i)
           if (has(p, i)) {

@@ -173,4 +173,29 @@ struct Vec4<paired_t> {
   }
 };
 
+// A staging trip's wait: the Vec4s `v(i)` (i < N, where `has(i)`), each loaded from `src(i)`. One test
+// for the whole trip (their stale_bits ORed: a walk is issue-bound, docs/perf.md v47); only when a word
+// is stale, await_words over them, each retry requesting just the stale Vec4s again (every SM spins on
+// these lines at once).
+template <int N, typename Has, typename V, typename Src>
+__device__ __forceinline__ void await_trip(const Step& s, int task, Has has, V v, Src src) {
+  u32 stale = 0;
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (has(i)) stale |= v(i).stale_bits(s);
+  if (!stale) return;
+  await_words(s, task, [&](u32& tag) -> const tagged_t* {
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (has(i))
+        if (const tagged_t* p = v(i).first_stale(s, src(i), tag)) return p;
+    return nullptr;
+  }, [&] {
+    u32 tag;
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (has(i) && v(i).first_stale(s, src(i), tag)) v(i).load(src(i));
+  });
+}
+
 }  // namespace adamk
