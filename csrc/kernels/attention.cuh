@@ -555,7 +555,8 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 // the parts' acc words of its first elements and, one thread per head, the parts' (max, sum) words
 // together, and waits for them together (one round trip once the parts are written; with more than
 // 8 parts the (max, sum) words first, as holding both would spill), then the rest of its elements a
-// trip at a time: at most 8 acc words a trip, as more spilled under the kernel's register budget (168
+// trip at a time: at most 8 acc words a trip (PARTS, one element, with more parts), as more spilled
+// under the kernel's register budget (168
 // a thread in the 1B model: 512 B at 2048 columns of 4 parts, and the staging 3x slower, docs/perf.md
 // v55); the head's
 // thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF

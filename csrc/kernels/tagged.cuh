@@ -194,7 +194,10 @@ __device__ __forceinline__ void await_trip(const Step& s, int task, Has has, V v
     u32 tag;
 #pragma unroll
     for (int i = 0; i < N; ++i)
-      if (has(i) && v(i).first_stale(s, src(i), tag)) v(i).load(src(i));
+      if (has(i)) {
+        auto& w = v(i);                // `v` gives the trip's own Vec4 (a copy would not compile here)
+        if (w.first_stale(s, src(i), tag)) w.load(src(i));
+      }
   });
 }
 
