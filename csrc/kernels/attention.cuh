@@ -556,11 +556,10 @@ __device__ __forceinline__ void attention_combine(const Step& s, int task, tagge
 // together, and waits for them together (one round trip once the parts are written; with more than
 // 8 parts the (max, sum) words first, as holding both would spill), then the rest of its elements a
 // trip at a time: at most 8 acc words a trip (PARTS, one element, with more parts), as more spilled
-// under the kernel's register budget (168
-// a thread in the 1B model: 512 B at 2048 columns of 4 parts, and the staging 3x slower, docs/perf.md
-// v55); the head's
-// thread turns (max, sum) into merge weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF
-// scratch); each element is then sum_j acc_j c_j, in part order.
+// under the kernel's register budget (168 a thread in the 1B model: 512 B at 2048 columns of 4 parts,
+// and the staging 3x slower, docs/perf.md v55); the head's thread turns (max, sum) into merge
+// weights c_j = 2^(m_j - max) / sum_i l_i 2^(m_i - max) (COEF scratch); each element is then
+// sum_j acc_j c_j, in part order.
 template <int XS, int HD, int HEADS, int PARTS, int B = 1>
 __device__ __forceinline__ void attention_input(const Step& s, int work_offset, const tagged_t* partial, int k0,
                                                 int k_len, int task) {
