@@ -9,7 +9,8 @@
 #        # compile, two at a time on 2 cores)
 #   bash docs/experiments/patch-ab.sh device-ab [BATCHES]          # the device (carry .whl, arts.tgz):
 #        # trip_bench walks of main and of each variant, then the A/B without torch.compile, each
-#        # artifact checked against float32 first, ROUNDS (2) rounds in the order m v1 v2 ... (~5 min)
+#        # artifact checked against float32 first, ROUNDS (2) rounds in the order m v1 v2 ... (~5 min;
+#        # WALKS=0 skips the walks)
 #   bash docs/experiments/patch-ab.sh device-check [VARIANT]       # the device: compute-sanitizer on
 #        # the variant's kernels, then the GPU tests on a copy of the tree with its patches applied
 #        # (main's with none: m) (~7 min)
@@ -103,11 +104,13 @@ device-ab)
   export PYTHONPATH=/tmp/site:$PWD
   for n in $NAMES; do device_copy $n /tmp/tree-$n || { echo "copy $n failed"; exit 1; }; done
   for n in $NAMES; do
+    [ "${WALKS:-1}" = 1 ] || break       # WALKS=0: the A/B alone (the walks time the stagings only)
     nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I /tmp/tree-$n/csrc/kernels /tmp/tree-$n/benchmarks/trip_bench.cu \
       -o /tmp/trip_$n &
   done
   wait
   for n in $NAMES; do
+    [ "${WALKS:-1}" = 1 ] || break
     timeout 60 /tmp/trip_$n walks > /tmp/logs/walk-$n.log 2>&1; echo "walk $n rc $?"; grep "in flight 0" /tmp/logs/walk-$n.log
   done
   args=()
