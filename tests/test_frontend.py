@@ -1,5 +1,6 @@
 """torch frontend: decomposed Llama patterns become the same graph IR, unknown ops are named."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -236,3 +237,14 @@ def test_cache_append_that_no_attention_reads_is_refused():
     """Only an adamk.attention writes a KV cache: an append without one would be dropped."""
     with pytest.raises(FrontendError, match="a KV cache append that no attention reads at node 'output'"):
         graph_of(WritesUnreadCache(PRESETS["tiny"], seed=0))
+
+
+@pytest.mark.parametrize("what", ["layer", "whole model"])
+def test_import_shows_the_user_no_warning_of_torch_internals(what):
+    """Importing a module shows no FutureWarning (torch 2.13's run_decompositions warns about its
+    own pytree specs on every export; the frontend silences exactly that message)."""
+    cfg = PRESETS["tiny"]
+    module = DecoderLayer(cfg, seed=1) if what == "layer" else LlamaModel(cfg, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        import_model(module).verify()

@@ -6,6 +6,7 @@ forward(token, pos, k_caches, v_caches) -> logits with the caches stacked per la
 integer first input tells them apart)."""
 from __future__ import annotations
 
+import warnings
 
 import numpy as np
 import torch
@@ -79,7 +80,13 @@ def export(module: torch.nn.Module, example_inputs) -> torch.export.ExportedProg
         ep = torch.export.export(module, tuple(example_inputs))
     except Exception as e:  # torch's own message says what failed to trace
         raise FrontendError(f"torch.export failed: {str(e).splitlines()[0]}") from e
-    return ep.run_decompositions({})
+    with warnings.catch_warnings():
+        # torch 2.13's run_decompositions deep-copies its own module call graph, whose pytree
+        # specs warn that torch's `LeafSpec` check is deprecated: torch's code, not the user's
+        # module, so it is not theirs to see on every compile
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
+        return ep.run_decompositions({})
 
 
 def import_module(module: torch.nn.Module, example_inputs):

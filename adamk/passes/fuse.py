@@ -44,10 +44,10 @@ class RMSNormIntoLinear(RewritePattern):
         norm = op.input.owner
         if not isinstance(norm, RMSNormOp) or op.prologue.data != "none":
             return
-        rewriter.replace_matched_op(_rebuild(op, input=norm.input, norm_weight=norm.weight,
+        rewriter.replace(op, _rebuild(op, input=norm.input, norm_weight=norm.weight,
                                              prologue="rmsnorm", eps=norm.eps.value.data))
         if not norm.result.uses.get_length():
-            rewriter.erase_op(norm)
+            rewriter.erase(norm)
 
 
 def _gate_up(act: SiluMulOp):
@@ -72,9 +72,9 @@ class GateUpIntoLinear(RewritePattern):
         if pair is None:
             return
         gate, up = pair
-        rewriter.replace_matched_op(_rebuild(gate, weight2=up.weight))
-        rewriter.erase_op(gate)
-        rewriter.erase_op(up)
+        rewriter.replace(op, _rebuild(gate, weight2=up.weight))
+        rewriter.erase(gate)
+        rewriter.erase(up)
 
 
 class SiluMulIntoLinear(RewritePattern):
@@ -83,9 +83,9 @@ class SiluMulIntoLinear(RewritePattern):
         act = op.input.owner
         if not isinstance(act, SiluMulOp) or op.prologue.data != "none":
             return
-        rewriter.replace_matched_op(_rebuild(op, input=act.gate, input2=act.up, prologue="silu_mul"))
+        rewriter.replace(op, _rebuild(op, input=act.gate, input2=act.up, prologue="silu_mul"))
         if not act.result.uses.get_length():
-            rewriter.erase_op(act)
+            rewriter.erase(act)
 
 
 class ResidualIntoLinear(RewritePattern):
@@ -94,8 +94,8 @@ class ResidualIntoLinear(RewritePattern):
         for lin_value, residual in ((op.rhs, op.lhs), (op.lhs, op.rhs)):
             lin = lin_value.owner
             if isinstance(lin, LinearOp) and lin.residual is None and lin.result.has_one_use():
-                rewriter.replace_matched_op(_rebuild(lin, residual=residual))
-                rewriter.erase_op(lin)
+                rewriter.replace(op, _rebuild(lin, residual=residual))
+                rewriter.erase(lin)
                 return
 
 
@@ -109,10 +109,10 @@ class RopeIntoAttention(RewritePattern):
             return
         if q.inv_freq != k.inv_freq or q.pos != op.pos or k.pos != op.pos:
             return
-        rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, rope_inv_freq=q.inv_freq.get_values()))
+        rewriter.replace(op, op.rebuilt(q=q.input, k=k.input, rope_inv_freq=q.inv_freq.get_values()))
         for rope in {q, k}:
             if not rope.result.uses.get_length():
-                rewriter.erase_op(rope)
+                rewriter.erase(rope)
 
 
 def _head_norm(value, head_dim: int):
@@ -137,11 +137,11 @@ class HeadNormIntoAttention(RewritePattern):
             return
         if isinstance(q.input.owner, RopeOp) or isinstance(k.input.owner, RopeOp):
             return
-        rewriter.replace_matched_op(op.rebuilt(q=q.input, k=k.input, q_norm=q.weight, k_norm=k.weight,
+        rewriter.replace(op, op.rebuilt(q=q.input, k=k.input, q_norm=q.weight, k_norm=k.weight,
                                                norm_eps=q.eps.value.data))
         for norm in {q, k}:
             if not norm.result.uses.get_length():
-                rewriter.erase_op(norm)
+                rewriter.erase(norm)
 
 
 @dataclass(frozen=True)
