@@ -45,7 +45,7 @@ class RMSNormIntoLinear(RewritePattern):
         if not isinstance(norm, RMSNormOp) or op.prologue.data != "none":
             return
         rewriter.replace(op, _rebuild(op, input=norm.input, norm_weight=norm.weight,
-                                             prologue="rmsnorm", eps=norm.eps.value.data))
+                                      prologue="rmsnorm", eps=norm.eps.value.data))
         if not norm.result.uses.get_length():
             rewriter.erase(norm)
 
@@ -138,7 +138,7 @@ class HeadNormIntoAttention(RewritePattern):
         if isinstance(q.input.owner, RopeOp) or isinstance(k.input.owner, RopeOp):
             return
         rewriter.replace(op, op.rebuilt(q=q.input, k=k.input, q_norm=q.weight, k_norm=k.weight,
-                                               norm_eps=q.eps.value.data))
+                                        norm_eps=q.eps.value.data))
         for norm in {q, k}:
             if not norm.result.uses.get_length():
                 rewriter.erase(norm)

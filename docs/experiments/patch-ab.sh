@@ -103,16 +103,16 @@ device-ab)
   device_setup
   export PYTHONPATH=/tmp/site:$PWD
   for n in $NAMES; do device_copy $n /tmp/tree-$n || { echo "copy $n failed"; exit 1; }; done
-  for n in $NAMES; do
-    [ "${WALKS:-1}" = 1 ] || break       # WALKS=0: the A/B alone (the walks time the stagings only)
-    nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I /tmp/tree-$n/csrc/kernels /tmp/tree-$n/benchmarks/trip_bench.cu \
-      -o /tmp/trip_$n &
-  done
-  wait
-  for n in $NAMES; do
-    [ "${WALKS:-1}" = 1 ] || break
-    timeout 60 /tmp/trip_$n walks > /tmp/logs/walk-$n.log 2>&1; echo "walk $n rc $?"; grep "in flight 0" /tmp/logs/walk-$n.log
-  done
+  if [ "${WALKS:-1}" = 1 ]; then          # WALKS=0: the A/B alone (the walks time the stagings only)
+    for n in $NAMES; do
+      nvcc -O3 -arch=sm_90a -std=c++17 -rdc=true -I /tmp/tree-$n/csrc/kernels /tmp/tree-$n/benchmarks/trip_bench.cu \
+        -o /tmp/trip_$n &
+    done
+    wait
+    for n in $NAMES; do
+      timeout 60 /tmp/trip_$n walks > /tmp/logs/walk-$n.log 2>&1; echo "walk $n rc $?"; grep "in flight 0" /tmp/logs/walk-$n.log
+    done
+  fi
   args=()
   for b in ${BATCHES//,/ }; do
     for ((r = 0; r < ROUNDS; ++r)); do for n in $NAMES; do [ -d /tmp/a/$n-b$b ] && args+=(--artifact $b=/tmp/a/$n-b$b); done; done
