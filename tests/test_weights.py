@@ -3,8 +3,10 @@ checkpoints (adamk/runtime/weights.py), checked against the manifest; hostile ch
 get one clear error."""
 import json
 import os
+import random
 import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -193,3 +195,24 @@ def test_packing_plan_refuses_a_weight_packed_twice():
     m["packed_weights"].append({**m["packed_weights"][0], "buffer": "u.weight", "sources": ["u.weight"]})
     with pytest.raises(AdamkError, match="packs 'u.weight' a second time"):
         packing_plan(m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, np.float32])
+def test_all_finite_is_the_elementwise_test(dtype):
+    """The one-reduction check (adamk/finite.py) answers as the elementwise test does: a NaN, an
+    Inf of either sign or both anywhere is caught, and finite values whose sum overflows pass."""
+    from adamk.finite import all_finite
+
+    def make(values):
+        if dtype is np.float32:
+            return np.asarray(values, dtype=np.float32)
+        return torch.tensor(values, dtype=torch.float32).to(dtype)
+
+    values = torch.randn(random.randrange(1, 5000)).tolist()
+    assert all_finite(make(values))
+    for bad in ([float("nan")], [float("inf")], [float("-inf")], [float("inf"), float("-inf")]):
+        spoiled = list(values)
+        for v in bad:
+            spoiled[random.randrange(len(spoiled))] = v
+        assert not all_finite(make(spoiled)), bad
+    assert all_finite(make([3e38] * 4 + values))          # its float32 sum is Inf; every element is finite

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FrontendError
+from ..finite import all_finite
 from ..names import quoted
 from .patterns import GraphBuilder, Sym
 
@@ -112,7 +113,7 @@ def _check_weight_data(tensor, base: Path):
         shown = tensor_dtype_to_string(tensor.data_type).removeprefix("TensorProto.")
         raise FrontendError(f"weight {quoted(tensor.name)} is {shown}; adamk "
                             "takes float32 or bfloat16 weights (convert them before export)")
-    if not uses_external_data(tensor) and not np.isfinite(_array(tensor, base).astype(np.float32)).all():
+    if not uses_external_data(tensor) and not all_finite(_array(tensor, base).astype(np.float32)):
         raise FrontendError(f"weight {quoted(tensor.name)} holds NaN or Inf values")
 
 

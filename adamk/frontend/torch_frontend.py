@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import FrontendError
+from ..finite import all_finite
 from ..names import quoted
 from .patterns import GraphBuilder
 
@@ -182,7 +183,7 @@ def _check_weight(name: str, tensor):
     """Weights are float32 or bfloat16 (never silently converted) and finite."""
     if tensor.dtype not in _DTYPES:
         raise FrontendError(f"weight {quoted(name)} is {tensor.dtype}; adamk takes float32 or bfloat16 weights")
-    if not torch.isfinite(tensor.detach()).all():
+    if not all_finite(tensor):
         raise FrontendError(f"weight {quoted(name)} holds NaN or Inf values")
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import AdamkError
+from ..finite import all_finite
 from ..names import quoted
 
 INDEX = "model.safetensors.index.json"
@@ -174,7 +175,7 @@ def check_weights(manifest: dict, weights: Mapping) -> dict:
                              "artifact takes float32 or bfloat16 tensors")
         if list(t.shape) != list(w["shape"]):
             raise AdamkError(f"weight {quoted(w['name'])} has shape {list(t.shape)}, the artifact expects {w['shape']}")
-        if not torch.isfinite(t).all():
+        if not all_finite(t):
             raise AdamkError(f"weight {quoted(w['name'])} holds NaN or Inf values")
         out[w["name"]] = t
     return out
