@@ -17,7 +17,8 @@
 #             default 512) per function and instruction: benchmarks/stalls.py
 #   sanitize  compute-sanitizer memcheck, racecheck, synccheck on the tiny preset's kernels
 #   runtime   build the C++ runtime as `pip install .` does (the wheels it needs in .whl too:
-#             bash ../shared/device/wheels.sh scikit-build-core==1.1.2 pybind11==3.1.0 pathspec packaging cmake),
+#             bash ../shared/device/wheels.sh scikit-build-core==1.1.2 pybind11==3.1.0 pathspec packaging;
+#             the device has CMake, and the cmake wheel's 30 MB leave no room for arts.tgz in a call's 64 MiB),
 #             then tests/test_gpu_cpp.py (the C++ runtime against the Python one, the ops, the C++ example)
 set -uo pipefail
 cd "$(dirname "$0")/.."
