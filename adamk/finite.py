@@ -11,7 +11,8 @@ def all_finite(values) -> bool:
     float32 weight; only a non-finite sum (a NaN or an Inf, or finite values whose sum overflows)
     takes the elementwise test."""
     if isinstance(values, np.ndarray):
-        return bool(np.isfinite(values.sum(dtype=np.float64)) or np.isfinite(values).all())
+        with np.errstate(invalid="ignore", over="ignore"):      # Inf - Inf is the NaN this looks for
+            return bool(np.isfinite(values.sum(dtype=np.float64)) or np.isfinite(values).all())
     import torch
     values = values.detach()
     return bool(torch.isfinite(values.sum(dtype=torch.float32)) or torch.isfinite(values).all())
