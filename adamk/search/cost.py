@@ -45,7 +45,7 @@ from ..errors import AdamkError
 from ..kinds import kind as task_kind
 from ..kinds.base import TAGGED, restages
 from ..targets import GPU
-from .validate import located, schedule_of, tagged_sizes, tagged_slots, walk
+from .validate import schedule_of, tagged_sizes, tagged_slots, walk
 
 MODEL = "ring+tagged v2"    # the execution design the parameters describe (v11's per-task stages had none;
                             # v1 had no attention_us and paid a DRAM latency for an empty page)
@@ -236,10 +236,10 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
 
-    def on_op(sm: int, op, layer: int):
+    def on_op(sm: int, op, layer: int, where: list):
         clock = clocks.setdefault(sm, SmClock(model, depth, in_flight))
         if isinstance(op, PollOp):
-            (buffer, b, e), = located(op, layer, sizes)
+            (buffer, b, e), = where
             ready[sm] = max(ready.get(sm, 0.0), written[buffer][b:e].max() + model.poll_latency_us)
         elif isinstance(op, WaitOp):
             times = sorted(signals[op.counter.data])
@@ -247,7 +247,7 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
         elif isinstance(op, ExecOp):
             description = task_kind(op.kind.data)
             start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), description.staged(op))
-            for buffer, b, e in located(op, layer, sizes):
+            for buffer, b, e in where:
                 written[buffer][b:e] = end
             tasks[op.task_id.value.data] = (sm, start, end)
             if stamps is not None:

@@ -75,6 +75,7 @@ def _unblocks(wait, at, sizes) -> bool:
 
 def _deadlock(programs, pcs, counters, epoch, written, sizes) -> str:
     """Name the cycle: SM a waits for what only SM b (still blocked) will write or signal, ..."""
+    programs = [[(op, layer) for op, layer, _ in prog] for prog in programs]
     waiting = {sm: programs[sm][pc] for sm, pc in enumerate(pcs) if pc < len(programs[sm])}
     releasers = {sm: [other for other, pc in enumerate(pcs) if other != sm and any(
         _unblocks(wait, o, sizes) for o in programs[other][pc:])] for sm, wait in waiting.items()}
@@ -134,26 +135,38 @@ def validate(module: ModuleOp, num_sms: int, smem_per_block: int):
         raise ScheduleError(f"the schedule needs {sched.smem_bytes.value.data} B of shared memory per block; "
                             f"the budget is {smem_per_block} B")
     check_polls(module)
-    walk(module, epoch=2, counters=walk(module, epoch=1))
+    programs = located_programs(module)
+    walk(module, epoch=2, counters=walk(module, epoch=1, programs=programs), programs=programs)
 
 
-def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None, on_op=None) -> dict:
-    """Run one step; returns the counters. `counters` carries state across steps.
-    `on_exec(op, layer)` runs each task; `on_op(sm, op, layer)` sees every op as its SM passes it
-    (layer: the layer loop's iteration, 0 outside it)."""
+def located_programs(module: ModuleOp) -> list[list[tuple[object, int, list]]]:
+    """Every SM's (op, layer, located(op, layer)) in the order it runs them (located: [] for a wait
+    or a signal): what a walk reads, found once for both of validate's steps (the 1B model's
+    validate 1.7 -> 1.0-1.5 s)."""
+    sizes = tagged_sizes(module)
+    return [[(op, layer, located(op, layer, sizes) if isinstance(op, (PollOp, ExecOp)) else [])
+             for op, layer in sm.expanded()] for sm in schedule_of(module).sms]
+
+
+def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None = None, on_op=None,
+         programs: list | None = None) -> dict:
+    """Run one step; returns the counters. `counters` carries state across steps, `programs`
+    (`located_programs` of the module) the SMs' ops across walks.
+    `on_exec(op, layer)` runs each task; `on_op(sm, op, layer, where)` sees every op as its SM
+    passes it (layer: the layer loop's iteration, 0 outside it; where: what `located` gives)."""
     declared = {c.sym_name.data: c.per_step.value.data for c in module.ops if isinstance(c, CounterOp)}
     counters = counters if counters is not None else {name: 0 for name in declared}
     sizes, slots = tagged_sizes(module), tagged_slots(module)
     written = {name: np.zeros(n * slots[name], bool) for name, n in sizes.items()}
-    programs = [sm.expanded() for sm in schedule_of(module).sms]
+    programs = programs if programs is not None else located_programs(module)
     pcs = [0] * len(programs)
     while True:
         progress = False
         for sm, prog in enumerate(programs):
             while pcs[sm] < len(prog):
-                op, layer = prog[pcs[sm]]
+                op, layer, where = prog[pcs[sm]]
                 if isinstance(op, PollOp):
-                    (buffer, b, e), = located(op, layer, sizes)
+                    (buffer, b, e), = where
                     if buffer not in written or e > len(written[buffer]) or op.range[1] > sizes[buffer]:
                         raise ScheduleError(f"SM {sm} polls '{buffer}'[{op.range[0]}:{op.range[1]}] at layer "
                                             f"{layer}, which is not within a tagged activation")
@@ -169,7 +182,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                     if counters[name] < epoch * op.count.value.data:
                         break
                 elif isinstance(op, ExecOp):
-                    for buffer, b, e in located(op, layer, sizes):
+                    for buffer, b, e in where:
                         if written[buffer][b:e].any():
                             where = f" (layer {layer})" if op.in_loop else ""
                             raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}]{where}, "
@@ -180,7 +193,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                 elif isinstance(op, SignalOp):
                     counters[op.counter.data] += op.count.value.data
                 if on_op is not None:
-                    on_op(sm, op, layer)
+                    on_op(sm, op, layer, where)
                 pcs[sm] += 1
                 progress = True
         if all(pc == len(p) for pc, p in zip(pcs, programs)):
