@@ -184,8 +184,8 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
                 elif isinstance(op, ExecOp):
                     for buffer, b, e in where:
                         if written[buffer][b:e].any():
-                            where = f" (layer {layer})" if op.in_loop else ""
-                            raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}]{where}, "
+                            in_layer = f" (layer {layer})" if op.in_loop else ""
+                            raise ScheduleError(f"task {op.sym_name.data} on SM {sm} writes '{buffer}'[{b}:{e}]{in_layer}, "
                                                 "part of which another task wrote this step")
                         written[buffer][b:e] = True
                     if on_exec is not None:
