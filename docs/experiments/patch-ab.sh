@@ -10,7 +10,7 @@
 #   bash docs/experiments/patch-ab.sh device-ab [BATCHES]          # the device (carry .whl, arts.tgz):
 #        # trip_bench walks of main and of each variant, then the A/B without torch.compile, each
 #        # artifact checked against float32 first, ROUNDS (2) rounds in the order m v1 v2 ... (~5 min;
-#        # WALKS=0 skips the walks)
+#        # WALKS=0 skips the walks; BENCH_S (420) bounds the A/B, whose per-batch lines come back if it ends early)
 #   bash docs/experiments/patch-ab.sh device-check [VARIANT]       # the device: compute-sanitizer on
 #        # the variant's kernels, then the GPU tests on a copy of the tree with its patches applied
 #        # (main's with none: m) (~7 min)
@@ -117,9 +117,9 @@ device-ab)
   for b in ${BATCHES//,/ }; do
     for ((r = 0; r < ROUNDS; ++r)); do for n in $NAMES; do [ -d /tmp/a/$n-b$b ] && args+=(--artifact $b=/tmp/a/$n-b$b); done; done
   done
-  timeout 420 python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 --no-baselines \
+  timeout ${BENCH_S:-420} python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 --no-baselines \
     > /tmp/logs/batch-ab.log 2>&1
-  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep -A 100 "^batch  floor" /tmp/logs/batch-ab.log
+  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep ": megakernel\|: , megakernel" /tmp/logs/batch-ab.log; grep -A 100 "^batch  floor" /tmp/logs/batch-ab.log
   tar czf "$OUT/logs-ab.tgz" -C /tmp logs
   ;;
 device-check)
