@@ -53,33 +53,33 @@ def located(op, layer: int, sizes: dict[str, int]):
     return out
 
 
-def _what(at, counters, epoch, written, sizes) -> str:
-    op, layer = at
+def _what(at, counters, epoch, written) -> str:
+    op, layer, where = at
     if isinstance(op, PollOp):
-        (_, b, e), = located(op, layer, sizes)
+        (_, b, e), = where
         done = int(written[op.buffer.data][b:e].sum())
         where = f" of layer {layer}" if op.slot is not None else ""
         return f"'{op.buffer.data}'[{op.range[0]}:{op.range[1]}]{where} ({done}/{e - b} written)"
     return f"'{op.counter.data}' ({counters[op.counter.data]}/{epoch * op.count.value.data})"
 
 
-def _unblocks(wait, at, sizes) -> bool:
-    """Would `at` (an op and its layer), run later by another SM, make progress on `wait`?"""
-    (wop, wlayer), (op, layer) = wait, at
+def _unblocks(wait, at) -> bool:
+    """Would `at` (an op, its layer and its located ranges), run later by another SM, make progress
+    on `wait`?"""
+    (wop, _, wwhere), (op, _, where) = wait, at
     if isinstance(wop, PollOp):
-        (buffer, b, e), = located(wop, wlayer, sizes)
-        return isinstance(op, ExecOp) and any(buf == buffer and wb < e and b < we
-                                              for buf, wb, we in located(op, layer, sizes))
+        (buffer, b, e), = wwhere
+        return isinstance(op, ExecOp) and any(buf == buffer and wb < e and b < we for buf, wb, we in where)
     return isinstance(op, SignalOp) and op.counter == wop.counter
 
 
-def _deadlock(programs, pcs, counters, epoch, written, sizes) -> str:
-    """Name the cycle: SM a waits for what only SM b (still blocked) will write or signal, ..."""
-    programs = [[(op, layer) for op, layer, _ in prog] for prog in programs]
+def _deadlock(programs, pcs, counters, epoch, written) -> str:
+    """Name the cycle: SM a waits for what only SM b (still blocked) will write or signal, ...
+    (`programs`: `located_programs`)."""
     waiting = {sm: programs[sm][pc] for sm, pc in enumerate(pcs) if pc < len(programs[sm])}
     releasers = {sm: [other for other, pc in enumerate(pcs) if other != sm and any(
-        _unblocks(wait, o, sizes) for o in programs[other][pc:])] for sm, wait in waiting.items()}
-    _what_ = lambda at: _what(at, counters, epoch, written, sizes)
+        _unblocks(wait, o) for o in programs[other][pc:])] for sm, wait in waiting.items()}
+    _what_ = lambda at: _what(at, counters, epoch, written)
     blocked = ", ".join(f"SM {sm} at {_what_(w)}" for sm, w in list(waiting.items())[:8])
     blocked += f" and {len(waiting) - 8} more" if len(waiting) > 8 else ""
     for first in waiting:                       # follow "waits for a write or signal from" until an SM repeats
@@ -199,7 +199,7 @@ def walk(module: ModuleOp, on_exec=None, epoch: int = 1, counters: dict | None =
         if all(pc == len(p) for pc, p in zip(pcs, programs)):
             break
         if not progress:
-            raise ScheduleError(_deadlock(programs, pcs, counters, epoch, written, sizes))
+            raise ScheduleError(_deadlock(programs, pcs, counters, epoch, written))
     for name, per_step in declared.items():
         if counters[name] != epoch * per_step:
             raise ScheduleError(f"counter '{name}' ends the step at {counters[name]}, expected {epoch * per_step}")

@@ -119,7 +119,7 @@ device-ab)
   done
   timeout ${BENCH_S:-420} python3 benchmarks/bench_batch.py --batches $BATCHES "${args[@]}" --iters 40 --no-baselines \
     > /tmp/logs/batch-ab.log 2>&1
-  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep ": megakernel\|: , megakernel" /tmp/logs/batch-ab.log; grep -A 100 "^batch  floor" /tmp/logs/batch-ab.log
+  echo "bench rc $?"; grep "logits vs" /tmp/logs/batch-ab.log | sort -u; grep ", megakernel " /tmp/logs/batch-ab.log; grep -A 100 "^batch  floor" /tmp/logs/batch-ab.log
   tar czf "$OUT/logs-ab.tgz" -C /tmp logs
   ;;
 device-check)
