@@ -70,6 +70,14 @@ def test_reads_what_the_compiler_wrote(check, layer_dir, tmp_path):
     assert code == 0 and out.startswith("ok: whole-model artifact for L20 (sm_89)"), err
 
 
+def test_reads_a_batch_artifact(check, tmp_path):
+    """A layer compiled for a batch of 3 sequences: read, and said to be a batch's."""
+    layer = DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31))
+    art = adamk.compile(layer, adamk.CompileConfig(gpu="L20", batch_size=3)).save(tmp_path / "b3")
+    code, out, err = run(check, art)
+    assert code == 0 and out.startswith("ok: layer artifact for L20 (sm_89, a batch of 3): kernel "), err
+
+
 def test_a_tampered_file_is_named(check, layer_dir, tmp_path):
     art = copy(layer_dir, tmp_path)
     cubin = art / "kernel.sm_89.cubin" if (art / "kernel.sm_89.cubin").exists() else art / "kernel.ptx"
@@ -110,7 +118,8 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["weights"][0].update(shape=[3, 3]), "is not a slot of a weight buffer of its shape"),
     (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
-    (lambda m: m["config"].update(batch_size=4), "decodes a batch of 4 sequences per step; this runtime launches one"),
+    (lambda m: m["config"].update(batch_size=0), "field 'config' has a bad batch_size 0"),
+    (lambda m: m["config"].update(batch_size="4"), "field 'config' field 'batch_size' is not of type int"),
 ])
 def test_a_malformed_manifest_is_one_clear_error(check, layer_dir, tmp_path, edit, match):
     art = copy(layer_dir, tmp_path)

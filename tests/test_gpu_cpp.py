@@ -104,6 +104,64 @@ def test_model_steps_are_bit_identical_across_launchers(model):
     assert torch.equal(a.logits(), b.logits())
 
 
+def test_a_batch_steps_bit_identically_across_launchers(tmp_path):
+    """Batches of 3 sequences, each at its own position: a layer's steps (across a forced epoch
+    wrap, then graph replays) and a whole model's back-to-back steps and replays (across wraps, the
+    positions kept per sequence) give the same outputs, caches and tokens through both launchers."""
+    from adamk import _runtime
+    batch = 3
+    mod = bf16_exact(DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31)))
+    c = mod.cfg
+    path = adamk.compile(mod, adamk.CompileConfig(gpu="H200", batch_size=batch)).save(tmp_path / "layer")
+    session = _runtime.Session(str(path))
+    assert session.batch == batch
+    with pytest.raises(AdamkError, match="decodes one position per sequence: set_positions before the first launch"):
+        session.launch(0)
+    with pytest.raises(AdamkError, match="2 positions for a batch of 3 sequences"):
+        session.set_positions([1, 2])
+    del session
+    a, b = both(path, mod)
+    a.max_epoch = b.max_epoch = 3
+    for i in range(5):
+        positions = [random.randrange(c.max_seq_len) for _ in range(batch)]
+        same_history((a, b), (batch, c.num_kv_heads, c.max_seq_len, c.head_dim))
+        x = torch.randn(batch, c.hidden_size).bfloat16().cuda()
+        ya, yb = a(x, positions), b(x, positions)
+        assert torch.equal(ya, yb), (i, positions, rel(ya, yb))
+        assert torch.equal(a.k_cache, b.k_cache) and torch.equal(a.v_cache, b.v_cache), (i, positions)
+    ra, rb = a.graph(positions), b.graph(positions)
+    for i in range(4):
+        ra()
+        rb()
+        a.check()
+        b.check()
+        assert torch.equal(a.buffers["y"], yb) and torch.equal(b.buffers["y"], yb), i
+
+    model = bf16_exact(LlamaModel(PRESETS["tiny"], seed=random.randrange(2**31)))
+    c = model.cfg
+    path = adamk.compile(model, adamk.CompileConfig(gpu="H200", batch_size=batch)).save(tmp_path / "model")
+    a, b = both(path, model)
+    a.max_epoch = b.max_epoch = 5                   # 12 steps: two wraps, each moving every sequence's position
+    kc, vc = same_history((a, b), (c.num_layers, batch, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    tokens = [random.randrange(c.vocab_size) for _ in range(batch)]
+    start = [random.randrange(1, 40) for _ in range(batch)]
+    with pytest.raises(AdamkError, match="1 tokens and 1 positions for a batch of 3"):
+        b._session.start([tokens[0]], [start[0]])
+    for s in (a, b):
+        s.start(tokens, start)
+        s.run(12, start)
+    want = a.generated(start, 12)
+    assert b.generated(start, 12) == want and torch.equal(a.logits(), b.logits())
+    for s in (a, b):
+        s.k_cache.copy_(kc)
+        s.v_cache.copy_(vc)
+        s.start(tokens, start)
+        replay = s.graph()
+        for _ in range(12):
+            replay()
+        assert s.generated(start, 12) == want
+
+
 def test_errors_read_the_same_through_both_launchers(layer, model):
     """A timed-out wait names the task and the word it waited for, a bad device position is named,
     in the same words; both steps work again after reset()."""

@@ -354,7 +354,10 @@ class DecodeStep:
         for p in positions:
             self._check_position(p)
         if positions != self._positions_written:
-            self.buffers[self.position_buffer].copy_(self.torch.tensor(positions, dtype=self.torch.int32))
+            if self._session:
+                self._session.set_positions(positions, self.torch.cuda.current_stream(self.device).cuda_stream)
+            else:
+                self.buffers[self.position_buffer].copy_(self.torch.tensor(positions, dtype=self.torch.int32))
             self._positions_written = positions
 
     def __call__(self, x, pos):

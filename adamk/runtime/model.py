@@ -47,7 +47,8 @@ class ModelStep(DecodeStep):
             if not 0 <= int(t) < self.vocab_size:
                 raise AdamkError(f"token id {int(t)} outside the vocabulary 0..{self.vocab_size - 1}")
         if self._session:
-            self._session.start(int(token), int(pos), self.torch.cuda.current_stream(self.device).cuda_stream)
+            self._session.start([int(t) for t in tokens], [int(p) for p in positions],
+                                self.torch.cuda.current_stream(self.device).cuda_stream)
             return
         for b, (t, p) in enumerate(zip(tokens, positions)):
             self.batch_tokens[b, int(p)] = int(t)

@@ -264,13 +264,14 @@ Artifact Artifact::open(const std::string& dir) {
     a.counters_.push_back({field(c, "name", "str", where).string, int(as_int(field(c, "index", "int", where)))});
   }
   read_weights(a, m, path);
-  // A batch's positions are a device buffer the host fills per step (adamk/runtime/decode.py
-  // set_positions); this runtime launches one sequence per step.
+  // A batch decodes `batch_size` sequences per step, each at its own position (CompileConfig
+  // batch_size; a manifest from before batches has none: one).
   const json::Value* config = m.find("config");
-  const json::Value* batch = config ? config->find("batch_size") : nullptr;
-  if (batch && batch->is_int() && as_int(*batch) > 1)
-    throw Error(path + " decodes a batch of " + std::to_string(as_int(*batch)) +
-                " sequences per step; this runtime launches one (load it with adamk.load)");
+  if (config && config->find("batch_size")) {
+    const int64_t batch = as_int(field(*config, "batch_size", "int", path + " field 'config'"));
+    if (batch < 1 || batch > 1 << 16) throw Error(path + " field 'config' has a bad batch_size " + std::to_string(batch));
+    a.batch_ = int(batch);
+  }
   const json::Value* whole = model.find("whole_model");
   a.whole_model_ = whole && whole->kind == json::Value::Kind::Bool && whole->boolean;
   if (a.whole_model_) {

@@ -96,6 +96,7 @@ class Artifact {
   bool whole_model() const { return whole_model_; }
   int layers() const { return layers_; }                 // a whole model's decoder layers (1 otherwise)
   int vocab_size() const { return vocab_size_; }         // a whole model's
+  int batch() const { return batch_; }                   // sequences decoded per step (config batch_size)
   // The bytes of a listed file (checked): the cubin for the artifact's arch, say.
   std::string file(const std::string& name) const;
 
@@ -110,7 +111,7 @@ class Artifact {
   std::vector<Weight> weights_;
   std::vector<Packing> packings_;
   bool whole_model_ = false;
-  int layers_ = 1, vocab_size_ = 0;
+  int layers_ = 1, vocab_size_ = 0, batch_ = 1;
 };
 
 // Sizes from untrusted files are multiplied through this: a product over kMaxBytes (1 TB) or one

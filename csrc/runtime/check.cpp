@@ -18,9 +18,10 @@ int main(int argc, char** argv) {
     int64_t bytes = 0;
     for (const adamk::Buffer& b : a.buffers()) bytes += b.bytes();
     const adamk::Kernel& k = a.kernel();
-    std::printf("ok: %s artifact for %s (%s): kernel %s, %d blocks x %d threads, %d B shared memory, "
+    const std::string batch = a.batch() > 1 ? ", a batch of " + std::to_string(a.batch()) : "";
+    std::printf("ok: %s artifact for %s (%s%s): kernel %s, %d blocks x %d threads, %d B shared memory, "
                 "%zu buffers (%lld bytes), %zu kernel arguments\n",
-                a.whole_model() ? "whole-model" : "layer", a.gpu().c_str(), a.arch().c_str(), k.name.c_str(),
+                a.whole_model() ? "whole-model" : "layer", a.gpu().c_str(), a.arch().c_str(), batch.c_str(), k.name.c_str(),
                 k.grid, k.block_threads, k.smem_bytes, a.buffers().size(), static_cast<long long>(bytes),
                 k.args.size());
     if (argc == 4) {

@@ -69,6 +69,7 @@ PYBIND11_MODULE(_runtime, m) {
       .def_property_readonly("arch", &adamk::Artifact::arch)
       .def_property_readonly("gpu", &adamk::Artifact::gpu)
       .def_property_readonly("whole_model", &adamk::Artifact::whole_model)
+      .def_property_readonly("batch", &adamk::Artifact::batch)
       .def_property_readonly("buffers", &adamk::Artifact::buffers)
       .def_property_readonly("kernel", [](const adamk::Artifact& a) {
         const adamk::Kernel& k = a.kernel();
@@ -127,6 +128,7 @@ PYBIND11_MODULE(_runtime, m) {
            }), py::arg("dir"), py::arg("device") = 0, py::arg("timeout_s") = 2.0)
       .def_property_readonly("loaded_from", &Session::loaded_from)
       .def_property_readonly("max_seq_len", &Session::max_seq_len)
+      .def_property_readonly("batch", &Session::batch)
       .def_property_readonly("epoch", &Session::epoch)
       .def_property("max_epoch", &Session::max_epoch,
                     [](Session& s, uint32_t e) { translated([&] { s.set_max_epoch(e); }); })
@@ -145,9 +147,13 @@ PYBIND11_MODULE(_runtime, m) {
       .def("enqueue", [](Session& s, int pos, uint64_t stream) {
              translated([&] { s.enqueue(pos, stream_of(stream)); }, true);
            }, py::arg("pos"), py::arg("stream") = 0, "Enqueue the kernel without counting it (a graph capture).")
-      .def("start", [](Session& s, int token, int pos, uint64_t stream) {
-             translated([&] { s.start(token, pos, stream_of(stream)); }, true);
-           }, py::arg("token"), py::arg("pos"), py::arg("stream") = 0)
+      .def("start", [](Session& s, const std::vector<int>& tokens, const std::vector<int>& positions, uint64_t stream) {
+             translated([&] { s.start(tokens, positions, stream_of(stream)); }, true);
+           }, py::arg("tokens"), py::arg("positions"), py::arg("stream") = 0,
+           "A whole model: the next launch decodes tokens[b] at positions[b], one per sequence.")
+      .def("set_positions", [](Session& s, const std::vector<int>& positions, uint64_t stream) {
+             translated([&] { s.set_positions(positions, stream_of(stream)); }, true);
+           }, py::arg("positions"), py::arg("stream") = 0, "A batched layer: one position per sequence.")
       .def("prepare", [](Session& s) { translated([&] { s.prepare(); }, true); })
       .def("check", [](Session& s) { translated([&] { s.check(); }, true); },
            "Wait for the GPU; raise what the kernel reported.")

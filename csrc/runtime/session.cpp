@@ -195,22 +195,54 @@ void Session::set_timeout_s(double s) {
 }
 
 // The position a whole model's next launch reads sits in the slot of that launch's epoch parity.
-void Session::start(int token, int pos, CUstream stream) {
+void Session::start(int token, int pos, CUstream stream) { start(std::vector<int>{token}, std::vector<int>{pos}, stream); }
+
+void Session::start(const std::vector<int>& tokens, const std::vector<int>& positions, CUstream stream) {
   const Scope scope(*this);
   if (!artifact_.whole_model()) throw Error("start(token, pos) is a whole model's; this artifact is one layer");
-  check_position(pos);
-  if (token < 0 || token >= artifact_.vocab_size())
-    throw Error("token id " + std::to_string(token) + " outside the vocabulary 0.." +
-                std::to_string(artifact_.vocab_size() - 1));
+  const int batch = artifact_.batch();
+  if (tokens.size() != size_t(batch) || positions.size() != size_t(batch))
+    throw Error(std::to_string(tokens.size()) + " tokens and " + std::to_string(positions.size()) +
+                " positions for a batch of " + std::to_string(batch));
+  for (int b = 0; b < batch; ++b) {
+    check_position(positions[size_t(b)]);
+    if (tokens[size_t(b)] < 0 || tokens[size_t(b)] >= artifact_.vocab_size())
+      throw Error("token id " + std::to_string(tokens[size_t(b)]) + " outside the vocabulary 0.." +
+                  std::to_string(artifact_.vocab_size() - 1));
+  }
   prepare();
-  // The position into both slots: the next launch reads the slot of its epoch's parity, and a
-  // zeroing at the wrap before it moves one slot into the other.
-  const int32_t values[3] = {token, pos, pos};
-  if (describe("tokens").elements() <= pos || describe("position").elements() < 2)
-    throw Error("the artifact's tokens or position buffer is too small for position " + std::to_string(pos));
-  driver_.copy_to_device(buffer("tokens") + 4 * uint64_t(pos), &values[0], 4, stream);
-  driver_.copy_to_device(buffer("position"), &values[1], 8, stream);
-  driver_.synchronize(stream);         // the host values above live on this stack frame
+  // tokens is [batch, row] (a sequence's ids), position [batch, 2]: each position into both slots
+  // (the next launch reads the slot of its epoch's parity, and a zeroing at the wrap before it moves
+  // one slot into the other).
+  const int64_t row = describe("tokens").elements() / batch;
+  if (describe("position").elements() != 2 * int64_t(batch))
+    throw Error("the artifact's position buffer does not hold two slots per sequence");
+  std::vector<int32_t> slots;
+  for (int b = 0; b < batch; ++b) {
+    const int pos = positions[size_t(b)];
+    if (row <= pos) throw Error("the artifact's tokens buffer is too small for position " + std::to_string(pos));
+    driver_.copy_to_device(buffer("tokens") + 4 * uint64_t(b * row + pos), &tokens[size_t(b)], 4, stream);
+    slots.insert(slots.end(), {pos, pos});
+  }
+  driver_.copy_to_device(buffer("position"), slots.data(), 4 * slots.size(), stream);
+  driver_.synchronize(stream);         // the host values above live in this frame
+}
+
+void Session::set_positions(const std::vector<int>& positions, CUstream stream) {
+  const Scope scope(*this);
+  if (artifact_.whole_model())
+    throw Error("a whole model's positions are the device's: start(tokens, positions) sets them");
+  const int batch = artifact_.batch();
+  if (batch == 1) throw Error("set_positions is a batch's; one sequence's position is launch's pos");
+  if (positions.size() != size_t(batch))
+    throw Error(std::to_string(positions.size()) + " positions for a batch of " + std::to_string(batch) + " sequences");
+  for (int p : positions) check_position(p);
+  if (describe("position").elements() != batch)
+    throw Error("the artifact's position buffer does not hold one position per sequence");
+  const std::vector<int32_t> values(positions.begin(), positions.end());
+  driver_.copy_to_device(buffer("position"), values.data(), 4 * values.size(), stream);
+  driver_.synchronize(stream);
+  positions_set_ = true;
 }
 
 void Session::advance() {
@@ -226,19 +258,21 @@ void Session::advance() {
 }
 
 void Session::zero_state(CUstream s) {
-  // A whole model keeps its position: it moves to the slot of epoch 1's parity.
-  int32_t pos = 0;
+  // A whole model keeps its positions: each sequence's moves to the slot of epoch 1's parity.
+  std::vector<int32_t> slots;
   const bool model = artifact_.whole_model() && prepared_;
   if (model) {
-    driver_.copy_to_host(&pos, buffer("position") + 4 * ((epoch_ + 1) & 1u), 4, s);
+    slots.resize(size_t(describe("position").elements()));
+    driver_.copy_to_host(slots.data(), buffer("position"), 4 * slots.size(), s);
     driver_.synchronize(s);
+    for (size_t b = 0; b + 1 < slots.size(); b += 2) slots[b + 1] = slots[b + ((epoch_ + 1) & 1u)];
   }
   driver_.fill32(counters_, 0, n_counters_, s);
   driver_.fill32(epochs_, 0, size_t(artifact_.kernel().grid), s);
   for (const Buffer& b : artifact_.buffers())
     if (b.tagged() && slots_[b.name].ptr) driver_.fill32(slots_[b.name].ptr, 0, size_t(b.bytes()) / 4, s);
   if (model) {
-    driver_.copy_to_device(buffer("position") + 4, &pos, 4, s);
+    driver_.copy_to_device(buffer("position"), slots.data(), 4 * slots.size(), s);
     driver_.synchronize(s);
   }
 }
@@ -250,6 +284,9 @@ void Session::check_position(int pos) const {
 
 int Session::launch_position(int pos) const {
   if (artifact_.whole_model()) return 0;      // the kernel reads the position from the device
+  if (artifact_.batch() > 1 && !positions_set_)
+    throw Error("a batch of " + std::to_string(artifact_.batch()) +
+                " decodes one position per sequence: set_positions before the first launch");
   check_position(pos);
   return pos;
 }

@@ -77,8 +77,15 @@ class Session {
   // caller about to capture a launch into a CUDA graph does it first: it waits for the GPU).
   void prepare();
   // A whole model: the next launch decodes `token` at `pos` (the id into the sequence, the
-  // position into the slot that launch reads), ordered on `stream`.
+  // position into the slot that launch reads), ordered on `stream`. A batch: one token and one
+  // position per sequence (the one-sequence form refuses a batch).
   void start(int token, int pos, CUstream stream);
+  void start(const std::vector<int>& tokens, const std::vector<int>& positions, CUstream stream);
+  // A batched layer: the positions, one per sequence, that the next launches read (the device
+  // buffer `position`; launch's `pos` is then the first sequence's, which its tasks do not read).
+  // Before the first launch of a batched layer.
+  void set_positions(const std::vector<int>& positions, CUstream stream);
+  int batch() const { return artifact_.batch(); }
   // Waits for the GPU and throws KernelError if the kernel reported one (the task and what it
   // waited for are named). After one, reset() before the next step.
   void check();
@@ -111,6 +118,7 @@ class Session {
   CUdeviceptr table_ = 0, counters_ = 0, error_ = 0, epochs_ = 0, trace_ = 0;
   size_t n_counters_ = 1, trace_words_ = 0;
   bool prepared_ = false;
+  bool positions_set_ = false;   // a batched layer's set_positions ran
   int max_seq_len_ = 0;
   uint32_t epoch_ = 0, max_epoch_ = 0;
   uint64_t timeout_ns_ = 0;

@@ -5,6 +5,7 @@
 //
 // The KV caches start empty, so this decodes from token T at position P (default 0) as if
 // nothing came before it (a serving engine prefills the caches first: adamk/runtime/engine.py).
+// An artifact compiled for a batch decodes its every sequence so, one line of tokens each.
 // One `error:` line and exit 1 on any problem.
 #include <chrono>
 #include <cstdio>
@@ -45,16 +46,22 @@ int main(int argc, char** argv) {
       throw adamk::Error(std::to_string(steps) + " steps from position " + std::to_string(pos) + " pass the KV cache's " +
                          std::to_string(session.max_seq_len()) + " positions (the artifact's max_seq_len)");
     adamk::upload_weights(session, adamk::Checkpoint::open(argv[2]));
-    session.start(token, pos, nullptr);
+    const int batch = session.batch();
+    session.start(std::vector<int>(size_t(batch), token), std::vector<int>(size_t(batch), pos), nullptr);
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < steps; ++i) session.launch(0, nullptr);     // back to back: token and position on the device
+    for (int i = 0; i < steps; ++i) session.launch(0, nullptr);     // back to back: tokens and positions on the device
     session.check();
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const uint64_t row = uint64_t(session.describe("tokens").elements() / batch);   // a sequence's ids
     std::vector<int32_t> tokens(static_cast<size_t>(steps));
-    session.read("tokens", tokens.data(), 4 * uint64_t(pos + 1), 4 * uint64_t(steps));
-    std::printf("tokens:");
-    for (int32_t t : tokens) std::printf(" %d", t);
-    std::printf("\n%d steps in %.3f ms (%.1f tokens/s, %s)\n", steps, s * 1e3, steps / s,
+    for (int b = 0; b < batch; ++b) {
+      session.read("tokens", tokens.data(), 4 * (uint64_t(b) * row + uint64_t(pos) + 1), 4 * uint64_t(steps));
+      if (batch > 1) std::printf("sequence %d ", b);
+      std::printf("tokens:");
+      for (int32_t t : tokens) std::printf(" %d", t);
+      std::printf("\n");
+    }
+    std::printf("%d steps in %.3f ms (%.1f tokens/s, %s)\n", steps, s * 1e3, double(batch) * steps / s,
                 session.loaded_from().c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
