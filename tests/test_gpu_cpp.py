@@ -104,7 +104,7 @@ def test_model_steps_are_bit_identical_across_launchers(model):
     assert torch.equal(a.logits(), b.logits())
 
 
-def test_a_batch_steps_bit_identically_across_launchers(tmp_path):
+def test_a_batch_steps_bit_identically_across_launchers(decode_example, tmp_path):
     """Batches of 3 sequences, each at its own position: a layer's steps (across a forced epoch
     wrap, then graph replays) and a whole model's back-to-back steps and replays (across wraps, the
     positions kept per sequence) give the same outputs, caches and tokens through both launchers."""
@@ -160,6 +160,22 @@ def test_a_batch_steps_bit_identically_across_launchers(tmp_path):
         for _ in range(12):
             replay()
         assert s.generated(start, 12) == want
+    # examples/cpp decodes every sequence of the batch from one token at position 0
+    import subprocess
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"), "--token", str(tokens[0]),
+                        "--steps", "6"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    for s in (a, b):
+        for x in (s.k_cache, s.v_cache):
+            x.zero_()
+        s.start([tokens[0]] * batch, [0] * batch)
+        s.run(6, [0] * batch)
+    want = a.generated([0] * batch, 6)
+    assert b.generated([0] * batch, 6) == want
+    assert lines[:batch] == [f"sequence {i} tokens: " + " ".join(map(str, want[i])) for i in range(batch)], lines
 
 
 def test_errors_read_the_same_through_both_launchers(layer, model):
@@ -262,23 +278,30 @@ def test_the_ops_agree_eager_in_a_graph_and_under_torch_compile(layer, model, la
         torch.ops.adamk.layer_step(op.register(step), x, 0, step.op_order)
 
 
-def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, tmp_path):
-    """examples/cpp (adamk-decode, built by CMake): the artifact, weights from a safetensors file,
-    twelve steps back to back from one token at position 0; the tokens equal the Python runtime's."""
+@pytest.fixture(scope="module")
+def decode_example(tmp_path_factory):
+    """examples/cpp's adamk-decode, built by CMake."""
     import shutil
     import subprocess
     from pathlib import Path
-    from safetensors.torch import save_file
     if shutil.which("cmake") is None:
         pytest.skip("cmake is not installed")
-    root, build = Path(__file__).resolve().parents[1], tmp_path / "build"
+    root, build = Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("build")
     for cmd in (["cmake", "-S", root, "-B", build], ["cmake", "--build", build, "-j8", "--target", "adamk-decode"]):
         r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
+    return build / "examples/cpp/adamk-decode"
+
+
+def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, decode_example, tmp_path):
+    """examples/cpp (adamk-decode): the artifact, weights from a safetensors file, twelve steps back
+    to back from one token at position 0; the tokens equal the Python runtime's."""
+    import subprocess
+    from safetensors.torch import save_file
     mod, path = model
     save_file({k: v.detach().contiguous().clone() for k, v in mod.state_dict().items()}, tmp_path / "w.safetensors")
     token = random.randrange(mod.cfg.vocab_size)
-    r = subprocess.run([str(build / "examples/cpp/adamk-decode"), str(path), str(tmp_path / "w.safetensors"),
+    r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"),
                         "--token", str(token), "--steps", "12"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     got = [int(t) for t in r.stdout.splitlines()[0].removeprefix("tokens:").split()]
@@ -288,7 +311,7 @@ def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, tmp_path
     step.start(token, 0)
     step.run(12, 0)
     assert got == step.generated(0, 12)
-    r = subprocess.run([str(build / "examples/cpp/adamk-decode"), str(path), str(tmp_path / "w.safetensors"),
+    r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"),
                         "--steps", str(mod.cfg.max_seq_len + 1)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "pass the KV cache's" in r.stderr
 
