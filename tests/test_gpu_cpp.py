@@ -104,7 +104,7 @@ def test_model_steps_are_bit_identical_across_launchers(model):
     assert torch.equal(a.logits(), b.logits())
 
 
-def test_a_batch_steps_bit_identically_across_launchers(decode_example, tmp_path):
+def test_a_batch_steps_bit_identically_across_launchers(tmp_path):
     """Batches of 3 sequences, each at its own position: a layer's steps (across a forced epoch
     wrap, then graph replays) and a whole model's back-to-back steps and replays (across wraps, the
     positions kept per sequence) give the same outputs, caches and tokens through both launchers."""
@@ -160,22 +160,6 @@ def test_a_batch_steps_bit_identically_across_launchers(decode_example, tmp_path
         for _ in range(12):
             replay()
         assert s.generated(start, 12) == want
-    # examples/cpp decodes every sequence of the batch from one token at position 0
-    import subprocess
-    from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
-    r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"), "--token", str(tokens[0]),
-                        "--steps", "6"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    for s in (a, b):
-        for x in (s.k_cache, s.v_cache):
-            x.zero_()
-        s.start([tokens[0]] * batch, [0] * batch)
-        s.run(6, [0] * batch)
-    want = a.generated([0] * batch, 6)
-    assert b.generated([0] * batch, 6) == want
-    assert lines[:batch] == [f"sequence {i} tokens: " + " ".join(map(str, want[i])) for i in range(batch)], lines
 
 
 def test_errors_read_the_same_through_both_launchers(layer, model):
@@ -314,6 +298,28 @@ def test_the_cpp_example_decodes_what_the_python_runtime_decodes(model, decode_e
     r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"),
                         "--steps", str(mod.cfg.max_seq_len + 1)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "pass the KV cache's" in r.stderr
+
+
+def test_the_cpp_example_decodes_a_batch(decode_example, tmp_path):
+    """adamk-decode on an artifact of a batch of 3: every sequence from one token at position 0,
+    each its own line of tokens, equal to the Python runtime's for that sequence."""
+    import subprocess
+    from safetensors.torch import save_file
+    batch, model = 3, bf16_exact(LlamaModel(PRESETS["tiny"], seed=random.randrange(2**31)))
+    path = adamk.compile(model, adamk.CompileConfig(gpu="H200", batch_size=batch)).save(tmp_path / "model")
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    token = random.randrange(model.cfg.vocab_size)
+    r = subprocess.run([str(decode_example), str(path), str(tmp_path / "w.safetensors"), "--token", str(token),
+                        "--steps", "6"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    step = adamk.load(path, model)
+    step.k_cache.zero_()
+    step.v_cache.zero_()
+    step.start([token] * batch, [0] * batch)
+    step.run(6, [0] * batch)
+    want = step.generated([0] * batch, 6)
+    lines = r.stdout.splitlines()
+    assert lines[:batch] == [f"sequence {i} tokens: " + " ".join(map(str, want[i])) for i in range(batch)], lines
 
 
 def test_the_session_refuses_an_artifact_for_a_newer_gpu(layer, tmp_path):

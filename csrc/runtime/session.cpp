@@ -204,23 +204,23 @@ void Session::start(const std::vector<int>& tokens, const std::vector<int>& posi
   if (tokens.size() != size_t(batch) || positions.size() != size_t(batch))
     throw Error(std::to_string(tokens.size()) + " tokens and " + std::to_string(positions.size()) +
                 " positions for a batch of " + std::to_string(batch));
+  const int64_t row = describe("tokens").elements() / batch;     // a sequence's ids: tokens is [batch, row]
   for (int b = 0; b < batch; ++b) {
     check_position(positions[size_t(b)]);
+    if (row <= positions[size_t(b)])
+      throw Error("the artifact's tokens buffer is too small for position " + std::to_string(positions[size_t(b)]));
     if (tokens[size_t(b)] < 0 || tokens[size_t(b)] >= artifact_.vocab_size())
       throw Error("token id " + std::to_string(tokens[size_t(b)]) + " outside the vocabulary 0.." +
                   std::to_string(artifact_.vocab_size() - 1));
   }
-  prepare();
-  // tokens is [batch, row] (a sequence's ids), position [batch, 2]: each position into both slots
-  // (the next launch reads the slot of its epoch's parity, and a zeroing at the wrap before it moves
-  // one slot into the other).
-  const int64_t row = describe("tokens").elements() / batch;
   if (describe("position").elements() != 2 * int64_t(batch))
     throw Error("the artifact's position buffer does not hold two slots per sequence");
+  prepare();     // every buffer bound or allocated, and its initial fill done, before the copies below
+  // Each token into its sequence's row, each position into both of its slots (the next launch reads
+  // the slot of its epoch's parity, and a zeroing at the wrap before it moves one slot into the other).
   std::vector<int32_t> slots;
   for (int b = 0; b < batch; ++b) {
     const int pos = positions[size_t(b)];
-    if (row <= pos) throw Error("the artifact's tokens buffer is too small for position " + std::to_string(pos));
     driver_.copy_to_device(buffer("tokens") + 4 * uint64_t(b * row + pos), &tokens[size_t(b)], 4, stream);
     slots.insert(slots.end(), {pos, pos});
   }
@@ -239,6 +239,7 @@ void Session::set_positions(const std::vector<int>& positions, CUstream stream) 
   for (int p : positions) check_position(p);
   if (describe("position").elements() != batch)
     throw Error("the artifact's position buffer does not hold one position per sequence");
+  prepare();      // every buffer bound or allocated, and its initial fill done, before the copy below
   const std::vector<int32_t> values(positions.begin(), positions.end());
   driver_.copy_to_device(buffer("position"), values.data(), 4 * values.size(), stream);
   driver_.synchronize(stream);
