@@ -258,8 +258,64 @@ def test_the_ops_agree_eager_in_a_graph_and_under_torch_compile(layer, model, la
     c_logits, c_next = compiled(token, at)
     assert torch.equal(c_logits, want_logits) and int(c_next) == want
     step.check()
-    with pytest.raises(AdamkError, match=re.escape("op handle")):
+    with pytest.raises(AdamkError, match=re.escape("is a whole model: call torch.ops.adamk.model_step")):
         torch.ops.adamk.layer_step(op.register(step), x, 0, step.op_order)
+
+
+@pytest.fixture(scope="module")
+def batch_steps(tmp_path_factory):
+    """(module, artifact) of a tiny layer and a tiny whole model compiled for a batch of 3."""
+    layer = bf16_exact(DecoderLayer(PRESETS["tiny"], seed=random.randrange(2**31)))
+    model = bf16_exact(LlamaModel(PRESETS["tiny"], seed=random.randrange(2**31)))
+    config = adamk.CompileConfig(gpu="H200", batch_size=3)
+    return [(m, adamk.compile(m, config).save(tmp_path_factory.mktemp("b"))) for m in (layer, model)]
+
+
+@pytest.mark.parametrize("launcher", ["cuda-bindings", "cpp"])
+def test_the_model_op_decodes_a_batch_eager_in_a_graph_and_under_torch_compile(batch_steps, launcher):
+    """A whole model's batch of 3, each sequence at its own position: model_step with [3] tokens and
+    positions gives the step's own logits and tokens eager, replayed in a captured graph and under
+    torch.compile; a wrong number of tokens is refused. A batch's layer is refused by the layer op
+    (its positions are the host's), and so is a capture that would copy them from the host."""
+    (layer, layer_path), (model, model_path) = batch_steps
+    batch = 3
+    step = adamk.load(model_path, model, launcher=launcher)
+    c = model.cfg
+    same_history((step,), (c.num_layers, batch, c.num_kv_heads, c.max_seq_len, c.head_dim))
+    ids = [random.randrange(c.vocab_size) for _ in range(batch)]
+    start = [random.randrange(1, 40) for _ in range(batch)]
+    token = torch.tensor(ids, dtype=torch.int32, device="cuda")
+    at = torch.tensor(start, dtype=torch.int32, device="cuda")
+    logits, nxt = op.call(step, token, at)
+    want_logits, want = step(ids, start)
+    assert logits.shape == (batch, c.vocab_size) and torch.equal(logits, want_logits) and nxt.tolist() == want
+    with torch.cuda.graph(graph := torch.cuda.CUDAGraph()):
+        g_logits, g_next = op.call(step, token, at)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(g_logits, want_logits) and g_next.tolist() == want
+    h, order = op.register(step), step.op_order
+    compiled = torch.compile(lambda t, p: torch.ops.adamk.model_step(h, t, p, order), fullgraph=True, dynamic=False)
+    c_logits, c_next = compiled(token, at)
+    assert torch.equal(c_logits, want_logits) and c_next.tolist() == want
+    step.check()
+    with pytest.raises(AdamkError, match="2 tokens and 2 positions for a batch of 3 sequences"):
+        torch.ops.adamk.model_step(h, token[:2], at[:2], order)
+
+    step = adamk.load(layer_path, layer, launcher=launcher)
+    c = layer.cfg
+    x = torch.randn(batch, c.hidden_size).bfloat16().cuda()
+    positions = [random.randrange(c.max_seq_len) for _ in range(batch)]
+    with pytest.raises(AdamkError, match=re.escape("is a layer of a batch of 3, whose positions the host writes")):
+        op.call(step, x, positions[0])
+    step.set_positions(positions)
+    other = [(p + 1) % c.max_seq_len for p in positions]
+    with pytest.raises(AdamkError, match=re.escape(f"a CUDA graph capture cannot write a batch's positions {other}")):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            step.launch(other)
+    y = step(x, positions)          # the step works on after the refused capture
+    step.check()
+    assert y.shape[0] == batch
 
 
 @pytest.fixture(scope="module")

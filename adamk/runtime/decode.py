@@ -354,6 +354,9 @@ class DecodeStep:
         for p in positions:
             self._check_position(p)
         if positions != self._positions_written:
+            if self.torch.cuda.is_current_stream_capturing():     # a copy from pageable host memory
+                raise AdamkError(f"a CUDA graph capture cannot write a batch's positions {positions} from the "
+                                 "host: write them before the capture (set_positions, or one eager step at them)")
             if self._session:
                 self._session.set_positions(positions, self.torch.cuda.current_stream(self.device).cuda_stream)
             else:
