@@ -44,6 +44,27 @@ def same_history(steps, shape):
     return kc, vc
 
 
+def decode_both_ways(steps, kc, vc, token, pos, n: int = 12) -> list:
+    """Each step from the history `kc`, `vc`: `n` launches back to back from `token` at `pos` (a
+    batch: one of each per sequence), then again as `n` replays of one captured graph. Returns the
+    ids the launches generated, having checked that every step's replays generated them too."""
+    runs = []
+    for s in steps:
+        for graph in (False, True):
+            s.k_cache.copy_(kc)
+            s.v_cache.copy_(vc)
+            s.start(token, pos)
+            if graph:
+                replay = s.graph()
+                for _ in range(n):
+                    replay()
+            else:
+                s.run(n, pos)
+            runs.append(s.generated(pos, n))
+    assert all(r == runs[0] for r in runs), runs
+    return runs[0]
+
+
 def test_layer_steps_are_bit_identical_across_launchers(layer):
     """Seven steps across two forced epoch wraps, then graph replays: the C++ session's outputs and
     caches equal the cuda-bindings launches' bit for bit, and match float32."""
@@ -86,21 +107,7 @@ def test_model_steps_are_bit_identical_across_launchers(model):
     la, ta = a(token, pos)
     lb, tb = b(token, pos)
     assert torch.equal(la, lb) and ta == tb
-    for s in (a, b):
-        s.k_cache.copy_(kc)
-        s.v_cache.copy_(vc)
-        s.start(token, pos)
-        s.run(12, pos)
-    assert a.generated(pos, 12) == b.generated(pos, 12)
-    assert torch.equal(a.logits(), b.logits())
-    for s in (a, b):
-        s.k_cache.copy_(kc)
-        s.v_cache.copy_(vc)
-        s.start(token, pos)
-        replay = s.graph()
-        for _ in range(12):
-            replay()
-    assert a.generated(pos, 12) == b.generated(pos, 12)
+    decode_both_ways((a, b), kc, vc, token, pos)
     assert torch.equal(a.logits(), b.logits())
 
 
@@ -147,19 +154,8 @@ def test_a_batch_steps_bit_identically_across_launchers(tmp_path):
     start = [random.randrange(1, 40) for _ in range(batch)]
     with pytest.raises(AdamkError, match="1 tokens and 1 positions for a batch of 3"):
         b._session.start([tokens[0]], [start[0]])
-    for s in (a, b):
-        s.start(tokens, start)
-        s.run(12, start)
-    want = a.generated(start, 12)
-    assert b.generated(start, 12) == want and torch.equal(a.logits(), b.logits())
-    for s in (a, b):
-        s.k_cache.copy_(kc)
-        s.v_cache.copy_(vc)
-        s.start(tokens, start)
-        replay = s.graph()
-        for _ in range(12):
-            replay()
-        assert s.generated(start, 12) == want
+    decode_both_ways((a, b), kc, vc, tokens, start)
+    assert torch.equal(a.logits(), b.logits())
 
 
 def test_errors_read_the_same_through_both_launchers(layer, model):
