@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -106,11 +107,45 @@ def check_output_dir(dest: Path, force: bool) -> Path:
     return dest
 
 
-def check_dump_dir(path: Path) -> Path:
-    """A directory for --dump-ir: an existing directory or one that can be made."""
-    path = Path(os.path.abspath(path))
+# The name of one pass's IR in a --dump-ir directory (compiler.lower writes them).
+DUMP_NAME = re.compile(r"[0-9]{2}-[A-Za-z0-9_.-]+\.mlir")
+
+
+def dump_name(index: int, name: str) -> str:
+    return f"{index:02d}-{name}.mlir"
+
+
+def clear_dumps(path: str | os.PathLike):
+    """Remove an earlier compile's IR dumps from `path`, so what it holds is this compile's alone."""
+    if os.path.isdir(path):
+        for entry in os.listdir(path):
+            if DUMP_NAME.fullmatch(entry) and os.path.isfile(os.path.join(path, entry)):
+                os.remove(os.path.join(path, entry))
+
+
+def check_dump_dir(path: Path, output: Path) -> Path:
+    """A directory for --dump-ir: new, empty or holding only earlier IR dumps (which the compile
+    replaces), and not the artifact directory `output` or inside it."""
+    path, output = Path(os.path.abspath(path)), Path(os.path.abspath(output))
     if path.exists() and not path.is_dir():
         raise AdamkError(f"--dump-ir {path} exists and is not a directory")
+    if path.resolve().is_relative_to(output.resolve()):
+        raise AdamkError(f"--dump-ir {path} is the output directory {output} or inside it; the artifact directory "
+                         "holds the artifact alone")
+    if path.is_dir():
+        other = sorted(e for e in os.listdir(path) if not DUMP_NAME.fullmatch(e))
+        if other:
+            raise AdamkError(f"--dump-ir {path} holds {quoted(other[0])}, which is not an IR dump; give a new or "
+                             "empty directory")
+    _check_writable(path)
+    return path
+
+
+def check_output_file(path: Path) -> Path:
+    """A file a command will write when it ends (a cost profile): checked before its long run."""
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise AdamkError(f"output {path} is a directory")
     _check_writable(path)
     return path
 
@@ -130,11 +165,21 @@ def _check_writable(dest: Path):
 
 
 def _listed_files(path: Path) -> set[str] | None:
-    """The file names an artifact's manifest lists, or None if `path` holds no valid manifest."""
-    try:
-        return set(read_manifest(path)["files"])
-    except AdamkError:
+    """The file names an artifact's manifest lists, or None if `path` holds no adamk manifest. Any
+    format counts (an artifact of an older adamk is replaced like a current one), so only the
+    manifest's format number and its list of plain file names are read."""
+    p = path / MANIFEST
+    if p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_MANIFEST_BYTES:
         return None
+    try:
+        manifest = json.loads(p.read_bytes())
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("format", 1), int)
+            and isinstance(manifest.get("adamk_version"), str) and isinstance(manifest.get("files"), dict)
+            and all(isinstance(n, str) and _plain_name(n) for n in manifest["files"])):
+        return None
+    return set(manifest["files"])
 
 
 _RENAME_EXCHANGE = 2
@@ -203,14 +248,28 @@ _SCHEMA = {
 }
 
 
-def _check_schema(value, schema, where: str):
+# Fields a manifest may leave out (older artifacts, a layer's model), with their types where present;
+# a whole model's manifest must have the ones in _WHOLE_MODEL.
+_OPTIONAL = {"config": {"batch_size": int, "schedule": str},
+             "model": {"whole_model": bool, "vocab_size": int, "logits_buffer": str}}
+_WHOLE_MODEL = {"model": {"vocab_size": int, "logits_buffer": str}}
+
+
+def _check_schema(value, schema, where: str, optional: bool = False):
     for key, kind in schema.items():
+        if isinstance(value, dict) and key not in value and optional:
+            continue
         if not isinstance(value, dict) or key not in value:
             raise AdamkError(f"{where} has no field '{key}'")
         field = value[key]
         if isinstance(kind, dict):
-            _check_schema(field, kind, f"{where} field '{key}'")
-        elif not isinstance(field, kind) or isinstance(field, bool):
+            _check_schema(field, kind, f"{where} field '{key}'", optional)
+            continue
+        if kind is bool:
+            if not isinstance(field, bool):
+                raise AdamkError(f"{where} field '{key}' is not of type bool")
+            continue
+        if not isinstance(field, kind) or isinstance(field, bool):
             raise AdamkError(f"{where} field '{key}' is not of type "
                              f"{'/'.join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__}")
 
@@ -231,6 +290,11 @@ def read_manifest(path: str | os.PathLike) -> dict:
         raise AdamkError(f"{p} is manifest format {fmt}, made by {'a newer' if fmt > MANIFEST_FORMAT else 'an older'} "
                          f"adamk; this one reads format {MANIFEST_FORMAT}: recompile the model")
     _check_schema(manifest, _SCHEMA, str(p))
+    _check_schema(manifest, _OPTIONAL, str(p), optional=True)
+    if manifest["model"].get("whole_model"):
+        _check_schema(manifest, _WHOLE_MODEL, str(p))
+    if manifest["config"].get("batch_size", 1) < 1:
+        raise AdamkError(f"{p} field 'config' field 'batch_size' is below 1")
     for name, digest in manifest["files"].items():
         if not _plain_name(name):
             raise AdamkError(f"{p} lists {quoted(name)}, which is not a plain file name in the artifact directory")

@@ -37,7 +37,8 @@ import numpy as np
 
 from .dialects.schedule import ExecOp, PollOp
 from .errors import AdamkError
-from .models import compile_presets
+from .models import PRESETS, compile_presets
+from .names import quoted
 from .runtime.timing import time_launches
 from .kinds import kind as task_kind
 from .kinds.base import restages
@@ -188,7 +189,7 @@ def fit(traces: list[Trace], pos: int, base: CostModel, sweeps: int = 3) -> Cost
 def measure(path, preset: str, pos: int, label: str, launches: int = 50) -> Trace:
     """Run a profiling build: back-to-back time per launch (median), and the stamps of the last step."""
     from . import load
-    from .models import PRESETS, DecoderLayer
+    from .models import DecoderLayer
     step = load(path, DecoderLayer(PRESETS[preset], seed=0))
     step.k_cache.normal_()
     step.v_cache.normal_()
@@ -208,9 +209,13 @@ def calibrate(gpu: str, preset: str = "llama-3.2-1b", pos: int = 512, rounds: in
     """(fitted model, [(trace label, measured b2b us, predicted us with the fitted model)])."""
     if rounds < 1:
         raise AdamkError(f"calibration needs at least one round, got {rounds}")
+    target = get_gpu(gpu)
+    if preset not in PRESETS:
+        raise AdamkError(f"unknown preset {quoted(preset)}; known presets: {', '.join(PRESETS)}")
+    if not 0 <= pos < PRESETS[preset].max_seq_len:
+        raise AdamkError(f"position {pos} is outside the {preset} layer's KV cache (0..{PRESETS[preset].max_seq_len - 1})")
     _require_gpu()
     step_ctx = progress or (lambda name: __import__("contextlib").nullcontext())
-    target = get_gpu(gpu)
     model = CostModel.spec(target)
     traces: list[Trace] = []
     traced_schedules: set[str] = set()          # schedule.mlir texts (the compiler prints them deterministically)

@@ -40,6 +40,9 @@ class _Cli(click.Group):
         """click's usage errors as one line too (exit status 2), not a usage block."""
         try:
             code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as e:      # a bare `adamk`: its help, as --help gives it
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as e:
             _say(("error:", "bold red"), " ", e.format_message().splitlines()[0])
             sys.exit(e.exit_code)
@@ -107,9 +110,10 @@ def _progress(name: str):
                    "spec table).")
 @click.option("-o", "--output", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
-@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@click.option("--force", is_flag=True, help="Replace the adamk artifact an output directory holds (never other files).")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
-              help="Also write the IR after every pass into this directory.")
+              help="Also write the IR after every pass into this directory (new, empty, or holding an earlier "
+                   "compile's dumps, which are replaced; not inside the output directory).")
 def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit,
             attention_parts, no_gate_up, schedule, search_budget, cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer or whole model) into an artifact directory."""
@@ -123,7 +127,7 @@ def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_fli
                            search_budget_s=search_budget, cost_model=cost_model)
     check_output_dir(output, force)          # before a long compile, not after it
     if dump_ir is not None:
-        check_dump_dir(dump_ir)
+        check_dump_dir(dump_ir, output)
     artifact = compiler.compile(str(model), config, dump_dir=dump_ir, progress=_progress)
     artifact.save(output, force=force)
     m = artifact.manifest
@@ -139,6 +143,15 @@ def _need_gpu(what: str):
     if not torch.cuda.is_available():
         raise AdamkError(f"adamk {what} runs the megakernel and needs a CUDA GPU; this machine has none "
                          "(torch.cuda.is_available() is False)")
+
+
+def _whole_model(artifact: Path, weights: Path, what: str, layers: str = "adamk.load runs layers"):
+    """What can be checked of a command's artifact and weights without a GPU, checked first."""
+    from .artifact import read_manifest
+    if not read_manifest(artifact)["model"].get("whole_model"):
+        raise AdamkError(f"adamk {what} needs a whole model; {artifact} is one decoder layer ({layers})")
+    if not weights.exists():
+        raise AdamkError(f"--weights {weights}: no such file or directory")
 
 
 def _ids(text: str) -> list[int]:
@@ -165,6 +178,7 @@ def run(artifact, weights, prompt_ids, max_new_tokens, weights_prefix, names_pre
     from the megakernel, printed as it comes; then tokens/s. An artifact of a batch of B takes B
     prompts (--prompt-ids once each), decoded together: each step prints its B ids, joined by '/'."""
     prompts = [_ids(p) for p in prompt_ids]
+    _whole_model(artifact, weights, "run")
     _need_gpu("run")
     from .runtime.engine import Engine
     engine = Engine(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
@@ -192,13 +206,10 @@ def run(artifact, weights, prompt_ids, max_new_tokens, weights_prefix, names_pre
 def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
     """Median time of a whole-model ARTIFACT's decode step (steps back to back from --pos, random KV
     history) against the weight-read floor."""
+    _whole_model(artifact, weights, "bench", "benchmarks/bench_layer.py times layers")
     _need_gpu("bench")
     from . import load
     step = load(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
-    from .runtime.model import ModelStep
-    if not isinstance(step, ModelStep):
-        raise AdamkError("adamk bench times a whole model; this artifact is one decoder layer "
-                         "(benchmarks/bench_layer.py times layers)")
     if pos + 2 * steps + 10 > step.max_seq_len:
         raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len}")
     step.k_cache.normal_()
@@ -243,7 +254,8 @@ def inspect(artifact, mlir_check):
         f"{model['head_dim']}, intermediate {model['intermediate_size']}, max_seq_len {model['max_seq_len']}, "
         f"{model['layers']} layer(s)" + (f" in one loop: a whole model (embedding, LM head over {model['vocab_size']} "
                                          "tokens, greedy argmax)" if model.get("whole_model") else ""),
-        f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads",
+        f"target        {m['target']['gpu']} ({m['target']['arch']}), {k['grid']} blocks x {k['block_threads']} threads, "
+        f"a batch of {m['config'].get('batch_size', 1)} sequence(s) a step",
         f"schedule      {len(m['tasks'])} tasks, {len(m['counters'])} counters",
         f"shared mem    {m['smem_peak_bytes']} B per block with a ring of {k['stages']} weight pages, "
         f"{k['pages_in_flight']} copied at once "
@@ -292,8 +304,11 @@ def dialect():
 def calibrate(gpu, output, preset, pos, rounds):
     """Measure the cost model on this machine's GPU (needs CUDA) and write a profile for
     `adamk compile --cost-model`."""
+    from .artifact import check_output_file
     from .calibrate import calibrate as run
+    check_output_file(output)                # before minutes of measurement, not after them
     model, traces = run(gpu, preset, pos, rounds, progress=_progress)
+    output.parent.mkdir(parents=True, exist_ok=True)      # checked writable above
     model.save(output)
     _say(f"wrote {output}: {model.sm_bytes_per_us / 1e3:.1f} GB/s per SM, poll {model.poll_latency_us:.2f} us, "
          f"task overhead {model.task_overhead_us:.2f} us, launch {model.launch_us:.1f} us")

@@ -65,6 +65,7 @@ class CompileConfig:
         for field in dataclasses.fields(self):   # the declared types, checked: 16.0 is not a tile_rows
             _check_type(field.name, getattr(self, field.name), field.type)
         target = get_gpu(self.gpu)   # raises on an unknown name
+        object.__setattr__(self, "gpu", target.name)     # "l20" and "L20" are one config, one artifact
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise AdamkError(f"batch_size={self.batch_size} outside 1..{MAX_BATCH}")
         if self.dtype != "bf16":
@@ -88,8 +89,18 @@ class CompileConfig:
             raise AdamkError(f"stages={self.stages} outside 1..16")
         if self.pages_in_flight is not None and not 1 <= self.pages_in_flight <= 8:
             raise AdamkError(f"pages_in_flight={self.pages_in_flight} outside 1..8")
+        if self.schedule == "queue" and ((self.stages or 1) != 1 or (self.pages_in_flight or 1) != 1):
+            raise AdamkError("the queue schedule streams one page at a time (a block cannot stage tasks it has not "
+                             f"taken yet): stages={self.stages} and pages_in_flight={self.pages_in_flight} do not apply")
+        if self.pages_in_flight is not None and self.pages_in_flight > self.depth:
+            raise AdamkError(f"pages_in_flight={self.pages_in_flight} exceeds the ring's {self.depth} pages ("
+                             + (f"stages={self.stages}" if self.stages else f"the {target.name}'s default stages")
+                             + "): the pages being copied are slots of the ring")
         if self.stage_bytes < 256 or self.stage_bytes % 16:
             raise AdamkError(f"stage_bytes={self.stage_bytes} must be a multiple of 16 and at least 256")
+        if self.stage_bytes >= target.smem_per_block:
+            raise AdamkError(f"stage_bytes={self.stage_bytes}: one page of the ring would fill the {target.name}'s "
+                             f"{target.smem_per_block} B of shared memory per block")
         if self.attention_parts is not None and self.attention_parts not in ATTENTION_PARTS:
             raise AdamkError(f"attention_parts={self.attention_parts} must be one of "
                              f"{', '.join(map(str, ATTENTION_PARTS))}")

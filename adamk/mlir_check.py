@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .dialects.irdl import FILE_NAME
 from .errors import AdamkError
+from .names import quoted
 
 LEVELS = ("graph.mlir", "tasks.mlir", "schedule.mlir")
 TIMEOUT_S = 300
@@ -23,8 +24,12 @@ TIMEOUT_S = 300
 
 def find_opt() -> str | None:
     """The MLIR opt driver to use, or None where none is installed."""
-    if os.environ.get("ADAMK_MLIR_OPT"):
-        return os.environ["ADAMK_MLIR_OPT"]
+    named = os.environ.get("ADAMK_MLIR_OPT")
+    if named:
+        found = named if os.path.isfile(named) and os.access(named, os.X_OK) else shutil.which(named)
+        if found is None:
+            raise AdamkError(f"ADAMK_MLIR_OPT names {quoted(named)}, which is not an executable file")
+        return found
     try:
         from iree.compiler.tools.binaries import find_tool
         return find_tool("iree-opt")
@@ -32,9 +37,17 @@ def find_opt() -> str | None:
         return shutil.which("mlir-opt") or shutil.which("iree-opt")
 
 
+def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """The driver run once; a driver that cannot be started is one clear error."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except OSError as e:
+        raise AdamkError(f"cannot run the MLIR opt driver {quoted(argv[0])}: {e.strerror}") from None
+
+
 def opt_version(opt: str) -> str:
     """The driver's LLVM version, and the wheel's where it came from one."""
-    out = subprocess.run([opt, "--version"], capture_output=True, text=True, timeout=60).stdout
+    out = _run([opt, "--version"], 60).stdout
     llvm = next((line.strip() for line in out.splitlines() if "version" in line.lower()), "unknown version")
     try:
         return f"iree-base-compiler {version('iree-base-compiler')}, {llvm}"
@@ -45,8 +58,7 @@ def opt_version(opt: str) -> str:
 def verify_text(opt: str, irdl_file: str | os.PathLike, mlir_file: str | os.PathLike) -> str | None:
     """None where upstream MLIR parses and verifies `mlir_file`, else its first diagnostic."""
     try:
-        run = subprocess.run([opt, f"--irdl-file={irdl_file}", str(mlir_file), "-o", os.devnull],
-                             capture_output=True, text=True, timeout=TIMEOUT_S)
+        run = _run([opt, f"--irdl-file={irdl_file}", str(mlir_file), "-o", os.devnull], TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return f"{Path(opt).name} ran past {TIMEOUT_S} s"
     if run.returncode == 0:

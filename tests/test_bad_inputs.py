@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +203,42 @@ def test_unsupported_op_type_with_an_escape_in_its_name(tiny_onnx, tmp_path):
     assert "[/]" in line
 
 
+def test_node_of_another_domain_is_refused_by_name(tiny_onnx, tmp_path):
+    def fn(m):
+        node = next(n for n in m.graph.node if n.op_type == "Sigmoid")
+        node.domain = "com.example\x1b[31m"
+        m.opset_import.append(onnx.helper.make_opsetid("com.example\x1b[31m", 1))
+    path = mutated(tiny_onnx, tmp_path, fn)
+    refused(["compile", path, "-o", tmp_path / "out"], "('Sigmoid') is of domain 'com.example\\x1b[31m'; adamk "
+            "reads the standard ONNX domain only", tmp_path)
+
+
+@pytest.mark.parametrize("opset", [9, 1000])
+def test_opset_outside_the_supported_range(tiny_onnx, tmp_path, opset):
+    def fn(m):
+        next(o for o in m.opset_import if o.domain in ("", "ai.onnx")).version = opset
+    refused(["compile", mutated(tiny_onnx, tmp_path, fn), "-o", tmp_path / "out"], f"ONNX opset is {opset}; adamk "
+            "reads opsets 13..", tmp_path)
+
+
+def test_duplicate_initializer_name(tiny_onnx, tmp_path):
+    def fn(m):
+        t = next(t for t in m.graph.initializer if t.name.endswith("q_proj.weight"))
+        twin = onnx.TensorProto()
+        twin.CopyFrom(t)
+        m.graph.initializer.append(twin)
+    refused(["compile", mutated(tiny_onnx, tmp_path, fn), "-o", tmp_path / "out"], "q_proj.weight' is not unique",
+            tmp_path)
+
+
+def test_duplicate_node_output_name(tiny_onnx, tmp_path):
+    def fn(m):
+        a, b = [n for n in m.graph.node if n.op_type == "Mul"][:2]
+        b.output[0] = a.output[0]
+    refused(["compile", mutated(tiny_onnx, tmp_path, fn), "-o", tmp_path / "out"], "is not unique in the graph",
+            tmp_path)
+
+
 def test_constant_of_shape_that_would_allocate_37_gib(tiny_onnx, tmp_path):
     def fn(m):
         m.graph.initializer.append(numpy_helper.from_array(np.array([100000, 100000], np.int64), "big_shape"))
@@ -346,6 +383,22 @@ def test_compile_config_checks_attention_parts(kwargs, match):
         adamk.CompileConfig(**kwargs)
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"schedule": "queue", "stages": 8}, "the queue schedule streams one page at a time"),
+    ({"schedule": "queue", "pages_in_flight": 2}, "the queue schedule streams one page at a time"),
+    ({"stages": 2, "pages_in_flight": 8}, "pages_in_flight=8 exceeds the ring's 2 pages (stages=2)"),
+    ({"gpu": "L20", "pages_in_flight": 4}, "pages_in_flight=4 exceeds the ring's 2 pages (the L20's default stages)"),
+])
+def test_compile_config_refuses_a_ring_it_would_change(kwargs, match):
+    with pytest.raises(AdamkError, match=re.escape(match)):
+        adamk.CompileConfig(**kwargs)
+
+
+def test_gpu_names_are_one_config_whatever_their_case():
+    assert adamk.CompileConfig(gpu="l20") == adamk.CompileConfig(gpu="L20")
+    assert adamk.CompileConfig(gpu="H100 SXM").gpu == "H100"
+
+
 def test_more_attention_parts_than_positions():
     import dataclasses
     from adamk.errors import ScheduleError
@@ -407,6 +460,37 @@ def test_bad_dump_ir(tiny_onnx, tmp_path, where):
     refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", dump], "--dump-ir" if where == "file"
             else "cannot create /proc/adamk-ir", tmp_path)
     assert time.monotonic() - start < 10         # checked before the compile, not after it
+
+
+@pytest.mark.parametrize("inside", [".", "ir"])
+def test_dump_ir_in_the_output_directory_is_refused_before_the_compile(tiny_onnx, tmp_path, inside):
+    start = time.monotonic()
+    refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", tmp_path / "out" / inside],
+            "is the output directory", tmp_path)
+    assert time.monotonic() - start < 10
+
+
+def test_dump_ir_refuses_a_users_directory_and_replaces_its_own_dumps(tiny_onnx, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", mine], "holds 'notes.txt', which is not "
+            "an IR dump", tmp_path)
+    dump = tmp_path / "ir"
+    dump.mkdir()
+    (dump / "07-stale-pass.mlir").write_text("from an earlier compile")
+    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", dump, "--schedule", "round-robin")
+    assert code == 0, err
+    names = sorted(p.name for p in dump.iterdir())
+    assert "07-stale-pass.mlir" not in names and names[0].startswith("00-"), names
+    assert [int(n[:2]) for n in names] == list(range(len(names)))          # this compile's dumps alone
+
+
+def test_force_replaces_an_artifact_of_an_older_format(artifact, tiny_onnx, tmp_path):
+    out = _copy_with_manifest(artifact, tmp_path, lambda m: m.update(format=m["format"] - 1))
+    code, _, err = cli("compile", tiny_onnx, "-o", out, "--force", "--schedule", "round-robin")
+    assert code == 0, err
+    assert set(adamk.artifact.verify(out).values()) == {"ok"}
 
 
 def test_output_symlink_to_an_empty_directory_writes_into_it(tiny_onnx, tmp_path):
@@ -488,6 +572,11 @@ def _copy_with_manifest(artifact, tmp_path, edit):
     (lambda m: "{not json", "is not valid JSON"),
     (lambda m: m["files"].update({"../../../../etc/passwd": "0" * 64}), "lists '../../../../etc/passwd', which is not a plain"),
     (lambda m: m["files"].update({"/etc/hostname": "0" * 64}), "lists '/etc/hostname', which is not a plain"),
+    (lambda m: m["config"].update(batch_size="4"), "field 'config' field 'batch_size' is not of type int"),
+    (lambda m: m["config"].update(batch_size=None), "field 'config' field 'batch_size' is not of type int"),
+    (lambda m: m["config"].update(batch_size=0), "field 'config' field 'batch_size' is below 1"),
+    (lambda m: m["model"].update(whole_model=1), "field 'model' field 'whole_model' is not of type bool"),
+    (lambda m: m["model"].update(whole_model=True), "field 'model' has no field 'vocab_size'"),
 ])
 def test_inspect_refuses_bad_manifests(artifact, tmp_path, edit, match):
     out = _copy_with_manifest(artifact, tmp_path, edit)
@@ -504,6 +593,22 @@ def test_inspect_reports_unexpected_and_linked_files(artifact, tmp_path):
     (out / "kernel.ptx").symlink_to("/etc/hostname")
     code, stdout, err = cli("inspect", out)
     assert code == 1 and "'kernel.ptx' not a file" in err
+
+
+@pytest.mark.parametrize("opt", ["/nonexistent/mlir-opt", "/tmp"])
+def test_mlir_check_with_a_driver_that_cannot_run(artifact, tmp_path, monkeypatch, opt):
+    monkeypatch.setenv("ADAMK_MLIR_OPT", opt)
+    code, _, err = cli("inspect", "--mlir-check", artifact)
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == f"error: ADAMK_MLIR_OPT names '{opt}', which is not an executable file"
+
+
+def test_calibrate_checks_its_arguments_before_the_gpu(tmp_path):
+    refused(["calibrate", "--gpu", "H100", "--preset", "nope", "-o", tmp_path / "c.json"], "unknown preset 'nope'",
+            tmp_path)
+    refused(["calibrate", "--gpu", "H100", "--pos", "4096", "-o", tmp_path / "c.json"], "position 4096 is outside",
+            tmp_path)
+    refused(["calibrate", "--gpu", "H100", "-o", "/proc/c.json"], "cannot create /proc/c.json", tmp_path)
 
 
 def test_inspect_without_a_manifest(tmp_path):

@@ -120,6 +120,9 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
     (lambda m: m["config"].update(batch_size=0), "field 'config' has a bad batch_size 0"),
     (lambda m: m["config"].update(batch_size="4"), "field 'config' field 'batch_size' is not of type int"),
+    (lambda m: m["model"].pop("hidden_size"), "field 'model' has no field 'hidden_size'"),
+    (lambda m: m["model"].update(whole_model=1), "field 'model' field 'whole_model' is not of type bool"),
+    (lambda m: m["model"].update(hidden_size=10**400), "is not valid JSON: a number past a double's range"),
 ])
 def test_a_malformed_manifest_is_one_clear_error(check, layer_dir, tmp_path, edit, match):
     art = copy(layer_dir, tmp_path)
@@ -159,6 +162,22 @@ def test_the_example_refuses_before_it_needs_a_gpu(check, layer_dir, tmp_path):
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
     if shutil.which("nvidia-smi") is None and not Path("/dev/nvidiactl").exists():
         assert "CUDA driver" in r.stderr, r.stderr
+
+
+def test_what_it_prints_of_a_manifest_is_escaped(check, layer_dir, tmp_path):
+    art = copy(layer_dir, tmp_path)
+    m = json.loads((art / "manifest.json").read_text())
+    m["target"]["gpu"] = "\x1b[31mEVIL\x1b[0m\n"
+    (art / "manifest.json").write_text(json.dumps(m))
+    code, out, err = run(check, art)
+    assert code == 0 and out.startswith("ok: layer artifact for \\x1b[31mEVIL\\x1b[0m\\x0a (sm_89)"), (out, err)
+    assert "\x1b" not in out and out.count("\n") == 1
+
+
+@pytest.mark.parametrize("device", ["x", "-1", "3x"])
+def test_a_bad_device_ordinal_is_one_clear_error(check, layer_dir, device):
+    code, out, err = run(check, layer_dir, "--device", device)
+    assert code == 1 and err == f"error: --device '{device}' is not a GPU ordinal\n", err
 
 
 def test_the_driver_is_loaded_only_for_a_gpu(check, layer_dir):

@@ -100,7 +100,8 @@ def test_weight_with_the_name_of_a_kernel_buffer_is_refused(tiny_onnx, tmp_path,
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and lines[-1] in (
         f"error: weight '{reserved}' has the name of the kernel's {reserved} buffer; rename the weight",
-        f"error: initializer '{reserved}' has the name of a graph input; rename it")   # ONNX: x, k_cache
+        f"error: initializer '{reserved}' has the name of a graph input; rename it",   # ONNX: x, k_cache
+        f"error: node output name '{reserved}' is not unique in the graph")           # ONNX: y, the output
     assert not out.exists()
 
 

@@ -202,3 +202,30 @@ def test_the_search_never_gives_a_gated_linear_pages_over_the_row_limit():
     op.properties["tile_rows"] = IntegerAttr(32, i64)
     with pytest.raises(VerifyException, match="a gated linear's tile_rows 32 gives pages of 64 rows"):
         op.verify()
+
+
+def test_run_and_bench_check_what_they_can_before_the_gpu(tiny, tmp_path):
+    """`adamk run` / `adamk bench` on a machine without a GPU: one clear line naming it, after the
+    checks that need none (a layer's artifact, missing weights)."""
+    from click.testing import CliRunner
+    from adamk.cli import main
+    model, artifact = tiny
+    whole = artifact.save(tmp_path / "whole")
+    layer = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=1), CONFIG).save(tmp_path / "layer")
+    weights = tmp_path / "model.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    def cli(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args])
+        return r.exit_code, r.stderr.strip().splitlines()
+
+    for command in (["run", layer, "--weights", weights, "--prompt-ids", "1,2"], ["bench", layer, "--weights", weights]):
+        code, lines = cli(*command)
+        assert code == 1 and len(lines) == 1 and "needs a whole model" in lines[0] and "is one decoder layer" in lines[0]
+    code, lines = cli("run", whole, "--weights", tmp_path / "nope.safetensors", "--prompt-ids", "1,2")
+    assert code == 1 and lines == [f"error: --weights {tmp_path / 'nope.safetensors'}: no such file or directory"]
+    if not torch.cuda.is_available():
+        for command in (["run", whole, "--weights", weights, "--prompt-ids", "1,2"], ["bench", whole, "--weights", weights]):
+            code, lines = cli(*command)
+            assert code == 1 and len(lines) == 1 and "needs a CUDA GPU; this machine has none" in lines[0], lines

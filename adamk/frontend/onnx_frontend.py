@@ -117,11 +117,52 @@ def _check_weight_data(tensor, base: Path):
         raise FrontendError(f"weight {quoted(tensor.name)} holds NaN or Inf values")
 
 
+MIN_OPSET = 13      # the forms the handlers read: Unsqueeze's axes and Slice's bounds as inputs, Softmax over one axis
+
+
+def _check_opset(model):
+    """The standard domain's opset in MIN_OPSET..the installed onnx's newest, and every node of it:
+    an op of another domain (a vendor's or a custom one) is not the standard op of that name."""
+    from onnx.defs import onnx_opset_version
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    opset = versions.get("ai.onnx")
+    if opset is None:
+        raise FrontendError("the model imports no version of the standard ONNX opset (opset_import has no ai.onnx "
+                            "entry)")
+    if not MIN_OPSET <= opset <= onnx_opset_version():
+        raise FrontendError(f"the model's ONNX opset is {opset}; adamk reads opsets {MIN_OPSET}..{onnx_opset_version()} "
+                            "(export with opset_version=18)")
+    for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx"):
+            raise FrontendError(f"node {quoted(node.name or node.output[0])} ({quoted(node.op_type)}) is of domain "
+                                f"{quoted(node.domain)}; adamk reads the standard ONNX domain only")
+
+
+def _check_unique_names(g):
+    """Every initializer and node output a distinct name, none a graph input's: with two tensors of
+    one name the compile and the weights bound at load time could read different ones. (An
+    initializer named like a graph input has its own error in import_onnx.)"""
+    seen = {i.name for i in g.input}
+    initializers: set[str] = set()
+    for t in g.initializer:
+        if t.name in initializers:
+            raise FrontendError(f"initializer name {quoted(t.name)} is not unique in the graph")
+        initializers.add(t.name)
+    seen |= initializers
+    for node in g.node:
+        for name in node.output:
+            if name in seen:
+                raise FrontendError(f"node output name {quoted(name)} is not unique in the graph")
+            seen.add(name)
+
+
 def import_onnx(path):
     """ONNX file -> graph-level IR (builtin.module with one func.func @decode_step)."""
     model = _load(path)
+    _check_opset(model)
     g = model.graph
     base = Path(path).resolve().parent
+    _check_unique_names(g)
     init = {t.name: t for t in g.initializer}
     shadowed = [i.name for i in g.input if i.name in init]
     if shadowed:       # ONNX reads such an initializer as the input's default: never what a decode step means

@@ -167,9 +167,11 @@ int64_t Artifact::device_bytes(const Buffer& b) const {
                          "buffer " + quoted(b.name));
 }
 
-std::string quoted(const std::string& name) {
+std::string quoted(const std::string& name) { return "'" + printable(name) + "'"; }
+
+std::string printable(const std::string& name) {
   static const char* hex = "0123456789abcdef";
-  std::string out = "'";
+  std::string out;
   const size_t limit = 120;
   for (size_t i = 0; i < name.size() && i < limit; ++i) {
     const unsigned char c = name[i];
@@ -182,7 +184,7 @@ std::string quoted(const std::string& name) {
     }
   }
   if (name.size() > limit) out += "... (" + std::to_string(name.size()) + " characters)";
-  return out + "'";
+  return out;
 }
 
 int64_t Buffer::elements() const {        // bounded: Artifact::open checked bytes()
@@ -227,6 +229,10 @@ Artifact Artifact::open(const std::string& dir) {
   const json::Value& buffers = field(m, "buffers", "list", path);
   const json::Value& model = field(m, "model", "dict", path);
   const std::string where_t = path + " field 'target'", where_k = path + " field 'kernel'";
+  const std::string where_m = path + " field 'model'";
+  for (const char* dim : {"hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "max_seq_len",
+                          "layers"})     // adamk/artifact.py _SCHEMA: what every artifact's model states
+    field(model, dim, "int", where_m);
   a.arch_ = field(target, "arch", "str", where_t).string;
   a.gpu_ = field(target, "gpu", "str", where_t).string;
   const bool sm = a.arch_.size() > 3 && a.arch_.size() < 7 && a.arch_.compare(0, 3, "sm_") == 0 &&
@@ -272,10 +278,8 @@ Artifact Artifact::open(const std::string& dir) {
     if (batch < 1 || batch > 1 << 16) throw Error(path + " field 'config' has a bad batch_size " + std::to_string(batch));
     a.batch_ = int(batch);
   }
-  const json::Value* whole = model.find("whole_model");
-  a.whole_model_ = whole && whole->kind == json::Value::Kind::Bool && whole->boolean;
+  a.whole_model_ = model.find("whole_model") && field(model, "whole_model", "bool", where_m).boolean;
   if (a.whole_model_) {
-    const std::string where_m = path + " field 'model'";
     a.layers_ = int(as_int(field(model, "layers", "int", where_m)));
     a.vocab_size_ = int(as_int(field(model, "vocab_size", "int", where_m)));
   }

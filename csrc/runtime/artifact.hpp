@@ -119,8 +119,10 @@ class Artifact {
 constexpr int64_t kMaxBytes = int64_t(1) << 40;
 int64_t checked_product(std::initializer_list<int64_t> factors, const std::string& what);
 
-// `name` as an error message shows a model-derived string: quoted, non-printable bytes escaped,
-// cut at 120 characters (adamk/names.py quoted).
+// `name` as a terminal line shows a model-derived string: non-printable bytes escaped, cut at 120
+// characters (adamk/names.py printable); quoted() puts it in quotes, as an error message names it
+// (adamk/names.py quoted).
+std::string printable(const std::string& name);
 std::string quoted(const std::string& name);
 
 }  // namespace adamk

@@ -2,6 +2,7 @@
 // manifest and every file's sha256 checked) and print what it holds; with --device, also load the
 // CUDA driver and name the file GPU N would load. One `error:` line and exit 1 on any problem.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -21,14 +22,18 @@ int main(int argc, char** argv) {
     const std::string batch = a.batch() > 1 ? ", a batch of " + std::to_string(a.batch()) : "";
     std::printf("ok: %s artifact for %s (%s%s): kernel %s, %d blocks x %d threads, %d B shared memory, "
                 "%zu buffers (%lld bytes), %zu kernel arguments\n",
-                a.whole_model() ? "whole-model" : "layer", a.gpu().c_str(), a.arch().c_str(), batch.c_str(), k.name.c_str(),
+                a.whole_model() ? "whole-model" : "layer", adamk::printable(a.gpu()).c_str(), a.arch().c_str(), batch.c_str(),
+                adamk::printable(k.name).c_str(),
                 k.grid, k.block_threads, k.smem_bytes, a.buffers().size(), static_cast<long long>(bytes),
                 k.args.size());
     if (argc == 4) {
-      const int ordinal = std::stoi(argv[3]);
+      char* end = nullptr;
+      const long ordinal = std::strtol(argv[3], &end, 10);
+      if (end == argv[3] || *end != '\0' || ordinal < 0 || ordinal > 1024)
+        throw adamk::Error("--device " + adamk::quoted(argv[3]) + " is not a GPU ordinal");
       const adamk::Driver& d = adamk::Driver::get();
-      std::printf("driver %d: GPU %d is %s, loads %s\n", d.version(), ordinal, d.device_arch(ordinal).c_str(),
-                  d.module_file(a, ordinal).c_str());
+      std::printf("driver %d: GPU %ld is %s, loads %s\n", d.version(), ordinal, d.device_arch(int(ordinal)).c_str(),
+                  d.module_file(a, int(ordinal)).c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

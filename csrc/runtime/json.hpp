@@ -2,7 +2,9 @@
 // The runtime reads manifest.json with it; nothing else. Nesting is bounded (a manifest is a few
 // levels deep), so a hostile file cannot exhaust the stack.
 #pragma once
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -137,7 +139,8 @@ class Parser {
     Value v;
     v.kind = Value::Kind::Number;
     v.integral = integral;
-    v.number = std::stod(s_.substr(start, i_ - start));
+    v.number = std::strtod(s_.substr(start, i_ - start).c_str(), nullptr);   // past a double's range: inf
+    if (!std::isfinite(v.number)) fail("a number past a double's range");
     return v;
   }
 
