@@ -1,11 +1,17 @@
 """Compile the 1B preset's layer or whole model for an experiment, optionally forcing ops' tilings
 after the DAG search (docs/perf.md v34; not part of the product):
 
-    python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [CONFIG=VALUE ...]
+    python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [alone=attention]
+        [CONFIG=VALUE ...]
 
 e.g. `force=q_proj:8:1,k_proj:8:1,v_proj:8:1` tiles q/k/v in 8-row tasks, unsplit; CONFIG=VALUE pairs
 are CompileConfig fields (gpu defaults to H200). Run it with the checkout whose code is to be measured
 on sys.path first.
+
+`alone=attention` (docs/perf.md v59): after the placement, every SM that runs an attention task gives
+each of its q/k/v tasks to an SM without one (the one with the fewest q/k/v tasks) in exchange for a
+gated gate/up task of the same bytes, so no SM's stream holds q/k/v pages ahead of its attention's
+cached rows; each SM's program is then in task order (topological: the task IR is op by op).
 """
 import sys
 import time
@@ -28,11 +34,15 @@ def _value(text: str):
 
 
 def main(out: str, args: list[str]):
-    what, force, config = "layer", {}, {"gpu": "H200"}
+    what, force, alone, config = "layer", {}, None, {"gpu": "H200"}
     for arg in args:
         key, value = arg.split("=", 1)
         if key == "what":
             what = value
+        elif key == "alone":
+            if value != "attention":
+                raise SystemExit(f"alone={value}: only alone=attention")
+            alone = value
         elif key == "force":
             for item in value.split(","):
                 name, rows, parts = item.split(":")
@@ -60,11 +70,38 @@ def main(out: str, args: list[str]):
         return result
 
     dag_search.DagSearch.run = run
+    if alone:
+        emit = dag_search.emit_schedule
+        dag_search.emit_schedule = lambda op, programs, *a: emit(op, attention_alone(op, programs), *a)
     model = (LlamaModel if what == "model" else DecoderLayer)(PRESETS["llama-3.2-1b"], seed=0)
     start = time.time()
     artifact = adamk.compile(model, CompileConfig(**config))
     artifact.save(out)
     print(f"compiled {out} in {time.time() - start:.1f} s")
+
+
+def attention_alone(module, programs: list[list[int]]) -> list[list[int]]:
+    """`programs` with no q/k/v task on an SM that runs an attention task (see the docstring)."""
+    from adamk.dialects.task import TaskOp
+    from adamk.search.cost import TaskCost
+    tasks = [o for o in module.ops if isinstance(o, TaskOp)]
+    chain = lambda i: tasks[i].source_name.endswith(("q_proj", "k_proj", "v_proj"))        # noqa: E731
+    gate = lambda i: tasks[i].source_name.endswith("gate_proj")                            # noqa: E731
+    weight_bytes = lambda i: TaskCost.of_exec(tasks[i], 512).stage_bytes                    # noqa: E731
+    attention = {sm for sm, p in enumerate(programs) if any(tasks[i].kind_name == "attention" for i in p)}
+    moved = 0
+    for sm in sorted(attention):
+        for i in [i for i in programs[sm] if chain(i)]:
+            donors = [d for d in range(len(programs)) if d not in attention and any(gate(g) for g in programs[d])]
+            donor = min(donors, key=lambda d: (sum(chain(j) for j in programs[d]), d))
+            g = next(g for g in programs[donor] if gate(g) and weight_bytes(g) == weight_bytes(i))
+            programs[sm].remove(i)
+            programs[donor].remove(g)
+            programs[sm].append(g)
+            programs[donor].append(i)
+            moved += 1
+    print(f"alone=attention: {moved} q/k/v tasks moved off {len(attention)} attention SMs")
+    return [sorted(p) for p in programs]
 
 
 if __name__ == "__main__":
