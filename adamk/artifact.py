@@ -23,6 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .config import MAX_BATCH
 from .errors import AdamkError
 from .names import quoted
 
@@ -107,37 +108,47 @@ def check_output_dir(dest: Path, force: bool) -> Path:
     return dest
 
 
-# The name of one pass's IR in a --dump-ir directory (compiler.lower writes them).
+# The name of one pass's IR in a --dump-ir directory (compiler.lower writes them), and the marker file
+# that says a directory holds adamk's dumps (so a later compile may replace them, and only then).
 DUMP_NAME = re.compile(r"[0-9]{2}-[A-Za-z0-9_.-]+\.mlir")
+DUMP_MARKER = ".adamk-ir-dump"
 
 
 def dump_name(index: int, name: str) -> str:
     return f"{index:02d}-{name}.mlir"
 
 
-def clear_dumps(path: str | os.PathLike):
-    """Remove an earlier compile's IR dumps from `path`, so what it holds is this compile's alone."""
-    if os.path.isdir(path):
-        for entry in os.listdir(path):
-            if DUMP_NAME.fullmatch(entry) and os.path.isfile(os.path.join(path, entry)):
-                os.remove(os.path.join(path, entry))
-
-
-def check_dump_dir(path: Path, output: Path) -> Path:
-    """A directory for --dump-ir: new, empty or holding only earlier IR dumps (which the compile
-    replaces), and not the artifact directory `output` or inside it."""
-    path, output = Path(os.path.abspath(path)), Path(os.path.abspath(output))
+def check_dump_dir(path, output=None) -> Path:
+    """A directory for --dump-ir: new, empty, or one an earlier compile dumped into (its marker and
+    dumps alone); not the artifact directory `output`, inside it, or holding it."""
+    path = Path(os.path.abspath(path))
     if path.exists() and not path.is_dir():
         raise AdamkError(f"--dump-ir {path} exists and is not a directory")
-    if path.resolve().is_relative_to(output.resolve()):
-        raise AdamkError(f"--dump-ir {path} is the output directory {output} or inside it; the artifact directory "
-                         "holds the artifact alone")
+    if output is not None:
+        output = Path(os.path.abspath(output)).resolve()
+        if path.resolve().is_relative_to(output) or output.is_relative_to(path.resolve()):
+            raise AdamkError(f"--dump-ir {path} and the output directory {output} are one or hold each other; "
+                             "give them separate directories")
     if path.is_dir():
-        other = sorted(e for e in os.listdir(path) if not DUMP_NAME.fullmatch(e))
+        entries = sorted(os.listdir(path))
+        ours = DUMP_MARKER in entries
+        other = [e for e in entries if not (ours and (e == DUMP_MARKER or DUMP_NAME.fullmatch(e)))]
         if other:
-            raise AdamkError(f"--dump-ir {path} holds {quoted(other[0])}, which is not an IR dump; give a new or "
-                             "empty directory")
+            raise AdamkError(f"--dump-ir {path} holds {quoted(other[0])}, which is not an IR dump of adamk; give a "
+                             "new or empty directory")
     _check_writable(path)
+    return path
+
+
+def prepare_dump_dir(path) -> Path:
+    """`check_dump_dir`, then an earlier compile's dumps removed and the marker written: what the
+    directory holds afterwards is this compile's alone."""
+    path = check_dump_dir(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for entry in os.listdir(path):
+        if DUMP_NAME.fullmatch(entry):
+            os.remove(path / entry)
+    (path / DUMP_MARKER).write_text("IR dumps of an adamk compile (adamk compile --dump-ir); replaced by the next\n")
     return path
 
 
@@ -293,8 +304,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
     _check_schema(manifest, _OPTIONAL, str(p), optional=True)
     if manifest["model"].get("whole_model"):
         _check_schema(manifest, _WHOLE_MODEL, str(p))
-    if manifest["config"].get("batch_size", 1) < 1:
-        raise AdamkError(f"{p} field 'config' field 'batch_size' is below 1")
+    if not 1 <= manifest["config"].get("batch_size", 1) <= MAX_BATCH:
+        raise AdamkError(f"{p} field 'config' field 'batch_size' is outside 1..{MAX_BATCH}")
     for name, digest in manifest["files"].items():
         if not _plain_name(name):
             raise AdamkError(f"{p} lists {quoted(name)}, which is not a plain file name in the artifact directory")

@@ -35,12 +35,15 @@ def _fail(message: str):
     sys.exit(1)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())    # click 8.1 prints the help itself
+
+
 class _Cli(click.Group):
     def main(self, *args, **kwargs):
         """click's usage errors as one line too (exit status 2), not a usage block."""
         try:
             code = super().main(*args, **{**kwargs, "standalone_mode": False})
-        except click.exceptions.NoArgsIsHelpError as e:      # a bare `adamk`: its help, as --help gives it
+        except _NO_ARGS as e:                      # a bare `adamk` (click 8.2+): its help, as --help gives it
             click.echo(e.ctx.get_help())
             sys.exit(0)
         except click.ClickException as e:
@@ -112,8 +115,8 @@ def _progress(name: str):
               help="Artifact directory to write.")
 @click.option("--force", is_flag=True, help="Replace the adamk artifact an output directory holds (never other files).")
 @click.option("--dump-ir", type=click.Path(path_type=Path), default=None,
-              help="Also write the IR after every pass into this directory (new, empty, or holding an earlier "
-                   "compile's dumps, which are replaced; not inside the output directory).")
+              help="Also write the IR after every pass into this directory (new, empty, or one an earlier compile "
+                   "dumped into, whose dumps are replaced; not the output directory, inside it or holding it).")
 def compile(model, gpu, batch_size, max_seq_len, tile_rows, stages, pages_in_flight, stage_bytes, no_ksplit,
             attention_parts, no_gate_up, schedule, search_budget, cost_model, output, force, dump_ir):
     """Compile MODEL (an ONNX decoder layer or whole model) into an artifact directory."""

@@ -10,7 +10,7 @@ import warnings
 from xdsl.dialects.builtin import ModuleOp
 
 from . import __version__, smem
-from .artifact import MANIFEST_FORMAT, Artifact, clear_dumps, dump_name, sha256
+from .artifact import MANIFEST_FORMAT, Artifact, dump_name, prepare_dump_dir, sha256
 from .codegen.cuda import KERNEL_ARGS, KERNEL_NAME, TRACE_SLOTS, emit_cuda, max_epoch
 from .codegen.nvrtc import compile_cuda, cubin_registers
 from .config import CompileConfig
@@ -95,13 +95,12 @@ def lower(model, config: CompileConfig | None = None, example_inputs=None, *, du
     cost = CostModel.load(config.cost_model, target) if config.cost_model else CostModel.for_gpu(target)
 
     if dump_dir is not None:
-        clear_dumps(dump_dir)                                   # what it holds is this compile's alone
+        prepare_dump_dir(dump_dir)        # new, empty or an earlier compile's: then this compile's alone
 
     def dump(name: str, module):
         """The IR after a pass, written at once: a later stage that fails leaves what ran before it."""
         nonlocal dumped
         if dump_dir is not None:
-            os.makedirs(dump_dir, exist_ok=True)
             with open(os.path.join(dump_dir, dump_name(dumped, name)), "w") as f:
                 f.write(print_module(module))
             dumped += 1

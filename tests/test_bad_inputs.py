@@ -462,28 +462,36 @@ def test_bad_dump_ir(tiny_onnx, tmp_path, where):
     assert time.monotonic() - start < 10         # checked before the compile, not after it
 
 
-@pytest.mark.parametrize("inside", [".", "ir"])
-def test_dump_ir_in_the_output_directory_is_refused_before_the_compile(tiny_onnx, tmp_path, inside):
+@pytest.mark.parametrize("dump,out", [("out", "out"), ("out/ir", "out"), ("ir", "ir/out")])
+def test_dump_ir_and_the_output_directory_apart_before_the_compile(tiny_onnx, tmp_path, dump, out):
     start = time.monotonic()
-    refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", tmp_path / "out" / inside],
-            "is the output directory", tmp_path)
+    refused(["compile", tiny_onnx, "-o", tmp_path / out, "--dump-ir", tmp_path / dump],
+            "are one or hold each other", tmp_path)
     assert time.monotonic() - start < 10
 
 
-def test_dump_ir_refuses_a_users_directory_and_replaces_its_own_dumps(tiny_onnx, tmp_path):
+@pytest.mark.parametrize("name", ["notes.txt", "01-matmul.mlir"])
+def test_dump_ir_never_writes_into_a_users_directory(tiny_onnx, tmp_path, name):
     mine = tmp_path / "mine"
     mine.mkdir()
-    (mine / "notes.txt").write_text("mine")
-    refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", mine], "holds 'notes.txt', which is not "
-            "an IR dump", tmp_path)
+    (mine / name).write_text("mine")
+    refused(["compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", mine], f"holds '{name}', which is not "
+            "an IR dump of adamk", tmp_path)
+    with pytest.raises(AdamkError, match="which is not an IR dump of adamk"):         # the Python API too
+        adamk.lower(str(tiny_onnx), adamk.CompileConfig(schedule="round-robin"), dump_dir=mine)
+    assert (mine / name).read_text() == "mine"
+
+
+def test_dump_ir_replaces_an_earlier_compiles_dumps(tiny_onnx, tmp_path):
     dump = tmp_path / "ir"
-    dump.mkdir()
-    (dump / "07-stale-pass.mlir").write_text("from an earlier compile")
-    code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "out", "--dump-ir", dump, "--schedule", "round-robin")
-    assert code == 0, err
-    names = sorted(p.name for p in dump.iterdir())
-    assert "07-stale-pass.mlir" not in names and names[0].startswith("00-"), names
-    assert [int(n[:2]) for n in names] == list(range(len(names)))          # this compile's dumps alone
+    for run, out in enumerate(("out1", "out2")):
+        code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / out, "--dump-ir", dump, "--schedule", "round-robin")
+        assert code == 0, err
+        names = sorted(p.name for p in dump.iterdir() if p.name != ".adamk-ir-dump")
+        assert [int(n[:2]) for n in names] == list(range(len(names))) and len(names) > 3, names
+        if run == 0:
+            (dump / "37-a-pass-of-a-longer-run.mlir").write_text("stale")
+    assert not (dump / "37-a-pass-of-a-longer-run.mlir").exists()      # this compile's dumps alone
 
 
 def test_force_replaces_an_artifact_of_an_older_format(artifact, tiny_onnx, tmp_path):
@@ -574,7 +582,8 @@ def _copy_with_manifest(artifact, tmp_path, edit):
     (lambda m: m["files"].update({"/etc/hostname": "0" * 64}), "lists '/etc/hostname', which is not a plain"),
     (lambda m: m["config"].update(batch_size="4"), "field 'config' field 'batch_size' is not of type int"),
     (lambda m: m["config"].update(batch_size=None), "field 'config' field 'batch_size' is not of type int"),
-    (lambda m: m["config"].update(batch_size=0), "field 'config' field 'batch_size' is below 1"),
+    (lambda m: m["config"].update(batch_size=0), "field 'config' field 'batch_size' is outside 1..16"),
+    (lambda m: m["config"].update(batch_size=10**6), "field 'config' field 'batch_size' is outside 1..16"),
     (lambda m: m["model"].update(whole_model=1), "field 'model' field 'whole_model' is not of type bool"),
     (lambda m: m["model"].update(whole_model=True), "field 'model' has no field 'vocab_size'"),
 ])
@@ -601,6 +610,31 @@ def test_mlir_check_with_a_driver_that_cannot_run(artifact, tmp_path, monkeypatc
     code, _, err = cli("inspect", "--mlir-check", artifact)
     assert code == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == f"error: ADAMK_MLIR_OPT names '{opt}', which is not an executable file"
+
+
+def test_mlir_check_with_a_driver_that_is_not_a_program(artifact, tmp_path, monkeypatch):
+    fake = tmp_path / "mlir-opt"
+    fake.write_bytes(b"\x00\x01 not a program")
+    fake.chmod(0o755)
+    monkeypatch.setenv("ADAMK_MLIR_OPT", str(fake))
+    code, _, err = cli("inspect", "--mlir-check", artifact)
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"error: cannot run the MLIR opt driver '{fake}': "), err
+
+
+def test_bare_adamk_prints_its_help():
+    code, out, err = cli()
+    assert code == 0 and out.startswith("Usage: ") and "compile" in out and err == ""
+
+
+def test_left_out_optional_outputs_are_not_names(tiny_onnx, tmp_path):
+    def fn(m):
+        eps = scalar_initializer(m, 1e-5)
+        for out in ("d1", "d2"):
+            m.graph.node.append(helper.make_node("Dropout", [eps], [out, ""]))
+    code, _, err = cli("compile", mutated(tiny_onnx, tmp_path, fn), "-o", tmp_path / "out", "--schedule",
+                       "round-robin")
+    assert code == 0, err
 
 
 def test_calibrate_checks_its_arguments_before_the_gpu(tmp_path):

@@ -139,7 +139,7 @@ def test_dump_ir_writes_ir_after_each_pass(tiny_onnx, tmp_path):
     code, _, err = cli("compile", tiny_onnx, "-o", tmp_path / "o", "--dump-ir", tmp_path / "ir")
     assert code == 0, err
     names = sorted(p.name for p in (tmp_path / "ir").iterdir())
-    assert names == ["00-batch.mlir", "01-fuse.mlir", "02-ksplit.mlir", "03-search-tiling.mlir", "04-tile.mlir",
+    assert names == [".adamk-ir-dump", "00-batch.mlir", "01-fuse.mlir", "02-ksplit.mlir", "03-search-tiling.mlir", "04-tile.mlir",
                      "05-schedule-search.mlir"]
     # the attention: 2 tasks (a KV head's 3 query heads each) x 8 parts (ksplit.MERGED_PARTS; 92 SMs // 2 is more)
     assert "k_split = 8" in (tmp_path / "ir" / "02-ksplit.mlir").read_text()

@@ -151,6 +151,8 @@ def _check_unique_names(g):
     seen |= initializers
     for node in g.node:
         for name in node.output:
+            if not name:                     # an optional output left out
+                continue
             if name in seen:
                 raise FrontendError(f"node output name {quoted(name)} is not unique in the graph")
             seen.add(name)
