@@ -239,6 +239,16 @@ def test_duplicate_node_output_name(tiny_onnx, tmp_path):
             tmp_path)
 
 
+def test_a_weight_of_the_wrong_shape_is_named_where_it_breaks_the_graph(tiny_onnx, tmp_path):
+    def fn(m):
+        t = initializer(m, "q_proj.weight")
+        array = numpy_helper.to_array(t)
+        axis = list(array.shape).index(144)                 # q's 6 heads x 24
+        set_array(m, "q_proj.weight", np.take(array, range(136), axis=axis))
+    refused(["compile", mutated(tiny_onnx, tmp_path, fn), "-o", tmp_path / "out"],
+            "reshape of act [1, 136] (the output of linear 'q_proj.weight' [136, 136]) to [1, 6, 1, 24]", tmp_path)
+
+
 def test_constant_of_shape_that_would_allocate_37_gib(tiny_onnx, tmp_path):
     def fn(m):
         m.graph.initializer.append(numpy_helper.from_array(np.array([100000, 100000], np.int64), "big_shape"))

@@ -47,6 +47,19 @@ class Sym:
             raise AttributeError(key) from None
 
 
+def _described(a) -> str:
+    """A value in an error: its kind and shape, and the weight of the linear that made it (a weight
+    of the wrong shape shows up where its output is reshaped into heads)."""
+    if not isinstance(a, Sym):
+        return str(a)
+    text = f"{a.kind} {list(a.shape)}"
+    owner = getattr(a.ssa, "owner", None)
+    weight = getattr(getattr(owner, "weight", None), "owner", None)
+    if owner is not None and getattr(owner, "name", "") == "adamk.linear" and hasattr(weight, "weight_name"):
+        text += f" (the output of linear {quoted(weight.weight_name.data)} {list(weight.result.type.get_shape())})"
+    return text
+
+
 def _is(v, *kinds):
     """An ONNX initializer ("init") can serve as a weight or as a constant, by use."""
     if not isinstance(v, Sym):
@@ -197,7 +210,7 @@ class GraphBuilder:
             return Sym("repeated", shape, None, {"cache": a.cache, "new": a.new, "group": a.group})
         if _is(a, "pos", "posf", "token") and math.prod(shape) == 1:      # token ids [1] as HF's input_ids [1, 1]
             return Sym(a.kind, shape, a.ssa, dict(a.f))
-        self.fail(f"reshape of {a.kind if isinstance(a, Sym) else a} to {list(shape)}")
+        self.fail(f"reshape of {_described(a)} to {list(shape)}")
 
     def transpose(self, a, d0, d1):
         if not isinstance(a, Sym):
