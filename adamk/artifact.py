@@ -285,6 +285,19 @@ def _check_schema(value, schema, where: str, optional: bool = False):
                              f"{'/'.join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__}")
 
 
+def _not_json(constant: str):
+    """NaN and Infinity, which Python's json reads and JSON (and the C++ runtime) does not."""
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _exact_int(text: str) -> int:
+    """An integer the C++ runtime reads exactly too (JSON numbers are doubles there)."""
+    value = int(text)
+    if abs(value) > 2**53:
+        raise ValueError("an integer past 2^53")
+    return value
+
+
 def read_manifest(path: str | os.PathLike) -> dict:
     p = Path(path) / MANIFEST
     if p.is_symlink() or not p.is_file():
@@ -292,7 +305,7 @@ def read_manifest(path: str | os.PathLike) -> dict:
     if p.stat().st_size > MAX_MANIFEST_BYTES:
         raise AdamkError(f"{p} is {p.stat().st_size} bytes, not an adamk manifest")
     try:
-        manifest = json.loads(p.read_bytes())
+        manifest = json.loads(p.read_bytes(), parse_constant=_not_json, parse_int=_exact_int)
     except (ValueError, RecursionError) as e:
         reason = e if isinstance(e, ValueError) else "nested too deeply"
         raise AdamkError(f"{p} is not valid JSON: {reason}") from None

@@ -594,6 +594,8 @@ def _copy_with_manifest(artifact, tmp_path, edit):
     (lambda m: m["config"].update(batch_size=None), "field 'config' field 'batch_size' is not of type int"),
     (lambda m: m["config"].update(batch_size=0), "field 'config' field 'batch_size' is outside 1..16"),
     (lambda m: m["config"].update(batch_size=10**6), "field 'config' field 'batch_size' is outside 1..16"),
+    (lambda m: json.dumps({**m, "weight_read_floor_us": float("nan")}), "is not valid JSON: NaN is not a JSON number"),
+    (lambda m: m["model"].update(hidden_size=10**400), "is not valid JSON: an integer past 2^53"),
     (lambda m: m["model"].update(whole_model=1), "field 'model' field 'whole_model' is not of type bool"),
     (lambda m: m["model"].update(whole_model=True), "field 'model' has no field 'vocab_size'"),
 ])
