@@ -179,12 +179,9 @@ def _listed_files(path: Path) -> set[str] | None:
     """The file names an artifact's manifest lists, or None if `path` holds no adamk manifest. Any
     format counts (an artifact of an older adamk is replaced like a current one), so only the
     manifest's format number and its list of plain file names are read."""
-    p = path / MANIFEST
-    if p.is_symlink() or not p.is_file() or p.stat().st_size > MAX_MANIFEST_BYTES:
-        return None
     try:
-        manifest = json.loads(p.read_bytes())
-    except (ValueError, RecursionError):
+        manifest = _manifest_json(path)
+    except AdamkError:
         return None
     if not (isinstance(manifest, dict) and isinstance(manifest.get("format", 1), int)
             and isinstance(manifest.get("adamk_version"), str) and isinstance(manifest.get("files"), dict)
@@ -276,11 +273,7 @@ def _check_schema(value, schema, where: str, optional: bool = False):
         if isinstance(kind, dict):
             _check_schema(field, kind, f"{where} field '{key}'", optional)
             continue
-        if kind is bool:
-            if not isinstance(field, bool):
-                raise AdamkError(f"{where} field '{key}' is not of type bool")
-            continue
-        if not isinstance(field, kind) or isinstance(field, bool):
+        if not isinstance(field, kind) or (isinstance(field, bool) and kind is not bool):   # JSON true is no int
             raise AdamkError(f"{where} field '{key}' is not of type "
                              f"{'/'.join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__}")
 
@@ -298,17 +291,23 @@ def _exact_int(text: str) -> int:
     return value
 
 
-def read_manifest(path: str | os.PathLike) -> dict:
+def _manifest_json(path: str | os.PathLike):
+    """The parsed manifest.json of the artifact directory `path`, whatever its format and fields."""
     p = Path(path) / MANIFEST
     if p.is_symlink() or not p.is_file():
         raise AdamkError(f"{path} is not an adamk artifact (no {MANIFEST})")
     if p.stat().st_size > MAX_MANIFEST_BYTES:
         raise AdamkError(f"{p} is {p.stat().st_size} bytes, not an adamk manifest")
     try:
-        manifest = json.loads(p.read_bytes(), parse_constant=_not_json, parse_int=_exact_int)
+        return json.loads(p.read_bytes(), parse_constant=_not_json, parse_int=_exact_int)
     except (ValueError, RecursionError) as e:
         reason = e if isinstance(e, ValueError) else "nested too deeply"
         raise AdamkError(f"{p} is not valid JSON: {reason}") from None
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    p = Path(path) / MANIFEST
+    manifest = _manifest_json(path)
     fmt = manifest.get("format", 1) if isinstance(manifest, dict) else None
     if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt != MANIFEST_FORMAT:
         raise AdamkError(f"{p} is manifest format {fmt}, made by {'a newer' if fmt > MANIFEST_FORMAT else 'an older'} "
