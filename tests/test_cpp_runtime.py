@@ -12,6 +12,7 @@ import pytest
 
 import adamk
 from adamk.artifact import MANIFEST_FORMAT
+from adamk.config import MAX_BATCH
 from adamk.codegen.cuda import KERNEL_ARGS
 from adamk.models import PRESETS, DecoderLayer
 
@@ -118,7 +119,8 @@ def test_another_manifest_format_is_refused(check, layer_dir, tmp_path, fmt, wor
     (lambda m: m["weights"][0].update(shape=[3, 3]), "is not a slot of a weight buffer of its shape"),
     (lambda m: m["packed_weights"][0].update(col_pages=99), "do not cover K ="),
     (lambda m: m["packed_weights"][0].update(sources=["nope"]), "its sources must be 2-D weights of one shape"),
-    (lambda m: m["config"].update(batch_size=0), "field 'config' has a bad batch_size 0"),
+    (lambda m: m["config"].update(batch_size=0), f"field 'config' has a batch_size 0 outside 1..{MAX_BATCH}"),
+    (lambda m: m["config"].update(batch_size=MAX_BATCH + 1), f"has a batch_size {MAX_BATCH + 1} outside 1..{MAX_BATCH}"),
     (lambda m: m["config"].update(batch_size="4"), "field 'config' field 'batch_size' is not of type int"),
     (lambda m: m["model"].pop("hidden_size"), "field 'model' has no field 'hidden_size'"),
     (lambda m: m["model"].update(whole_model=1), "field 'model' field 'whole_model' is not of type bool"),

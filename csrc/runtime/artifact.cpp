@@ -271,11 +271,15 @@ Artifact Artifact::open(const std::string& dir) {
   }
   read_weights(a, m, path);
   // A batch decodes `batch_size` sequences per step, each at its own position (CompileConfig
-  // batch_size; a manifest from before batches has none: one).
+  // batch_size; a manifest from before batches has none: one). kMaxBatch is adamk/config.py's
+  // MAX_BATCH (tests/test_runtime_cpp.py holds the two equal).
+  constexpr int64_t kMaxBatch = 16;
   const json::Value* config = m.find("config");
   if (config && config->find("batch_size")) {
     const int64_t batch = as_int(field(*config, "batch_size", "int", path + " field 'config'"));
-    if (batch < 1 || batch > 1 << 16) throw Error(path + " field 'config' has a bad batch_size " + std::to_string(batch));
+    if (batch < 1 || batch > kMaxBatch)
+      throw Error(path + " field 'config' has a batch_size " + std::to_string(batch) + " outside 1.." +
+                  std::to_string(kMaxBatch));
     a.batch_ = int(batch);
   }
   a.whole_model_ = model.find("whole_model") && field(model, "whole_model", "bool", where_m).boolean;
