@@ -2,11 +2,15 @@
 after the DAG search (docs/perf.md v34; not part of the product):
 
     python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [alone=attention]
-        [CONFIG=VALUE ...]
+        [merge=combine] [CONFIG=VALUE ...]
 
 e.g. `force=q_proj:8:1,k_proj:8:1,v_proj:8:1` tiles q/k/v in 8-row tasks, unsplit; CONFIG=VALUE pairs
 are CompileConfig fields (gpu defaults to H200). Run it with the checkout whose code is to be measured
 on sys.path first.
+
+`merge=combine` (docs/perf.md v61; v34's `v34-combine-tasks.patch` as an option): a split attention's
+parts are merged by its combine tasks (one per sequence and KV group), never by the reading linear's
+staging, so o_proj stages the merged words (and the search prices no merge weights).
 
 `alone=attention` (docs/perf.md v59): after the placement, every SM that runs an attention task gives
 each of its q/k/v tasks to an SM without one (the one with the fewest q/k/v tasks) in exchange for a
@@ -34,7 +38,7 @@ def _value(text: str):
 
 
 def main(out: str, args: list[str]):
-    what, force, alone, config = "layer", {}, None, {"gpu": "H200"}
+    what, force, alone, combine, config = "layer", {}, None, False, {"gpu": "H200"}
     for arg in args:
         key, value = arg.split("=", 1)
         if key == "what":
@@ -43,6 +47,10 @@ def main(out: str, args: list[str]):
             if value != "attention":
                 raise SystemExit(f"alone={value}: only alone=attention")
             alone = value
+        elif key == "merge":
+            if value != "combine":
+                raise SystemExit(f"merge={value}: only merge=combine")
+            combine = True
         elif key == "force":
             for item in value.split(","):
                 name, rows, parts = item.split(":")
@@ -70,6 +78,8 @@ def main(out: str, args: list[str]):
         return result
 
     dag_search.DagSearch.run = run
+    if combine:
+        combine_parts()
     if alone:
         emit = dag_search.emit_schedule
         dag_search.emit_schedule = lambda op, programs, *a: emit(op, attention_alone(op, programs), *a)
@@ -78,6 +88,23 @@ def main(out: str, args: list[str]):
     artifact = adamk.compile(model, CompileConfig(**config))
     artifact.save(out)
     print(f"compiled {out} in {time.time() - start:.1f} s")
+
+
+def combine_parts():
+    """merge=combine: no linear merges a split attention's parts in its staging (no merge weights in
+    the work area the search and the K-split pass size); the combine tasks merge them first."""
+    from adamk.passes import ksplit, tile
+    for module in (tile, ksplit, dag_search):
+        module.merge_weights = lambda op: 0
+    linear = tile.TaskBuilder.linear
+
+    def combined_first(self, op, out, source):
+        name = self.name_of.get(op.input)
+        if name in self.unmerged:
+            self.combine_attention(name)
+        return linear(self, op, out, source)
+
+    tile.TaskBuilder.linear = combined_first
 
 
 def attention_alone(module, programs: list[list[int]]) -> list[list[int]]:
