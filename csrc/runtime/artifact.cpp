@@ -272,7 +272,7 @@ Artifact Artifact::open(const std::string& dir) {
   read_weights(a, m, path);
   // A batch decodes `batch_size` sequences per step, each at its own position (CompileConfig
   // batch_size; a manifest from before batches has none: one). kMaxBatch is adamk/config.py's
-  // MAX_BATCH (tests/test_runtime_cpp.py holds the two equal).
+  // MAX_BATCH (tests/test_cpp_runtime.py holds the two equal).
   constexpr int64_t kMaxBatch = 16;
   const json::Value* config = m.find("config");
   if (config && config->find("batch_size")) {
