@@ -209,9 +209,10 @@ def attention_footprint(head_dim: int, group: int, page_bytes: int) -> "Footprin
                      attention_work_bytes(head_dim, attention_heads_per_task(group)))
 
 
-def argmax_work_bytes() -> int:
-    """An argmax task's work area: each consumer warp's (largest, index) (argmax.cuh ArgmaxWork)."""
-    return CONSUMER_WARPS * 8
+def argmax_work_bytes(batch: int) -> int:
+    """An argmax task's work area: each consumer warp's (largest, index) of each of the batch's
+    sequences (argmax.cuh ArgmaxWork<B>)."""
+    return CONSUMER_WARPS * 8 * batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,14 +55,14 @@ class Argmax(TaskKind):
 
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
-        em.asserts.add(f"static_assert(ArgmaxWork::kBytes == {smem.argmax_work_bytes()}, "
+        batch = op.param("batch")
+        em.asserts.add(f"static_assert(ArgmaxWork<{batch}>::kBytes == {smem.argmax_work_bytes(batch)}, "
                        "\"smem model: argmax work area\");")
         n = op.param("N")
-        # a batch: each sequence's logits row and its chunks' pairs ([batch, chunks, 2])
+        # every sequence's logits row and its chunks' pairs ([batch, chunks, 2]) in one pass
         return [*em.signature(f"argmax_{name}", "int begin, int end, int chunk"),
-                *em.per_sequence(op.param("batch"), lambda at, step: (
-                    f"argmax_task(s, task, {em.plan.work_offset}, {at(buf('out'), 2 * chunks(n))}, "
-                    f"{at(buf('logits'), n)}, begin, end, chunk);")),
+                f"  argmax_task<{batch}>(s, task, {em.plan.work_offset}, {buf('out')}, {2 * chunks(n)}, "
+                f"{buf('logits')}, {n}, begin, end, chunk);",
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:

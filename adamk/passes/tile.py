@@ -445,7 +445,7 @@ class TaskBuilder:
         for c in range(chunks):
             self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
                       {"logits": logits, "out": partial}, {"N": _ivalue(vocab)},
-                      smem.Footprint(0, smem.argmax_work_bytes()))
+                      smem.Footprint(0, smem.argmax_work_bytes(self.batch)))
         self.task("tokens", "tokens.argmax", "argmax_combine", (0, chunks),
                   {"partial": partial, "out": "tokens", "position": "position"},
                   {"max_seq_len": _ivalue(self.max_seq), "N": _ivalue(vocab)})

@@ -10,9 +10,11 @@
 
 namespace adamk {
 
-// The work area of an argmax task: each consumer warp's (largest, index) (smem.argmax_work_bytes).
+// The work area of an argmax task of B sequences: each consumer warp's (largest, index) of each
+// sequence (smem.argmax_work_bytes).
+template <int B>
 struct ArgmaxWork {
-  static constexpr int kBytes = kConsumerWarps * 8;
+  static constexpr int kBytes = kConsumerWarps * 8 * B;
 };
 
 // (v, i) becomes (v2, i2) if that is larger, or as large with a lower index; NaN never wins.
@@ -32,25 +34,57 @@ __device__ __forceinline__ void warp_larger(float& v, int& i) {
 constexpr int kNoIndex = 0x7fffffff;
 __device__ __forceinline__ float minus_infinity() { return __int_as_float(0xff800000); }
 
-// Logits [begin, end) -> out[2 * chunk] = the largest, out[2 * chunk + 1] = its index.
-__device__ __noinline__ void argmax_task(const Step& s, int task, int work, tagged_t* out, const tagged_t* logits,
-                                         int begin, int end, int chunk) {
-  check_smem(s, work + ArgmaxWork::kBytes, task);
+// Logits [begin, end) of each of B sequences (rows `logits_stride` words apart) -> out[b * out_stride
+// + 2 * chunk] = sequence b's largest, out[b * out_stride + 2 * chunk + 1] = its index. A thread
+// requests kTrip words (kCols columns of every sequence) before it tests any, so the chunk's polls
+// take one round trip per kTrip words, not one per word: the B sequences in one pass, not B passes.
+template <int B>
+__device__ __noinline__ void argmax_task(const Step& s, int task, int work, tagged_t* out, int out_stride,
+                                         const tagged_t* logits, int logits_stride, int begin, int end, int chunk) {
+  static_assert(B >= 1 && B <= 16, "a batch of 1..16 sequences");
+  constexpr int kCols = B >= 4 ? 1 : 4 / B;       // columns a thread requests at once
+  constexpr int kTrip = kCols * B;                // words a thread requests at once (at most 16)
+  check_smem(s, work + ArgmaxWork<B>::kBytes, task);
   trace_mark(s, task, 0);
-  float v = minus_infinity();
-  int index = kNoIndex;
-  for (int i = begin + threadIdx.x; i < end; i += kConsumerThreads)
-    keep_larger(v, index, ready_value(s, logits + i, load_word(logits + i), task), i);
+  float v[B];
+  int index[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) { v[b] = minus_infinity(); index[b] = kNoIndex; }
+  for (int i0 = begin + threadIdx.x; i0 < end; i0 += kCols * kConsumerThreads) {
+    u64 w[kTrip];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const int i = i0 + c * kConsumerThreads;
+        w[c * B + b] = i < end ? load_word(logits + (size_t)b * logits_stride + i) : 0;
+      }
+#pragma unroll
+    for (int c = 0; c < kCols; ++c)
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const int i = i0 + c * kConsumerThreads;
+        if (i < end)
+          keep_larger(v[b], index[b], ready_value(s, logits + (size_t)b * logits_stride + i, w[c * B + b], task), i);
+      }
+  }
   trace_mark(s, task, 1);
-  warp_larger(v, index);
-  float2* pairs = smem_at<float2>(work);
+  float2* pairs = smem_at<float2>(work);           // [B][kConsumerWarps]
   const int warp = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) pairs[warp] = make_float2(v, __int_as_float(index));
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    warp_larger(v[b], index[b]);
+    if (threadIdx.x % 32 == 0) pairs[b * kConsumerWarps + warp] = make_float2(v[b], __int_as_float(index[b]));
+  }
   consumer_sync();
-  if (threadIdx.x == 0) {
-    for (int w = 0; w < kConsumerWarps; ++w) keep_larger(v, index, pairs[w].x, __float_as_int(pairs[w].y));
-    store(s, out + 2 * chunk, v);
-    store(s, out + 2 * chunk + 1, (float)index);   // exact: a vocabulary is below 2^24
+  if (threadIdx.x < B) {                           // thread b: sequence b's chunk, its warps in order
+    const int b = threadIdx.x;
+    float vb = minus_infinity();
+    int ib = kNoIndex;
+    for (int w = 0; w < kConsumerWarps; ++w) keep_larger(vb, ib, pairs[b * kConsumerWarps + w].x,
+                                                        __float_as_int(pairs[b * kConsumerWarps + w].y));
+    store(s, out + (size_t)b * out_stride + 2 * chunk, vb);
+    store(s, out + (size_t)b * out_stride + 2 * chunk + 1, (float)ib);   // exact: a vocabulary is below 2^24
   }
   consumer_sync();   // the work area is read before the next task writes it
 }
