@@ -56,15 +56,21 @@ def test_a_batch_of_sequences_at_their_own_positions_matches_each_alone(batch):
     check_layer(layer, schedule, batch)
 
 
-@pytest.mark.parametrize("batch", [3, 16])
+@pytest.mark.parametrize("batch", [3, 4, 5, 16])
 def test_split_linears_and_attention_of_a_batch_agree_with_each_sequence(batch):
-    """Every linear split over K in 3 parts and the attention in 4 parts (merged by o_proj's
-    staging), round-robin on 92 SMs: the parts of every sequence land in their own rows."""
+    """Every linear split over K in 3 parts and the attention in 4 parts, round-robin on 92 SMs:
+    o_proj's staging merges the parts up to a batch of STAGED_MERGE_MAX_BATCH, combine tasks (one
+    per sequence and KV group) above it; the parts of every sequence land in their own rows."""
+    from adamk.passes.tile import STAGED_MERGE_MAX_BATCH
     layer = random_layer("tiny")
     schedule = lower(layer, num_sms=92, stage_bytes=512, linear_parts=3, gate_up=False, batch=batch,
                      attention_parts=4)[3]
     execs = [o for o in schedule.walk() if isinstance(o, ExecOp)]
-    assert {o.param("prologue") for o in execs if o.kind.data == "linear"} == {"rmsnorm", "silu_mul", "attn_combine"}
+    staged = batch <= STAGED_MERGE_MAX_BATCH
+    assert {o.param("prologue") for o in execs if o.kind.data == "linear"} == \
+        {"rmsnorm", "silu_mul"} | ({"attn_combine"} if staged else {"none"})
+    combines = [o for o in execs if o.kind.data == "attention_combine"]
+    assert len(combines) == (0 if staged else batch * layer.cfg.num_kv_heads)
     assert all(o.k_split.value.data > 1 for o in execs)
     check_layer(layer, schedule, batch)
 

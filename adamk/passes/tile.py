@@ -54,6 +54,12 @@ from ..names import label, quoted
 ACTIVATION = "f32_tagged"   # storage of every activation: tagged words (csrc/kernels/tagged.cuh)
 PAIRS = "bf16x2_tagged"     # a bf16 shadow of a staged input (tagged.cuh paired_t; pair_values)
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
+# The largest batch whose linears merge a split attention's parts in their input staging. Every task
+# of the linear merges every sequence's parts again, where combine tasks merge each column once at
+# the cost of a dependency level. Measured on an H100 (docs/perf.md v62, whole 1B model): batch 8
+# (2 parts) was 3.1-3.7% faster with combine tasks, batches 2 and 4 (4 and 2 parts) 4-5% and 2%
+# slower with them; batches 5-7 are not measured.
+STAGED_MERGE_MAX_BATCH = 4
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 
@@ -61,15 +67,22 @@ def _ivalue(v: int):
     return IntegerAttr(v, i64)
 
 
-def merge_weights(op: LinearOp) -> int:
-    """The merge weights (heads x parts) a linear's work area holds when its input staging merges
-    the parts of a split attention (`attn_combine`): a plain input read by this linear alone
-    (TaskBuilder.linear); else 0."""
+def merges_in_staging(op: LinearOp) -> bool:
+    """Whether linear `op`'s input staging merges the parts of the split attention it reads
+    (`attn_combine`): a plain input read by this linear alone, for a batch of at most
+    STAGED_MERGE_MAX_BATCH; else combine tasks merge them first (TaskBuilder.combine_attention)."""
     a = op.input.owner
     if not isinstance(a, AttentionOp) or op.prologue.data != "none" or a.k_split is None or \
             a.k_split.value.data == 1 or a.result.uses.get_length() != 1:
-        return 0
-    return a.num_heads.value.data * a.k_split.value.data
+        return False
+    return shape_of(op.input)[0] <= STAGED_MERGE_MAX_BATCH
+
+
+def merge_weights(op: LinearOp) -> int:
+    """The merge weights (heads x parts) a linear's work area holds when its input staging merges
+    the parts of a split attention (merges_in_staging); else 0."""
+    a = op.input.owner
+    return a.num_heads.value.data * a.k_split.value.data if merges_in_staging(op) else 0
 
 
 @dataclass(frozen=True)
@@ -464,7 +477,7 @@ class TaskBuilder:
         buffers = {role: self.name_of[v] for role, v in roles.items() if v is not None}
         slots = self.slots([*roles.values(), op.result])
         for role in ("input", "input2", "residual"):
-            if buffers.get(role) in self.unmerged and (role != "input" or op.prologue.data != "none"):
+            if buffers.get(role) in self.unmerged and (role != "input" or not merges_in_staging(op)):
                 self.combine_attention(buffers[role])     # only a plain input merges the parts itself
         params = {"K": _ivalue(k), "N": _ivalue(n), "prologue": op.prologue, "tile_rows": _ivalue(rows),
                   "k_chunk": _ivalue(chunk),

@@ -10,7 +10,8 @@ on sys.path first.
 
 `merge=combine` (docs/perf.md v61; v34's `v34-combine-tasks.patch` as an option): a split attention's
 parts are merged by its combine tasks (one per sequence and KV group), never by the reading linear's
-staging, so o_proj stages the merged words (and the search prices no merge weights).
+staging, so o_proj stages the merged words (and the search prices no merge weights). Since v62 main
+does so for batches above `tile.STAGED_MERGE_MAX_BATCH`; the option makes every batch do it.
 
 `alone=attention` (docs/perf.md v59): after the placement, every SM that runs an attention task gives
 each of its q/k/v tasks to an SM without one (the one with the fewest q/k/v tasks) in exchange for a
@@ -91,20 +92,10 @@ def main(out: str, args: list[str]):
 
 
 def combine_parts():
-    """merge=combine: no linear merges a split attention's parts in its staging (no merge weights in
-    the work area the search and the K-split pass size); the combine tasks merge them first."""
-    from adamk.passes import ksplit, tile
-    for module in (tile, ksplit, dag_search):
-        module.merge_weights = lambda op: 0
-    linear = tile.TaskBuilder.linear
-
-    def combined_first(self, op, out, source):
-        name = self.name_of.get(op.input)
-        if name in self.unmerged:
-            self.combine_attention(name)
-        return linear(self, op, out, source)
-
-    tile.TaskBuilder.linear = combined_first
+    """merge=combine: no linear merges a split attention's parts in its staging, whatever the batch
+    (main: batches of at most tile.STAGED_MERGE_MAX_BATCH do); the combine tasks merge them first."""
+    from adamk.passes import tile
+    tile.merges_in_staging = lambda op: False
 
 
 def attention_alone(module, programs: list[list[int]]) -> list[list[int]]:
