@@ -89,24 +89,27 @@ __device__ __noinline__ void argmax_task(const Step& s, int task, int work, tagg
   consumer_sync();   // the work area is read before the next task writes it
 }
 
-// The chunks' pairs in order -> tokens[pos + 1] and the next step's position. One warp.
+// The chunks' pairs in order -> tokens[pos + 1] and the next step's position, of one sequence, by
+// consumer warp `warp` alone: a batch's sequences go to different warps, so their polls of the
+// chunks' pairs overlap instead of taking one round trip after another.
 __device__ __noinline__ void argmax_combine(const Step& s, int task, int* tokens, int* position,
-                                            const tagged_t* partial, int chunks) {
+                                            const tagged_t* partial, int chunks, int warp) {
   trace_mark(s, task, 0);
-  if (threadIdx.x >= 32) return;
+  if (threadIdx.x / 32 != warp) return;
+  const int lane = threadIdx.x % 32;
   float v = minus_infinity();
   int index = kNoIndex;
-  for (int c = threadIdx.x; c < chunks; c += 32) {
+  for (int c = lane; c < chunks; c += 32) {
     const float cv = ready_value(s, partial + 2 * c, load_word(partial + 2 * c), task);
     const float ci = ready_value(s, partial + 2 * c + 1, load_word(partial + 2 * c + 1), task);
     keep_larger(v, index, cv, (int)ci);
   }
   warp_larger(v, index);
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     tokens[s.pos + 1] = index;
     position[(s.epoch + 1u) & 1u] = s.pos + 1;
   }
-  trace_mark(s, task, 1);
+  trace_mark(s, task, 1);   // warp 0's end (thread 0 stamps)
 }
 
 }  // namespace adamk
