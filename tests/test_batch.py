@@ -56,7 +56,7 @@ def test_a_batch_of_sequences_at_their_own_positions_matches_each_alone(batch):
     check_layer(layer, schedule, batch)
 
 
-@pytest.mark.parametrize("batch", [3, 4, 5, 16])
+@pytest.mark.parametrize("batch", [3, 7, 8, 16])
 def test_split_linears_and_attention_of_a_batch_agree_with_each_sequence(batch):
     """Every linear split over K in 3 parts and the attention in 4 parts, round-robin on 92 SMs:
     o_proj's staging merges the parts up to a batch of STAGED_MERGE_MAX_BATCH, combine tasks (one

@@ -56,10 +56,10 @@ PAIRS = "bf16x2_tagged"     # a bf16 shadow of a staged input (tagged.cuh paired
 COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split x that many floats per sequence)
 # The largest batch whose linears merge a split attention's parts in their input staging. Every task
 # of the linear merges every sequence's parts again, where combine tasks merge each column once at
-# the cost of a dependency level. Measured on an H100 (docs/perf.md v62, whole 1B model): batch 8
-# (2 parts) was 3.1-3.7% faster with combine tasks, batches 2 and 4 (4 and 2 parts) 4-5% and 2%
-# slower with them; batches 5-7 are not measured.
-STAGED_MERGE_MAX_BATCH = 4
+# the cost of a dependency level. Measured on an H100 (docs/perf.md v62, v65, whole 1B model): batch
+# 8 (2 parts) was 3.1-3.7% faster with combine tasks; batches 2, 4 and 6 were 4-5%, 2% and 5% slower
+# with them (the search then chose 8 parts); batches 5 and 7 are not measured.
+STAGED_MERGE_MAX_BATCH = 7
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
 
 

@@ -2,7 +2,7 @@
 after the DAG search (docs/perf.md v34; not part of the product):
 
     python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [alone=attention]
-        [merge=combine] [CONFIG=VALUE ...]
+        [merge=combine|staging] [CONFIG=VALUE ...]
 
 e.g. `force=q_proj:8:1,k_proj:8:1,v_proj:8:1` tiles q/k/v in 8-row tasks, unsplit; CONFIG=VALUE pairs
 are CompileConfig fields (gpu defaults to H200). Run it with the checkout whose code is to be measured
@@ -11,7 +11,8 @@ on sys.path first.
 `merge=combine` (docs/perf.md v61; v34's `v34-combine-tasks.patch` as an option): a split attention's
 parts are merged by its combine tasks (one per sequence and KV group), never by the reading linear's
 staging, so o_proj stages the merged words (and the search prices no merge weights). Since v62 main
-does so for batches above `tile.STAGED_MERGE_MAX_BATCH`; the option makes every batch do it.
+does so for batches above `tile.STAGED_MERGE_MAX_BATCH`; the option makes every batch do it, and
+`merge=staging` makes every batch merge in the reading linear's staging (main before v62).
 
 `alone=attention` (docs/perf.md v59): after the placement, every SM that runs an attention task gives
 each of its q/k/v tasks to an SM without one (the one with the fewest q/k/v tasks) in exchange for a
@@ -39,7 +40,7 @@ def _value(text: str):
 
 
 def main(out: str, args: list[str]):
-    what, force, alone, combine, config = "layer", {}, None, False, {"gpu": "H200"}
+    what, force, alone, merge, config = "layer", {}, None, None, {"gpu": "H200"}
     for arg in args:
         key, value = arg.split("=", 1)
         if key == "what":
@@ -49,9 +50,9 @@ def main(out: str, args: list[str]):
                 raise SystemExit(f"alone={value}: only alone=attention")
             alone = value
         elif key == "merge":
-            if value != "combine":
-                raise SystemExit(f"merge={value}: only merge=combine")
-            combine = True
+            if value not in ("combine", "staging"):
+                raise SystemExit(f"merge={value}: only merge=combine or merge=staging")
+            merge = value
         elif key == "force":
             for item in value.split(","):
                 name, rows, parts = item.split(":")
@@ -79,8 +80,8 @@ def main(out: str, args: list[str]):
         return result
 
     dag_search.DagSearch.run = run
-    if combine:
-        combine_parts()
+    if merge:
+        merge_parts(merge == "staging")
     if alone:
         emit = dag_search.emit_schedule
         dag_search.emit_schedule = lambda op, programs, *a: emit(op, attention_alone(op, programs), *a)
@@ -91,11 +92,12 @@ def main(out: str, args: list[str]):
     print(f"compiled {out} in {time.time() - start:.1f} s")
 
 
-def combine_parts():
+def merge_parts(staging: bool):
     """merge=combine: no linear merges a split attention's parts in its staging, whatever the batch
-    (main: batches of at most tile.STAGED_MERGE_MAX_BATCH do); the combine tasks merge them first."""
+    (main: batches of at most tile.STAGED_MERGE_MAX_BATCH do); the combine tasks merge them first.
+    merge=staging: a plain input read by its linear alone merges them at every batch (main before v62)."""
     from adamk.passes import tile
-    tile.merges_in_staging = lambda op: False
+    tile.STAGED_MERGE_MAX_BATCH = 16 if staging else 0
 
 
 def attention_alone(module, programs: list[list[int]]) -> list[list[int]]:
