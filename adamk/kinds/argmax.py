@@ -11,7 +11,9 @@ import numpy as np
 from .. import smem
 from .base import TAGGED, TaskKind, rows
 
-CHUNK = 4096   # logits one argmax task reduces (the LM head of a 128K vocabulary: 32 tasks)
+CHUNK = 4096          # logits of one sequence an argmax task reduces at batches up to 4 (a 128K vocabulary: 32 tasks)
+CHUNK_WORDS = 16384   # logits of the whole batch an argmax task reduces at most: one SM polls them at ~20-30
+                      # GB/s (16 words in flight a thread), so at batch 16 a 4,096 chunk took 26 us (perf.md v65)
 
 
 def logits_of(execs) -> str | None:
@@ -26,9 +28,18 @@ def first_max(values: np.ndarray) -> tuple[float, int]:
     return float(values[i]), i
 
 
-def chunks(vocab: int) -> int:
+def chunk_columns(batch: int) -> int:
+    """The logits of each sequence one argmax task reduces: CHUNK, halved until the batch's words
+    are at most CHUNK_WORDS (batch 8: 2,048; 16: 1,024)."""
+    columns = CHUNK
+    while columns * batch > CHUNK_WORDS:
+        columns //= 2
+    return columns
+
+
+def chunks(vocab: int, batch: int) -> int:
     """The chunks of a vocabulary the argmax tasks reduce, one task each (the tile pass's tasks)."""
-    return -(-vocab // CHUNK)
+    return -(-vocab // chunk_columns(batch))
 
 
 class Argmax(TaskKind):
@@ -43,12 +54,13 @@ class Argmax(TaskKind):
         return rows(op, op.buffer("logits"), op.param("N"), *op.tile_range)
 
     def writes(self, op):
-        c = op.tile_range[0] // CHUNK
-        return rows(op, op.buffer("out"), 2 * chunks(op.param("N")), 2 * c, 2 * c + 2)
+        batch = op.param("batch")
+        c = op.tile_range[0] // chunk_columns(batch)
+        return rows(op, op.buffer("out"), 2 * chunks(op.param("N"), batch), 2 * c, 2 * c + 2)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
-        c, logits = begin // CHUNK, sim.buf(op, "logits").reshape(op.param("batch"), -1)
+        c, logits = begin // chunk_columns(op.param("batch")), sim.buf(op, "logits").reshape(op.param("batch"), -1)
         for b in range(op.param("batch")):
             value, i = first_max(logits[b, begin:end])
             sim.buf(op, "out")[b, c] = (value, begin + i)
@@ -61,13 +73,13 @@ class Argmax(TaskKind):
         n = op.param("N")
         # every sequence's logits row and its chunks' pairs ([batch, chunks, 2]) in one pass
         return [*em.signature(f"argmax_{name}", "int begin, int end, int chunk"),
-                f"  argmax_task<{batch}>(s, task, {em.plan.work_offset}, {buf('out')}, {2 * chunks(n)}, "
+                f"  argmax_task<{batch}>(s, task, {em.plan.work_offset}, {buf('out')}, {2 * chunks(n, batch)}, "
                 f"{buf('logits')}, {n}, begin, end, chunk);",
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, end = op.tile_range
-        return self.plain_call(em, op, "argmax", (begin, end, begin // CHUNK),
+        return self.plain_call(em, op, "argmax", (begin, end, begin // chunk_columns(op.param("batch"))),
                                f"largest of logits [{begin}, {end})")
 
 

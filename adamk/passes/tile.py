@@ -47,7 +47,7 @@ from ..dialects.graph import (
 from ..dialects.task import BufferOp, JoinOp, TaskOp, attr_value
 from ..errors import FrontendError, UnsupportedShapeError
 from ..kinds import kind as task_kind
-from ..kinds.argmax import CHUNK as ARGMAX_CHUNK, chunks as argmax_chunks
+from ..kinds.argmax import chunk_columns as argmax_chunk_columns, chunks as argmax_chunks
 from ..names import label, quoted
 
 
@@ -452,11 +452,11 @@ class TaskBuilder:
         logits, then one task the first maximum of the chunks', in chunk order (the lowest index
         on ties), written as the id of the token at pos + 1."""
         logits, vocab = self.name_of[op.logits], shape_of(op.logits)[1]
-        chunks = argmax_chunks(vocab)
+        chunks, columns = argmax_chunks(vocab, self.batch), argmax_chunk_columns(self.batch)
         partial = self.unique(f"{logits}.argmax")
         self.declare(partial, "activation", [self.batch, chunks, 2], ACTIVATION)
         for c in range(chunks):
-            self.task(partial, f"{partial}.c{c}", "argmax", (c * ARGMAX_CHUNK, min((c + 1) * ARGMAX_CHUNK, vocab)),
+            self.task(partial, f"{partial}.c{c}", "argmax", (c * columns, min((c + 1) * columns, vocab)),
                       {"logits": logits, "out": partial}, {"N": _ivalue(vocab)},
                       smem.Footprint(0, smem.argmax_work_bytes(self.batch)))
         self.task("tokens", "tokens.argmax", "argmax_combine", (0, chunks),
