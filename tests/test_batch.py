@@ -98,10 +98,10 @@ def test_an_unsplit_attention_of_a_batch_writes_the_shadow_its_o_proj_stages():
 TINY_MODEL = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
 
 
-@pytest.mark.parametrize("batch,parts", [(1, None), (3, None), (16, None), (3, 1)])
+@pytest.mark.parametrize("batch,parts", [(1, None), (3, None), (8, None), (16, None), (3, 1)])
 def test_a_batch_decodes_greedily_as_each_sequence_alone(batch, parts):
-    """A whole model (three argmax chunks of 4,096 logits per sequence up to batch 4, nine of 1,024
-    at batch 16): every sequence's logits and next id at its own position, four steps, equal
+    """A whole model (three argmax chunks of 4,096 logits per sequence up to batch 4, five of 2,048
+    at batch 8, nine of 1,024 at batch 16): every sequence's logits and next id at its own position, four steps, equal
     float32 PyTorch's for that sequence alone; also with one attention part, whose output's bf16
     shadow o_proj stages (in the layer loop's slots)."""
     model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
@@ -109,8 +109,8 @@ def test_a_batch_decodes_greedily_as_each_sequence_alone(batch, parts):
                                                      schedule="round-robin", attention_parts=parts))
     sched = lowered.schedule
     argmax = [o for o in sched.walk() if isinstance(o, ExecOp) and o.kind.data == "argmax"]
-    assert len(argmax) == (3 if batch <= 4 else 9)
-    assert sorted(o.tile_range for o in argmax)[-1] == ((2 if batch <= 4 else 8) * (4096 if batch <= 4 else 1024), 9000)
+    chunks = {1: 3, 3: 3, 8: 5, 16: 9}[batch]
+    assert len(argmax) == chunks and sorted(o.tile_range for o in argmax)[-1] == (8192, 9000)
     names = {b.sym_name.data: b.names for b in sched.ops if isinstance(b, BufferOp) and b.layer_names is not None}
     sim = Simulator(sched, {k: v.float().numpy() for k, v in model.state_dict().items()}, names)
     pos = np.array(positions(batch, 40))

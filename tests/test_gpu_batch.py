@@ -52,14 +52,14 @@ def test_batched_layer_matches_float32_per_sequence(preset, batch, gpu, tmp_path
 
 
 @pytest.mark.parametrize("gpu", ["H200", "L20"])
-@pytest.mark.parametrize("batch", [4, 16])
+@pytest.mark.parametrize("batch", [2, 4, 16])
 def test_batched_whole_model_decodes_each_sequence_as_float32(batch, gpu, tmp_path):
-    """Four (or sixteen) sequences at different positions, six greedy steps: each step's logits of
-    every sequence against float32 PyTorch of that sequence alone, its next id that argmax (or
-    within bf16 rounding of it), then back to back from the same start: the same ids. At batch 16
-    a vocabulary of 9,000: nine argmax chunks of 1,024 logits, two sequences a consumer warp in
-    argmax_combine."""
-    cfg = PRESETS["tiny"] if batch == 4 else dataclasses.replace(PRESETS["tiny"], vocab_size=9000)
+    """Two, four or sixteen sequences at different positions, six greedy steps: each step's logits
+    of every sequence against float32 PyTorch of that sequence alone, its next id that argmax (or
+    within bf16 rounding of it), then back to back from the same start: the same ids. At batch 2
+    an argmax thread requests two columns of each sequence at once; at batch 16 a vocabulary of
+    9,000: nine argmax chunks of 1,024 logits, two sequences a consumer warp in argmax_combine."""
+    cfg = PRESETS["tiny"] if batch < 16 else dataclasses.replace(PRESETS["tiny"], vocab_size=9000)
     model = bf16_exact(LlamaModel(cfg, seed=random.randrange(2**31)))
     c = model.cfg
     path = adamk.compile(model, adamk.CompileConfig(gpu=gpu, batch_size=batch)).save(tmp_path / "model")

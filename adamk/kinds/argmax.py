@@ -105,14 +105,17 @@ class ArgmaxCombine(TaskKind):
     def functions(self, em, op, name) -> list[str]:
         buf = em.buf_of(op)
         # a batch: each sequence's token at its pos + 1 and its next position (rows of [batch, ...]),
-        # sequence b on consumer warp b % kConsumerWarps
+        # sequence b on consumer warp b % kConsumerWarps; the task's stamps once, around them all
+        # (thread 0 stamps: its inputs are in once warp 0's sequences are done)
         batch = op.param("batch")
         warp = "seq % kConsumerWarps" if batch > 1 else "0"
         return [*em.signature(f"argmax_combine_{name}", "int chunks"),
+                *(["  trace_mark(s, task, 0);"] if em.profile else []),
                 *em.per_sequence(batch, lambda at, step: (
                     f"argmax_combine({step}, task, {at(buf('out', 'int'), op.param('max_seq_len') + 1)}, "
                     f"{at(buf('position', 'int'), 2)}, {at(buf('partial'), 2 * op.tile_range[1])}, chunks, "
                     f"{warp});")),
+                *(["  trace_mark(s, task, 1);"] if em.profile else []),
                 "}"]
 
     def call(self, em, op, page, new_run) -> list[str]:

@@ -9,7 +9,8 @@ split (`k_split` > 1) becomes k_split parts per tile, writing float partials to 
 `<out>.partial` buffer, and combine tasks that add the parts in order into `<out>`; the
 parts of a split attention are instead merged by the input staging of the linear that reads
 its output (prologue `attn_combine`), in the same fixed order, so they cost no dependency
-level of their own. A task's tokens are the earlier tasks whose writes overlap its reads (its
+level of their own, up to a batch of STAGED_MERGE_MAX_BATCH (`merges_in_staging`; above it,
+and for an output with several readers, by combine tasks, one per sequence and KV group). A task's tokens are the earlier tasks whose writes overlap its reads (its
 kind's `reads` and `writes`, which also give the schedule's polls), so the DAG is exact at the
 granularity of the data.
 
@@ -57,7 +58,7 @@ COMBINE_ROWS = 256   # output rows of one linear_combine task (it reads k_split 
 # The largest batch whose linears merge a split attention's parts in their input staging. Every task
 # of the linear merges every sequence's parts again, where combine tasks merge each column once at
 # the cost of a dependency level. Measured on an H100 (docs/perf.md v62, v65, whole 1B model): batch
-# 8 (2 parts) was 3.1-3.7% faster with combine tasks; batches 2, 4 and 6 were 4-5%, 2% and 5% slower
+# 8 (2 parts) was 3.1-3.7% faster with combine tasks; batches 2, 4 and 6 were 4-6%, 2% and 5% slower
 # with them (the search then chose 8 parts); batches 5 and 7 are not measured.
 STAGED_MERGE_MAX_BATCH = 7
 MAX_TASKS = 65536    # tasks of one step: bounds the compile's time and memory (the 1B layer has ~1,500)
@@ -554,7 +555,7 @@ class TaskBuilder:
             return
         # Flash-decoding: part j of a head covers its j-th share of positions 0..pos and
         # writes (acc[hd], max, sum) unnormalised, merged by the reading linear's input staging
-        # or, for several readers, by one combine task per KV group.
+        # (merges_in_staging) or else by one combine task per sequence and KV group.
         partial = self.unique(f"{out}.partial")
         self.declare(partial, "activation", [k_split, self.batch, nh, hd + 2], ACTIVATION, self.per_layer)
         for b in range(self.batch):

@@ -91,10 +91,10 @@ __device__ __noinline__ void argmax_task(const Step& s, int task, int work, tagg
 
 // The chunks' pairs in order -> tokens[pos + 1] and the next step's position, of one sequence, by
 // consumer warp `warp` alone: a batch's sequences go to different warps, so their polls of the
-// chunks' pairs overlap instead of taking one round trip after another.
+// chunks' pairs overlap instead of taking one round trip after another. The task's stamps are the
+// caller's (kinds/argmax.py), once for all its sequences.
 __device__ __noinline__ void argmax_combine(const Step& s, int task, int* tokens, int* position,
                                             const tagged_t* partial, int chunks, int warp) {
-  trace_mark(s, task, 0);
   if (threadIdx.x / 32 != warp) return;
   const int lane = threadIdx.x % 32;
   float v = minus_infinity();
@@ -109,7 +109,6 @@ __device__ __noinline__ void argmax_combine(const Step& s, int task, int* tokens
     tokens[s.pos + 1] = index;
     position[(s.epoch + 1u) & 1u] = s.pos + 1;
   }
-  trace_mark(s, task, 1);   // warp 0's end (thread 0 stamps)
 }
 
 }  // namespace adamk

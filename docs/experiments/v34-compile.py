@@ -96,8 +96,9 @@ def merge_parts(staging: bool):
     """merge=combine: no linear merges a split attention's parts in its staging, whatever the batch
     (main: batches of at most tile.STAGED_MERGE_MAX_BATCH do); the combine tasks merge them first.
     merge=staging: a plain input read by its linear alone merges them at every batch (main before v62)."""
+    from adamk.config import MAX_BATCH
     from adamk.passes import tile
-    tile.STAGED_MERGE_MAX_BATCH = 16 if staging else 0
+    tile.STAGED_MERGE_MAX_BATCH = MAX_BATCH if staging else 0
 
 
 def attention_alone(module, programs: list[list[int]]) -> list[list[int]]:
