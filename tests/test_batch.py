@@ -101,9 +101,9 @@ TINY_MODEL = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
 @pytest.mark.parametrize("batch,parts", [(1, None), (3, None), (8, None), (16, None), (3, 1)])
 def test_a_batch_decodes_greedily_as_each_sequence_alone(batch, parts):
     """A whole model (three argmax chunks of 4,096 logits per sequence up to batch 4, five of 2,048
-    at batch 8, nine of 1,024 at batch 16): every sequence's logits and next id at its own position, four steps, equal
-    float32 PyTorch's for that sequence alone; also with one attention part, whose output's bf16
-    shadow o_proj stages (in the layer loop's slots)."""
+    at batch 8, nine of 1,024 at batch 16): every sequence's logits and next id at its own
+    position, four steps, equal float32 PyTorch's for that sequence alone; also with one attention
+    part, whose output's bf16 shadow o_proj stages (in the layer loop's slots)."""
     model = LlamaModel(TINY_MODEL, seed=random.randrange(2**31))
     lowered = adamk.lower(model, adamk.CompileConfig(gpu="H200", batch_size=batch, num_sms=32,
                                                      schedule="round-robin", attention_parts=parts))

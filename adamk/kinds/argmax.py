@@ -42,6 +42,11 @@ def chunks(vocab: int, batch: int) -> int:
     return -(-vocab // chunk_columns(batch))
 
 
+def chunk_of(op) -> int:
+    """The chunk argmax task `op` reduces: its place in the chunks' pairs."""
+    return op.tile_range[0] // chunk_columns(op.param("batch"))
+
+
 class Argmax(TaskKind):
     name = "argmax"
     roles = frozenset({"logits", "out"})
@@ -54,13 +59,12 @@ class Argmax(TaskKind):
         return rows(op, op.buffer("logits"), op.param("N"), *op.tile_range)
 
     def writes(self, op):
-        batch = op.param("batch")
-        c = op.tile_range[0] // chunk_columns(batch)
-        return rows(op, op.buffer("out"), 2 * chunks(op.param("N"), batch), 2 * c, 2 * c + 2)
+        c = chunk_of(op)
+        return rows(op, op.buffer("out"), 2 * chunks(op.param("N"), op.param("batch")), 2 * c, 2 * c + 2)
 
     def simulate(self, sim, op) -> None:
         begin, end = op.tile_range
-        c, logits = begin // chunk_columns(op.param("batch")), sim.buf(op, "logits").reshape(op.param("batch"), -1)
+        c, logits = chunk_of(op), sim.buf(op, "logits").reshape(op.param("batch"), -1)
         for b in range(op.param("batch")):
             value, i = first_max(logits[b, begin:end])
             sim.buf(op, "out")[b, c] = (value, begin + i)
@@ -79,7 +83,7 @@ class Argmax(TaskKind):
 
     def call(self, em, op, page, new_run) -> list[str]:
         begin, end = op.tile_range
-        return self.plain_call(em, op, "argmax", (begin, end, begin // chunk_columns(op.param("batch"))),
+        return self.plain_call(em, op, "argmax", (begin, end, chunk_of(op)),
                                f"largest of logits [{begin}, {end})")
 
 

@@ -10,9 +10,10 @@ split (`k_split` > 1) becomes k_split parts per tile, writing float partials to 
 parts of a split attention are instead merged by the input staging of the linear that reads
 its output (prologue `attn_combine`), in the same fixed order, so they cost no dependency
 level of their own, up to a batch of STAGED_MERGE_MAX_BATCH (`merges_in_staging`; above it,
-and for an output with several readers, by combine tasks, one per sequence and KV group). A task's tokens are the earlier tasks whose writes overlap its reads (its
-kind's `reads` and `writes`, which also give the schedule's polls), so the DAG is exact at the
-granularity of the data.
+and for an output with several readers, by combine tasks, one per sequence and KV group). A
+task's tokens are the earlier tasks whose writes overlap its reads (its kind's `reads` and
+`writes`, which also give the schedule's polls), so the DAG is exact at the granularity of
+the data.
 
 At a batch, an activation that an RMSNorm linear stages (the residual stream: the hidden state
 and the attention block's output) or a plain one does (a down projection's gated input, an
