@@ -2,7 +2,7 @@
 after the DAG search (docs/perf.md v34; not part of the product):
 
     python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [alone=attention]
-        [merge=combine|staging] [CONFIG=VALUE ...]
+        [merge=combine|staging] [seq=MAX_SEQ_LEN] [CONFIG=VALUE ...]
 
 e.g. `force=q_proj:8:1,k_proj:8:1,v_proj:8:1` tiles q/k/v in 8-row tasks, unsplit; CONFIG=VALUE pairs
 are CompileConfig fields (gpu defaults to H200). Run it with the checkout whose code is to be measured
@@ -19,6 +19,7 @@ each of its q/k/v tasks to an SM without one (the one with the fewest q/k/v task
 gated gate/up task of the same bytes, so no SM's stream holds q/k/v pages ahead of its attention's
 cached rows; each SM's program is then in task order (topological: the task IR is op by op).
 """
+import dataclasses
 import sys
 import time
 
@@ -40,7 +41,7 @@ def _value(text: str):
 
 
 def main(out: str, args: list[str]):
-    what, force, alone, merge, config = "layer", {}, None, None, {"gpu": "H200"}
+    what, force, alone, merge, seq, config = "layer", {}, None, None, None, {"gpu": "H200"}
     for arg in args:
         key, value = arg.split("=", 1)
         if key == "what":
@@ -49,6 +50,8 @@ def main(out: str, args: list[str]):
             if value != "attention":
                 raise SystemExit(f"alone={value}: only alone=attention")
             alone = value
+        elif key == "seq":
+            seq = int(value)
         elif key == "merge":
             if value not in ("combine", "staging"):
                 raise SystemExit(f"merge={value}: only merge=combine or merge=staging")
@@ -85,7 +88,10 @@ def main(out: str, args: list[str]):
     if alone:
         emit = dag_search.emit_schedule
         dag_search.emit_schedule = lambda op, programs, *a: emit(op, attention_alone(op, programs), *a)
-    model = (LlamaModel if what == "model" else DecoderLayer)(PRESETS["llama-3.2-1b"], seed=0)
+    preset = PRESETS["llama-3.2-1b"]
+    if seq:     # the KV cache's positions (the preset's 4096 otherwise)
+        preset = dataclasses.replace(preset, max_seq_len=seq)
+    model = (LlamaModel if what == "model" else DecoderLayer)(preset, seed=0)
     start = time.time()
     artifact = adamk.compile(model, CompileConfig(**config))
     artifact.save(out)
