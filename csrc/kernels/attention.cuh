@@ -161,6 +161,7 @@ __device__ __forceinline__ void attention_rows_mma(const Step& s, int task, int 
 #pragma unroll 1
   for (int pg = 0; pg < NPAGES; ++pg) {
     R::wait_page(s, page + pg, task);
+    if (pg == 0) trace_mark(s, task, 3);       // its data in: the first page of cached rows landed
     const u32 rows = R::page(page + pg);
     const int valid = max(0, min(ROWS, min(t_end, pos) - (t_begin + pg * ROWS)));   // the page's cached rows
 #pragma unroll 1
@@ -390,7 +391,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   // accumulators fit the registers; the CUDA-core loop otherwise.
   if constexpr (HD % 32 == 0 && HD <= 128 && ROWS % 16 == 0) {
     attention_rows_mma<R, HD, P, ROWS, NPAGES>(s, task, page, t_begin, t_end, qs, knew, vnew, part);
-    trace_mark(s, task, 3);
   } else {
     float qr[P][8], acc[P][8], m[P], l[P];
   #pragma unroll
@@ -408,6 +408,7 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
   #pragma unroll 1
     for (int pg = 0; pg < NPAGES; ++pg) {
       R::wait_page(s, page + pg, task);
+      if (pg == 0) trace_mark(s, task, 3);     // its data in: the first page of cached rows landed
       const u32 rows = R::page(page + pg);
       const int t0 = t_begin + pg * ROWS;
   #pragma unroll 1
@@ -455,7 +456,6 @@ __device__ __forceinline__ void attention_task(const Step& s, int task, int work
       }
       R::release(page + pg);
     }
-    trace_mark(s, task, 3);
     // Merge the kPosPerWarp lane groups of this warp, then the warps through shared memory.
   #pragma unroll 1
     for (int off = kLanesPerPos; off < 32; off <<= 1) {

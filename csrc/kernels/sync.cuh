@@ -70,7 +70,7 @@ __device__ __forceinline__ u64 global_ns() {
 
 // What a profiling build stamps per task (adamk/codegen/cuda.py TRACE_SLOTS names them): reached
 // (before its waits and staging), inputs in (its waits and staging done), end, and its data in:
-// a linear's first page landed, an attention's cached rows used.
+// its first ring page landed, as warp 0 saw it (a linear's weights, an attention's cached rows).
 constexpr int kTraceSlots = ADAMK_TRACE_SLOTS;
 static_assert(kTraceSlots == 4, "slots 0..3: reached, inputs in, end, data in");
 

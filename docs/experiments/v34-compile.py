@@ -2,7 +2,7 @@
 after the DAG search (docs/perf.md v34; not part of the product):
 
     python docs/experiments/v34-compile.py OUT [what=layer|model] [force=OP:ROWS:PARTS,...] [alone=attention]
-        [merge=combine|staging] [seq=MAX_SEQ_LEN] [CONFIG=VALUE ...]
+        [merge=combine|staging] [seq=MAX_SEQ_LEN] [refill=N|off] [CONFIG=VALUE ...]
 
 e.g. `force=q_proj:8:1,k_proj:8:1,v_proj:8:1` tiles q/k/v in 8-row tasks, unsplit; CONFIG=VALUE pairs
 are CompileConfig fields (gpu defaults to H200). Run it with the checkout whose code is to be measured
@@ -41,7 +41,7 @@ def _value(text: str):
 
 
 def main(out: str, args: list[str]):
-    what, force, alone, merge, seq, config = "layer", {}, None, None, None, {"gpu": "H200"}
+    what, force, alone, merge, seq, refill, config = "layer", {}, None, None, None, None, {"gpu": "H200"}
     for arg in args:
         key, value = arg.split("=", 1)
         if key == "what":
@@ -52,6 +52,8 @@ def main(out: str, args: list[str]):
             alone = value
         elif key == "seq":
             seq = int(value)
+        elif key == "refill":
+            refill = value
         elif key == "merge":
             if value not in ("combine", "staging"):
                 raise SystemExit(f"merge={value}: only merge=combine or merge=staging")
@@ -85,6 +87,8 @@ def main(out: str, args: list[str]):
     dag_search.DagSearch.run = run
     if merge:
         merge_parts(merge == "staging")
+    if refill is not None:
+        one_at_a_time_refill(refill)
     if alone:
         emit = dag_search.emit_schedule
         dag_search.emit_schedule = lambda op, programs, *a: emit(op, attention_alone(op, programs), *a)
@@ -96,6 +100,17 @@ def main(out: str, args: list[str]):
     artifact = adamk.compile(model, CompileConfig(**config))
     artifact.save(out)
     print(f"compiled {out} in {time.time() - start:.1f} s")
+
+
+def one_at_a_time_refill(refill: str):
+    """refill=N: each SM streams its chain's pages and N more one at a time (main: a ring's worth,
+    codegen/cuda.py one_at_a_time, measured in v22 on v21's kernel); refill=off: none one at a time."""
+    from adamk.codegen import cuda
+    lone = cuda.one_at_a_time
+    if refill == "off":
+        cuda.one_at_a_time = lambda sms, pages, depth: [0] * len(sms)
+    else:
+        cuda.one_at_a_time = lambda sms, pages, depth: lone(sms, pages, int(refill))
 
 
 def merge_parts(staging: bool):
