@@ -333,14 +333,14 @@ class _Emitter:
         return f"({pointer} + (size_t)seq * {stride})"
 
     def per_sequence(self, batch: int, call) -> list[str]:
-        """A task body's call once per sequence of a batch: `call(at, step)` writes it for sequence
-        `seq`, `at(pointer, stride)` being its row of a buffer (rows `stride` elements apart) and
-        `step` its Step, at its own position. One sequence's is the call itself, on the launch's
-        step and the buffers as they are."""
+        """A task body's call once per sequence of a batch: `call(at, step, seq)` writes it for
+        sequence `seq` (an expression), `at(pointer, stride)` being its row of a buffer (rows
+        `stride` elements apart) and `step` its Step, at its own position. One sequence's is the
+        call itself, on the launch's step and the buffers as they are (`seq` 0)."""
         if batch == 1:
-            return [f"  {call(lambda pointer, stride: pointer, 's')}"]
+            return [f"  {call(lambda pointer, stride: pointer, 's', '0')}"]
         step = f"at_position(s, {self.position('seq')})"
-        return [f"  for (int seq = 0; seq < {batch}; ++seq)", f"    {call(self.at_seq, step)}"]
+        return [f"  for (int seq = 0; seq < {batch}; ++seq)", f"    {call(self.at_seq, step, 'seq')}"]
 
     def marks(self, task_id: int) -> list[str]:
         """The before/after-waits stamps of a task with no waits (a profiling build)."""

@@ -112,13 +112,13 @@ class ArgmaxCombine(TaskKind):
         # sequence b on consumer warp b % kConsumerWarps; the task's stamps once, around them all
         # (thread 0 stamps: its inputs are in once warp 0's sequences are done)
         batch = op.param("batch")
-        warp = "seq % kConsumerWarps" if batch > 1 else "0"
+        warp = lambda seq: f"{seq} % kConsumerWarps" if batch > 1 else "0"      # noqa: E731
         return [*em.signature(f"argmax_combine_{name}", "int chunks"),
                 *(["  trace_mark(s, task, 0);"] if em.profile else []),
-                *em.per_sequence(batch, lambda at, step: (
+                *em.per_sequence(batch, lambda at, step, seq: (
                     f"argmax_combine({step}, task, {at(buf('out', 'int'), op.param('max_seq_len') + 1)}, "
                     f"{at(buf('position', 'int'), 2)}, {at(buf('partial'), 2 * op.tile_range[1])}, chunks, "
-                    f"{warp});")),
+                    f"{warp(seq)});")),
                 *(["  trace_mark(s, task, 1);"] if em.profile else []),
                 "}"]
 

@@ -36,7 +36,7 @@ class Embedding(TaskKind):
         buf, n, ids = em.buf_of(op), op.param("N"), op.param("max_seq_len") + 1   # tokens: [batch, ids]
         # a batch: each sequence's token at its position, into its row
         return [*em.signature(f"embedding_{name}", "int begin, int end"),
-                *em.per_sequence(op.param("batch"), lambda at, step: (
+                *em.per_sequence(op.param("batch"), lambda at, step, _seq: (
                     f"embedding_task<{n}>({step}, task, {at(buf('out'), n)}, {at(buf('tokens', 'int'), ids)}, "
                     f"{buf('table', 'bf16_t')}, {op.param('vocab')}, begin, end"
                     + (f", {at(buf('pairs', 'paired_t'), n)});" if op.buffer("pairs") else ");"))),
