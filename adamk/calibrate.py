@@ -2,8 +2,8 @@
 
 It compiles profiling builds of the bundled decoder layer (every task stamps %globaltimer
 when it is reached, when its inputs are in (its polls and staging done), when its data is in
-(a linear's first page landed, an attention's cached rows scored) and at its end), runs them,
-and fits the parameters of search/cost.py to what their steps did:
+(its first ring page landed: a linear's weights, an attention's cached rows) and at its end),
+runs them, and fits the parameters of search/cost.py to what their steps did:
 
 - first, each from the stamps that show it: `launch_us` (back-to-back time per launch less
   the traced makespan); the staging line `stage_us` + `input_us_per_k` x inputs (inputs in
