@@ -5,7 +5,7 @@ for T us and exits. Back to back (runtime/timing.py: median over blocks of 10 la
 launch costs T + the gap; the gap is the launch-to-launch overhead a step of the megakernel pays
 beyond its traced makespan (the profiles' `launch_us` holds both that and the kernel's own ramp).
 
-    python benchmarks/launch_gap.py [--smem 232448] [--threads 288] [--spin 0,10,40]
+    python benchmarks/launch_gap.py [--smem 229984] [--threads 288] [--spin 0,10,40] [--iters 200]
 
 Prints each T's b2b time and gap, cooperative and not (docs/perf.md v70).
 """

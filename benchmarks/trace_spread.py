@@ -7,8 +7,9 @@ gives its spread, and splits the b2b time into the kernels' makespans and what l
 
     python benchmarks/trace_spread.py ARTIFACT [ARTIFACT ...] [--pos 512] [--launches 20] [--preset llama-3.2-1b]
 
-Prints, per artifact, the median / min / max makespan and gap and the b2b time per launch of the
-same sequence timed with events (docs/perf.md v70).
+Prints, per artifact, the median / min / max makespan and gap, the median period (first task to the
+next launch's first task) and the time per launch of the same sequence timed with events, from the
+end of a launch before it (docs/perf.md v70).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def spread(path: str, preset: str, pos: int, launches: int) -> dict:
         step.launch(pos)
     torch.cuda.synchronize()
     start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    step.launch(pos)                # the events then time launches that follow one another on the GPU:
+    start.record()                  # the start fires when this one ends, not at the host's first launch
     for a in args:
         step._next_epoch()
         step._launcher(stream, a, step.smem)
