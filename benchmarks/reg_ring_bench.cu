@@ -7,9 +7,11 @@
 //   - TMA: the producer warp's bulk copies, at most 2 in flight (the megakernel's ring);
 //   - G register groups of 4 warps: group g loads pages g, g + G, ... into registers (16 x 16 B a
 //     thread, 32 KB a group, with the L2 evict-first hint) as soon as it has stored the one before,
-//     waits for the page's slot, arms the slot's `full` barrier with the page's bytes and writes it
-//     with st.async, each store completing its 16 bytes on that barrier: the consumers' wait is the
-//     same. So G pages more than the ring are held while the consumers pause.
+//     waits for the page's slot, writes it (st.shared), meets on its own named barrier and then one
+//     thread arrives on the slot's `full` barrier (its one expected arrival, no bytes counted): the
+//     consumers' wait is the same. So G pages more than the ring are held while the consumers pause.
+//     (st.async with complete_tx would save the barrier, but PTX defines it only for a cluster of more
+//     than one CTA.) With 3 groups 3 pages are in flight against the TMA ring's 2.
 // Printed: the kernel's span (first block's start to last block's end, median of 20 launches) and
 // the rate, with no pause and with the pause. Predicted (H200): the register groups stream at the
 // TMA ring's rate without a pause and finish ~G page-times (~1.1 us each) sooner with it.
@@ -50,13 +52,13 @@ __device__ __forceinline__ uint4 load_page_vec(const void* p, u64 policy) {
   return v;
 }
 
-// 16 bytes into this CTA's shared memory, completing 16 bytes of `bar`'s transaction count.
-__device__ __forceinline__ void store_async(u32 addr, const uint4& v, u32 bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [%0], {%1, %2, %3, %4}, [%5];"
-               :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "r"(bar) : "memory");
+__device__ __forceinline__ void sts128(u32 addr, const uint4& v) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
 }
 
-// G == 0: the TMA ring; G > 0: G register groups after the producer warp.
+// G == 0: the TMA ring; G > 0: G register groups after the producer warp (G <= kDepth: a group's
+// next page then never reaches a slot two phases ahead of the consumers; run() asserts it).
 template <int G, bool PAUSE>
 __global__ void __launch_bounds__(kThreads + G * kGroupThreads, 1)
 bench(const bf16_t* w, float* out, u64* stats, u32 epoch, ErrorRecord* err, u64 pause_ns) {
@@ -73,12 +75,10 @@ bench(const bf16_t* w, float* out, u64* stats, u32 epoch, ErrorRecord* err, u64 
 #pragma unroll
       for (int i = 0; i < kVecs; ++i) v[i] = load_page_vec(mine + (size_t)j * kPageBytes + (i * kGroupThreads + t) * 16, policy);
       if (j >= kDepth) mbarrier_wait(s, R::empty(j), (R::use(j) - 1) & 1, 0);   // the slot's last page released
-      if (t == 0)
-        asm volatile("{\n .reg .b64 st;\n mbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}"
-                     :: "r"(R::full(j)), "r"(kPageBytes) : "memory");
-      asm volatile("bar.sync %0, %1;" :: "r"(2 + g), "n"(kGroupThreads) : "memory");   // armed before any byte lands
 #pragma unroll
-      for (int i = 0; i < kVecs; ++i) store_async(R::page(j) + (i * kGroupThreads + t) * 16, v[i], R::full(j));
+      for (int i = 0; i < kVecs; ++i) sts128(R::page(j) + (i * kGroupThreads + t) * 16, v[i]);
+      asm volatile("bar.sync %0, %1;" :: "r"(2 + g), "n"(kGroupThreads) : "memory");   // the group's stores done
+      if (t == 0) mbarrier_arrive(R::full(j));                    // release: the page is the consumers'
     }
     return;
   }
@@ -113,8 +113,11 @@ bench(const bf16_t* w, float* out, u64* stats, u32 epoch, ErrorRecord* err, u64 
   }
 }
 
+static_assert(kThreads + 5 * kGroupThreads <= 1024, "at most 5 register groups in a block");
+
 template <int G, bool PAUSE>
 void run(const char* what, const bf16_t* w, float* out, u64* stats, ErrorRecord* err, double pause_us) {
+  static_assert(G <= kDepth && kThreads + G * kGroupThreads <= 1024, "G groups fit the block and the ring");
   auto kernel = bench<G, PAUSE>;
   const int smem = R::kBytes, threads = kThreads + G * kGroupThreads;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
@@ -130,8 +133,10 @@ void run(const char* what, const bf16_t* w, float* out, u64* stats, ErrorRecord*
   }
   std::sort(spans.begin(), spans.end());
   const double us = spans[spans.size() / 2] / 1e3;
-  printf("%-40s %7.1f us  %5.2f TB/s  (%s)\n", what, us, (double)kSms * kPages * kPageBytes / us / 1e6,
-         cudaGetErrorString(cudaGetLastError()));
+  ErrorRecord e;
+  cudaMemcpy(&e, err, sizeof e, cudaMemcpyDeviceToHost);
+  printf("%-40s %7.1f us  %5.2f TB/s  (%s, error flag %u)\n", what, us, (double)kSms * kPages * kPageBytes / us / 1e6,
+         cudaGetErrorString(cudaGetLastError()), e.flag);
 }
 
 int main() {
