@@ -28,10 +28,12 @@
 #include "common.cuh"
 #include "sync.cuh"
 #include "ring.cuh"
+#ifndef __CUDACC_RTC__
 #include <algorithm>
 #include <cstdio>
 #include <cuda_runtime.h>
 #include <vector>
+#endif
 
 using namespace adamk;
 
@@ -115,6 +117,8 @@ bench(const bf16_t* w, float* out, u64* stats, u32 epoch, ErrorRecord* err, u64 
 
 static_assert(kThreads + 5 * kGroupThreads <= 1024, "at most 5 register groups in a block");
 
+#ifndef __CUDACC_RTC__   // the host side (tests/test_codegen.py builds the kernels with NVRTC)
+
 template <int G, bool PAUSE>
 void run(const char* what, const bf16_t* w, float* out, u64* stats, ErrorRecord* err, double pause_us) {
   static_assert(G <= kDepth && kThreads + G * kGroupThreads <= 1024, "G groups fit the block and the ring");
@@ -157,3 +161,4 @@ int main() {
   cudaMemcpy(&e, err, sizeof e, cudaMemcpyDeviceToHost);
   printf("done: %s, error record flag %u\n", cudaGetErrorString(cudaDeviceSynchronize()), e.flag);
 }
+#endif

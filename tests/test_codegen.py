@@ -327,6 +327,25 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
     assert any(table), "the tiny layer's SMs stream chain pages"
 
 
+def test_the_register_ring_benchmarks_device_code_compiles_for_hopper():
+    """benchmarks/reg_ring_bench.cu (docs/perf.md v70; run with nvcc on a GPU machine) fills ring.cuh's
+    slots from register groups: NVRTC builds its kernels for sm_90 here, the TMA ring and 2 and 3
+    groups of 32 KB a group held in registers without a spill, so a header change that breaks it, or
+    a page that no longer fits a group's registers, fails on the CPU machine."""
+    from adamk.codegen.nvrtc import _compile
+    root = Path(__file__).resolve().parents[1]
+    instances = "".join(f"template __global__ void bench<{g}, {p}>(const bf16_t*, float*, u64*, u32, ErrorRecord*, u64);\n"
+                        for g in (0, 2, 3) for p in ("false", "true"))
+    _, log = _compile(f'#include "reg_ring_bench.cu"\n{instances}', "reg_ring_check.cu",
+                      ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
+                       "-Xptxas=-v"])
+    entries = re.findall(r"Compiling entry function '(\w+)'", log)
+    assert len([e for e in entries if "bench" in e]) == 6
+    for entry in entries:
+        report = parse_ptxas_log(log, entry)
+        assert report["spill_stores_total"] == 0 and report["spill_loads_total"] == 0, entry
+
+
 def test_the_trip_benchmarks_device_code_compiles_for_hopper():
     """benchmarks/trip_bench.cu (run with nvcc on a GPU machine) includes the kernel headers: NVRTC
     builds its kernels for sm_90 here, with every trip's words in registers (no spills), and its walks
