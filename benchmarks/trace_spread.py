@@ -55,11 +55,11 @@ def spread(path: str, preset: str, pos: int, launches: int) -> dict:
     step.check()
     b2b = start.elapsed_time(stop) * 1e3 / launches
     spans = []
-    for buf in buffers:
-        stamps = buf.reshape(-1, step.trace_slots)        # [tasks, slots]: reached, inputs in, end, data in
-        reached, ended = stamps[:, 0], stamps[:, 2]
-        live = reached > 0
-        spans.append((int(reached[live].min()), int(ended[live].max())))
+    for buf in buffers:             # the step's own reader of its stamps, pointed at each launch's buffer
+        step.trace_buffer = buf
+        rows = [r for r in step.trace() if r[1]]          # (task, reached, inputs in, end, data in)
+        spans.append((min(r[1] for r in rows), max(r[3] for r in rows)))
+    step.trace_buffer = own
     makespans = [(e - s) / 1e3 for s, e in spans]
     gaps = [(spans[i + 1][0] - spans[i][1]) / 1e3 for i in range(len(spans) - 1)]
     periods = [(spans[i + 1][0] - spans[i][0]) / 1e3 for i in range(len(spans) - 1)]
