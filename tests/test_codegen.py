@@ -327,19 +327,25 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
     assert any(table), "the tiny layer's SMs stream chain pages"
 
 
+def _benchmark_kernels(bench: str, instances: str) -> tuple[str, list[str]]:
+    """NVRTC's build for sm_90 of benchmarks/`bench` (its host side guarded by __CUDACC_RTC__) with the
+    kernel `instances` it is to instantiate: (the ptxas log, the entry functions compiled)."""
+    from adamk.codegen.nvrtc import _compile
+    root = Path(__file__).resolve().parents[1]
+    _, log = _compile(f'#include "{bench}"\n{instances}', f"check_{bench}",
+                      ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
+                       "-Xptxas=-v"])
+    return log, re.findall(r"Compiling entry function '(\w+)'", log)
+
+
 def test_the_register_ring_benchmarks_device_code_compiles_for_hopper():
     """benchmarks/reg_ring_bench.cu (docs/perf.md v70; run with nvcc on a GPU machine) fills ring.cuh's
     slots from register groups: NVRTC builds its kernels for sm_90 here, the TMA ring and 2 and 3
     groups of 32 KB a group held in registers without a spill, so a header change that breaks it, or
     a page that no longer fits a group's registers, fails on the CPU machine."""
-    from adamk.codegen.nvrtc import _compile
-    root = Path(__file__).resolve().parents[1]
     instances = "".join(f"template __global__ void bench<{g}, {p}>(const bf16_t*, float*, u64*, u32, ErrorRecord*, u64);\n"
                         for g in (0, 2, 3) for p in ("false", "true"))
-    _, log = _compile(f'#include "reg_ring_bench.cu"\n{instances}', "reg_ring_check.cu",
-                      ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
-                       "-Xptxas=-v"])
-    entries = re.findall(r"Compiling entry function '(\w+)'", log)
+    log, entries = _benchmark_kernels("reg_ring_bench.cu", instances)
     assert len([e for e in entries if "bench" in e]) == 6
     for entry in entries:
         report = parse_ptxas_log(log, entry)
@@ -351,17 +357,12 @@ def test_the_trip_benchmarks_device_code_compiles_for_hopper():
     builds its kernels for sm_90 here, with every trip's words in registers (no spills), and its walks
     (linear.cuh's staging of a batch's shadow and of tagged floats), so a header change that breaks it
     fails on the CPU machine."""
-    from adamk.codegen.nvrtc import _compile
-    root = Path(__file__).resolve().parents[1]
     instances = "".join(f"template __global__ void trip_kernel<{f}, {n}>(const char*, const tagged_t*, int, u64*, "
                         f"u64*, ErrorRecord*);\n" for f, n in ((0, 1), (1, 4), (2, 16)))
     instances += "".join(f"template __global__ void walk_kernel<2, {b}, 2048, {k}, {p}, {t}>(const char*, const {t}*, "
                          f"const bf16_t*, u64*, ErrorRecord*);\n"
                          for b, k, p, t in ((8, 2048, "kRmsNorm", "paired_t"), (8, 8192, "kPlain", "tagged_t")))
-    _, log = _compile(f'#include "trip_bench.cu"\n{instances}', "trip_check.cu",
-                      ["-arch=sm_90", "-std=c++17", f"-I{root / 'csrc' / 'kernels'}", f"-I{root / 'benchmarks'}",
-                       "-Xptxas=-v"])
-    entries = re.findall(r"Compiling entry function '(\w+)'", log)
+    log, entries = _benchmark_kernels("trip_bench.cu", instances)
     assert sum("trip_kernel" in e for e in entries) == 3 and sum("walk_kernel" in e for e in entries) == 2
     for entry in (e for e in entries if "trip_kernel" in e):
         report = parse_ptxas_log(log, entry)
