@@ -7,7 +7,10 @@ beyond its traced makespan (the profiles' `launch_us` holds both that and the ke
 
     python benchmarks/launch_gap.py [--smem 229984] [--threads 288] [--spin 0,10,40] [--iters 200]
 
-Prints each T's b2b time and gap, cooperative and not (docs/perf.md v70).
+Prints each T's b2b time and gap, cooperative and not (docs/perf.md v70), and with programmatic
+dependent launch (sm_90: each launch may start once every block of the one before has run
+`griddepcontrol.launch_dependents`, at its start here; its blocks then wait in `griddepcontrol.wait`
+for that grid to finish), alone and with the cooperative attribute (docs/perf.md v72).
 """
 from __future__ import annotations
 
@@ -21,9 +24,15 @@ from adamk.runtime import driver as cu
 from adamk.runtime.timing import time_launches
 
 SOURCE = r"""
-extern "C" __global__ void spin(unsigned long long ns, int* sink) {
+extern "C" __global__ void spin(unsigned long long ns, int* sink, int pdl) {
   extern __shared__ int smem[];
   unsigned long long t0, t;
+#if __CUDA_ARCH__ >= 900
+  if (pdl) {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+  }
+#endif
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
   do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
   if (ns == 1ull && threadIdx.x == 0) sink[blockIdx.x] = smem[0];   // never: keeps smem declared
@@ -38,6 +47,17 @@ class PlainLaunch(cu.CooperativeLaunch):
         super().__init__(fn, grid, threads)
         self.config.attrs = []
         self.config.numAttrs = 0
+
+
+def with_pdl(launch: cu.CooperativeLaunch) -> cu.CooperativeLaunch:
+    """`launch` with the programmatic stream serialization attribute added."""
+    driver = cu._driver()
+    attr = driver.CUlaunchAttribute()
+    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+    attr.value.programmaticStreamSerializationAllowed = 1
+    launch.config.attrs = [*launch.config.attrs, attr]
+    launch.config.numAttrs = len(launch.config.attrs)
+    return launch
 
 
 def main():
@@ -60,10 +80,15 @@ def main():
     sink = torch.zeros(sms, dtype=torch.int32, device="cuda")
     print(f"{torch.cuda.get_device_name()}: {sms} blocks x {args.threads} threads, {args.smem} B dynamic smem")
     print(f"{'launch':12s} {'spin us':>8s} {'b2b us':>8s} {'gap us':>8s} {'single us':>10s}")
-    for name, launcher in (("cooperative", cu.CooperativeLaunch(fn, sms, args.threads)),
-                           ("plain", PlainLaunch(fn, sms, args.threads))):
+    launches = [("cooperative", cu.CooperativeLaunch(fn, sms, args.threads), 0),
+                ("plain", PlainLaunch(fn, sms, args.threads), 0)]
+    if major >= 9:
+        launches += [("pdl", with_pdl(PlainLaunch(fn, sms, args.threads)), 1),
+                     ("coop+pdl", with_pdl(cu.CooperativeLaunch(fn, sms, args.threads)), 1)]
+    for name, launcher, pdl in launches:
         for spin_us in (float(v) for v in args.spin.split(",")):
-            kargs = cu.KernelArgs(ctypes.c_uint64(int(spin_us * 1000)), ctypes.c_uint64(sink.data_ptr()))
+            kargs = cu.KernelArgs(ctypes.c_uint64(int(spin_us * 1000)), ctypes.c_uint64(sink.data_ptr()),
+                                  ctypes.c_int32(pdl))
             stream = torch.cuda.current_stream().cuda_stream
             single, b2b = time_launches(lambda: launcher(stream, kargs, args.smem), args.iters)
             print(f"{name:12s} {spin_us:8.1f} {b2b:8.2f} {b2b - spin_us:8.2f} {single:10.2f}")
