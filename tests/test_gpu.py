@@ -33,11 +33,11 @@ def compiled(request, tmp_path_factory):
     selected reference tests compile up front in parallel processes (the kernel does not
     depend on the weights' values), any other on first use; each call binds fresh random
     weights. Under pytest-xdist every plan compiles on first use: each worker collects every
-    test, so up-front compiles would build all plans once per worker, a process per plan each
-    (`-n 8` on the device's 16 cores did not finish in 150 s, docs/perf.md v72)."""
+    test, so up-front compiles would build every plan once per worker, each worker with its own
+    pool of processes (`-n 8` on the device's 16 cores did not finish in 150 s, docs/perf.md v72)."""
+    items = [] if os.environ.get("PYTEST_XDIST_WORKER") else request.session.items
     plans = {_key(i.callspec.params["preset"], i.callspec.params["gpu"], i.callspec.params["options"])
-             for i in request.session.items if i.originalname == "test_layer_matches_float32_reference"
-             and not os.environ.get("PYTEST_XDIST_WORKER")}
+             for i in items if i.originalname == "test_layer_matches_float32_reference"}
     plans = sorted(plans, key=str)
     jobs = [(p, adamk.CompileConfig(gpu=g, **dict(o))) for p, g, o in plans]
     paths = dict(zip(plans, compile_presets(jobs, tmp_path_factory.mktemp("plans"))))
