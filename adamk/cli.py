@@ -213,19 +213,21 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
     _need_gpu("bench")
     from . import load
     step = load(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
-    if pos + 2 * steps + 10 > step.max_seq_len:
-        raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len}")
+    from .runtime.timing import copy_bandwidth, launch_count, time_launches
+    last = pos + launch_count(steps)
+    if last > step.max_seq_len:
+        raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len} "
+                         f"({launch_count(steps)} steps are run)")
     step.k_cache.normal_()
     step.v_cache.normal_()
     positions = pos if step.batch == 1 else [pos] * step.batch        # every sequence of a batch at --pos
     read = step.read_bytes(positions)
-    from .runtime.timing import copy_bandwidth, time_launches
     bw = copy_bandwidth()
     step.start(0 if step.batch == 1 else [0] * step.batch, positions)
     single, b2b = time_launches(step.launch, steps)
     step.check()
     floor = read / bw * 1e6
-    _say(f"step {b2b:.1f} us back to back ({single:.1f} us alone), positions {pos}..{pos + 2 * steps + 10}; "
+    _say(f"step {b2b:.1f} us back to back ({single:.1f} us alone), positions {pos}..{last - 1}; "
          f"floor {floor:.1f} us ({read / 1e9:.2f} GB at {bw / 1e12:.2f} TB/s copy): {floor / b2b:.0%} of it")
 
 

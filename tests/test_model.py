@@ -229,3 +229,33 @@ def test_run_and_bench_check_what_they_can_before_the_gpu(tiny, tmp_path):
         for command in (["run", whole, "--weights", weights, "--prompt-ids", "1,2"], ["bench", whole, "--weights", weights]):
             code, lines = cli(*command)
             assert code == 1 and len(lines) == 1 and "needs a CUDA GPU; this machine has none" in lines[0], lines
+
+
+def test_time_launches_leads_each_block_with_an_uncounted_launch(monkeypatch):
+    """`adamk bench` checks launch_count against max_seq_len (each whole-model step advances the
+    position): it must be the calls time_launches makes. Each block's start event comes after one
+    launch of its own, so the block times the GPU's steady state, not the host's first launch."""
+    from adamk.runtime import timing
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+
+        def record(self):
+            log.append("record")
+
+        def synchronize(self):
+            log.append("sync")
+
+        def elapsed_time(self, other):
+            return random.uniform(0.04, 0.06)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    iters, block = random.choice([(30, 10), (25, 5), (40, 8)])
+    single, b2b = timing.time_launches(lambda: log.append("fn"), iters, block=block)
+    assert log.count("fn") == timing.launch_count(iters, block=block)
+    assert 40 <= single <= 60 and 40 / block <= b2b <= 60 / block
+    blocks = "".join("f" if e == "fn" else "r" if e == "record" else "" for e in log)
+    assert blocks.endswith(("f" + "r" + "f" * block + "r") * (iters // block))   # lead, start, block, stop

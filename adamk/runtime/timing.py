@@ -5,9 +5,20 @@ from __future__ import annotations
 import statistics
 
 
+def launch_count(iters: int, warmup: int = 10, block: int = 10) -> int:
+    """How many times `time_launches(fn, iters, warmup, block)` calls fn (a whole model's step
+    advances its position on the device each time: `adamk bench` checks them against max_seq_len)."""
+    return warmup + iters + (iters // block) * (block + 1)
+
+
 def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[float, float]:
     """(median of `iters` single-launch event times, median over iters // block blocks of
-    `block` back-to-back launches of the time per launch) in microseconds."""
+    `block` back-to-back launches of the time per launch) in microseconds.
+
+    Each block is led by one launch it does not count: the block's start event then stamps when
+    that launch ends, with the host already enqueuing the block's launches behind it, so the
+    block's time is the GPU's steady state, not the host's latency to the first launch (before
+    v73 a tenth of it was in every b2b figure: docs/perf.md v70, v73)."""
     import torch
     if iters < block:
         raise ValueError(f"time_launches needs iters >= block ({block}), got {iters}")
@@ -21,6 +32,7 @@ def time_launches(fn, iters: int, warmup: int = 10, block: int = 10) -> tuple[fl
         each.append(s.elapsed_time(e) * 1e3)
     for _ in range(iters // block):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        fn()                                   # the lead launch: not counted
         s.record()
         for _ in range(block):
             fn()
