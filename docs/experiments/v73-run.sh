@@ -2,7 +2,8 @@
 # docs/perf.md v73: the A/B prepared in a session that got no device time, as one device call.
 #
 #   bash docs/experiments/v73-run.sh compile    # the CPU machine (~12 min on 2 cores): into v73.tgz
-#        # (ignored; ~6 MB): the 1B layer (H200 target) of main, of main + v73-l2-next-step.patch, and
+#        # (ignored; ~6 MB): the 1B layer (H200 target) of main, of main + v73-l2-next-step.patch, of
+#        # that + v73-l2-next-deep.patch (the ring's first 6 pages into L2, not only the first task's), and
 #        # with the ring as 3 x 64 KB pages (2 in flight), as 4 x 48 KB (2 in flight), with 3 pages in
 #        # flight, and with down_proj split over K in 4 and in 2 parts; the whole 1B model of main,
 #        # with 3 pages in flight, and as 3 x 64 KB pages
@@ -20,9 +21,13 @@ A=/tmp/v73
 case "${1:-}" in
 compile)
   PY=${PY:-$ROOT/.venv/bin/python}
-  rm -rf $A /tmp/wt_v73 && mkdir -p $A && git worktree prune
-  git worktree add -f /tmp/wt_v73 HEAD -q --detach && (cd /tmp/wt_v73 && git apply "$ROOT/docs/experiments/v73-l2-next-step.patch") \
-    || { echo "v73-l2-next-step.patch does not apply" >&2; exit 1; }
+  rm -rf $A /tmp/wt_v73 /tmp/wt_v73d && mkdir -p $A && git worktree prune
+  for wt in /tmp/wt_v73 /tmp/wt_v73d; do
+    git worktree add -f $wt HEAD -q --detach && (cd $wt && git apply "$ROOT/docs/experiments/v73-l2-next-step.patch") \
+      || { echo "v73-l2-next-step.patch does not apply" >&2; exit 1; }
+  done
+  (cd /tmp/wt_v73d && git apply "$ROOT/docs/experiments/v73-l2-next-deep.patch") \
+    || { echo "v73-l2-next-deep.patch does not apply after v73-l2-next-step.patch" >&2; exit 1; }
   # the worktree's code first on sys.path: the editable install's finder would otherwise win (patch-ab.sh)
   cat > $A/wtrun.py <<'PYEOF'
 import sys, runpy
@@ -38,9 +43,10 @@ PYEOF
   c $ROOT base what=layer & c /tmp/wt_v73 l2n what=layer & wait
   c $ROOT p64 what=layer stage_bytes=65536 stages=3 pages_in_flight=2 & c $ROOT p48 what=layer stage_bytes=49152 stages=4 pages_in_flight=2 & wait
   c $ROOT f3 what=layer pages_in_flight=3 & c $ROOT d4 what=layer force=down_proj:16:4 & wait
-  c $ROOT d2 what=layer force=down_proj:16:2 & c $ROOT mbase what=model & wait
+  c $ROOT d2 what=layer force=down_proj:16:2 & c /tmp/wt_v73d l2d what=layer & wait
+  c $ROOT mbase what=model & wait
   c $ROOT mf3 what=model pages_in_flight=3 & c $ROOT mp64 what=model stage_bytes=65536 stages=3 pages_in_flight=2 & wait
-  git worktree remove --force /tmp/wt_v73
+  git worktree remove --force /tmp/wt_v73 && git worktree remove --force /tmp/wt_v73d
   tar czf "$ROOT/v73.tgz" -C /tmp v73 && ls -la "$ROOT/v73.tgz"
   ;;
 device)
@@ -48,7 +54,7 @@ device)
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
   rm -rf $A && tar xzf v73.tgz -C /tmp || exit 1
   cp -r $A/base $A/base2
-  timeout 300 python3 benchmarks/compare_artifacts.py --pos 512 --iters 100 --baselines main=$A/base l2-next=$A/l2n \
+  timeout 300 python3 benchmarks/compare_artifacts.py --pos 512 --iters 100 --baselines main=$A/base l2-next=$A/l2n l2-next-deep=$A/l2d \
       pages-3x64k=$A/p64 pages-4x48k=$A/p48 in-flight-3=$A/f3 down-k4=$A/d4 down-k2=$A/d2 main-again=$A/base2 2>&1 \
     | grep -v "{'attention" | tee "$OUT/layer-ab.log"
   timeout 60 python3 docs/experiments/v73-lead-launch.py $A/base 2>&1 | tee "$OUT/lead-launch.log"
