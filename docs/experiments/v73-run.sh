@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/perf.md v73: the A/B prepared in a session that got no device time, as one device call.
 #
-#   bash docs/experiments/v73-run.sh compile    # the CPU machine (~12 min on 2 cores): into v73.tgz
+#   bash docs/experiments/v73-run.sh compile    # the CPU machine (~7 min on 2 cores): into v73.tgz
 #        # (ignored; ~6 MB): the 1B layer (H200 target) of main, of main + v73-l2-next-step.patch, of
 #        # that + v73-l2-next-deep.patch (the ring's first 6 pages into L2, not only the first task's), and
 #        # with the ring as 3 x 64 KB pages (2 in flight), as 4 x 48 KB (2 in flight), with 3 pages in
@@ -39,13 +39,15 @@ PYEOF
   c() { local tree=$1 n=$2; shift 2
         $PY $A/wtrun.py $tree $tree/docs/experiments/v34-compile.py $A/$n "$@" > $A/$n.log 2>&1 \
           || { echo "compile $n failed: $A/$n.log" >&2; return 1; }; echo "built $n"; }
+  two() { eval "$1" & local a=$!; eval "$2" & local b=$!; wait $a && wait $b; }   # the 2 cores; a failure stops it
   set -e
-  c $ROOT base what=layer & c /tmp/wt_v73 l2n what=layer & wait
-  c $ROOT p64 what=layer stage_bytes=65536 stages=3 pages_in_flight=2 & c $ROOT p48 what=layer stage_bytes=49152 stages=4 pages_in_flight=2 & wait
-  c $ROOT f3 what=layer pages_in_flight=3 & c $ROOT d4 what=layer force=down_proj:16:4 & wait
-  c $ROOT d2 what=layer force=down_proj:16:2 & c /tmp/wt_v73d l2d what=layer & wait
-  c $ROOT mbase what=model & wait
-  c $ROOT mf3 what=model pages_in_flight=3 & c $ROOT mp64 what=model stage_bytes=65536 stages=3 pages_in_flight=2 & wait
+  two "c $ROOT base what=layer" "c /tmp/wt_v73 l2n what=layer"
+  two "c $ROOT p64 what=layer stage_bytes=65536 stages=3 pages_in_flight=2" \
+      "c $ROOT p48 what=layer stage_bytes=49152 stages=4 pages_in_flight=2"
+  two "c $ROOT f3 what=layer pages_in_flight=3" "c $ROOT d4 what=layer force=down_proj:16:4"
+  two "c $ROOT d2 what=layer force=down_proj:16:2" "c /tmp/wt_v73d l2d what=layer"
+  two "c $ROOT mbase what=model" "c $ROOT mf3 what=model pages_in_flight=3"
+  c $ROOT mp64 what=model stage_bytes=65536 stages=3 pages_in_flight=2
   git worktree remove --force /tmp/wt_v73 && git worktree remove --force /tmp/wt_v73d
   tar czf "$ROOT/v73.tgz" -C /tmp v73 && ls -la "$ROOT/v73.tgz"
   ;;
