@@ -1,7 +1,9 @@
 """Time prebuilt artifacts of the bundled 1B layer side by side in one process: each is checked
 against the float32 reference first, then timed (back-to-back median), with the weight-read floor.
 For device-code experiments: compile each variant (e.g. from a checkout of a branch, in parallel
-processes), then compare them in one run.
+processes), then compare them in one run. A variant that computes the layer wrongly, or whose
+launch records an error, gets a line that says so and is dropped; the others are still timed, and
+the script then exits with status 1.
 
     python benchmarks/compare_artifacts.py --pos 512,4095 base=/tmp/a new=/tmp/b [--baselines]
 """
@@ -40,15 +42,22 @@ def main():
             raise SystemExit(f"'{a}': expected NAME=DIR")
         steps[name] = adamk.load(path, layer)
     refs = {name: reference_for(ref, step.max_seq_len) for name, step in steps.items()}
+    failed = False
     for pos in (int(p) for p in args.pos.split(",")):
         floor = sum(read_bytes(layer, cfg, pos)) / bw * 1e6
         print(f"pos {pos}: floor {floor:.1f} us (copy {bw / 1e12:.2f} TB/s)")
         x = torch.randn(1, cfg.hidden_size, device="cuda").bfloat16()
-        for name, step in steps.items():
-            check_numerics(step, refs[name], pos)
-            step.buffers["x"].copy_(x)
-            med, b2b = time_launches(lambda: step.launch(pos), args.iters)
-            step.check()
+        for name, step in list(steps.items()):
+            try:            # an A/B goes on past a wrong variant (its line says why)
+                check_numerics(step, refs[name], pos)
+                step.buffers["x"].copy_(x)
+                med, b2b = time_launches(lambda: step.launch(pos), args.iters)
+                step.check()
+            except (SystemExit, adamk.AdamkError) as e:
+                print(f"  {name}: dropped: {e}", flush=True)
+                del steps[name]
+                failed = True
+                continue
             print(f"  {name:40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor", flush=True)
         if args.baselines:
             from baselines import TunedStep, compiled, graphed
@@ -60,6 +69,8 @@ def main():
                 check("torch.compile", rel_error(fn(x, pos, kc, vc), want), BASELINE_TOLERANCE)
                 med, b2b = time_launches(graphed(lambda: fn(x, pos, kc, vc)), args.iters)
             print(f"  {'torch.compile, CUDA graph':40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor")
+    if failed:
+        raise SystemExit(1)
 
 
 def reference_for(ref, max_seq_len: int):
