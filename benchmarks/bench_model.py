@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import adamk
 from adamk.models import PRESETS, LlamaModel
-from adamk.runtime.timing import copy_bandwidth, time_launches
+from adamk.runtime.timing import copy_bandwidth, launch_count, time_launches
 from baselines import TunedStep, graphed
 
 
@@ -134,7 +134,7 @@ def main():
     step.start(token, pos)
     single, b2b = time_launches(step.launch, args.iters)
     step.check()
-    rows.append((f"adamk megakernel (pos {pos}..{pos + 2 * args.iters + 10})", b2b, single))
+    rows.append((f"adamk megakernel (pos {pos}..{pos + launch_count(args.iters) - 1})", b2b, single))
     if not args.no_baselines:
         tuned = TunedModel(model)
         tok = torch.tensor([token], device="cuda")

@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 import adamk
+from adamk.errors import KernelError
 from adamk.models import PRESETS
 from adamk.runtime.timing import time_launches
 from adamk.runtime.timing import copy_bandwidth
@@ -53,7 +54,7 @@ def main():
                 step.buffers["x"].copy_(x)
                 med, b2b = time_launches(lambda: step.launch(pos), args.iters)
                 step.check()
-            except (SystemExit, adamk.AdamkError) as e:
+            except (SystemExit, adamk.AdamkError, KernelError) as e:   # a context broken by a fault drops the rest too
                 print(f"  {name}: dropped: {e}", flush=True)
                 del steps[name]
                 failed = True

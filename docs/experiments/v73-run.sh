@@ -7,7 +7,7 @@
 #        # with the ring as 3 x 64 KB pages (2 in flight), as 4 x 48 KB (2 in flight), with 3 pages in
 #        # flight, and with down_proj split over K in 4 and in 2 parts; the whole 1B model of main,
 #        # with 3 pages in flight, and as 3 x 64 KB pages
-#   bash docs/experiments/v73-run.sh device     # the device (carry .whl and v73.tgz; ~7 min): the
+#   bash docs/experiments/v73-run.sh device     # the device (carry .whl and v73.tgz; it installs the wheels; ~8 min): the
 #        # layers at position 512 with torch.compile in a CUDA graph (main first and last), then
 #        # v73-lead-launch.py (b2b with and without time_launches' lead launch), then the models
 #        # (main first and last), every artifact checked against float32 before it is timed
@@ -52,15 +52,18 @@ PYEOF
   tar czf "$ROOT/v73.tgz" -C /tmp v73 && ls -la "$ROOT/v73.tgz"
   ;;
 device)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
   mkdir -p "$OUT"
   nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
   rm -rf $A && tar xzf v73.tgz -C /tmp || exit 1
   cp -r $A/base $A/base2
-  timeout 300 python3 benchmarks/compare_artifacts.py --pos 512 --iters 100 --baselines main=$A/base l2-next=$A/l2n l2-next-deep=$A/l2d \
+  timeout 270 python3 benchmarks/compare_artifacts.py --pos 512 --iters 100 --baselines main=$A/base l2-next=$A/l2n l2-next-deep=$A/l2d \
       pages-3x64k=$A/p64 pages-4x48k=$A/p48 in-flight-3=$A/f3 down-k4=$A/d4 down-k2=$A/d2 main-again=$A/base2 2>&1 \
-    | grep -v "{'attention" | tee "$OUT/layer-ab.log"
+    | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-ab.log"   # each check's config line
   timeout 60 python3 docs/experiments/v73-lead-launch.py $A/base 2>&1 | tee "$OUT/lead-launch.log"
-  timeout 200 python3 benchmarks/bench_batch.py --batches 1 --no-baselines --iters 60 --artifact 1=$A/mbase \
+  timeout 180 python3 benchmarks/bench_batch.py --batches 1 --no-baselines --iters 60 --artifact 1=$A/mbase \
       --artifact 1=$A/mf3 --artifact 1=$A/mp64 --artifact 1=$A/mbase 2>&1 | tee "$OUT/model-ab.log"
   ;;
 *) echo "usage: bash docs/experiments/v73-run.sh compile | device" >&2; exit 2 ;;
