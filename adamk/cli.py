@@ -214,10 +214,11 @@ def bench(artifact, weights, pos, steps, weights_prefix, names_prefix):
     from . import load
     step = load(artifact, str(weights), weights_prefix=weights_prefix, names_prefix=names_prefix)
     from .runtime.timing import copy_bandwidth, launch_count, time_launches
-    last = pos + launch_count(steps)
+    runs = launch_count(steps)
+    last = pos + runs
     if last > step.max_seq_len:
         raise AdamkError(f"--pos {pos} and --steps {steps} pass the artifact's max_seq_len {step.max_seq_len} "
-                         f"({launch_count(steps)} steps are run)")
+                         f"({runs} steps are run)")
     step.k_cache.normal_()
     step.v_cache.normal_()
     positions = pos if step.batch == 1 else [pos] * step.batch        # every sequence of a batch at --pos

@@ -43,7 +43,7 @@ def main():
             raise SystemExit(f"'{a}': expected NAME=DIR")
         steps[name] = adamk.load(path, layer)
     refs = {name: reference_for(ref, step.max_seq_len) for name, step in steps.items()}
-    failed = False
+    loaded = len(steps)
     for pos in (int(p) for p in args.pos.split(",")):
         floor = sum(read_bytes(layer, cfg, pos)) / bw * 1e6
         print(f"pos {pos}: floor {floor:.1f} us (copy {bw / 1e12:.2f} TB/s)")
@@ -57,7 +57,6 @@ def main():
             except (SystemExit, adamk.AdamkError, KernelError) as e:   # a context broken by a fault drops the rest too
                 print(f"  {name}: dropped: {e}", flush=True)
                 del steps[name]
-                failed = True
                 continue
             print(f"  {name:40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor", flush=True)
         if args.baselines:
@@ -70,7 +69,7 @@ def main():
                 check("torch.compile", rel_error(fn(x, pos, kc, vc), want), BASELINE_TOLERANCE)
                 med, b2b = time_launches(graphed(lambda: fn(x, pos, kc, vc)), args.iters)
             print(f"  {'torch.compile, CUDA graph':40s} b2b {b2b:7.1f} us  single {med:7.1f} us  {floor / b2b:6.1%} of floor")
-    if failed:
+    if len(steps) < loaded:                  # some variant was dropped
         raise SystemExit(1)
 
 
