@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# docs/perf.md v74: how many pages each SM asks L2 for after its drain (v73's l2-next-deep asks for the
+# ring's depth, 6), and the deep variant's whole-model and 4095 figures against torch.compile.
+#
+#   bash docs/experiments/v74-run.sh compile   # the CPU machine (~4 min; after `patch-ab.sh compile
+#        # v72-step-smem,v73-l2-next-step+v73-l2-next-deep 1`, whose arts.tgz holds the models m-b1 and
+#        # v2-b1): the 1B layer (H200 target) with v74-l2-next-pages.patch on the deep tree, the SM's
+#        # first 3, 9 and 12 pages into L2, into v74.tgz (ignored)
+#   bash docs/experiments/v74-run.sh device    # the device (carry .whl, v73.tgz, v74.tgz, arts.tgz; ~6 min):
+#        # the layers at 512 and 4095 with torch.compile in a CUDA graph (main first and last), then the
+#        # whole model of main and of the deep tree with torch.compile in a CUDA graph, alternating
+#   bash docs/experiments/v74-run.sh check     # the device, on a tree with both v73 patches applied (carry
+#        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
+#        # tests of this tree
+#
+# Logs under $OUT (default /tmp/out): layer-ab.log, model-ab.log.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+OUT=${OUT:-/tmp/out}
+case "${1:-}" in
+compile)
+  PY=${PY:-$ROOT/.venv/bin/python}
+  A=/tmp/v74; W=/tmp/wt_v74
+  rm -rf $A $W && mkdir -p $A && git worktree prune && git worktree add -f $W HEAD -q --detach || exit 1
+  for p in v73-l2-next-step v73-l2-next-deep v74-l2-next-pages; do
+    (cd $W && git apply "$ROOT/docs/experiments/$p.patch") || { echo "$p.patch does not apply" >&2; exit 1; }
+  done
+  cat > $A/wtrun.py <<'PYEOF'
+import sys, runpy
+sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
+sys.path.insert(0, sys.argv[1])
+sys.argv = [sys.argv[2]] + sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+PYEOF
+  c() { ADAMK_L2_NEXT_PAGES=$1 $PY $A/wtrun.py $W $W/docs/experiments/v34-compile.py $A/l2p$1 what=layer \
+          > $A/l2p$1.log 2>&1 || { echo "compile l2p$1 failed: $A/l2p$1.log" >&2; return 1; }; echo "built l2p$1"; }
+  set -e
+  c 3 & a=$!; c 9 & b=$!; wait $a && wait $b
+  c 12
+  git worktree remove --force $W
+  tar czf "$ROOT/v74.tgz" -C /tmp v74 && ls -la "$ROOT/v74.tgz"
+  ;;
+device)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+  rm -rf /tmp/v73 /tmp/v74 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v74.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  cp -r /tmp/v73/base /tmp/v73/base2
+  L=/tmp/v73; P=/tmp/v74
+  timeout 300 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=$L/base \
+      l2-next-deep=$L/l2d l2-pages-3=$P/l2p3 l2-pages-9=$P/l2p9 l2-pages-12=$P/l2p12 main-again=$L/base2 2>&1 \
+    | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-ab.log"   # each check's config line
+  timeout 240 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --artifact 1=/tmp/a/m-b1 \
+      --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/a/m-b1 --artifact 1=/tmp/a/v2-b1 2>&1 | tee "$OUT/model-ab.log"
+  ;;
+check)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+  grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no v73 patches" >&2; exit 1; }
+  rm -rf /tmp/a && tar xzf arts.tgz -C /tmp || exit 1
+  for t in memcheck racecheck synccheck; do
+    timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
+      python3 benchmarks/sanitize.py --run /tmp/a/san-v2 > "$OUT/san-$t.log" 2>&1
+    echo "$t rc $?"; tail -n 1 "$OUT/san-$t.log"
+  done
+  timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
+    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
+  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
+  ;;
+*) echo "usage: bash docs/experiments/v74-run.sh compile | device | check" >&2; exit 2 ;;
+esac
