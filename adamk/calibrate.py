@@ -146,7 +146,7 @@ def _initial(tasks: list[Stamped], launch: list[float], base: CostModel) -> Cost
 
 FITTED = ("sm_bytes_per_us", "dram_latency_us", "poll_latency_us", "stage_us", "input_us_per_k",
           "smem_bytes_per_us", "task_overhead_us", "attention_us", "empty_page_us",
-          "kv_share")
+          "kv_share", "l2_share")
 SCALES = (0.5, 0.7, 0.85, 0.95, 1.05, 1.2, 1.4, 2.0)
 
 

@@ -34,6 +34,12 @@ class GPU:
     def sm(self) -> str:
         return f"sm_{self.arch}"
 
+    @property
+    def next_step_l2(self) -> bool:
+        """Whether its producers prefetch the next step's first pages into L2 (kinds.NextStepL2): the
+        bulk prefetch (`cp.async.bulk.prefetch.L2`) is sm_90's."""
+        return self.arch >= 90
+
     def pages_in_flight_at(self, batch: int) -> int:
         """The default pages in flight for a batch of `batch` sequences."""
         return self.batch_pages_in_flight if batch > 1 and self.batch_pages_in_flight else self.pages_in_flight

@@ -58,7 +58,7 @@ def test_every_linear_weight_is_packed_as_its_producer_reads_it(tiny_l20):
     buf = dict(re.findall(r"const bf16_t\* (buf\d+);\s+// weight \"([^\"]+)\"", src))
     produced = {buf[b]: tuple(map(int, (rows, cols, pages, col_pages))) + (gated == ", true",)
                 for rows, cols, pages, gated, b, col_pages in re.findall(
-                    r"linear_produce<SmRing, (\d+), (\d+), (\d+)(, true)?>\(s, b\.(buf\d+), (\d+),", src)}
+                    r"linear_produce<R, (\d+), (\d+), (\d+)(, true)?>\(s, b\.(buf\d+), (\d+),", src)}
     entries = {e["buffer"]: e for e in m["packed_weights"]}
     assert set(entries) == set(produced)
     assert sorted(s for e in entries.values() for s in e["sources"]) == sorted(
@@ -217,6 +217,30 @@ def test_shared_memory_is_reached_as_shared_memory(tiny_l20, tmp_path):
         assert re.search(r"\bLDS\.128\b", body) and re.search(r"\bSTS", body)
     for body in stagings:
         assert re.search(r"\bSTS", body) and not re.search(r"\bST\.E\.128\b", body)
+
+
+def test_hopper_producers_ask_l2_for_the_next_steps_first_pages(tiny_l20):
+    """On sm_90 every SM whose stream starts with a linear's task streams that task's pages again
+    after its drain (and the next linears' up to the ring's depth), through NextStepL2 (bulk
+    prefetches into L2, layer 0's), so the next launch's first pages come from L2; the sm_89
+    kernel has none."""
+    hopper = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="H100"))
+    source = hopper.files["kernel.cu"].decode()
+    bodies = re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{\n(.*?)\n\}\n", source, flags=re.S)
+    assert bodies
+    checked = 0
+    for body in bodies:
+        stream = body.split("return;")[0]
+        first = re.search(r"    (produce_op\d+)\((s, b, \d+, )0, \d+(, \d+, \d+)\);  // \"([^\"]+)\"\n", stream)
+        again = re.search(r"drain\(s, \d+\);\n    (produce_op\d+)<NextStepL2<SmRing>>\((s, b, \d+, )0, 0(, \d+, \d+)\);", stream)
+        if first and not first.group(4).startswith("attention"):
+            assert again and again.groups() == first.groups()[:3], stream
+            checked += 1
+        else:
+            assert not again, stream
+    assert checked >= 8, checked
+    assert "cp.async.bulk.prefetch.L2" in hopper.files["kernel.ptx"].decode()
+    assert "NextStepL2<" not in tiny_l20[0].files["kernel.cu"].decode().split("// ===== generated schedule")[1]
 
 
 def test_llama_1b_layer_compiles_for_l20_without_spills():

@@ -230,6 +230,41 @@ def test_an_attention_part_pays_its_own_work_and_no_dram_time_for_its_empty_page
                               share="kv_share"))[1] == pytest.approx(end(32, 2) - page / model.sm_bytes_per_us)
 
 
+def test_the_pages_the_previous_step_prefetched_stream_from_l2_on_sm_90():
+    """kinds.NextStepL2: an sm_90 SM's first tasks, in program order while they are linears' and
+    until their pages fill the ring, stream at l2_share SM shares (the previous step asked L2 for
+    them after its last page, as codegen emits); later pages, an L20's, or any after an attention
+    first, at one share."""
+    from adamk.kinds import NextStepL2
+    from adamk.search.cost import SmClock, TaskCost
+    rule = NextStepL2(6)
+    assert [rule.take("linear", 4), rule.take("linear", 4), rule.take("linear", 1)] == [True, True, False]
+    rule = NextStepL2(6)
+    assert [rule.take("attention", 2), rule.take("linear", 2)] == [False, False]
+    assert not NextStepL2(0).take("linear", 1)
+    page = 32768
+
+    def run(gpu, kinds, l2_share=3.0, l2=True):
+        model = dataclasses.replace(CostModel.spec(get_gpu(gpu)), l2_share=l2_share)
+        clock = SmClock(model, depth=6, in_flight=2)
+        if not l2:
+            clock.next_step_l2 = NextStepL2(0)
+        ends = [clock.run(TaskCost(k, stage_bytes=2 * page, pages=2, loaded_pages=2))[1] for k in kinds]
+        return ends, clock.landed, model
+
+    linears = ["linear"] * 5
+    ends, landed, model = run("H200", linears)
+    plain, plain_landed, _ = run("H200", linears, l2=False)
+    # the first two pages queue behind each other at three shares, not one
+    assert landed[1] - landed[0] == pytest.approx(page / (3 * model.sm_bytes_per_us))
+    assert plain_landed[1] - plain_landed[0] == pytest.approx(page / model.sm_bytes_per_us)
+    assert all(e < p for e, p in zip(ends[:3], plain[:3]))
+    assert run("H200", linears, l2_share=1.0)[0] == pytest.approx(plain)     # one share: as without
+    assert run("L20", linears)[0] == run("L20", linears, l2=False)[0]          # sm_89: no prefetch
+    after_attention = ["attention"] + linears
+    assert run("H200", after_attention)[0] == run("H200", after_attention, l2=False)[0]
+
+
 def test_the_search_costs_the_longest_position_too():
     """The schedule serves every position: the search's objective is the mean of its makespan at
     the compile's position and, placed the same way, at max_seq_len - 1. Costed at 512 alone, the

@@ -33,7 +33,7 @@ from ..search.validate import schedule_of
 from .. import smem
 from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
-from ..kinds import packings
+from ..kinds import NextStepL2, packings
 from ..kinds.base import TAGGED_DTYPES, f32_literal, restages
 from ..kinds.linear import packed_elements
 from ..targets import GPU
@@ -248,10 +248,10 @@ class _Emitter:
         return f"(b.{self.field[name]} + (size_t)({slot}) * {self.slot_elements[name]})"
 
     @staticmethod
-    def args(op: ExecOp) -> str:
+    def args(op: ExecOp, layer: str | None = None) -> str:
         """What every per-op function's call for task `op` passes first: the step, the buffers, the
-        task, the layer (the loop's variable in the layer loop's body, 0 outside it)."""
-        return f"s, b, {op.task_id.value.data}, {'layer' if op.in_loop else 0}"
+        task, the layer (`layer`, else the loop's variable in the layer loop's body, 0 outside it)."""
+        return f"s, b, {op.task_id.value.data}, {layer or ('layer' if op.in_loop else 0)}"
 
     def ctype(self, name: str) -> str:
         """The element type of buffer `name` in kernel.cu."""
@@ -301,6 +301,16 @@ class _Emitter:
     def produce(self, op: ExecOp, page: int | str) -> list[str]:
         """The producer's lines that stream task `op`'s pages from ring page `page` on (its kind's)."""
         return task_kind(op.kind.data).produce(self, op, page)
+
+    def l2_next(self, sm) -> list[str]:
+        """After the SM's last page: the next step's first pages into L2 (kinds.NextStepL2 says which
+        tasks'; layer 0's)."""
+        rule, lines = NextStepL2(self.plan.depth if self.gpu.next_step_l2 else 0), []
+        for op in _stream(sm.ops, self.pages):
+            if not rule.take(op.kind.data, self.pages(op)):
+                break
+            lines += task_kind(op.kind.data).produce(self, op, 0, l2_next=True)
+        return lines
 
     def consume(self, op: ExecOp, waits: list[WaitOp], page: int | str, new_run: bool) -> list[str]:
         """The consumers' lines for one task: the barrier variant's counter waits, its kind's call,
@@ -381,7 +391,7 @@ class _Emitter:
                     units.append(self.produce(op, _page(first, count if in_loop else 0, local)))
                     local += self.pages(op)
                 lines += _in_layer_loop(_indented(_looped(units)), layers, "    ") if in_loop else _looped(units)
-            lines += [f"    {RING}::drain(s, {total});", "    return;", "  }"]
+            lines += [f"    {RING}::drain(s, {total});", *self.l2_next(sm), "    return;", "  }"]
         else:
             lines += ["  if (is_producer()) return;   // nothing to stream"]
         for (ops, in_loop), first, count in zip(segments, firsts, counts):

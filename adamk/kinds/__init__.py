@@ -28,10 +28,29 @@ def packings(execs) -> dict[str, dict]:
     return out
 
 
+class NextStepL2:
+    """Which of an SM's first streamed tasks its producer asks L2 for after its drain, for the next
+    step (sm_90: ring.cuh NextStepL2, one `cp.async.bulk.prefetch.L2` per page span): in program order,
+    while their kind's pages are the same bytes every step, until the pages taken fill the ring. The
+    next launch's first pages then come from L2 while its chain starts (docs/perf.md v73-v74).
+    Codegen emits those prefetches and the cost model streams those pages from L2: both ask `take`,
+    task by task, for the tasks with pages."""
+
+    def __init__(self, depth: int):
+        self.left = depth          # ring pages still to take; 0: none (a GPU without the prefetch)
+
+    def take(self, kind_name: str, pages: int) -> bool:
+        if self.left <= 0 or not kind(kind_name).same_pages_each_step:
+            self.left = 0
+            return False
+        self.left -= pages
+        return True
+
+
 def kind(name: str) -> TaskKind:
     if name not in KINDS:
         raise ValueError(f"no task kind '{name}'; known: {', '.join(KINDS)}")
     return KINDS[name]
 
 
-__all__ = ["KINDS", "TaskKind", "kind", "packings"]
+__all__ = ["KINDS", "NextStepL2", "TaskKind", "kind", "packings"]

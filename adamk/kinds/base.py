@@ -53,6 +53,8 @@ class TaskKind:
     own_cost: str = ""         # the cost model's parameter of a task's own work beyond its pages and
                                # staging (search/cost.py), if the kind has one
     page_share: str = ""       # the cost model's parameter of its pages' rate in SM shares, if not one
+    same_pages_each_step: bool = False   # its pages carry the same bytes every step (a linear's weights; an
+                               # attention's rows move on): kinds.NextStepL2 may prefetch them for the next
 
     def cost(self, op, pos: int) -> dict:
         """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),
@@ -92,8 +94,9 @@ class TaskKind:
         """Ring pages a task of the kind streams (the producer's line)."""
         return 0
 
-    def produce(self, em, op, page) -> list[str]:
-        """The producer's lines that stream task `op`'s pages from ring page `page` on (a kind with pages)."""
+    def produce(self, em, op, page, l2_next: bool = False) -> list[str]:
+        """The producer's lines that stream task `op`'s pages from ring page `page` on (a kind with pages);
+        `l2_next`: instead, ask L2 for them for the next step (a kind with `same_pages_each_step`)."""
         return []
 
     def packing(self, op) -> dict | None:

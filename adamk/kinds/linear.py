@@ -131,8 +131,9 @@ class Linear(TaskKind):
                     f"{''.join(', true' if f else ', false' for f in flags)}>(s, task, {wo}, {out}, "
                     f"{buf('bias', 'bf16_t')}, {buf('residual')}, row_begin, row_end, {k_len}, page{staged}{pairs});")
         return [*staging_fn,
+                f"template <typename R = {em.ring}>   // R: the ring, or NextStepL2 (ring.cuh)",
                 *em.signature(f"produce_{name}", "int page, int row_begin, int k_index"),
-                f"  linear_produce<{em.ring}, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"
+                f"  linear_produce<R, {rows}, {cols}, {pages}{', true' if op.buffer('weight2') else ''}>"
                 f"(s, {buf('weight', 'bf16_t')}, {self.packing(op)['col_pages']}, row_begin, k_index, page, task);",
                 "}",
                 *em.signature(f"linear_{name}", "int page, int row_begin, int row_end, int k_index"
@@ -157,17 +158,21 @@ class Linear(TaskKind):
         return lines + [f"  linear_{name}({em.args(op)}, {page}, {begin}, {end}, {part}{stage});  "
                         f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
 
+    same_pages_each_step = True
+
     def pages(self, op) -> int:
         return op.param("pages")
 
-    def produce(self, em, op, page) -> list[str]:
+    def produce(self, em, op, page, l2_next: bool = False) -> list[str]:
         begin, _ = op.tile_range
         if begin % op.param("tile_rows"):
             raise ValueError(f"task {op.task_id.value.data} starts at row {begin}, not a whole page of "
                              f"{op.param('tile_rows')} rows: its packed pages would not be whole")
         args = [page, begin, op.k_index.value.data]
-        return [f"    produce_{em.op_name(op)}({em.args(op)}, {', '.join(map(str, args))});  "
-                f"// {em.comment(op)}"]
+        # l2_next: the next step's first pages into L2, layer 0's (ring.cuh NextStepL2)
+        ring, layer, what = (f"<NextStepL2<{em.ring}>>", "0", ": the next step's, into L2") if l2_next else ("", None, "")
+        return [f"    produce_{em.op_name(op)}{ring}({em.args(op, layer)}, {', '.join(map(str, args))});  "
+                f"// {em.comment(op)}{what}"]
 
     def packing(self, op) -> dict:
         """How the runtime stores the op's weights for the device (manifest `packed_weights`,

@@ -21,6 +21,9 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   their place in flight and land when issued (the kernel issues no copy), costing the consumers
   `empty_page_us` each (the wait and the release);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
+On a GPU whose producers prefetch the next step's first pages into L2 (sm_90: kinds.NextStepL2
+says which), those pages stream at `l2_share` SM shares: in back-to-back steps the previous step
+asked L2 for them after its last page.
 A step costs its makespan plus `launch_us`.
 
 A target's default is the profile measured on it and shipped in adamk/profiles/<GPU>.json
@@ -42,9 +45,10 @@ from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import ExecOp, PollOp, SignalOp, WaitOp
 from ..errors import AdamkError
+from ..kinds import NextStepL2
 from ..kinds import kind as task_kind
 from ..kinds.base import TAGGED, restages
-from ..targets import GPU
+from ..targets import GPU, GPUS
 from .validate import schedule_of, tagged_sizes, tagged_slots, walk
 
 MODEL = "ring+tagged v2"    # the execution design the parameters describe (v11's per-task stages had none;
@@ -68,6 +72,9 @@ class CostModel:
     empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
     kv_share: float = 1.0             # an attention part's pages stream at this many times an SM's share:
                                       # they stream in the chain, while most SMs' rings are full and idle
+    l2_share: float = 3.0             # the pages the previous step prefetched into L2 (kinds.NextStepL2) stream
+                                      # at this many times an SM's share (a guess until calibrated: L2 reads
+                                      # ~3x DRAM's rate on H100/H200; profiles before v74 lack it)
     model: str = MODEL
     source: str = SPEC
 
@@ -162,6 +169,8 @@ class SmClock:
         self.landed: list[float] = []
         self.released: list[float] = []
         self.staged = None             # what the work area holds (kinds' `staged`)
+        gpu = GPUS.get(model.gpu)
+        self.next_step_l2 = NextStepL2(depth if gpu is not None and gpu.next_step_l2 else 0)
 
     def _page(self, nbytes: float, consumer: float, loaded: bool = True, share: float = 1.0) -> float:
         """Stream the next page; the consumers, free at `consumer`, read it: when they are done.
@@ -193,6 +202,8 @@ class SmClock:
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             loaded = task.pages if task.loaded_pages is None else task.loaded_pages
             share = getattr(m, task.share) if task.share else 1.0
+            if self.next_step_l2.take(task.kind, task.pages):    # the previous step asked L2 for them
+                share = m.l2_share
             t, data_in = inputs_in, None
             for p in range(task.pages):
                 t = self._page(task.stage_bytes / max(1, loaded), t, p < loaded, share)

@@ -170,4 +170,21 @@ struct Ring {
   }
 };
 
+// In place of a ring in a producer function, after the SM's last page (codegen/cuda.py
+// sm_function): the pages the SM streams first are the same bytes every step, so its idle producer
+// asks L2 for them (sm_90: one bulk prefetch per page span; before it nothing), and the next
+// launch's first pages come from L2 instead of DRAM while that launch's chain is at its start.
+template <typename R>
+struct NextStepL2 {
+  static constexpr int kSlotBytes = R::kSlotBytes;
+  template <typename Src, typename Dst>
+  static __device__ __forceinline__ void fill(const Step&, int, int, int spans, int bytes, Src src, Dst) {
+#if __CUDA_ARCH__ >= 900
+    if (threadIdx.x == kConsumerThreads)
+      for (int i = 0; i < spans; ++i)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(src(i)), "r"(bytes) : "memory");
+#endif
+  }
+};
+
 }  // namespace adamk

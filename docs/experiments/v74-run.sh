@@ -8,12 +8,19 @@
 #        # first 3, 9 and 12 pages into L2, into v74.tgz (ignored)
 #   bash docs/experiments/v74-run.sh device    # the device (carry .whl, v73.tgz, v74.tgz, arts.tgz; ~6 min):
 #        # the layers at 512 and 4095 with torch.compile in a CUDA graph (main first and last), then the
-#        # whole model of main and of the deep tree with torch.compile in a CUDA graph, alternating
+#        # KV cache zero and random (v74-kv-fill.py), then the whole model of main and of the deep tree with
+#        # torch.compile in a CUDA graph, alternating
+#   bash docs/experiments/v74-run.sh final     # the device, on main with NextStepL2 landed and the cost
+#        # model pricing it (carry .whl, v73.tgz, arts.tgz and v75.tgz: /tmp/v75/layer and /tmp/v75/model built
+#        # by v34-compile.py on that tree; ~8 min): the layers of main before (base), with the v73 patches
+#        # (l2d, the old search's schedule) and of the tree (its search's schedule) at 512 and 4095 with
+#        # torch.compile, then the whole models likewise (v2-b1 and the tree's), then the GPU tests
 #   bash docs/experiments/v74-run.sh check     # the device, on a tree with both v73 patches applied (carry
 #        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
 #        # tests of this tree
 #
-# Logs under $OUT (default /tmp/out): layer-ab.log, model-ab.log.
+# Logs under $OUT (default /tmp/out): layer-ab.log, kv-fill.log, model-ab.log (device); san-*.log,
+# gpu-tests.log (check).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -50,11 +57,29 @@ device)
   rm -rf /tmp/v73 /tmp/v74 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v74.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
   cp -r /tmp/v73/base /tmp/v73/base2
   L=/tmp/v73; P=/tmp/v74
-  timeout 300 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=$L/base \
+  timeout 240 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=$L/base \
       l2-next-deep=$L/l2d l2-pages-3=$P/l2p3 l2-pages-9=$P/l2p9 l2-pages-12=$P/l2p12 main-again=$L/base2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-ab.log"   # each check's config line
+  timeout 60 python3 docs/experiments/v74-kv-fill.py $L/base 2>&1 | tee "$OUT/kv-fill.log"
   timeout 240 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --artifact 1=/tmp/a/m-b1 \
       --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/a/m-b1 --artifact 1=/tmp/a/v2-b1 2>&1 | tee "$OUT/model-ab.log"
+  ;;
+final)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+  rm -rf /tmp/v73 /tmp/v75 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v75.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  cp -r /tmp/v73/l2d /tmp/v73/l2d2
+  timeout 120 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines before=/tmp/v73/base \
+      l2-next-deep=/tmp/v73/l2d main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
+    | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
+  timeout 150 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --artifact 1=/tmp/a/v2-b1 \
+      --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
+  timeout 280 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
+    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
+  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
 check)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -73,5 +98,5 @@ check)
     -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
   echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
-*) echo "usage: bash docs/experiments/v74-run.sh compile | device | check" >&2; exit 2 ;;
+*) echo "usage: bash docs/experiments/v74-run.sh compile | device | final | check" >&2; exit 2 ;;
 esac
