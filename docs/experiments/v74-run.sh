@@ -12,9 +12,9 @@
 #        # torch.compile in a CUDA graph, alternating
 #   bash docs/experiments/v74-run.sh final     # the device, on main with NextStepL2 landed and the cost
 #        # model pricing it (carry .whl, v73.tgz, arts.tgz and v75.tgz: /tmp/v75/layer and /tmp/v75/model built
-#        # by v34-compile.py on that tree; ~8 min): the layers of main before (base), with the v73 patches
-#        # (l2d, the old search's schedule) and of the tree (its search's schedule) at 512 and 4095 with
-#        # torch.compile, then the whole models likewise (v2-b1 and the tree's), then the GPU tests
+#        # by v34-compile.py on that tree; ~5 min): the layer with the v73 patches (l2d, the old search's
+#        # schedule) and the tree's (its search's schedule) at 512 and 4095 with torch.compile, then the
+#        # whole models likewise (v2-b1 and the tree's), then the GPU tests
 #   bash docs/experiments/v74-run.sh check     # the device, on a tree with both v73 patches applied (carry
 #        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
 #        # tests of this tree
@@ -72,12 +72,12 @@ final)
   nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
   rm -rf /tmp/v73 /tmp/v75 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v75.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  timeout 120 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines before=/tmp/v73/base \
+  timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines \
       l2-next-deep=/tmp/v73/l2d main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
-  timeout 150 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --artifact 1=/tmp/a/v2-b1 \
+  timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
-  timeout 280 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
+  timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
     -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
   echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
