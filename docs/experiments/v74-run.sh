@@ -81,6 +81,20 @@ final)
     -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
   echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
+final-ab)   # final's two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
+  rm -rf /tmp/v73 /tmp/v75 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v75.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  cp -r /tmp/v73/l2d /tmp/v73/l2d2
+  timeout 90 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 l2-next-deep=/tmp/v73/l2d \
+      main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" \
+    | tee "$OUT/layer-final.log"
+  timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
+      --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
+  ;;
 check)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || exit 1
@@ -98,5 +112,5 @@ check)
     -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
   echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
-*) echo "usage: bash docs/experiments/v74-run.sh compile | device | final | check" >&2; exit 2 ;;
+*) echo "usage: bash docs/experiments/v74-run.sh compile | device | final | final-ab | check" >&2; exit 2 ;;
 esac
