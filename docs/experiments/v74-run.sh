@@ -2,10 +2,11 @@
 # docs/perf.md v74: how many pages each SM asks L2 for after its drain (v73's l2-next-deep asks for the
 # ring's depth, 6), and the deep variant's whole-model and 4095 figures against torch.compile.
 #
-#   bash docs/experiments/v74-run.sh compile   # the CPU machine (~4 min; after `patch-ab.sh compile
-#        # v72-step-smem,v73-l2-next-step+v73-l2-next-deep 1`, whose arts.tgz holds the models m-b1 and
-#        # v2-b1): the 1B layer (H200 target) with v74-l2-next-pages.patch on the deep tree, the SM's
-#        # first 3, 9 and 12 pages into L2, into v74.tgz (ignored)
+#   bash docs/experiments/v74-run.sh compile   # the CPU machine (~1 min): the 1B layer (H200 target) with
+#        # v74-l2-next-pages.patch, the SM's first 3, 9 and 12 pages into L2, into v74.tgz (ignored). v74
+#        # measured these built at 3306e21 (the patch on v73's two), whose search did not price the L2 pages;
+#        # since a32c109 the search does, and picks other tilings. arts.tgz: `patch-ab.sh compile
+#        # v72-step-smem,v73-l2-next-step+v73-l2-next-deep 1` at 3306e21 (models m-b1 and v2-b1)
 #   bash docs/experiments/v74-run.sh device    # the device (carry .whl, v73.tgz, v74.tgz, arts.tgz; ~6 min):
 #        # the layers at 512 and 4095 with torch.compile in a CUDA graph (main first and last), then the
 #        # KV cache zero and random (v74-kv-fill.py), then the whole model of main and of the deep tree with
@@ -25,14 +26,22 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/out}
+# the device's setup: the wheels, PYTHONPATH, the GPU's name, the tarballs named unpacked under /tmp
+setup() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
+  mkdir -p "$OUT"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
+  local t
+  for t in "$@"; do tar xzf "$t" -C /tmp || exit 1; done
+}
 case "${1:-}" in
 compile)
   PY=${PY:-$ROOT/.venv/bin/python}
   A=/tmp/v74; W=/tmp/wt_v74
   rm -rf $A $W && mkdir -p $A && git worktree prune && git worktree add -f $W HEAD -q --detach || exit 1
-  for p in v73-l2-next-step v73-l2-next-deep v74-l2-next-pages; do
-    (cd $W && git apply "$ROOT/docs/experiments/$p.patch") || { echo "$p.patch does not apply" >&2; exit 1; }
-  done
+  (cd $W && git apply "$ROOT/docs/experiments/v74-l2-next-pages.patch") || { echo "v74-l2-next-pages.patch does not apply" >&2; exit 1; }
   cat > $A/wtrun.py <<'PYEOF'
 import sys, runpy
 sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
@@ -49,12 +58,7 @@ PYEOF
   tar czf "$ROOT/v74.tgz" -C /tmp v74 && ls -la "$ROOT/v74.tgz"
   ;;
 device)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
-  mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
-  rm -rf /tmp/v73 /tmp/v74 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v74.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  setup v73.tgz v74.tgz arts.tgz
   cp -r /tmp/v73/base /tmp/v73/base2
   L=/tmp/v73; P=/tmp/v74
   timeout 240 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=$L/base \
@@ -65,12 +69,7 @@ device)
       --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/a/m-b1 --artifact 1=/tmp/a/v2-b1 2>&1 | tee "$OUT/model-ab.log"
   ;;
 final)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
-  mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-  rm -rf /tmp/v73 /tmp/v75 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v75.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
   timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines \
       l2-next-deep=/tmp/v73/l2d main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
@@ -82,12 +81,7 @@ final)
   echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
   ;;
 final-ab)   # final's two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
-  mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-  rm -rf /tmp/v73 /tmp/v75 /tmp/a && tar xzf v73.tgz -C /tmp && tar xzf v75.tgz -C /tmp && tar xzf arts.tgz -C /tmp || exit 1
+  setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
   timeout 90 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 l2-next-deep=/tmp/v73/l2d \
       main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" \
@@ -96,13 +90,8 @@ final-ab)   # final's two A/Bs alone, without torch.compile or the GPU tests (~2
       --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
   ;;
 check)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-  mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
-  grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no v73 patches" >&2; exit 1; }
-  rm -rf /tmp/a && tar xzf arts.tgz -C /tmp || exit 1
+  grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no NextStepL2 (v73's patches)" >&2; exit 1; }
+  setup arts.tgz
   for t in memcheck racecheck synccheck; do
     timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
       python3 benchmarks/sanitize.py --run /tmp/a/san-v2 > "$OUT/san-$t.log" 2>&1
