@@ -23,7 +23,7 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
 On a GPU whose producers prefetch the next step's first pages into L2 (sm_90: kinds.NextStepL2
 says which), those pages stream at `l2_share` SM shares: in back-to-back steps the previous step
-asked L2 for them after its last page.
+asked L2 for them after its last page (one share, as DRAM pages, until a calibration fits it).
 A step costs its makespan plus `launch_us`.
 
 A target's default is the profile measured on it and shipped in adamk/profiles/<GPU>.json
@@ -72,9 +72,9 @@ class CostModel:
     empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
     kv_share: float = 1.0             # an attention part's pages stream at this many times an SM's share:
                                       # they stream in the chain, while most SMs' rings are full and idle
-    l2_share: float = 3.0             # the pages the previous step prefetched into L2 (kinds.NextStepL2) stream
-                                      # at this many times an SM's share (a guess until calibrated: L2 reads
-                                      # ~3x DRAM's rate on H100/H200; profiles before v74 lack it)
+    l2_share: float = 1.0             # the pages the previous step prefetched into L2 (kinds.NextStepL2) stream
+                                      # at this many times an SM's share: as DRAM pages until a calibration
+                                      # fits it (profiles before v74 lack it; docs/perf.md v74 says why)
     model: str = MODEL
     source: str = SPEC
 
