@@ -66,13 +66,6 @@ compile)
   VARIANTS=${2:-}; BATCHES=${3:-16,8,1}
   [ -n "$VARIANTS" ] || usage
   PY=${PY:-$ROOT/.venv/bin/python}
-  cat > /tmp/wtrun.py <<'PYEOF'
-import sys, runpy
-sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
-sys.path.insert(0, sys.argv[1])
-sys.argv = [sys.argv[2]] + sys.argv[3:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-PYEOF
   git worktree prune
   rm -rf /tmp/a && mkdir -p /tmp/a
   NAMES=m; i=0
@@ -81,9 +74,9 @@ PYEOF
     rm -rf /tmp/wt_$n; git worktree add -f /tmp/wt_$n HEAD -q --detach || exit 1
     [ $n = m ] || apply_variant /tmp/wt_$n "$(sed -n "s/^$n //p" /tmp/a/variants.txt)" || exit 1
   done
-  c() { $PY /tmp/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$1-b$2 what=model batch_size=$2 \
+  c() { $PY $ROOT/docs/experiments/wtrun.py /tmp/wt_$1 /tmp/wt_$1/docs/experiments/v34-compile.py /tmp/a/$1-b$2 what=model batch_size=$2 \
           > /tmp/a/$1-b$2.log 2>&1 || { echo "compile $1-b$2 failed: /tmp/a/$1-b$2.log"; return 1; }; }
-  s() { (cd /tmp/wt_$1 && $PY /tmp/wtrun.py /tmp/wt_$1 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san-$1 \
+  s() { (cd /tmp/wt_$1 && $PY $ROOT/docs/experiments/wtrun.py /tmp/wt_$1 benchmarks/sanitize.py --gpu H200 --out /tmp/a/san-$1 \
           > /tmp/a/san-$1.log 2>&1) || { echo "sanitizer kernels $1 failed: /tmp/a/san-$1.log"; return 1; }; }
   jobs_=()                                # (command args) two at a time: the machine's 2 cores
   for b in ${BATCHES//,/ }; do for n in $NAMES; do jobs_+=("c $n $b"); done; done

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # docs/perf.md v73: the A/B prepared in a session that got no device time, as one device call.
+# Measured in v74; its two L2 patches then landed (NextStepL2) and left this directory, so `compile` runs
+# at commit 3306e21 (git worktree add /tmp/v73tree 3306e21), which still has them.
 #
 #   bash docs/experiments/v73-run.sh compile    # the CPU machine (~7 min on 2 cores): into v73.tgz
 #        # (ignored; ~6 MB): the 1B layer (H200 target) of main, of main + v73-l2-next-step.patch, of
@@ -28,16 +30,8 @@ compile)
   done
   (cd /tmp/wt_v73d && git apply "$ROOT/docs/experiments/v73-l2-next-deep.patch") \
     || { echo "v73-l2-next-deep.patch does not apply after v73-l2-next-step.patch" >&2; exit 1; }
-  # the worktree's code first on sys.path: the editable install's finder would otherwise win (patch-ab.sh)
-  cat > $A/wtrun.py <<'PYEOF'
-import sys, runpy
-sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
-sys.path.insert(0, sys.argv[1])
-sys.argv = [sys.argv[2]] + sys.argv[3:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-PYEOF
   c() { local tree=$1 n=$2; shift 2
-        $PY $A/wtrun.py $tree $tree/docs/experiments/v34-compile.py $A/$n "$@" > $A/$n.log 2>&1 \
+        $PY $ROOT/docs/experiments/wtrun.py $tree $tree/docs/experiments/v34-compile.py $A/$n "$@" > $A/$n.log 2>&1 \
           || { echo "compile $n failed: $A/$n.log" >&2; return 1; }; echo "built $n"; }
   two() { eval "$1" & local a=$!; eval "$2" & local b=$!; wait $a && wait $b; }   # the 2 cores; a failure stops it
   set -e

@@ -42,14 +42,7 @@ compile)
   A=/tmp/v74; W=/tmp/wt_v74
   rm -rf $A $W && mkdir -p $A && git worktree prune && git worktree add -f $W HEAD -q --detach || exit 1
   (cd $W && git apply "$ROOT/docs/experiments/v74-l2-next-pages.patch") || { echo "v74-l2-next-pages.patch does not apply" >&2; exit 1; }
-  cat > $A/wtrun.py <<'PYEOF'
-import sys, runpy
-sys.meta_path[:] = [f for f in sys.meta_path if "scikit" not in repr(f).lower() and "ScikitBuild" not in type(f).__name__]
-sys.path.insert(0, sys.argv[1])
-sys.argv = [sys.argv[2]] + sys.argv[3:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-PYEOF
-  c() { ADAMK_L2_NEXT_PAGES=$1 $PY $A/wtrun.py $W $W/docs/experiments/v34-compile.py $A/l2p$1 what=layer \
+  c() { ADAMK_L2_NEXT_PAGES=$1 $PY $ROOT/docs/experiments/wtrun.py $W $W/docs/experiments/v34-compile.py $A/l2p$1 what=layer \
           > $A/l2p$1.log 2>&1 || { echo "compile l2p$1 failed: $A/l2p$1.log" >&2; return 1; }; echo "built l2p$1"; }
   set -e
   c 3 & a=$!; c 9 & b=$!; wait $a && wait $b
