@@ -36,7 +36,7 @@ class GPU:
 
     @property
     def next_step_l2(self) -> bool:
-        """Whether its producers prefetch the next step's first pages into L2 (kinds.NextStepL2): the
+        """Whether its producers prefetch the next step's first pages into L2 (kinds.NextStepL2Pages): the
         bulk prefetch (`cp.async.bulk.prefetch.L2`) is sm_90's."""
         return self.arch >= 90
 

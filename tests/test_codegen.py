@@ -1,4 +1,5 @@
 """Codegen + NVRTC: the artifact's files, the ptxas report, determinism, and the machine code."""
+import dataclasses
 import json
 import re
 import shutil
@@ -219,28 +220,43 @@ def test_shared_memory_is_reached_as_shared_memory(tiny_l20, tmp_path):
         assert re.search(r"\bSTS", body) and not re.search(r"\bST\.E\.128\b", body)
 
 
-def test_hopper_producers_ask_l2_for_the_next_steps_first_pages(tiny_l20):
-    """On sm_90 every SM whose stream starts with a linear's task streams that task's pages again
-    after its drain (and the next linears' up to the ring's depth), through NextStepL2 (bulk
-    prefetches into L2, layer 0's), so the next launch's first pages come from L2; the sm_89
-    kernel has none."""
-    hopper = adamk.compile(DecoderLayer(PRESETS["tiny"], seed=5), adamk.CompileConfig(gpu="H100"))
-    source = hopper.files["kernel.cu"].decode()
-    bodies = re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{\n(.*?)\n\}\n", source, flags=re.S)
-    assert bodies
-    checked = 0
-    for body in bodies:
-        stream = body.split("return;")[0]
-        first = re.search(r"    (produce_op\d+)\((s, b, \d+, )0, \d+(, \d+, \d+)\);  // \"([^\"]+)\"\n", stream)
-        again = re.search(r"drain\(s, \d+\);\n    (produce_op\d+)<NextStepL2<SmRing>>\((s, b, \d+, )0, 0(, \d+, \d+)\);", stream)
-        if first and not first.group(4).startswith("attention"):
-            assert again and again.groups() == first.groups()[:3], stream
-            checked += 1
-        else:
-            assert not again, stream
-    assert checked >= 8, checked
+def _prefetched(source: str) -> dict[int, list[int]]:
+    """SM -> the task ids whose pages its producer asks L2 for after its drain (kernel.cu), in order."""
+    out = {}
+    for sm, body in re.findall(r"void sm_(\d+)\(const Step& s, const Buffers& b\) \{\n(.*?)\n\}\n", source, flags=re.S):
+        drained = body.split("return;")[0].split("::drain(")[-1]
+        out[int(sm)] = [int(t) for t in re.findall(r"produce_op\d+<NextStepL2<SmRing>>\(s, b, (\d+), 0, 0, ", drained)]
+    return out
+
+
+@pytest.mark.parametrize("what", ["layer", "model"])
+def test_hopper_producers_ask_l2_for_the_next_steps_first_pages(tiny_l20, what):
+    """On sm_90 each SM's producer, after its drain, asks L2 (NextStepL2, bulk prefetches) for the pages
+    that fill its ring first in the next step: its first linear tasks up to the ring's depth, from before
+    the layer loop and its first trip only (layer 0's), never the LM head's after it. The cost model
+    prices from L2 exactly those tasks (kinds.NextStepL2Pages, asked by both); the sm_89 kernel has none."""
+    from adamk.dialects import parse_module
+    from adamk.models import LlamaModel
+    from adamk.search.cost import CostModel, predict_timeline
+    from adamk.targets import get_gpu
+    cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
+    model = DecoderLayer(PRESETS["tiny"], seed=5) if what == "layer" else LlamaModel(cfg, seed=5)
+    hopper = adamk.compile(model, adamk.CompileConfig(gpu="H100"))
+    prefetched = _prefetched(hopper.files["kernel.cu"].decode())
+    schedule = parse_module(hopper.files["schedule.mlir"].decode())
+    from_l2: set = set()
+    predict_timeline(schedule, CostModel.for_gpu(get_gpu("H100")), hopper.manifest["predicted_at_pos"], from_l2=from_l2)
+    assert {(sm, t) for sm, tasks in prefetched.items() for t in tasks} == from_l2
+    assert sum(map(bool, prefetched.values())) >= 8
+    # each SM's first prefetched task is the first it streams, and every one is a linear's
+    for sm, tasks in prefetched.items():
+        body = re.search(rf"void sm_{sm}\(const Step& s, const Buffers& b\) \{{\n(.*?)\n\}}\n",
+                         hopper.files["kernel.cu"].decode(), flags=re.S).group(1)
+        first = re.search(r"    produce_op\d+\(s, b, (\d+)\b", body)
+        assert not tasks or int(first.group(1)) == tasks[0], (sm, tasks)
+        assert not any(hopper.manifest["tasks"][t].startswith("attention") for t in tasks)
     assert "cp.async.bulk.prefetch.L2" in hopper.files["kernel.ptx"].decode()
-    assert "NextStepL2<" not in tiny_l20[0].files["kernel.cu"].decode().split("// ===== generated schedule")[1]
+    assert not any(_prefetched(tiny_l20[0].files["kernel.cu"].decode()).values())
 
 
 def test_llama_1b_layer_compiles_for_l20_without_spills():

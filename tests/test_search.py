@@ -231,24 +231,24 @@ def test_an_attention_part_pays_its_own_work_and_no_dram_time_for_its_empty_page
 
 
 def test_the_pages_the_previous_step_prefetched_stream_from_l2_on_sm_90():
-    """kinds.NextStepL2: an sm_90 SM's first tasks, in program order while they are linears' and
+    """kinds.NextStepL2Pages: an sm_90 SM's first tasks, in program order while they are linears' and
     until their pages fill the ring, stream at l2_share SM shares (the previous step asked L2 for
     them after its last page, as codegen emits); later pages, an L20's, or any after an attention
     first, at one share."""
-    from adamk.kinds import NextStepL2
+    from adamk.kinds import NextStepL2Pages
     from adamk.search.cost import SmClock, TaskCost
-    rule = NextStepL2(6)
+    rule = NextStepL2Pages(6)
     assert [rule.take("linear", 4), rule.take("linear", 4), rule.take("linear", 1)] == [True, True, False]
-    rule = NextStepL2(6)
+    rule = NextStepL2Pages(6)
     assert [rule.take("attention", 2), rule.take("linear", 2)] == [False, False]
-    assert not NextStepL2(0).take("linear", 1)
+    assert not NextStepL2Pages(0).take("linear", 1)
     page = 32768
 
     def run(gpu, kinds, l2_share=3.0, l2=True):
         model = dataclasses.replace(CostModel.spec(get_gpu(gpu)), l2_share=l2_share)
         clock = SmClock(model, depth=6, in_flight=2)
         if not l2:
-            clock.next_step_l2 = NextStepL2(0)
+            clock.next_step_l2 = NextStepL2Pages(0)
         ends = [clock.run(TaskCost(k, stage_bytes=2 * page, pages=2, loaded_pages=2))[1] for k in kinds]
         return ends, clock.landed, model
 

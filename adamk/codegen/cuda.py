@@ -33,7 +33,7 @@ from ..search.validate import schedule_of
 from .. import smem
 from ..config import CONSUMER_WARPS, MAX_TILE_ROWS, producer_warps
 from ..kinds import kind as task_kind
-from ..kinds import NextStepL2, packings
+from ..kinds import NextStepL2Pages, packings
 from ..kinds.base import TAGGED_DTYPES, f32_literal, restages
 from ..kinds.linear import packed_elements
 from ..targets import GPU
@@ -251,7 +251,8 @@ class _Emitter:
     def args(op: ExecOp, layer: str | None = None) -> str:
         """What every per-op function's call for task `op` passes first: the step, the buffers, the
         task, the layer (`layer`, else the loop's variable in the layer loop's body, 0 outside it)."""
-        return f"s, b, {op.task_id.value.data}, {layer or ('layer' if op.in_loop else 0)}"
+        layer = layer if layer is not None else "layer" if op.in_loop else 0
+        return f"s, b, {op.task_id.value.data}, {layer}"
 
     def ctype(self, name: str) -> str:
         """The element type of buffer `name` in kernel.cu."""
@@ -303,10 +304,10 @@ class _Emitter:
         return task_kind(op.kind.data).produce(self, op, page)
 
     def l2_next(self, sm) -> list[str]:
-        """After the SM's last page: the next step's first pages into L2 (kinds.NextStepL2 says which
-        tasks'; layer 0's)."""
-        rule, lines = NextStepL2(self.plan.depth if self.gpu.next_step_l2 else 0), []
-        for op in _stream(sm.ops, self.pages):
+        """After the SM's last page: the next step's first pages into L2 (kinds.NextStepL2Pages says which
+        tasks'), from the ops before the layer loop and its first trip (layer 0's), never past it."""
+        rule, lines = NextStepL2Pages(self.plan.depth if self.gpu.next_step_l2 else 0), []
+        for op in _stream(NextStepL2Pages.reach(sm.ops), self.pages):
             if not rule.take(op.kind.data, self.pages(op)):
                 break
             lines += task_kind(op.kind.data).produce(self, op, 0, l2_next=True)

@@ -28,7 +28,7 @@ def packings(execs) -> dict[str, dict]:
     return out
 
 
-class NextStepL2:
+class NextStepL2Pages:
     """Which of an SM's first streamed tasks its producer asks L2 for after its drain, for the next
     step (sm_90: ring.cuh NextStepL2, one `cp.async.bulk.prefetch.L2` per page span): in program order,
     while their kind's pages are the same bytes every step, until the pages taken fill the ring. The
@@ -38,6 +38,14 @@ class NextStepL2:
 
     def __init__(self, depth: int):
         self.left = depth          # ring pages still to take; 0: none (a GPU without the prefetch)
+
+    @staticmethod
+    def reach(ops) -> list:
+        """The part of an SM's program (its schedule ops) whose tasks `take` may be asked about: before
+        the layer loop's end (the prologue's and the loop body's, which the next step runs as layer
+        0's), never after it (an LM head)."""
+        from ..dialects.schedule import LoopEndOp     # here: the dialects import the kinds
+        return list(ops[:next((i for i, o in enumerate(ops) if isinstance(o, LoopEndOp)), len(ops))])
 
     def take(self, kind_name: str, pages: int) -> bool:
         if self.left <= 0 or not kind(kind_name).same_pages_each_step:
@@ -53,4 +61,4 @@ def kind(name: str) -> TaskKind:
     return KINDS[name]
 
 
-__all__ = ["KINDS", "NextStepL2", "TaskKind", "kind", "packings"]
+__all__ = ["KINDS", "NextStepL2Pages", "TaskKind", "kind", "packings"]

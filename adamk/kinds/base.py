@@ -54,7 +54,7 @@ class TaskKind:
                                # staging (search/cost.py), if the kind has one
     page_share: str = ""       # the cost model's parameter of its pages' rate in SM shares, if not one
     same_pages_each_step: bool = False   # its pages carry the same bytes every step (a linear's weights; an
-                               # attention's rows move on): kinds.NextStepL2 may prefetch them for the next
+                               # attention's rows move on): kinds.NextStepL2Pages may prefetch them for the next
 
     def cost(self, op, pos: int) -> dict:
         """The fields of task `op`'s cost.TaskCost at position `pos`: stage_bytes (what its pages carry),

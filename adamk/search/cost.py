@@ -21,9 +21,11 @@ after the last task that wrote what it reads ended: the word's trip to L2 and ba
   their place in flight and land when issued (the kernel issues no copy), costing the consumers
   `empty_page_us` each (the wait and the release);
 - a combine stages its parts like an input (`stage_us` + `input_us_per_k` per element).
-On a GPU whose producers prefetch the next step's first pages into L2 (sm_90: kinds.NextStepL2
-says which), those pages stream at `l2_share` SM shares: in back-to-back steps the previous step
-asked L2 for them after its last page (one share, as DRAM pages, until a calibration fits it).
+On a GPU whose producers prefetch the next step's first pages into L2 (sm_90: kinds.NextStepL2Pages
+says which, of the tasks before the layer loop and in its first trip), those pages stream at
+`l2_share` SM shares: in back-to-back steps the previous step asked L2 for them after its last page
+(one share, as DRAM pages, until a calibration fits it; they still land `dram_latency_us` after
+their transfer, an L2 hit's latency not being a parameter of its own).
 A step costs its makespan plus `launch_us`.
 
 A target's default is the profile measured on it and shipped in adamk/profiles/<GPU>.json
@@ -45,7 +47,7 @@ from xdsl.dialects.builtin import ModuleOp
 
 from ..dialects.schedule import ExecOp, PollOp, SignalOp, WaitOp
 from ..errors import AdamkError
-from ..kinds import NextStepL2
+from ..kinds import NextStepL2Pages
 from ..kinds import kind as task_kind
 from ..kinds.base import TAGGED, restages
 from ..targets import GPU, GPUS
@@ -72,7 +74,7 @@ class CostModel:
     empty_page_us: float = 0.05       # a ring page with no bytes: the consumers' wait and release
     kv_share: float = 1.0             # an attention part's pages stream at this many times an SM's share:
                                       # they stream in the chain, while most SMs' rings are full and idle
-    l2_share: float = 1.0             # the pages the previous step prefetched into L2 (kinds.NextStepL2) stream
+    l2_share: float = 1.0             # the pages the previous step prefetched into L2 (kinds.NextStepL2Pages) stream
                                       # at this many times an SM's share: as DRAM pages until a calibration
                                       # fits it (profiles before v74 lack it; docs/perf.md v74 says why)
     model: str = MODEL
@@ -170,7 +172,7 @@ class SmClock:
         self.released: list[float] = []
         self.staged = None             # what the work area holds (kinds' `staged`)
         gpu = GPUS.get(model.gpu)
-        self.next_step_l2 = NextStepL2(depth if gpu is not None and gpu.next_step_l2 else 0)
+        self.next_step_l2 = NextStepL2Pages(depth if gpu is not None and gpu.next_step_l2 else 0)
 
     def _page(self, nbytes: float, consumer: float, loaded: bool = True, share: float = 1.0) -> float:
         """Stream the next page; the consumers, free at `consumer`, read it: when they are done.
@@ -197,12 +199,14 @@ class SmClock:
         reached = self.now
         start = max(reached, ready)
         inputs_in = start + m.task_overhead_us
+        self.l2_pages = False              # whether this task's pages come from L2
         if task.pages:                   # a linear's weights or an attention part's cached rows
             if restages(staged, self.staged):   # a linear's staging (unless its run's input is held); q, k, v
                 inputs_in += m.stage_us + task.inputs * m.input_us_per_k
             loaded = task.pages if task.loaded_pages is None else task.loaded_pages
             share = getattr(m, task.share) if task.share else 1.0
-            if self.next_step_l2.take(task.kind, task.pages):    # the previous step asked L2 for them
+            self.l2_pages = self.next_step_l2.take(task.kind, task.pages)
+            if self.l2_pages:                  # the previous step asked L2 for them
                 share = m.l2_share
             t, data_in = inputs_in, None
             for p in range(task.pages):
@@ -233,11 +237,12 @@ def replay(costs: list[TaskCost], deps: list, staged: list, sm_of: list[int], nu
     return times
 
 
-def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
-                     stamps: dict | None = None) -> dict[int, tuple[int, float, float]]:
+def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int, stamps: dict | None = None,
+                     from_l2: set | None = None) -> dict[int, tuple[int, float, float]]:
     """Predicted (sm, start, end) in us of every task_id for one step at position `pos`, replaying
     the schedule's polls (and the barrier variant's waits and signals) on per-SM clocks. `stamps`,
-    if given, receives task_id -> (reached, inputs in, end, data in), as a profiling build stamps."""
+    if given, receives task_id -> (reached, inputs in, end, data in), as a profiling build stamps;
+    `from_l2` the (sm, task_id) of the tasks whose pages it streams from L2 (NextStepL2Pages)."""
     sched = schedule_of(schedule)
     depth, in_flight = sched.stages.value.data, sched.in_flight.value.data
     clocks: dict[int, SmClock] = {}
@@ -246,6 +251,7 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
     written = {name: np.zeros(n * slots[name]) for name, n in sizes.items()}    # when each element is
     signals: dict[str, list[float]] = {}
     tasks: dict[int, tuple[int, float, float]] = {}
+    reach = [set(NextStepL2Pages.reach(sm.ops)) for sm in sched.sms]   # the tasks it may take from L2
 
     def on_op(sm: int, op, layer: int, where: list):
         clock = clocks.setdefault(sm, SmClock(model, depth, in_flight))
@@ -257,7 +263,11 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int,
             ready[sm] = max(ready.get(sm, 0.0), times[op.count.value.data - 1] + model.poll_latency_us)
         elif isinstance(op, ExecOp):
             description = task_kind(op.kind.data)
+            if layer > 0 or op not in reach[sm]:      # past the layer loop's first trip: none
+                clock.next_step_l2 = NextStepL2Pages(0)
             start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), description.staged(op))
+            if from_l2 is not None and clock.l2_pages:
+                from_l2.add((sm, op.task_id.value.data))
             for buffer, b, e in where:
                 written[buffer][b:e] = end
             tasks[op.task_id.value.data] = (sm, start, end)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from xdsl.context import Context
 from xdsl.dialects import func
@@ -172,7 +172,10 @@ class DagSearch:
         tasks, long_tasks = self.tasks(fn, part)
         if self.peak > self.smem_budget:
             return math.inf
-        return best_placement(tasks, self.num_sms, self.model, self.stages, self.in_flight, long_tasks)[1]
+        # an epilogue's tasks (the LM head) follow the layer loop: their pages never come from L2
+        # (kinds.NextStepL2Pages), so its fresh clocks price them all at one share
+        model = replace(self.model, l2_share=1.0) if part == "epilogue" else self.model
+        return best_placement(tasks, self.num_sms, model, self.stages, self.in_flight, long_tasks)[1]
 
     def candidates(self, op) -> list[tuple]:
         if isinstance(op, AttentionOp):

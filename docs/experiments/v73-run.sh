@@ -22,6 +22,8 @@ OUT=${OUT:-/tmp/out}
 A=/tmp/v73
 case "${1:-}" in
 compile)
+  [ -f docs/experiments/v73-l2-next-step.patch ] || { echo "v73's patches landed in v74: run this script from a checkout of \
+3306e21 (git worktree add /tmp/v73tree 3306e21; PY=$ROOT/.venv/bin/python bash /tmp/v73tree/docs/experiments/v73-run.sh compile)" >&2; exit 1; }
   PY=${PY:-$ROOT/.venv/bin/python}
   rm -rf $A /tmp/wt_v73 /tmp/wt_v73d && mkdir -p $A && git worktree prune
   for wt in /tmp/wt_v73 /tmp/wt_v73d; do

@@ -4,24 +4,23 @@
 #
 #   bash docs/experiments/v74-run.sh compile   # the CPU machine (~1 min): the 1B layer (H200 target) with
 #        # v74-l2-next-pages.patch, the SM's first 3, 9 and 12 pages into L2, into v74.tgz (ignored). v74
-#        # measured these built at 3306e21 (the patch on v73's two), whose search did not price the L2 pages;
-#        # since a32c109 the search does, and picks other tilings. arts.tgz: `patch-ab.sh compile
+#        # measured these built at 3306e21 (the patch on v73's two). arts.tgz: `patch-ab.sh compile
 #        # v72-step-smem,v73-l2-next-step+v73-l2-next-deep 1` at 3306e21 (models m-b1 and v2-b1)
 #   bash docs/experiments/v74-run.sh device    # the device (carry .whl, v73.tgz, v74.tgz, arts.tgz; ~6 min):
 #        # the layers at 512 and 4095 with torch.compile in a CUDA graph (main first and last), then the
 #        # KV cache zero and random (v74-kv-fill.py), then the whole model of main and of the deep tree with
 #        # torch.compile in a CUDA graph, alternating
-#   bash docs/experiments/v74-run.sh final     # the device, on main with NextStepL2 landed and the cost
-#        # model pricing it (carry .whl, v73.tgz, arts.tgz and v75.tgz: /tmp/v75/layer and /tmp/v75/model built
-#        # by v34-compile.py on that tree; ~5 min): the layer with the v73 patches (l2d, the old search's
-#        # schedule) and the tree's (its search's schedule) at 512 and 4095 with torch.compile, then the
-#        # whole models likewise (v2-b1 and the tree's), then the GPU tests
+#   bash docs/experiments/v74-run.sh final     # the device (carry .whl, v73.tgz, arts.tgz and v75.tgz; ~5 min):
+#        # the layer with the v73 patches (l2d: main's since 03933ce) against the search's choice with the
+#        # cost model's l2_share at 3.0 (v75.tgz: `v34-compile.py /tmp/v75/layer what=layer` and `/tmp/v75/model
+#        # what=model` at a32c109, whose default it was) at 512 and 4095 with torch.compile, then the
+#        # whole models likewise (v2-b1 against v75's), then the GPU tests of this tree
 #   bash docs/experiments/v74-run.sh check     # the device, on a tree with both v73 patches applied (carry
 #        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
 #        # tests of this tree
 #
-# Logs under $OUT (default /tmp/out): layer-ab.log, kv-fill.log, model-ab.log (device); san-*.log,
-# gpu-tests.log (check).
+# Logs under $OUT (default /tmp/out): layer-ab.log, kv-fill.log, model-ab.log (device); layer-final.log,
+# model-final.log, gpu-tests.log (final; final-ab without the tests); san-*.log, gpu-tests.log (check).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -65,7 +64,7 @@ final)
   setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
   timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines \
-      l2-next-deep=/tmp/v73/l2d main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
+      l2-next-deep=/tmp/v73/l2d l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
   timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
@@ -77,7 +76,7 @@ final-ab)   # final's two A/Bs alone, without torch.compile or the GPU tests (~2
   setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
   timeout 90 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 l2-next-deep=/tmp/v73/l2d \
-      main=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" \
+      l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" \
     | tee "$OUT/layer-final.log"
   timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
