@@ -47,9 +47,13 @@ class NextStepL2Pages:
         from ..dialects.schedule import LoopEndOp     # here: the dialects import the kinds
         return list(ops[:next((i for i, o in enumerate(ops) if isinstance(o, LoopEndOp)), len(ops))])
 
+    def close(self) -> None:
+        """No more tasks: the rest of the program is past `reach`, or not at the start of the stream."""
+        self.left = 0
+
     def take(self, kind_name: str, pages: int) -> bool:
         if self.left <= 0 or not kind(kind_name).same_pages_each_step:
-            self.left = 0
+            self.close()
             return False
         self.left -= pages
         return True

@@ -25,6 +25,7 @@ def page_rows(op) -> int:
 class Linear(TaskKind):
     name = "linear"
     roles = frozenset({"input", "weight", "out"})
+    same_pages_each_step = True
 
     def cost(self, op, pos) -> dict:
         # its K-chunk of inputs of each sequence; silu_mul reads two per element; rmsnorm first
@@ -157,8 +158,6 @@ class Linear(TaskKind):
         stage = f", {int(new_run)}" if paged else ""
         return lines + [f"  linear_{name}({em.args(op)}, {page}, {begin}, {end}, {part}{stage});  "
                         f"// {em.comment(op)}: {what} [{begin}, {end}) x K [{k0}, {k0 + k_len}), pages {page}.."]
-
-    same_pages_each_step = True
 
     def pages(self, op) -> int:
         return op.param("pages")

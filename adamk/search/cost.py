@@ -264,7 +264,7 @@ def predict_timeline(schedule: ModuleOp, model: CostModel, pos: int, stamps: dic
         elif isinstance(op, ExecOp):
             description = task_kind(op.kind.data)
             if layer > 0 or op not in reach[sm]:      # past the layer loop's first trip: none
-                clock.next_step_l2 = NextStepL2Pages(0)
+                clock.next_step_l2.close()
             start, end = clock.run(TaskCost.of_exec(op, pos), ready.get(sm, 0.0), description.staged(op))
             if from_l2 is not None and clock.l2_pages:
                 from_l2.add((sm, op.task_id.value.data))

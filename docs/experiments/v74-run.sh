@@ -35,6 +35,12 @@ setup() {
   local t
   for t in "$@"; do tar xzf "$t" -C /tmp || exit 1; done
 }
+# the GPU tests patch-ab.sh device-check runs, on this tree, within $1 s (default 220)
+gpu_tests() {
+  timeout ${1:-220} python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
+    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
+  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
+}
 case "${1:-}" in
 compile)
   PY=${PY:-$ROOT/.venv/bin/python}
@@ -60,26 +66,16 @@ device)
   timeout 240 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --artifact 1=/tmp/a/m-b1 \
       --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/a/m-b1 --artifact 1=/tmp/a/v2-b1 2>&1 | tee "$OUT/model-ab.log"
   ;;
-final)
+final|final-ab)   # final-ab: the two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
   setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines \
+  baselines=; [ "$1" = final ] && baselines=--baselines
+  timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 $baselines \
       l2-next-deep=/tmp/v73/l2d l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
   timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
-  timeout 220 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
-    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
-  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
-  ;;
-final-ab)   # final's two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
-  setup v73.tgz v75.tgz arts.tgz
-  cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  timeout 90 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 l2-next-deep=/tmp/v73/l2d \
-      l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" \
-    | tee "$OUT/layer-final.log"
-  timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
-      --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 --artifact 1=/tmp/v75/model 2>&1 | tee "$OUT/model-final.log"
+  [ "$1" = final-ab ] || gpu_tests
   ;;
 check)
   grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no NextStepL2 (v73's patches)" >&2; exit 1; }
@@ -89,9 +85,7 @@ check)
       python3 benchmarks/sanitize.py --run /tmp/a/san-v2 > "$OUT/san-$t.log" 2>&1
     echo "$t rc $?"; tail -n 1 "$OUT/san-$t.log"
   done
-  timeout 330 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
-    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
-  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
+  gpu_tests 330
   ;;
 *) echo "usage: bash docs/experiments/v74-run.sh compile | device | final | final-ab | check" >&2; exit 2 ;;
 esac
