@@ -19,6 +19,8 @@
 #        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
 #        # tests of this tree
 #
+# final-ab with BASELINES=1 times torch.compile too; check with SAN=DIR TARS="A.tgz ..." runs those sanitizer
+# kernels, unpacked from those tarballs (v76-run.sh).
 # Logs under $OUT (default /tmp/out): layer-ab.log, kv-fill.log, model-ab.log (device); layer-final.log,
 # model-final.log, gpu-tests.log (final; final-ab without the tests); san-*.log, gpu-tests.log (check).
 set -uo pipefail
@@ -69,8 +71,8 @@ device)
 final|final-ab)   # final-ab: the two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
   setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  baselines=; [ "$1" = final ] && baselines=--baselines
-  timeout 100 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 $baselines \
+  baselines=; [ "$1" = final ] || [ -n "${BASELINES:-}" ] && baselines=--baselines
+  timeout 240 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 $baselines \
       l2-next-deep=/tmp/v73/l2d l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
   timeout 80 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
@@ -79,10 +81,10 @@ final|final-ab)   # final-ab: the two A/Bs alone, without torch.compile or the G
   ;;
 check)
   grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no NextStepL2 (v73's patches)" >&2; exit 1; }
-  setup arts.tgz
+  setup ${TARS:-arts.tgz}
   for t in memcheck racecheck synccheck; do
     timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
-      python3 benchmarks/sanitize.py --run /tmp/a/san-v2 > "$OUT/san-$t.log" 2>&1
+      python3 benchmarks/sanitize.py --run ${SAN:-/tmp/a/san-v2} > "$OUT/san-$t.log" 2>&1
     echo "$t rc $?"; tail -n 1 "$OUT/san-$t.log"
   done
   gpu_tests 330
