@@ -19,30 +19,14 @@
 #        # .whl, arts.tgz; ~7 min): compute-sanitizer on the deep tree's tiny kernels (san-v2), then the GPU
 #        # tests of this tree
 #
-# final-ab with BASELINES=1 times torch.compile too; check with SAN=DIR TARS="A.tgz ..." runs those sanitizer
-# kernels, unpacked from those tarballs (v76-run.sh).
+# check with SAN=DIR TARS="A.tgz ..." runs those sanitizer kernels, unpacked from those tarballs (v76-run.sh).
 # Logs under $OUT (default /tmp/out): layer-ab.log, kv-fill.log, model-ab.log (device); layer-final.log,
 # model-final.log, gpu-tests.log (final; final-ab without the tests); san-*.log, gpu-tests.log (check).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/out}
-# the device's setup: the wheels, PYTHONPATH, the GPU's name, the tarballs named unpacked under /tmp
-setup() {
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
-  mkdir -p "$OUT"
-  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/gpu.txt"
-  local t
-  for t in "$@"; do tar xzf "$t" -C /tmp || exit 1; done
-}
-# the GPU tests patch-ab.sh device-check runs, on this tree, within $1 s (default 220)
-gpu_tests() {
-  timeout ${1:-220} python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py \
-    -k "tiny or whole_model or llama-3.2-1b-16-H200 or llama-3.2-1b-4-H200" > "$OUT/gpu-tests.log" 2>&1
-  echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
-}
+. docs/experiments/device-lib.sh    # setup, gpu_tests
 case "${1:-}" in
 compile)
   PY=${PY:-$ROOT/.venv/bin/python}
@@ -71,7 +55,7 @@ device)
 final|final-ab)   # final-ab: the two A/Bs alone, without torch.compile or the GPU tests (~2 min: for a short budget)
   setup v73.tgz v75.tgz arts.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  baselines=; [ "$1" = final ] || [ -n "${BASELINES:-}" ] && baselines=--baselines
+  baselines=; [ "$1" = final ] && baselines=--baselines
   timeout 240 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 $baselines \
       l2-next-deep=/tmp/v73/l2d l2-share-3=/tmp/v75/layer l2-next-deep-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-final.log"
