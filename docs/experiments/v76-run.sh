@@ -13,6 +13,7 @@
 #        # trace_layer.py and trace_model.py on the profiling builds
 #   bash docs/experiments/v76-run.sh check     # the device (carry .whl, p76.tgz; ~5 min): compute-sanitizer
 #        # on this tree's tiny kernels, then its GPU tests
+#   bash docs/experiments/v76-run.sh all       # look, then check (carry look's)
 #
 # Logs under $OUT (default /tmp/out): layer-ab.log, model-ab.log, trace-layer.log, trace-model.log and
 # their directories (look); san-*.log, gpu-tests.log (check).
@@ -42,10 +43,10 @@ compile)
 look)
   setup v73.tgz v75.tgz arts.tgz p76.tgz v76.tgz
   cp -r /tmp/v73/l2d /tmp/v73/l2d2
-  timeout 240 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=/tmp/v73/l2d \
+  timeout 180 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 --baselines main=/tmp/v73/l2d \
       stall1=/tmp/v76/layer1 stall2=/tmp/v76/layer2 l2-share-3=/tmp/v75/layer main-again=/tmp/v73/l2d2 2>&1 \
     | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-ab.log"
-  timeout 200 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
+  timeout 150 python3 benchmarks/bench_batch.py --batches 1 --iters 60 --no-baselines --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v76/model1 --artifact 1=/tmp/v76/model2 --artifact 1=/tmp/v75/model --artifact 1=/tmp/a/v2-b1 \
       --artifact 1=/tmp/v76/model1 --artifact 1=/tmp/v76/model2 2>&1 | tee "$OUT/model-ab.log"
   timeout 60 python3 benchmarks/trace_layer.py --gpu H200 --artifact /tmp/p76/layer --pos 512 --out "$OUT/trace-layer" \
@@ -56,5 +57,8 @@ look)
 check)
   OUT=$OUT SAN=/tmp/p76/san TARS=p76.tgz bash docs/experiments/v74-run.sh check
   ;;
-*) echo "usage: bash docs/experiments/v76-run.sh compile | look | check" >&2; exit 2 ;;
+all)   # look, then check, in one call (a machine is hard to get)
+  bash "$0" look; bash "$0" check
+  ;;
+*) echo "usage: bash docs/experiments/v76-run.sh compile | look | check | all" >&2; exit 2 ;;
 esac
