@@ -37,11 +37,11 @@ compile)
   A=/tmp/p76; S=/tmp/v76; W=/tmp/wt_v76
   rm -rf $A $S $W && mkdir -p $A $S && git worktree prune && git worktree add -f $W HEAD -q --detach || exit 1
   (cd $W && git apply "$ROOT/docs/experiments/v76-stall-l2.patch") || { echo "v76-stall-l2.patch does not apply" >&2; exit 1; }
-  c() { $PY $ROOT/docs/experiments/wtrun.py $1 $1/docs/experiments/v34-compile.py $3/$2 what=$2 $4 > $3/$2.log 2>&1 \
+  c() { $PY $ROOT/docs/experiments/wtrun.py $1 $1/docs/experiments/v34-compile.py $3/$2 what=$2 ${4:-} > $3/$2.log 2>&1 \
           || { echo "compile $3/$2 failed: $3/$2.log" >&2; return 1; }; echo "built $3/$2"; }
-  set -e
-  c $ROOT layer $A profile=True & a=$!; c $ROOT model $A profile=True & b=$!; wait $a && wait $b
-  c $W layer $S & a=$!; c $W model $S & b=$!; wait $a && wait $b
+  both() { wait $1; local r=$?; wait $2 && [ $r = 0 ] || exit 1; }     # two background builds, both fine
+  c $ROOT layer $A profile=True & a=$!; c $ROOT model $A profile=True & b=$!; both $a $b
+  c $W layer $S & a=$!; c $W model $S & b=$!; both $a $b
   (cd $W && $PY $ROOT/docs/experiments/wtrun.py $W benchmarks/sanitize.py --gpu H200 --out $A/san > $A/san.log 2>&1) \
     || { echo "sanitizer kernels: $A/san.log" >&2; exit 1; }
   git worktree remove --force $W
