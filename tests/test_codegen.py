@@ -182,6 +182,12 @@ def test_weights_stream_through_mbarrier_pages(tiny_l20, tmp_path):
     assert "UBLKCP.S.G" in sass and "SYNCS.ARRIVE.TRANS64" in sass and "LDGSTS" not in sass
 
 
+def _sm_bodies(source: str) -> dict[int, str]:
+    """SM -> the body of its function in kernel.cu (a layer's or model's, not a profiling build's)."""
+    return {int(sm): body for sm, body in
+            re.findall(r"void sm_(\d+)\(const Step& s, const Buffers& b\) \{\n(.*?)\n\}\n", source, flags=re.S)}
+
+
 def test_producer_and_consumers_agree_on_every_page(tiny_l20):
     """In every SM's function the producer streams each task's pages (a linear's weights, an
     attention part's cached rows) from the ring page its consumers read them at, in program order
@@ -189,7 +195,7 @@ def test_producer_and_consumers_agree_on_every_page(tiny_l20):
     art, _ = tiny_l20
     src = art.files["kernel.cu"].decode()
     call = re.compile(r"^\s+(produce|linear|attention)_op\d+\(s, b, (\d+), (\d+)", re.M)
-    functions = re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{(.*?)\n\}", src, re.S)
+    functions = _sm_bodies(src).values()
     assert functions
     attention_tasks = 0
     for body in functions:
@@ -223,9 +229,9 @@ def test_shared_memory_is_reached_as_shared_memory(tiny_l20, tmp_path):
 def _prefetched(source: str) -> dict[int, list[int]]:
     """SM -> the task ids whose pages its producer asks L2 for after its drain (kernel.cu), in order."""
     out = {}
-    for sm, body in re.findall(r"void sm_(\d+)\(const Step& s, const Buffers& b\) \{\n(.*?)\n\}\n", source, flags=re.S):
+    for sm, body in _sm_bodies(source).items():
         drained = body.split("return;")[0].split("::drain(")[-1]
-        out[int(sm)] = [int(t) for t in re.findall(r"produce_op\d+<NextStepL2<SmRing>>\(s, b, (\d+), 0, 0, ", drained)]
+        out[sm] = [int(t) for t in re.findall(r"produce_op\d+<NextStepL2<SmRing>>\(s, b, (\d+), 0, 0, ", drained)]
     return out
 
 
@@ -242,7 +248,8 @@ def test_hopper_producers_ask_l2_for_the_next_steps_first_pages(tiny_l20, what):
     cfg = dataclasses.replace(PRESETS["tiny"], vocab_size=9000, num_layers=2)
     model = DecoderLayer(PRESETS["tiny"], seed=5) if what == "layer" else LlamaModel(cfg, seed=5)
     hopper = adamk.compile(model, adamk.CompileConfig(gpu="H100"))
-    prefetched = _prefetched(hopper.files["kernel.cu"].decode())
+    source = hopper.files["kernel.cu"].decode()
+    prefetched, bodies = _prefetched(source), _sm_bodies(source)
     schedule = parse_module(hopper.files["schedule.mlir"].decode())
     from_l2: set = set()
     predict_timeline(schedule, CostModel.for_gpu(get_gpu("H100")), hopper.manifest["predicted_at_pos"], from_l2=from_l2)
@@ -250,9 +257,7 @@ def test_hopper_producers_ask_l2_for_the_next_steps_first_pages(tiny_l20, what):
     assert sum(map(bool, prefetched.values())) >= 8
     # each SM's first prefetched task is the first it streams, and every one is a linear's
     for sm, tasks in prefetched.items():
-        body = re.search(rf"void sm_{sm}\(const Step& s, const Buffers& b\) \{{\n(.*?)\n\}}\n",
-                         hopper.files["kernel.cu"].decode(), flags=re.S).group(1)
-        first = re.search(r"    produce_op\d+\(s, b, (\d+)\b", body)
+        first = re.search(r"    produce_op\d+\(s, b, (\d+)\b", bodies[sm])
         assert not tasks or int(first.group(1)) == tasks[0], (sm, tasks)
         assert not any(hopper.manifest["tasks"][t].startswith("attention") for t in tasks)
     assert "cp.async.bulk.prefetch.L2" in hopper.files["kernel.ptx"].decode()
@@ -344,7 +349,7 @@ def test_the_chain_pages_stream_one_at_a_time(tiny_l20):
     depth = int(re.search(r"using SmRing = Ring<(\d+), \d+, \d+>;", src).group(1))
     table = [int(v) for v in re.search(r"__constant__ int kOneAtATime\[\d+\] = \{([^}]*)\};", src).group(1).split(",")]
     streams = []       # per SM: [(op, task, first page, pages)]
-    for body in re.findall(r"void sm_\d+\(const Step& s, const Buffers& b\) \{(.*?)\n\}", src, re.S):
+    for body in _sm_bodies(src).values():
         calls = [(int(op), int(task), int(page)) for op, task, page in
                  re.findall(r"produce_op(\d+)\(s, b, (\d+), 0, (\d+)", body)]
         drain = re.search(r"SmRing::drain\(s, (\d+)\)", body)
