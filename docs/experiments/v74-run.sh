@@ -26,7 +26,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/out}
-. docs/experiments/device-lib.sh    # setup, gpu_tests
+. docs/experiments/device-lib.sh    # setup, gpu_tests, sanitize
 case "${1:-}" in
 compile)
   PY=${PY:-$ROOT/.venv/bin/python}
@@ -66,11 +66,7 @@ final|final-ab)   # final-ab: the two A/Bs alone, without torch.compile or the G
 check)
   grep -q NextStepL2 csrc/kernels/ring.cuh || { echo "this tree has no NextStepL2 (v73's patches)" >&2; exit 1; }
   setup ${TARS:-arts.tgz}
-  for t in memcheck racecheck synccheck; do
-    timeout 60 compute-sanitizer --tool $t --report-api-errors no --error-exitcode 1 \
-      python3 benchmarks/sanitize.py --run ${SAN:-/tmp/a/san-v2} > "$OUT/san-$t.log" 2>&1
-    echo "$t rc $?"; tail -n 1 "$OUT/san-$t.log"
-  done
+  sanitize ${SAN:-/tmp/a/san-v2} memcheck racecheck synccheck
   gpu_tests 330
   ;;
 *) echo "usage: bash docs/experiments/v74-run.sh compile | device | final | final-ab | check" >&2; exit 2 ;;

@@ -24,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 OUT=${OUT:-/tmp/out}
-. docs/experiments/device-lib.sh    # setup, gpu_tests
+. docs/experiments/device-lib.sh    # setup, gpu_tests, sanitize
 # the device's copy of the tree with the stall prefetch applied (once)
 patched() {
   grep -q "bool held(int j)" csrc/kernels/ring.cuh && return 0
@@ -77,11 +77,8 @@ last)  # ~4.5 min, for a short budget, most telling first: the models of main an
   timeout 60 python3 benchmarks/compare_artifacts.py --pos 512,4095 --iters 100 main=/tmp/v73/l2d \
       stall=/tmp/v76/layer main-again=/tmp/v73/l2d2 2>&1 | grep --line-buffered -v "^  {'attention" | tee "$OUT/layer-ab.log"
   patched || exit 1
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_batch.py tests/test_gpu.py -k "tiny or whole_model" \
-    > "$OUT/gpu-tests.log" 2>&1; echo "GPU tests rc $?"; tail -n 2 "$OUT/gpu-tests.log"
-  timeout 60 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 1 \
-    python3 benchmarks/sanitize.py --run /tmp/p76/san > "$OUT/san-memcheck.log" 2>&1
-  echo "memcheck rc $?"; tail -n 1 "$OUT/san-memcheck.log"
+  gpu_tests 120 "tiny or whole_model"
+  sanitize /tmp/p76/san memcheck
   ;;
 *) echo "usage: bash docs/experiments/v76-run.sh compile | look | check | all | last" >&2; exit 2 ;;
 esac
